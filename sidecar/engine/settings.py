@@ -1,0 +1,34 @@
+"""Engine settings: the numbers an SRE may want to change, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+#: Divergence (percent of the expected value) above which a metric diverges.
+DEFAULT_THRESHOLDS: Mapping[str, float] = MappingProxyType({
+    "cpu_usage": 20.0, "memory_usage": 15.0, "request_latency_ms": 50.0, "error_rate": 100.0,
+})
+#: Used for metrics without a threshold of their own (custom metrics).
+DEFAULT_CUSTOM_THRESHOLD = 50.0
+
+#: Limits for risk factors, time-to-breach and health (same units as the metric).
+DEFAULT_LIMITS: Mapping[str, float] = MappingProxyType({
+    "cpu_usage": 95.0, "memory_usage": 90.0, "request_latency_ms": 1000.0, "error_rate": 0.05,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    horizons_s: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)
+    level: float = 0.9                       # interval coverage of forecast bounds
+    model: str = "auto"                      # forecast model: "auto" or a ForecastBank model name
+    history_size: int = 1000                 # metric samples kept in memory per series
+    snapshot_memory: int = 100               # snapshots kept in memory per twin
+    correction_memory: int = 100             # correction records kept in memory per twin
+    event_buffer: int = 10_000               # monitor events kept in memory
+    drift_samples: int = 4                   # consecutive diverging samples that make a drift
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    limits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    custom_threshold: float = DEFAULT_CUSTOM_THRESHOLD

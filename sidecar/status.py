@@ -1,0 +1,29 @@
+"""Service-level state the exporter and probes read (not engine state)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ServiceStatus:
+    """Mutated only by the scheduler and the store writer; read by /metrics and /readyz."""
+
+    config_loaded: bool = False
+    first_round_done: bool = False
+    source_up: bool = False                      # could the last query round reach Prometheus
+    last_round_at: float | None = None
+    rounds_total: int = 0
+    query_errors: Counter[tuple[str, str]] = field(default_factory=Counter)   # (twin, metric) -> count
+    dropped_own_series_total: int = 0            # returned series carrying the sidecar's own metric names
+    store_up: bool = True                        # is the database accepting writes
+    store_backlog: int = 0                       # items waiting to be written
+    store_dropped_samples_total: int = 0         # metric samples dropped because the buffer was full
+    store_corrupt_snapshots_total: int = 0       # snapshots that failed their checksum on read
+    simulation_failure_probability: dict[tuple[str, str], float] = field(default_factory=dict)
+    simulation_breaking_multiplier: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.config_loaded and self.first_round_done

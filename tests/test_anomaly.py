@@ -1,0 +1,151 @@
+"""Behaviour of AnomalyBank: what it must flag, what it must leave alone, and its state handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sidecar.engine.anomaly import AnomalyBank
+
+
+def _stream(bank: AnomalyBank, idx: np.ndarray, values: np.ndarray, *, step: float = 300.0,
+            expected: np.ndarray | None = None, scale: np.ndarray | None = None) -> np.ndarray:
+    """Feed values (rows = time, cols = series) one row per call; return the scores, same shape."""
+    n, k = values.shape
+    out = np.empty((n, k))
+    nan = np.full(k, np.nan)
+    for i in range(n):
+        e = nan if expected is None else expected[i]
+        s = nan if scale is None else scale[i]
+        out[i] = bank.update(idx, np.full(k, 1.7e9 + i * step), values[i], e, nan, nan, s)
+    return out
+
+
+def _noise(n: int, k: int, seed: int = 0) -> np.ndarray:
+    return 50.0 + np.random.default_rng(seed).normal(0.0, 2.0, size=(n, k))
+
+
+def test_scores_are_in_unit_interval_and_shaped_like_input() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(3)
+    scores = _stream(bank, idx, _noise(300, 3))
+    assert scores.shape == (300, 3)
+    assert np.all((scores >= 0.0) & (scores <= 1.0))
+
+
+def test_steady_noise_rarely_scores_high() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(20)
+    scores = _stream(bank, idx, _noise(2000, 20))[500:]
+    assert np.mean(scores >= 0.99) < 0.01
+    assert np.median(scores) < 0.9
+
+
+def test_spike_scores_high() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(2)
+    values = _noise(1000, 2, seed=1)
+    values[800, 0] += 40.0  # 20 sigma in series 0 only
+    scores = _stream(bank, idx, values)
+    assert scores[800, 0] >= 0.99
+    assert scores[800, 1] < 0.99
+    quiet_before = scores[500:800, 0]
+    assert scores[800, 0] > np.quantile(quiet_before, 0.99)
+
+
+def test_level_shift_detected_soon_after_it_starts() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    values = _noise(1500, 1, seed=2)
+    values[1000:, 0] += 10.0  # 5 sigma step
+    scores = _stream(bank, idx, values)[:, 0]
+    assert scores[1000:1010].max() >= 0.99
+    assert scores[500:1000].max() < scores[1000:1010].max()
+
+
+def test_variance_increase_detected() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    values = _noise(1500, 1, seed=3)
+    values[1000:, 0] = 50.0 + (values[1000:, 0] - 50.0) * 8.0
+    scores = _stream(bank, idx, values)[:, 0]
+    assert scores[1000:1030].max() >= 0.99
+
+
+def test_forecaster_expectation_is_used_when_given() -> None:
+    # a series following a steep known ramp: the own baseline lags, the forecaster does not
+    n = 600
+    ramp = np.linspace(0.0, 600.0, n)[:, None] + _noise(n, 1, seed=4) - 50.0
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    jump = ramp.copy()
+    jump[500, 0] += 30.0
+    scores = _stream(bank, idx, jump, expected=np.linspace(0.0, 600.0, n)[:, None],
+                     scale=np.full((n, 1), 2.0))[:, 0]
+    assert scores[500] >= 0.99
+
+
+def test_constant_series_then_change() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    values = np.full((600, 1), 7.0)
+    values[500:, 0] = 9.0
+    scores = _stream(bank, idx, values)[:, 0]
+    assert np.all(scores[20:500] < 0.9)
+    assert scores[500] >= 0.99
+
+
+def test_reset_forgets_history() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    _stream(bank, idx, _noise(500, 1))
+    bank.reset(idx)
+    # right after a reset, a wildly different value is the first sample, not a surprise
+    s = bank.update(idx, np.array([2e9]), np.array([1e6]), *(np.full(1, np.nan),) * 4)
+    assert s[0] == 0.0
+    assert bank.state_dict()["count"][0] == 1
+
+
+def test_growth_keeps_existing_state() -> None:
+    bank = AnomalyBank(capacity=2)
+    first = bank.add(2)
+    _stream(bank, first, _noise(100, 2))
+    before = bank.state_dict()
+    more = bank.add(37)
+    assert bank.size == 39
+    assert more.dtype == np.int64
+    np.testing.assert_array_equal(more, np.arange(2, 39))
+    after = bank.state_dict()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key][:2], value)
+    assert np.all(after["count"][2:] == 0)
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    values = _noise(400, 4, seed=5)
+    a = AnomalyBank()
+    ia = a.add(4)
+    _stream(a, ia, values[:300])
+    b = AnomalyBank()
+    b.load_state_dict(a.state_dict())
+    assert b.size == 4
+    sa = _stream(a, ia, values[300:])
+    sb = _stream(b, ia, values[300:])
+    np.testing.assert_array_equal(sa, sb)
+
+
+def test_update_touches_only_listed_series() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(3)
+    _stream(bank, idx, _noise(50, 3))
+    before = bank.state_dict()
+    bank.update(np.array([1]), np.array([2e9]), np.array([60.0]), *(np.full(1, np.nan),) * 4)
+    after = bank.state_dict()
+    for key in before:
+        np.testing.assert_array_equal(after[key][[0, 2]], before[key][[0, 2]])
+    assert after["count"][1] == before["count"][1] + 1
+
+
+def test_negative_add_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        AnomalyBank().add(-1)
