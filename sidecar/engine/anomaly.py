@@ -20,12 +20,15 @@ series". Three steps, all O(1) per sample and vectorised across series:
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import ndtr
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
+_A = TypeVar("_A", NDArray[np.float64], NDArray[np.int64])
 
 _FIELDS_F = ("loc", "dev", "zshort", "zmean", "zvar", "last_t", "quiet_until")
 _FIELDS_I = ("count",)
@@ -66,11 +69,8 @@ class AnomalyBank:
         need = self._n + n
         if need > self._cap:
             cap = max(need, 2 * self._cap)
-            for d in (self._f, self._i):
-                for k, v in d.items():
-                    grown = np.zeros(cap, dtype=v.dtype)
-                    grown[: self._n] = v[: self._n]
-                    d[k] = grown
+            self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
+            self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
             self._cap = cap
         idx = np.arange(self._n, need, dtype=np.int64)
         self._n = need
@@ -82,8 +82,8 @@ class AnomalyBank:
         idx = np.asarray(idx, dtype=np.int64)
         for k, v in self._f.items():
             v[idx] = -np.inf if k in ("last_t", "quiet_until") else 0.0
-        for v in self._i.values():
-            v[idx] = 0
+        for c in self._i.values():
+            c[idx] = 0
 
     def update(self, idx: I64, t: F64, y: F64, expected: F64, lower: F64, upper: F64,
                scale: F64) -> F64:
@@ -146,6 +146,12 @@ class AnomalyBank:
         self._n = n
         self._f = {k: np.array(state[k], dtype=np.float64) for k in _FIELDS_F}
         self._i = {k: np.array(state[k], dtype=np.int64) for k in _FIELDS_I}
+
+
+def _grown(v: _A, n: int, cap: int) -> _A:
+    out = np.zeros(cap, dtype=v.dtype)
+    out[:n] = v[:n]
+    return out
 
 
 def _median_step(last_t: F64, t: F64) -> F64:
