@@ -1,0 +1,259 @@
+"""ForecastBank: forecasts, intervals, running backtest, slots and persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sidecar.engine.forecast import Expectation, Forecast, ForecastBank
+from sidecar.errors import InputError
+
+H = [300.0, 900.0, 1800.0, 3600.0]
+
+
+def feed(bank: ForecastBank, idx: np.ndarray, t: np.ndarray, y: np.ndarray) -> list[Expectation]:
+    """Feed rows of (k,) samples, one update per time step; t, y are (T, k)."""
+    return [bank.update(idx, t[r], y[r]) for r in range(t.shape[0])]
+
+
+def test_model_names_include_baselines() -> None:
+    bank = ForecastBank(H)
+    assert "last" in bank.model_names
+    assert "linear" in bank.model_names
+
+
+def test_empty_series_have_no_forecast() -> None:
+    bank = ForecastBank(H)
+    idx = bank.add(3)
+    fc = bank.forecast(idx)
+    assert isinstance(fc, Forecast)
+    assert fc.mean.shape == (3, 4)
+    assert np.isnan(fc.mean).all()
+    assert (fc.confidence == 0).all()
+    assert fc.model.dtype == np.int8
+
+
+def test_first_expectation_is_nan_then_defined() -> None:
+    bank = ForecastBank(H)
+    idx = bank.add(1)
+    e0 = bank.update(idx, np.array([0.0]), np.array([5.0]))
+    assert np.isnan(e0.expected).all()
+    e1 = bank.update(idx, np.array([60.0]), np.array([6.0]))
+    assert e1.expected[0] == 5.0  # nothing scored yet: the last value
+    assert np.isnan(e1.scale[0])
+    e2 = bank.update(idx, np.array([120.0]), np.array([7.0]))
+    assert e2.scale[0] > 0
+
+
+def test_forced_last_value() -> None:
+    bank = ForecastBank(H, model="last")
+    idx = bank.add(2)
+    rng = np.random.default_rng(1)
+    t = np.arange(200)[:, None] * 60.0 + np.zeros((1, 2))
+    y = rng.normal(size=(200, 2)).cumsum(0)
+    feed(bank, idx, t, y)
+    fc = bank.forecast(idx)
+    np.testing.assert_array_equal(fc.mean, np.repeat(y[-1][:, None], 4, axis=1))
+    assert (fc.model == bank.model_names.index("last")).all()
+
+
+def test_linear_recovers_noiseless_line() -> None:
+    bank = ForecastBank(H, model="linear")
+    idx = bank.add(2)
+    t0 = 1.7e9  # unix seconds: the centred sums must stay exact
+    t = t0 + np.arange(300)[:, None] * 15.0 + np.zeros((1, 2))
+    slope = np.array([0.01, -3.0])
+    y = 1000.0 + (t - t0) * slope
+    feed(bank, idx, t, y)
+    fc = bank.forecast(idx)
+    want = y[-1][:, None] + slope[:, None] * np.array(H)[None, :]
+    np.testing.assert_allclose(fc.mean, want, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(fc.slope_per_s, slope, rtol=1e-9)
+    # noiseless: the out-of-sample errors are zero so the interval collapses onto the line
+    np.testing.assert_allclose(fc.upper - fc.lower, 0.0, atol=1e-6)
+
+
+def test_linear_window_forgets_old_samples() -> None:
+    """predict_linear over 1 h: a ramp that stopped over an hour ago leaves no slope."""
+    bank = ForecastBank(H, model="linear")
+    idx = bank.add(1)
+    t = np.arange(400) * 60.0
+    y = np.where(t < 200 * 60.0, t * 0.5, 200 * 60.0 * 0.5)
+    feed(bank, idx, t[:, None], y[:, None])
+    fc = bank.forecast(idx)
+    assert fc.slope_per_s[0] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(fc.mean[0], y[-1])
+
+
+def test_interval_coverage_on_gaussian_noise() -> None:
+    rng = np.random.default_rng(7)
+    k, T = 50, 1500
+    bank = ForecastBank([300.0, 900.0], model="last")
+    idx = bank.add(k)
+    t = np.arange(T)[:, None] * 300.0 + np.zeros((1, k))
+    y = 10.0 + rng.normal(size=(T, k))
+    los, his = [], []
+    for r in range(T):
+        bank.update(idx, t[r], y[r])
+        fc = bank.forecast(idx)
+        los.append(fc.lower)
+        his.append(fc.upper)
+    lo, hi = np.array(los), np.array(his)  # (T, k, H)
+    for j, steps in enumerate((1, 3)):
+        actual = y[500 + steps:]
+        inside = (actual >= lo[500:-steps, :, j]) & (actual <= hi[500:-steps, :, j])
+        assert 0.87 <= inside.mean() <= 0.93
+    # a Gaussian difference of two N(0,1): the 90% interval is about ±1.645·√2 wide
+    width = (hi[500:, :, 0] - lo[500:, :, 0]).mean()
+    assert 2 * 1.645 * np.sqrt(2) * 0.8 < width < 2 * 1.645 * np.sqrt(2) * 1.25
+    conf = bank.forecast(idx).confidence
+    assert np.all((conf > 0.75) & (conf < 1.0))
+
+
+def test_expectation_interval_covers_one_step() -> None:
+    rng = np.random.default_rng(3)
+    k, T = 40, 800
+    bank = ForecastBank(H)
+    idx = bank.add(k)
+    t = np.arange(T)[:, None] * 60.0 + np.zeros((1, k))
+    y = 5.0 + 0.5 * rng.normal(size=(T, k))
+    exps = feed(bank, idx, t, y)
+    lo = np.array([e.lower for e in exps[300:]])
+    hi = np.array([e.upper for e in exps[300:]])
+    inside = (y[300:] >= lo) & (y[300:] <= hi)
+    assert 0.86 <= inside.mean() <= 0.94
+    scale = exps[-1].scale
+    assert np.all((scale > 0.2) & (scale < 1.5))
+
+
+def test_auto_prefers_linear_on_a_trend_and_last_on_a_random_walk() -> None:
+    rng = np.random.default_rng(11)
+    T = 600
+    bank = ForecastBank(H)
+    idx = bank.add(2)
+    t = np.arange(T)[:, None] * 300.0 + np.zeros((1, 2))
+    trend = 0.02 * t[:, 0] + 0.05 * rng.normal(size=T)
+    walk = rng.normal(size=T).cumsum()
+    feed(bank, idx, t, np.stack([trend, walk], axis=1))
+    fc = bank.forecast(idx)
+    assert (fc.model[0] == bank.model_names.index("linear")).all()
+    assert (fc.model[1] != bank.model_names.index("linear")).all()
+
+
+def test_irregular_sampling_and_gaps() -> None:
+    rng = np.random.default_rng(5)
+    dt = rng.uniform(40.0, 80.0, size=500)
+    dt[250] = 6 * 3600.0  # six hours missing
+    t = np.cumsum(dt)
+    y = 3.0 + 0.001 * t
+    bank = ForecastBank(H)
+    idx = bank.add(1)
+    exps = feed(bank, idx, t[:, None], y[:, None])
+    fc = bank.forecast(idx)
+    assert np.isfinite(fc.mean).all() and np.isfinite(fc.lower).all()
+    np.testing.assert_allclose(fc.mean[0], y[-1] + 0.001 * np.array(H), rtol=1e-3)
+    # the sample after the gap did not spoil the one-step error scale
+    assert exps[-1].scale[0] < 0.05
+    assert np.isfinite(exps[251].expected[0])
+
+
+def test_reset_forgets_a_slot_only() -> None:
+    bank = ForecastBank(H)
+    idx = bank.add(2)
+    t = np.arange(50)[:, None] * 60.0 + np.zeros((1, 2))
+    y = np.stack([np.arange(50.0), -np.arange(50.0)], axis=1)
+    feed(bank, idx, t, y)
+    before = bank.forecast(idx)
+    bank.reset(idx[:1])
+    after = bank.forecast(idx)
+    assert np.isnan(after.mean[0]).all()
+    np.testing.assert_array_equal(after.mean[1], before.mean[1])
+    # the slot is usable again, from scratch, at any time (even earlier than before)
+    e = bank.update(idx[:1], np.array([10.0]), np.array([1.0]))
+    assert np.isnan(e.expected[0])
+    assert bank.forecast(idx[:1]).mean[0, 0] == 1.0
+
+
+def test_add_grows_and_keeps_state() -> None:
+    bank = ForecastBank(H, capacity=2)
+    a = bank.add(2)
+    for r in range(10):
+        bank.update(a, np.full(2, 60.0 * r), np.array([1.0, 2.0]))
+    before = bank.forecast(a)
+    b = bank.add(37)
+    assert bank.size == 39
+    np.testing.assert_array_equal(b, np.arange(2, 39))
+    np.testing.assert_array_equal(bank.forecast(a).mean, before.mean)
+    assert np.isnan(bank.forecast(b).mean).all()
+
+
+def test_state_dict_round_trip_gives_identical_forecasts() -> None:
+    rng = np.random.default_rng(2)
+    T, k = 300, 3
+    t = np.arange(T)[:, None] * 300.0 + np.zeros((1, k))
+    y = rng.normal(size=(T, k)).cumsum(0)
+    a = ForecastBank(H)
+    idx = a.add(k)
+    feed(a, idx, t[:200], y[:200])
+    b = ForecastBank(H)
+    b.load_state_dict(a.state_dict())
+    assert b.size == k
+    for r in range(200, T):
+        ea, eb = a.update(idx, t[r], y[r]), b.update(idx, t[r], y[r])
+        np.testing.assert_array_equal(ea.expected, eb.expected)
+    fa, fb = a.forecast(), b.forecast()
+    for name in ("mean", "lower", "upper", "confidence", "model", "slope_per_s"):
+        np.testing.assert_array_equal(getattr(fa, name), getattr(fb, name))
+
+
+def test_load_rejects_other_configuration() -> None:
+    a = ForecastBank(H)
+    a.add(1)
+    with pytest.raises(InputError):
+        ForecastBank([300.0]).load_state_dict(a.state_dict())
+
+
+def test_no_lookahead_prefix_gives_identical_forecasts() -> None:
+    rng = np.random.default_rng(9)
+    T = 400
+    t = np.arange(T) * 300.0
+    y = np.sin(t / 5000.0) + 0.1 * rng.normal(size=T)
+    full, part = ForecastBank(H), ForecastBank(H)
+    fi, pi = full.add(1), part.add(1)
+    got_full = []
+    for r in range(T):
+        full.update(fi, t[r:r + 1], y[r:r + 1])
+        got_full.append(full.forecast(fi).mean[0])
+    for r in range(250):
+        part.update(pi, t[r:r + 1], y[r:r + 1])
+        np.testing.assert_array_equal(part.forecast(pi).mean[0], got_full[r])
+
+
+def test_series_with_different_times_in_one_call() -> None:
+    """Offline replay feeds series whose clocks differ; each must match a bank of its own."""
+    rng = np.random.default_rng(4)
+    T = 300
+    t1, t2 = np.arange(T) * 300.0, 1e6 + np.arange(T) * 60.0
+    y1, y2 = rng.normal(size=T).cumsum(), rng.normal(size=T)
+    both = ForecastBank(H)
+    idx = both.add(2)
+    alone = ForecastBank(H)
+    j = alone.add(1)
+    for r in range(T):
+        both.update(idx, np.array([t1[r], t2[r]]), np.array([y1[r], y2[r]]))
+        alone.update(j, t2[r:r + 1], y2[r:r + 1])
+    np.testing.assert_array_equal(both.forecast(idx[1:]).mean, alone.forecast(j).mean)
+
+
+def test_bad_input_is_rejected() -> None:
+    bank = ForecastBank(H)
+    idx = bank.add(1)
+    bank.update(idx, np.array([10.0]), np.array([1.0]))
+    with pytest.raises(InputError):
+        bank.update(idx, np.array([10.0]), np.array([1.0]))  # not after the previous sample
+    with pytest.raises(InputError):
+        bank.update(np.array([5]), np.array([20.0]), np.array([1.0]))
+    with pytest.raises(InputError):
+        ForecastBank(H, model="nope")
+    with pytest.raises(InputError):
+        ForecastBank([0.0])
