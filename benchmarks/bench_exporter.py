@@ -1,0 +1,71 @@
+"""Scrape cost of /metrics at scale: a view of N series × 4 horizons, rendered as a scrape would.
+
+    python benchmarks/bench_exporter.py --series 40000 --twins 10000 --repeat 3
+
+Prints the build (collect) and render times of the first scrape of a view, of a repeated scrape of the
+same view (cached), and of prometheus-client's own generate_latest for comparison (--stock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sidecar.engine.view import EngineView
+from sidecar.exporter import install_exporter, render, sync_duration_histogram
+from sidecar.status import ServiceStatus
+
+
+def big_view(n_series: int, n_twins: int, seed: int) -> EngineView:
+    rng = np.random.default_rng(seed)
+    per = n_series // n_twins
+    metrics = [f"metric_{j}" for j in range(per)]
+    names = [f"service-{i:05d}" for i in range(n_twins)]
+    st = tuple(t for t in names for _ in metrics)
+    sm = tuple(m for _ in names for m in metrics)
+    s, h = len(st), 4
+    mean = rng.uniform(0, 100, (s, h))
+    eta = np.where(rng.uniform(size=s) < 0.05, rng.uniform(60, 3600, s), np.nan)
+    return EngineView(
+        at=1.7e9, horizons_s=np.array([300.0, 900.0, 1800.0, 3600.0]), series_twin=st, series_metric=sm,
+        last_value=rng.uniform(0, 100, s), forecast_mean=mean, forecast_lower=mean - 3, forecast_upper=mean + 3,
+        confidence=rng.uniform(0, 1, (s, h)), expected=rng.uniform(0, 100, s),
+        divergence_ratio=rng.normal(0, 0.2, s), severity=rng.integers(0, 5, s).astype(np.int8),
+        anomaly=rng.uniform(0, 1, s), limit=np.full(s, 95.0), breach_eta_s=eta, twin_names=tuple(names),
+        health=rng.uniform(0, 100, n_twins), drift=rng.uniform(size=n_twins) < 0.1,
+        last_sync=np.full(n_twins, 1.7e9))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--series", type=int, default=40_000)
+    ap.add_argument("--twins", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--stock", action="store_true", help="also time prometheus-client's generate_latest")
+    args = ap.parse_args()
+    views = [big_view(args.series, args.twins, seed) for seed in range(args.repeat)]
+    current = [views[0]]
+    registry = CollectorRegistry()
+    install_exporter(registry, view=lambda: current[0], status=ServiceStatus(source_up=True))
+    sync_duration_histogram(registry).observe(0.5)
+    for i, view in enumerate(views):
+        current[0] = view
+        t0 = time.perf_counter()
+        body = render(registry)
+        t1 = time.perf_counter()
+        render(registry)
+        t2 = time.perf_counter()
+        lines = body.count(b"\n") - body.count(b"\n#")
+        print(f"view {i}: first scrape {t1 - t0:.3f}s, same view again {t2 - t1:.3f}s, "
+              f"{lines} samples, {len(body) / 1e6:.1f} MB")
+    if args.stock:
+        t0 = time.perf_counter()
+        generate_latest(registry)
+        print(f"prometheus-client generate_latest: {time.perf_counter() - t0:.3f}s")
+
+
+if __name__ == "__main__":
+    main()

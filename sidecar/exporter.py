@@ -1,0 +1,475 @@
+"""The /metrics side: one custom collector over the engine's latest view.
+
+A scrape reads the immutable ``EngineView`` the engine built at its last tick
+and the ``ServiceStatus`` the scheduler keeps; it never queries Prometheus and
+never runs a model. At 40,000 series × 4 horizons a scrape holds several
+hundred thousand samples, which prometheus-client's own text renderer formats
+one ``Sample`` at a time (roughly 15 µs each on the project's machine), so
+the large per-series families are built as arrays (``ArrayGaugeFamily``) and
+rendered by ``render`` a whole column at a time. They are still ordinary
+prometheus-client ``Metric`` objects: their ``samples`` materialise on demand,
+so any stock consumer of the registry (``generate_latest``, a push gateway)
+sees the same data, only slower.
+
+Example::
+
+    >>> import numpy as np
+    >>> from prometheus_client import CollectorRegistry
+    >>> from sidecar.engine.view import EngineView
+    >>> from sidecar.status import ServiceStatus
+    >>> registry = CollectorRegistry()
+    >>> view = EngineView.empty(np.array([300.0]))
+    >>> _ = install_exporter(registry, view=lambda: view, status=ServiceStatus())
+    >>> b"twin_twins 0.0" in render(registry)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import exposition as _text_exposition
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as _om_exposition
+from prometheus_client.samples import Sample
+
+from .engine.view import EngineView
+from .status import ServiceStatus
+
+__all__ = [
+    "CONTENT_TYPE_OPENMETRICS",
+    "CONTENT_TYPE_TEXT",
+    "EXPORTED_METRICS",
+    "EXPORTED_SERIES_NAMES",
+    "SYNC_DURATION_BUCKETS",
+    "ArrayGaugeFamily",
+    "MetricSpec",
+    "TwinCollector",
+    "horizon_label",
+    "install_exporter",
+    "is_own_series",
+    "render",
+    "sync_duration_histogram",
+    "wants_openmetrics",
+]
+
+CONTENT_TYPE_TEXT = _text_exposition.CONTENT_TYPE_PLAIN_0_0_4
+CONTENT_TYPE_OPENMETRICS = _om_exposition.CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric family: the Grafana/Alertmanager contract."""
+
+    name: str                    # as it appears on /metrics in the text format (counters end in _total)
+    type: str                    # gauge | counter | histogram
+    help: str
+    labels: tuple[str, ...]
+
+    @property
+    def family(self) -> str:
+        """The name prometheus-client families use (counters without ``_total``)."""
+        return self.name.removesuffix("_total") if self.type == "counter" else self.name
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """Every sample name this family can put on /metrics."""
+        if self.type == "histogram":
+            return tuple(self.name + s for s in ("_bucket", "_sum", "_count", "_created"))
+        if self.type == "counter":
+            return (self.name, self.family + "_created")
+        return (self.name,)
+
+
+_TML = ("twin", "metric")
+_TMH = ("twin", "metric", "horizon")
+
+#: Every metric the sidecar exports, in exposition order. The dashboards, the alert rules and the loop guard
+#: (which drops any queried series carrying one of these names) all read this list.
+EXPORTED_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("twin_forecast", "gauge", "Forecast value of the metric at the horizon ahead.", _TMH),
+    MetricSpec("twin_forecast_lower", "gauge", "Lower bound of the forecast interval at the horizon.", _TMH),
+    MetricSpec("twin_forecast_upper", "gauge", "Upper bound of the forecast interval at the horizon.", _TMH),
+    MetricSpec("twin_confidence", "gauge", "Confidence (0-1) of the forecast at the horizon.", _TMH),
+    MetricSpec("twin_expected", "gauge", "Expected value of the metric (hand-set or learned).", _TML),
+    MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / expected for the metric.", _TML),
+    MetricSpec("twin_divergence_severity", "gauge",
+               "Divergence severity: 0 none, 1 low, 2 medium, 3 high, 4 critical.", _TML),
+    MetricSpec("twin_anomaly_score", "gauge", "Anomaly score (0-1) of the metric's latest sample.", _TML),
+    MetricSpec("twin_breach_eta_seconds", "gauge",
+               "Forecast seconds until the metric crosses its limit; absent when no crossing is forecast "
+               "within the longest horizon.", ("twin", "metric", "limit")),
+    MetricSpec("twin_health_score", "gauge", "Health of the twin, 0 (failing) to 100 (healthy).", ("twin",)),
+    MetricSpec("twin_drift", "gauge", "1 while the twin drifts from its expected state, else 0.", ("twin",)),
+    MetricSpec("twin_last_sync_timestamp_seconds", "gauge",
+               "Unix time of the twin's last accepted sync.", ("twin",)),
+    MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
+    MetricSpec("twin_source_up", "gauge",
+               "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
+    MetricSpec("twin_query_errors_total", "counter", "Failed metric queries, per twin and metric.", _TML),
+    MetricSpec("twin_dropped_own_series_total", "counter",
+               "Queried series dropped because they carry the sidecar's own metric names.", ()),
+    MetricSpec("twin_store_up", "gauge", "1 if the history store accepts writes, else 0.", ()),
+    MetricSpec("twin_store_backlog", "gauge", "Items waiting to be written to the history store.", ()),
+    MetricSpec("twin_store_dropped_samples_total", "counter",
+               "Metric samples dropped because the store's write buffer was full.", ()),
+    MetricSpec("twin_store_corrupt_snapshots_total", "counter",
+               "Stored snapshots that failed their checksum when read back.", ()),
+    MetricSpec("twin_simulation_failure_probability", "gauge",
+               "Probability (0-1) that the twin fails under the scenario, from the last simulation.",
+               ("twin", "scenario")),
+    MetricSpec("twin_simulation_breaking_multiplier", "gauge",
+               "Load multiplier at which the twin breaks under the scenario, from the last simulation.",
+               ("twin", "scenario")),
+    MetricSpec("twin_sync_duration_seconds", "histogram", "Seconds one sync round of all twins took.", ()),
+)
+
+_SPECS: dict[str, MetricSpec] = {m.name: m for m in EXPORTED_METRICS}
+
+#: Every sample name that can appear on the sidecar's /metrics (histogram and counter suffixes included).
+EXPORTED_SERIES_NAMES: frozenset[str] = frozenset(n for m in EXPORTED_METRICS for n in m.series_names)
+
+
+def is_own_series(name: str) -> bool:
+    """True for a series name the sidecar itself exports (the loop guard's test)."""
+    return name in EXPORTED_SERIES_NAMES
+
+
+# --------------------------------------------------------------------------- labels
+
+def horizon_label(seconds: float) -> str:
+    """``300`` -> ``5m``, ``3600`` -> ``60m``, ``90`` -> ``90s``: minutes when whole, else seconds."""
+    s = float(seconds)
+    if s > 0 and s % 60 == 0:
+        return f"{int(s // 60)}m"
+    return f"{int(s)}s" if s.is_integer() else f"{s!r}s"
+
+
+def _number_label(value: float) -> str:
+    """A label value for a number: ``95`` not ``95.0``, exact otherwise."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _object_array(items: Iterable[str], n: int) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    out[:] = list(items)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRows:
+    """Label values of every row of a family and their rendered ``k="v",…`` bodies (object arrays)."""
+
+    names: tuple[str, ...]
+    columns: tuple[np.ndarray, ...]
+    bodies: np.ndarray
+
+    @classmethod
+    def build(cls, names: tuple[str, ...], columns: Sequence[Sequence[str]]) -> LabelRows:
+        n = len(columns[0]) if columns else 0
+        cols = tuple(_object_array(c, n) for c in columns)
+        escaped = [[f'{k}="{_escape(v)}"' for v in c] for k, c in zip(names, columns, strict=True)]
+        bodies = _object_array((",".join(parts) for parts in zip(*escaped, strict=True)), n)
+        return cls(names, cols, bodies)
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def take(self, idx: np.ndarray) -> LabelRows:
+        return LabelRows(self.names, tuple(c[idx] for c in self.columns), self.bodies[idx])
+
+    def with_label(self, name: str, values: Sequence[str]) -> LabelRows:
+        """These rows with one more label appended (e.g. ``limit``)."""
+        extra = _object_array((f',{name}="{_escape(v)}"' for v in values), len(self))
+        return LabelRows((*self.names, name), (*self.columns, _object_array(values, len(self))),
+                         np.add(self.bodies, extra) if len(self) else self.bodies)
+
+
+# --------------------------------------------------------------------------- families
+
+class ArrayGaugeFamily(Metric):
+    """A gauge family held as columns: label rows plus one value array, non-finite values already removed.
+
+    ``render_lines`` formats the whole family at once; ``samples`` builds the
+    prometheus-client ``Sample`` list only if a stock consumer asks for it.
+    """
+
+    def __init__(self, name: str, documentation: str, rows: LabelRows, values: np.ndarray) -> None:
+        self._rows = rows
+        self._values = values
+        self._materialised: list[Sample] | None = None
+        self._text: str | None = None
+        super().__init__(name, documentation, "gauge")
+
+    @property
+    def samples(self) -> list[Sample]:
+        if self._materialised is None:
+            rows, names = self._rows, self._rows.names
+            labels = [dict(zip(names, vals, strict=True)) for vals in zip(*rows.columns, strict=True)]
+            if not names:
+                labels = [{} for _ in range(len(self._values))]
+            self._materialised = list(map(Sample, repeat(self.name), labels, self._values.tolist()))
+        return self._materialised
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        # Metric.__init__ assigns [] here; anything else replaces the columns for good.
+        self._materialised = value or None
+
+    def render_lines(self) -> str:
+        """HELP, TYPE and every sample line (identical in the text and OpenMetrics formats for a gauge)."""
+        if self._text is None:
+            doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            name = self.name
+            fmt = _ESTIMATE_FORMAT if name in _ESTIMATES else repr
+            values = map(fmt, self._values.tolist())
+            if self._rows.names:
+                bodies = self._rows.bodies.tolist()
+                lines = [f"{name}{{{b}}} {v}\n" for b, v in zip(bodies, values, strict=True)]
+            else:
+                lines = [f"{name} {v}\n" for v in values]
+            self._text = f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(lines)
+        return self._text
+
+
+#: Estimates are written with 9 significant digits (far below their own error, and half the cost of an exact
+#: ``repr`` per sample); counts, timestamps and scores are written exactly.
+_ESTIMATES = frozenset({"twin_forecast", "twin_forecast_lower", "twin_forecast_upper", "twin_confidence",
+                        "twin_expected", "twin_divergence_ratio", "twin_anomaly_score"})
+_ESTIMATE_FORMAT = "{:.9g}".format
+
+
+def _array_gauge(name: str, rows: LabelRows, values: np.ndarray) -> ArrayGaugeFamily:
+    """The family over the finite values only: an unknown value is an absent series, never NaN."""
+    spec = _SPECS[name]
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(v)
+    if not finite.all():
+        idx = np.flatnonzero(finite)
+        rows, v = rows.take(idx), v[idx]
+    return ArrayGaugeFamily(spec.name, spec.help, rows, v)
+
+
+def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
+    spec = _SPECS[name]
+    if value is not None and math.isfinite(value):
+        return GaugeMetricFamily(spec.name, spec.help, value=value)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _counter(name: str, value: float | None = None) -> CounterMetricFamily:
+    spec = _SPECS[name]
+    if value is not None:
+        return CounterMetricFamily(spec.family, spec.help, value=value)
+    return CounterMetricFamily(spec.family, spec.help, labels=spec.labels)
+
+
+# --------------------------------------------------------------------------- the collector
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Label rows for one arrangement of series and twins, reused until the engine's series change."""
+
+    series_twin: tuple[str, ...]
+    series_metric: tuple[str, ...]
+    horizons: tuple[str, ...]
+    twin_names: tuple[str, ...]
+    series: LabelRows           # (S,) twin, metric
+    series_horizon: LabelRows   # (S*H,) twin, metric, horizon — row-major, matching forecast.reshape(-1)
+    twins: LabelRows            # (T,) twin
+
+    def fits(self, view: EngineView, horizons: tuple[str, ...]) -> bool:
+        return (horizons == self.horizons
+                and (view.series_twin is self.series_twin or view.series_twin == self.series_twin)
+                and (view.series_metric is self.series_metric or view.series_metric == self.series_metric)
+                and (view.twin_names is self.twin_names or view.twin_names == self.twin_names))
+
+    @classmethod
+    def of(cls, view: EngineView, horizons: tuple[str, ...]) -> _Layout:
+        h = len(horizons)
+        st, sm = view.series_twin, view.series_metric
+        rep_t = [t for t in st for _ in range(h)]
+        rep_m = [m for m in sm for _ in range(h)]
+        return cls(series_twin=st, series_metric=sm, horizons=horizons, twin_names=view.twin_names,
+                   series=LabelRows.build(_TML, [st, sm]),
+                   series_horizon=LabelRows.build(_TMH, [rep_t, rep_m, list(horizons) * len(st)]),
+                   twins=LabelRows.build(("twin",), [view.twin_names]))
+
+
+class TwinCollector:
+    """The sidecar's one custom collector: engine view + service status -> metric families.
+
+    ``view`` returns the engine's latest immutable ``EngineView`` (a reference,
+    so calling it is free and needs no engine lock). Families built from one
+    view are kept until the view changes, so several scrapes between two ticks
+    (an HA pair of Prometheus servers) format the big families only once.
+    """
+
+    def __init__(self, view: Callable[[], EngineView], status: ServiceStatus) -> None:
+        self._view = view
+        self._status = status
+        self._layout: _Layout | None = None
+        self._cached: tuple[EngineView, tuple[ArrayGaugeFamily, ...]] | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterator[Metric]:
+        """Names only, so the registry refuses a second collector exporting the same metrics."""
+        for spec in EXPORTED_METRICS:
+            if spec.type != "histogram":
+                yield Metric(spec.family, spec.help, spec.type)
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view()
+        yield from self._view_families(view)
+        yield from self._status_families(view)
+
+    def _layout_for(self, view: EngineView) -> _Layout:
+        horizons = tuple(horizon_label(h) for h in np.asarray(view.horizons_s).tolist())
+        layout = self._layout
+        if layout is None or not layout.fits(view, horizons):
+            layout = _Layout.of(view, horizons)
+            self._layout = layout
+        return layout
+
+    def _view_families(self, view: EngineView) -> tuple[ArrayGaugeFamily, ...]:
+        cached = self._cached
+        if cached is not None and cached[0] is view:
+            return cached[1]
+        with self._lock:  # concurrent scrapes of a new view build it once
+            cached = self._cached
+            if cached is not None and cached[0] is view:
+                return cached[1]
+            families = self._build(view)
+            self._cached = (view, families)
+            return families
+
+    def _build(self, view: EngineView) -> tuple[ArrayGaugeFamily, ...]:
+        lay = self._layout_for(view)
+        sh, s, t = lay.series_horizon, lay.series, lay.twins
+        eta = np.asarray(view.breach_eta_s, dtype=np.float64)
+        limit = np.asarray(view.limit, dtype=np.float64)
+        has_eta = np.flatnonzero(np.isfinite(eta) & np.isfinite(limit))
+        eta_rows = s.take(has_eta).with_label("limit", [_number_label(x) for x in limit[has_eta].tolist()])
+        return (
+            _array_gauge("twin_forecast", sh, view.forecast_mean),
+            _array_gauge("twin_forecast_lower", sh, view.forecast_lower),
+            _array_gauge("twin_forecast_upper", sh, view.forecast_upper),
+            _array_gauge("twin_confidence", sh, view.confidence),
+            _array_gauge("twin_expected", s, view.expected),
+            _array_gauge("twin_divergence_ratio", s, view.divergence_ratio),
+            _array_gauge("twin_divergence_severity", s, view.severity),
+            _array_gauge("twin_anomaly_score", s, view.anomaly),
+            _array_gauge("twin_breach_eta_seconds", eta_rows, eta[has_eta]),
+            _array_gauge("twin_health_score", t, view.health),
+            _array_gauge("twin_drift", t, np.asarray(view.drift, dtype=np.float64)),
+            _array_gauge("twin_last_sync_timestamp_seconds", t, view.last_sync),
+        )
+
+    def _status_families(self, view: EngineView) -> Iterator[Metric]:
+        st = self._status
+        yield _gauge("twin_twins", float(len(view.twin_names)))
+        yield _gauge("twin_source_up", 1.0 if st.source_up else 0.0)
+        errors = _counter("twin_query_errors_total")
+        # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes
+        for (twin, metric), n in sorted(dict(st.query_errors).items()):
+            errors.add_metric([twin, metric], float(n))
+        yield errors
+        yield _counter("twin_dropped_own_series_total", float(st.dropped_own_series_total))
+        yield _gauge("twin_store_up", 1.0 if st.store_up else 0.0)
+        yield _gauge("twin_store_backlog", float(st.store_backlog))
+        yield _counter("twin_store_dropped_samples_total", float(st.store_dropped_samples_total))
+        yield _counter("twin_store_corrupt_snapshots_total", float(st.store_corrupt_snapshots_total))
+        for name, values in (("twin_simulation_failure_probability", st.simulation_failure_probability),
+                             ("twin_simulation_breaking_multiplier", st.simulation_breaking_multiplier)):
+            fam = _gauge(name)
+            for (twin, scenario), v in sorted(dict(values).items()):
+                if v is not None and math.isfinite(v):
+                    fam.add_metric([twin, scenario], float(v))
+            yield fam
+
+
+# --------------------------------------------------------------------------- registry wiring
+
+#: Round durations from a few milliseconds (a handful of twins) to a minute (a slow source at scale).
+SYNC_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                                            30.0, 60.0)
+
+_histograms: weakref.WeakKeyDictionary[CollectorRegistry, Histogram] = weakref.WeakKeyDictionary()
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, TwinCollector] = weakref.WeakKeyDictionary()
+_histograms_lock = threading.Lock()
+
+
+def sync_duration_histogram(registry: CollectorRegistry) -> Histogram:
+    """The ``twin_sync_duration_seconds`` histogram of this registry, created on first use.
+
+    The scheduler observes each round's duration on it; calling again with the
+    same registry returns the same histogram.
+    """
+    with _histograms_lock:
+        hist = _histograms.get(registry)
+        if hist is None:
+            spec = _SPECS["twin_sync_duration_seconds"]
+            hist = Histogram(spec.name, spec.help, registry=registry, buckets=SYNC_DURATION_BUCKETS)
+            _histograms[registry] = hist
+        return hist
+
+
+def install_exporter(registry: CollectorRegistry, *, view: Callable[[], EngineView],
+                     status: ServiceStatus) -> TwinCollector:
+    """Register the collector and the sync histogram in ``registry`` (once; later calls return the first)."""
+    with _histograms_lock:
+        existing = _collectors.get(registry)
+        if existing is None:
+            existing = TwinCollector(view, status)
+            registry.register(existing)
+            _collectors[registry] = existing
+    sync_duration_histogram(registry)
+    return existing
+
+
+# --------------------------------------------------------------------------- exposition
+
+class _One:
+    def __init__(self, family: Metric) -> None:
+        self._family = family
+
+    def collect(self) -> Iterable[Metric]:
+        return (self._family,)
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """True when the scraper accepts OpenMetrics (Prometheus asks for it first)."""
+    return any(part.split(";")[0].strip() == "application/openmetrics-text"
+               for part in (accept or "").split(","))
+
+
+def render(registry: Any, *, openmetrics: bool = False) -> bytes:
+    """The registry in the Prometheus text format 0.0.4, or OpenMetrics 1.0.0.
+
+    Array families are formatted a column at a time; every other family (the
+    histogram, counters, anything else registered) goes through
+    prometheus-client's own exposition, so its format rules stay theirs.
+    """
+    stock = _om_exposition.generate_latest if openmetrics else _text_exposition.generate_latest
+    parts: list[str] = []
+    for family in registry.collect():
+        if isinstance(family, ArrayGaugeFamily):
+            parts.append(family.render_lines())
+        else:
+            text = stock(_One(family)).decode("utf-8")
+            parts.append(text.removesuffix("# EOF\n") if openmetrics else text)
+    if openmetrics:
+        parts.append("# EOF\n")
+    return "".join(parts).encode("utf-8")
