@@ -1,0 +1,665 @@
+"""The YAML rules: parsed once, validated completely, frozen.
+
+The rules are the user's contract, so a mistake must be found before the
+service starts and reported where it is: every ``ConfigError`` names the
+file, the line and the key and says what was expected. The YAML is composed
+into a node tree (which keeps line numbers) and read by a small walker that
+also refuses unknown and duplicate keys, rather than loaded into plain dicts
+where both would be silently lost.
+
+Secrets (bearer token, basic-auth password, API token) are only ever read
+from files, held as :class:`SecretFile` whose ``repr`` never shows the
+content, and re-read when the file changes (Kubernetes rotates projected
+tokens in place).
+
+Example::
+
+    cfg = load_config("config/example.yaml")
+    cfg.interval_s, [t.name for t in cfg.twins]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from .engine.records import SystemType
+from .errors import ConfigError
+
+#: Scenario types the engine knows; the simulation validates their parameters.
+SCENARIO_TYPES: tuple[str, ...] = ("traffic_spike", "failure_injection", "load_test")
+DEFAULT_HORIZONS_S: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)
+_DURATION_UNITS: Mapping[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+                                        "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@,=-]*")
+
+
+def parse_duration(text: str) -> float:
+    """``15s``, ``5m``, ``1h30m``, ``500ms`` -> seconds; ``ValueError`` otherwise."""
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the shortest exact ``1h``/``15m``/``30s`` form (horizon labels use it)."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and float(seconds) % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{round(seconds * 1000)}ms"
+
+
+class SecretFile:
+    """A secret read from a file: content never shown, re-read when the file changes.
+
+    >>> SecretFile("/run/secrets/token")     # doctest: +SKIP
+    SecretFile('/run/secrets/token')
+    """
+
+    __slots__ = ("_mtime", "_value", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self._value = ""
+
+    def read(self) -> str:
+        """The current content, stripped of surrounding whitespace; ``OSError`` if unreadable."""
+        mtime = os.stat(self.path).st_mtime
+        if mtime != self._mtime:
+            self._value = Path(self.path).read_text(encoding="utf-8").strip()
+            self._mtime = mtime
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"SecretFile({self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretFile) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    username: str
+    password_file: SecretFile
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusConfig:
+    url: str = "http://127.0.0.1:9090"
+    timeout_s: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    bearer_token_file: SecretFile | None = None
+    basic_auth: BasicAuth | None = None
+    tls_ca_file: str | None = None
+    max_concurrency: int = 16
+    accept_warnings: bool = False     # a result with warnings may be partial: refused unless accepted
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    auth_token_file: SecretFile | None = None
+    max_body_bytes: int = 1_048_576
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    path: str = "./twin-sidecar.db"
+    url: str | None = field(default=None, repr=False)   # may carry a password: never shown
+    retention_days: float = 30.0
+    retention_snapshots: int = 1000
+    buffer_max_items: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class TwinRule:
+    """One ``twins:`` entry: a single twin, or a family of discovered twins."""
+
+    name: str
+    metrics: Mapping[str, str]                  # metric name -> PromQL (may hold $label placeholders)
+    system_type: SystemType = SystemType.OTHER
+    discover: str | None = None                 # PromQL; one twin per returned series
+    name_labels: tuple[str, ...] = ()           # which discovery labels name a twin (default: all)
+    request_rate: str | None = None             # PromQL for throughput (requests/s), for the simulation
+    expected: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    thresholds: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    limits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
+    replicas: int | None = None
+    workers: int | None = None
+    auto_correction: bool = True
+    line: int = 0                               # where the rule starts in the file
+
+    def queries(self) -> dict[str, str]:
+        """Every metric the scheduler queries for this twin (``request_rate`` included)."""
+        out = dict(self.metrics)
+        if self.request_rate is not None:
+            out["request_rate"] = self.request_rate
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioRule:
+    """A standing what-if scenario, re-run every ``every_s`` for one twin rule (or all)."""
+
+    name: str
+    twin: str                                   # a twin rule name, or "all"
+    every_s: float
+    scenario: Mapping[str, Any]
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    path: str
+    prometheus: PrometheusConfig
+    server: ServerConfig
+    storage: StorageConfig
+    twins: tuple[TwinRule, ...]
+    scenarios: tuple[ScenarioRule, ...] = ()
+    interval_s: float = 15.0
+    backfill_s: float = 3600.0
+
+    @property
+    def horizons_s(self) -> tuple[float, ...]:
+        """Every horizon any twin asks for (the engine forecasts all of them for all twins)."""
+        hs = sorted({h for t in self.twins for h in t.horizons_s})
+        return tuple(hs) if hs else DEFAULT_HORIZONS_S
+
+
+# --------------------------------------------------------------------------- the node walker
+
+
+class _Reader:
+    """Reads one YAML mapping node, remembering which keys were used."""
+
+    def __init__(self, path: str, node: yaml.Node, where: str) -> None:
+        self.path = path
+        self.where = where
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, where or "(top level)", f"expected a mapping, got {_kind(node)}")
+        self.node = node
+        self.items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                raise self.error(k, where, "keys must be plain strings")
+            if k.value in self.items:
+                first = self.items[k.value][0].start_mark.line + 1
+                raise self.error(k, self.key(k.value), f"duplicate key (first given on line {first})")
+            self.items[k.value] = (k, v)
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def error(self, node: yaml.Node, key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, line=node.start_mark.line + 1, key=key)
+
+    def node_of(self, name: str) -> yaml.Node | None:
+        self.used.add(name)
+        item = self.items.get(name)
+        if item is None or _is_null(item[1]):
+            return None
+        return item[1]
+
+    def finish(self, allowed: tuple[str, ...] | None = None) -> None:
+        """Refuse keys nobody asked for (a typo must not silently mean "default")."""
+        for name, (k, _) in self.items.items():
+            if name not in self.used:
+                known = ", ".join(sorted(self.used if allowed is None else allowed))
+                raise self.error(k, self.key(name), f"unknown key (known keys here: {known})")
+
+    # typed getters -------------------------------------------------------------------------
+
+    def str_(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        node = self.node_of(name)
+        if node is None:
+            if required:
+                raise self.error(self.node, self.key(name), "required key is missing (expected a string)")
+            return default
+        value = _scalar(node)
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(node, self.key(name), f"expected a non-empty string, got {_show(node)}")
+        return value
+
+    def req_str(self, name: str) -> str:
+        value = self.str_(name, required=True)
+        assert value is not None
+        return value
+
+    def bool_(self, name: str, default: bool) -> bool:
+        node = self.node_of(name)
+        if node is None:
+            return default
+        value = _scalar(node)
+        if not isinstance(value, bool):
+            raise self.error(node, self.key(name), f"expected true or false, got {_show(node)}")
+        return value
+
+    def int_(self, name: str, default: int | None, *, minimum: int = 1) -> int | None:
+        node = self.node_of(name)
+        if node is None:
+            return default
+        value = _scalar(node)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(node, self.key(name), f"expected an integer >= {minimum}, got {_show(node)}")
+        return value
+
+    def number(self, name: str, default: float, *, positive: bool = True) -> float:
+        node = self.node_of(name)
+        if node is None:
+            return default
+        return _number(self, node, self.key(name), positive=positive)
+
+    def duration(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+        node = self.node_of(name)
+        if node is None:
+            return default
+        return _duration(self, node, self.key(name), allow_zero=allow_zero)
+
+    def mapping(self, name: str) -> _Reader | None:
+        node = self.node_of(name)
+        return None if node is None else _Reader(self.path, node, self.key(name))
+
+    def sequence(self, name: str) -> Iterator[tuple[int, yaml.Node]]:
+        node = self.node_of(name)
+        if node is None:
+            return iter(())
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, self.key(name), f"expected a list, got {_kind(node)}")
+        return enumerate(node.value)
+
+    def secret_file(self, name: str) -> SecretFile | None:
+        path = self.str_(name)
+        if path is None:
+            return None
+        node = self.items[name][1]
+        secret = SecretFile(_resolve(self.path, path))
+        try:
+            if not secret.read():
+                raise self.error(node, self.key(name),
+                                 f"the file {path!r} is empty (expected the secret in it)")
+        except OSError as exc:
+            raise self.error(node, self.key(name),
+                             f"cannot read the file {path!r} ({exc.strerror or exc})") from exc
+        return secret
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        return node  # callers compare types; a non-scalar is never the expected scalar
+    return _LOADER.construct_object(node, deep=True)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return _show(node)
+
+
+def _show(node: yaml.Node) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        return _kind(node)
+    value = _scalar(node)
+    return f"{type(value).__name__} {node.value!r}"
+
+
+def _number(r: _Reader, node: yaml.Node, key: str, *, positive: bool) -> float:
+    value = _scalar(node)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise r.error(node, key, f"expected a number, got {_show(node)}")
+    if positive and value <= 0:
+        raise r.error(node, key, f"expected a number > 0, got {value}")
+    return float(value)
+
+
+def _duration(r: _Reader, node: yaml.Node, key: str, *, allow_zero: bool = False) -> float:
+    value = _scalar(node)
+    if allow_zero and value == 0 and not isinstance(value, bool):
+        return 0.0
+    if not isinstance(value, str):
+        raise r.error(node, key, f"expected a duration like 15s, 5m or 1h, got {_show(node)}")
+    try:
+        seconds = parse_duration(value.strip())
+    except ValueError:
+        raise r.error(node, key, f"expected a duration like 15s, 5m or 1h, got {value!r}") from None
+    if seconds <= 0 and not allow_zero:
+        raise r.error(node, key, "expected a duration > 0")
+    return seconds
+
+
+def _resolve(config_path: str, path: str) -> str:
+    """Relative paths in the rules are relative to the rules file, not to the working directory."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else Path(config_path).resolve().parent / p)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _prometheus(r: _Reader | None) -> PrometheusConfig:
+    if r is None:
+        return PrometheusConfig()
+    d = PrometheusConfig()
+    url = r.str_("url", d.url)
+    assert url is not None
+    if not re.match(r"https?://[^/\s]+", url):
+        raise r.error(r.items["url"][1], r.key("url"), f"expected an http:// or https:// URL, got {url!r}")
+    headers: dict[str, str] = {}
+    hr = r.mapping("headers")
+    if hr is not None:
+        for name, (k, v) in hr.items.items():
+            hr.used.add(name)
+            value = _scalar(v)
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                raise hr.error(v, hr.key(name), f"expected a string header value, got {_show(v)}")
+            if name.lower() == "authorization":
+                raise hr.error(k, hr.key(name), "put credentials in bearer_token_file or basic_auth, "
+                                                "not in a header (headers may be logged)")
+            headers[name] = str(value)
+    basic: BasicAuth | None = None
+    br = r.mapping("basic_auth")
+    if br is not None:
+        username = br.req_str("username")
+        password = br.secret_file("password_file")
+        if password is None:
+            raise br.error(br.node, br.key("password_file"), "required key is missing (expected a file path)")
+        br.finish()
+        basic = BasicAuth(username, password)
+    bearer = r.secret_file("bearer_token_file")
+    if bearer is not None and basic is not None:
+        raise r.error(r.items["bearer_token_file"][0], r.key("bearer_token_file"),
+                      "use either bearer_token_file or basic_auth, not both")
+    ca = r.str_("tls_ca_file")
+    if ca is not None:
+        ca = _resolve(r.path, ca)
+        if not os.path.isfile(ca):
+            raise r.error(r.items["tls_ca_file"][1], r.key("tls_ca_file"), f"no such file: {ca}")
+    out = PrometheusConfig(
+        url=url.rstrip("/"), timeout_s=r.duration("timeout", d.timeout_s),
+        headers=MappingProxyType(headers), bearer_token_file=bearer, basic_auth=basic, tls_ca_file=ca,
+        max_concurrency=r.int_("max_concurrency", d.max_concurrency) or d.max_concurrency,
+        accept_warnings=r.bool_("accept_warnings", False))
+    r.finish()
+    return out
+
+
+def _server(r: _Reader | None) -> ServerConfig:
+    if r is None:
+        return ServerConfig()
+    d = ServerConfig()
+    host, port = d.host, d.port
+    listen = r.str_("listen")
+    if listen is not None:
+        m = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d{1,5})", listen.strip())
+        if m is None or not 0 <= int(m.group(2)) <= 65535:
+            raise r.error(r.items["listen"][1], r.key("listen"), f"expected HOST:PORT, got {listen!r}")
+        host, port = m.group(1) or "0.0.0.0", int(m.group(2))
+    out = ServerConfig(host=host, port=port, auth_token_file=r.secret_file("auth_token_file"),
+                       max_body_bytes=r.int_("max_body_bytes", d.max_body_bytes, minimum=1024)
+                       or d.max_body_bytes)
+    r.finish()
+    return out
+
+
+def _storage(r: _Reader | None, env: Mapping[str, str]) -> StorageConfig:
+    d = StorageConfig()
+    if r is None:
+        return StorageConfig(url=env.get("DATABASE_URL") or None)
+    path = r.str_("path", d.path)
+    assert path is not None
+    url = r.str_("url")
+    if url is not None and not re.match(r"postgres(ql)?://", url):
+        raise r.error(r.items["url"][1], r.key("url"), "expected a postgresql:// URL")
+    out = StorageConfig(
+        path=path if path == ":memory:" else _resolve(r.path, path),
+        url=env.get("DATABASE_URL") or url,
+        retention_days=r.number("retention_days", d.retention_days),
+        retention_snapshots=r.int_("retention_snapshots", d.retention_snapshots) or d.retention_snapshots,
+        buffer_max_items=r.int_("buffer_max_items", d.buffer_max_items, minimum=100) or d.buffer_max_items)
+    r.finish()
+    return out
+
+
+def _promql(r: _Reader, name: str, *, required: bool = False) -> str | None:
+    """A PromQL string, syntax-checked here so the error carries the line (the loop guard checks names)."""
+    from . import loopguard  # late: loopguard imports nothing from here, but keep config importable alone
+
+    text = r.str_(name, required=required)
+    if text is None:
+        return None
+    node = r.items[name][1]
+    try:
+        loopguard.check_query(text)
+    except loopguard.LoopError as exc:
+        raise r.error(node, r.key(name), str(exc)) from exc
+    except ValueError as exc:
+        raise r.error(node, r.key(name), f"expected valid PromQL: {exc}") from exc
+    return text
+
+
+def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool) -> dict[str, float]:
+    m = r.mapping(name)
+    if m is None:
+        return {}
+    out: dict[str, float] = {}
+    for metric, (k, v) in m.items.items():
+        m.used.add(metric)
+        if metric not in metrics:
+            raise m.error(k, m.key(metric),
+                          f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
+        out[metric] = _number(m, v, m.key(metric), positive=positive)
+    return out
+
+
+def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
+    r = _Reader(path, node, f"twins[{index}]")
+    name = r.req_str("name")
+    if not _TWIN_NAME.fullmatch(name):
+        raise r.error(r.items["name"][1], r.key("name"),
+                      "expected a name of letters, digits and . _ - : (it is a label value and a URL part)")
+    stype = r.str_("system_type", SystemType.OTHER.value) or SystemType.OTHER.value
+    try:
+        system_type = SystemType(stype)
+    except ValueError:
+        raise r.error(r.items["system_type"][1], r.key("system_type"),
+                      f"expected one of {', '.join(t.value for t in SystemType)}, got {stype!r}") from None
+    discover = _promql(r, "discover")
+    mr = r.mapping("metrics")
+    if mr is None or not mr.items:
+        raise r.error(r.items["metrics"][1] if "metrics" in r.items else r.node, r.key("metrics"),
+                      "required: a mapping of metric name -> PromQL, with at least one metric")
+    metrics: dict[str, str] = {}
+    for metric in mr.items:
+        if not _METRIC_NAME.fullmatch(metric):
+            raise mr.error(mr.items[metric][0], mr.key(metric), "expected a metric name like cpu_usage")
+        query = _promql(mr, metric, required=True)
+        assert query is not None
+        metrics[metric] = query
+    request_rate = _promql(r, "request_rate")
+    if request_rate is not None and "request_rate" in metrics:
+        raise r.error(r.items["request_rate"][0], r.key("request_rate"),
+                      "request_rate is given both here and under metrics; keep one")
+    placeholders = {p for q in [*metrics.values(), request_rate or ""] for p in placeholders_in(q)}
+    if placeholders and discover is None:
+        raise r.error(r.node, r.key("metrics"), f"uses ${sorted(placeholders)[0]} but the twin has no "
+                                                "`discover` query to take label values from")
+    name_labels: list[str] = []
+    for i, n in r.sequence("name_labels"):
+        value = _scalar(n)
+        if not isinstance(value, str) or not _LABEL_NAME.fullmatch(value):
+            raise r.error(n, r.key(f"name_labels[{i}]"), f"expected a label name, got {_show(n)}")
+        name_labels.append(value)
+    if name_labels and discover is None:
+        raise r.error(r.items["name_labels"][0], r.key("name_labels"), "only meaningful with `discover`")
+    all_metrics = {**metrics, **({"request_rate": request_rate} if request_rate else {})}
+    horizons: list[float] = []
+    for i, n in r.sequence("horizons"):
+        horizons.append(_duration(r, n, r.key(f"horizons[{i}]")))
+    if "horizons" in r.items and not horizons:
+        raise r.error(r.items["horizons"][1], r.key("horizons"), "expected a non-empty list of durations")
+    rule = TwinRule(
+        name=name, metrics=MappingProxyType(metrics), system_type=system_type, discover=discover,
+        name_labels=tuple(name_labels), request_rate=request_rate,
+        expected=MappingProxyType(_metric_map(r, "expected", all_metrics, positive=False)),
+        thresholds=MappingProxyType(_metric_map(r, "thresholds", all_metrics, positive=True)),
+        limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False)),
+        horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,
+        replicas=r.int_("replicas", None), workers=r.int_("workers", None),
+        auto_correction=r.bool_("auto_correction", True), line=node.start_mark.line + 1)
+    r.finish()
+    return rule
+
+
+def _scenario(path: str, node: yaml.Node, index: int, twin_names: set[str]) -> ScenarioRule:
+    r = _Reader(path, node, f"scenarios[{index}]")
+    name = r.req_str("name")
+    if not _METRIC_NAME.fullmatch(name):
+        raise r.error(r.items["name"][1], r.key("name"), "expected a name like spike_5x (letters, digits, _)")
+    twin = r.str_("twin", "all")
+    assert twin is not None
+    if twin != "all" and twin not in twin_names:
+        raise r.error(r.items["twin"][1], r.key("twin"),
+                      f"no twin rule named {twin!r} "
+                      f"(expected \"all\" or one of: {', '.join(sorted(twin_names))})")
+    every = r.duration("every", 300.0)
+    sn = r.node_of("scenario")
+    if sn is None:
+        raise r.error(r.node, r.key("scenario"), "required: a mapping with a `type` and its parameters")
+    sr = _Reader(path, sn, r.key("scenario"))
+    stype = sr.req_str("type")
+    if stype not in SCENARIO_TYPES:
+        raise sr.error(sr.items["type"][1], sr.key("type"),
+                       f"expected one of {', '.join(SCENARIO_TYPES)}, got {stype!r}")
+    params: dict[str, Any] = {"type": stype}
+    for pname, (_, v) in sr.items.items():
+        if pname == "type":
+            continue
+        value = _scalar(v)
+        if not isinstance(v, yaml.ScalarNode) or value is None:
+            raise sr.error(v, sr.key(pname), f"expected a number, string or boolean, got {_kind(v)}")
+        params[pname] = value
+    r.finish()
+    return ScenarioRule(name=name, twin=twin, every_s=every, scenario=MappingProxyType(params),
+                        line=node.start_mark.line + 1)
+
+
+_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "twins", "scenarios")
+
+
+def placeholders_in(query: str) -> list[str]:
+    """The ``$label`` / ``${label}`` names a discovered twin's query refers to."""
+    return [a or b for a, b in _PLACEHOLDER.findall(query)]
+
+
+_PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | None = None) -> SidecarConfig:
+    """Validate rules given as text (``path`` only names them in errors and anchors relative paths)."""
+    env = os.environ if env is None else env
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"not valid YAML: {exc.problem or exc}", path=path, line=line) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", path=path) from exc
+    if root is None:
+        raise ConfigError("the file is empty (expected at least a `twins:` list)", path=path, line=1)
+    r = _Reader(path, root, "")
+    prometheus = _prometheus(r.mapping("prometheus"))
+    interval = r.duration("interval", 15.0)
+    if interval < 1.0:
+        raise r.error(r.items["interval"][1], "interval", "expected at least 1s")
+    backfill = r.duration("backfill", 3600.0, allow_zero=True)
+    server = _server(r.mapping("server"))
+    storage = _storage(r.mapping("storage"), env)
+    if "twins" not in r.items or _is_null(r.items["twins"][1]):
+        raise r.error(root, "twins", "required: a list of twin rules")
+    twins: list[TwinRule] = []
+    seen: dict[str, int] = {}
+    for i, n in r.sequence("twins"):
+        rule = _twin(path, n, i)
+        if rule.name in seen:
+            raise ConfigError(f"duplicate twin name {rule.name!r} (first on line {seen[rule.name]})",
+                              path=path, line=rule.line, key=f"twins[{i}].name")
+        seen[rule.name] = rule.line
+        twins.append(rule)
+    if not twins:
+        raise r.error(r.items["twins"][1], "twins", "expected at least one twin rule")
+    scenarios: list[ScenarioRule] = []
+    names: dict[str, int] = {}
+    for i, n in r.sequence("scenarios"):
+        sc = _scenario(path, n, i, set(seen))
+        if sc.name in names:
+            raise ConfigError(f"duplicate scenario name {sc.name!r} (first on line {names[sc.name]})",
+                              path=path, line=sc.line, key=f"scenarios[{i}].name")
+        names[sc.name] = sc.line
+        scenarios.append(sc)
+    r.finish(_TOP_KEYS)
+    return SidecarConfig(path=path, prometheus=prometheus, server=server, storage=storage, twins=tuple(twins),
+                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill)
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> SidecarConfig:
+    """Read and validate the rules file; ``ConfigError`` names file, line and key on any mistake."""
+    p = os.fspath(path)
+    try:
+        text = Path(p).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the rules file ({exc.strerror or exc})", path=p) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("the rules file is not UTF-8 text", path=p) from exc
+    return parse_config(text, path=p, env=env)
+
+
+def check_config(path: str | os.PathLike[str]) -> list[str]:
+    """What ``twin-sidecar check-config`` prints on success: one line per rule. ``ConfigError`` otherwise."""
+    cfg = load_config(path)
+    lines = [f"{cfg.path}: OK: {len(cfg.twins)} twin rule(s), {len(cfg.scenarios)} scenario(s), "
+             f"interval {format_duration(cfg.interval_s)}, prometheus {cfg.prometheus.url}"]
+    for t in cfg.twins:
+        kind = f"discovered by {t.discover!r}" if t.discover else "single twin"
+        lines.append(f"  twin {t.name} ({t.system_type.value}, {kind}): "
+                     f"{', '.join(t.queries())}; horizons {', '.join(map(format_duration, t.horizons_s))}")
+    for s in cfg.scenarios:
+        lines.append(f"  scenario {s.name}: {s.scenario['type']} on {s.twin} "
+                     f"every {format_duration(s.every_s)}")
+    return lines

@@ -1,0 +1,239 @@
+"""The guard against the one loop that must never happen.
+
+Prometheus scrapes the sidecar and the sidecar queries Prometheus, so a rule
+whose PromQL selects the sidecar's own ``twin_*`` series would feed a twin its
+own forecasts: it would converge on itself and say everything is fine. Two
+defences, both keyed on :data:`OWN_METRIC_PREFIX`:
+
+* at config load, :func:`check_query` parses the PromQL (``promql-parser``) and
+  refuses every selector that *can* match a ``twin_*`` name: an explicit name,
+  a ``__name__`` regex that admits the prefix (``twin.*``, ``.+``, ``(?i)TWIN_.*``)
+  and a selector with only label matchers (``{job="sidecar"}`` matches every
+  name). Regexes are analysed, not sampled: the answer is "can this regex
+  match some string that starts with the prefix", decided on its parse tree,
+  and anything the analysis does not understand is refused (safe side);
+* at run time, :func:`drop_own_series` removes any returned series whose
+  ``__name__`` carries the prefix, for whatever slipped through (e.g. a
+  recording rule that renamed a ``twin_*`` series back into scope cannot be
+  seen in the query text, but a raw selector's result still can).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import promql_parser
+
+#: Every series the sidecar exports starts with this; nothing it ingests may.
+OWN_METRIC_PREFIX = "twin_"
+
+_PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_MARK = "__twin_placeholder__"
+
+
+class LoopError(ValueError):
+    """A query can select the sidecar's own exported series."""
+
+
+def check_query(query: str, *, prefix: str = OWN_METRIC_PREFIX) -> None:
+    """Refuse ``query`` if any of its selectors can match a ``prefix*`` metric name.
+
+    ``$label`` placeholders of discovered twins are allowed in label values but
+    not where they would choose the metric name. Raises ``LoopError`` (refused)
+    or ``ValueError`` (not PromQL).
+    """
+    text = _PLACEHOLDER.sub(lambda m: f"{_MARK}{m.group(1) or m.group(2)}", query)
+    expr = promql_parser.parse(text)   # ValueError with the parser's message on bad syntax
+    problems: list[str] = []
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            why = selector_problem(node, prefix)
+            if why is not None:
+                problems.append(why)
+        return True
+
+    promql_parser.walk(expr, visit)
+    if problems:
+        raise LoopError(f"refused: {problems[0]}; the sidecar exports {prefix}* series and must never read "
+                        f"them back (name the metric explicitly, e.g. process_cpu_seconds_total{{...}})")
+
+
+def selector_problem(sel: Any, prefix: str = OWN_METRIC_PREFIX) -> str | None:
+    """Why this vector selector can reach a ``prefix*`` name, or ``None`` if it cannot."""
+    shown = str(sel).replace(_MARK, "$")
+    if sel.name is not None:
+        if _MARK in sel.name:
+            return f"the metric name of {shown} depends on a discovered label"
+        return f"{shown} selects the sidecar's own series" if sel.name.startswith(prefix) else None
+    groups: list[list[Any]] = [list(g) for g in sel.matchers.or_matchers] or [list(sel.matchers.matchers)]
+    for group in groups:
+        why = _group_problem(group, prefix)
+        if why is not None:
+            return f"{shown}: {why}"
+    return None
+
+
+def _group_problem(matchers: Sequence[Any], prefix: str) -> str | None:
+    """One conjunction of matchers is safe if one ``__name__`` matcher alone rules the prefix out."""
+    names = [m for m in matchers if m.name == "__name__"]
+    for m in names:
+        if _MARK in m.value:
+            return "the metric name depends on a discovered label"
+    for m in names:
+        if m.op == promql_parser.MatchOp.Equal:
+            if m.value.startswith(prefix):
+                return "selects the sidecar's own series"
+            return None
+    for m in names:
+        if m.op == promql_parser.MatchOp.Re and not regex_can_match_prefix(m.value, prefix):
+            return None
+    if any(m.op == promql_parser.MatchOp.Re for m in names):
+        return f"its __name__ regex can match {prefix}* names"
+    return f"it has no metric name, so it matches every series including {prefix}*"
+
+
+# --------------------------------------------------------------------------- regex analysis
+
+# Python's own regex parser (private but stable since 3.11; no public regex AST
+# exists): RE2 (Prometheus) syntax is, for what metric-name regexes use, a
+# subset of it; a regex it cannot parse is treated as "can match".
+_sre: Any = importlib.import_module("re._parser")
+_C: Any = _sre  # the opcodes live in re._constants, re-exported by the parser module
+
+
+def regex_can_match_prefix(pattern: str, prefix: str = OWN_METRIC_PREFIX) -> bool:
+    """Can the fully anchored regex (as Prometheus anchors it) match a string starting with ``prefix``?
+
+    Decided on the parse tree by running the prefix through it: the regex can
+    match such a string iff some path consumes the whole prefix. Unknown
+    constructs count as "can match" (the safe answer for a guard).
+    """
+    if "[:" in pattern:                      # RE2's POSIX classes ([[:word:]]) mean something else here
+        return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = _sre.parse(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return True                          # RE2-only syntax (\pL, \Q..\E, (?U)): not understood
+    fold = bool(parsed.state.flags & re.IGNORECASE)
+    text = prefix.lower() if fold else prefix
+    try:
+        return len(text) in _seq(list(parsed), {0}, text, fold)
+    except RecursionError:
+        return True
+
+
+def _seq(items: Iterable[tuple[Any, Any]], positions: set[int], s: str, fold: bool) -> set[int]:
+    for op, av in items:
+        if not positions:
+            return positions
+        positions = _one(op, av, positions, s, fold)
+    return positions
+
+
+def _step(positions: set[int], s: str, ok: Callable[[str], bool]) -> set[int]:
+    """Advance one character; reaching len(s) means "prefix consumed", which then absorbs."""
+    n = len(s)
+    return {p if p == n else p + 1 for p in positions if p == n or ok(s[p])}
+
+
+def _one(op: Any, av: Any, positions: set[int], s: str, fold: bool) -> set[int]:
+    n = len(s)
+
+    def same(c: str, code: int) -> bool:
+        other = chr(code)
+        return c == (other.lower() if fold else other)
+
+    if op is _C.LITERAL:
+        return _step(positions, s, lambda c: same(c, av))
+    if op is _C.NOT_LITERAL:
+        return _step(positions, s, lambda c: not same(c, av))
+    if op is _C.ANY:
+        return _step(positions, s, lambda c: True)
+    if op is _C.IN:
+        return _step(positions, s, lambda c: _in_class(av, c, fold))
+    if op is _C.BRANCH:
+        out: set[int] = set()
+        for alt in av[1]:
+            out |= _seq(list(alt), set(positions), s, fold)
+        return out
+    if op is _C.SUBPATTERN:
+        sub_fold = fold or bool(av[1] & re.IGNORECASE)
+        return _seq(list(av[3]), positions, s, sub_fold)
+    if op in (_C.MAX_REPEAT, _C.MIN_REPEAT, getattr(_C, "POSSESSIVE_REPEAT", None)):
+        lo, hi, body = av
+        if lo > 1000:                        # beyond RE2's repeat limit: Prometheus would refuse it anyway
+            return positions | {n}
+        result = set(positions) if lo == 0 else set()
+        cur, k, seen_since_lo = frozenset(positions), 0, set()
+        while k < hi and cur:
+            cur = frozenset(_seq(list(body), set(cur), s, fold))
+            k += 1
+            if k >= lo:
+                if cur in seen_since_lo:
+                    break                    # the position sets now cycle through states already counted
+                seen_since_lo.add(cur)
+                result |= cur
+        return result
+    if op is _C.AT:
+        return positions                     # anchors only remove matches; ignoring them is safe
+    if op in (getattr(_C, "ATOMIC_GROUP", None),):
+        return _seq(list(av), positions, s, fold)
+    # back-references, look-arounds, conditionals: not RE2, so not understood -> "can match"
+    return positions | {n}
+
+
+def _in_class(items: Sequence[tuple[Any, Any]], c: str, fold: bool) -> bool:
+    negate = False
+    hit = False
+    for op, av in items:
+        if op is _C.NEGATE:
+            negate = True
+        elif op is _C.LITERAL:
+            hit |= c == (chr(av).lower() if fold else chr(av))
+        elif op is _C.RANGE:
+            lo, hi = av
+            hit |= lo <= ord(c) <= hi or (fold and (lo <= ord(c.upper()) <= hi))
+        elif op is _C.CATEGORY:
+            hit |= _category(av, c)
+        else:
+            hit = True                       # unknown member: assume it matches (safe side)
+    return hit != negate
+
+
+_CATEGORY_TESTS: Mapping[str, Callable[[str], bool]] = {
+    "CATEGORY_DIGIT": str.isdigit,
+    "CATEGORY_NOT_DIGIT": lambda c: not c.isdigit(),
+    "CATEGORY_SPACE": str.isspace,
+    "CATEGORY_NOT_SPACE": lambda c: not c.isspace(),
+    "CATEGORY_WORD": lambda c: c.isalnum() or c == "_",
+    "CATEGORY_NOT_WORD": lambda c: not (c.isalnum() or c == "_"),
+}
+
+
+def _category(cat: Any, c: str) -> bool:
+    test = _CATEGORY_TESTS.get(str(cat))
+    return True if test is None else test(c)
+
+
+# --------------------------------------------------------------------------- run time
+
+L = TypeVar("L", bound=Mapping[str, str])
+
+
+def own_series_mask(labels: Sequence[Mapping[str, str]], prefix: str = OWN_METRIC_PREFIX) -> list[bool]:
+    """True for each series that carries one of the sidecar's own metric names."""
+    return [lbl.get("__name__", "").startswith(prefix) for lbl in labels]
+
+
+def drop_own_series(labels: Sequence[L], prefix: str = OWN_METRIC_PREFIX) -> tuple[list[int], int]:
+    """Indices of the series to keep, and how many were dropped for carrying a ``prefix*`` name."""
+    mask = own_series_mask(labels, prefix)
+    keep = [i for i, own in enumerate(mask) if not own]
+    return keep, len(mask) - len(keep)
