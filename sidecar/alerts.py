@@ -1,0 +1,259 @@
+"""Prometheus alerting rules for the sidecar's exported metrics, written from the YAML rules.
+
+The alerts live next to the metrics contract (``sidecar/exporter.py``) rather than in a hand-kept YAML
+file because two of them depend on the rules: how stale a twin may get before it counts as "not
+syncing" follows the sync ``interval``, and a twin named in the rules (not discovered) must exist, so it
+gets an ``absent()`` check of its own. Everything else is generic over the ``twin``/``metric`` labels, so
+discovered twins are covered without listing them.
+
+Every alert carries ``severity`` (``warning`` or ``critical``), a one-line ``summary``, a ``description``
+with the live values (Prometheus template language) and a ``runbook_url`` into the README's
+``#runbook-<alertname lowercased>`` anchors (headings ``### Runbook: <AlertName>``).
+
+Example::
+
+    doc = render_rules(load_config("config/example.yaml"))
+    yaml.safe_dump(doc)        # what ``twin-sidecar rules --config FILE`` prints
+
+``promtool check rules`` and the ``promtool test rules`` suites in ``deploy/prometheus/rules-tests``
+prove the output; ``tests/test_alerts.py`` runs both.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import yaml
+
+from .config import SidecarConfig, format_duration, load_config
+from .errors import ConfigError
+
+__all__ = [
+    "ALERT_NAMES",
+    "DEFAULT_RUNBOOK_URL",
+    "AlertSettings",
+    "dump_rules",
+    "render_rules",
+    "rules_main",
+    "runbook_anchor",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where the runbook headings live; deployments point this at their copy of the README.
+DEFAULT_RUNBOOK_URL = "README.md"
+
+#: Every alert this module can emit, in the order of the rule group (TwinMissing only with static twins).
+ALERT_NAMES: tuple[str, ...] = (
+    "TwinDivergenceHigh", "TwinDivergenceCritical", "TwinHealthLow", "TwinHealthCritical", "TwinBreachSoon",
+    "TwinSyncStale", "TwinMissing", "TwinSidecarAbsent", "TwinPrometheusUnreachable", "TwinStoreDown",
+    "TwinSimulationFailureLikely",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """The alerting knobs (durations in seconds). Defaults suit a 15s sync interval.
+
+    ``selector`` is extra label matchers put on every selector (e.g. ``job="twin-sidecar"``) so that
+    two sidecar deployments scraped by one Prometheus can carry separate rule sets.
+    """
+
+    divergence_for_s: float = 300.0
+    health_warning: float = 70.0
+    health_critical: float = 50.0
+    health_for_s: float = 300.0
+    breach_eta_under_s: float = 900.0
+    breach_for_s: float = 120.0
+    stale_after_intervals: float = 4.0       # a twin is stale after this many missed sync intervals …
+    stale_after_min_s: float = 60.0          # … but never sooner than this
+    sync_for_s: float = 60.0
+    absent_for_s: float = 300.0
+    source_down_for_s: float = 120.0
+    store_down_for_s: float = 300.0
+    simulation_failure_probability: float = 0.5
+    simulation_for_s: float = 60.0
+    runbook_url: str = DEFAULT_RUNBOOK_URL
+    selector: str = ""
+    group_name: str = "twin-sidecar"
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def stale_after_s(self, interval_s: float) -> float:
+        return max(self.stale_after_intervals * interval_s, self.stale_after_min_s)
+
+
+def runbook_anchor(alert: str) -> str:
+    """The README anchor GitHub derives from the heading ``### Runbook: <alert>``."""
+    return f"runbook-{alert.lower()}"
+
+
+def _dur(seconds: float) -> str:
+    return format_duration(seconds) if seconds > 0 else "0s"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclass(frozen=True, slots=True)
+class _Builder:
+    settings: AlertSettings
+
+    def sel(self, metric: str, *matchers: str) -> str:
+        parts = [m for m in (self.settings.selector.strip(), *matchers) if m]
+        return f"{metric}{{{','.join(parts)}}}" if parts else metric
+
+    def rule(self, alert: str, expr: str, for_s: float, severity: str, summary: str,
+             description: str) -> dict[str, Any]:
+        rule: dict[str, Any] = {"alert": alert, "expr": expr}
+        if for_s > 0:
+            rule["for"] = _dur(for_s)
+        rule["labels"] = {"severity": severity, **self.settings.extra_labels}
+        rule["annotations"] = {
+            "summary": summary,
+            "description": description,
+            "runbook_url": f"{self.settings.runbook_url}#{runbook_anchor(alert)}",
+        }
+        return rule
+
+
+def _static_twins(config: SidecarConfig) -> list[str]:
+    """Twins named in the rules; a discovered family has no fixed member names to check for."""
+    return [t.name for t in config.twins if t.discover is None]
+
+
+def _check_selector(selector: str) -> None:
+    if not selector.strip():
+        return
+    import promql_parser
+
+    try:
+        promql_parser.parse(f"twin_twins{{{selector}}}")
+    except ValueError as exc:
+        raise ConfigError(f"alert selector {selector!r} is not a list of PromQL label matchers ({exc})",
+                          key="selector") from exc
+
+
+def _promql_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _fill(text: str, values: Mapping[str, str]) -> str:
+    """Put our numbers into annotation text; ``<<name>>`` tokens leave Prometheus' ``{{ }}`` alone."""
+    for key, value in values.items():
+        text = text.replace(f"<<{key}>>", value)
+    return text
+
+
+_RATIO = ('{{ with printf "twin_divergence_ratio{twin=%q,metric=%q}" $labels.twin $labels.metric | query }}'
+          "{{ . | first | value | humanizePercentage }} off its expected value"
+          "{{ else }}diverging{{ end }}")
+
+
+def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -> dict[str, Any]:
+    """The Prometheus rule-file document (``{"groups": [...]}``) for this config's sidecar."""
+    s = settings or AlertSettings()
+    _check_selector(s.selector)
+    b = _Builder(s)
+    stale_s = s.stale_after_s(config.interval_s)
+    v = {
+        "ratio": _RATIO, "div_for": _dur(s.divergence_for_s), "health_for": _dur(s.health_for_s),
+        "warn": _num(s.health_warning), "crit": _num(s.health_critical), "eta": _dur(s.breach_eta_under_s),
+        "interval": _dur(config.interval_s), "stale": _dur(stale_s), "absent_for": _dur(s.absent_for_s),
+        "source_for": _dur(s.source_down_for_s), "store_for": _dur(s.store_down_for_s),
+        "p": f"{s.simulation_failure_probability:.0%}",
+    }
+    severity, health, eta = b.sel("twin_divergence_severity"), b.sel("twin_health_score"), \
+        b.sel("twin_breach_eta_seconds")
+    source_up = b.sel("twin_source_up")
+    health_text = ("Twin {{ $labels.twin }} has had a health score of {{ $value | printf \"%.0f\" }}/100 "
+                   "(below <<limit>>) for at least <<health_for>>.")
+    rules: list[dict[str, Any]] = [
+        b.rule("TwinDivergenceHigh", f"{severity} >= 3", s.divergence_for_s, "warning",
+               "{{ $labels.twin }}: {{ $labels.metric }} diverges from its twin (severity high or worse)",
+               _fill("{{ $labels.metric }} of twin {{ $labels.twin }} is <<ratio>>: divergence severity "
+                     "{{ $value }} (3 high, 4 critical) for at least <<div_for>>.", v)),
+        b.rule("TwinDivergenceCritical", f"{severity} >= 4", s.divergence_for_s, "critical",
+               "{{ $labels.twin }}: {{ $labels.metric }} diverges critically from its twin",
+               _fill("{{ $labels.metric }} of twin {{ $labels.twin }} is <<ratio>>: divergence severity "
+                     "critical for at least <<div_for>>.", v)),
+        b.rule("TwinHealthLow", f"{health} < {v['warn']}", s.health_for_s, "warning",
+               _fill("{{ $labels.twin }}: health below <<warn>>", v),
+               _fill(health_text, {**v, "limit": v["warn"]})),
+        b.rule("TwinHealthCritical", f"{health} < {v['crit']}", s.health_for_s, "critical",
+               _fill("{{ $labels.twin }}: health below <<crit>>", v),
+               _fill(health_text, {**v, "limit": v["crit"]})),
+        b.rule("TwinBreachSoon", f"{eta} < {_num(s.breach_eta_under_s)}", s.breach_for_s, "warning",
+               "{{ $labels.twin }}: {{ $labels.metric }} forecast to reach its limit {{ $labels.limit }} "
+               "in {{ $value | humanizeDuration }}",
+               _fill("The forecast of {{ $labels.metric }} for twin {{ $labels.twin }} crosses its limit "
+                     "{{ $labels.limit }} in {{ $value | humanizeDuration }} (alerting below <<eta>>).", v)),
+        b.rule("TwinSyncStale", f"time() - {b.sel('twin_last_sync_timestamp_seconds')} > {_num(stale_s)}",
+               s.sync_for_s, "warning",
+               "{{ $labels.twin }}: not synced for {{ $value | humanizeDuration }}",
+               _fill("Twin {{ $labels.twin }} last accepted a sync {{ $value | humanizeDuration }} ago; "
+                     "the sync interval is <<interval>> and the alert fires past <<stale>>. "
+                     "Its forecasts, divergence and health are frozen.", v)),
+    ]
+    static = _static_twins(config)
+    if static:
+        missing = " or ".join(
+            f"absent({b.sel('twin_last_sync_timestamp_seconds', f'twin={_promql_string(name)}')})"
+            for name in static)
+        rules.append(b.rule(
+            "TwinMissing", f"({missing}) unless on () absent({source_up})", s.absent_for_s, "warning",
+            "{{ $labels.twin }}: configured twin exports no sync timestamp",
+            _fill("Twin {{ $labels.twin }} is named in the sidecar's rules but has exported no "
+                  "twin_last_sync_timestamp_seconds for <<absent_for>> while the sidecar itself is "
+                  "scraped: none of its metric queries has returned a sample.", v)))
+    rules += [
+        b.rule("TwinSidecarAbsent", f"absent({source_up})", s.absent_for_s, "warning",
+               "No twin sidecar is being scraped",
+               _fill("Prometheus has had no twin_source_up series for <<absent_for>>: the sidecar is "
+                     "down, or its scrape target is missing or failing. No twin alert can fire "
+                     "meanwhile.", v)),
+        b.rule("TwinPrometheusUnreachable", f"{source_up} == 0", s.source_down_for_s, "warning",
+               "Twin sidecar {{ $labels.instance }} cannot query Prometheus",
+               _fill("The sidecar at {{ $labels.instance }} has failed to reach its metrics source for at "
+                     "least <<source_for>>; it serves the last state, so forecasts, divergence and health "
+                     "are frozen until the source answers again.", v)),
+        b.rule("TwinStoreDown", f"{b.sel('twin_store_up')} == 0", s.store_down_for_s, "warning",
+               "Twin sidecar {{ $labels.instance }} cannot write its history store",
+               _fill("The sidecar at {{ $labels.instance }} has had its history store (SQLite or "
+                     "PostgreSQL) refuse writes for at least <<store_for>>; it buffers in memory and drops "
+                     "the oldest samples when the buffer is full.", v)),
+        b.rule("TwinSimulationFailureLikely",
+               f"{b.sel('twin_simulation_failure_probability')} > {_num(s.simulation_failure_probability)}",
+               s.simulation_for_s, "warning",
+               "{{ $labels.twin }}: scenario {{ $labels.scenario }} would likely fail",
+               _fill("The standing what-if scenario {{ $labels.scenario }} on twin {{ $labels.twin }} gives "
+                     "a failure probability of {{ $value | humanizePercentage }} (alerting above <<p>>): "
+                     "the service would breach a limit under that load.", v)),
+    ]
+    return {"groups": [{"name": s.group_name, "rules": rules}]}
+
+
+def dump_rules(document: Mapping[str, Any], *, source: str | None = None) -> str:
+    """The rule document as YAML, with a header saying where it came from."""
+    header = "# Prometheus alerting rules for twin-sidecar. Generated by `twin-sidecar rules"
+    header += f" --config {source}`" if source else "`"
+    header += "; regenerate instead of editing.\n"
+    return header + yaml.safe_dump(dict(document), sort_keys=False, width=1000, allow_unicode=True)
+
+
+def rules_main(config_path: str, out: TextIO, *, settings: AlertSettings | None = None,
+               err: TextIO | None = None) -> int:
+    """``twin-sidecar rules --config FILE``: print the rules; 2 with the error on a bad config."""
+    try:
+        config = load_config(config_path)
+        text = dump_rules(render_rules(config, settings), source=config_path)
+    except ConfigError as exc:
+        print(f"twin-sidecar rules: {exc}", file=err or sys.stderr)
+        return 2
+    out.write(text)
+    log.info("rules written config=%s twins=%d", config_path, len(config.twins))
+    return 0
