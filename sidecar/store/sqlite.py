@@ -1,0 +1,379 @@
+"""History in one SQLite file: the embedded default.
+
+One writer thread owns the write connection, so the event loop never waits
+on disk and there is never more than one writer; a second thread serves
+reads on its own connection, which WAL mode lets run while a write is in
+progress. Each outbox is one ``BEGIN IMMEDIATE … COMMIT``: after a crash
+the file holds every committed outbox whole and nothing of the one in
+flight. ``synchronous=FULL`` makes an acknowledged write survive power loss,
+not only a killed process; at one commit per round that costs nothing.
+
+A connection that fails (file read-only, disk full, file removed) is closed
+and reopened on the next call, so the store recovers once the file can be
+written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..engine.records import StateHistoryEntry
+from ..engine.view import Outbox
+from ..errors import StoreError
+from ..status import ServiceStatus
+from . import schema
+from .base import (
+    CORRECTION_COLUMNS,
+    DEFAULT_LOAD,
+    SNAPSHOT_COLUMNS,
+    LoadLimits,
+    PreparedBatch,
+    RestoredTwin,
+    RetentionPolicy,
+    RetentionReport,
+    Store,
+    correction_from_row,
+    correction_row,
+    decode_json,
+    group_samples,
+    prediction_columns,
+    prepare,
+    retention_bounds,
+    sample_columns,
+    snapshot_row,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_WRITER_PRAGMAS = (
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+)
+_READER_PRAGMAS = (
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA query_only=ON",     # the reader can never become a second writer
+)
+
+
+class _Lane:
+    """One thread and the connection that lives on it (sqlite3 connections stay on their thread)."""
+
+    def __init__(self, name: str, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._connect = connect
+        self.conn: sqlite3.Connection | None = None
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.conn is None:
+            self.conn = self._connect()
+        try:
+            return fn(self.conn)
+        except sqlite3.Error:
+            self._drop()    # a fresh connection next time: the file may be writable again by then
+            raise
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, fn)
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._drop)
+        self._pool.shutdown(wait=True)
+
+
+class SQLiteStore(Store):
+    """Store in a SQLite file (WAL, one writer thread, one transaction per outbox)."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str], *, replica: str = "default",
+                 status: ServiceStatus | None = None) -> None:
+        super().__init__(replica=replica, status=status)
+        self.path = Path(path)
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+        self._writer = _Lane("sqlite-writer", self._connect_writer)
+        self._reader = _Lane("sqlite-reader", self._connect_reader)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, replica={self.replica!r})"
+
+    # ------------------------------------------------------------ connections and migrations
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        try:
+            for pragma in _WRITER_PRAGMAS:
+                conn.execute(pragma)
+            with self._migrate_lock:
+                if not self._migrated:
+                    _migrate(conn)
+                    self._migrated = True
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        try:
+            for pragma in _READER_PRAGMAS:
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _on(self, lane: _Lane, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        try:
+            return await lane.run(fn)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"sqlite {what} failed on {self.path}: {e}") from e
+
+    async def open(self) -> None:
+        await self._on(self._writer, "open", lambda c: None)
+        log.info("store open: sqlite path=%s replica=%s schema_version=%d", self.path, self.replica,
+                 await self.schema_version())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.shutdown()
+        await self._reader.shutdown()
+
+    async def schema_version(self) -> int:
+        return await self._on(self._reader, "schema_version", _current_version)
+
+    async def ping(self) -> None:
+        await self._on(self._writer, "ping", lambda c: c.execute("SELECT 1").fetchone())
+
+    # ------------------------------------------------------------ writing
+
+    async def write(self, outbox: Outbox) -> None:
+        if not outbox:
+            return
+        batch = prepare(outbox, owner=self.replica, now=time.time())
+        await self._on(self._writer, "write", lambda c: self._write_batch(c, batch))
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: PreparedBatch) -> None:
+        samples = sample_columns(batch.samples)
+        predictions = prediction_columns(batch.predictions)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            refused = []
+            for row in batch.definitions:
+                cur = conn.execute(
+                    "INSERT INTO twin_definitions (twin_id, name, owner, definition, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (twin_id) DO UPDATE SET name = excluded.name, "
+                    "definition = excluded.definition, updated_at = excluded.updated_at, retired_at = NULL "
+                    "WHERE twin_definitions.owner = excluded.owner", row)
+                if cur.rowcount == 0:
+                    refused.append(row[0])
+            if batch.retired:
+                now = time.time()
+                conn.executemany("UPDATE twin_definitions SET retired_at = ? WHERE twin_id = ? AND owner = ?",
+                                 [(now, t, self.replica) for t in batch.retired])
+            conn.executemany(
+                "INSERT INTO twin_state_history (snapshot_id, twin_id, timestamp, state_snapshot, metrics, "
+                "health_score, change_reason, can_rollback_to, checksum, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (snapshot_id) DO NOTHING",
+                [snapshot_row(s, self.replica) for s in batch.snapshots])
+            conn.executemany(
+                f"INSERT INTO twin_corrections ({CORRECTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (correction_id) DO NOTHING", [correction_row(c) for c in batch.corrections])
+            conn.executemany(
+                "INSERT INTO twin_events (event_id, twin_id, type, severity, message, timestamp, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING", batch.events)
+            conn.executemany(
+                "INSERT INTO twin_metrics_history (twin_id, timestamp, metric, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", zip(*samples, strict=True))
+            conn.executemany(
+                "INSERT INTO twin_failure_predictions (twin_id, made_at, metric, horizon_seconds, predicted, "
+                "lower, upper, failure_probability, risk_factor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", zip(*predictions, strict=True))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        if refused:
+            log.warning("twin definitions owned by another replica left untouched: replica=%s twins=%s",
+                        self.replica, refused[:10])
+
+    # ------------------------------------------------------------ reading snapshots
+
+    async def get_snapshot(self, twin_id: str, snapshot_id: str) -> StateHistoryEntry | None:
+        row = await self._on(self._reader, "get_snapshot", lambda c: c.execute(
+            f"SELECT {SNAPSHOT_COLUMNS} FROM twin_state_history WHERE twin_id = ? AND snapshot_id = ?",
+            (twin_id, snapshot_id)).fetchone())
+        return self._get_verified(row, twin_id, snapshot_id)
+
+    async def list_snapshots(self, twin_id: str, *, limit: int = 100,
+                             before: float | None = None) -> list[StateHistoryEntry]:
+        cutoff = math.inf if before is None else float(before)
+        rows = await self._on(self._reader, "list_snapshots", lambda c: c.execute(
+            f"SELECT {SNAPSHOT_COLUMNS} FROM twin_state_history WHERE twin_id = ? AND timestamp < ? "
+            "ORDER BY timestamp DESC, id DESC LIMIT ?", (twin_id, cutoff, int(limit))).fetchall())
+        return [e for e in map(self._verified, rows) if e is not None]
+
+    # ------------------------------------------------------------ start-up and queries
+
+    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD,
+                         include_retired: bool = False) -> list[RestoredTwin]:
+        raw = await self._on(self._reader, "load_twins",
+                             lambda c: _load(c, self.replica, limits, include_retired))
+        out = []
+        for definition, snap_rows, corr_rows, samples in raw:
+            snaps = [e for e in map(self._verified, snap_rows) if e is not None]
+            snaps.reverse()
+            corrections = [correction_from_row(r) for r in reversed(corr_rows)]
+            out.append(RestoredTwin(definition=definition, snapshots=snaps, samples=samples,
+                                    corrections=corrections, owner=self.replica))
+        log.info("store loaded twins=%d replica=%s", len(out), self.replica)
+        return out
+
+    async def metrics_history(self, twin_id: str, metric: str, start: float,
+                              end: float) -> tuple[np.ndarray, np.ndarray]:
+        rows = await self._on(self._reader, "metrics_history", lambda c: c.execute(
+            "SELECT timestamp, value FROM twin_metrics_history WHERE twin_id = ? AND timestamp >= ? "
+            "AND timestamp <= ? AND metric = ? ORDER BY timestamp", (twin_id, start, end, metric)).fetchall())
+        arr = np.array(rows, dtype=np.float64).reshape(-1, 2)
+        return arr[:, 0].copy(), arr[:, 1].copy()
+
+    async def apply_retention(self, policy: RetentionPolicy, *, now: float) -> RetentionReport:
+        b = retention_bounds(policy, now)
+        report = await self._on(self._writer, "retention", lambda c: _retain(c, b))
+        self._log_retention(policy, report)
+        return report
+
+
+# ---------------------------------------------------------------- on the database thread
+
+
+def _current_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def _migrate(conn: sqlite3.Connection, *, up_to: int | None = None) -> None:
+    """Apply pending migrations, each in its own transaction (SQLite DDL is transactional)."""
+    conn.execute("BEGIN IMMEDIATE")   # the write lock: another process migrating waits here
+    try:
+        conn.execute(schema.VERSION_TABLE)
+        applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_version")}
+        todo = schema.pending(applied, up_to=up_to)
+        for m in todo:
+            for stmt in m.statements("sqlite"):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                         (m.version, m.description, time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    for m in todo:
+        log.info("schema migrated: sqlite version=%d (%s)", m.version, m.description)
+    newest = max(applied | {m.version for m in todo}, default=0)
+    if newest > schema.LATEST_VERSION:
+        log.warning("database schema version %d is newer than this build's %d; migrations are additive, "
+                    "continuing", newest, schema.LATEST_VERSION)
+
+
+def migrate_file(path: str | os.PathLike[str], *, up_to: int | None = None) -> None:
+    """Create or upgrade a database file synchronously (tools and tests of the upgrade path)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in _WRITER_PRAGMAS:
+            conn.execute(pragma)
+        _migrate(conn, up_to=up_to)
+    finally:
+        conn.close()
+
+
+_LoadedTwin = tuple[dict[str, Any], list[Any], list[Any], dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def _load(conn: sqlite3.Connection, owner: str, limits: LoadLimits,
+          include_retired: bool) -> list[_LoadedTwin]:
+    where = "owner = ?" + ("" if include_retired else " AND retired_at IS NULL")
+    out: list[_LoadedTwin] = []
+    conn.execute("BEGIN")   # one consistent read across all the queries below
+    try:
+        defs = conn.execute(f"SELECT twin_id, definition FROM twin_definitions WHERE {where} "
+                            "ORDER BY created_at, twin_id", (owner,)).fetchall()
+        for twin_id, definition in defs:
+            snaps = conn.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM twin_state_history WHERE twin_id = ? "
+                                 "ORDER BY timestamp DESC, id DESC LIMIT ?",
+                                 (twin_id, limits.snapshots)).fetchall()
+            corr = conn.execute(f"SELECT {CORRECTION_COLUMNS} FROM twin_corrections WHERE twin_id = ? "
+                                "ORDER BY id DESC LIMIT ?", (twin_id, limits.corrections)).fetchall()
+            newest = conn.execute("SELECT MAX(timestamp) FROM twin_metrics_history WHERE twin_id = ?",
+                                  (twin_id,)).fetchone()[0]
+            samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            if newest is not None:
+                rows = conn.execute("SELECT metric, timestamp, value FROM twin_metrics_history "
+                                    "WHERE twin_id = ? AND timestamp >= ? ORDER BY timestamp",
+                                    (twin_id, newest - limits.sample_window_s)).fetchall()
+                samples = group_samples((r[0] for r in rows), (r[1] for r in rows), (r[2] for r in rows),
+                                        limit=limits.samples) if rows else {}
+            out.append((decode_json(definition), snaps, corr, samples))
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+_RANKED = ("SELECT id, timestamp, twin_id, ROW_NUMBER() OVER "
+           "(PARTITION BY twin_id ORDER BY timestamp DESC, id DESC) AS rn FROM twin_state_history")
+
+
+def _retain(conn: sqlite3.Connection, b: dict[str, float | int]) -> RetentionReport:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        victims = conn.execute(f"SELECT id, twin_id FROM ({_RANKED}) "
+                               "WHERE rn > 1 AND (rn > ? OR timestamp < ?)",
+                               (b["snapshot_keep"], b["snapshot_cutoff"])).fetchall()
+        conn.executemany("DELETE FROM twin_state_history WHERE id = ?", [(v[0],) for v in victims])
+        samples = conn.execute("DELETE FROM twin_metrics_history WHERE timestamp < ?",
+                               (b["samples_cutoff"],)).rowcount
+        predictions = conn.execute("DELETE FROM twin_failure_predictions WHERE made_at < ?",
+                                   (b["predictions_cutoff"],)).rowcount
+        events = conn.execute("DELETE FROM twin_events WHERE timestamp < ?", (b["events_cutoff"],)).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return RetentionReport(snapshots=len(victims), samples=max(samples, 0), predictions=max(predictions, 0),
+                           events=max(events, 0), twins_touched=len({v[1] for v in victims}))
+
+
+__all__ = ["SQLiteStore", "migrate_file"]
