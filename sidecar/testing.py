@@ -256,7 +256,7 @@ class MetricsTarget:
                     if n != name:
                         continue
                     lbl = ",".join(f'{k}="{_escape(val)}"' for k, val in labels)
-                    lines.append(f"{name}{{{lbl}}} {v!r}" if lbl else f"{name} {v!r}")
+                    lines.append(f"{name}{{{lbl}}} {_num(v)}" if lbl else f"{name} {_num(v)}")
             return self._status, "\n".join(lines) + "\n"
 
     def start(self) -> MetricsTarget:
@@ -295,6 +295,15 @@ class MetricsTarget:
         self.stop()
 
 
+def _num(v: float) -> str:
+    """The exposition format's spelling of non-finite values."""
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -314,7 +323,7 @@ def openmetrics_history(series: Mapping[str, Sequence[tuple[float, float]]],
         name = selector.split("{", 1)[0]
         lines = families.setdefault(name, [])
         for ts, value in points:
-            lines.append(f"{selector} {value!r} {ts:.3f}")
+            lines.append(f"{selector} {_num(value)} {ts:.3f}")
     out: list[str] = []
     for name, lines in families.items():
         out.append(f"# TYPE {name} {help_type}")

@@ -1,0 +1,322 @@
+"""Async client for the Prometheus HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics).
+
+The raw JSON is typed (``TypedDict``) and converted once, here, into float64
+numpy arrays plus label dicts; nothing past this module sees Prometheus JSON.
+Every failure becomes a :class:`~sidecar.errors.SourceError` raised from the
+original and carrying the query, so the scheduler has one thing to catch:
+
+* :class:`SourceUnavailable` — Prometheus could not be reached or did not
+  answer usably (timeout, connect error, 5xx, a body that is not the API's JSON);
+* :class:`QueryFailed` — Prometheus answered and refused this query
+  (``status: error`` with ``errorType``/``error``), or answered with warnings,
+  which may mean a partial result (Thanos/Mimir partial responses) that must
+  not be taken for the whole truth unless ``accept_warnings`` says so.
+
+Sample values arrive as strings: ``"NaN"``, ``"+Inf"``, ``"-Inf"`` parse to the
+float they name (the engine drops and counts non-finite values); anything
+unparseable (e.g. a backend's ``"stale"``) becomes NaN and is counted in the
+result's ``unparseable``, never silently turned into a number.
+
+Example::
+
+    async with PrometheusClient(cfg.prometheus) as prom:
+        vec = await prom.query('up{job="checkout"}', at=time.time())
+        vec.values, vec.labels
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+import httpx
+import numpy as np
+
+from .config import PrometheusConfig
+from .errors import SourceError
+
+# --------------------------------------------------------------------------- raw JSON shapes
+
+
+class RawInstantSample(TypedDict):
+    metric: dict[str, str]
+    value: NotRequired[tuple[float, str]]
+    histogram: NotRequired[Any]            # native histograms: not used by the twins
+
+
+class RawRangeSeries(TypedDict):
+    metric: dict[str, str]
+    values: NotRequired[list[tuple[float, str]]]
+    histograms: NotRequired[Any]
+
+
+class RawData(TypedDict):
+    resultType: Literal["vector", "matrix", "scalar", "string"]
+    result: Any
+
+
+class RawResponse(TypedDict):
+    status: Literal["success", "error"]
+    data: NotRequired[RawData]
+    errorType: NotRequired[str]
+    error: NotRequired[str]
+    warnings: NotRequired[list[str]]
+    infos: NotRequired[list[str]]
+
+
+# --------------------------------------------------------------------------- typed results
+
+
+class SourceUnavailable(SourceError):
+    """Prometheus was not reached or did not answer with its API's JSON."""
+
+
+class QueryFailed(SourceError):
+    """Prometheus answered but refused the query (or warned that the result may be partial)."""
+
+    def __init__(self, message: str, *, query: str | None = None, url: str | None = None,
+                 error_type: str | None = None) -> None:
+        super().__init__(message, query=query, url=url)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True, slots=True)
+class InstantVector:
+    """Result of an instant query: one value per series, all evaluated at ``at``."""
+
+    query: str
+    at: float
+    labels: tuple[dict[str, str], ...]          # (N,)
+    values: np.ndarray                           # (N,) float64; NaN/±Inf kept as such
+    unparseable: int = 0
+    warnings: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeMatrix:
+    """Result of a range query on the step grid ``times``: NaN where a series had no sample."""
+
+    query: str
+    times: np.ndarray                            # (K,) float64 unix s: start, start+step, ... <= end
+    labels: tuple[dict[str, str], ...]          # (N,)
+    values: np.ndarray                           # (N, K) float64
+    unparseable: int = 0
+    warnings: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+_SPECIAL: Mapping[str, float] = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf, "Inf": math.inf}
+
+
+def parse_value(text: Any) -> float | None:
+    """A sample value string -> float; ``None`` when it is not a number at all."""
+    if isinstance(text, str):
+        special = _SPECIAL.get(text)
+        if special is not None:
+            return special
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    return None
+
+
+# --------------------------------------------------------------------------- client
+
+
+class PrometheusClient:
+    """One ``httpx.AsyncClient`` per client; at most ``max_concurrency`` queries in flight.
+
+    Queries are POSTed form-encoded (no URL length limit for long PromQL) to
+    ``<url>/api/v1/query`` and ``/query_range``, which every Prometheus-API
+    backend serves; a path prefix in ``url`` (Mimir's ``/prometheus``) is kept.
+    ``transport`` is the seam for tests.
+    """
+
+    def __init__(self, config: PrometheusConfig, *,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.base = config.url.rstrip("/")
+        self._sem = asyncio.Semaphore(config.max_concurrency)
+        verify: ssl.SSLContext | bool = True
+        if config.tls_ca_file is not None:
+            verify = ssl.create_default_context(cafile=config.tls_ca_file)
+        self._http = httpx.AsyncClient(
+            base_url=self.base, headers=dict(config.headers), verify=verify, transport=transport,
+            timeout=httpx.Timeout(config.timeout_s), follow_redirects=False,
+            limits=httpx.Limits(max_connections=config.max_concurrency,
+                                max_keepalive_connections=config.max_concurrency))
+
+    async def __aenter__(self) -> PrometheusClient:
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _auth(self) -> tuple[dict[str, str], httpx.BasicAuth | None]:
+        """Credentials read at request time, so a rotated token file is picked up without a restart."""
+        cfg = self.config
+        try:
+            if cfg.bearer_token_file is not None:
+                return {"Authorization": f"Bearer {cfg.bearer_token_file.read()}"}, None
+            if cfg.basic_auth is not None:
+                return {}, httpx.BasicAuth(cfg.basic_auth.username, cfg.basic_auth.password_file.read())
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot read the credentials file ({exc.strerror or exc})",
+                                    url=self.base) from exc
+        return {}, None
+
+    async def query(self, promql: str, at: float, *, timeout_s: float | None = None) -> InstantVector:
+        """Instant query evaluated at ``at`` (unix s)."""
+        body = await self._post("/api/v1/query", promql, {"time": _fmt(at)}, timeout_s)
+        data = body["data"]
+        kind = data.get("resultType")
+        warnings = tuple(body.get("warnings") or ())
+        if kind == "scalar":
+            value = parse_value(_pair(data["result"], promql, self.base)[1])
+            return InstantVector(promql, at, ({},), np.array([math.nan if value is None else value]),
+                                 int(value is None), warnings)
+        if kind != "vector" or not isinstance(data.get("result"), list):
+            raise SourceUnavailable(f"expected a vector or scalar result, got {kind!r}", query=promql,
+                                    url=self.base)
+        samples: list[RawInstantSample] = data["result"]
+        values = np.full(len(samples), math.nan)
+        labels: list[dict[str, str]] = []
+        bad = 0
+        for i, s in enumerate(samples):
+            labels.append(_labels(s, promql, self.base))
+            raw = s.get("value")
+            value = parse_value(_pair(raw, promql, self.base)[1]) if raw is not None else None
+            if value is None:
+                bad += 1
+            else:
+                values[i] = value
+        return InstantVector(promql, at, tuple(labels), values, bad, warnings)
+
+    async def query_range(self, promql: str, start: float, end: float, step: float,
+                          *, timeout_s: float | None = None) -> RangeMatrix:
+        """Range query; the result is laid on the step grid so series line up by column."""
+        if step <= 0 or end < start:
+            raise ValueError(f"bad range: start={start} end={end} step={step}")
+        body = await self._post("/api/v1/query_range", promql,
+                                {"start": _fmt(start), "end": _fmt(end), "step": _fmt(step)}, timeout_s)
+        data = body["data"]
+        warnings = tuple(body.get("warnings") or ())
+        times = start + step * np.arange(math.floor((end - start) / step + 1e-9) + 1)
+        if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
+            raise SourceUnavailable(f"expected a matrix result, got {data.get('resultType')!r}", query=promql,
+                                    url=self.base)
+        series: list[RawRangeSeries] = data["result"]
+        values = np.full((len(series), len(times)), math.nan)
+        labels: list[dict[str, str]] = []
+        bad = 0
+        for i, s in enumerate(series):
+            labels.append(_labels(s, promql, self.base))
+            points = s.get("values") or []
+            if not isinstance(points, list):
+                raise SourceUnavailable("a series' values are not a list", query=promql, url=self.base)
+            if not points:
+                continue
+            try:
+                ts = np.array([float(p[0]) for p in points])
+            except (TypeError, ValueError, IndexError, KeyError) as exc:
+                raise SourceUnavailable("malformed sample in a range result", query=promql,
+                                        url=self.base) from exc
+            vs = [parse_value(p[1]) for p in points]
+            cols = np.rint((ts - start) / step).astype(np.int64)
+            ok = (cols >= 0) & (cols < len(times))
+            bad += sum(v is None for v in vs)
+            row = np.array([math.nan if v is None else v for v in vs])
+            values[i, cols[ok]] = row[ok]
+        return RangeMatrix(promql, times, tuple(labels), values, bad, warnings)
+
+    async def _post(self, path: str, promql: str, params: dict[str, str],
+                    timeout_s: float | None) -> RawResponse:
+        timeout = self.config.timeout_s if timeout_s is None else timeout_s
+        # the server stops work too; ours is the hard bound (covers waiting for a connection slot)
+        form = {"query": promql, "timeout": f"{max(timeout, 0.001):.3f}", **params}
+        headers, auth = self._auth()
+        try:
+            async with self._sem, asyncio.timeout(timeout):
+                kwargs: dict[str, Any] = {"data": form, "headers": headers}
+                if auth is not None:
+                    kwargs["auth"] = auth
+                resp = await self._http.post(path, **kwargs)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise SourceUnavailable(f"no answer within {timeout:g}s", query=promql, url=self.base) from exc
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(f"cannot reach Prometheus: {type(exc).__name__}: {exc}", query=promql,
+                                    url=self.base) from exc
+        return self._decode(resp, promql)
+
+    def _decode(self, resp: httpx.Response, promql: str) -> RawResponse:
+        status = resp.status_code
+        try:
+            body = json.loads(resp.content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            snippet = resp.content[:120].decode("utf-8", "replace")
+            raise SourceUnavailable(f"HTTP {status}, body is not JSON: {snippet!r}", query=promql,
+                                    url=self.base) from exc
+        if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
+            raise SourceUnavailable(f"HTTP {status}, not a Prometheus API response", query=promql,
+                                    url=self.base)
+        if body["status"] == "error":
+            error_type = str(body.get("errorType", "unknown"))
+            message = f"{error_type}: {body.get('error', '(no message)')}"
+            if status >= 500 and error_type not in ("execution", "timeout", "canceled"):
+                raise SourceUnavailable(f"HTTP {status}: {message}", query=promql, url=self.base)
+            raise QueryFailed(message, query=promql, url=self.base, error_type=error_type)
+        if status >= 300:
+            raise SourceUnavailable(f"HTTP {status} with a success body", query=promql, url=self.base)
+        data = body.get("data")
+        if not isinstance(data, dict) or "resultType" not in data or "result" not in data:
+            raise SourceUnavailable("success response without data", query=promql, url=self.base)
+        warnings = body.get("warnings") or []
+        if warnings and not self.config.accept_warnings:
+            raise QueryFailed("result came with warnings (possibly partial): "
+                              + "; ".join(map(str, warnings)), query=promql, url=self.base,
+                              error_type="warnings")
+        return cast(RawResponse, body)   # shape checked above
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _pair(raw: Any, promql: str, url: str) -> tuple[float, Any]:
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        raise SourceUnavailable(f"malformed sample {str(raw)[:60]!r}", query=promql, url=url)
+    return raw[0], raw[1]
+
+
+def _labels(s: Any, promql: str, url: str) -> dict[str, str]:
+    metric = s.get("metric") if isinstance(s, dict) else None
+    if metric is None:
+        return {}
+    if not isinstance(metric, dict):
+        raise SourceUnavailable("a series' labels are not an object", query=promql, url=url)
+    return {str(k): str(v) for k, v in metric.items()}
+
+
+def select(vector: InstantVector, keep: Sequence[int]) -> InstantVector:
+    """The same result restricted to the series at ``keep`` (used by the loop guard)."""
+    idx = np.asarray(keep, dtype=np.int64)
+    return InstantVector(vector.query, vector.at, tuple(vector.labels[i] for i in keep), vector.values[idx],
+                         vector.unparseable, vector.warnings)
