@@ -1,0 +1,423 @@
+"""The capacity model a what-if simulation runs on: fitted from what the twin observed.
+
+A service is modelled as an M/M/c queue (c = replicas × workers servers) in front of
+a CPU whose usage grows linearly with throughput (the utilisation law U = a + b·λ).
+Two things bound how much traffic it can serve, and the smaller one wins:
+
+* CPU saturation: λ_cpu = (100 − a) / b, with a (idle CPU %) and b (CPU % per req/s)
+  fitted by least squares from the observed (request_rate, cpu_usage) pairs — the
+  "CPU seconds per request" route to the service rate.
+* The worker pool: the latency percentile at the observed loads is fitted to
+  L(λ) = L0 + W_p(λ; K), where W_p is the p-quantile of the M/M/c waiting time
+  (Erlang C) and K = c·μ the capacity — the "latency at low load" route. A flat
+  latency curve only says K lies beyond the observed loads (a lower bound).
+
+Projections at any arrival rate follow from the fitted parameters: CPU from the
+utilisation law, latency from the queueing curve, errors from their fitted trend
+plus the share of traffic above capacity, memory from its own fitted load slope
+on top of its forecast.
+
+The fit is *not trustworthy* (and the simulation widens its bounds) when there is
+too little history, too little load variation to separate idle CPU from per-request
+CPU, a CPU slope that is not clearly positive, no throughput metric at all, or when
+the capacity lies far beyond anything observed (pure extrapolation).
+
+Everything here is pure and vectorised: parameters may be arrays of Monte Carlo
+draws and rates may be (draws × grid) arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import special
+
+F64 = NDArray[np.float64]
+
+CPU = "cpu_usage"
+MEMORY = "memory_usage"
+LATENCY = "request_latency_ms"
+ERRORS = "error_rate"
+
+#: Minimum aligned samples for a fit we call trustworthy.
+MIN_SAMPLES = 20
+#: Minimum coefficient of variation of the observed request rate (load variation).
+MIN_LOAD_CV = 0.1
+#: Minimum t-statistic of the CPU-per-request slope.
+MIN_SLOPE_T = 4.0
+#: Capacity further than this multiple of the highest observed load is an extrapolation.
+MAX_EXTRAPOLATION = 10.0
+#: Samples at the end of a series that define "now" (median, robust to one odd scrape).
+NOW_SAMPLES = 5
+#: Up to this many servers Erlang B is computed by its recursion (exact, cheap); above, by gamma functions.
+RECURSION_SERVERS = 32
+
+
+def erlang_c(servers: F64 | float, offered: F64 | float) -> F64:
+    """Probability an arrival waits in M/M/c (Erlang C), for offered load a = λ/μ < c.
+
+    Uses Erlang B = Poisson pmf / Poisson cdf through the regularised incomplete
+    gamma function, so it is vectorised and stable for thousands of servers (the
+    textbook recursion would need a Python loop per server).
+    """
+    c = np.asarray(servers, dtype=np.float64)
+    a = np.maximum(np.asarray(offered, dtype=np.float64), 1e-300)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        if c.ndim == 0 and float(c) == int(c) and int(c) <= RECURSION_SERVERS:
+            # few servers: the Erlang B recursion is exact and much cheaper than the gamma functions
+            b = np.ones_like(a)
+            for k in range(1, int(c) + 1):
+                b = a * b / (k + a * b)
+        else:
+            log_pmf = c * np.log(a) - a - special.gammaln(c + 1.0)
+            cdf = special.gammaincc(c + 1.0, a)
+            b = np.where(cdf > 0, np.exp(log_pmf) / np.where(cdf > 0, cdf, 1.0), 1.0)
+        rho = a / c
+        out = b / (1.0 - rho * (1.0 - b))
+    return np.asarray(np.where(rho < 1.0, np.clip(out, 0.0, 1.0), 1.0), dtype=np.float64)
+
+
+def wait_quantile_s(rate: F64 | float, capacity: F64 | float, servers: F64 | float, p: float,
+                    variability: F64 | float = 1.0) -> F64:
+    """p-quantile (seconds) of the M/M/c waiting time: P(W > t) = C·exp(−(K − λ)·t).
+
+    ``variability`` scales the wait as in the Allen–Cunneen approximation
+    ((Ca² + Cs²)/2 relative to M/M/c), so 0.5 is an M/D/c service and 1 is M/M/c.
+    Returns +inf at or above capacity: the steady state does not exist there.
+    """
+    lam = np.asarray(rate, dtype=np.float64)
+    k = np.asarray(capacity, dtype=np.float64)
+    c = np.asarray(servers, dtype=np.float64)
+    mu = k / c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pw = erlang_c(c, lam / mu)
+        w = np.log(np.maximum(pw, 1e-300) / (1.0 - p)) / (k - lam)
+    w = np.where(pw > 1.0 - p, w, 0.0) * variability
+    return np.asarray(np.where(lam < k, w, np.inf), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearFit:
+    """y = intercept + slope·x by least squares, with the parameters' covariance."""
+
+    intercept: float
+    slope: float
+    cov: tuple[tuple[float, float], tuple[float, float]]
+    resid_sd: float
+    n: int
+
+    @property
+    def slope_t(self) -> float:
+        se = math.sqrt(max(self.cov[1][1], 0.0))
+        return self.slope / se if se > 0 else (math.inf if self.slope > 0 else 0.0)
+
+
+def fit_line(x: F64, y: F64) -> LinearFit | None:
+    """Ordinary least squares; None when x does not vary (the slope is unidentified)."""
+    n = int(x.size)
+    if n < 3 or float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.max(np.abs(x)))):
+        return None
+    design = np.column_stack([np.ones(n), x])
+    coef, _, _, _ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    dof = max(n - 2, 1)
+    s2 = float(resid @ resid) / dof
+    cov = s2 * np.linalg.inv(design.T @ design)
+    return LinearFit(float(coef[0]), float(coef[1]),
+                     ((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))),
+                     math.sqrt(s2), n)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyFit:
+    """Capacity from the latency curve: point, profile interval (upper may be inf), base latency."""
+
+    capacity: float
+    low: float
+    high: float
+    base_ms: float
+    resid_sd: float
+
+
+def fit_latency_curve(rate: F64, latency_ms: F64, servers: int, p: float) -> LatencyFit | None:
+    """Profile least squares of L = L0 + W_p(λ; K) over a geometric grid of capacities K.
+
+    L0 is profiled out (mean residual) for every K, so the only search is 1-D; the
+    interval is the set of K whose SSE stays within the 95% χ² profile bound. When the
+    best K is at the top of the grid the latency never bent: capacity is only bounded
+    below.
+    """
+    n = int(rate.size)
+    if n < 5 or float(np.max(rate)) <= 0:
+        return None
+    top = float(np.max(rate))
+    grid = top * np.geomspace(1.005, 200.0, 400)
+    w_ms = 1000.0 * wait_quantile_s(rate[None, :], grid[:, None], float(servers), p)
+    resid = latency_ms[None, :] - w_ms
+    base = resid.mean(axis=1)
+    sse = ((resid - base[:, None]) ** 2).sum(axis=1)
+    best = int(np.argmin(sse))
+    sse_min = float(sse[best])
+    bound = sse_min * (1.0 + 3.84 / max(n - 2, 1)) + 1e-12
+    inside = np.flatnonzero(sse <= bound)
+    lo = float(grid[inside[0]])
+    hi = math.inf if inside[-1] >= grid.size - 1 else float(grid[inside[-1]])
+    cap = math.inf if math.isinf(hi) else float(grid[best])
+    return LatencyFit(cap, lo, hi, float(base[best]), math.sqrt(sse_min / max(n - 2, 1)))
+
+
+def _now(values: F64) -> float:
+    return float(np.median(values[-NOW_SAMPLES:]))
+
+
+def _align(ref_t: F64, t: F64, v: F64) -> F64:
+    """Values of another series at the reference times (nearest sample within ~1.5 steps), else NaN."""
+    out = np.full(ref_t.shape, np.nan)
+    if t.size == 0 or ref_t.size == 0:
+        return out
+    step = float(np.median(np.diff(ref_t))) if ref_t.size > 1 else 60.0
+    tol = max(1.0, 1.5 * step)
+    idx = np.clip(np.searchsorted(t, ref_t), 1, max(t.size - 1, 1))
+    left = np.clip(idx - 1, 0, t.size - 1)
+    right = np.clip(idx, 0, t.size - 1)
+    pick = np.where(np.abs(t[left] - ref_t) <= np.abs(t[right] - ref_t), left, right)
+    ok = np.abs(t[pick] - ref_t) <= tol
+    out[ok] = v[pick[ok]]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityFit:
+    """Fitted parameters (point values and their uncertainty) of one twin's capacity model.
+
+    Rates are in req/s when ``has_rate``; otherwise in units of the current load (1.0 = now)
+    and the fit is the first model: utilisation scales with traffic.
+    """
+
+    has_rate: bool
+    rate_now: float
+    servers: int
+    quantile: float
+    capacity: float                 # K = c·μ, requests/s the pool can serve
+    capacity_log_sd: float          # lognormal spread of K for Monte Carlo
+    capacity_floor: float           # K can not be below what was served with a stable queue
+    capacity_source: str            # "cpu", "latency", "cpu+latency" or "assumed"
+    cpu_idle: float                 # a (%)
+    cpu_slope: float                # b (% per unit rate)
+    cpu_cov: tuple[tuple[float, float], tuple[float, float]]
+    has_cpu: bool
+    latency_base_ms: float          # L0
+    latency_base_sd: float
+    has_latency: bool
+    error_base: float
+    error_slope: float
+    error_sd: float
+    memory_slope: float
+    memory_slope_sd: float
+    now: Mapping[str, float]        # current level of every metric
+    trustworthy: bool
+    reasons: tuple[str, ...]
+    samples: int
+    rate_range: tuple[float, float]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else "enough history with load variation"
+
+    def params(self) -> dict[str, Any]:
+        unit = "req/s" if self.has_rate else "x current load"
+
+        def num(x: float, nd: int = 4) -> float | None:
+            return round(float(x), nd) if math.isfinite(x) else None
+
+        return {
+            "rate_unit": unit,
+            "rate_now": num(self.rate_now),
+            "servers": self.servers,
+            "capacity": num(self.capacity),
+            "capacity_source": self.capacity_source,
+            "service_time_ms": num(1000.0 * self.servers / self.capacity) if self.capacity > 0 else None,
+            "cpu_idle_pct": num(self.cpu_idle) if self.has_cpu else None,
+            "cpu_pct_per_unit_rate": num(self.cpu_slope, 6) if self.has_cpu else None,
+            "latency_base_ms": num(self.latency_base_ms) if self.has_latency else None,
+            "latency_quantile": self.quantile,
+            "error_base": num(self.error_base, 6),
+            "memory_pct_per_unit_rate": num(self.memory_slope, 6),
+            "samples": self.samples,
+            "observed_rate_range": [num(self.rate_range[0]), num(self.rate_range[1])],
+            **{k: v for k, v in self.extra.items()},
+        }
+
+
+def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replicas: int | None,
+                 workers: int | None, rate_metric: str = "request_rate",
+                 quantile: float = 0.99) -> CapacityFit:
+    """Fit the capacity model from a twin's history (see the module docstring)."""
+    servers = max(1, int(replicas or 1) * int(workers or 1))
+    reasons: list[str] = []
+    if replicas is None or workers is None:
+        reasons.append(f"replicas/workers not configured: assuming {servers} server(s)")
+
+    def series(name: str) -> tuple[F64, F64]:
+        t = np.asarray(times.get(name, np.empty(0)), dtype=np.float64)
+        v = np.asarray(values.get(name, np.empty(0)), dtype=np.float64)
+        m = min(t.size, v.size)
+        t, v = t[:m], v[:m]
+        ok = np.isfinite(t) & np.isfinite(v)
+        return t[ok], v[ok]
+
+    now = {name: _now(series(name)[1]) for name in values if series(name)[1].size}
+    cpu_now = now.get(CPU, math.nan)
+    lat_now = now.get(LATENCY, math.nan)
+    err_now = max(now.get(ERRORS, 0.0), 0.0)
+    has_cpu = math.isfinite(cpu_now)
+    has_latency = math.isfinite(lat_now)
+
+    rt, rv = series(rate_metric)
+    rate_now = now.get(rate_metric, math.nan)
+    if rv.size == 0 or not math.isfinite(rate_now) or rate_now <= 0:
+        return _first_model(servers, quantile, now, cpu_now, lat_now, err_now, reasons)
+
+    lam = np.maximum(rv, 0.0)
+    cols = {name: _align(rt, *series(name)) for name in (CPU, LATENCY, ERRORS, MEMORY) if name in values}
+    n = int(lam.size)
+    cv = float(np.std(lam) / np.mean(lam)) if np.mean(lam) > 0 else 0.0
+    lam_hi = float(np.quantile(lam, 0.9))
+    rate_range = (float(np.min(lam)), float(np.max(lam)))
+    if n < MIN_SAMPLES:
+        reasons.append(f"only {n} samples of {rate_metric} (need {MIN_SAMPLES})")
+    if cv < MIN_LOAD_CV:
+        reasons.append(f"too little load variation (coefficient of variation {cv:.2f} < {MIN_LOAD_CV})")
+
+    extra: dict[str, Any] = {"load_cv": round(cv, 4)}
+    # CPU: the utilisation law.
+    a, b = 0.0, math.nan
+    cpu_cov = ((0.0, 0.0), (0.0, 0.0))
+    k_cpu = math.inf
+    k_cpu_sd = math.inf
+    cpu_fit: LinearFit | None = None
+    if has_cpu:
+        y = cols[CPU]
+        ok = np.isfinite(y)
+        cpu_fit = fit_line(lam[ok], y[ok]) if cv >= MIN_LOAD_CV / 2 else None
+        if cpu_fit is not None and cpu_fit.slope > 0 and cpu_fit.slope_t >= 2.0:
+            a, b, cpu_cov = max(cpu_fit.intercept, 0.0), cpu_fit.slope, cpu_fit.cov
+            if cpu_fit.slope_t < MIN_SLOPE_T:
+                reasons.append(f"CPU per request poorly determined (t = {cpu_fit.slope_t:.1f})")
+        else:
+            if cpu_fit is not None:
+                reasons.append("CPU does not rise clearly with load: assuming CPU proportional to load")
+            # proportional: all CPU is load-driven (conservative: the lowest capacity)
+            a, b = 0.0, max(cpu_now, 1e-6) / rate_now
+            cpu_cov = ((0.0, 0.0), (0.0, (0.5 * b) ** 2))
+            cpu_fit = None
+        k_cpu = (100.0 - a) / b
+        # delta method for K = (100 − a)/b
+        grad = np.array([-1.0 / b, -(100.0 - a) / b**2])
+        var = float(grad @ np.array(cpu_cov) @ grad)
+        k_cpu_sd = math.sqrt(max(var, 0.0)) / k_cpu if k_cpu > 0 else math.inf
+        extra["cpu_slope_t"] = round(cpu_fit.slope_t, 2) if cpu_fit is not None else None
+
+    # Latency: the queueing curve.
+    lat_fit: LatencyFit | None = None
+    l0, l0_sd = (lat_now if has_latency else math.nan), 0.0
+    if has_latency:
+        y = cols[LATENCY]
+        ok = np.isfinite(y) & (lam > 0)
+        lat_fit = fit_latency_curve(lam[ok], y[ok], servers, quantile) if ok.sum() >= 5 else None
+        if lat_fit is not None:
+            l0, l0_sd = lat_fit.base_ms, lat_fit.resid_sd / math.sqrt(max(int(ok.sum()), 1))
+            high = None if math.isinf(lat_fit.high) else round(lat_fit.high, 4)
+            extra["latency_capacity_interval"] = [round(lat_fit.low, 4), high]
+        else:
+            l0_sd = 0.25 * l0
+
+    # Combine: the tighter bound is the capacity.
+    floor = lam_hi
+    k_lat = lat_fit.capacity if lat_fit is not None else math.inf
+    if math.isfinite(k_cpu) and k_cpu <= k_lat:
+        capacity, source, log_sd = k_cpu, "cpu", k_cpu_sd
+        if lat_fit is not None and math.isfinite(lat_fit.high) and lat_fit.high < k_cpu * 1.2:
+            source = "cpu+latency"
+    elif math.isfinite(k_lat) and lat_fit is not None:
+        capacity, source = k_lat, "latency"
+        hi = lat_fit.high if math.isfinite(lat_fit.high) else 2.0 * k_lat
+        log_sd = max(math.log(hi / max(lat_fit.low, 1e-12)) / (2 * 1.96), 0.02)
+    else:
+        # Neither bent: take the M/M/c service time from latency at low load, c·μ = c·ln(1/(1−p))/L0.
+        source = "assumed"
+        if has_latency and l0 > 0:
+            capacity = servers * 1000.0 * math.log(1.0 / (1.0 - quantile)) / l0
+        else:
+            capacity = rate_now / 0.3
+        capacity = max(capacity, floor * 1.05)
+        log_sd = 0.7
+        reasons.append("neither CPU nor latency reveals the capacity: assumed from latency at low load")
+    if capacity < floor:
+        capacity = floor * 1.02
+    extrap = capacity / max(rate_range[1], 1e-12)
+    if extrap > MAX_EXTRAPOLATION:
+        reasons.append(f"capacity {extrap:.0f}x beyond the highest observed load: extrapolation")
+    extra["extrapolation"] = round(extrap, 3)
+
+    # Errors and memory: linear trends in load, used only where they are clear.
+    err_base, err_slope, err_sd = err_now, 0.0, 0.0
+    if ERRORS in cols:
+        y = cols[ERRORS]
+        ok = np.isfinite(y)
+        ef = fit_line(lam[ok], y[ok])
+        if ef is not None:
+            err_sd = ef.resid_sd
+            if ef.slope_t >= 3.0:
+                err_slope = ef.slope
+    mem_slope, mem_sd = 0.0, 0.0
+    if MEMORY in cols:
+        y = cols[MEMORY]
+        ok = np.isfinite(y)
+        mf = fit_line(lam[ok], y[ok])
+        if mf is not None and abs(mf.slope_t) >= 3.0:
+            mem_slope, mem_sd = mf.slope, math.sqrt(max(mf.cov[1][1], 0.0))
+
+    trustworthy = (n >= MIN_SAMPLES and cv >= MIN_LOAD_CV and source != "assumed"
+                   and extrap <= MAX_EXTRAPOLATION)
+    if has_cpu and (cpu_fit is None or cpu_fit.slope_t < MIN_SLOPE_T) and source == "cpu":
+        trustworthy = False
+    return CapacityFit(
+        has_rate=True, rate_now=rate_now, servers=servers, quantile=quantile,
+        capacity=capacity, capacity_log_sd=float(min(log_sd, 1.0)), capacity_floor=floor,
+        capacity_source=source, cpu_idle=a, cpu_slope=b if has_cpu else 0.0, cpu_cov=cpu_cov,
+        has_cpu=has_cpu, latency_base_ms=float(l0) if has_latency else 0.0, latency_base_sd=float(l0_sd),
+        has_latency=has_latency, error_base=err_base, error_slope=err_slope, error_sd=err_sd,
+        memory_slope=mem_slope, memory_slope_sd=mem_sd, now=now, trustworthy=trustworthy,
+        reasons=tuple(reasons), samples=n, rate_range=rate_range, extra=extra,
+    )
+
+
+def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_now: float, lat_now: float,
+                 err_now: float, reasons: list[str]) -> CapacityFit:
+    """No throughput metric: utilisation scales with traffic, rates in units of the current load."""
+    reasons = [*reasons, "no request rate observed: utilisation assumed proportional to traffic"]
+    has_cpu = math.isfinite(cpu_now)
+    has_latency = math.isfinite(lat_now)
+    if has_cpu and cpu_now > 0:
+        capacity, source = 100.0 / cpu_now, "cpu"
+    else:
+        capacity, source = 1.0 / 0.3, "assumed"       # utilisation unknown: assume 30% busy now
+    capacity = max(capacity, 1.02)
+    return CapacityFit(
+        has_rate=False, rate_now=1.0, servers=servers, quantile=quantile, capacity=capacity,
+        capacity_log_sd=0.5, capacity_floor=1.0, capacity_source=source,
+        cpu_idle=0.0, cpu_slope=cpu_now if has_cpu else 0.0,
+        cpu_cov=((0.0, 0.0), (0.0, (0.3 * cpu_now) ** 2 if has_cpu else 0.0)), has_cpu=has_cpu,
+        latency_base_ms=lat_now if has_latency else 0.0,
+        latency_base_sd=0.25 * lat_now if has_latency else 0.0,
+        has_latency=has_latency, error_base=err_now, error_slope=0.0, error_sd=0.0,
+        memory_slope=0.0, memory_slope_sd=0.0, now=now, trustworthy=False, reasons=tuple(reasons),
+        samples=0, rate_range=(1.0, 1.0),
+    )

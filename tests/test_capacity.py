@@ -1,0 +1,159 @@
+"""The capacity model: Erlang C and waiting-time quantiles against theory and a simulated queue, and fits."""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+
+from sidecar.engine import capacity
+from sidecar.engine.capacity import erlang_c, fit_capacity, fit_latency_curve, fit_line, wait_quantile_s
+
+
+def _erlang_c_textbook(c: int, a: float) -> float:
+    top = a**c / math.factorial(c) * c / (c - a)
+    return top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
+
+
+@pytest.mark.parametrize(("c", "a"), [(1, 0.3), (2, 1.0), (3, 2.5), (8, 6.0), (20, 15.0)])
+def test_erlang_c_matches_the_textbook_formula(c: int, a: float) -> None:
+    assert float(erlang_c(float(c), a)) == pytest.approx(_erlang_c_textbook(c, a), rel=1e-9)
+
+
+def test_erlang_c_gamma_path_agrees_with_the_recursion(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = np.linspace(1.0, 79.0, 40)
+    by_recursion = erlang_c(80.0, a)
+    monkeypatch.setattr(capacity, "RECURSION_SERVERS", 0)
+    by_gamma = erlang_c(80.0, a)
+    np.testing.assert_allclose(by_gamma, by_recursion, rtol=1e-8, atol=1e-12)
+    # thousands of servers stay finite and in [0, 1]
+    big = erlang_c(5000.0, np.array([4000.0, 4950.0, 4999.0]))
+    assert np.all((big >= 0) & (big <= 1)) and big[0] < big[1] < big[2]
+
+
+def test_erlang_c_is_one_at_or_above_saturation() -> None:
+    assert np.all(erlang_c(4.0, np.array([4.0, 10.0])) == 1.0)
+
+
+def test_mm1_wait_quantile_closed_form() -> None:
+    mu, lam = 10.0, 8.0
+    # M/M/1: P(W > t) = ρ·exp(−(μ − λ)t)
+    expected = math.log(0.8 / 0.01) / (mu - lam)
+    assert float(wait_quantile_s(lam, mu, 1.0, 0.99)) == pytest.approx(expected, rel=1e-12)
+    assert float(wait_quantile_s(lam, mu, 1.0, 0.99, variability=0.5)) == pytest.approx(expected / 2)
+    assert float(wait_quantile_s(0.05, mu, 1.0, 0.99)) == 0.0       # fewer than 1% wait at all
+    assert math.isinf(float(wait_quantile_s(10.0, mu, 1.0, 0.99)))
+
+
+def _simulate_mmc_waits(lam: float, mu: float, c: int, n: int, seed: int) -> np.ndarray:
+    """First-come-first-served M/M/c by event simulation (server free times in a heap)."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / lam, n))
+    services = rng.exponential(1 / mu, n)
+    free = [0.0] * c
+    waits = np.empty(n)
+    for i in range(n):
+        t_free = heapq.heappop(free)
+        start = max(arrivals[i], t_free)
+        waits[i] = start - arrivals[i]
+        heapq.heappush(free, start + services[i])
+    return waits[n // 10:]
+
+
+@pytest.mark.parametrize(("lam", "mu", "c"), [(7.0, 10.0, 1), (25.0, 10.0, 3)])
+def test_wait_quantile_matches_a_simulated_queue(lam: float, mu: float, c: int) -> None:
+    waits = _simulate_mmc_waits(lam, mu, c, 200_000, seed=3)
+    for p in (0.9, 0.99):
+        theory = float(wait_quantile_s(lam, c * mu, float(c), p))
+        assert np.quantile(waits, p) == pytest.approx(theory, rel=0.12)
+    assert np.mean(waits > 0) == pytest.approx(float(erlang_c(float(c), lam / mu)), abs=0.02)
+
+
+def test_fit_line_recovers_parameters_and_refuses_constant_x() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 10, 200)
+    y = 3.0 + 2.0 * x + rng.normal(0, 0.1, 200)
+    f = fit_line(x, y)
+    assert f is not None
+    assert f.intercept == pytest.approx(3.0, abs=0.05) and f.slope == pytest.approx(2.0, abs=0.01)
+    assert f.slope_t > 100
+    assert fit_line(np.full(10, 4.0), y[:10]) is None
+
+
+def _service(*, n: int = 240, servers: int = 2, service_s: float = 0.01, idle: float = 5.0,
+             cpu_bound: bool = True, load: float = 20.0, swing: float = 10.0, seed: int = 0
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    t = 1.7e9 + 15.0 * np.arange(n)
+    lam = np.maximum(load + swing * np.sin(np.arange(n) / 15) + rng.normal(0, 0.05 * load, n), 0.1)
+    k = servers / service_s
+    cpu = idle + (100 - idle) * lam / k if cpu_bound else idle + 0.02 * lam
+    lat = 1000 * (service_s + wait_quantile_s(lam, k, float(servers), 0.99))
+    values = {"request_rate": lam, "cpu_usage": cpu + rng.normal(0, 0.5, n),
+              "request_latency_ms": lat * rng.lognormal(0, 0.03, n), "error_rate": np.full(n, 0.001),
+              "memory_usage": 40 + rng.normal(0, 0.3, n)}
+    return {m: t for m in values}, values
+
+
+def test_cpu_bound_service_capacity_is_recovered() -> None:
+    times, values = _service()
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert fit.trustworthy, fit.reason
+    assert fit.capacity_source.startswith("cpu")
+    assert fit.capacity == pytest.approx(200.0, rel=0.05)
+    assert fit.cpu_idle == pytest.approx(5.0, abs=1.0)
+    assert fit.servers == 2
+
+
+def test_io_bound_service_capacity_comes_from_the_latency_curve() -> None:
+    # workers wait on I/O: CPU hardly moves, latency bends as the pool fills (load up to ~85% of capacity)
+    times, values = _service(cpu_bound=False, servers=4, service_s=0.1, load=26.0, swing=8.0)
+    fit = fit_capacity(times, values, replicas=4, workers=1)
+    assert fit.capacity_source == "latency"
+    assert fit.capacity == pytest.approx(40.0, rel=0.1)
+
+
+def test_flat_latency_only_bounds_capacity_from_below() -> None:
+    rng = np.random.default_rng(1)
+    lam = rng.uniform(1, 5, 100)
+    lf = fit_latency_curve(lam, 50 + rng.normal(0, 1, 100), 4, 0.99)
+    assert lf is not None
+    assert math.isinf(lf.capacity) and math.isinf(lf.high)
+    assert lf.low >= lam.max()
+
+
+def test_constant_load_is_not_trustworthy_and_says_why() -> None:
+    times, values = _service(swing=0.0, seed=2)
+    values["request_rate"] = np.full(values["request_rate"].size, 20.0)
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert not fit.trustworthy
+    assert "load variation" in fit.reason
+    # first model: all CPU assumed load-driven, so capacity is where CPU would reach 100%
+    cpu_now = float(np.median(values["cpu_usage"][-5:]))
+    assert fit.capacity == pytest.approx(100.0 / cpu_now * 20.0, rel=1e-6)
+
+
+def test_no_request_rate_falls_back_to_utilisation_scaling() -> None:
+    times, values = _service()
+    del values["request_rate"]
+    fit = fit_capacity(times, values, replicas=None, workers=None)
+    assert not fit.has_rate and not fit.trustworthy
+    assert "no request rate" in fit.reason and "replicas/workers not configured" in fit.reason
+    assert fit.capacity == pytest.approx(100.0 / float(np.median(values["cpu_usage"][-5:])))
+
+
+def test_short_history_is_not_trustworthy() -> None:
+    times, values = _service(n=8)
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert not fit.trustworthy and "only 8 samples" in fit.reason
+
+
+def test_params_are_json_numbers() -> None:
+    times, values = _service()
+    params = fit_capacity(times, values, replicas=2, workers=1).params()
+    assert params["rate_unit"] == "req/s"
+    assert params["service_time_ms"] == pytest.approx(10.0, rel=0.05)
+    for v in params.values():
+        assert v is None or isinstance(v, str | int | float | list)
