@@ -31,7 +31,8 @@ def big_view(n_series: int, n_twins: int, seed: int) -> EngineView:
     eta = np.where(rng.uniform(size=s) < 0.05, rng.uniform(60, 3600, s), np.nan)
     return EngineView(
         at=1.7e9, horizons_s=np.array([300.0, 900.0, 1800.0, 3600.0]), series_twin=st, series_metric=sm,
-        last_value=rng.uniform(0, 100, s), forecast_mean=mean, forecast_lower=mean - 3, forecast_upper=mean + 3,
+        last_value=rng.uniform(0, 100, s), forecast_mean=mean, forecast_lower=mean - 3,
+        forecast_upper=mean + 3,
         confidence=rng.uniform(0, 1, (s, h)), expected=rng.uniform(0, 100, s),
         divergence_ratio=rng.normal(0, 0.2, s), severity=rng.integers(0, 5, s).astype(np.int8),
         anomaly=rng.uniform(0, 1, s), limit=np.full(s, 95.0), breach_eta_s=eta, twin_names=tuple(names),

@@ -1,0 +1,321 @@
+"""The JSON API under ``/api/v1``: read twins, their history and events; change expected state, roll back,
+simulate.
+
+Every engine call holds the engine lock the scheduler also takes, so a request
+never sees a half-applied tick; calls that can take long (listing every twin,
+a simulation, reading history from the store) run in a worker thread or await
+I/O while holding it, so the event loop keeps serving /metrics and probes.
+Requests that change state need ``Authorization: Bearer <token>`` when a token
+is configured; reads stay open, as /metrics does. Errors are JSON
+``{"error": message, "status": code}`` and never contain a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from .engine.records import EventType
+from .engine.twin import TwinEngine
+from .errors import (
+    CorruptSnapshotError,
+    EngineError,
+    InputError,
+    ScenarioError,
+    StoreError,
+    UnknownSnapshotError,
+    UnknownTwinError,
+)
+from .openapi import OPENAPI
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+HISTORY_LIMIT_MAX = 1000
+EVENTS_LIMIT_MAX = 10_000
+EXPECTED_KEYS_MAX = 1000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(web.HTTPException):
+    """A refusal with a JSON body; raised by handlers, rendered by ``error_middleware``."""
+
+    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        self.message = message
+        super().__init__(text=json.dumps({"error": message, "status": status}),
+                         content_type="application/json", headers=headers)
+
+    def __str__(self) -> str:
+        return f"{self.status_code}: {self.message}"
+
+
+# --------------------------------------------------------------------------- JSON
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types only: non-finite floats become null (JSON has no NaN), records their ``to_dict``."""
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj.value if isinstance(obj, Enum) else obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray | np.generic):
+        return jsonable(obj.tolist())
+    if isinstance(obj, Enum):
+        return jsonable(obj.value)
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return jsonable(to_dict())
+    return str(obj)
+
+
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    body = json.dumps(jsonable(data), allow_nan=False, separators=(",", ":"))
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+# --------------------------------------------------------------------------- request parsing
+
+def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r}: expected an integer from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"query parameter {name!r}: expected an integer from {lo} to {hi}, got {value}")
+    return value
+
+
+def _query_time(request: web.Request, name: str) -> float | None:
+    """Unix seconds or an RFC 3339 timestamp (``2026-11-25T14:00:00Z``; no zone means UTC)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(raw)
+        except ValueError:
+            raise ApiError(400, f"query parameter {name!r}: expected unix seconds or an RFC 3339 time"
+                           ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        value = when.timestamp()
+    if not math.isfinite(value):
+        raise ApiError(400, f"query parameter {name!r}: expected a finite time")
+    return value
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        raw = await request.read()   # refused with 413 beyond the app's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body too large (limit {request.client_max_size} bytes)") from None
+    if not raw:
+        raise ApiError(400, "request body: expected a JSON object, got an empty body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body: not valid JSON ({exc.__class__.__name__})") from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body: expected a JSON object, got {_kind(body)}")
+    return body
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def parse_expected(body: Mapping[str, Any]) -> dict[str, float | None]:
+    """``{"cpu_usage": 50, "memory_usage": null}``: a finite number sets a metric, null clears it."""
+    if not body:
+        raise ApiError(400, "request body: expected at least one metric, e.g. {\"cpu_usage\": 50}")
+    if len(body) > EXPECTED_KEYS_MAX:
+        raise ApiError(400, f"request body: at most {EXPECTED_KEYS_MAX} metrics at once")
+    out: dict[str, float | None] = {}
+    for key, value in body.items():
+        if not key or len(key) > 200:
+            raise ApiError(400, "field name: expected a metric name of 1 to 200 characters")
+        if value is None:
+            out[key] = None
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ApiError(400, f"field {key!r}: expected a finite number or null, got {_kind(value)}")
+        else:
+            out[key] = float(value)
+    return out
+
+
+# --------------------------------------------------------------------------- the API
+
+class TwinApi:
+    """Handlers over one ``TwinEngine``; ``routes()`` lists them for ``app.add_routes``."""
+
+    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: str | None) -> None:
+        self._facade = facade
+        self._lock = engine_lock
+        self._token = auth_token.encode() if auth_token else None
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(f"{PREFIX}/openapi.json", self.openapi),
+            web.get(f"{PREFIX}/twins", self.list_twins),
+            web.get(f"{PREFIX}/twins/{{twin}}", self.twin_status),
+            web.get(f"{PREFIX}/twins/{{twin}}/history", self.history),
+            web.post(f"{PREFIX}/twins/{{twin}}/rollback", self._write(self.rollback)),
+            web.put(f"{PREFIX}/twins/{{twin}}/expected", self._write(self.set_expected)),
+            web.post(f"{PREFIX}/twins/{{twin}}/simulate", self._write(self.simulate)),
+            web.get(f"{PREFIX}/events", self.events),
+        ]
+
+    # -- auth
+
+    def _write(self, handler: Handler) -> Handler:
+        """State-changing routes: check the bearer token (constant time) before anything else."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self._token is not None:
+                scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+                    raise ApiError(401, "missing or invalid bearer token",
+                                   headers={"WWW-Authenticate": 'Bearer realm="twin-sidecar"'})
+            return await handler(request)
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    # -- reads
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return json_response(OPENAPI)
+
+    async def list_twins(self, request: web.Request) -> web.Response:
+        async with self._lock:
+            twins = await asyncio.to_thread(self._facade.list_twins)
+        return json_response({"twins": twins, "count": len(twins)})
+
+    async def twin_status(self, request: web.Request) -> web.Response:
+        twin = request.match_info["twin"]
+        async with self._lock:
+            status = self._facade.get_twin_status(twin)
+        return json_response(status)
+
+    async def history(self, request: web.Request) -> web.Response:
+        twin = request.match_info["twin"]
+        limit = _query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX)
+        before = _query_time(request, "before")
+        async with self._lock:
+            twin_id = self._facade.engine.get(twin).twin_id
+            entries = await self._facade.history(twin, limit=limit, before=before)
+        return json_response({
+            "twin_id": twin_id,
+            "snapshots": [e.to_dict() for e in entries],
+            "count": len(entries),
+            # pass as ?before= for the next (older) page; null when this page was the last
+            "next_before": entries[-1].timestamp if len(entries) == limit else None,
+        })
+
+    async def events(self, request: web.Request) -> web.Response:
+        twin = request.query.get("twin") or None
+        type_ = request.query.get("type") or None
+        if type_ is not None and type_ not in {e.value for e in EventType}:
+            raise ApiError(400, "query parameter 'type': expected one of "
+                                + ", ".join(sorted(e.value for e in EventType)))
+        since = _query_time(request, "since")
+        limit = _query_int(request, "limit", 1000, 1, EVENTS_LIMIT_MAX)
+        async with self._lock:
+            twin_id = self._facade.engine.get(twin).twin_id if twin is not None else None
+            events = self._facade.engine.events(twin=twin_id, type=type_, since=since, limit=limit)
+        return json_response({"events": events, "count": len(events)})
+
+    # -- writes
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        twin = request.match_info["twin"]
+        body = await _json_object(request)
+        snapshot_id = body.get("snapshot_id")
+        if not isinstance(snapshot_id, str) or not snapshot_id:
+            raise ApiError(400, "field 'snapshot_id': required, a non-empty string")
+        async with self._lock:
+            result = await self._facade.rollback_to_snapshot(twin, snapshot_id)
+        log.info("rollback twin=%s snapshot=%s", twin, snapshot_id)
+        return json_response(result)
+
+    async def set_expected(self, request: web.Request) -> web.Response:
+        twin = request.match_info["twin"]
+        expected = parse_expected(await _json_object(request))
+        async with self._lock:
+            result = await self._facade.set_expected_state(twin, expected)
+        log.info("expected state set twin=%s metrics=%s", twin, ",".join(sorted(expected)))
+        return json_response(result)
+
+    async def simulate(self, request: web.Request) -> web.Response:
+        twin = request.match_info["twin"]
+        scenario = await _json_object(request)
+        if not isinstance(scenario.get("type"), str):
+            raise ApiError(400, "field 'type': required, the scenario type as a string, e.g. traffic_spike")
+        seed = scenario.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ApiError(400, "field 'seed': expected a whole number >= 0")
+        facade = self._facade
+        async with self._lock:
+            # the facade's simulate_scenario runs the Monte Carlo on the event loop; a worker thread keeps
+            # /metrics and the probes answering while it runs (the lock keeps the engine still meanwhile)
+            result = await asyncio.to_thread(facade.engine.simulate, twin, scenario, at=facade.clock(),
+                                             seed=seed)
+        return json_response(result)
+
+
+# --------------------------------------------------------------------------- errors
+
+_STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
+    (UnknownTwinError, 404),
+    (UnknownSnapshotError, 404),
+    (CorruptSnapshotError, 409),
+    (ScenarioError, 400),
+    (InputError, 400),
+    (StoreError, 503),
+    (EngineError, 409),
+)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Package errors -> status codes, every error under /api as JSON, no tracebacks to the client."""
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPException as exc:
+        if not request.path.startswith(PREFIX) or exc.status_code < 400:
+            raise
+        message = exc.reason if exc.status_code != 413 else "request body too large"
+        raise ApiError(exc.status_code, message) from None
+    except Exception as exc:
+        for kind, status in _STATUS_OF:
+            if isinstance(exc, kind):
+                if status >= 500:
+                    log.warning("api %s %s: %s", request.method, request.path, exc)
+                raise ApiError(status, str(exc)) from None
+        log.exception("api %s %s failed", request.method, request.path)
+        raise ApiError(500, "internal error; see the sidecar's log") from None

@@ -1,0 +1,395 @@
+"""The JSON API over real HTTP (aiohttp's test server on 127.0.0.1): every route, its errors and its auth.
+
+Every successful body is validated against the schema the OpenAPI document gives for that route, so the
+document cannot drift from what the API really returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from jsonschema import Draft202012Validator
+from prometheus_client import CollectorRegistry
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from sidecar.api import ApiError, jsonable, parse_expected
+from sidecar.engine.history import MemoryHistoryStore
+from sidecar.engine.records import StateHistoryEntry, SystemType
+from sidecar.engine.twin import TwinEngine
+from sidecar.engine.view import Outbox
+from sidecar.openapi import OPENAPI
+from sidecar.server import build_app
+from sidecar.status import ServiceStatus
+
+TOKEN = "tok-9f2c1e7d"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+T0 = 1_700_000_000.0
+
+_REFS = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(OPENAPI))
+
+
+def schema_for(path: str, method: str, status: int) -> dict[str, Any]:
+    op = OPENAPI["paths"][path][method]
+    return op["responses"][str(status)]["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
+
+
+def assert_matches(body: Any, path: str, method: str, status: int) -> None:
+    schema = {"$ref": "urn:openapi#" + _pointer(schema_for(path, method, status))}
+    Draft202012Validator(schema, registry=_REFS).validate(body)
+
+
+def _pointer(schema: dict[str, Any]) -> str:
+    ref = schema["$ref"]
+    assert ref.startswith("#")
+    return str(ref[1:])
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard defines it: NaN/Infinity are errors."""
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"non-standard JSON constant {name} in a response")
+    return json.loads(text, parse_constant=refuse)
+
+
+async def body_of(resp: ClientResponse) -> Any:
+    assert resp.content_type == "application/json"
+    return strict_json(await resp.text())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def feed(facade: TwinEngine, clock: Clock, name: str, n: int = 60) -> None:
+    for i in range(n):
+        clock.now += 15.0
+        await facade.sync_twin(name, {"cpu_usage": 40.0 + 0.3 * i, "memory_usage": 55.0,
+                                      "request_latency_ms": 120.0 + i, "error_rate": 0.01,
+                                      "request_rate": 100.0 + 10 * math.sin(i / 5)})
+
+
+@dataclasses.dataclass
+class Api:
+    client: TestClient[Any, Any]
+    facade: TwinEngine
+    clock: Clock
+    store: MemoryHistoryStore
+
+
+ApiFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_api() -> AsyncIterator[ApiFactory]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(*, auth_token: str | None = TOKEN, max_body_bytes: int = 4096) -> Api:
+        clock = Clock()
+        store = MemoryHistoryStore()
+        facade = TwinEngine(clock=clock, store=store)
+        await facade.create_twin("checkout", SystemType.API_GATEWAY)
+        await facade.create_twin("search", SystemType.WEB_SERVICE)
+        await feed(facade, clock, "checkout")
+        await feed(facade, clock, "search", 10)
+        app = build_app(facade=facade, status=ServiceStatus(), registry=CollectorRegistry(),
+                        engine_lock=asyncio.Lock(), auth_token=auth_token, max_body_bytes=max_body_bytes)
+        client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return Api(client, facade, clock, store)
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> Api:
+    return await make_api()  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------- reads
+
+async def test_list_twins(api: Api) -> None:
+    resp = await api.client.get("/api/v1/twins")
+    assert resp.status == 200
+    body = await body_of(resp)
+    assert_matches(body, "/api/v1/twins", "get", 200)
+    assert body["count"] == 2
+    assert {t["name"] for t in body["twins"]} == {"checkout", "search"}
+
+
+async def test_twin_status_by_name_and_by_id(api: Api) -> None:
+    resp = await api.client.get("/api/v1/twins/checkout")
+    assert resp.status == 200
+    body = await body_of(resp)
+    assert_matches(body, "/api/v1/twins/{twin}", "get", 200)
+    assert body["name"] == "checkout"
+    assert len(body["state_predictions"]) == 4
+    assert body["state_predictions"][0]["contributing_trends"], "a rising CPU gives a trend in words"
+    assert "cpu_usage" in body["metrics"]
+    by_id = await body_of(await api.client.get(f"/api/v1/twins/{body['twin_id']}"))
+    assert by_id["twin_id"] == body["twin_id"]
+
+
+async def test_unknown_twin_is_404_on_every_twin_route(api: Api) -> None:
+    c = api.client
+    for resp in (await c.get("/api/v1/twins/nope"), await c.get("/api/v1/twins/nope/history"),
+                 await c.get("/api/v1/events?twin=nope"),
+                 await c.post("/api/v1/twins/nope/rollback", json={"snapshot_id": "x"}, headers=AUTH),
+                 await c.put("/api/v1/twins/nope/expected", json={"cpu_usage": 1}, headers=AUTH),
+                 await c.post("/api/v1/twins/nope/simulate", json={"type": "load_test"}, headers=AUTH)):
+        assert resp.status == 404
+        body = await body_of(resp)
+        assert body["status"] == 404 and "nope" in body["error"]
+
+
+async def test_unknown_api_path_is_a_json_404(api: Api) -> None:
+    resp = await api.client.get("/api/v1/nothing-here")
+    assert resp.status == 404
+    assert (await body_of(resp))["status"] == 404
+
+
+async def test_history_is_newest_first_and_pages_with_before(api: Api) -> None:
+    c = api.client
+    for v in (50, 60, 70):
+        api.clock.now += 60
+        resp = await c.put("/api/v1/twins/checkout/expected", json={"cpu_usage": v}, headers=AUTH)
+        assert resp.status == 200
+    resp = await c.get("/api/v1/twins/checkout/history")
+    body = await body_of(resp)
+    assert_matches(body, "/api/v1/twins/{twin}/history", "get", 200)
+    stamps = [s["timestamp_unix"] for s in body["snapshots"]]
+    assert stamps == sorted(stamps, reverse=True) and len(stamps) >= 4
+    page1 = await body_of(await c.get("/api/v1/twins/checkout/history?limit=2"))
+    assert page1["count"] == 2 and page1["next_before"] == page1["snapshots"][-1]["timestamp_unix"]
+    before = page1["next_before"]
+    page2 = await body_of(await c.get(f"/api/v1/twins/checkout/history?limit=2&before={before}"))
+    assert all(s["timestamp_unix"] < page1["next_before"] for s in page2["snapshots"])
+    assert page2["snapshots"][0]["snapshot_id"] == body["snapshots"][2]["snapshot_id"]
+
+
+async def test_history_reaches_the_store_beyond_memory(api: Api) -> None:
+    twin_id = api.facade.engine.get("checkout").twin_id
+    old = StateHistoryEntry.create(snapshot_id="snap_from_store", twin_id=twin_id, timestamp=T0 - 3600,
+                                   state_snapshot={"expected_state": {"cpu_usage": 10.0}}, metrics={},
+                                   health_score=100.0, change_reason="before a restart")
+    await api.store.write(Outbox(snapshots=[old]))
+    body = await body_of(await api.client.get("/api/v1/twins/checkout/history?limit=1000"))
+    assert body["snapshots"][-1]["snapshot_id"] == "snap_from_store"
+
+
+@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=abc", "limit"),
+                                          ("limit=100000", "limit"), ("before=yesterday", "before")])
+async def test_history_bad_query_is_400_naming_the_parameter(api: Api, query: str, field: str) -> None:
+    resp = await api.client.get(f"/api/v1/twins/checkout/history?{query}")
+    assert resp.status == 400
+    assert f"'{field}'" in (await body_of(resp))["error"]
+
+
+async def test_events_filter_by_twin_type_and_since(api: Api) -> None:
+    c = api.client
+    body = await body_of(await c.get("/api/v1/events"))
+    assert_matches(body, "/api/v1/events", "get", 200)
+    assert {e["type"] for e in body["events"]} >= {"twin_created"}
+    created = await body_of(await c.get("/api/v1/events?type=twin_created&twin=search"))
+    search_id = api.facade.engine.get("search").twin_id
+    assert created["count"] == 1 and created["events"][0]["twin_id"] == search_id
+    later = await body_of(await c.get(f"/api/v1/events?since={api.clock.now + 1}"))
+    assert later["count"] == 0
+    iso_since = await body_of(await c.get("/api/v1/events?since=2000-01-01T00:00:00Z&limit=1"))
+    assert iso_since["count"] == 1
+
+
+@pytest.mark.parametrize("query, field", [("type=party", "type"), ("since=soon", "since"),
+                                          ("limit=-1", "limit")])
+async def test_events_bad_query_is_400(api: Api, query: str, field: str) -> None:
+    resp = await api.client.get(f"/api/v1/events?{query}")
+    assert resp.status == 400
+    assert f"'{field}'" in (await body_of(resp))["error"]
+
+
+# ------------------------------------------------------------------------------------------- writes
+
+async def test_set_expected_then_clear_with_null(api: Api) -> None:
+    c = api.client
+    resp = await c.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50, "latency_ms": 200},
+                       headers=AUTH)
+    assert resp.status == 200
+    body = await body_of(resp)
+    assert_matches(body, "/api/v1/twins/{twin}/expected", "put", 200)
+    assert body["expected_state"] == {"cpu_usage": 50.0, "request_latency_ms": 200.0}
+    cleared = await body_of(await c.put("/api/v1/twins/checkout/expected", json={"cpu_usage": None},
+                                        headers=AUTH))
+    assert cleared["expected_state"] == {"request_latency_ms": 200.0}
+    status = await body_of(await c.get("/api/v1/twins/checkout"))
+    assert status["metrics"]["request_latency_ms"]["expected_source"] == "manual"
+    assert status["metrics"]["cpu_usage"]["expected_source"] == "learned"
+
+
+@pytest.mark.parametrize("payload, needle", [
+    ({"cpu_usage": "fifty"}, "'cpu_usage'"),
+    ({"cpu_usage": True}, "'cpu_usage'"),
+    ({}, "at least one metric"),
+    ([1, 2], "JSON object"),
+])
+async def test_bad_expected_body_is_400_naming_the_field(api: Api, payload: Any, needle: str) -> None:
+    resp = await api.client.put("/api/v1/twins/checkout/expected", json=payload, headers=AUTH)
+    assert resp.status == 400
+    assert needle in (await body_of(resp))["error"]
+
+
+async def test_non_json_and_empty_bodies_are_400(api: Api) -> None:
+    c = api.client
+    for data in (b"{not json", b"", b"\xff\xfe"):
+        resp = await c.put("/api/v1/twins/checkout/expected", data=data, headers=AUTH)
+        assert resp.status == 400, data
+        assert "request body" in (await body_of(resp))["error"]
+
+
+async def test_rollback_restores_the_earlier_expected_state(api: Api) -> None:
+    c = api.client
+    first = await body_of(await c.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50},
+                                      headers=AUTH))
+    await c.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 80}, headers=AUTH)
+    # the snapshot taken before the first change holds "nothing expected"
+    resp = await c.post("/api/v1/twins/checkout/rollback", json={"snapshot_id": first["snapshot_id"]},
+                        headers=AUTH)
+    assert resp.status == 200
+    body = await body_of(resp)
+    assert_matches(body, "/api/v1/twins/{twin}/rollback", "post", 200)
+    assert body["success"] is True and body["expected_state"] is None
+    status = await body_of(await c.get("/api/v1/twins/checkout"))
+    assert status["expected_state"] is None
+    events = await body_of(await c.get("/api/v1/events?type=rollback"))
+    assert events["count"] == 1
+
+
+async def test_rollback_errors(api: Api) -> None:
+    c = api.client
+    missing = await c.post("/api/v1/twins/checkout/rollback", json={"snapshot_id": "snap_nope"}, headers=AUTH)
+    assert missing.status == 404 and "snap_nope" in (await body_of(missing))["error"]
+    for payload in ({}, {"snapshot_id": ""}, {"snapshot_id": 7}):
+        resp = await c.post("/api/v1/twins/checkout/rollback", json=payload, headers=AUTH)
+        assert resp.status == 400 and "'snapshot_id'" in (await body_of(resp))["error"]
+
+
+async def test_corrupt_snapshot_is_409_on_rollback_and_history(api: Api) -> None:
+    twin_id = api.facade.engine.get("checkout").twin_id
+    good = StateHistoryEntry.create(snapshot_id="snap_tampered", twin_id=twin_id, timestamp=T0 - 60,
+                                    state_snapshot={"expected_state": {"cpu_usage": 10.0}}, metrics={},
+                                    health_score=100.0, change_reason="old")
+    tampered = dataclasses.replace(good, state_snapshot={"expected_state": {"cpu_usage": 99.0}})
+    await api.store.write(Outbox(snapshots=[tampered]))
+    resp = await api.client.post("/api/v1/twins/checkout/rollback", json={"snapshot_id": "snap_tampered"},
+                                 headers=AUTH)
+    assert resp.status == 409
+    assert "checksum" in (await body_of(resp))["error"]
+    hist = await api.client.get("/api/v1/twins/checkout/history?limit=1000")
+    assert hist.status == 409
+    # and the twin was left alone
+    assert api.facade.engine.get("checkout").expected_state is None
+
+
+async def test_simulate_returns_a_reproducible_result(api: Api) -> None:
+    c = api.client
+    scenario = {"type": "traffic_spike", "traffic_multiplier": 5, "duration_minutes": 10, "seed": 3}
+    resp = await c.post("/api/v1/twins/checkout/simulate", json=scenario, headers=AUTH)
+    assert resp.status == 200
+    body = await body_of(resp)
+    assert_matches(body, "/api/v1/twins/{twin}/simulate", "post", 200)
+    assert 0.0 <= body["failure_probability"] <= 1.0
+    again = await body_of(await c.post("/api/v1/twins/checkout/simulate", json=scenario, headers=AUTH))
+    assert again == body
+
+
+@pytest.mark.parametrize("payload, needle", [
+    ({"traffic_multiplier": 5}, "'type'"),
+    ({"type": "meteor"}, "'type'"),
+    ({"type": "traffic_spike", "traffic_multiplier": "lots"}, "'traffic_multiplier'"),
+    ({"type": "load_test", "warp": 9}, "'warp'"),
+    ({"type": "load_test", "seed": -1}, "'seed'"),
+])
+async def test_bad_scenario_is_400_naming_the_field(api: Api, payload: dict[str, Any], needle: str) -> None:
+    resp = await api.client.post("/api/v1/twins/checkout/simulate", json=payload, headers=AUTH)
+    assert resp.status == 400
+    assert needle in (await body_of(resp))["error"]
+
+
+# ------------------------------------------------------------------------------------------- auth & limits
+
+WRITES = [("post", "/api/v1/twins/checkout/rollback", {"snapshot_id": "snap_x"}),
+          ("put", "/api/v1/twins/checkout/expected", {"cpu_usage": 50}),
+          ("post", "/api/v1/twins/checkout/simulate", {"type": "load_test"})]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                                     {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer "}])
+async def test_writes_need_the_bearer_token(api: Api, headers: dict[str, str]) -> None:
+    for method, path, payload in WRITES:
+        resp = await api.client.request(method, path, json=payload, headers=headers)
+        assert resp.status == 401, (method, path)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        text = await resp.text()
+        assert TOKEN not in text and "wrong" not in text
+    assert api.facade.engine.get("checkout").expected_state is None, "nothing changed"
+
+
+async def test_auth_is_checked_before_the_twin_is_looked_up(api: Api) -> None:
+    resp = await api.client.put("/api/v1/twins/nope/expected", json={"cpu_usage": 1})
+    assert resp.status == 401
+
+
+async def test_reads_stay_open_with_a_token_configured(api: Api) -> None:
+    for path in ("/api/v1/twins", "/api/v1/twins/checkout", "/api/v1/twins/checkout/history",
+                 "/api/v1/events", "/api/v1/openapi.json", "/metrics"):
+        assert (await api.client.get(path)).status == 200, path
+
+
+async def test_without_a_token_writes_are_open(make_api: ApiFactory) -> None:
+    api: Api = await make_api(auth_token=None)
+    resp = await api.client.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50})
+    assert resp.status == 200
+
+
+async def test_body_over_the_limit_is_413(make_api: ApiFactory) -> None:
+    api: Api = await make_api(max_body_bytes=512)
+    big = {f"metric_{i}": i for i in range(200)}
+    resp = await api.client.put("/api/v1/twins/checkout/expected", json=big, headers=AUTH)
+    assert resp.status == 413
+    assert "too large" in (await body_of(resp))["error"]
+    assert api.facade.engine.get("checkout").expected_state is None
+
+
+async def test_openapi_document_is_served(api: Api) -> None:
+    resp = await api.client.get("/api/v1/openapi.json")
+    assert resp.status == 200
+    assert await body_of(resp) == json.loads(json.dumps(OPENAPI))
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def test_jsonable_turns_non_finite_numbers_into_null() -> None:
+    data = {"a": float("nan"), "b": [np.float64(np.inf), np.int64(3)], "c": np.array([1.5, np.nan]),
+            "d": (1, "x")}
+    assert jsonable(data) == {"a": None, "b": [None, 3], "c": [1.5, None], "d": [1, "x"]}
+
+
+def test_parse_expected_accepts_numbers_and_null_only() -> None:
+    assert parse_expected({"cpu_usage": 5, "memory_usage": None}) == {"cpu_usage": 5.0, "memory_usage": None}
+    with pytest.raises(ApiError, match="'x'"):
+        parse_expected({"x": float("inf")})
