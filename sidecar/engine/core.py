@@ -1,0 +1,896 @@
+"""The engine: every twin's numbers in arrays, one vectorised tick for all of them.
+
+``Engine.ingest`` is the batch path the service calls once per query round:
+a handful of numpy calls over every series, then Python only for the few
+things that changed (an alert opening, a health band crossed). ``Engine.sync``
+is the per-twin path of the old design, a thin layer over ``ingest``.
+
+The engine is pure: it never reads the clock (every time is handed in as
+``at``), never does I/O, and hands what must be persisted out through
+``drain()``. A twin can never feed on itself: only observations
+(``Source.EXTERNAL``, ``Source.STATE_SYNC``) are ingested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptSnapshotError, InputError, ScenarioError, UnknownTwinError
+from .anomaly import AnomalyBank
+from .correct import AutoCorrector
+from .diverge import DivergenceDetector
+from .health import drift_flags, health_band, health_scores, series_penalty
+from .history import verified
+from .monitor import Monitor
+from .predict import StatePredictor, breach_eta, exceed_probability, risk_text, trend_text
+from .records import (
+    CorrectionRecord,
+    DigitalTwin,
+    DivergenceAlert,
+    EventType,
+    MetricForecast,
+    Source,
+    StateHistoryEntry,
+    StatePrediction,
+    SystemMetrics,
+    SystemType,
+    TwinEvent,
+    canonical_metric,
+    iso,
+)
+from .series import SeriesTable, _grow
+from .settings import EngineSettings
+from .view import EngineView, MetricSamples, Outbox, PredictionRows
+
+log = logging.getLogger(__name__)
+
+SOURCE_CODES: tuple[Source, ...] = tuple(Source)
+#: Forecast rows for the store at most this often per series (the tick is every 15 s).
+PREDICTION_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    at: float
+    accepted: int = 0
+    dropped_nonfinite: int = 0      # NaN / ±Inf values or times
+    dropped_invalid: int = 0        # negative values of metrics that cannot be negative
+    dropped_stale: int = 0          # repeated or backward timestamps
+    refused: int = 0                # not an observation (internal / simulation source)
+
+
+def stable_twin_id(name: str) -> str:
+    """The same name always maps to the same id, so a restart finds its twins again."""
+    return "twin_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def _clean_mapping(values: Mapping[str, Any], what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        if not isinstance(k, str) or not k:
+            raise InputError(f"{what}: metric names must be non-empty strings, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise InputError(f"{what}: {k} must be a number, got {type(v).__name__}")
+        if not math.isfinite(float(v)):
+            raise InputError(f"{what}: {k} must be finite, got {v}")
+        out[canonical_metric(k)] = float(v)
+    return out
+
+
+class Engine:
+    """All twins of one sidecar; see the module docstring."""
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = s = settings or EngineSettings()
+        self.series = SeriesTable(s.history_size)
+        self.predictor = StatePredictor(s.horizons_s, level=s.level, model=s.model)
+        self.horizons_s = self.predictor.horizons_s
+        self.anomaly = AnomalyBank()
+        self.detector = DivergenceDetector()
+        self.corrector = AutoCorrector()
+        self.monitor = Monitor(s.event_buffer)
+        self._twins: dict[str, DigitalTwin] = {}
+        self._by_name: dict[str, str] = {}
+        self._twin_slot: dict[str, int] = {}
+        self._slot_twin: list[str | None] = []
+        self._free_twin_slots: list[int] = []
+        self._seq = itertools.count(1)
+        self._outbox = Outbox()
+        self._names_cache: tuple[tuple[str, ...], tuple[str, ...], np.ndarray] | None = None
+        self._view = EngineView.empty(self.horizons_s)
+        self._last_at = float("nan")
+        self._dirty = False                      # quiet ingests left rollup and view stale
+        h = len(self.horizons_s)
+        cap = self.series.capacity
+        # per-series state
+        self.manual_expected = np.full(cap, np.nan)
+        self.threshold = np.full(cap, np.nan)
+        self.limit = np.full(cap, np.nan)
+        self.expected = np.full(cap, np.nan)
+        self.div_ratio = np.full(cap, np.nan)
+        self.div_pct = np.full(cap, np.nan)
+        self.severity = np.zeros(cap, np.int8)
+        self.run_len = np.zeros(cap, np.int64)
+        self.anomaly_score = np.full(cap, np.nan)
+        self.fc_mean = np.full((cap, h), np.nan)
+        self.fc_lower = np.full((cap, h), np.nan)
+        self.fc_upper = np.full((cap, h), np.nan)
+        self.fc_conf = np.full((cap, h), np.nan)
+        self.fc_model = np.zeros((cap, h), np.int8)
+        self.slope = np.full(cap, np.nan)
+        self.eta = np.full(cap, np.nan)
+        self.alert_open = np.zeros(cap, bool)
+        self.alert_sev = np.zeros(cap, np.int8)
+        self.last_pred_emit = np.full(cap, -np.inf)
+        self._alerts: dict[int, DivergenceAlert] = {}
+        # per-twin state
+        tcap = 16
+        self.health = np.full(tcap, 100.0)
+        self.band = np.zeros(tcap, np.int8)
+        self.drift = np.zeros(tcap, bool)
+        self.risk_count = np.zeros(tcap, np.int64)
+        self.last_sync = np.full(tcap, np.nan)
+        self.sync_count = np.zeros(tcap, np.int64)
+
+    # ------------------------------------------------------------------ twins
+    def create_twin(self, name: str, *, at: float, system_type: SystemType | str = SystemType.OTHER,
+                    twin_id: str | None = None, initial_state: Mapping[str, Any] | None = None,
+                    sync_frequency_seconds: float = 60.0, expected: Mapping[str, float] | None = None,
+                    thresholds: Mapping[str, float] | None = None, limits: Mapping[str, float] | None = None,
+                    auto_correction: bool = True, labels: Mapping[str, str] | None = None) -> DigitalTwin:
+        if not isinstance(name, str) or not name:
+            raise InputError("twin name must be a non-empty string")
+        if name in self._by_name:
+            raise InputError(f"a twin named {name!r} already exists ({self._by_name[name]})")
+        try:
+            stype = SystemType(system_type)
+        except ValueError as e:
+            raise InputError(f"unknown system_type {system_type!r}; valid: "
+                             f"{', '.join(t.value for t in SystemType)}") from e
+        tid = twin_id or stable_twin_id(name)
+        if tid in self._twins:
+            raise InputError(f"twin id {tid} already exists")
+        twin = DigitalTwin(
+            twin_id=tid, source_system=name, system_type=stype, created_at=at,
+            sync_frequency_seconds=float(sync_frequency_seconds), initial_state=dict(initial_state or {}),
+            expected_state=_clean_mapping(expected, "expected") if expected else None,
+            thresholds=_clean_mapping(thresholds or {}, "thresholds"),
+            limits=_clean_mapping(limits or {}, "limits"),
+            auto_correction_enabled=bool(auto_correction), labels=dict(labels or {}))
+        self._register(twin)
+        self._snapshot(twin, "created", at)
+        self._outbox.twins.append(twin)
+        self.monitor.emit(tid, EventType.TWIN_CREATED, "info", f"twin {name} created", at)
+        self._refresh_view(at)
+        log.info("twin created", extra={"twin": name, "twin_id": tid})
+        return twin
+
+    def _register(self, twin: DigitalTwin) -> None:
+        if self._free_twin_slots:
+            slot = self._free_twin_slots.pop()
+            self._slot_twin[slot] = twin.twin_id
+        else:
+            slot = len(self._slot_twin)
+            self._slot_twin.append(twin.twin_id)
+            if slot >= self.health.shape[0]:
+                n = 2 * self.health.shape[0]
+                self.health = _grow(self.health, n, 100.0)
+                self.band = _grow(self.band, n, 0)
+                self.drift = _grow(self.drift, n, False)
+                self.risk_count = _grow(self.risk_count, n, 0)
+                self.last_sync = _grow(self.last_sync, n, np.nan)
+                self.sync_count = _grow(self.sync_count, n, 0)
+        self.health[slot], self.band[slot], self.drift[slot] = 100.0, 0, False
+        self.risk_count[slot], self.last_sync[slot], self.sync_count[slot] = 0, np.nan, 0
+        self._twins[twin.twin_id] = twin
+        self._by_name[twin.source_system] = twin.twin_id
+        self._twin_slot[twin.twin_id] = slot
+
+    def retire_twin(self, twin: str, *, at: float) -> None:
+        t = self.get(twin)
+        self._snapshot(t, "retired", at)
+        slots = self.series.slots_of(t.twin_id)
+        self.series.remove(slots)
+        for s in slots:
+            self._alerts.pop(s, None)
+        tslot = self._twin_slot.pop(t.twin_id)
+        self._slot_twin[tslot] = None
+        self._free_twin_slots.append(tslot)
+        del self._twins[t.twin_id]
+        del self._by_name[t.source_system]
+        self._names_cache = None
+        self._outbox.retired.append(t.twin_id)
+        self.monitor.emit(t.twin_id, EventType.TWIN_RETIRED, "info", f"twin {t.source_system} retired", at)
+        self._refresh_view(at)
+
+    def get(self, twin: str) -> DigitalTwin:
+        tid = twin if twin in self._twins else self._by_name.get(twin)
+        if tid is None:
+            raise UnknownTwinError(f"no twin {twin!r}")
+        t = self._twins[tid]
+        self._refresh_twin(t)
+        return t
+
+    def twins(self) -> list[DigitalTwin]:
+        return [self.get(tid) for tid in list(self._twins)]
+
+    # ----------------------------------------------------------------- series
+    def series_for(self, twin: str, metrics: Sequence[str]) -> np.ndarray:
+        t = self.get(twin)
+        tslot = self._twin_slot[t.twin_id]
+        out = np.empty(len(metrics), np.int64)
+        for i, m in enumerate(metrics):
+            name = canonical_metric(m)
+            slot, new = self.series.add(t.twin_id, name, tslot)
+            if new:
+                self._init_slot(slot, t, name)
+            out[i] = slot
+        return out
+
+    def _init_slot(self, slot: int, twin: DigitalTwin, metric: str) -> None:
+        self._ensure_capacity()
+        while self.predictor.bank.size <= slot:
+            self.predictor.add(max(1, self.series.capacity - self.predictor.bank.size))
+        while self.anomaly.size <= slot:
+            self.anomaly.add(max(1, self.series.capacity - self.anomaly.size))
+        idx = np.array([slot])
+        self.predictor.reset(idx)
+        self.anomaly.reset(idx)
+        for a in (self.expected, self.div_ratio, self.div_pct, self.anomaly_score, self.slope, self.eta):
+            a[slot] = np.nan
+        for a2 in (self.fc_mean, self.fc_lower, self.fc_upper, self.fc_conf):
+            a2[slot] = np.nan
+        self.fc_model[slot] = 0
+        self.severity[slot] = 0
+        self.run_len[slot] = 0
+        self.alert_open[slot] = False
+        self.alert_sev[slot] = 0
+        self.last_pred_emit[slot] = -np.inf
+        self._alerts.pop(slot, None)
+        self._apply_config_slot(slot, twin, metric)
+        self._names_cache = None
+
+    def _ensure_capacity(self) -> None:
+        cap = self.series.capacity
+        if self.manual_expected.shape[0] >= cap:
+            return
+        for name, fill in (("manual_expected", np.nan), ("threshold", np.nan), ("limit", np.nan),
+                           ("expected", np.nan), ("div_ratio", np.nan), ("div_pct", np.nan),
+                           ("severity", 0), ("run_len", 0), ("anomaly_score", np.nan), ("fc_mean", np.nan),
+                           ("fc_lower", np.nan), ("fc_upper", np.nan), ("fc_conf", np.nan), ("fc_model", 0),
+                           ("slope", np.nan), ("eta", np.nan), ("alert_open", False), ("alert_sev", 0),
+                           ("last_pred_emit", -np.inf)):
+            setattr(self, name, _grow(getattr(self, name), cap, fill))
+
+    def _apply_config_slot(self, slot: int, twin: DigitalTwin, metric: str) -> None:
+        s = self.settings
+        self.threshold[slot] = twin.thresholds.get(metric, s.thresholds.get(metric, s.custom_threshold))
+        self.limit[slot] = twin.limits.get(metric, s.limits.get(metric, np.nan))
+        exp = (twin.expected_state or {}).get(metric)
+        self.manual_expected[slot] = np.nan if exp is None else exp
+
+    def _apply_config(self, twin: DigitalTwin) -> None:
+        for slot in self.series.slots_of(twin.twin_id):
+            key = self.series.keys[slot]
+            assert key is not None
+            self._apply_config_slot(slot, twin, key[1])
+
+    # ------------------------------------------------------------- the tick
+    def ingest(self, series: np.ndarray, values: np.ndarray, *, at: float, times: np.ndarray | None = None,
+               source: Source | str = Source.EXTERNAL, quiet: bool = False) -> TickReport:
+        """One sample per listed series; see the module docstring. ``quiet`` (backfill and restore)
+        updates the models but opens no alerts, applies no corrections and emits nothing to store."""
+        src = Source(source)
+        idx = np.asarray(series, np.int64).ravel()
+        y = np.asarray(values, np.float64).ravel()
+        if y.shape != idx.shape:
+            raise InputError(f"ingest: {idx.size} series but {y.size} values")
+        t = np.full(idx.size, float(at)) if times is None else np.asarray(times, np.float64).ravel()
+        if t.shape != idx.shape:
+            raise InputError(f"ingest: {idx.size} series but {t.size} times")
+        if not src.is_observation:
+            return TickReport(at=at, refused=int(idx.size))
+        if idx.size == 0:
+            return TickReport(at=at)
+        if idx.min() < 0 or idx.max() >= len(self.series) or not self.series.active[idx].all():
+            raise InputError("ingest: unknown or retired series slot")
+        if np.unique(idx).size != idx.size:            # a slot twice in one call: the last one wins
+            _, first_rev = np.unique(idx[::-1], return_index=True)
+            keep = np.sort(idx.size - 1 - first_rev)
+            idx, y, t = idx[keep], y[keep], t[keep]
+        finite = np.isfinite(y) & np.isfinite(t)
+        invalid = finite & self.series.nonneg[idx] & (y < 0)
+        stale = finite & ~invalid & (t <= self.series.last_t[idx])
+        ok = finite & ~invalid & ~stale
+        report = TickReport(at=at, accepted=int(ok.sum()), dropped_nonfinite=int((~finite).sum()),
+                            dropped_invalid=int(invalid.sum()), dropped_stale=int(stale.sum()))
+        if not ok.all():
+            idx, y, t = idx[ok], y[ok], t[ok]
+        if idx.size:
+            self._absorb(idx, t, y, at, src, quiet)
+        return report
+
+    def _absorb(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray, at: float, src: Source,
+                quiet: bool) -> None:
+        self.series.append(idx, t, y)
+        exp = self.predictor.update(idx, t, y)
+        self.anomaly_score[idx] = self.anomaly.update(idx, t, y, exp.expected, exp.lower, exp.upper, exp.scale)
+        manual_e = self.manual_expected[idx]
+        manual = np.isfinite(manual_e)
+        e = np.where(manual, manual_e, exp.expected)
+        div = self.detector.compute(y, e, exp.lower, exp.upper, manual, self.threshold[idx])
+        self.expected[idx] = e
+        self.div_ratio[idx] = div.ratio
+        self.div_pct[idx] = div.percent
+        self.severity[idx] = div.severity
+        self.run_len[idx] = np.where(div.diverging, self.run_len[idx] + 1, 0)
+        fc = self.predictor.forecast(idx)
+        self.fc_mean[idx], self.fc_lower[idx], self.fc_upper[idx] = fc.mean, fc.lower, fc.upper
+        self.fc_conf[idx], self.fc_model[idx], self.slope[idx] = fc.confidence, fc.model, fc.slope_per_s
+        path = np.where(np.isfinite(fc.mean), fc.mean, y[:, None])
+        self.eta[idx] = breach_eta(y, path, self.horizons_s, self.limit[idx])
+
+        tslots = self.series.twin_slot[idx]
+        touched = np.unique(tslots)
+        np.fmax.at(self.last_sync, tslots, t)
+        self.sync_count[touched] += 1
+        self._last_at = at if not math.isfinite(self._last_at) else max(self._last_at, at)
+        if quiet:                                # replay/backfill: roll up and build the view on read
+            self._dirty = True
+            return
+        self._alerts_and_corrections(idx, y, e, div.diverging, div.percent, div.severity, manual, at)
+        self._twin_rollup(at, quiet=False)
+        self._emit_samples(idx, t, y)
+        self._emit_predictions(idx, at)
+        for tslot in touched.tolist():           # per twin, not per series: bookkeeping only
+            tid = self._slot_twin[tslot]
+            if tid is not None:
+                tw = self._twins[tid]
+                tw.last_source = str(src)
+                tw.sync_counts[str(src)] = tw.sync_counts.get(str(src), 0) + 1
+        self._refresh_view(at)
+
+    def _alerts_and_corrections(self, idx: np.ndarray, y: np.ndarray, e: np.ndarray, diverging: np.ndarray,
+                                pct: np.ndarray, sev: np.ndarray, manual: np.ndarray, at: float) -> None:
+        was_open = self.alert_open[idx]
+        opened = diverging & ~was_open
+        escalated = diverging & was_open & (sev > self.alert_sev[idx]) & (sev >= 3)
+        closed = ~diverging & was_open
+        for i in np.nonzero(closed)[0].tolist():
+            self._alerts.pop(int(idx[i]), None)
+        for i in np.nonzero(diverging & was_open & ~escalated)[0].tolist():   # keep the open alert current
+            a = self._alerts.get(int(idx[i]))
+            if a is not None:
+                a.actual_value, a.expected_value = float(y[i]), float(e[i])
+                a.divergence_percent = round(float(pct[i]), 3)
+                a.severity = self.detector.severity_of(float(pct[i])).value
+                a.timestamp = iso(at)
+        for i in np.nonzero(opened | escalated)[0].tolist():
+            slot = int(idx[i])
+            key = self.series.keys[slot]
+            assert key is not None
+            twin = self._twins[key[0]]
+            prev = self._alerts.get(slot)
+            alert = self.detector.alert(
+                alert_id=prev.alert_id if prev else f"div_{uuid.uuid4().hex[:8]}", twin_id=twin.twin_id,
+                metric=key[1], expected=float(e[i]), actual=float(y[i]), percent=float(pct[i]),
+                severity_code=int(sev[i]), manual=bool(manual[i]), at=at)
+            self._alerts[slot] = alert
+            if sev[i] >= 3:
+                self.monitor.emit(twin.twin_id, EventType.DIVERGENCE,
+                                  "critical" if sev[i] == 4 else "warning",
+                                  f"{twin.source_system}: {key[1]} {alert.actual_value:g} vs expected "
+                                  f"{alert.expected_value:g} ({alert.divergence_percent:.0f}%, {alert.severity})",
+                                  at, {"metric": key[1], "alert_id": alert.alert_id})
+            if opened[i]:
+                self._correct(twin, alert, at)
+        self.alert_open[idx] = diverging
+        self.alert_sev[idx] = np.where(diverging, np.maximum(self.alert_sev[idx] * was_open, sev), 0)
+
+    def _correct(self, twin: DigitalTwin, alert: DivergenceAlert, at: float) -> None:
+        decision = self.corrector.decide(alert, correction_id=f"corr_{uuid.uuid4().hex[:8]}",
+                                         enabled=twin.auto_correction_enabled, at=at)
+        if decision.new_expected is not None:
+            self._snapshot(twin, f"auto_correction: {decision.record.details}", at)
+            new = dict(twin.expected_state or {})
+            new[alert.metric] = round(decision.new_expected, 6)
+            twin.expected_state = new
+            self._apply_config(twin)
+            self._outbox.twins.append(twin)
+        self._record_correction(twin, decision.record)
+        if decision.record.applied:
+            self.monitor.emit(twin.twin_id, EventType.CORRECTION, "info", decision.record.details, at,
+                              {"correction_id": decision.record.correction_id})
+
+    def _record_correction(self, twin: DigitalTwin, rec: CorrectionRecord) -> None:
+        twin.corrections.append(rec)
+        if len(twin.corrections) > self.settings.correction_memory:
+            del twin.corrections[: len(twin.corrections) - self.settings.correction_memory]
+        self._outbox.corrections.append(rec)
+
+    def _twin_rollup(self, at: float, quiet: bool) -> None:
+        n = len(self._slot_twin)
+        act = self.series.active[: len(self.series)]
+        tslot = np.where(act, self.series.twin_slot[: len(self.series)], -1)
+        last = self.series.last_v[: len(self.series)]
+        lim = self.limit[: len(self.series)]
+        pen = series_penalty(last, lim, self.severity[: len(self.series)])
+        health = health_scores(pen, tslot, n)
+        band = health_band(health)
+        drift = drift_flags(self.run_len[: len(self.series)], tslot, n, self.settings.drift_samples)
+        with np.errstate(invalid="ignore"):
+            risky = (self.fc_mean[: len(self.series)] >= lim[:, None]).sum(axis=1)
+        ok = tslot >= 0
+        risk = np.bincount(tslot[ok], weights=risky[ok], minlength=n)[:n].astype(np.int64)
+        if not quiet:
+            self._transitions(health, band, drift, risk, at)
+        self.health[:n], self.band[:n], self.drift[:n], self.risk_count[:n] = health, band, drift, risk
+
+    def _transitions(self, health: np.ndarray, band: np.ndarray, drift: np.ndarray, risk: np.ndarray,
+                     at: float) -> None:
+        n = health.shape[0]
+        for ts in np.nonzero(band != self.band[:n])[0].tolist():
+            tid = self._slot_twin[ts]
+            if tid is None:
+                continue
+            name, h = self._twins[tid].source_system, float(health[ts])
+            if band[ts] == 2:
+                self.monitor.emit(tid, EventType.HEALTH_CRITICAL, "critical",
+                                  f"{name}: health {h:.0f} is below 50", at, {"health_score": h})
+            elif band[ts] == 1:
+                self.monitor.emit(tid, EventType.HEALTH_WARNING, "warning",
+                                  f"{name}: health {h:.0f} is below 70", at, {"health_score": h})
+            else:
+                self.monitor.emit(tid, EventType.HEALTH_RECOVERED, "info",
+                                  f"{name}: health {h:.0f} recovered", at, {"health_score": h})
+        for ts in np.nonzero(drift != self.drift[:n])[0].tolist():
+            tid = self._slot_twin[ts]
+            if tid is None:
+                continue
+            name = self._twins[tid].source_system
+            if drift[ts]:
+                self.monitor.emit(tid, EventType.DRIFT_DETECTED, "warning",
+                                  f"{name}: sustained divergence from the expected state", at)
+            else:
+                self.monitor.emit(tid, EventType.DRIFT_CLEARED, "info", f"{name}: drift cleared", at)
+        for ts in np.nonzero((risk > 3) & (self.risk_count[:n] <= 3))[0].tolist():
+            tid = self._slot_twin[ts]
+            if tid is not None:
+                self.monitor.emit(tid, EventType.RISK_WARNING, "warning",
+                                  f"{self._twins[tid].source_system}: {int(risk[ts])} active risk predictions",
+                                  at, {"active_risk_predictions": int(risk[ts])})
+
+    def _emit_samples(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray) -> None:
+        keys = self.series.keys
+        pairs = [keys[i] for i in idx.tolist()]
+        self._outbox.samples.append(MetricSamples(
+            twin_id=tuple(p[0] for p in pairs if p), metric=tuple(p[1] for p in pairs if p),
+            timestamp=t.copy(), value=y.copy()))
+
+    def _emit_predictions(self, idx: np.ndarray, at: float) -> None:
+        due = idx[(at - self.last_pred_emit[idx]) >= PREDICTION_EVERY_S]
+        due = due[np.isfinite(self.fc_mean[due]).any(axis=1)]
+        if due.size == 0:
+            return
+        self.last_pred_emit[due] = at
+        h = self.horizons_s.size
+        mean, lo, hi = self.fc_mean[due], self.fc_lower[due], self.fc_upper[due]
+        lim = np.repeat(self.limit[due][:, None], h, axis=1)
+        p = exceed_probability(mean, lo, hi, lim, self.settings.level)
+        keys = [self.series.keys[i] for i in due.tolist()]
+        risk: list[str] = []
+        for r, key in enumerate(keys):
+            assert key is not None
+            for j in range(h):
+                m, L = mean[r, j], lim[r, j]
+                risk.append(risk_text(key[1], float(L), float(self.horizons_s[j]))
+                            if np.isfinite(L) and np.isfinite(m) and m >= L else "")
+        self._outbox.predictions.append(PredictionRows(
+            twin_id=tuple(k[0] for k in keys if k for _ in range(h)),
+            metric=tuple(k[1] for k in keys if k for _ in range(h)),
+            made_at=np.full(due.size * h, at), horizon_s=np.tile(self.horizons_s, due.size),
+            predicted=mean.ravel(), lower=lo.ravel(), upper=hi.ravel(), failure_probability=p.ravel(),
+            risk_factor=tuple(risk)))
+
+    # ------------------------------------------------------------ per twin
+    def sync(self, twin: str, metrics: Mapping[str, float] | SystemMetrics, *, at: float,
+             source: Source | str = Source.EXTERNAL) -> dict[str, Any]:
+        t = self.get(twin)
+        try:
+            src = Source(source)
+        except ValueError:
+            raise InputError(f"unknown source {source!r}; valid: {', '.join(s.value for s in Source)}") from None
+        if not src.is_observation:
+            t.refused_syncs += 1
+            return {"error": f"source {src.value!r} is not an observation; a twin never ingests its own "
+                             "or simulated output", "twin_id": t.twin_id, "synced": False}
+        values = metrics.as_dict() if isinstance(metrics, SystemMetrics) else dict(metrics)
+        names = [canonical_metric(k) for k in values]
+        vals = np.array([float(v) if isinstance(v, int | float) and not isinstance(v, bool) else np.nan
+                         for v in values.values()])
+        slots = self.series_for(t.twin_id, names)
+        n_corr = len(t.corrections)
+        report = self.ingest(slots, vals, at=at, source=src)
+        t = self.get(t.twin_id)
+        return {
+            "twin_id": t.twin_id, "synced": True, "source": src.value, "accepted": report.accepted,
+            "dropped": {"nonfinite": report.dropped_nonfinite, "invalid": report.dropped_invalid,
+                        "stale": report.dropped_stale},
+            "health_score": round(t.health_score, 2), "drift_detected": t.drift_detected,
+            "state_predictions": len(t.state_predictions),
+            "divergence_alerts": [a.to_dict() for a in t.divergence_alerts],
+            "corrections": [c.to_dict() for c in t.corrections[n_corr:]],
+        }
+
+    def set_expected_state(self, twin: str, expected: Mapping[str, float | None], *, at: float,
+                           reason: str = "manual") -> StateHistoryEntry:
+        t = self.get(twin)
+        if not isinstance(expected, Mapping):
+            raise InputError("expected state must be an object of metric -> number (null clears)")
+        clear = [canonical_metric(k) for k, v in expected.items() if v is None]
+        values = _clean_mapping({k: v for k, v in expected.items() if v is not None}, "expected")
+        snap = self._snapshot(t, f"set_expected_state ({reason})", at)
+        new = dict(t.expected_state or {})
+        new.update(values)
+        for k in clear:
+            new.pop(k, None)
+        t.expected_state = new or None
+        self._apply_config(t)
+        self._outbox.twins.append(t)
+        self._refresh_view(at)
+        return snap
+
+    def configure(self, twin: str, *, at: float, thresholds: Mapping[str, float] | None = None,
+                  limits: Mapping[str, float] | None = None, auto_correction: bool | None = None) -> None:
+        """Change a twin's rules (a config reload); a no-op change records nothing."""
+        t = self.get(twin)
+        new_th = _clean_mapping(thresholds, "thresholds") if thresholds is not None else t.thresholds
+        new_li = _clean_mapping(limits, "limits") if limits is not None else t.limits
+        new_ac = t.auto_correction_enabled if auto_correction is None else bool(auto_correction)
+        if (new_th, new_li, new_ac) == (t.thresholds, t.limits, t.auto_correction_enabled):
+            return
+        self._snapshot(t, "configuration changed", at)
+        t.thresholds, t.limits, t.auto_correction_enabled = new_th, new_li, new_ac
+        self._apply_config(t)
+        self._outbox.twins.append(t)
+        self._refresh_view(at)
+
+    def rollback(self, twin: str, snapshot: StateHistoryEntry, *, at: float) -> dict[str, Any]:
+        t = self.get(twin)
+        if snapshot.twin_id != t.twin_id:
+            raise InputError(f"snapshot {snapshot.snapshot_id} belongs to another twin")
+        verified(snapshot)
+        if not snapshot.can_rollback_to:
+            raise InputError(f"snapshot {snapshot.snapshot_id} is marked as not a rollback target")
+        state = snapshot.state_snapshot
+        before = self._snapshot(t, f"rollback to {snapshot.snapshot_id}", at)
+        exp = state.get("expected_state")
+        t.expected_state = dict(exp) if exp else None
+        t.thresholds = dict(state.get("thresholds") or {})
+        t.limits = dict(state.get("limits") or {})
+        t.auto_correction_enabled = bool(state.get("auto_correction_enabled", True))
+        if state.get("system_type"):
+            t.system_type = SystemType(state["system_type"])
+        t.sync_frequency_seconds = float(state.get("sync_frequency_seconds", t.sync_frequency_seconds))
+        self._apply_config(t)
+        self._outbox.twins.append(t)
+        self.monitor.emit(t.twin_id, EventType.ROLLBACK, "info",
+                          f"{t.source_system} rolled back to {snapshot.snapshot_id}", at,
+                          {"snapshot_id": snapshot.snapshot_id, "undo_snapshot_id": before.snapshot_id})
+        self._refresh_view(at)
+        return {"success": True, "twin_id": t.twin_id, "snapshot_id": snapshot.snapshot_id,
+                "restored_from": iso(snapshot.timestamp), "undo_snapshot_id": before.snapshot_id,
+                "expected_state": t.expected_state}
+
+    def snapshots(self, twin: str) -> list[StateHistoryEntry]:
+        return list(self.get(twin).state_history)
+
+    def find_snapshot(self, twin: str, snapshot_id: str) -> StateHistoryEntry | None:
+        for e in self.get(twin).state_history:
+            if e.snapshot_id == snapshot_id:
+                return e
+        return None
+
+    def _snapshot(self, twin: DigitalTwin, reason: str, at: float) -> StateHistoryEntry:
+        """Record the twin's state as it is now, before the change named by ``reason``."""
+        entry = StateHistoryEntry.create(
+            snapshot_id=f"snap_{uuid.uuid4().hex[:16]}", twin_id=twin.twin_id, timestamp=at,
+            state_snapshot=twin.definition(), metrics=self._current_metrics(twin),
+            health_score=float(self.health[self._twin_slot[twin.twin_id]]), change_reason=reason)
+        twin.state_history.append(entry)
+        excess = len(twin.state_history) - self.settings.snapshot_memory
+        if excess > 0:
+            del twin.state_history[:excess]
+        self._outbox.snapshots.append(entry)
+        return entry
+
+    # ----------------------------------------------------------------- reads
+    def _current_metrics(self, twin: DigitalTwin) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for slot in sorted(self.series.slots_of(twin.twin_id)):
+            key = self.series.keys[slot]
+            v = self.series.last_v[slot]
+            if key is not None and np.isfinite(v):
+                out[key[1]] = float(v)
+        return out
+
+    def _refresh_twin(self, t: DigitalTwin) -> None:
+        """Copy the array state of one twin into its record (done on read, not per tick)."""
+        if self._dirty:
+            self.view()
+        ts = self._twin_slot[t.twin_id]
+        t.health_score = float(self.health[ts])
+        t.drift_detected = bool(self.drift[ts])
+        ls = self.last_sync[ts]
+        t.last_sync = float(ls) if np.isfinite(ls) else None
+        t.metrics_count = int(self.sync_count[ts])
+        t.current_metrics = self._current_metrics(t)
+        t.divergence_alerts = [self._alerts[s] for s in sorted(self.series.slots_of(t.twin_id))
+                               if s in self._alerts]
+        t.state_predictions = self._predictions(t)
+
+    def _predictions(self, t: DigitalTwin) -> list[StatePrediction]:
+        slots = sorted(self.series.slots_of(t.twin_id), key=lambda s: self.series.keys[s] or ("", ""))
+        if not slots:
+            return []
+        trends: list[str] = []
+        for s in slots:
+            key = self.series.keys[s]
+            assert key is not None
+            txt = trend_text(key[1], float(self.slope[s]), float(self.series.last_v[s]))
+            if txt:
+                trends.append(txt)
+        names = self.predictor.bank.model_names
+        preds: list[StatePrediction] = []
+        for j, h in enumerate(self.horizons_s.tolist()):
+            values: dict[str, float] = {}
+            per: dict[str, MetricForecast] = {}
+            confs: list[float] = []
+            risks: list[str] = []
+            for s in slots:
+                key = self.series.keys[s]
+                assert key is not None
+                m = float(self.fc_mean[s, j])
+                warm = math.isfinite(m)
+                if not warm:
+                    m = float(self.series.last_v[s])   # not warm yet: the last value, no bounds
+                if not math.isfinite(m):
+                    continue
+                values[key[1]] = m
+                conf = float(self.fc_conf[s, j]) if warm else 0.0
+                confs.append(conf if math.isfinite(conf) else 0.0)
+                per[key[1]] = MetricForecast(predicted=m, lower=float(self.fc_lower[s, j]),
+                                             upper=float(self.fc_upper[s, j]), confidence=confs[-1],
+                                             model=names[int(self.fc_model[s, j])] if warm else "last")
+                eta = float(self.eta[s])
+                lim = float(self.limit[s])
+                if math.isfinite(eta) and math.isfinite(lim) and eta <= h:
+                    risks.append(risk_text(key[1], lim, eta))
+            preds.append(StatePrediction(
+                prediction_time=iso((t.last_sync or t.created_at) + h), horizon_seconds=h,
+                predicted_metrics=SystemMetrics.from_dict(values),
+                confidence=round(float(np.mean(confs)), 4) if confs else 0.0,
+                contributing_trends=list(trends), risk_factors=risks, metrics=per))
+        return preds
+
+    def predictions(self, twin: str) -> list[StatePrediction]:
+        return list(self.get(twin).state_predictions)
+
+    def status(self, twin: str) -> dict[str, Any]:
+        t = self.get(twin)
+        band = {0: "healthy", 1: "warning", 2: "critical"}[int(self.band[self._twin_slot[t.twin_id]])]
+        metrics: dict[str, Any] = {}
+        for slot in sorted(self.series.slots_of(t.twin_id), key=lambda s: self.series.keys[s] or ("", "")):
+            key = self.series.keys[slot]
+            assert key is not None
+
+            def num(v: float) -> float | None:
+                return float(v) if math.isfinite(v) else None
+
+            metrics[key[1]] = {
+                "value": num(self.series.last_v[slot]),
+                "expected": num(self.expected[slot]),
+                "expected_source": "manual" if np.isfinite(self.manual_expected[slot]) else "learned",
+                "divergence_percent": num(self.div_pct[slot]), "divergence_ratio": num(self.div_ratio[slot]),
+                "severity": str(["none", "low", "medium", "high", "critical"][int(self.severity[slot])]),
+                "anomaly_score": num(self.anomaly_score[slot]), "limit": num(self.limit[slot]),
+                "threshold_percent": num(self.threshold[slot]),
+                "breach_eta_seconds": num(self.eta[slot]),
+                "samples": int(self.series.count[slot]),
+            }
+        active_risks = int(self.risk_count[self._twin_slot[t.twin_id]])
+        return {
+            "twin_id": t.twin_id, "name": t.source_system, "source_system": t.source_system,
+            "system_type": str(t.system_type), "labels": dict(t.labels), "created_at": iso(t.created_at),
+            "last_sync": iso(t.last_sync) if t.last_sync is not None else None,
+            "last_source": t.last_source, "sync_counts": dict(t.sync_counts), "refused_syncs": t.refused_syncs,
+            "metrics_count": t.metrics_count, "health_score": round(t.health_score, 2), "health_status": band,
+            "drift_detected": t.drift_detected, "current_metrics": dict(t.current_metrics),
+            "expected_state": dict(t.expected_state) if t.expected_state else None,
+            "auto_correction_enabled": t.auto_correction_enabled,
+            "thresholds": dict(t.thresholds), "limits": dict(t.limits),
+            "metrics": metrics,
+            "state_predictions": [p.to_dict() for p in t.state_predictions],
+            "active_predictions": sum(1 for p in t.state_predictions if p.risk_factors),
+            "active_risk_predictions": active_risks,
+            "divergence_alerts": [a.to_dict() for a in t.divergence_alerts],
+            "corrections": [c.to_dict() for c in t.corrections[-20:]],
+            "snapshots": len(t.state_history),
+            "latest_snapshot_id": t.state_history[-1].snapshot_id if t.state_history else None,
+        }
+
+    def list_status(self) -> list[dict[str, Any]]:
+        out = []
+        for tid in list(self._twins):
+            t = self._twins[tid]
+            ts = self._twin_slot[tid]
+            ls = self.last_sync[ts]
+            out.append({"twin_id": tid, "name": t.source_system, "system_type": str(t.system_type),
+                        "health_score": round(float(self.health[ts]), 2),
+                        "health_status": {0: "healthy", 1: "warning", 2: "critical"}[int(self.band[ts])],
+                        "drift_detected": bool(self.drift[ts]),
+                        "last_sync": iso(float(ls)) if np.isfinite(ls) else None,
+                        "active_alerts": sum(1 for s in self.series.slots_of(tid) if s in self._alerts),
+                        "labels": dict(t.labels)})
+        return out
+
+    def history(self, twin: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        t = self.get(twin)
+        out = {}
+        for slot in self.series.slots_of(t.twin_id):
+            key = self.series.keys[slot]
+            if key is not None:
+                out[key[1]] = self.series.history(slot)
+        return out
+
+    def events(self, *, twin: str | None = None, type: str | None = None, since: float | None = None,
+               limit: int = 1000) -> list[TwinEvent]:
+        tid = self.get(twin).twin_id if twin is not None else None
+        return self.monitor.query(twin=tid, type=type, since=since, limit=limit)
+
+    # ------------------------------------------------------------- outputs
+    def view(self) -> EngineView:
+        if self._dirty:
+            self._twin_rollup(self._last_at, quiet=True)
+            self._refresh_view(self._last_at)
+        return self._view
+
+    def drain(self) -> Outbox:
+        out = self._outbox
+        out.events.extend(self.monitor.take_pending())
+        self._outbox = Outbox()
+        return out
+
+    def _names(self) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
+        if self._names_cache is None:
+            act = np.nonzero(self.series.active[: len(self.series)])[0]
+            keys = [self.series.keys[i] for i in act.tolist()]
+            self._names_cache = (
+                tuple(self._twins[k[0]].source_system for k in keys if k),
+                tuple(k[1] for k in keys if k), act)
+        return self._names_cache
+
+    def _refresh_view(self, at: float) -> None:
+        twins_n, metrics_n, act = self._names()
+        tslots = [self._twin_slot[tid] for tid in self._twins]
+        ts = np.asarray(tslots, np.int64)
+        ls = self.last_sync[ts] if ts.size else np.zeros(0)
+        self._last_at = at if not math.isfinite(self._last_at) else max(self._last_at, at)
+        self._dirty = False
+        self._view = EngineView(
+            at=self._last_at, horizons_s=self.horizons_s, series_twin=twins_n, series_metric=metrics_n,
+            last_value=self.series.last_v[act], forecast_mean=self.fc_mean[act],
+            forecast_lower=self.fc_lower[act], forecast_upper=self.fc_upper[act],
+            confidence=self.fc_conf[act], expected=self.expected[act], divergence_ratio=self.div_ratio[act],
+            severity=self.severity[act], anomaly=self.anomaly_score[act], limit=self.limit[act],
+            breach_eta_s=self.eta[act],
+            twin_names=tuple(self._twins[tid].source_system for tid in self._twins),
+            health=self.health[ts] if ts.size else np.zeros(0),
+            drift=self.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls)
+
+    # -------------------------------------------------------------- what-if
+    def simulate(self, twin: str, scenario: Mapping[str, Any], *, at: float, seed: int = 0,
+                 replicas: int | None = None, workers: int | None = None) -> dict[str, Any]:
+        from .simulate import SimulationContext, run_scenario
+
+        t = self.get(twin)
+        if not isinstance(scenario, Mapping):
+            raise ScenarioError("scenario must be an object with a 'type'")
+        times: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        mean: dict[str, np.ndarray] = {}
+        lower: dict[str, np.ndarray] = {}
+        upper: dict[str, np.ndarray] = {}
+        limits: dict[str, float] = {}
+        for slot in self.series.slots_of(t.twin_id):
+            key = self.series.keys[slot]
+            assert key is not None
+            times[key[1]], values[key[1]] = self.series.history(slot)
+            mean[key[1]], lower[key[1]], upper[key[1]] = (self.fc_mean[slot].copy(), self.fc_lower[slot].copy(),
+                                                          self.fc_upper[slot].copy())
+            if np.isfinite(self.limit[slot]):
+                limits[key[1]] = float(self.limit[slot])
+        for k, v in self.settings.limits.items():
+            limits.setdefault(k, float(t.limits.get(k, v)))
+        ctx = SimulationContext(twin_id=t.twin_id, now=at, limits=limits, times=times, values=values,
+                                horizons_s=self.horizons_s.copy(), forecast_mean=mean, forecast_lower=lower,
+                                forecast_upper=upper, replicas=replicas, workers=workers)
+        result = run_scenario(ctx, scenario, seed=seed).to_dict()
+        result["twin_id"] = t.twin_id
+        result["source"] = Source.SIMULATION.value   # never ingested: sync refuses this source
+        return result
+
+    # ------------------------------------------------------------- restore
+    def restore_twin(self, definition: Mapping[str, Any], *, snapshots: Sequence[StateHistoryEntry] = (),
+                     samples: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                     corrections: Sequence[CorrectionRecord] = ()) -> DigitalTwin:
+        """Bring a stored twin back: definition, verified snapshots, corrections, and recent samples
+        replayed quietly so forecasts resume at once. Corrupt snapshots are skipped (and logged)."""
+        try:
+            name = str(definition["source_system"])
+            tid = str(definition["twin_id"])
+            twin = DigitalTwin(
+                twin_id=tid, source_system=name, system_type=SystemType(definition.get("system_type", "other")),
+                created_at=float(definition.get("created_at", 0.0)),
+                sync_frequency_seconds=float(definition.get("sync_frequency_seconds", 60.0)),
+                initial_state=dict(definition.get("initial_state") or {}),
+                expected_state=dict(definition["expected_state"]) if definition.get("expected_state") else None,
+                thresholds=dict(definition.get("thresholds") or {}), limits=dict(definition.get("limits") or {}),
+                auto_correction_enabled=bool(definition.get("auto_correction_enabled", True)),
+                labels=dict(definition.get("labels") or {}))
+        except (KeyError, ValueError, TypeError) as e:
+            raise InputError(f"stored twin definition is malformed: {e}") from e
+        if tid in self._twins or name in self._by_name:
+            raise InputError(f"twin {name!r} ({tid}) already exists")
+        self._register(twin)
+        good: list[StateHistoryEntry] = []
+        for snap in sorted(snapshots, key=lambda s: s.timestamp):
+            try:
+                good.append(verified(snap))
+            except CorruptSnapshotError:
+                log.error("corrupt snapshot skipped on restore",
+                          extra={"twin_id": tid, "snapshot_id": snap.snapshot_id})
+        twin.state_history = good[-self.settings.snapshot_memory:]
+        twin.corrections = list(corrections)[-self.settings.correction_memory:]
+        if samples:
+            self.backfill({(tid, m): v for m, v in samples.items()})
+        self._refresh_view(float(twin.created_at) if not math.isfinite(self._last_at) else self._last_at)
+        return twin
+
+    def backfill(self, samples: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> TickReport:
+        """Replay history quietly (startup backfill from Prometheus, restore from the store): grouped by
+        timestamp across all series, in time order, so it costs one vectorised tick per distinct time."""
+        slots, ts, ys = [], [], []
+        for (twin, metric), (t_arr, y_arr) in samples.items():
+            t_arr = np.asarray(t_arr, np.float64).ravel()
+            y_arr = np.asarray(y_arr, np.float64).ravel()
+            if t_arr.shape != y_arr.shape:
+                raise InputError(f"backfill {twin}/{metric}: {t_arr.size} times but {y_arr.size} values")
+            slot = int(self.series_for(twin, [metric])[0])
+            slots.append(np.full(t_arr.size, slot, np.int64))
+            ts.append(t_arr)
+            ys.append(y_arr)
+        if not slots:
+            return TickReport(at=float("nan"))
+        s_all, t_all, y_all = np.concatenate(slots), np.concatenate(ts), np.concatenate(ys)
+        keep = np.isfinite(t_all)
+        s_all, t_all, y_all = s_all[keep], t_all[keep], y_all[keep]
+        order = np.argsort(t_all, kind="stable")
+        s_all, t_all, y_all = s_all[order], t_all[order], y_all[order]
+        bounds = np.flatnonzero(np.diff(t_all)) + 1
+        acc = nonf = inv = stale = 0
+        for a, b in zip(np.r_[0, bounds], np.r_[bounds, t_all.size], strict=True):
+            r = self.ingest(s_all[a:b], y_all[a:b], at=float(t_all[a]), quiet=True)
+            acc, nonf = acc + r.accepted, nonf + r.dropped_nonfinite
+            inv, stale = inv + r.dropped_invalid, stale + r.dropped_stale
+        return TickReport(at=float(t_all[-1]) if t_all.size else float("nan"), accepted=acc,
+                          dropped_nonfinite=nonf, dropped_invalid=inv, dropped_stale=stale)
