@@ -42,7 +42,7 @@ _DURATION_UNITS: Mapping[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@,=-]*")
+_TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")   # no "@": discovered twins are "<rule>@<labels>"
 
 
 def parse_duration(text: str) -> float:

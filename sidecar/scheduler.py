@@ -1,0 +1,670 @@
+"""The query loop: Prometheus -> engine, once per interval, for every twin at once.
+
+Each round evaluates every metric query of every twin as an instant query at
+one evaluation time ``at``, concurrently (the client bounds how many are in
+flight, each with its timeout), and feeds all answers to the engine in ONE
+vectorised ``Engine.ingest`` stamped with ``at``. Discovery rules run first in
+the round: one twin per returned series, named by its labels, its queries'
+``$label`` placeholders filled from that series; twins appear with their
+targets and are retired once their series has been absent for a few
+successful discovery rounds (never because a query failed).
+
+When Prometheus is down, slow or answers garbage the service stays up and
+keeps serving the last state: the round stops early once it is clear the
+source is unreachable (a run of unreachable answers and nothing else),
+``ServiceStatus.source_up`` goes False, the failure is logged once per streak
+rather than per tick, rounds back off, and the first answer that comes back
+ends the streak. A single query failing while others work is counted and
+logged per (twin, metric), again once per streak.
+
+CPU-heavy engine calls run in a worker thread under the ``asyncio.Lock`` the
+API shares, so a big ingest neither stalls the event loop nor races a request.
+
+Example::
+
+    sched = Scheduler(cfg, engine, client, status, lock=asyncio.Lock(), writer=writer)
+    await sched.run(stop_event)        # backfill, then rounds until stop_event is set
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import loopguard
+from .config import ScenarioRule, SidecarConfig, TwinRule
+from .engine.core import Engine
+from .engine.view import Outbox
+from .errors import EngineError, InputError, SidecarError, SourceError
+from .prometheus import InstantVector, PrometheusClient, QueryFailed, RangeMatrix, SourceUnavailable, select
+from .status import ServiceStatus
+
+log = logging.getLogger(__name__)
+
+#: A discovered twin is retired after its series was absent from this many successful discovery rounds.
+RETIRE_AFTER_ROUNDS = 3
+#: Seconds a round may still take after SIGTERM before its queries are cut.
+SHUTDOWN_GRACE_S = 3.0
+#: Longest pause between attempts while the source is down.
+MAX_BACKOFF_S = 120.0
+DISCOVER_METRIC = "discover"        # the "metric" label of discovery query errors
+
+
+class OutboxSink(Protocol):
+    """What the scheduler hands each round's changes to (``sidecar.store.StoreWriter``)."""
+
+    def submit(self, outbox: Outbox) -> None: ...
+
+
+class Observer(Protocol):
+    """A histogram to observe round durations on (``twin_sync_duration_seconds``)."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+# --------------------------------------------------------------------------- discovery helpers
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@,=-]")
+_PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def discovered_name(rule: TwinRule, labels: Mapping[str, str]) -> str:
+    """``checkout-api@10.0.0.7:8080``: the rule's name and the naming labels' values (URL-safe)."""
+    keys = rule.name_labels or tuple(sorted(k for k in labels if k != "__name__"))
+    values = ",".join(labels.get(k, "") for k in keys) or "_"
+    return f"{rule.name}@{_NAME_UNSAFE.sub('_', values)}"
+
+
+def substitute(query: str, labels: Mapping[str, str]) -> str:
+    """Fill ``$label``/``${label}`` inside the query's string literals, escaped for the quote they sit in.
+
+    A label value is data, not PromQL: a ``"`` in it must not end the string
+    (an injection), so it is escaped the way the PromQL lexer expects for
+    that quote. A missing label is the empty string (Prometheus' own meaning).
+    Raises ``ValueError`` for a value that a raw (backtick) string cannot hold.
+    """
+    out: list[str] = []
+    quote: str | None = None
+    i, n = 0, len(query)
+    while i < n:
+        c = query[i]
+        if quote is None:
+            if c in "\"'`":
+                quote = c
+            out.append(c)
+            i += 1
+            continue
+        if c == "\\" and quote != "`":
+            out.append(query[i:i + 2])
+            i += 2
+            continue
+        if c == quote:
+            quote = None
+            out.append(c)
+            i += 1
+            continue
+        m = _PLACEHOLDER.match(query, i) if c == "$" else None
+        if m is None:
+            out.append(c)
+            i += 1
+            continue
+        value = labels.get(m.group(1) or m.group(2), "")
+        if quote == "`":
+            if "`" in value:
+                raise ValueError(f"label value {value!r} cannot be placed in a `raw` string")
+            out.append(value)
+        else:
+            out.append(value.replace("\\", "\\\\").replace(quote, "\\" + quote).replace("\n", "\\n"))
+        i = m.end()
+    return "".join(out)
+
+
+@dataclass(slots=True)
+class Target:
+    """One live twin the scheduler queries: its concrete queries and where they came from."""
+
+    name: str
+    rule: TwinRule
+    queries: dict[str, str]              # metric -> PromQL (placeholders filled)
+    labels: dict[str, str] = field(default_factory=dict)
+    absent_rounds: int = 0               # discovered twins: successful discovery rounds without the series
+
+
+@dataclass(frozen=True, slots=True)
+class RoundReport:
+    at: float
+    queries: int = 0
+    answered: int = 0          # queries Prometheus answered (with data or not)
+    failed: int = 0            # query errors, unreachable, or cut off
+    accepted: int = 0          # samples the engine took
+    dropped_own: int = 0       # series dropped by the loop guard
+    source_up: bool = False
+    duration_s: float = 0.0
+    twins: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    twin: str
+    metric: str
+    result: InstantVector | None = None
+    error: SourceError | None = None
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+class Scheduler:
+    """Runs the query rounds; see the module docstring."""
+
+    def __init__(self, config: SidecarConfig, engine: Engine, client: PrometheusClient,
+                 status: ServiceStatus, *, lock: asyncio.Lock | None = None, writer: OutboxSink | None = None,
+                 sync_histogram: Observer | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.engine = engine
+        self.client = client
+        self.status = status
+        self.lock = lock or asyncio.Lock()
+        self.writer = writer
+        self.sync_histogram = sync_histogram
+        self.clock = clock
+        self.targets: dict[str, Target] = {}
+        self._slots: dict[tuple[str, str], int] = {}
+        self._failing: dict[tuple[str, str], int] = {}      # (twin, metric) -> failures in this streak
+        self._down_rounds = 0                                 # consecutive rounds with the source down
+        self._down_since: float | None = None
+        self._backfilled = config.backfill_s <= 0
+        self._discovery_done = False
+        self._scenario_due: dict[str, float] = {}
+        self._scenario_failing: set[tuple[str, str]] = set()
+        self._stop: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Rounds every ``interval`` until ``stop`` is set; the round in progress finishes (briefly)."""
+        self._stop = stop
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            try:
+                if not self._backfilled:
+                    await self.backfill()
+                report = await self.run_round()
+                if report.source_up:
+                    await self.run_scenarios()
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # a bug in one round must not end the service; it is logged with its trace
+                log.exception("query round failed unexpectedly")
+            elapsed = loop.time() - started
+            interval = self.config.interval_s
+            if self._down_rounds:
+                pause = min(interval * 2 ** (self._down_rounds - 1), max(interval, MAX_BACKOFF_S))
+            else:
+                pause = interval
+                if elapsed > interval:
+                    log.warning("query round took longer than the interval", extra={
+                        "duration_s": round(elapsed, 3), "interval_s": interval})
+            delay = pause - elapsed
+            if delay > 0 and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    # ------------------------------------------------------------------ one round
+
+    async def run_round(self, at: float | None = None) -> RoundReport:
+        """Discovery, then every metric query at one evaluation time, then one ingest."""
+        t0 = time.perf_counter()
+        at = self.clock() if at is None else at
+        if self._down_rounds and not await self._probe(at):
+            return self._finish_round(RoundReport(at=at, source_up=False, twins=len(self.targets)), t0)
+        discovered, discovery_answered = await self._discover(at)
+        await self._reconcile(at, discovered)
+        jobs = [(name, metric, query) for name, t in self.targets.items()
+                for metric, query in t.queries.items()]
+        outcomes, aborted = await self._query_all(jobs, at)
+        answered = sum(1 for o in outcomes if o.result is not None or isinstance(o.error, QueryFailed))
+        reachable = answered > 0 or discovery_answered > 0
+        series, values, failed, dropped = self._collect(outcomes, aborted, reachable)
+        accepted = 0
+        if series.size:
+            async with self.lock:
+                tick = await asyncio.to_thread(self.engine.ingest, series, values, at=at)
+            accepted = tick.accepted
+            if tick.dropped_nonfinite or tick.dropped_stale or tick.dropped_invalid:
+                log.debug("samples dropped by the engine", extra={
+                    "nonfinite": tick.dropped_nonfinite, "stale": tick.dropped_stale,
+                    "invalid": tick.dropped_invalid})
+        first_error = next((o.error for o in outcomes if o.error is not None), None)
+        self._source_state(reachable, at, first_error)
+        await self._flush()
+        return self._finish_round(RoundReport(
+            at=at, queries=len(jobs), answered=answered, failed=failed, accepted=accepted,
+            dropped_own=dropped, source_up=reachable, twins=len(self.targets)), t0)
+
+    def _finish_round(self, report: RoundReport, t0: float) -> RoundReport:
+        duration = time.perf_counter() - t0
+        self.status.rounds_total += 1
+        self.status.last_round_at = report.at
+        self.status.first_round_done = True
+        if self.sync_histogram is not None:
+            self.sync_histogram.observe(duration)
+        log.debug("query round done", extra={"at": report.at, "queries": report.queries,
+                                             "answered": report.answered, "failed": report.failed,
+                                             "accepted": report.accepted, "duration_s": round(duration, 4)})
+        return dataclasses.replace(report, duration_s=duration)
+
+    async def _probe(self, at: float) -> bool:
+        """While down, one cheap query decides whether a full round is worth sending."""
+        try:
+            await self.client.query("vector(1)", at=at)
+        except SourceUnavailable as exc:
+            self._source_state(False, at, exc)
+            self._count_all_failed()
+            return False
+        except QueryFailed:
+            pass   # it answered: reachable
+        return True
+
+    async def _query_all(self, jobs: Sequence[tuple[str, str, str]], at: float
+                         ) -> tuple[list[_Outcome], list[tuple[str, str]]]:
+        """Run the instant queries; stop early when the source is clearly unreachable or on shutdown."""
+        if not jobs:
+            return [], []
+        loop = asyncio.get_running_loop()
+        timeout = self.config.prometheus.timeout_s
+        deadline = loop.time() + 3 * max(self.config.interval_s, timeout)
+        breaker = max(3, self.config.prometheus.max_concurrency)
+        tasks: dict[asyncio.Task[InstantVector], tuple[str, str]] = {
+            asyncio.create_task(self.client.query(q, at=at)): (twin, metric) for twin, metric, q in jobs}
+        pending: set[asyncio.Task[InstantVector]] = set(tasks)
+        outcomes: list[_Outcome] = []
+        unreachable_run = 0
+        stop_deadline: float | None = None
+        try:
+            while pending:
+                if self._stop is not None and self._stop.is_set() and stop_deadline is None:
+                    stop_deadline = loop.time() + SHUTDOWN_GRACE_S
+                limit = deadline if stop_deadline is None else min(deadline, stop_deadline)
+                wait_s = limit - loop.time()
+                if wait_s <= 0:
+                    log.warning("query round cut short", extra={"unfinished": len(pending),
+                                                                "reason": "shutdown" if stop_deadline else
+                                                                "round deadline"})
+                    break
+                done, pending = await asyncio.wait(pending, timeout=min(wait_s, 0.25),
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    twin, metric = tasks[task]
+                    exc = task.exception()
+                    if exc is None:
+                        outcomes.append(_Outcome(twin, metric, result=task.result()))
+                        unreachable_run = 0
+                    elif isinstance(exc, SourceError):
+                        outcomes.append(_Outcome(twin, metric, error=exc))
+                        unreachable_run = unreachable_run + 1 if isinstance(exc, SourceUnavailable) else 0
+                    else:
+                        raise exc
+                if unreachable_run >= breaker and not any(o.result is not None for o in outcomes):
+                    break       # the source is down: do not wait out every remaining query's timeout
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return outcomes, [tasks[t] for t in pending]
+
+    def _collect(self, outcomes: Sequence[_Outcome], aborted: Sequence[tuple[str, str]],
+                 reachable: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Answers -> (series slots, values); failures counted and logged once per streak."""
+        slots: list[int] = []
+        values: list[float] = []
+        failed = 0
+        dropped_total = 0
+        for o in outcomes:
+            key = (o.twin, o.metric)
+            if o.error is not None:
+                failed += 1
+                self._query_failed(key, str(o.error), quiet=not reachable)
+                continue
+            assert o.result is not None
+            vec = o.result
+            keep, dropped = loopguard.drop_own_series(vec.labels)
+            if dropped:
+                dropped_total += dropped
+                self.status.dropped_own_series_total += dropped
+                log.warning("dropped series carrying the sidecar's own metric names", extra={
+                    "twin": o.twin, "metric": o.metric, "dropped": dropped})
+                vec = select(vec, keep)
+            if len(vec) > 1:
+                failed += 1
+                self._query_failed(key, f"query returned {len(vec)} series; a twin metric needs exactly one "
+                                        f"(aggregate it, e.g. sum/avg/max, or use `discover`)", quiet=False)
+                continue
+            self._query_ok(key)
+            if len(vec) == 1:
+                slot = self._slot(o.twin, o.metric)
+                if slot is not None:
+                    slots.append(slot)
+                    values.append(float(vec.values[0]))
+        for twin, metric in aborted:
+            failed += 1
+            self._query_failed((twin, metric), "not answered before the round was cut short", quiet=True)
+        return np.asarray(slots, np.int64), np.asarray(values, np.float64), failed, dropped_total
+
+    def _slot(self, twin: str, metric: str) -> int | None:
+        key = (twin, metric)
+        slot = self._slots.get(key)
+        if slot is None:
+            try:
+                slot = int(self.engine.series_for(twin, [metric])[0])
+            except EngineError:
+                return None                   # retired meanwhile
+            self._slots[key] = slot
+        return slot
+
+    def _count_all_failed(self) -> None:
+        for name, t in self.targets.items():
+            for metric in t.queries:
+                self._query_failed((name, metric), "source unreachable", quiet=True)
+
+    # ------------------------------------------------------------------ error streaks
+
+    def _query_failed(self, key: tuple[str, str], message: str, *, quiet: bool) -> None:
+        self.status.query_errors[key] += 1
+        streak = self._failing.get(key, 0)
+        self._failing[key] = streak + 1
+        if streak == 0 and not quiet:
+            log.warning("query failing", extra={"twin": key[0], "metric": key[1], "error": message})
+
+    def _query_ok(self, key: tuple[str, str]) -> None:
+        streak = self._failing.pop(key, 0)
+        if streak:
+            log.info("query recovered", extra={"twin": key[0], "metric": key[1], "failed_rounds": streak})
+
+    def _source_state(self, up: bool, at: float, error: BaseException | None = None) -> None:
+        """Track the source's reachability; log the start and the end of a down streak, once each."""
+        self.status.source_up = up
+        if up:
+            if self._down_since is not None:
+                log.info("Prometheus reachable again", extra={
+                    "down_for_s": round(at - self._down_since, 1), "failed_rounds": self._down_rounds})
+            self._down_rounds = 0
+            self._down_since = None
+            return
+        self._down_rounds += 1
+        if self._down_since is None:
+            self._down_since = at
+            log.error("Prometheus unreachable; serving the last state and retrying with backoff", extra={
+                "url": self.config.prometheus.url, "error": str(error) if error else "no query answered"})
+
+    # ------------------------------------------------------------------ discovery and twins
+
+    async def _discover(self, at: float) -> tuple[dict[str, InstantVector | None], int]:
+        """Run every discovery query: per rule its result (None if it failed), and how many were answered."""
+        rules = [r for r in self.config.twins if r.discover]
+        results: dict[str, InstantVector | None] = {}
+        answered = 0
+
+        async def one(rule: TwinRule) -> None:
+            nonlocal answered
+            assert rule.discover is not None
+            key = (rule.name, DISCOVER_METRIC)
+            try:
+                vec = await self.client.query(rule.discover, at=at)
+            except SourceError as exc:
+                results[rule.name] = None
+                answered += isinstance(exc, QueryFailed)
+                self._query_failed(key, str(exc), quiet=isinstance(exc, SourceUnavailable))
+                return
+            answered += 1
+            keep, dropped = loopguard.drop_own_series(vec.labels)
+            if dropped:
+                self.status.dropped_own_series_total += dropped
+                vec = select(vec, keep)
+            self._query_ok(key)
+            results[rule.name] = vec
+
+        await asyncio.gather(*(one(r) for r in rules))
+        return results, answered
+
+    async def _reconcile(self, at: float, discovered: Mapping[str, InstantVector | None]) -> None:
+        """Create twins that appeared, retire those gone for good; engine calls under the lock."""
+        if not self.targets:
+            async with self.lock:
+                wanted = {**self._static_targets(), **self._restored_targets()}
+        else:
+            wanted = dict(self.targets)
+        answered_rules: set[str] = set()
+        retire: list[str] = []
+        for rule in self.config.twins:
+            vec = discovered.get(rule.name) if rule.discover else None
+            if vec is None:
+                continue                      # no answer: its twins stay exactly as they are
+            answered_rules.add(rule.name)
+            present: set[str] = set()
+            for labels in vec.labels:
+                name = discovered_name(rule, labels)
+                present.add(name)
+                if name in wanted:
+                    wanted[name].absent_rounds = 0
+                    continue
+                try:
+                    queries = {m: substitute(q, labels) for m, q in rule.queries().items()}
+                    for q in queries.values():
+                        loopguard.check_query(q)
+                except ValueError as exc:
+                    self._query_failed((name, DISCOVER_METRIC), f"cannot build its queries: {exc}",
+                                       quiet=False)
+                    continue
+                own = {k: v for k, v in labels.items() if k != "__name__"}
+                wanted[name] = Target(name, rule, queries, own)
+            for name, t in list(wanted.items()):
+                if t.rule.name == rule.name and name not in present:
+                    t.absent_rounds += 1
+                    if t.absent_rounds >= RETIRE_AFTER_ROUNDS:
+                        retire.append(name)
+                        del wanted[name]
+        # once every discovery rule has answered, twins no rule accounts for (renamed or removed from the
+        # rules file, restored from the store) are retired: the rules file is the source of truth
+        sweep = not self._discovery_done and all(r.name in answered_rules for r in self.config.twins
+                                                 if r.discover)
+        self._discovery_done = self._discovery_done or sweep
+        async with self.lock:
+            created, retired = await asyncio.to_thread(self._apply_targets, wanted, retire, at, sweep)
+        self.targets = wanted
+        for name in retired:
+            for key in [k for k in self._slots if k[0] == name]:
+                del self._slots[key]
+            for key in [k for k in self._failing if k[0] == name]:
+                del self._failing[key]
+            for d in (self.status.simulation_failure_probability, self.status.simulation_breaking_multiplier):
+                for key in [k for k in d if k[0] == name]:
+                    del d[key]
+            log.info("twin retired", extra={"twin": name})
+        for name in created:
+            log.info("twin created", extra={"twin": name, "rule": wanted[name].rule.name})
+
+    def _static_targets(self) -> dict[str, Target]:
+        return {r.name: Target(r.name, r, r.queries()) for r in self.config.twins if not r.discover}
+
+    def _restored_targets(self) -> dict[str, Target]:
+        """Twins the store brought back that a discovery rule owns: queried at once, from their labels."""
+        out: dict[str, Target] = {}
+        rules = {r.name: r for r in self.config.twins if r.discover}
+        for twin in self.engine.twins():
+            rule = rules.get(twin.name.split("@", 1)[0]) if "@" in twin.name else None
+            if rule is None:
+                continue
+            try:
+                queries = {m: substitute(q, twin.labels) for m, q in rule.queries().items()}
+            except ValueError:
+                continue
+            out[twin.name] = Target(twin.name, rule, queries, dict(twin.labels))
+        return out
+
+    def _apply_targets(self, wanted: Mapping[str, Target], retire: Sequence[str], at: float,
+                       sweep: bool) -> tuple[list[str], list[str]]:
+        """(In a worker thread, under the lock.) Make the engine's twins match the targets."""
+        created: list[str] = []
+        retired: list[str] = []
+        gone = list(retire) + ([t.name for t in self.engine.twins() if t.name not in wanted] if sweep else [])
+        for name in gone:
+            try:
+                self.engine.retire_twin(name, at=at)
+                retired.append(name)
+            except EngineError:
+                pass
+        for name, t in wanted.items():
+            rule = t.rule
+            try:
+                self.engine.get(name)
+            except EngineError:
+                pass
+            else:
+                if name not in self.targets:   # restored from the store: the rules file wins for its rules
+                    self.engine.configure(name, at=at, thresholds=dict(rule.thresholds),
+                                          limits=dict(rule.limits), auto_correction=rule.auto_correction)
+                continue
+            try:
+                self.engine.create_twin(
+                    name, at=at, system_type=rule.system_type, sync_frequency_seconds=self.config.interval_s,
+                    expected=dict(rule.expected) or None, thresholds=dict(rule.thresholds),
+                    limits=dict(rule.limits), auto_correction=rule.auto_correction, labels=t.labels)
+                created.append(name)
+            except InputError as exc:
+                log.error("cannot create twin", extra={"twin": name, "error": str(exc)})
+        return created, retired
+
+    # ------------------------------------------------------------------ backfill
+
+    async def backfill(self, now: float | None = None) -> int:
+        """Load the last ``backfill`` of history with range queries so forecasts exist from the start.
+
+        Returns the samples accepted. While the source is unreachable nothing
+        is loaded and the next round tries again. Series that already have
+        samples (restored from the store) are only filled in after their newest.
+        """
+        now = self.clock() if now is None else now
+        step = self.config.interval_s
+        try:
+            await self.client.query("vector(1)", at=now)
+        except SourceUnavailable:
+            return 0
+        except QueryFailed:
+            pass
+        discovered, _ = await self._discover(now)
+        await self._reconcile(now, discovered)
+        jobs: list[tuple[str, str, str, float]] = []
+        async with self.lock:
+            for name, t in self.targets.items():
+                try:
+                    history = self.engine.history(name)
+                except EngineError:
+                    continue
+                for metric, query in t.queries.items():
+                    start = now - self.config.backfill_s
+                    times = history.get(metric, (np.zeros(0), np.zeros(0)))[0]
+                    if times.size:
+                        start = max(start, float(times[-1]) + step)
+                    start = math.ceil(start / step) * step      # on the grid, so restarts line up
+                    if start <= now - step:
+                        jobs.append((name, metric, query, start))
+
+        async def one(name: str, metric: str, query: str,
+                      start: float) -> tuple[str, str, RangeMatrix | None]:
+            try:
+                return name, metric, await self.client.query_range(query, start, now - step, step)
+            except SourceError as exc:
+                log.debug("backfill query failed", extra={"twin": name, "metric": metric, "error": str(exc)})
+                return name, metric, None
+
+        results = await asyncio.gather(*(one(*j) for j in jobs))
+        samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        failed = 0
+        for name, metric, m in results:
+            if m is None:
+                failed += 1
+                continue
+            keep, dropped = loopguard.drop_own_series(m.labels)
+            self.status.dropped_own_series_total += dropped
+            if len(keep) != 1:
+                failed += len(keep) > 1
+                continue
+            row = m.values[keep[0]]
+            ok = np.isfinite(row)
+            if ok.any():
+                samples[(name, metric)] = (m.times[ok], row[ok])
+        accepted = 0
+        if samples:
+            async with self.lock:
+                report = await asyncio.to_thread(self.engine.backfill, samples)
+            accepted = report.accepted
+        self._backfilled = True
+        await self._flush()
+        log.info("backfill done", extra={"queries": len(jobs), "failed": failed, "series": len(samples),
+                                         "samples": accepted, "window_s": self.config.backfill_s})
+        return accepted
+
+    # ------------------------------------------------------------------ standing scenarios
+
+    async def run_scenarios(self, now: float | None = None) -> int:
+        """Re-run the standing what-if scenarios that are due; results go to the status for /metrics."""
+        now = self.clock() if now is None else now
+        ran = 0
+        for sc in self.config.scenarios:
+            if now < self._scenario_due.get(sc.name, -math.inf):
+                continue
+            self._scenario_due[sc.name] = now + sc.every_s
+            for name, target in list(self.targets.items()):
+                if sc.twin != "all" and target.rule.name != sc.twin:
+                    continue
+                await self._simulate(sc, name, target.rule, now)
+                ran += 1
+        return ran
+
+    async def _simulate(self, sc: ScenarioRule, twin: str, rule: TwinRule, now: float) -> None:
+        key = (twin, sc.name)
+        try:
+            async with self.lock:   # one twin at a time: the API waits for one simulation, not all
+                result: dict[str, Any] = await asyncio.to_thread(
+                    self.engine.simulate, twin, dict(sc.scenario), at=now, seed=0, replicas=rule.replicas,
+                    workers=rule.workers)
+        except SidecarError as exc:
+            if key not in self._scenario_failing:
+                self._scenario_failing.add(key)
+                log.warning("standing scenario failed", extra={"twin": twin, "scenario": sc.name,
+                                                               "error": str(exc)})
+            self.status.simulation_failure_probability.pop(key, None)
+            self.status.simulation_breaking_multiplier.pop(key, None)
+            return
+        self._scenario_failing.discard(key)
+        p = result.get("failure_probability")
+        if isinstance(p, int | float) and math.isfinite(p):
+            self.status.simulation_failure_probability[key] = float(p)
+        bp = result.get("breaking_point")
+        mult = bp.get("traffic_multiplier") if isinstance(bp, Mapping) else None
+        if isinstance(mult, int | float) and math.isfinite(mult):
+            self.status.simulation_breaking_multiplier[key] = float(mult)
+        else:
+            self.status.simulation_breaking_multiplier.pop(key, None)
+
+    # ------------------------------------------------------------------ output
+
+    async def _flush(self) -> None:
+        """Hand what changed to the store writer (never blocks: the writer buffers)."""
+        async with self.lock:
+            outbox = self.engine.drain()
+        if self.writer is not None and outbox:
+            self.writer.submit(outbox)

@@ -1,0 +1,366 @@
+"""The query loop against a real Prometheus (and a real proxy in front of it that can misbehave)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from aiohttp import web
+from conftest import PromEnv
+
+from sidecar.config import SidecarConfig, parse_config
+from sidecar.engine.core import Engine
+from sidecar.engine.settings import EngineSettings
+from sidecar.engine.view import Outbox
+from sidecar.prometheus import PrometheusClient
+from sidecar.scheduler import RETIRE_AFTER_ROUNDS, Scheduler, discovered_name, substitute
+from sidecar.status import ServiceStatus
+from sidecar.testing import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def rules(url: str, twins: str, *, extra: str = "", interval: str = "1s",
+          backfill: str = "0") -> SidecarConfig:
+    text = f"prometheus: {{url: '{url}', timeout: 2s, max_concurrency: 4}}\ninterval: {interval}\n" \
+           f"backfill: {backfill}\ntwins:\n{twins}{extra}"
+    return parse_config(text, path="test.yaml", env={})
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.outboxes: list[Outbox] = []
+
+    def submit(self, outbox: Outbox) -> None:
+        self.outboxes.append(outbox)
+
+
+def make(cfg: SidecarConfig, client: PrometheusClient) -> tuple[Scheduler, Engine, ServiceStatus, Sink]:
+    engine = Engine(EngineSettings(horizons_s=cfg.horizons_s))
+    status = ServiceStatus(config_loaded=True)
+    sink = Sink()
+    return Scheduler(cfg, engine, client, status, writer=sink), engine, status, sink
+
+
+def last_value(engine: Engine, twin: str, metric: str) -> float:
+    _times, values = engine.history(twin)[metric]
+    return float(values[-1])
+
+
+@pytest.fixture
+async def client(prom_env: PromEnv) -> AsyncIterator[PrometheusClient]:
+    async with PrometheusClient(parse_config(
+            f"prometheus: {{url: '{prom_env.url}', timeout: 2s, max_concurrency: 4}}\n"
+            "twins: [{name: x, metrics: {a: up}}]\n", env={}).prometheus) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------- a normal round
+
+
+async def test_round_feeds_every_twin_in_one_ingest(prom_env: PromEnv, client: PrometheusClient) -> None:
+    prom_env.target.set("sched_cpu", 42.0, svc="a")
+    prom_env.target.set("sched_mem", 61.0, svc="a")
+    prom_env.target.set("sched_cpu", 7.0, svc="b")
+    prom_env.prom.wait_for_series('sched_cpu{svc="b"}')
+    cfg = rules(prom_env.url, """\
+  - name: a
+    metrics: {cpu_usage: 'sched_cpu{svc="a"}', memory_usage: 'sched_mem{svc="a"}'}
+  - name: b
+    metrics: {cpu_usage: 'sched_cpu{svc="b"}', memory_usage: 'sched_mem{svc="b"}'}
+""")
+    sched, engine, status, sink = make(cfg, client)
+    calls: list[int] = []
+    real_ingest = engine.ingest
+
+    def counting(series: np.ndarray, values: np.ndarray, **kw: Any) -> Any:
+        calls.append(len(series))
+        return real_ingest(series, values, **kw)
+
+    engine.ingest = counting  # type: ignore[method-assign]
+    at = time.time()
+    report = await sched.run_round(at=at)
+    assert calls == [3]                       # one vectorised call; b's memory has no series (no sample)
+    assert report.queries == 4 and report.answered == 4 and report.failed == 0 and report.accepted == 3
+    assert report.source_up and status.source_up and status.first_round_done and status.rounds_total == 1
+    assert last_value(engine, "a", "cpu_usage") == 42.0 and last_value(engine, "a", "memory_usage") == 61.0
+    assert last_value(engine, "b", "cpu_usage") == 7.0
+    times, _ = engine.history("a")["cpu_usage"]
+    assert times[-1] == at                    # stamped with the query's evaluation time
+    assert sink.outboxes and any(o.twins for o in sink.outboxes)
+
+
+async def test_a_query_returning_several_series_is_an_error_for_that_metric_only(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    prom_env.target.set("sched_multi", 1.0, k="x")
+    prom_env.target.set("sched_multi", 2.0, k="y")
+    prom_env.prom.wait_for_series("sched_multi", count=2)
+    cfg = rules(prom_env.url, """\
+  - name: m
+    metrics: {many: 'sched_multi', one: 'sum(sched_multi)'}
+""")
+    sched, engine, status, _ = make(cfg, client)
+    report = await sched.run_round()
+    assert report.failed == 1 and report.accepted == 1 and report.source_up
+    assert status.query_errors[("m", "many")] == 1 and status.query_errors[("m", "one")] == 0
+    assert last_value(engine, "m", "one") == 3.0
+
+
+async def test_runtime_guard_drops_series_named_like_our_own(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    prom_env.target.set("sched_renamed", 5.0)
+    prom_env.prom.wait_for_series("sched_renamed")
+    # label_replace can give a result any __name__: the query text passes the config guard, the result
+    # carries twin_fake, and only the run-time guard can catch it
+    cfg = rules(prom_env.url, """\
+  - name: g
+    metrics:
+      sneaky: 'label_replace(sched_renamed, "__name__", "twin_fake", "", "")'
+      honest: 'sched_renamed'
+""")
+    sched, engine, status, _ = make(cfg, client)
+    report = await sched.run_round()
+    assert report.dropped_own == 1 and status.dropped_own_series_total == 1
+    assert "sneaky" not in engine.history("g") or engine.history("g")["sneaky"][0].size == 0
+    assert last_value(engine, "g", "honest") == 5.0
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+async def test_discovery_creates_and_retires_twins(prom_env: PromEnv, client: PrometheusClient) -> None:
+    for inst in ("i1", "i2"):
+        prom_env.target.set("sched_up", 1.0, inst=inst)
+        prom_env.target.set("sched_load", 10.0 if inst == "i1" else 20.0, inst=inst)
+    prom_env.prom.wait_for_series("sched_up", count=2)
+    cfg = rules(prom_env.url, """\
+  - name: fleet
+    system_type: worker
+    discover: 'sched_up'
+    name_labels: [inst]
+    metrics: {cpu_usage: 'sched_load{inst="$inst"}'}
+    limits: {cpu_usage: 90}
+""")
+    sched, engine, status, _ = make(cfg, client)
+    await sched.run_round()
+    assert sorted(t.name for t in engine.twins()) == ["fleet@i1", "fleet@i2"]
+    assert last_value(engine, "fleet@i1", "cpu_usage") == 10.0
+    assert last_value(engine, "fleet@i2", "cpu_usage") == 20.0
+    twin = engine.get("fleet@i2")
+    assert twin.labels["inst"] == "i2" and twin.limits == {"cpu_usage": 90.0}
+    assert twin.system_type.value == "worker"
+
+    prom_env.target.remove("sched_up", inst="i2")
+    deadline = time.monotonic() + 30
+    while len(prom_env.prom.query("sched_up")) != 1:   # wait for Prometheus to mark the series stale
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.3)
+    for i in range(RETIRE_AFTER_ROUNDS - 1):
+        await sched.run_round()
+        assert "fleet@i2" in {t.name for t in engine.twins()}, f"retired too early (round {i})"
+    await sched.run_round()
+    assert [t.name for t in engine.twins()] == ["fleet@i1"]
+    assert status.source_up
+
+
+def test_substitute_escapes_for_the_quote_it_sits_in() -> None:
+    labels = {"instance": 'a"b\\c', "pod": "p'1", "job": "j"}
+    assert substitute('up{instance="$instance"}', labels) == 'up{instance="a\\"b\\\\c"}'
+    assert substitute("up{pod='${pod}'}", labels) == "up{pod='p\\'1'}"
+    assert substitute("up{job=`$job`, x=\"$missing\"}", labels) == 'up{job=`j`, x=""}'
+    assert substitute('up{a="$1 end$"}', labels) == 'up{a="$1 end$"}'     # regex anchors untouched
+    with pytest.raises(ValueError):
+        substitute("up{job=`$job`}", {"job": "a`b"})
+
+
+def test_discovered_names_are_url_safe() -> None:
+    cfg = rules("http://127.0.0.1:1", "  - name: r\n    discover: up\n    metrics: {c: up}\n")
+    assert discovered_name(cfg.twins[0], {"__name__": "up", "job": "j", "instance": "h/1:80"}) == "r@h_1:80,j"
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+async def test_backfill_loads_history_in_time_order(prom_env: PromEnv, client: PrometheusClient) -> None:
+    cfg = rules(prom_env.url, """\
+  - name: hist
+    metrics: {ramp: 'test_history{series="ramp"}'}
+""", interval="15s", backfill="2h")
+    sched, engine, status, _ = make(cfg, client)
+    accepted = await sched.backfill()
+    times, values = engine.history("hist")["ramp"]
+    assert accepted == times.size > 100
+    assert np.all(np.diff(times) > 0)
+    # the ramp rises by one per 15 s step from history_start; Prometheus' lookback repeats the last value
+    # for 5 minutes after the history ends
+    idx = np.minimum((times - prom_env.history_start) / prom_env.step, prom_env.points - 1)
+    assert np.array_equal(values, np.floor(idx + 1e-9))
+    assert not status.first_round_done          # backfill is not a round
+
+
+# --------------------------------------------------------------------------- a misbehaving source
+
+
+class FlakyProxy:
+    """A real HTTP server in front of the real Prometheus that can be made to fail in each way."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "ok"             # ok | 503 | garbage | hang | down
+        self.refuse: str | None = None   # queries equal to (or containing) this get an execution error
+        self.refuse_exact = False
+        self._release = asyncio.Event()
+        self.requests = 0
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+        self._http = httpx.AsyncClient(base_url=upstream)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        if self.mode == "503":
+            return web.Response(status=503, text="<html>upstream overloaded</html>")
+        if self.mode == "garbage":
+            return web.Response(status=200, body=b'{"status": "success", "data": {"resultTy',
+                                content_type="application/json")
+        if self.mode == "hang":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), 30)
+        body = await request.read()
+        query = (await request.post()).get("query", "")
+        if self.refuse is not None and (query == self.refuse if self.refuse_exact else self.refuse in query):
+            return web.json_response({"status": "error", "errorType": "execution", "error": "refused"},
+                                     status=422)
+        resp = await self._http.post(request.path, content=body,
+                                     headers={"Content-Type": request.headers["Content-Type"]})
+        return web.Response(status=resp.status_code, body=resp.content, content_type="application/json")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        self._release.set()
+        await self.stop()
+        await self._http.aclose()
+
+
+@pytest.fixture
+async def proxy(prom_env: PromEnv) -> AsyncIterator[FlakyProxy]:
+    p = FlakyProxy(prom_env.url)
+    await p.start()
+    yield p
+    await p.close()
+
+
+async def test_failed_discovery_keeps_the_twins(prom_env: PromEnv, proxy: FlakyProxy) -> None:
+    prom_env.target.set("sched_up2", 1.0, inst="z")
+    prom_env.prom.wait_for_series("sched_up2")
+    cfg = rules(proxy.url, """\
+  - name: d
+    discover: 'sched_up2'
+    name_labels: [inst]
+    metrics: {c: 'sched_up2{inst="$inst"}'}
+""")
+    async with PrometheusClient(cfg.prometheus) as c:
+        sched, engine, status, _ = make(cfg, c)
+        await sched.run_round()
+        assert [t.name for t in engine.twins()] == ["d@z"]
+        proxy.refuse = "sched_up2"                       # Prometheus now refuses the discovery query
+        proxy.refuse_exact = True
+        for _ in range(RETIRE_AFTER_ROUNDS + 1):
+            report = await sched.run_round()
+            assert report.source_up
+        assert [t.name for t in engine.twins()] == ["d@z"]
+        assert status.query_errors[("d", "discover")] == RETIRE_AFTER_ROUNDS + 1
+
+
+@pytest.mark.parametrize("mode", ["down", "503", "garbage", "hang"])
+async def test_source_failure_keeps_state_logs_once_and_recovers(
+        prom_env: PromEnv, proxy: FlakyProxy, mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    prom_env.target.set("sched_flaky", 3.0)
+    prom_env.prom.wait_for_series("sched_flaky")
+    twins = "".join(f"  - name: f{i}\n    metrics: {{c: 'sched_flaky + {i}'}}\n" for i in range(12))
+    cfg = rules(proxy.url, twins)
+    async with PrometheusClient(cfg.prometheus) as c:
+        sched, engine, status, _ = make(cfg, c)
+        await sched.run_round()
+        assert status.source_up and last_value(engine, "f5", "c") == 8.0
+        view_before = engine.view()
+
+        if mode == "down":
+            await proxy.stop()
+        else:
+            proxy.mode = mode
+        caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+        caplog.clear()
+        sent_before = proxy.requests
+        for _ in range(3):
+            report = await sched.run_round()
+            assert not report.source_up and not status.source_up
+        # the service still serves what it knew
+        assert engine.view().twin_names == view_before.twin_names
+        assert last_value(engine, "f5", "c") == 8.0
+        assert status.query_errors[("f5", "c")] == 3
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(errors) == 1 and "unreachable" in errors[0].getMessage()     # once per streak
+        if mode != "down":
+            # the first failing round stops early (breaker), later ones send one probe each
+            assert proxy.requests - sent_before < 12 + 2
+
+        if mode == "down":
+            await proxy.start()
+        proxy.mode = "ok"
+        report = await sched.run_round()
+        assert report.source_up and status.source_up and report.accepted == 12
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_run_loop_stops_promptly_on_stop(prom_env: PromEnv, client: PrometheusClient) -> None:
+    prom_env.target.set("sched_loop", 1.0)
+    prom_env.prom.wait_for_series("sched_loop")
+    cfg = rules(prom_env.url, "  - name: l\n    metrics: {c: sched_loop}\n", interval="30s")
+    sched, _engine, status, sink = make(cfg, client)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sched.run(stop))
+    while not status.first_round_done:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 5)           # does not sleep out the 30 s interval
+    assert status.rounds_total == 1 and sink.outboxes
+
+
+async def test_standing_scenarios_fill_the_status(prom_env: PromEnv, client: PrometheusClient) -> None:
+    prom_env.target.set("sched_sim_cpu", 30.0)
+    prom_env.prom.wait_for_series("sched_sim_cpu")
+    cfg = rules(prom_env.url, "  - name: s\n    metrics: {cpu_usage: sched_sim_cpu}\n    replicas: 2\n",
+                extra="scenarios:\n  - name: spike\n    twin: s\n    every: 5m\n"
+                      "    scenario: {type: traffic_spike, traffic_multiplier: 3, duration_minutes: 10}\n")
+    sched, _engine, status, _ = make(cfg, client)
+    for i in range(3):
+        await sched.run_round(at=time.time() + i)
+    now = time.time()
+    assert await sched.run_scenarios(now) == 1
+    p = status.simulation_failure_probability[("s", "spike")]
+    assert 0.0 <= p <= 1.0 and math.isfinite(p)
+    assert await sched.run_scenarios(now + 1) == 0          # not due again for 5 minutes
+    assert await sched.run_scenarios(now + 301) == 1
