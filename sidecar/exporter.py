@@ -210,7 +210,7 @@ class ArrayGaugeFamily(Metric):
         self._rows = rows
         self._values = values
         self._materialised: list[Sample] | None = None
-        self._text: str | None = None
+        self._text: bytes | None = None
         super().__init__(name, documentation, "gauge")
 
     @property
@@ -228,8 +228,11 @@ class ArrayGaugeFamily(Metric):
         # Metric.__init__ assigns [] here; anything else replaces the columns for good.
         self._materialised = value or None
 
-    def render_lines(self) -> str:
-        """HELP, TYPE and every sample line (identical in the text and OpenMetrics formats for a gauge)."""
+    def render_lines(self) -> bytes:
+        """HELP, TYPE and every sample line, UTF-8 (identical in the text and OpenMetrics formats for a gauge).
+
+        Kept once built: the family belongs to one immutable view, and every scrape of that view reuses it.
+        """
         if self._text is None:
             doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
             name = self.name
@@ -240,7 +243,7 @@ class ArrayGaugeFamily(Metric):
                 lines = [f"{name}{{{b}}} {v}\n" for b, v in zip(bodies, values, strict=True)]
             else:
                 lines = [f"{name} {v}\n" for v in values]
-            self._text = f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(lines)
+            self._text = (f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(lines)).encode("utf-8")
         return self._text
 
 
@@ -463,13 +466,13 @@ def render(registry: Any, *, openmetrics: bool = False) -> bytes:
     prometheus-client's own exposition, so its format rules stay theirs.
     """
     stock = _om_exposition.generate_latest if openmetrics else _text_exposition.generate_latest
-    parts: list[str] = []
+    parts: list[bytes] = []
     for family in registry.collect():
         if isinstance(family, ArrayGaugeFamily):
             parts.append(family.render_lines())
         else:
-            text = stock(_One(family)).decode("utf-8")
-            parts.append(text.removesuffix("# EOF\n") if openmetrics else text)
+            text = stock(_One(family))
+            parts.append(text.removesuffix(b"# EOF\n") if openmetrics else text)
     if openmetrics:
-        parts.append("# EOF\n")
-    return "".join(parts).encode("utf-8")
+        parts.append(b"# EOF\n")
+    return b"".join(parts)

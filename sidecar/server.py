@@ -11,6 +11,7 @@ keep answering probes and feeding the engine meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 
 from aiohttp import web
@@ -39,10 +40,14 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
 
     async def metrics(request: web.Request) -> web.Response:
         openmetrics = wants_openmetrics(request.headers.get("Accept"))
-        body = await asyncio.to_thread(render, registry, openmetrics=openmetrics)
+        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        body = await asyncio.to_thread(_scrape, registry, openmetrics, compress)
         response = web.Response(body=body)
         # set directly: aiohttp's content_type argument would drop the version parameter
         response.headers["Content-Type"] = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
+        if compress:
+            response.headers["Content-Encoding"] = "gzip"
+        response.headers["Vary"] = "Accept, Accept-Encoding"
         return response
 
     async def healthz(request: web.Request) -> web.Response:
@@ -66,3 +71,10 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
     app.router.add_get("/readyz", readyz)
     app.add_routes(TwinApi(facade, engine_lock=engine_lock, auth_token=auth_token).routes())
     return app
+
+
+def _scrape(registry: CollectorRegistry, openmetrics: bool, compress: bool) -> bytes:
+    """One scrape's body. Prometheus accepts gzip; at level 1 it costs about a third of the rendering and
+    shrinks the body about sevenfold (tens of MB at tens of thousands of series)."""
+    body = render(registry, openmetrics=openmetrics)
+    return gzip.compress(body, compresslevel=1) if compress else body

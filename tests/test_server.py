@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import shutil
 import subprocess
@@ -117,6 +118,16 @@ async def test_metrics_openmetrics_when_the_scraper_asks(
     assert text.endswith("# EOF\n")
     names = {f.name for f in parse_om(text)}   # the strict OpenMetrics parser accepts it
     assert {"twin_forecast", "twin_health_score", "twin_query_errors"} <= names
+
+
+async def test_metrics_are_gzipped_only_when_accepted(service: tuple[Service, TestClient[Any, Any]]) -> None:
+    _, client = service
+    zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    raw = await zipped.read()
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    assert gzip.decompress(raw) == await plain.read()
 
 
 async def test_metrics_reflect_the_service_status(service: tuple[Service, TestClient[Any, Any]]) -> None:
