@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import weakref
@@ -60,6 +61,8 @@ __all__ = [
     "sync_duration_histogram",
     "wants_openmetrics",
 ]
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE_TEXT = _text_exposition.CONTENT_TYPE_PLAIN_0_0_4
 CONTENT_TYPE_OPENMETRICS = _om_exposition.CONTENT_TYPE_LATEST
@@ -229,7 +232,7 @@ class ArrayGaugeFamily(Metric):
         self._materialised = value or None
 
     def render_lines(self) -> bytes:
-        """HELP, TYPE and every sample line, UTF-8 (identical in the text and OpenMetrics formats for a gauge).
+        """HELP, TYPE and every sample line as UTF-8; the same in text and OpenMetrics format for a gauge.
 
         Kept once built: the family belongs to one immutable view, and every scrape of that view reuses it.
         """
@@ -258,6 +261,11 @@ def _array_gauge(name: str, rows: LabelRows, values: np.ndarray) -> ArrayGaugeFa
     """The family over the finite values only: an unknown value is an absent series, never NaN."""
     spec = _SPECS[name]
     v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(v) != len(rows):
+        # a view whose arrays disagree with its names is an engine bug; losing one family beats failing
+        # the whole scrape (and with it twin_source_up and the store metrics)
+        log.error("exporter: %s has %d values for %d label rows; family skipped", name, len(v), len(rows))
+        return ArrayGaugeFamily(spec.name, spec.help, rows.take(np.zeros(0, np.int64)), np.zeros(0))
     finite = np.isfinite(v)
     if not finite.all():
         idx = np.flatnonzero(finite)

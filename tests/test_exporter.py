@@ -236,3 +236,44 @@ def test_promtool_accepts_the_scrape() -> None:
                           check=False)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
     assert proc.stdout.decode().strip() == "" and proc.stderr.decode().strip() == "", "no lint findings"
+
+
+def test_every_exported_name_carries_the_loop_guard_prefix() -> None:
+    assert all(name.startswith("twin_") for name in EXPORTED_SERIES_NAMES)
+
+
+def test_a_scrape_reads_the_view_once_and_nothing_else() -> None:
+    calls: list[int] = []
+    view = make_view()
+
+    def current() -> EngineView:
+        calls.append(1)
+        return view
+
+    registry = CollectorRegistry()
+    install_exporter(registry, view=current, status=ServiceStatus())
+    render(registry)
+    assert len(calls) == 1
+
+
+def test_concurrent_scrapes_of_a_new_view_agree() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry = CollectorRegistry()
+    view = make_view(n_twins=200)
+    install_exporter(registry, view=lambda: view, status=ServiceStatus())
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda _: render(registry), range(8)))
+    assert len(set(bodies)) == 1
+
+
+def test_a_view_whose_arrays_disagree_loses_that_family_not_the_scrape(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    view = make_view()
+    broken = dataclasses.replace(view, anomaly=view.anomaly[:-1])
+    got = samples_of(scrape(broken))
+    assert not [k for k in got if k[0] == "twin_anomaly_score"]
+    assert [k for k in got if k[0] == "twin_forecast"]
+    assert "twin_anomaly_score" in caplog.text
