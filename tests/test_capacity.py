@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import heapq
+import json
 import math
 
 import numpy as np
 import pytest
 
 from sidecar.engine import capacity
-from sidecar.engine.capacity import erlang_c, fit_capacity, fit_latency_curve, fit_line, wait_quantile_s
+from sidecar.engine.capacity import (
+    erlang_c,
+    fit_capacity,
+    fit_latency_curve,
+    fit_line,
+    fit_mean_latency,
+    wait_quantile_s,
+)
 
 
 def _erlang_c_textbook(c: int, a: float) -> float:
@@ -150,10 +158,53 @@ def test_short_history_is_not_trustworthy() -> None:
     assert not fit.trustworthy and "only 8 samples" in fit.reason
 
 
-def test_params_are_json_numbers() -> None:
+def test_params_are_json_ready() -> None:
     times, values = _service()
     params = fit_capacity(times, values, replicas=2, workers=1).params()
     assert params["rate_unit"] == "req/s"
     assert params["service_time_ms"] == pytest.approx(10.0, rel=0.05)
-    for v in params.values():
-        assert v is None or isinstance(v, str | int | float | list)
+    assert set(params["capacity_by_route"]) == {"cpu", "latency"}
+    assert json.loads(json.dumps(params, allow_nan=False)) == params
+
+
+def _simulated_mean_sojourn(service: str, mu: float, rhos: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Mean time in system of a simulated single-server queue at each utilisation (Lindley recursion)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for rho in rhos:
+        gaps = rng.exponential(1 / (rho * mu), n)
+        s = np.full(n, 1 / mu) if service == "constant" else rng.exponential(1 / mu, n)
+        w = np.zeros(n)
+        for i in range(1, n):
+            w[i] = max(0.0, w[i - 1] + s[i - 1] - gaps[i])
+        out.append(float(np.mean(w + s)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("service", "k_low", "k_high"), [("constant", 0.3, 0.75), ("exponential", 0.75, 1.35)])
+def test_mean_latency_fit_recovers_service_time_and_variability(service: str, k_low: float,
+                                                                 k_high: float) -> None:
+    mu = 50.0
+    rhos = np.repeat(np.linspace(0.1, 0.6, 6), 4)
+    mean_ms = 1000 * _simulated_mean_sojourn(service, mu, rhos, 20_000, seed=5)
+    mf = fit_mean_latency(rhos * mu, mean_ms, 1)
+    assert mf is not None
+    assert mf.service_s == pytest.approx(0.02, rel=0.08)
+    assert mf.service_low <= 0.02 * 1.02 and mf.service_high >= 0.02 * 0.98
+    assert k_low <= mf.variability <= k_high
+
+
+def test_mean_latency_route_catches_blocked_workers() -> None:
+    # 4 workers each held 100 ms (mostly waiting on I/O): CPU says ~2000 req/s, the pool serves 40
+    times, values = _service(cpu_bound=False, servers=4, service_s=0.1, load=16.0, swing=8.0)
+    lam = values["request_rate"]
+    pw = erlang_c(4.0, lam * 0.1)
+    values["request_latency_mean_ms"] = 1000 * (0.1 + 0.5 * pw / (40.0 - lam))
+    times["request_latency_mean_ms"] = times["request_rate"]
+    del values["request_latency_ms"]                  # only the mean-latency route can see the pool
+    fit = fit_capacity(times, values, replicas=4, workers=1)
+    assert fit.capacity_source == "mean_latency", fit.params()
+    assert fit.capacity == pytest.approx(40.0, rel=0.05)
+    assert fit.variability == pytest.approx(0.5, abs=0.15)
+    assert fit.trustworthy, fit.reason
+    assert fit.candidates["cpu"][0] > 10 * fit.capacity

@@ -1,29 +1,36 @@
 """The capacity model a what-if simulation runs on: fitted from what the twin observed.
 
-A service is modelled as an M/M/c queue (c = replicas × workers servers) in front of
-a CPU whose usage grows linearly with throughput (the utilisation law U = a + b·λ).
-Two things bound how much traffic it can serve, and the smaller one wins:
+A service is modelled as an M/M/c queue (c = replicas × workers servers) in front of a
+CPU whose usage grows linearly with throughput (the utilisation law U = a + b·λ). Up to
+three routes estimate the capacity K = c·μ, and the smallest wins (the bottleneck):
 
-* CPU saturation: λ_cpu = (100 − a) / b, with a (idle CPU %) and b (CPU % per req/s)
-  fitted by least squares from the observed (request_rate, cpu_usage) pairs — the
-  "CPU seconds per request" route to the service rate.
-* The worker pool: the latency percentile at the observed loads is fitted to
-  L(λ) = L0 + W_p(λ; K), where W_p is the p-quantile of the M/M/c waiting time
-  (Erlang C) and K = c·μ the capacity — the "latency at low load" route. A flat
-  latency curve only says K lies beyond the observed loads (a lower bound).
+* ``cpu`` — CPU seconds per request: λ_cpu = (100 − a) / b, with a (idle CPU %) and b
+  (CPU % per req/s) fitted by least squares; cpu_usage is read as a percentage of the
+  CPU the service may use (its limit), so 100% is saturation.
+* ``mean_latency`` (when the optional ``request_latency_mean_ms`` metric is present) —
+  the wall-clock service time S from T(λ) = S + k·E[W](λ; c/S, c) (Erlang C mean wait),
+  K = c/S. It catches what the CPU law misses (workers blocked on I/O, CPU contention),
+  and k measures the service-time variability (0.5 constant … 1 exponential), which then
+  scales the waiting-time percentiles (Allen–Cunneen).
+* ``latency`` — the latency percentile fitted to L(λ) = L0 + k·W_p(λ; K), W_p the M/M/c
+  waiting-time quantile. A flat curve only bounds K from below and gives no candidate.
+
+With none of them (no load variation), the service time is taken from the latency
+percentile at low load under M/M/c and the fit says it is not trustworthy.
 
 Projections at any arrival rate follow from the fitted parameters: CPU from the
-utilisation law, latency from the queueing curve, errors from their fitted trend
-plus the share of traffic above capacity, memory from its own fitted load slope
-on top of its forecast.
+utilisation law, latency from the queueing curve, errors from their fitted trend plus
+the share of traffic above capacity, memory from its own fitted load slope on top of
+its forecast.
 
-The fit is *not trustworthy* (and the simulation widens its bounds) when there is
-too little history, too little load variation to separate idle CPU from per-request
-CPU, a CPU slope that is not clearly positive, no throughput metric at all, or when
-the capacity lies far beyond anything observed (pure extrapolation).
+The fit is *not trustworthy* (and the simulation widens its bounds) when there is too
+little history, too little load variation, the winning route is poorly determined (a
+CPU slope that is not clearly positive, a wide service-time interval), there is no
+throughput metric at all, or the capacity lies far beyond anything observed
+(extrapolation).
 
-Everything here is pure and vectorised: parameters may be arrays of Monte Carlo
-draws and rates may be (draws × grid) arrays.
+Everything here is pure and vectorised: parameters may be arrays of Monte Carlo draws
+and rates may be (draws × grid) arrays.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ F64 = NDArray[np.float64]
 CPU = "cpu_usage"
 MEMORY = "memory_usage"
 LATENCY = "request_latency_ms"
+#: Optional: mean latency (e.g. rate(..._sum) / rate(..._count) of the same histogram), in ms.
+MEAN_LATENCY = "request_latency_mean_ms"
 ERRORS = "error_rate"
 
 #: Minimum aligned samples for a fit we call trustworthy.
@@ -54,6 +63,9 @@ MIN_SLOPE_T = 4.0
 MAX_EXTRAPOLATION = 10.0
 #: Samples at the end of a series that define "now" (median, robust to one odd scrape).
 NOW_SAMPLES = 5
+#: Service-time variability (waiting time relative to M/M/c) assumed when the data does not tell:
+#: from constant service times (M/D/c, 0.5) to twice as variable as exponential (1.5).
+VARIABILITY_PRIOR = (0.5, 1.5)
 #: Up to this many servers Erlang B is computed by its recursion (exact, cheap); above, by gamma functions.
 RECURSION_SERVERS = 32
 
@@ -144,7 +156,8 @@ class LatencyFit:
     resid_sd: float
 
 
-def fit_latency_curve(rate: F64, latency_ms: F64, servers: int, p: float) -> LatencyFit | None:
+def fit_latency_curve(rate: F64, latency_ms: F64, servers: int, p: float,
+                      variability: float = 1.0) -> LatencyFit | None:
     """Profile least squares of L = L0 + W_p(λ; K) over a geometric grid of capacities K.
 
     L0 is profiled out (mean residual) for every K, so the only search is 1-D; the
@@ -157,7 +170,7 @@ def fit_latency_curve(rate: F64, latency_ms: F64, servers: int, p: float) -> Lat
         return None
     top = float(np.max(rate))
     grid = top * np.geomspace(1.005, 200.0, 400)
-    w_ms = 1000.0 * wait_quantile_s(rate[None, :], grid[:, None], float(servers), p)
+    w_ms = 1000.0 * wait_quantile_s(rate[None, :], grid[:, None], float(servers), p, variability)
     resid = latency_ms[None, :] - w_ms
     base = resid.mean(axis=1)
     sse = ((resid - base[:, None]) ** 2).sum(axis=1)
@@ -169,6 +182,60 @@ def fit_latency_curve(rate: F64, latency_ms: F64, servers: int, p: float) -> Lat
     hi = math.inf if inside[-1] >= grid.size - 1 else float(grid[inside[-1]])
     cap = math.inf if math.isinf(hi) else float(grid[best])
     return LatencyFit(cap, lo, hi, float(base[best]), math.sqrt(sse_min / max(n - 2, 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class MeanLatencyFit:
+    """Service time (and its variability) from the mean latency: T(λ) = S + k·E[W](λ; c/S, c)."""
+
+    service_s: float
+    service_low: float
+    service_high: float
+    variability: float
+    variability_low: float
+    variability_high: float
+    resid_sd: float
+
+    @property
+    def capacity_log_sd(self) -> float:
+        return max(math.log(self.service_high / self.service_low) / (2 * 1.96), 0.01)
+
+
+def fit_mean_latency(rate: F64, mean_ms: F64, servers: int) -> MeanLatencyFit | None:
+    """Least squares over a grid of service times S and variabilities k, with profile intervals.
+
+    The mean latency is the route to the service rate that does not depend on the shape of
+    the service-time distribution: at low load it *is* the (wall-clock) service time, and
+    how fast it rises with load measures k — 0.5 for constant service times (M/D/c), 1 for
+    exponential ones (M/M/c) — which then scales the waiting-time percentiles.
+    """
+    n = int(rate.size)
+    ok = np.isfinite(rate) & np.isfinite(mean_ms) & (rate > 0) & (mean_ms > 0)
+    lam, t = rate[ok], mean_ms[ok] / 1000.0
+    n = int(lam.size)
+    if n < 5:
+        return None
+    base = float(np.quantile(t, 0.1))
+    s_grid = base * np.geomspace(0.2, 1.2, 160)
+    k_grid = np.linspace(0.1, 2.5, 25)
+    cap = servers / s_grid                                            # (S,)
+    stable = cap > float(np.max(lam)) * 1.001
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pw = erlang_c(float(servers), lam[None, :] * s_grid[:, None])  # (S, n)
+        wait = np.where(lam[None, :] < cap[:, None], pw / (cap[:, None] - lam[None, :]), np.inf)
+    model = s_grid[:, None, None] + k_grid[None, :, None] * wait[:, None, :]   # (S, k, n)
+    sse = ((t[None, None, :] - model) ** 2).sum(axis=2)
+    sse[~stable, :] = np.inf
+    if not np.isfinite(sse).any():
+        return None
+    i, j = np.unravel_index(int(np.argmin(sse)), sse.shape)
+    sse_min = float(sse[i, j])
+    bound = sse_min * (1.0 + 3.84 / max(n - 2, 1)) + 1e-18
+    s_in = np.flatnonzero(sse.min(axis=1) <= bound)
+    k_in = np.flatnonzero(sse.min(axis=0) <= bound)
+    return MeanLatencyFit(float(s_grid[i]), float(s_grid[s_in[0]]), float(s_grid[s_in[-1]]),
+                          float(k_grid[j]), float(k_grid[k_in[0]]), float(k_grid[k_in[-1]]),
+                          1000.0 * math.sqrt(sse_min / max(n - 2, 1)))
 
 
 def _now(values: F64) -> float:
@@ -196,7 +263,8 @@ class CapacityFit:
     """Fitted parameters (point values and their uncertainty) of one twin's capacity model.
 
     Rates are in req/s when ``has_rate``; otherwise in units of the current load (1.0 = now)
-    and the fit is the first model: utilisation scales with traffic.
+    and the fit is the first model: utilisation scales with traffic. ``candidates`` holds
+    every route's capacity and log-sd; the smallest is ``capacity`` (the bottleneck).
     """
 
     has_rate: bool
@@ -204,19 +272,17 @@ class CapacityFit:
     servers: int
     quantile: float
     capacity: float                 # K = c·μ, requests/s the pool can serve
-    capacity_log_sd: float          # lognormal spread of K for Monte Carlo
+    capacity_source: str            # "cpu", "mean_latency", "latency" or "assumed"
+    candidates: Mapping[str, tuple[float, float]]   # route -> (capacity, log sd)
     capacity_floor: float           # K can not be below what was served with a stable queue
-    capacity_source: str            # "cpu", "latency", "cpu+latency" or "assumed"
+    variability: float              # k: waiting time relative to M/M/c (0.5 M/D/c … 1 M/M/c)
+    variability_range: tuple[float, float]
     cpu_idle: float                 # a (%)
     cpu_slope: float                # b (% per unit rate)
     cpu_cov: tuple[tuple[float, float], tuple[float, float]]
     has_cpu: bool
-    latency_base_ms: float          # L0
-    latency_base_sd: float
-    has_latency: bool
     error_base: float
     error_slope: float
-    error_sd: float
     memory_slope: float
     memory_slope_sd: float
     now: Mapping[str, float]        # current level of every metric
@@ -242,16 +308,18 @@ class CapacityFit:
             "servers": self.servers,
             "capacity": num(self.capacity),
             "capacity_source": self.capacity_source,
+            "capacity_by_route": {k: num(v[0]) for k, v in self.candidates.items()},
             "service_time_ms": num(1000.0 * self.servers / self.capacity) if self.capacity > 0 else None,
+            "variability": num(self.variability, 3),
+            "variability_range": [num(self.variability_range[0], 3), num(self.variability_range[1], 3)],
             "cpu_idle_pct": num(self.cpu_idle) if self.has_cpu else None,
             "cpu_pct_per_unit_rate": num(self.cpu_slope, 6) if self.has_cpu else None,
-            "latency_base_ms": num(self.latency_base_ms) if self.has_latency else None,
             "latency_quantile": self.quantile,
             "error_base": num(self.error_base, 6),
             "memory_pct_per_unit_rate": num(self.memory_slope, 6),
             "samples": self.samples,
             "observed_rate_range": [num(self.rate_range[0]), num(self.rate_range[1])],
-            **{k: v for k, v in self.extra.items()},
+            **dict(self.extra.items()),
         }
 
 
@@ -274,34 +342,31 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
 
     now = {name: _now(series(name)[1]) for name in values if series(name)[1].size}
     cpu_now = now.get(CPU, math.nan)
-    lat_now = now.get(LATENCY, math.nan)
     err_now = max(now.get(ERRORS, 0.0), 0.0)
     has_cpu = math.isfinite(cpu_now)
-    has_latency = math.isfinite(lat_now)
 
     rt, rv = series(rate_metric)
     rate_now = now.get(rate_metric, math.nan)
     if rv.size == 0 or not math.isfinite(rate_now) or rate_now <= 0:
-        return _first_model(servers, quantile, now, cpu_now, lat_now, err_now, reasons)
+        return _first_model(servers, quantile, now, cpu_now, err_now, reasons)
 
     lam = np.maximum(rv, 0.0)
-    cols = {name: _align(rt, *series(name)) for name in (CPU, LATENCY, ERRORS, MEMORY) if name in values}
+    cols = {name: _align(rt, *series(name)) for name in (CPU, LATENCY, MEAN_LATENCY, ERRORS, MEMORY)
+            if name in values}
     n = int(lam.size)
     cv = float(np.std(lam) / np.mean(lam)) if np.mean(lam) > 0 else 0.0
-    lam_hi = float(np.quantile(lam, 0.9))
     rate_range = (float(np.min(lam)), float(np.max(lam)))
     if n < MIN_SAMPLES:
         reasons.append(f"only {n} samples of {rate_metric} (need {MIN_SAMPLES})")
     if cv < MIN_LOAD_CV:
         reasons.append(f"too little load variation (coefficient of variation {cv:.2f} < {MIN_LOAD_CV})")
-
     extra: dict[str, Any] = {"load_cv": round(cv, 4)}
+    candidates: dict[str, tuple[float, float]] = {}
+    weak: set[str] = set()
+
     # CPU: the utilisation law.
-    a, b = 0.0, math.nan
+    a, b = 0.0, 0.0
     cpu_cov = ((0.0, 0.0), (0.0, 0.0))
-    k_cpu = math.inf
-    k_cpu_sd = math.inf
-    cpu_fit: LinearFit | None = None
     if has_cpu:
         y = cols[CPU]
         ok = np.isfinite(y)
@@ -310,101 +375,107 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
             a, b, cpu_cov = max(cpu_fit.intercept, 0.0), cpu_fit.slope, cpu_fit.cov
             if cpu_fit.slope_t < MIN_SLOPE_T:
                 reasons.append(f"CPU per request poorly determined (t = {cpu_fit.slope_t:.1f})")
+                weak.add("cpu")
         else:
             if cpu_fit is not None:
                 reasons.append("CPU does not rise clearly with load: assuming CPU proportional to load")
             # proportional: all CPU is load-driven (conservative: the lowest capacity)
             a, b = 0.0, max(cpu_now, 1e-6) / rate_now
             cpu_cov = ((0.0, 0.0), (0.0, (0.5 * b) ** 2))
-            cpu_fit = None
+            weak.add("cpu")
         k_cpu = (100.0 - a) / b
-        # delta method for K = (100 − a)/b
-        grad = np.array([-1.0 / b, -(100.0 - a) / b**2])
-        var = float(grad @ np.array(cpu_cov) @ grad)
-        k_cpu_sd = math.sqrt(max(var, 0.0)) / k_cpu if k_cpu > 0 else math.inf
+        grad = np.array([-1.0 / b, -(100.0 - a) / b**2])               # delta method for (100 − a)/b
+        sd = math.sqrt(max(float(grad @ np.array(cpu_cov) @ grad), 0.0)) / k_cpu
+        candidates["cpu"] = (k_cpu, sd)
         extra["cpu_slope_t"] = round(cpu_fit.slope_t, 2) if cpu_fit is not None else None
 
-    # Latency: the queueing curve.
-    lat_fit: LatencyFit | None = None
-    l0, l0_sd = (lat_now if has_latency else math.nan), 0.0
-    if has_latency:
+    # Mean latency: the wall-clock service time and its variability.
+    variability, var_range = 1.0, VARIABILITY_PRIOR
+    if MEAN_LATENCY in cols:
+        y = cols[MEAN_LATENCY]
+        ok = np.isfinite(y) & (lam > 0)
+        mf = fit_mean_latency(lam[ok], y[ok], servers) if ok.sum() >= 5 and cv >= MIN_LOAD_CV / 2 else None
+        if mf is not None:
+            candidates["mean_latency"] = (servers / mf.service_s, mf.capacity_log_sd)
+            if mf.capacity_log_sd > 0.25:
+                weak.add("mean_latency")
+            if mf.variability_high - mf.variability_low < 1.0:
+                variability, var_range = mf.variability, (mf.variability_low, mf.variability_high)
+            extra["service_time_interval_ms"] = [round(1000 * mf.service_low, 3), round(1000 * mf.service_high, 3)]
+        elif ok.any():
+            s = float(np.quantile(y[ok], 0.1)) / 1000.0
+            if s > 0:
+                candidates["mean_latency"] = (servers / s, 0.3)
+                weak.add("mean_latency")
+
+    # Latency percentile: the queueing curve.
+    if LATENCY in cols:
         y = cols[LATENCY]
         ok = np.isfinite(y) & (lam > 0)
-        lat_fit = fit_latency_curve(lam[ok], y[ok], servers, quantile) if ok.sum() >= 5 else None
-        if lat_fit is not None:
-            l0, l0_sd = lat_fit.base_ms, lat_fit.resid_sd / math.sqrt(max(int(ok.sum()), 1))
-            high = None if math.isinf(lat_fit.high) else round(lat_fit.high, 4)
-            extra["latency_capacity_interval"] = [round(lat_fit.low, 4), high]
-        else:
-            l0_sd = 0.25 * l0
+        lf = fit_latency_curve(lam[ok], y[ok], servers, quantile, variability) if ok.sum() >= 5 else None
+        if lf is not None:
+            hi = None if math.isinf(lf.high) else round(lf.high, 4)
+            extra["latency_capacity_interval"] = [round(lf.low, 4), hi]
+            if math.isfinite(lf.capacity):
+                sd = max(math.log(lf.high / max(lf.low, 1e-12)) / (2 * 1.96), 0.02)
+                candidates["latency"] = (lf.capacity, sd)
 
-    # Combine: the tighter bound is the capacity.
-    floor = lam_hi
-    k_lat = lat_fit.capacity if lat_fit is not None else math.inf
-    if math.isfinite(k_cpu) and k_cpu <= k_lat:
-        capacity, source, log_sd = k_cpu, "cpu", k_cpu_sd
-        if lat_fit is not None and math.isfinite(lat_fit.high) and lat_fit.high < k_cpu * 1.2:
-            source = "cpu+latency"
-    elif math.isfinite(k_lat) and lat_fit is not None:
-        capacity, source = k_lat, "latency"
-        hi = lat_fit.high if math.isfinite(lat_fit.high) else 2.0 * k_lat
-        log_sd = max(math.log(hi / max(lat_fit.low, 1e-12)) / (2 * 1.96), 0.02)
+    floor = float(np.quantile(lam, 0.9))
+    if candidates:
+        source = min(candidates, key=lambda k: candidates[k][0])
+        capacity = candidates[source][0]
     else:
-        # Neither bent: take the M/M/c service time from latency at low load, c·μ = c·ln(1/(1−p))/L0.
+        # Nothing bends: the M/M/c service time from the latency percentile at low load, c·ln(1/(1−p))/L0.
         source = "assumed"
-        if has_latency and l0 > 0:
-            capacity = servers * 1000.0 * math.log(1.0 / (1.0 - quantile)) / l0
+        lat_now = now.get(LATENCY, math.nan)
+        if math.isfinite(lat_now) and lat_now > 0:
+            capacity = servers * 1000.0 * math.log(1.0 / (1.0 - quantile)) / lat_now
         else:
             capacity = rate_now / 0.3
         capacity = max(capacity, floor * 1.05)
-        log_sd = 0.7
+        candidates["assumed"] = (capacity, 0.7)
         reasons.append("neither CPU nor latency reveals the capacity: assumed from latency at low load")
     if capacity < floor:
         capacity = floor * 1.02
     extrap = capacity / max(rate_range[1], 1e-12)
     if extrap > MAX_EXTRAPOLATION:
         reasons.append(f"capacity {extrap:.0f}x beyond the highest observed load: extrapolation")
+    if source in weak and not any(r.startswith("CPU") for r in reasons):
+        reasons.append(f"the {source.replace('_', ' ')} route is poorly determined")
     extra["extrapolation"] = round(extrap, 3)
 
     # Errors and memory: linear trends in load, used only where they are clear.
-    err_base, err_slope, err_sd = err_now, 0.0, 0.0
+    err_slope = 0.0
     if ERRORS in cols:
         y = cols[ERRORS]
         ok = np.isfinite(y)
         ef = fit_line(lam[ok], y[ok])
-        if ef is not None:
-            err_sd = ef.resid_sd
-            if ef.slope_t >= 3.0:
-                err_slope = ef.slope
+        if ef is not None and ef.slope_t >= 3.0:
+            err_slope = ef.slope
     mem_slope, mem_sd = 0.0, 0.0
     if MEMORY in cols:
         y = cols[MEMORY]
         ok = np.isfinite(y)
-        mf = fit_line(lam[ok], y[ok])
-        if mf is not None and abs(mf.slope_t) >= 3.0:
-            mem_slope, mem_sd = mf.slope, math.sqrt(max(mf.cov[1][1], 0.0))
+        mfit = fit_line(lam[ok], y[ok])
+        if mfit is not None and abs(mfit.slope_t) >= 3.0:
+            mem_slope, mem_sd = mfit.slope, math.sqrt(max(mfit.cov[1][1], 0.0))
 
-    trustworthy = (n >= MIN_SAMPLES and cv >= MIN_LOAD_CV and source != "assumed"
+    trustworthy = (n >= MIN_SAMPLES and cv >= MIN_LOAD_CV and source not in weak and source != "assumed"
                    and extrap <= MAX_EXTRAPOLATION)
-    if has_cpu and (cpu_fit is None or cpu_fit.slope_t < MIN_SLOPE_T) and source == "cpu":
-        trustworthy = False
     return CapacityFit(
-        has_rate=True, rate_now=rate_now, servers=servers, quantile=quantile,
-        capacity=capacity, capacity_log_sd=float(min(log_sd, 1.0)), capacity_floor=floor,
-        capacity_source=source, cpu_idle=a, cpu_slope=b if has_cpu else 0.0, cpu_cov=cpu_cov,
-        has_cpu=has_cpu, latency_base_ms=float(l0) if has_latency else 0.0, latency_base_sd=float(l0_sd),
-        has_latency=has_latency, error_base=err_base, error_slope=err_slope, error_sd=err_sd,
-        memory_slope=mem_slope, memory_slope_sd=mem_sd, now=now, trustworthy=trustworthy,
-        reasons=tuple(reasons), samples=n, rate_range=rate_range, extra=extra,
+        has_rate=True, rate_now=rate_now, servers=servers, quantile=quantile, capacity=capacity,
+        capacity_source=source, candidates=candidates, capacity_floor=floor, variability=variability,
+        variability_range=var_range, cpu_idle=a, cpu_slope=b, cpu_cov=cpu_cov, has_cpu=has_cpu,
+        error_base=err_now, error_slope=err_slope, memory_slope=mem_slope, memory_slope_sd=mem_sd, now=now,
+        trustworthy=trustworthy, reasons=tuple(reasons), samples=n, rate_range=rate_range, extra=extra,
     )
 
 
-def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_now: float, lat_now: float,
-                 err_now: float, reasons: list[str]) -> CapacityFit:
+def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_now: float, err_now: float,
+                 reasons: list[str]) -> CapacityFit:
     """No throughput metric: utilisation scales with traffic, rates in units of the current load."""
     reasons = [*reasons, "no request rate observed: utilisation assumed proportional to traffic"]
     has_cpu = math.isfinite(cpu_now)
-    has_latency = math.isfinite(lat_now)
     if has_cpu and cpu_now > 0:
         capacity, source = 100.0 / cpu_now, "cpu"
     else:
@@ -412,12 +483,10 @@ def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_no
     capacity = max(capacity, 1.02)
     return CapacityFit(
         has_rate=False, rate_now=1.0, servers=servers, quantile=quantile, capacity=capacity,
-        capacity_log_sd=0.5, capacity_floor=1.0, capacity_source=source,
+        capacity_source=source, candidates={source: (capacity, 0.5)}, capacity_floor=1.0,
+        variability=1.0, variability_range=VARIABILITY_PRIOR,
         cpu_idle=0.0, cpu_slope=cpu_now if has_cpu else 0.0,
         cpu_cov=((0.0, 0.0), (0.0, (0.3 * cpu_now) ** 2 if has_cpu else 0.0)), has_cpu=has_cpu,
-        latency_base_ms=lat_now if has_latency else 0.0,
-        latency_base_sd=0.25 * lat_now if has_latency else 0.0,
-        has_latency=has_latency, error_base=err_now, error_slope=0.0, error_sd=0.0,
-        memory_slope=0.0, memory_slope_sd=0.0, now=now, trustworthy=False, reasons=tuple(reasons),
-        samples=0, rate_range=(1.0, 1.0),
+        error_base=err_now, error_slope=0.0, memory_slope=0.0, memory_slope_sd=0.0, now=now,
+        trustworthy=False, reasons=tuple(reasons), samples=0, rate_range=(1.0, 1.0),
     )

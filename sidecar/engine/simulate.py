@@ -45,8 +45,6 @@ STRUCTURAL_SD = 0.06
 STRUCTURAL_SD_UNTRUSTED = 0.25
 #: How much wider the parameter uncertainty is drawn when the fit is not trustworthy.
 UNTRUSTED_WIDEN = 2.5
-#: Service-time variability relative to M/M/c (Allen–Cunneen (1 + Cs²)/2): M/D/c … Cs² = 2.
-VARIABILITY = (0.5, 1.5)
 #: Interval reported for projections and breaking points.
 INTERVAL = (0.05, 0.95)
 #: Points of the time grid and of the multiplier grid.
@@ -264,31 +262,35 @@ class Draws:
 
 
 def draw(fit: CapacityFit, metrics: tuple[str, ...], rng: np.random.Generator, n: int = DRAWS) -> Draws:
-    """Sample the fit's uncertainty; capacity and CPU law are drawn jointly so they stay consistent."""
+    """Sample the fit's uncertainty: every capacity route is drawn and the smallest wins per draw.
+
+    The CPU route is drawn through (a, b) jointly, so capacity and projected CPU stay consistent.
+    """
     widen = 1.0 if fit.trustworthy else UNTRUSTED_WIDEN
     structural = STRUCTURAL_SD if fit.trustworthy else STRUCTURAL_SD_UNTRUSTED
     s = n + 1
-    if fit.has_cpu and fit.capacity_source.startswith("cpu"):
-        cov = np.asarray(fit.cpu_cov) * widen**2
-        ab = rng.multivariate_normal([fit.cpu_idle, fit.cpu_slope], cov, size=s, method="eigh")
-        ab[0] = (fit.cpu_idle, fit.cpu_slope)
-        a = np.clip(ab[:, 0], 0.0, 99.0)
-        b = np.maximum(ab[:, 1], fit.cpu_slope * 0.05)
-        cap = (100.0 - a) / b
-        cap *= fit.capacity / cap[0]            # keep draw 0 exactly on the combined point estimate
-    else:
-        cap = fit.capacity * np.exp(rng.normal(0.0, fit.capacity_log_sd * widen, s))
-        cap[0] = fit.capacity
-        b = np.full(s, fit.cpu_slope)
-        if fit.has_cpu:
-            sd = math.sqrt(max(fit.cpu_cov[1][1], 0.0)) * widen
-            b = np.maximum(fit.cpu_slope + rng.normal(0.0, sd, s), fit.cpu_slope * 0.05)
+    b = np.full(s, fit.cpu_slope)
+    routes: list[F64] = []
+    for name, (k, sd) in fit.candidates.items():
+        if name == "cpu" and fit.has_rate:
+            cov = np.asarray(fit.cpu_cov) * widen**2
+            ab = rng.multivariate_normal([fit.cpu_idle, fit.cpu_slope], cov, size=s, method="eigh")
+            a_s = np.clip(ab[:, 0], 0.0, 99.0)
+            b = np.maximum(ab[:, 1], fit.cpu_slope * 0.05)
             b[0] = fit.cpu_slope
-    factor = np.exp(rng.normal(0.0, structural, s))
-    factor[0] = 1.0
-    cap = np.maximum(cap * factor, fit.capacity_floor)
-    variability = rng.uniform(*VARIABILITY, s)
-    variability[0] = 1.0
+            routes.append((100.0 - a_s) / b * (k / ((100.0 - fit.cpu_idle) / fit.cpu_slope)))
+        else:
+            routes.append(k * np.exp(rng.normal(0.0, sd * widen, s)))
+    cap = np.min(np.vstack(routes), axis=0)
+    cap *= np.exp(rng.normal(0.0, structural, s))
+    cap[0] = fit.capacity
+    cap = np.maximum(cap, fit.capacity_floor)
+    if fit.has_cpu and not fit.has_rate:
+        sd = math.sqrt(max(fit.cpu_cov[1][1], 0.0)) * widen
+        b = np.maximum(fit.cpu_slope + rng.normal(0.0, sd, s), fit.cpu_slope * 0.05)
+        b[0] = fit.cpu_slope
+    variability = rng.uniform(*fit.variability_range, s)
+    variability[0] = fit.variability
     err_slope = np.full(s, fit.error_slope)
     mem_slope = fit.memory_slope + rng.normal(0.0, fit.memory_slope_sd * widen, s)
     mem_slope[0] = fit.memory_slope
