@@ -277,3 +277,10 @@ def test_a_view_whose_arrays_disagree_loses_that_family_not_the_scrape(
     assert not [k for k in got if k[0] == "twin_anomaly_score"]
     assert [k for k in got if k[0] == "twin_forecast"]
     assert "twin_anomaly_score" in caplog.text
+
+
+def test_help_texts_need_no_escaping() -> None:
+    """Array families are rendered once for both formats; OpenMetrics would need '"' escaped in HELP."""
+    for spec in EXPORTED_METRICS:
+        assert not set(spec.help) & {'"', "\\", "\n"}, spec.name
+        assert spec.help and spec.name == spec.name.lower()
