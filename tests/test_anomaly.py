@@ -75,12 +75,12 @@ def test_variance_increase_detected() -> None:
 def test_forecaster_expectation_is_used_when_given() -> None:
     # a series following a steep known ramp: the own baseline lags, the forecaster does not
     n = 600
-    ramp = np.linspace(0.0, 600.0, n)[:, None] + _noise(n, 1, seed=4) - 50.0
-    bank = AnomalyBank()
+    ramp = np.linspace(0.0, 100.0, n)[:, None] + _noise(n, 1, seed=4) - 50.0
+    bank = AnomalyBank(use_forecast=True)
     idx = bank.add(1)
     jump = ramp.copy()
     jump[500, 0] += 30.0
-    scores = _stream(bank, idx, jump, expected=np.linspace(0.0, 600.0, n)[:, None],
+    scores = _stream(bank, idx, jump, expected=np.linspace(0.0, 100.0, n)[:, None],
                      scale=np.full((n, 1), 2.0))[:, 0]
     assert scores[500] >= 0.99
 
@@ -144,6 +144,39 @@ def test_update_touches_only_listed_series() -> None:
     for key in before:
         np.testing.assert_array_equal(after[key][[0, 2]], before[key][[0, 2]])
     assert after["count"][1] == before["count"][1] + 1
+
+
+def test_state_from_a_differently_configured_bank_is_refused() -> None:
+    a = AnomalyBank()
+    a.add(2)
+    with pytest.raises(ValueError):
+        AnomalyBank(use_forecast=True).load_state_dict(a.state_dict())
+
+
+def test_repeats_of_an_incident_are_damped_but_a_worse_moment_comes_through() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    values = _noise(1200, 1, seed=6)
+    values[900, 0] += 30.0
+    values[905, 0] += 30.0  # the same incident again: not news
+    values[910, 0] += 300.0  # far worse than its peak: news
+    scores = _stream(bank, idx, values)[:, 0]
+    assert scores[900] >= 0.99
+    assert scores[905] < 0.99 * scores[900]
+    assert scores[910] >= 0.99
+
+
+def test_noncontiguous_and_contiguous_updates_agree() -> None:
+    values = _noise(300, 4, seed=7)
+    a, b = AnomalyBank(), AnomalyBank()
+    ia, ib = a.add(4), b.add(4)
+    nan = np.full(4, np.nan)
+    order = np.array([2, 0, 3, 1])
+    for i in range(300):
+        t = np.full(4, 1.7e9 + 60.0 * i)
+        sa = a.update(ia, t, values[i], nan, nan, nan, nan)
+        sb = b.update(ib[order], t, values[i][order], nan, nan, nan, nan)
+        np.testing.assert_allclose(sb, sa[order], rtol=0, atol=1e-12)
 
 
 def test_negative_add_is_rejected() -> None:

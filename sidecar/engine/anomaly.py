@@ -1,21 +1,29 @@
-"""Anomaly scores for many series at once: how surprising each new sample is.
+"""Anomaly scores for many series at once: how surprising each new sample is for *its* series.
 
-The score of a sample is ``1 - p`` where ``p`` is the tail probability of the
-recent surprise given how surprising this series usually is: a value of 0.999
-means "behaviour this unusual happens about once in a thousand samples for this
-series". Three steps, all O(1) per sample and vectorised across series:
+The score of a sample is ``1 - p``, where ``p`` estimates how often this series has
+behaved at least this unusually: 0.999 reads "about one sample in a thousand of this
+series looks like this". All work is O(1) per sample (plus a fixed 25-bin histogram per
+feature) and vectorised across series; memory per series is fixed.
 
-1. **Surprise.** Each value is compared with a robust running location and
-   scale of the series (Huber-clipped exponentially weighted mean and mean
-   absolute deviation, so one outlier cannot drag the baseline), and, when the
-   forecaster supplies one, with its expectation and scale. The larger of the
-   two normalised errors is the raw surprise ``z``.
-2. **Likelihood.** A short average of the raw surprises is compared with their
-   long-run mean and spread (Numenta's "anomaly likelihood"): a series that is
-   always noisy stops scoring high for its normal noise, and a sustained change
-   in level or variance scores high even when each sample alone is unremarkable.
-3. **Suppression.** Right after a detection the score is held down for a
-   while, so one incident raises one alert, not a burst.
+1. **Robust baseline.** A Huber-clipped exponentially weighted mean and mean absolute
+   deviation over about ``baseline_samples`` samples (one outlier moves it by at most
+   ``clip`` scales, so a spike cannot drag the baseline with it). The scale never falls
+   below ``scale_floor`` times the series' typical magnitude: a near-constant series
+   would otherwise call every tiny wobble infinitely surprising.
+2. **Features**, each a non-negative surprise measured in baseline scales: the value
+   itself (spikes, dips), the mean of the last ``short_samples`` samples (a shift in
+   level), and the log-ratio of their spread to the baseline's (a change in variance).
+   With ``use_forecast`` the engine's one-step forecast error is a fourth feature.
+3. **Calibration per series.** Each feature's own history is kept in a decayed histogram
+   (memory about ``memory_samples``), so ``p`` is an empirical tail probability: a noisy
+   or spiky series learns that big surprises are normal *for it*. Beyond what the series
+   has shown, a heavy (power-law) tail with the weight of ``prior_weight`` samples takes
+   over, so a value far outside anything seen still scores near 1. The smallest ``p`` of
+   the features, times their number (Bonferroni), is the sample's ``p``.
+4. **One alert per incident.** After a score reaches ``alert_level``, for
+   ``quiet_samples`` samples only a sample more surprising than the incident's peak keeps
+   its score; the others are halved. Repeats of an alert already raised are noise to an
+   on-call engineer, and the next genuinely worse moment still comes through.
 """
 
 from __future__ import annotations
@@ -24,14 +32,24 @@ from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import ndtr
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 _A = TypeVar("_A", NDArray[np.float64], NDArray[np.int64])
 
-_FIELDS_F = ("loc", "dev", "zshort", "zmean", "zvar", "last_t", "quiet_until")
-_FIELDS_I = ("count",)
+# Bin lower edges of the per-feature histograms, in baseline scales: half a scale wide where
+# typical surprises live, logarithmic out to 10^4 for the rare ones.
+EDGES = np.concatenate([np.linspace(0.0, 4.0, 9), np.geomspace(5.0, 1e4, 16)])
+_NB = EDGES.size
+_WIDTH = np.append(np.diff(EDGES), np.inf)
+_COLS = np.arange(_NB + 1)
+_FEATURES = ("value", "level", "spread", "forecast")
+_RENORM = 1e150  # lazy-decay growth factor at which a series' histograms are rescaled
+_MAX_SURPRISE = 1e5
+_P_FLOOR = 1e-12
+_MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
+
+_SCALARS = ("loc", "dev", "absm", "ms", "vs", "grow", "quiet", "peak")
 
 
 class AnomalyBank:
@@ -45,18 +63,30 @@ class AnomalyBank:
     (2,)
     """
 
-    def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0,
-                 short_samples: float = 6.0, warmup: int = 12,
-                 alert_level: float = 0.999, quiet_samples: float = 288.0) -> None:
+    def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0, short_samples: float = 12.0,
+                 memory_samples: float = 2000.0, prior_weight: float = 20.0, prior_tail_power: float = 2.0,
+                 scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
+                 quiet_samples: int = 300, use_forecast: bool = False) -> None:
         self._cap = max(int(capacity), 1)
         self._n = 0
-        self._a_long = 1.0 / baseline_samples
+        self._a_base = 1.0 / baseline_samples
         self._a_short = 1.0 / short_samples
+        self._keep = 1.0 - 1.0 / memory_samples
+        self._prior = prior_weight
+        self._beta = prior_tail_power
+        self._floor = scale_floor
+        self._clip = clip
         self._warmup = warmup
         self._alert = alert_level
         self._quiet = quiet_samples
-        self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _FIELDS_F}
-        self._i: dict[str, I64] = {k: np.zeros(self._cap, dtype=np.int64) for k in _FIELDS_I}
+        self._nf = 4 if use_forecast else 3
+        # the level feature's mean of ``short_samples`` has a spread sqrt((2 - a) / a) times smaller
+        self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
+        self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
+        self._i: dict[str, I64] = {"count": np.zeros(self._cap, dtype=np.int64)}
+        # suffix sums of each feature's histogram (column j = mass in bins >= j), times "grow"
+        self._hist = np.zeros((self._cap, self._nf, _NB + 1))
+        self._tot = np.zeros((self._cap, self._nf))
 
     @property
     def size(self) -> int:
@@ -71,7 +101,11 @@ class AnomalyBank:
             cap = max(need, 2 * self._cap)
             self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
             self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
-            self._cap = cap
+            hist = np.zeros((cap, self._nf, _NB + 1))
+            hist[: self._n] = self._hist[: self._n]
+            tot = np.zeros((cap, self._nf))
+            tot[: self._n] = self._tot[: self._n]
+            self._hist, self._tot, self._cap = hist, tot, cap
         idx = np.arange(self._n, need, dtype=np.int64)
         self._n = need
         self.reset(idx)
@@ -80,80 +114,132 @@ class AnomalyBank:
     def reset(self, idx: I64) -> None:
         """Forget everything about these series (e.g. a metric was redefined)."""
         idx = np.asarray(idx, dtype=np.int64)
-        for k, v in self._f.items():
-            v[idx] = -np.inf if k in ("last_t", "quiet_until") else 0.0
-        for c in self._i.values():
-            c[idx] = 0
+        for v in self._f.values():
+            v[idx] = 0.0
+        self._f["grow"][idx] = 1.0
+        self._i["count"][idx] = 0
+        self._hist[idx] = 0.0
+        self._tot[idx] = 0.0
 
     def update(self, idx: I64, t: F64, y: F64, expected: F64, lower: F64, upper: F64,
                scale: F64) -> F64:
-        """Score one new sample per listed series and learn from it; returns scores in [0, 1]."""
+        """Score one new sample per listed series and learn from it; returns scores in [0, 1].
+
+        ``t`` is not needed (the memory is counted in samples, so the score means the same
+        at any scrape interval); ``lower``/``upper`` are not used: the forecaster's
+        ``scale`` already says how large its errors usually are.
+        """
         idx = np.asarray(idx, dtype=np.int64)
-        t = np.asarray(t, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+        x = np.asarray(y, dtype=np.float64)
         f = self._f
         cnt = self._i["count"][idx]
-        loc, dev = f["loc"][idx], f["dev"][idx]
         first = cnt == 0
-        loc = np.where(first, y, loc)
+        loc = np.where(first, x, f["loc"][idx])
+        ms = np.where(first, x, f["ms"][idx])
+        absm = np.where(first, np.abs(x), f["absm"][idx])
+        dev, vs = f["dev"][idx], f["vs"][idx]
 
-        # 1. raw surprise against own robust baseline and the forecaster's expectation
-        floor = 1e-9 + 1e-6 * np.abs(loc)
-        sigma = np.maximum(1.2533 * dev, floor)
-        z_own = np.abs(y - loc) / sigma
-        with np.errstate(invalid="ignore"):
-            z_fc = np.abs(y - np.asarray(expected)) / np.maximum(np.asarray(scale), floor)
-        z = np.where(np.isfinite(z_fc), np.fmax(z_own, z_fc), z_own)
-        z = np.where(cnt < 2, 0.0, np.minimum(z, 50.0))
+        floor = 1e-12 + self._floor * absm
+        sig = np.maximum(_MAD_TO_SD * dev, floor)
+        err = x - loc
+        ms_new = ms + self._a_short * (x - ms)
+        vs_new = vs + self._a_short * (np.abs(x - ms) - vs)
 
-        # robust baseline update: clip the innovation at 3 sigma before learning
-        err = np.clip(y - loc, -3.0 * sigma, 3.0 * sigma)
-        err = np.where(cnt < 2, y - loc, err)
-        a = np.maximum(self._a_long, 1.0 / (cnt + 1.0))
-        f["loc"][idx] = loc + a * err
-        f["dev"][idx] = dev + a * (np.abs(err) - dev)
+        feats = np.empty((idx.size, self._nf))
+        feats[:, 0] = np.abs(err) / sig
+        feats[:, 1] = np.abs(ms_new - loc) / sig * self._level_gain
+        feats[:, 2] = 2.0 * np.abs(np.log((_MAD_TO_SD * vs_new + floor) / sig))
+        if self._nf == 4:
+            e = np.asarray(expected, dtype=np.float64)
+            s = np.asarray(scale, dtype=np.float64)
+            ok = np.isfinite(e) & np.isfinite(s)
+            fc = np.abs(x - np.where(ok, e, x)) / np.maximum(np.where(ok, s, 1.0), floor)
+            feats[:, 3] = np.where(ok, fc, 0.0)
+        np.minimum(feats, EDGES[-1], out=feats)
 
-        # 2. likelihood of the recent average surprise given its long-run distribution
-        zs = f["zshort"][idx]
-        zs = np.where(first, z, zs + self._a_short * (z - zs))
-        zm, zv = f["zmean"][idx], f["zvar"][idx]
-        zsd = np.sqrt(np.maximum(zv, 1e-4))
-        prob = ndtr((zs - zm) / zsd)
-        d = zs - zm
-        f["zmean"][idx] = zm + a * d
-        f["zvar"][idx] = (1.0 - a) * (zv + a * d * d)
-        f["zshort"][idx] = zs
-        score = np.where(cnt < self._warmup, 0.0, prob)
+        # tail probability of each feature under its own (decayed) history, with a power-law prior
+        rows = _rows(idx)
+        hist, tot, grow = self._hist[rows], self._tot[rows], f["grow"][idx]
+        b = np.clip(np.searchsorted(EDGES, feats, side="right") - 1, 0, _NB - 1)
+        frac = np.clip((feats - EDGES[b]) / _WIDTH[b], 0.0, 1.0)
+        at = np.take_along_axis(hist, b[..., None], axis=2)[..., 0]
+        above = np.take_along_axis(hist, b[..., None] + 1, axis=2)[..., 0]
+        mass = (at - frac * (at - above)) / grow[:, None]
+        prior = self._prior * (1.0 + feats) ** -self._beta
+        p = np.maximum((mass + prior) / (tot / grow[:, None] + self._prior), _P_FLOOR)
+        p_min = np.minimum(p.min(axis=1) * self._nf, 1.0)
 
-        # 3. suppression after a detection
-        quiet = t < f["quiet_until"][idx]
-        fire = (score >= self._alert) & ~quiet
-        score = np.where(quiet, np.minimum(score, self._alert * 0.99), score)
-        f["quiet_until"][idx] = np.where(fire, t + self._quiet * _median_step(f["last_t"][idx], t),
-                                         f["quiet_until"][idx])
-        f["last_t"][idx] = t
+        # then add this sample to the histograms: decay is lazy, every new sample weighs 1/keep
+        # times the one before, and a series is rescaled when the weights grow too large
+        warm = cnt >= self._warmup
+        grow = np.where(warm, grow / self._keep, grow)
+        add = (b[..., None] >= _COLS) & warm[:, None, None]
+        np.add(hist, grow[:, None, None], out=hist, where=add)
+        tot += np.where(warm, grow, 0.0)[:, None]
+        big = np.flatnonzero(grow > _RENORM)
+        if big.size:
+            hist[big] /= grow[big, None, None]
+            tot[big] /= grow[big, None]
+            grow[big] = 1.0
+        if not isinstance(rows, slice):
+            self._hist[idx], self._tot[idx] = hist, tot
+        f["grow"][idx] = grow
+
+        # learn the baseline from the clipped error (unclipped for the first two samples)
+        ee = np.where(cnt >= 2, np.clip(err, -self._clip * sig, self._clip * sig), err)
+        a = np.maximum(self._a_base, 1.0 / (cnt + 1.0))
+        f["loc"][idx] = loc + a * ee
+        f["dev"][idx] = dev + a * (np.abs(ee) - dev)
+        f["absm"][idx] = absm + a * (np.abs(x) - absm)
+        f["ms"][idx] = ms_new
+        f["vs"][idx] = vs_new
         self._i["count"][idx] = cnt + 1
-        return np.clip(score, 0.0, 1.0)
+
+        score = np.where(warm, 1.0 - p_min, 0.0)
+        return self._one_alert_per_incident(idx, score)
+
+    def _one_alert_per_incident(self, idx: I64, score: F64) -> F64:
+        f = self._f
+        quiet, peak = f["quiet"][idx], f["peak"][idx]
+        inside = quiet > 0
+        record = inside & (score > peak)
+        out = np.where(inside & ~record, 0.5 * score, score)
+        start = ~inside & (score >= self._alert)
+        f["peak"][idx] = np.where(record | start, score, peak)
+        f["quiet"][idx] = np.where(start, float(self._quiet), np.maximum(quiet - 1.0, 0.0))
+        return np.clip(out, 0.0, 1.0)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {k: v[: self._n].copy() for k, v in self._f.items()}
-        out.update({k: v[: self._n].copy() for k, v in self._i.items()})
+        n = self._n
+        out: dict[str, np.ndarray] = {k: v[:n].copy() for k, v in self._f.items()}
+        out["count"] = self._i["count"][:n].copy()
+        out["hist"] = self._hist[:n].copy()
+        out["tot"] = self._tot[:n].copy()
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n = len(state["count"])
+        hist = np.asarray(state["hist"], dtype=np.float64)
+        if hist.shape != (n, self._nf, _NB + 1):
+            raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB + 1)}")
         self._cap = max(n, 1)
         self._n = n
-        self._f = {k: np.array(state[k], dtype=np.float64) for k in _FIELDS_F}
-        self._i = {k: np.array(state[k], dtype=np.int64) for k in _FIELDS_I}
+        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
+        self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
+        self._hist = np.zeros((self._cap, self._nf, _NB + 1))
+        self._hist[:n] = hist
+        self._tot = np.zeros((self._cap, self._nf))
+        self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
+
+
+def _rows(idx: I64) -> slice | I64:
+    """A slice when the series are one ascending run (the common full tick): views, no copies."""
+    if idx.size and idx[-1] - idx[0] + 1 == idx.size and (idx.size == 1 or bool(np.all(np.diff(idx) == 1))):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def _grown(v: _A, n: int, cap: int) -> _A:
     out = np.zeros(cap, dtype=v.dtype)
     out[:n] = v[:n]
     return out
-
-
-def _median_step(last_t: F64, t: F64) -> F64:
-    step = t - last_t
-    return np.where(np.isfinite(step) & (step > 0), step, 60.0)
