@@ -68,6 +68,7 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CHUNK = 100    # twins per query when loading
+_ROWS_PER_STATEMENT = 2000   # sample / forecast rows per INSERT (bounds the event-loop time of one encode)
 
 
 def describe_url(url: str) -> str:
@@ -252,18 +253,20 @@ class PostgresStore(Store):
                 "INSERT INTO twin_events (event_id, twin_id, type, severity, message, timestamp, data) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
                 "$6::float8[], $7::jsonb[]) ON CONFLICT (event_id) DO NOTHING", *_columns(batch.events, 7))
-        if samples[0]:
+        # asyncpg encodes parameters on the event loop: in slices, so no single statement stalls it for long
+        for lo in range(0, len(samples[0]), _ROWS_PER_STATEMENT):
             await conn.execute(
                 "INSERT INTO twin_metrics_history (twin_id, timestamp, metric, value) "
                 "SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::float8[]) "
                 "ON CONFLICT DO NOTHING",
-                *samples)
-        if predictions[0]:
+                *(c[lo:lo + _ROWS_PER_STATEMENT] for c in samples))
+        for lo in range(0, len(predictions[0]), _ROWS_PER_STATEMENT):
             await conn.execute(
                 "INSERT INTO twin_failure_predictions (twin_id, made_at, metric, horizon_seconds, predicted, "
                 "lower, upper, failure_probability, risk_factor) "
                 "SELECT * FROM unnest($1::text[], $2::float8[], $3::text[], $4::float8[], $5::float8[], "
-                "$6::float8[], $7::float8[], $8::float8[], $9::text[]) ON CONFLICT DO NOTHING", *predictions)
+                "$6::float8[], $7::float8[], $8::float8[], $9::text[]) ON CONFLICT DO NOTHING",
+                *(c[lo:lo + _ROWS_PER_STATEMENT] for c in predictions))
         return refused
 
     # ------------------------------------------------------------ reading snapshots
