@@ -8,6 +8,7 @@ It reads the clock it is handed, never the system one directly.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from ..errors import InputError, UnknownSnapshotError
 from .core import Engine
 from .history import HistoryStore, verified
 from .records import DigitalTwin, StateHistoryEntry, SystemMetrics, SystemType
+from .view import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,14 @@ class TwinEngine:
     """
 
     def __init__(self, engine: Engine | None = None, *, store: HistoryStore | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, sink: Callable[[Outbox], Any] | None = None) -> None:
+        """``store`` is where older snapshots are looked up. What changed is handed to ``sink``
+        (the service's buffered writer, so a database outage never fails an API call); without
+        a sink it is written to ``store`` directly (library use)."""
         self.engine = engine or Engine()
         self.store = store
         self.clock = clock
+        self.sink = sink
         self._sync_in_progress: set[str] = set()
         self.initialized = False
 
@@ -121,9 +127,14 @@ class TwinEngine:
         return self.engine.list_status()
 
     async def _persist(self) -> None:
-        """With a store attached directly (library use), write what changed; the service instead drains
-        the engine once per round into its buffered writer."""
-        if self.store is not None:
-            outbox = self.engine.drain()
-            if outbox:
-                await self.store.write(outbox)
+        if self.sink is None and self.store is None:
+            return                      # nothing to write to: the outbox waits for whoever drains it
+        outbox = self.engine.drain()
+        if not outbox:
+            return
+        if self.sink is not None:
+            res = self.sink(outbox)
+            if inspect.isawaitable(res):
+                await res
+        elif self.store is not None:
+            await self.store.write(outbox)

@@ -1,0 +1,22 @@
+"""The ring buffer keeps the newest samples, in order, and slots are reused clean."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sidecar.engine.series import SeriesTable
+
+
+def test_ring_keeps_newest_in_order_and_grows() -> None:
+    s = SeriesTable(history_size=4, capacity=1)
+    a, new = s.add("t1", "cpu_usage", 0)
+    b, _ = s.add("t1", "custom", 0)
+    assert new and s.capacity >= 2 and s.add("t1", "cpu_usage", 0) == (a, False)
+    for k in range(6):
+        s.append(np.array([a, b]), np.array([float(k), float(k)]), np.array([10.0 * k, -k]))
+    t, y = s.history(a)
+    assert t.tolist() == [2.0, 3.0, 4.0, 5.0] and y.tolist() == [20.0, 30.0, 40.0, 50.0]
+    assert s.nonneg[a] and not s.nonneg[b]
+    s.remove([a])
+    c, new = s.add("t2", "cpu_usage", 1)
+    assert c == a and new and s.history(c)[0].size == 0 and s.last_t[c] == -np.inf
