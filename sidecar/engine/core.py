@@ -170,9 +170,14 @@ class Engine:
         self._snapshot(twin, "created", at)
         self._outbox.twins.append(twin)
         self.monitor.emit(tid, EventType.TWIN_CREATED, "info", f"twin {name} created", at)
-        self._refresh_view(at)
+        self._touch(at)
         log.info("twin created", extra={"twin": name, "twin_id": tid})
         return twin
+
+    def _touch(self, at: float) -> None:
+        """Something changed outside a tick: rebuild the view when it is next read."""
+        self._last_at = at if not math.isfinite(self._last_at) else max(self._last_at, at)
+        self._dirty = True
 
     def _register(self, twin: DigitalTwin) -> None:
         if self._free_twin_slots:
@@ -196,7 +201,7 @@ class Engine:
         self._twin_slot[twin.twin_id] = slot
 
     def retire_twin(self, twin: str, *, at: float) -> None:
-        t = self.get(twin)
+        t = self._lookup(twin)
         self._snapshot(t, "retired", at)
         slots = self.series.slots_of(t.twin_id)
         self.series.remove(slots)
@@ -213,19 +218,23 @@ class Engine:
         self._refresh_view(at)
 
     def get(self, twin: str) -> DigitalTwin:
+        """The twin by id or name, its record brought up to date with the arrays."""
+        t = self._lookup(twin)
+        self._refresh_twin(t)
+        return t
+
+    def _lookup(self, twin: str) -> DigitalTwin:
         tid = twin if twin in self._twins else self._by_name.get(twin)
         if tid is None:
             raise UnknownTwinError(f"no twin {twin!r}")
-        t = self._twins[tid]
-        self._refresh_twin(t)
-        return t
+        return self._twins[tid]
 
     def twins(self) -> list[DigitalTwin]:
         return [self.get(tid) for tid in list(self._twins)]
 
     # ----------------------------------------------------------------- series
     def series_for(self, twin: str, metrics: Sequence[str]) -> np.ndarray:
-        t = self.get(twin)
+        t = self._lookup(twin)
         tslot = self._twin_slot[t.twin_id]
         out = np.empty(len(metrics), np.int64)
         for i, m in enumerate(metrics):
@@ -504,7 +513,7 @@ class Engine:
     # ------------------------------------------------------------ per twin
     def sync(self, twin: str, metrics: Mapping[str, float] | SystemMetrics, *, at: float,
              source: Source | str = Source.EXTERNAL) -> dict[str, Any]:
-        t = self.get(twin)
+        t = self._lookup(twin)
         try:
             src = Source(source)
         except ValueError:
@@ -533,7 +542,7 @@ class Engine:
 
     def set_expected_state(self, twin: str, expected: Mapping[str, float | None], *, at: float,
                            reason: str = "manual") -> StateHistoryEntry:
-        t = self.get(twin)
+        t = self._lookup(twin)
         if not isinstance(expected, Mapping):
             raise InputError("expected state must be an object of metric -> number (null clears)")
         clear = [canonical_metric(k) for k, v in expected.items() if v is None]
@@ -552,7 +561,7 @@ class Engine:
     def configure(self, twin: str, *, at: float, thresholds: Mapping[str, float] | None = None,
                   limits: Mapping[str, float] | None = None, auto_correction: bool | None = None) -> None:
         """Change a twin's rules (a config reload); a no-op change records nothing."""
-        t = self.get(twin)
+        t = self._lookup(twin)
         new_th = _clean_mapping(thresholds, "thresholds") if thresholds is not None else t.thresholds
         new_li = _clean_mapping(limits, "limits") if limits is not None else t.limits
         new_ac = t.auto_correction_enabled if auto_correction is None else bool(auto_correction)
@@ -565,7 +574,7 @@ class Engine:
         self._refresh_view(at)
 
     def rollback(self, twin: str, snapshot: StateHistoryEntry, *, at: float) -> dict[str, Any]:
-        t = self.get(twin)
+        t = self._lookup(twin)
         if snapshot.twin_id != t.twin_id:
             raise InputError(f"snapshot {snapshot.snapshot_id} belongs to another twin")
         verified(snapshot)
@@ -592,10 +601,10 @@ class Engine:
                 "expected_state": t.expected_state}
 
     def snapshots(self, twin: str) -> list[StateHistoryEntry]:
-        return list(self.get(twin).state_history)
+        return list(self._lookup(twin).state_history)
 
     def find_snapshot(self, twin: str, snapshot_id: str) -> StateHistoryEntry | None:
-        for e in self.get(twin).state_history:
+        for e in self._lookup(twin).state_history:
             if e.snapshot_id == snapshot_id:
                 return e
         return None
@@ -744,7 +753,7 @@ class Engine:
         return out
 
     def history(self, twin: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        t = self.get(twin)
+        t = self._lookup(twin)
         out = {}
         for slot in self.series.slots_of(t.twin_id):
             key = self.series.keys[slot]
@@ -754,7 +763,7 @@ class Engine:
 
     def events(self, *, twin: str | None = None, type: str | None = None, since: float | None = None,
                limit: int = 1000) -> list[TwinEvent]:
-        tid = self.get(twin).twin_id if twin is not None else None
+        tid = self._lookup(twin).twin_id if twin is not None else None
         return self.monitor.query(twin=tid, type=type, since=since, limit=limit)
 
     # ------------------------------------------------------------- outputs
@@ -802,7 +811,7 @@ class Engine:
                  replicas: int | None = None, workers: int | None = None) -> dict[str, Any]:
         from .simulate import SimulationContext, run_scenario
 
-        t = self.get(twin)
+        t = self._lookup(twin)
         if not isinstance(scenario, Mapping):
             raise ScenarioError("scenario must be an object with a 'type'")
         times: dict[str, np.ndarray] = {}
