@@ -350,7 +350,7 @@ def _number(r: _Reader, node: yaml.Node, key: str, *, positive: bool) -> float:
 
 def _duration(r: _Reader, node: yaml.Node, key: str, *, allow_zero: bool = False) -> float:
     value = _scalar(node)
-    if allow_zero and value == 0 and not isinstance(value, bool):
+    if allow_zero and (value == 0 or value == "0") and not isinstance(value, bool):
         return 0.0
     if not isinstance(value, str):
         raise r.error(node, key, f"expected a duration like 15s, 5m or 1h, got {_show(node)}")

@@ -197,10 +197,14 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = loop.time()
+            interval = self.config.interval_s
             try:
                 if not self._backfilled:
                     await self.backfill()
                 report = await self.run_round()
+                if report.duration_s > interval:
+                    log.warning("query round took longer than the interval", extra={
+                        "duration_s": round(report.duration_s, 3), "interval_s": interval})
                 if report.source_up:
                     await self.run_scenarios()
             except asyncio.CancelledError:
@@ -208,14 +212,10 @@ class Scheduler:
             except Exception:   # a bug in one round must not end the service; it is logged with its trace
                 log.exception("query round failed unexpectedly")
             elapsed = loop.time() - started
-            interval = self.config.interval_s
             if self._down_rounds:
                 pause = min(interval * 2 ** (self._down_rounds - 1), max(interval, MAX_BACKOFF_S))
             else:
                 pause = interval
-                if elapsed > interval:
-                    log.warning("query round took longer than the interval", extra={
-                        "duration_s": round(elapsed, 3), "interval_s": interval})
             delay = pause - elapsed
             if delay > 0 and not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -484,11 +484,16 @@ class Scheduler:
         async with self.lock:
             created, retired = await asyncio.to_thread(self._apply_targets, wanted, retire, at, sweep)
         self.targets = wanted
+        for name in created:            # counters exist from the start, so rate() sees the first error
+            for metric in wanted[name].queries:
+                self.status.query_errors[(name, metric)] += 0
         for name in retired:
             for key in [k for k in self._slots if k[0] == name]:
                 del self._slots[key]
             for key in [k for k in self._failing if k[0] == name]:
                 del self._failing[key]
+            for key in [k for k in self.status.query_errors if k[0] == name]:
+                del self.status.query_errors[key]
             for d in (self.status.simulation_failure_probability, self.status.simulation_breaking_multiplier):
                 for key in [k for k in d if k[0] == name]:
                     del d[key]

@@ -20,144 +20,59 @@ without waiting an hour.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import yaml
+from .demo.prometheus import LocalPrometheus, free_port, prometheus_available, prometheus_config
 
-PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
 PROMTOOL_BIN = os.environ.get("PROMTOOL_BIN", "/usr/bin/promtool")
 
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["MetricsTarget", "PrometheusServer", "free_port", "openmetrics_history", "prometheus_available",
+           "prometheus_with_target"]
 
 
-def prometheus_available() -> bool:
-    return os.access(PROMETHEUS_BIN, os.X_OK)
-
-
-class PrometheusServer:
+class PrometheusServer(LocalPrometheus):
     """A real Prometheus on ``127.0.0.1:<free port>`` with its own temporary storage.
 
     ``scrape_targets`` (``host:port`` strings) become one job (``job_name``)
     scraped every ``scrape_interval``; ``scrape_configs`` replaces that with
     full scrape configs. ``history`` is OpenMetrics text (ending in ``# EOF``)
-    loaded as TSDB blocks before start.
+    loaded as TSDB blocks with ``promtool`` before start.
     """
 
     def __init__(self, *, scrape_targets: Sequence[str] = (), job_name: str = "test",
                  scrape_configs: Sequence[Mapping[str, Any]] | None = None, scrape_interval: str = "1s",
                  history: str | None = None, startup_timeout: float = 30.0) -> None:
+        cfg = prometheus_config({job_name: list(scrape_targets)}, scrape_interval=scrape_interval)
+        if scrape_configs is not None:
+            cfg["scrape_configs"] = [dict(c) for c in scrape_configs]
+        super().__init__(cfg, startup_timeout=startup_timeout)
         self.scrape_interval = scrape_interval
-        default: list[Mapping[str, Any]] = [
-            {"job_name": job_name, "static_configs": [{"targets": list(scrape_targets)}]}]
-        self.scrape_configs: list[Mapping[str, Any]] = (
-            list(scrape_configs) if scrape_configs is not None else default if scrape_targets else [])
         self.history = history
-        self.startup_timeout = startup_timeout
-        self.port = 0
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    # lifecycle ---------------------------------------------------------------------------------
+    def prepare(self) -> Path:
+        fresh = self.dir is None
+        d = super().prepare()
+        if fresh and self.history is not None:
+            self._load_history(self.history)
+        return d
 
     def start(self) -> PrometheusServer:
-        if not prometheus_available():
-            raise RuntimeError(f"{PROMETHEUS_BIN} not found; install it with: apt-get install -y prometheus")
-        self.dir = Path(tempfile.mkdtemp(prefix="twin-prom-"))
-        (self.dir / "data").mkdir()
-        self._write_config()
-        if self.history is not None:
-            self._load_history(self.history)
-        last_error = ""
-        for _ in range(5):                    # a free port can be taken between probe and bind: retry
-            self.port = free_port()
-            log = open(self.dir / "prometheus.log", "wb")   # noqa: SIM115 (kept open for the process)
-            self.proc = subprocess.Popen(
-                [PROMETHEUS_BIN, f"--config.file={self.dir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                 "--web.enable-lifecycle", "--storage.tsdb.retention.time=1d", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            log.close()
-            try:
-                self._wait_ready()
-                return self
-            except RuntimeError as exc:
-                last_error = str(exc)
-                self._kill()
-        self.stop()
-        raise RuntimeError(f"Prometheus did not start: {last_error}")
-
-    def stop(self) -> None:
-        self._kill()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def _kill(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
+        super().start()
+        return self
 
     def __enter__(self) -> PrometheusServer:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def log_tail(self, n: int = 20) -> str:
-        if self.dir is None or not (self.dir / "prometheus.log").exists():
-            return ""
-        return "\n".join((self.dir / "prometheus.log").read_text(errors="replace").splitlines()[-n:])
-
-    # configuration -----------------------------------------------------------------------------
-
-    def _write_config(self) -> None:
-        assert self.dir is not None
-        every = self.scrape_interval
-        cfg = {"global": {"scrape_interval": every, "evaluation_interval": every, "scrape_timeout": every},
-               "scrape_configs": [dict(c) for c in self.scrape_configs]}
-        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-
     def set_scrape_targets(self, targets: Sequence[str], *, job_name: str = "test") -> None:
         """Replace the scrape targets and reload (targets coming and going, as in Kubernetes)."""
-        self.scrape_configs = ([{"job_name": job_name, "static_configs": [{"targets": list(targets)}]}]
-                               if targets else [])
-        self._write_config()
-        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
+        self.reload(prometheus_config({job_name: list(targets)}, scrape_interval=self.scrape_interval))
 
     def _load_history(self, openmetrics: str) -> None:
         assert self.dir is not None
@@ -167,45 +82,6 @@ class PrometheusServer:
                               str(self.dir / "data")], capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"promtool could not load the history: {out.stderr.strip() or out.stdout}")
-
-    # waiting -----------------------------------------------------------------------------------
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"not ready after {self.startup_timeout}s: {self.log_tail()}")
-
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-        """Instant query (for assertions in tests): the raw ``data.result`` list."""
-        params = {"query": promql, **({"time": repr(at)} if at is not None else {})}
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            body = json.loads(resp.read())
-        if body.get("status") != "success":
-            raise RuntimeError(f"query {promql!r} failed: {body}")
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def wait_for_series(self, promql: str, *, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll until ``promql`` returns at least ``count`` series (scrapes take a moment)."""
-        deadline = time.monotonic() + timeout
-        result: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            result = self.query(promql)
-            if len(result) >= count:
-                return result
-            time.sleep(0.2)
-        raise TimeoutError(f"{promql!r} returned {len(result)} series, wanted {count}, after {timeout}s")
 
 
 class MetricsTarget:

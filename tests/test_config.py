@@ -221,8 +221,26 @@ def test_placeholders() -> None:
     assert placeholders_in('x{a="$instance", b="${pod}"} and y{c="end$"}') == ["instance", "pod"]
 
 
-def test_shipped_example_rules_are_valid() -> None:
-    root = Path(__file__).resolve().parent.parent / "config"
-    files = sorted(root.glob("*.yaml"))
-    for f in files:
-        load_config(f, env={})
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "demo.yaml"])
+def test_shipped_rules_are_valid(name: str) -> None:
+    cfg = load_config(ROOT / "config" / name, env={})
+    assert cfg.twins and cfg.scenarios
+
+
+def test_demo_rules_shipped_in_the_package_match_config_demo() -> None:
+    packaged = ROOT / "sidecar" / "demo" / "rules.yaml"
+    assert packaged.read_text() == (ROOT / "config" / "demo.yaml").read_text()
+
+
+def test_example_documents_every_key() -> None:
+    text = (ROOT / "config" / "example.yaml").read_text()
+    keys = ["url", "timeout", "headers", "bearer_token_file", "basic_auth", "tls_ca_file", "max_concurrency",
+            "accept_warnings", "interval", "backfill", "listen", "auth_token_file", "max_body_bytes", "path",
+            "retention_days", "retention_snapshots", "buffer_max_items", "name", "system_type", "discover",
+            "name_labels", "metrics", "request_rate", "expected", "thresholds", "limits", "horizons",
+            "replicas", "workers", "auto_correction", "scenarios", "twin", "every", "scenario"]
+    missing = [k for k in keys if f"{k}:" not in text]
+    assert not missing

@@ -1,0 +1,243 @@
+"""Assembly: rules -> store -> engine -> scheduler -> HTTP server, and an orderly shutdown.
+
+``run_service`` is what ``twin-sidecar run`` calls. It opens the history
+store and brings the twins back (a database that is down at start is not
+fatal: the service runs and the writer catches up when it returns), serves
+/metrics, the probes and the API, runs the query rounds until SIGTERM or
+SIGINT, then lets the round in progress finish, flushes the store for a few
+seconds at most and exits 0 — Kubernetes sends SIGKILL 30 s after SIGTERM,
+and a sidecar must be well inside that.
+
+Example::
+
+    cfg = load_config("config/example.yaml")
+    exit_code = asyncio.run(run_service(cfg, log_format="text"))
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .config import SidecarConfig, check_config, load_config
+from .engine.core import Engine
+from .engine.history import HistoryStore
+from .engine.records import StateHistoryEntry
+from .engine.settings import EngineSettings
+from .engine.twin import TwinEngine
+from .engine.view import Outbox
+from .errors import ConfigError, SidecarError, StoreError
+from .exporter import sync_duration_histogram
+from .logs import setup_logging
+from .prometheus import PrometheusClient
+from .scheduler import Scheduler
+from .server import build_app
+from .status import ServiceStatus
+from .store import RetentionPolicy, Store, StoreWriter, open_store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Service", "check_config", "run_service", "start_service"]
+
+#: Seconds the store may take to flush at shutdown (the round in progress gets its own short grace).
+FLUSH_TIMEOUT_S = 3.0
+#: Environment variable naming this replica among others sharing one PostgreSQL database.
+REPLICA_ENV = "TWIN_SIDECAR_REPLICA"
+
+
+class _BufferedHistory:
+    """The facade's view of the store: reads from the database, writes through the buffered writer.
+
+    API calls that change state (expected state, rollback) must not fail or
+    wait because the database is slow or down; their snapshots join the
+    writer's queue like everything else.
+    """
+
+    def __init__(self, store: Store, writer: StoreWriter) -> None:
+        self.store = store
+        self.writer = writer
+
+    async def write(self, outbox: Outbox) -> None:
+        self.writer.submit(outbox)
+
+    async def get_snapshot(self, twin_id: str, snapshot_id: str) -> StateHistoryEntry | None:
+        return await self.store.get_snapshot(twin_id, snapshot_id)
+
+    async def list_snapshots(self, twin_id: str, *, limit: int = 100,
+                             before: float | None = None) -> list[StateHistoryEntry]:
+        return await self.store.list_snapshots(twin_id, limit=limit, before=before)
+
+
+@dataclass
+class Service:
+    """A running sidecar (what ``start_service`` returns; tests and the demo drive it directly)."""
+
+    config: SidecarConfig
+    engine: Engine
+    facade: TwinEngine
+    status: ServiceStatus
+    scheduler: Scheduler
+    client: PrometheusClient
+    store: Store
+    writer: StoreWriter
+    runner: web.AppRunner
+    port: int
+    stop: asyncio.Event
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.config.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    async def wait(self) -> None:
+        """Until the scheduler has stopped (after ``stop`` is set)."""
+        if self.task is not None:
+            await self.task
+
+    async def shutdown(self) -> None:
+        """Finish the round, flush the store (bounded), close the server and the client."""
+        self.stop.set()
+        if self.task is not None:
+            try:
+                await self.task
+            except Exception:
+                log.exception("scheduler ended with an error")
+        async with self.scheduler.lock:
+            outbox = self.engine.drain()
+        if outbox:
+            self.writer.submit(outbox)
+        await self.writer.close(FLUSH_TIMEOUT_S)
+        await self.runner.cleanup()
+        await self.client.aclose()
+        log.info("sidecar stopped", extra={"rounds": self.status.rounds_total,
+                                           "store_backlog": self.writer.backlog})
+
+
+async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceStatus) -> tuple[Store, StoreWriter]:
+    """Open the store and bring this replica's twins back; a database that is down is not fatal."""
+    replica = os.environ.get(REPLICA_ENV, "default")
+    store = open_store(path=config.storage.path, url=config.storage.url, replica=replica, status=status)
+    try:
+        await store.open()
+        restored = await store.load_twins()
+    except StoreError as exc:
+        status.store_up = False
+        log.error("history store unavailable at start; running without restored history", extra={
+            "backend": store.backend, "error": str(exc)})
+        restored = []
+    for rt in restored:
+        try:
+            engine.restore_twin(rt.definition, snapshots=rt.snapshots, samples=rt.samples,
+                                corrections=rt.corrections)
+        except SidecarError as exc:
+            log.error("could not restore a stored twin", extra={"twin": rt.name, "error": str(exc)})
+    if restored:
+        log.info("twins restored from the store", extra={"twins": len(restored), "backend": store.backend})
+    engine.drain()      # what the restore produced is already stored
+    days = config.storage.retention_days * 86400.0
+    retention = RetentionPolicy(snapshot_max_age_s=days, snapshot_max_count=config.storage.retention_snapshots,
+                                samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
+    writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
+    await writer.start()
+    return store, writer
+
+
+async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
+    """Build and start everything except signal handling; the scheduler runs as a task."""
+    status = ServiceStatus(config_loaded=True)
+    engine = Engine(EngineSettings(horizons_s=config.horizons_s))
+    lock = asyncio.Lock()
+    store, writer = await _open_history(config, engine, status)
+    history: HistoryStore = _BufferedHistory(store, writer)
+    facade = TwinEngine(engine, store=history)
+    await facade.initialize()
+    token = config.server.auth_token_file.read() if config.server.auth_token_file is not None else None
+    registry = CollectorRegistry()
+    app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
+                    max_body_bytes=config.server.max_body_bytes)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    listen_port = config.server.port if port is None else port
+    try:
+        site = web.TCPSite(runner, config.server.host, listen_port)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await writer.close(1.0)
+        raise ConfigError(f"cannot listen on {config.server.host}:{listen_port}: {exc.strerror or exc}",
+                          path=config.path, key="server.listen") from exc
+    addresses = runner.addresses                 # the real port when 0 was asked for
+    bound = int(addresses[0][1]) if addresses else listen_port
+    client = PrometheusClient(config.prometheus)
+    scheduler = Scheduler(config, engine, client, status, lock=lock, writer=writer,
+                          sync_histogram=sync_duration_histogram(registry))
+    stop = asyncio.Event()
+    service = Service(config, engine, facade, status, scheduler, client, store, writer, runner, bound, stop)
+    service.task = asyncio.create_task(scheduler.run(stop), name="scheduler")
+    log.info("sidecar started", extra={
+        "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,
+        "twin_rules": len(config.twins), "interval_s": config.interval_s, "store": store.backend,
+        "auth": token is not None})
+    return service
+
+
+async def run_service(config: SidecarConfig, *, log_format: str = "json") -> int:
+    """Run until SIGTERM/SIGINT; 0 on an orderly stop, 1 if the service could not start."""
+    setup_logging(log_format)
+    try:
+        service = await start_service(config)
+    except SidecarError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, _on_signal, service.stop, sig)
+    try:
+        await service.stop.wait()
+    finally:
+        await service.shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if not stop.is_set():
+        log.info("stopping", extra={"signal": sig.name})
+    stop.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sidecar.app --config F [--log-format text]`` (the CLI proper is ``twin-sidecar run``)."""
+    parser = argparse.ArgumentParser(prog="python -m sidecar.app")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    parser.add_argument("--check", action="store_true", help="validate the rules and exit")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            print("\n".join(check_config(args.config)))
+            return 0
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_service(config, log_format=args.log_format))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
