@@ -31,7 +31,7 @@ def test_last_value_repeats_the_last_sample() -> None:
     m = LastValue(4)
     now = Now(idx=np.array([0, 2]), t=np.array([0.0, 5.0]), y=np.array([3.0, -1.0]),
               n=np.array([1, 1]), dt=np.array([60.0, 60.0]))
-    np.testing.assert_array_equal(m.predict(now, np.ones((2, 3))), [[3.0] * 3, [-1.0] * 3])
+    np.testing.assert_array_equal(m.predict(now, np.ones((2, 3)))[:, 0], [[3.0] * 3, [-1.0] * 3])
 
 
 def test_linear_matches_least_squares_on_irregular_times() -> None:
@@ -43,7 +43,7 @@ def test_linear_matches_least_squares_on_irregular_times() -> None:
     for r in range(400):
         m.update(step(idx, t[r:r + 1], y[r:r + 1]))
     now = Now(idx=idx, t=t[-1:], y=y[-1:], n=np.array([400]), dt=np.array([30.0]))
-    got = m.predict(now, np.array([[600.0, 3600.0]]))[0]
+    got = m.predict(now, np.array([[600.0, 3600.0]]))[0, 0]
     # the live window is the buckets of width 300 s that started after now - 3600
     width = 300.0
     first = (np.floor(t[-1] / width) - 11) * width

@@ -35,12 +35,12 @@ from sidecar.errors import InputError
 
 _GAP_FACTOR = 4.0  # an interval this many times the usual one is a gap
 _DT_RATE = 0.05  # forgetting of the sampling-interval estimate
-_ERR_RATE = 0.03  # forgetting of the running backtest errors (about 1/33 of the scored forecasts)
+_ERR_RATE = 0.007  # forgetting of the running backtest errors (about the last 150 scored forecasts)
 _SCALE_RATE = 0.05  # forgetting of the one-step error scale
 _Q_RATE = 0.05  # step of the quantile trackers, in units of the recent absolute error
 _HIT_RATE = 0.02  # forgetting of the interval hit rate
 _CONF_PRIOR = 20.0  # pseudo-count pulling `confidence` toward `level`
-_MIN_SCORED = 3  # scores a model needs at a horizon before it can be chosen
+_MIN_SCORED = 5  # scores a model needs at a horizon before it can be chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,47 +94,51 @@ class ForecastBank:
         self.level = float(level)
         self.queue = int(queue)
         cap = max(int(capacity), 1)
-        self.models: list[Model] = build_models(cap)
-        self.model_names: tuple[str, ...] = tuple(m.name for m in self.models)
+        self.families: list[Model] = build_models(cap)
+        self.model_names: tuple[str, ...] = tuple(n for f in self.families for n in f.names)
         if model != "auto" and model not in self.model_names:
             names = ", ".join(self.model_names)
             raise InputError(f"unknown model {model!r}; choose 'auto' or one of {names}")
         self.model_choice = model
         self._forced = -1 if model == "auto" else self.model_names.index(model)
         self._last = self.model_names.index("last")
-        self._linear = next(m for m in self.models if isinstance(m, LinearRegression))
+        self._linear = next(f for f in self.families if isinstance(f, LinearRegression))
         self._size = 0
-        M, H, Q = len(self.models), h.size, self.queue
+        M, H, Q = len(self.model_names), h.size, self.queue
+        f32 = np.float32
         self.core = Slots({
             "n": Field((), np.int64, 0),
             "t": Field((), np.float64, np.nan),
             "y": Field((), np.float64, np.nan),
             "dt": Field((), np.float64, np.nan),
-            # cache of the latest forecasts (made at the end of each update)
-            "pred": Field((M, H), np.float64, np.nan),
+            # latest forecasts, made at the end of each update
+            "pred1": Field((M,), np.float64, np.nan),  # every model, one sampling interval ahead
             "fmean": Field((H,), np.float64, np.nan),
             "flo": Field((H,), np.float64, np.nan),
             "fhi": Field((H,), np.float64, np.nan),
             "fmodel": Field((H,), np.int8, 0),
             "slope": Field((), np.float64, 0.0),
-            # one-step backtest (every sample scores the previous forecast)
+            # one-step backtest: every sample scores the forecasts made one interval before
             "mae1": Field((M,), np.float64, np.nan),
-            "cnt1": Field((), np.float64, 0.0),
+            "cnt1": Field((M,), f32, 0.0),
+            "c1": Field((), np.float64, 0.0),
             "scale1": Field((), np.float64, np.nan),
             "q1lo": Field((), np.float64, np.nan),
             "q1hi": Field((), np.float64, np.nan),
             # per-horizon backtest
             "mae": Field((M, H), np.float64, np.nan),
-            "cnt": Field((H,), np.float64, 0.0),
+            "cnt": Field((M, H), f32, 0.0),
+            "fcnt": Field((H,), np.float64, 0.0),
             "fmae": Field((H,), np.float64, np.nan),
             "qlo": Field((H,), np.float64, np.nan),
             "qhi": Field((H,), np.float64, np.nan),
             "hit": Field((H,), np.float64, np.nan),
-            # pending forecasts, a ring of Q per horizon
+            # pending forecasts: a ring of Q per horizon, stored relative to the value at issue
             "ptgt": Field((H, Q), np.float64, np.nan),
-            "ppred": Field((H, Q, M + 1), np.float64, np.nan),
-            "plo": Field((H, Q), np.float64, np.nan),
-            "phi": Field((H, Q), np.float64, np.nan),
+            "py": Field((H, Q), np.float64, np.nan),
+            "ppred": Field((H, Q, M + 1), f32, np.nan),
+            "plo": Field((H, Q), f32, np.nan),
+            "phi": Field((H, Q), f32, np.nan),
             "phead": Field((H,), np.int64, 0),
             "pcnt": Field((H,), np.int64, 0),
             "plast": Field((H,), np.float64, -np.inf),
@@ -155,8 +159,8 @@ class ForecastBank:
         if need > self.core.capacity:
             cap = max(need, 2 * self.core.capacity)
             self.core.grow(cap)
-            for m in self.models:
-                m.slots.grow(cap)
+            for f in self.families:
+                f.slots.grow(cap)
         self._size = need
         return new
 
@@ -164,8 +168,8 @@ class ForecastBank:
         """Forget everything about these slots so they can be reused for other series."""
         i = self._check_idx(idx)
         self.core.reset(i)
-        for m in self.models:
-            m.slots.reset(i)
+        for f in self.families:
+            f.slots.reset(i)
 
     def _check_idx(self, idx: NDArray[np.integer] | Sequence[int] | None) -> I64:
         if idx is None:
@@ -199,7 +203,7 @@ class ForecastBank:
         gap_dt = t - t_prev
         gap = seen & np.isfinite(dt_prev) & (gap_dt > _GAP_FACTOR * dt_prev)
 
-        exp = self._expect(i, t, y, n_prev, t_prev, y_prev, dt_prev, gap)
+        exp = self._expect(i, y, seen, y_prev, gap_dt, dt_prev, gap)
         self._score_pending(i, t, y, dt_prev)
 
         # sampling interval: first interval, then a forgetting mean that ignores gaps
@@ -212,91 +216,89 @@ class ForecastBank:
             dt[steady] = d0 + _DT_RATE * (np.clip(gap_dt[steady], 0.5 * d0, 2.0 * d0) - d0)
         c["dt"][i] = dt
         step = Step(idx=i, t=t, y=y, t_prev=t_prev, y_prev=y_prev, n_prev=n_prev, dt=dt, gap=gap)
-        for m in self.models:
-            m.update(step)
+        for f in self.families:
+            f.update(step)
         c["n"][i] = n_prev + 1
         c["t"][i] = t
         c["y"][i] = y
 
-        self._refresh(i)
-        self._issue_pending(i, t)
+        pred_h = self._refresh(i)
+        self._issue_pending(i, t, pred_h)
         return exp
 
-    def _now(self, i: I64) -> Now:
-        c = self.core
-        return Now(idx=i, t=c["t"][i], y=c["y"][i], n=c["n"][i], dt=c["dt"][i])
-
     def _predict_all(self, now: Now, h_s: F64) -> F64:
-        """(k, M, H) predictions of every model; non-finite ones replaced by the last value."""
-        out = np.empty((now.idx.size, len(self.models), h_s.shape[1]))
-        with np.errstate(all="ignore"):
-            for j, m in enumerate(self.models):
-                out[:, j, :] = m.predict(now, h_s)
-        bad = ~np.isfinite(out)
+        """(k, M, H) predictions of every model; NaN where a model has none or misbehaves."""
+        out = np.concatenate([f.predict(now, h_s) for f in self.families], axis=1)
+        with np.errstate(invalid="ignore"):
+            # a forecast a million times further from the last value than the value itself is a blow-up
+            bad = ~(np.abs(out - now.y[:, None, None]) <= 1e6 * (np.abs(now.y) + 1.0)[:, None, None])
         if bad.any():
-            out = np.where(bad, now.y[:, None, None], out)
+            out[bad] = np.nan
         return out
 
-    def _choose(self, mae: F64, cnt: F64 | None) -> NDArray[np.int8]:
-        """Index of the model with the smallest recent error along axis 1 (k, M, ...) -> (k, ...)."""
-        if self._forced >= 0:
-            return np.full((mae.shape[0], *mae.shape[2:]), self._forced, dtype=np.int8)
-        score = np.where(np.isfinite(mae), mae, np.inf)
-        best: NDArray[np.int8] = np.argmin(score, axis=1).astype(np.int8)
-        none = ~np.isfinite(np.min(score, axis=1))
-        if cnt is not None:
-            none |= cnt < _MIN_SCORED
-        best[none] = self._last
-        return best
+    def _choose(self, mae: F64, cnt: NDArray[np.float32], pred: F64) -> NDArray[np.int64]:
+        """Per (series, horizon): the model with the smallest recent error among those with a forecast.
 
-    def _expect(self, i: I64, t: F64, y: F64, n_prev: I64, t_prev: F64, y_prev: F64, dt_prev: F64,
+        `mae`, `cnt`, `pred` are (k, M, ...); models scored fewer than _MIN_SCORED times are not
+        trusted yet, and "last" is the fallback when none qualifies.
+        """
+        shape = (mae.shape[0], *mae.shape[2:])
+        if self._forced >= 0:
+            forced = np.full(shape, self._forced, dtype=np.int64)
+            ok = np.isfinite(np.take_along_axis(pred, forced[:, None], axis=1)[:, 0])
+            return np.where(ok, forced, self._last)
+        score = np.where((cnt >= _MIN_SCORED) & np.isfinite(mae) & np.isfinite(pred), mae, np.inf)
+        best = np.argmin(score, axis=1)
+        none = ~np.isfinite(np.take_along_axis(score, best[:, None], axis=1)[:, 0])
+        return np.where(none, self._last, best)
+
+    def _expect(self, i: I64, y: F64, seen: NDArray[np.bool_], y_prev: F64, gap_dt: F64, dt_prev: F64,
                 gap: NDArray[np.bool_]) -> Expectation:
-        """Predict the incoming samples from the state before them, then score that one-step forecast."""
+        """The forecast made one interval before each sample, then scored against it."""
         c = self.core
         k = i.size
-        expected = np.full(k, np.nan)
-        lower = np.full(k, np.nan)
-        upper = np.full(k, np.nan)
-        scale = np.full(k, np.nan)
-        seen = n_prev > 0
+        nan = np.full(k, np.nan)
         if not seen.any():
-            return Expectation(expected, lower, upper, scale)
-        s = np.flatnonzero(seen)
-        si = i[s]
-        now = Now(idx=si, t=t_prev[s], y=y_prev[s], n=n_prev[s], dt=dt_prev[s])
-        h = np.minimum(t[s] - t_prev[s], float(self.horizons_s.max()))[:, None]
-        preds = self._predict_all(now, h)[:, :, 0]  # (k', M)
-        mae1 = c["mae1"][si]
-        cnt1 = c["cnt1"][si]
-        choice = self._choose(mae1[:, :, None], cnt1[:, None])[:, 0]
-        e_hat = preds[np.arange(s.size), choice]
-        q1lo, q1hi, sc = c["q1lo"][si], c["q1hi"][si], c["scale1"][si]
-        expected[s] = e_hat
-        lower[s] = e_hat + q1lo
-        upper[s] = e_hat + q1hi
-        scale[s] = sc
+            return Expectation(nan, nan.copy(), nan.copy(), nan.copy())
+        pred1 = c["pred1"][i]  # (k, M)
+        mae1, cnt1 = c["mae1"][i], c["cnt1"][i]
+        choice = self._choose(mae1, cnt1, pred1)
+        rows = np.arange(k)
+        e_hat = pred1[rows, choice]
+        e_hat = np.where(np.isfinite(e_hat), e_hat, y_prev)
+        # after a gap the one-interval forecast is stale: the level before the gap, a wider interval
+        widen = np.where(gap, np.sqrt(gap_dt / np.where(np.isfinite(dt_prev), dt_prev, 1.0)), 1.0)
+        e_hat = np.where(gap, y_prev, e_hat)
+        q1lo, q1hi, sc = c["q1lo"][i], c["q1hi"][i], c["scale1"][i]
+        expected = np.where(seen, e_hat, np.nan)
+        lower = expected + np.minimum(q1lo, 0.0) * widen
+        upper = expected + np.maximum(q1hi, 0.0) * widen
+        scale = np.where(seen & (sc > 0), sc, np.nan)
 
-        # score the one-step forecasts (not across gaps: those are long-horizon guesses)
-        ok = ~gap[s]
+        ok = seen & ~gap
         if ok.any():
-            o = s[ok]
+            o = np.flatnonzero(ok)
             oi = i[o]
             yo = y[o]
-            err_m = np.abs(yo[:, None] - preds[ok])
-            cn = cnt1[ok] + 1.0
-            r = _ewm_rate(cn, _ERR_RATE)[:, None]
-            m0 = mae1[ok]
-            c["mae1"][oi] = np.where(np.isfinite(m0), m0 + r * (err_m - m0), err_m)
+            err_m = np.abs(yo[:, None] - pred1[o])
+            fin = np.isfinite(err_m)
+            cn = cnt1[o] + fin
+            r = _ewm_rate(cn, _ERR_RATE)
+            m0 = mae1[o]
+            c["mae1"][oi] = np.where(fin, np.where(np.isfinite(m0), m0 + r * (err_m - m0), err_m), m0)
             c["cnt1"][oi] = cn
-            e = yo - e_hat[ok]
+            e = yo - e_hat[o]
             ae = np.abs(e)
-            sc0 = sc[ok]
+            c1 = c["c1"][oi] + 1.0
+            c["c1"][oi] = c1
+            sc0 = sc[o]
             fresh = ~np.isfinite(sc0)
-            rs = _ewm_rate(cn, _SCALE_RATE)
+            rs = _ewm_rate(c1, _SCALE_RATE)
+            # spikes may raise the scale only gradually: it is what detectors divide by
             capped = np.minimum(ae, 5.0 * np.where(fresh, ae, sc0))
             sc1 = np.where(fresh, ae, sc0 + rs * (capped - sc0))
             c["scale1"][oi] = sc1
-            lo, hi = self._track_quantiles(q1lo[ok], q1hi[ok], e, sc1, cn)
+            lo, hi = self._track_quantiles(q1lo[o], q1hi[o], e, sc1, c1)
             c["q1lo"][oi] = lo
             c["q1hi"][oi] = hi
         return Expectation(expected, lower, upper, scale)
@@ -323,7 +325,7 @@ class ForecastBank:
         """Score the pending forecasts whose target time has come (or drop the ones a gap skipped)."""
         c = self.core
         H, Q = self.horizons_s.size, self.queue
-        M = len(self.models)
+        M = len(self.model_names)
         tol = np.where(np.isfinite(dt_prev), 0.5 * dt_prev, 0.0)[:, None]
         hh = np.arange(H)[None, :]
         for _ in range(Q):
@@ -338,43 +340,53 @@ class ForecastBank:
             hit_now = due & (np.abs(t[:, None] - tgt) < np.maximum(tol, 1e-9))
             if hit_now.any():
                 r, hcol = np.nonzero(hit_now)
-                si = i[r]
-                q = head[r, hcol]
-                preds = c["ppred"][si, hcol, q]  # (n, M+1)
-                actual = y[r]
-                err = np.abs(actual[:, None] - preds[:, :M])
-                cnt = c["cnt"][si, hcol] + 1.0
-                rate = _ewm_rate(cnt, _ERR_RATE)
-                m0 = c["mae"][si, :, hcol]
-                c["mae"][si, :, hcol] = np.where(np.isfinite(m0), m0 + rate[:, None] * (err - m0), err)
-                c["cnt"][si, hcol] = cnt
-                e = actual - preds[:, M]
-                ae = np.abs(e)
-                f0 = c["fmae"][si, hcol]
-                f1 = np.where(np.isfinite(f0), f0 + rate * (ae - f0), ae)
-                c["fmae"][si, hcol] = f1
-                lo, hi = self._track_quantiles(c["qlo"][si, hcol], c["qhi"][si, hcol], e, f1, cnt)
-                c["qlo"][si, hcol] = lo
-                c["qhi"][si, hcol] = hi
-                plo, phi = c["plo"][si, hcol, q], c["phi"][si, hcol, q]
-                known = np.isfinite(plo)
-                if known.any():
-                    inside = ((actual >= plo) & (actual <= phi)).astype(np.float64)
-                    h0 = c["hit"][si, hcol]
-                    hr = _ewm_rate(cnt, _HIT_RATE)
-                    c["hit"][si, hcol] = np.where(known, np.where(np.isfinite(h0), h0 + hr * (inside - h0),
-                                                                  inside), h0)
+                self._score(i[r], hcol, head[r, hcol], y[r], M)
             r, hcol = np.nonzero(due)
             si = i[r]
             c["phead"][si, hcol] = (head[r, hcol] + 1) % Q
             c["pcnt"][si, hcol] = pc[r, hcol] - 1
+
+    def _score(self, si: I64, hcol: I64, q: I64, actual: F64, M: int) -> None:
+        c = self.core
+        preds = c["py"][si, hcol, q][:, None] + c["ppred"][si, hcol, q].astype(np.float64)  # (n, M+1)
+        err = np.abs(actual[:, None] - preds[:, :M])
+        fin = np.isfinite(err)
+        cnt = c["cnt"][si, :, hcol] + fin
+        rate = _ewm_rate(cnt, _ERR_RATE)
+        m0 = c["mae"][si, :, hcol]
+        c["mae"][si, :, hcol] = np.where(fin, np.where(np.isfinite(m0), m0 + rate * (err - m0), err), m0)
+        c["cnt"][si, :, hcol] = cnt
+        e = actual - preds[:, M]
+        if not np.isfinite(e).any():
+            return
+        ok = np.isfinite(e)
+        si, hcol, q, e, actual = si[ok], hcol[ok], q[ok], e[ok], actual[ok]
+        fc = c["fcnt"][si, hcol] + 1.0
+        c["fcnt"][si, hcol] = fc
+        fr = _ewm_rate(fc, _ERR_RATE)
+        ae = np.abs(e)
+        f0 = c["fmae"][si, hcol]
+        f1 = np.where(np.isfinite(f0), f0 + fr * (ae - f0), ae)
+        c["fmae"][si, hcol] = f1
+        lo, hi = self._track_quantiles(c["qlo"][si, hcol], c["qhi"][si, hcol], e, f1, fc)
+        c["qlo"][si, hcol] = lo
+        c["qhi"][si, hcol] = hi
+        base = c["py"][si, hcol, q]
+        plo = base + c["plo"][si, hcol, q]
+        phi = base + c["phi"][si, hcol, q]
+        known = np.isfinite(plo) & np.isfinite(phi)
+        if known.any():
+            inside = ((actual >= plo) & (actual <= phi)).astype(np.float64)
+            h0 = c["hit"][si, hcol]
+            hr = _ewm_rate(fc, _HIT_RATE)
+            c["hit"][si, hcol] = np.where(known, np.where(np.isfinite(h0), h0 + hr * (inside - h0), inside), h0)
 
     def _score_horizons(self, dt: F64) -> F64:
         """(k, H) horizon used for scoring: at least one sampling interval, else nothing ever matches."""
         d = np.where(np.isfinite(dt), dt, 0.0)
         return np.maximum(self.horizons_s[None, :], d[:, None])
 
-    def _issue_pending(self, i: I64, t: F64) -> None:
+    def _issue_pending(self, i: I64, t: F64, pred_h: F64) -> None:
         c = self.core
         Q = self.queue
         dt = c["dt"][i]
@@ -386,46 +398,56 @@ class ForecastBank:
         r, hcol = np.nonzero(due)
         si = i[r]
         slot = (c["phead"][si, hcol] + pc[r, hcol]) % Q
+        base = c["y"][si]
         c["ptgt"][si, hcol, slot] = t[r] + hs[r, hcol]
-        c["ppred"][si, hcol, slot, :-1] = c["pred"][si, :, hcol]
-        c["ppred"][si, hcol, slot, -1] = c["fmean"][si, hcol]
-        c["plo"][si, hcol, slot] = c["flo"][si, hcol]
-        c["phi"][si, hcol, slot] = c["fhi"][si, hcol]
+        c["py"][si, hcol, slot] = base
+        c["ppred"][si, hcol, slot, :-1] = pred_h[r, :, hcol] - base[:, None]
+        c["ppred"][si, hcol, slot, -1] = c["fmean"][si, hcol] - base
+        c["plo"][si, hcol, slot] = c["flo"][si, hcol] - base
+        c["phi"][si, hcol, slot] = c["fhi"][si, hcol] - base
         c["pcnt"][si, hcol] = pc[r, hcol] + 1
         c["plast"][si, hcol] = t[r]
 
     # --------------------------------------------------------------- forecasts
-    def _refresh(self, i: I64) -> None:
-        """Recompute the cached forecasts of these series from their current state."""
+    def _refresh(self, i: I64) -> F64:
+        """Recompute the forecasts of these series from their current state; returns every model's (k, M, H)."""
         c = self.core
         now = self._now(i)
         k, H = i.size, self.horizons_s.size
-        hs = np.broadcast_to(self.horizons_s[None, :], (k, H))
-        preds = self._predict_all(now, hs)  # (k, M, H)
-        c["pred"][i] = preds
-        choice = self._choose(c["mae"][i], c["cnt"][i])
-        mean = np.take_along_axis(preds, choice[:, None, :].astype(np.int64), axis=1)[:, 0, :]
+        dt = now.dt
+        step1 = np.where(np.isfinite(dt), dt, self.horizons_s[0])
+        hs = np.empty((k, H + 1))
+        hs[:, 0] = step1
+        hs[:, 1:] = self.horizons_s[None, :]
+        preds = self._predict_all(now, hs)  # (k, M, H+1)
+        c["pred1"][i] = preds[:, :, 0]
+        ph = preds[:, :, 1:]
+        choice = self._choose(c["mae"][i], c["cnt"][i], ph)
+        mean = np.take_along_axis(ph, choice[:, None, :], axis=1)[:, 0, :]
+        mean = np.where(np.isfinite(mean), mean, now.y[:, None])
         qlo, qhi = c["qlo"][i], c["qhi"][i]
         # before a horizon has been scored: widen the one-step interval with the square root of the steps
-        dt = now.dt
-        steps = np.sqrt(np.maximum(hs / np.where(np.isfinite(dt) & (dt > 0), dt, np.inf)[:, None], 1.0))
-        lo1, hi1 = c["q1lo"][i][:, None] * steps, c["q1hi"][i][:, None] * steps
+        steps = np.sqrt(np.maximum(hs[:, 1:] / np.where(np.isfinite(dt) & (dt > 0), dt, np.inf)[:, None], 1.0))
         unscored = ~np.isfinite(qlo)
-        lo = np.where(unscored, lo1, qlo)
-        hi = np.where(unscored, hi1, qhi)
+        lo = np.where(unscored, c["q1lo"][i][:, None] * steps, qlo)
+        hi = np.where(unscored, c["q1hi"][i][:, None] * steps, qhi)
         c["fmean"][i] = mean
         c["flo"][i] = mean + np.minimum(lo, 0.0)
         c["fhi"][i] = mean + np.maximum(hi, 0.0)
         c["fmodel"][i] = choice
         c["slope"][i] = self._linear.slope(now)
+        return ph
+
+    def _now(self, i: I64) -> Now:
+        c = self.core
+        return Now(idx=i, t=c["t"][i], y=c["y"][i], n=c["n"][i], dt=c["dt"][i])
 
     def forecast(self, idx: NDArray[np.integer] | Sequence[int] | None = None) -> Forecast:
         """Forecasts from each series' last sample (a pure read of the state; None = every slot)."""
         i = self._check_idx(idx)
         c = self.core
         hit = c["hit"][i]
-        cnt = c["cnt"][i]
-        seen = np.minimum(cnt, 1.0 / _HIT_RATE)
+        seen = np.minimum(c["fcnt"][i], 1.0 / _HIT_RATE)
         rate = np.where(np.isfinite(hit), hit, self.level)
         conf = (seen * rate + _CONF_PRIOR * self.level) / (seen + _CONF_PRIOR)
         lo, hi = c["flo"][i], c["fhi"][i]
@@ -451,8 +473,8 @@ class ForecastBank:
             "model_names": np.array(self.model_names),
         }
         out.update(self.core.dump("core.", self._size))
-        for m in self.models:
-            out.update(m.slots.dump(f"m.{m.name}.", self._size))
+        for j, f in enumerate(self.families):
+            out.update(f.slots.dump(f"m{j}.", self._size))
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -465,8 +487,8 @@ class ForecastBank:
             if not same:
                 raise InputError("saved forecast state has other horizons, level, queue or models")
             self.core.load("core.", state, size)
-            for m in self.models:
-                m.slots.load(f"m.{m.name}.", state, size)
+            for j, f in enumerate(self.families):
+                f.slots.load(f"m{j}.", state, size)
         except (KeyError, ValueError, TypeError) as e:
             raise InputError(f"invalid forecast state: {e}") from e
         self._size = size

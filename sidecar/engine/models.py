@@ -112,9 +112,13 @@ class Now:
 
 
 class Model:
-    """Base: a named model with per-slot state in `self.slots`."""
+    """Base: a family of one or more model variants sharing per-slot state in `self.slots`.
 
-    name: str = ""
+    Variants of a family (e.g. medians over several windows) are computed together, so
+    the cost of a call grows with the number of families, not of variants.
+    """
+
+    names: tuple[str, ...] = ()
 
     def __init__(self, capacity: int) -> None:
         self.slots = Slots(self.fields(), capacity)
@@ -126,7 +130,10 @@ class Model:
         """Absorb one sample for each series of the step."""
 
     def predict(self, now: Now, h_s: F64) -> F64:
-        """Point forecasts, shape (k, H) for horizons `h_s` (k, H) in seconds after `now.t`."""
+        """Point forecasts (k, V, H) of the V variants for horizons `h_s` (k, H) in seconds after `now.t`.
+
+        NaN where a variant has no forecast yet (e.g. a daily season before a day of history).
+        """
         raise NotImplementedError
 
 
@@ -139,10 +146,10 @@ def steps_ahead(h_s: F64, dt: F64) -> F64:
 class LastValue(Model):
     """Persistence: the next values equal the last one (the yardstick of MASE)."""
 
-    name = "last"
+    names = ("last",)
 
     def predict(self, now: Now, h_s: F64) -> F64:
-        return np.broadcast_to(now.y[:, None], h_s.shape).astype(np.float64)
+        return np.broadcast_to(now.y[:, None, None], (h_s.shape[0], 1, h_s.shape[1])).astype(np.float64)
 
 
 class LinearRegression(Model):
@@ -157,7 +164,7 @@ class LinearRegression(Model):
     extrapolates the fitted line to `now + h`.
     """
 
-    name = "linear"
+    names = ("linear",)
 
     def __init__(self, capacity: int, window_s: float = 3600.0, buckets: int = 12) -> None:
         self.window_s = float(window_s)
@@ -224,15 +231,15 @@ class LinearRegression(Model):
 
     def predict(self, now: Now, h_s: F64) -> F64:
         _, tm, ym, slope = self.fit(now)
-        return now.y[:, None] + ym[:, None] + slope[:, None] * (h_s - tm[:, None])
+        return (now.y[:, None] + ym[:, None] + slope[:, None] * (h_s - tm[:, None]))[:, None, :]
 
     def slope(self, now: Now) -> F64:
         return self.fit(now)[3]
 
 
-MODEL_TYPES: dict[str, type[Model]] = {m.name: m for m in (LastValue, LinearRegression)}
-
-
 def build_models(capacity: int) -> list[Model]:
-    """The models of a bank, in a fixed order (their index is what `Forecast.model` holds)."""
-    return [LastValue(capacity), LinearRegression(capacity)]
+    """The model families of a bank, in a fixed order (variant index = position in the concatenated names)."""
+    from sidecar.engine.models_bucket import BucketModels
+    from sidecar.engine.models_smooth import DampedTrend
+
+    return [LastValue(capacity), LinearRegression(capacity), DampedTrend(capacity), BucketModels(capacity)]
