@@ -102,6 +102,7 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_forecast_lower", "gauge", "Lower bound of the forecast interval at the horizon.", _TMH),
     MetricSpec("twin_forecast_upper", "gauge", "Upper bound of the forecast interval at the horizon.", _TMH),
     MetricSpec("twin_confidence", "gauge", "Confidence (0-1) of the forecast at the horizon.", _TMH),
+    MetricSpec("twin_actual", "gauge", "Latest observed value of the metric (what the twin last synced).", _TML),
     MetricSpec("twin_expected", "gauge", "Expected value of the metric (hand-set or learned).", _TML),
     MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / expected for the metric.", _TML),
     MetricSpec("twin_divergence_severity", "gauge",
@@ -252,7 +253,7 @@ class ArrayGaugeFamily(Metric):
 
 #: Estimates are written with 9 significant digits (far below their own error, and half the cost of an exact
 #: ``repr`` per sample); counts, timestamps and scores are written exactly.
-_ESTIMATES = frozenset({"twin_forecast", "twin_forecast_lower", "twin_forecast_upper", "twin_confidence",
+_ESTIMATES = frozenset({"twin_forecast", "twin_forecast_lower", "twin_forecast_upper", "twin_confidence", "twin_actual",
                         "twin_expected", "twin_divergence_ratio", "twin_anomaly_score"})
 _ESTIMATE_FORMAT = "{:.9g}".format
 
@@ -378,6 +379,7 @@ class TwinCollector:
             _array_gauge("twin_forecast_lower", sh, view.forecast_lower),
             _array_gauge("twin_forecast_upper", sh, view.forecast_upper),
             _array_gauge("twin_confidence", sh, view.confidence),
+            _array_gauge("twin_actual", s, view.last_value),
             _array_gauge("twin_expected", s, view.expected),
             _array_gauge("twin_divergence_ratio", s, view.divergence_ratio),
             _array_gauge("twin_divergence_severity", s, view.severity),
