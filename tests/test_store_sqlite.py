@@ -203,3 +203,25 @@ def test_open_store_picks_the_database(tmp_path: Path) -> None:
         open_store(url="sqlite://", env={})
     with pytest.raises(ConfigError, match="schema"):
         open_store(url="postgresql://db/x", schema="Robert'); DROP", env={})
+
+
+def test_only_retention_deletes_snapshots_and_nothing_updates_them() -> None:
+    """The code has no UPDATE path for a snapshot, and its only DELETE is retention (both databases)."""
+    import ast
+
+    import sidecar.store as pkg
+
+    found = []
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        outer = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+        outer += [m for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body
+                  if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)]
+        for fn in outer:       # nested helpers count as their outermost function
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    sql = " ".join(node.value.upper().split())
+                    if "UPDATE TWIN_STATE_HISTORY" in sql or ("DELETE" in sql and "TWIN_STATE_HISTORY" in sql):
+                        found.append((path.name, fn.name, "UPDATE" if "UPDATE TWIN" in sql else "DELETE"))
+    assert {(f, n) for f, n, _ in found} == {("postgres.py", "apply_retention"), ("sqlite.py", "_retain")}, found
+    assert all(kind == "DELETE" for _, _, kind in found), found
