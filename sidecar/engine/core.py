@@ -54,8 +54,9 @@ from .view import EngineView, MetricSamples, Outbox, PredictionRows
 log = logging.getLogger(__name__)
 
 SOURCE_CODES: tuple[Source, ...] = tuple(Source)
-#: Forecast rows for the store at most this often per series (the tick is every 15 s).
-PREDICTION_EVERY_S = 60.0
+#: Forecast rows for the store at most this often per series (the tick is every 15 s): the
+#: exporter has every tick; the table is an audit trail of what was predicted, not a time series.
+PREDICTION_EVERY_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
