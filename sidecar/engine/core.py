@@ -110,6 +110,7 @@ class Engine:
         self._view = EngineView.empty(self.horizons_s)
         self._last_at = float("nan")
         self._dirty = False                      # quiet ingests left rollup and view stale
+        self._key_arrays: tuple[np.ndarray, np.ndarray] | None = None   # slot -> twin id / metric
         h = len(self.horizons_s)
         cap = self.series.capacity
         # per-series state
@@ -213,7 +214,7 @@ class Engine:
         self._free_twin_slots.append(tslot)
         del self._twins[t.twin_id]
         del self._by_name[t.source_system]
-        self._names_cache = None
+        self._names_cache = self._key_arrays = None
         self._outbox.retired.append(t.twin_id)
         self.monitor.emit(t.twin_id, EventType.TWIN_RETIRED, "info", f"twin {t.source_system} retired", at)
         self._refresh_view(at)
@@ -267,7 +268,7 @@ class Engine:
         self.last_pred_emit[slot] = -np.inf
         self._alerts.pop(slot, None)
         self._apply_config_slot(slot, twin, metric)
-        self._names_cache = None
+        self._names_cache = self._key_arrays = None
 
     def _ensure_capacity(self) -> None:
         cap = self.series.capacity
@@ -480,11 +481,13 @@ class Engine:
                                   at, {"active_risk_predictions": int(risk[ts])})
 
     def _emit_samples(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray) -> None:
-        keys = self.series.keys
-        pairs = [keys[i] for i in idx.tolist()]
-        self._outbox.samples.append(MetricSamples(
-            twin_id=tuple(p[0] for p in pairs if p), metric=tuple(p[1] for p in pairs if p),
-            timestamp=t.copy(), value=y.copy()))
+        if self._key_arrays is None or self._key_arrays[0].size < len(self.series):
+            keys = self.series.keys
+            self._key_arrays = (np.array([k[0] if k else "" for k in keys], dtype=object),
+                                np.array([k[1] if k else "" for k in keys], dtype=object))
+        tw, me = self._key_arrays
+        self._outbox.samples.append(MetricSamples(twin_id=tw[idx], metric=me[idx], timestamp=t.copy(),
+                                                  value=y.copy()))
 
     def _emit_predictions(self, idx: np.ndarray, at: float) -> None:
         due = idx[(at - self.last_pred_emit[idx]) >= PREDICTION_EVERY_S]

@@ -9,6 +9,7 @@ engine itself never does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,10 +54,11 @@ class EngineView:
 
 @dataclass(frozen=True, slots=True)
 class MetricSamples:
-    """Observed samples accepted since the last drain, flat arrays of equal length."""
+    """Observed samples accepted since the last drain, flat arrays of equal length
+    (names as object arrays: building a tuple of strings per tick cost more than the tick's maths)."""
 
-    twin_id: tuple[str, ...]
-    metric: tuple[str, ...]
+    twin_id: Sequence[str] | np.ndarray
+    metric: Sequence[str] | np.ndarray
     timestamp: np.ndarray
     value: np.ndarray
 
