@@ -272,3 +272,29 @@ def test_a_twin_with_a_single_sample_still_answers() -> None:
         d = _json(run_scenario(ctx, scenario))
         assert d["model_fit"]["trustworthy"] is False
         assert 0.0 <= d["failure_probability"] <= 1.0
+
+
+def test_blocked_worker_pool_breaks_on_latency_well_before_cpu() -> None:
+    # 2 workers held 40 ms each (mostly a downstream wait): the pool serves 50 req/s while CPU stays low
+    ctx = make_ctx(cpu_bound=False, servers=2, service_s=0.04, load=15.0, swing=8.0)
+    lam = ctx.values["request_rate"]
+    from sidecar.engine.capacity import erlang_c
+
+    pw = erlang_c(2.0, lam * 0.04)
+    values = dict(ctx.values)
+    values["request_latency_mean_ms"] = 1000 * (0.04 + pw / (50.0 - lam))      # M/M/c, like the p99
+    times = dict(ctx.times)
+    times["request_latency_mean_ms"] = times["request_rate"]
+    ctx = SimulationContext(ctx.twin_id, ctx.now, ctx.limits, times, values, ctx.horizons_s, ctx.forecast_mean,
+                            ctx.forecast_lower, ctx.forecast_upper, replicas=1, workers=2)
+    r = run_scenario(ctx, {"type": "load_test"})
+    routes = r.model_fit["params"]["capacity_by_route"]
+    assert routes["mean_latency"] == pytest.approx(50.0, rel=0.05) and routes["cpu"] > 500
+    assert r.model_fit["params"]["capacity"] == pytest.approx(50.0, rel=0.05)
+    bp = r.breaking_point
+    assert bp is not None and bp["bottleneck"] == "latency"
+    lo, hi = bp["request_rate_interval"]
+    assert 40.0 <= bp["request_rate"] <= 50.0 and lo < bp["request_rate"] < hi
+    spike = run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 4})
+    assert spike.will_likely_fail
+    assert any(re.search(r"Add \d+ replica", x) for x in spike.recommendations)

@@ -217,7 +217,7 @@ def fit_mean_latency(rate: F64, mean_ms: F64, servers: int) -> MeanLatencyFit | 
         return None
     base = float(np.quantile(t, 0.1))
     s_grid = base * np.geomspace(0.2, 1.2, 160)
-    k_grid = np.linspace(0.1, 2.5, 25)
+    k_grid = np.linspace(0.25, 2.5, 19)      # (Ca² + Cs²)/2: below 0.25 needs smoother than Poisson arrivals
     cap = servers / s_grid                                            # (S,)
     stable = cap > float(np.max(lam)) * 1.001
     with np.errstate(divide="ignore", invalid="ignore"):
