@@ -12,8 +12,11 @@ feature) and vectorised across series; memory per series is fixed.
    would otherwise call every tiny wobble infinitely surprising.
 2. **Features**, each a non-negative surprise measured in baseline scales: the value
    itself (spikes, dips), the mean of the last ``short_samples`` samples (a shift in
-   level), and the log-ratio of their spread to the baseline's (a change in variance).
-   With ``use_forecast`` the engine's one-step forecast error is a fourth feature.
+   level), the log-ratio of their spread to the baseline's (a change in variance), and
+   how far the value goes beyond the most extreme values seen (a new high or low; the
+   extremes relax toward the baseline over about ``extreme_samples`` samples, so this
+   remembers weeks, not hours). With ``use_forecast`` the engine's one-step forecast
+   error is a fifth feature.
 3. **Calibration per series.** Each feature's own history is kept in a decayed histogram
    (memory about ``memory_samples``), so ``p`` is an empirical tail probability: a noisy
    or spiky series learns that big surprises are normal *for it*. Beyond what the series
@@ -22,8 +25,9 @@ feature) and vectorised across series; memory per series is fixed.
    the features, times their number (Bonferroni), is the sample's ``p``.
 4. **One alert per incident.** After a score reaches ``alert_level``, for
    ``quiet_samples`` samples only a sample more surprising than the incident's peak keeps
-   its score; the others are halved. Repeats of an alert already raised are noise to an
-   on-call engineer, and the next genuinely worse moment still comes through.
+   its score, and not within the first ``short_samples`` (the smoothed features are still
+   absorbing the same change); the others are halved. Repeats of an alert already raised
+   are noise to an on-call engineer, and the next genuinely worse moment still comes through.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ _MAX_SURPRISE = 1e5
 _P_FLOOR = 1e-12
 _MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
 
-_SCALARS = ("loc", "dev", "absm", "ms", "vs", "grow", "quiet", "peak")
+_SCALARS = ("loc", "dev", "absm", "ms", "vs", "env_hi", "env_lo", "grow", "quiet", "peak")
 
 
 class AnomalyBank:
@@ -66,7 +70,7 @@ class AnomalyBank:
     def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0, short_samples: float = 12.0,
                  memory_samples: float = 2000.0, prior_weight: float = 20.0, prior_tail_power: float = 2.0,
                  scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
-                 quiet_samples: int = 300, use_forecast: bool = False) -> None:
+                 quiet_samples: int = 400, extreme_samples: float = 20000.0, use_forecast: bool = False) -> None:
         self._cap = max(int(capacity), 1)
         self._n = 0
         self._a_base = 1.0 / baseline_samples
@@ -79,7 +83,9 @@ class AnomalyBank:
         self._warmup = warmup
         self._alert = alert_level
         self._quiet = quiet_samples
-        self._nf = 4 if use_forecast else 3
+        self._refractory = short_samples
+        self._a_env = 1.0 / extreme_samples
+        self._nf = 5 if use_forecast else 4
         # the level feature's mean of ``short_samples`` has a spread sqrt((2 - a) / a) times smaller
         self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
@@ -149,12 +155,15 @@ class AnomalyBank:
         feats[:, 0] = np.abs(err) / sig
         feats[:, 1] = np.abs(ms_new - loc) / sig * self._level_gain
         feats[:, 2] = 2.0 * np.abs(np.log((_MAD_TO_SD * vs_new + floor) / sig))
-        if self._nf == 4:
+        hi = np.where(first, x, f["env_hi"][idx])
+        lo = np.where(first, x, f["env_lo"][idx])
+        feats[:, 3] = np.maximum(np.maximum(x - hi, lo - x), 0.0) / sig
+        if self._nf == 5:
             e = np.asarray(expected, dtype=np.float64)
             s = np.asarray(scale, dtype=np.float64)
             ok = np.isfinite(e) & np.isfinite(s)
             fc = np.abs(x - np.where(ok, e, x)) / np.maximum(np.where(ok, s, 1.0), floor)
-            feats[:, 3] = np.where(ok, fc, 0.0)
+            feats[:, 4] = np.where(ok, fc, 0.0)
         np.minimum(feats, EDGES[-1], out=feats)
 
         # tail probability of each feature under its own (decayed) history, with a power-law prior
@@ -191,6 +200,9 @@ class AnomalyBank:
         f["loc"][idx] = loc + a * ee
         f["dev"][idx] = dev + a * (np.abs(ee) - dev)
         f["absm"][idx] = absm + a * (np.abs(x) - absm)
+        # the extremes relax toward the baseline over about ``extreme_samples`` samples
+        f["env_hi"][idx] = np.maximum(x, loc + (hi - loc) * (1.0 - self._a_env))
+        f["env_lo"][idx] = np.minimum(x, loc + (lo - loc) * (1.0 - self._a_env))
         f["ms"][idx] = ms_new
         f["vs"][idx] = vs_new
         self._i["count"][idx] = cnt + 1
@@ -202,7 +214,10 @@ class AnomalyBank:
         f = self._f
         quiet, peak = f["quiet"][idx], f["peak"][idx]
         inside = quiet > 0
-        record = inside & (score > peak)
+        # the smoothed features take ``short_samples`` to absorb a change: rising scores that soon
+        # after the alert are the same evidence, not a worse moment
+        settled = self._quiet - quiet > self._refractory
+        record = inside & settled & (score > peak)
         out = np.where(inside & ~record, 0.5 * score, score)
         start = ~inside & (score >= self._alert)
         f["peak"][idx] = np.where(record | start, score, peak)
