@@ -78,11 +78,27 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@,=-]")
 _PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
+def naming_key(rule: TwinRule, labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The labels that identify a discovered twin (``name_labels``, or all but ``__name__``) and values."""
+    keys = rule.name_labels or tuple(sorted(k for k in labels if k != "__name__"))
+    return tuple((k, labels.get(k, "")) for k in keys)
+
+
 def discovered_name(rule: TwinRule, labels: Mapping[str, str]) -> str:
     """``checkout-api@10.0.0.7:8080``: the rule's name and the naming labels' values (URL-safe)."""
-    keys = rule.name_labels or tuple(sorted(k for k in labels if k != "__name__"))
-    values = ",".join(labels.get(k, "") for k in keys) or "_"
+    values = ",".join(v for _, v in naming_key(rule, labels)) or "_"
     return f"{rule.name}@{_NAME_UNSAFE.sub('_', values)}"
+
+
+def shared_queries(rule: TwinRule) -> dict[str, str]:
+    """A discovery rule's queries without ``$label``: run once per round for the whole family.
+
+    Each returned series goes to the twin whose naming labels it carries, so
+    ``sum by (instance) (rate(x[1m]))`` serves a thousand twins with one query.
+    """
+    if not rule.discover:
+        return {}
+    return {m: q for m, q in rule.queries().items() if not _PLACEHOLDER.search(q)}
 
 
 def substitute(query: str, labels: Mapping[str, str]) -> str:
@@ -138,6 +154,7 @@ class Target:
     queries: dict[str, str]              # metric -> PromQL (placeholders filled)
     labels: dict[str, str] = field(default_factory=dict)
     absent_rounds: int = 0               # discovered twins: successful discovery rounds without the series
+    key: tuple[tuple[str, str], ...] = ()   # discovered twins: the naming labels and their values
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +170,23 @@ class RoundReport:
     twins: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One instant query: for one twin, or shared by every twin of a discovery rule (``rule`` set)."""
+
+    twin: str
+    metric: str
+    query: str
+    rule: str | None = None
+
+
 @dataclass(slots=True)
 class _Outcome:
     twin: str
     metric: str
     result: InstantVector | None = None
     error: SourceError | None = None
+    quiet: bool = False                  # a shared query's failure is logged once, for the rule
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -231,12 +259,20 @@ class Scheduler:
             return self._finish_round(RoundReport(at=at, source_up=False, twins=len(self.targets)), t0)
         discovered, discovery_answered = await self._discover(at)
         await self._reconcile(at, discovered)
-        jobs = [(name, metric, query) for name, t in self.targets.items()
+        jobs = [_Job(name, metric, query) for name, t in self.targets.items()
                 for metric, query in t.queries.items()]
-        outcomes, aborted = await self._query_all(jobs, at)
-        answered = sum(1 for o in outcomes if o.result is not None or isinstance(o.error, QueryFailed))
+        jobs += [_Job("", metric, query, rule=r.name) for r in self.config.twins
+                 for metric, query in shared_queries(r).items()]
+        raw, aborted = await self._query_all(jobs, at)
+        answered = sum(1 for _, o in raw if o.result is not None or isinstance(o.error, QueryFailed))
         reachable = answered > 0 or discovery_answered > 0
-        series, values, failed, dropped = self._collect(outcomes, aborted, reachable)
+        outcomes, dealt_slots, dealt_values, dropped_shared = self._expand(raw, reachable)
+        outcomes += self._expand_aborted(aborted)
+        series, values, failed, dropped = self._collect(outcomes, reachable)
+        if dealt_slots:
+            series = np.concatenate([series, np.asarray(dealt_slots, np.int64)])
+            values = np.concatenate([values, np.asarray(dealt_values, np.float64)])
+        dropped += dropped_shared
         accepted = 0
         if series.size:
             async with self.lock:
@@ -246,7 +282,7 @@ class Scheduler:
                 log.debug("samples dropped by the engine", extra={
                     "nonfinite": tick.dropped_nonfinite, "stale": tick.dropped_stale,
                     "invalid": tick.dropped_invalid})
-        first_error = next((o.error for o in outcomes if o.error is not None), None)
+        first_error = next((o.error for _, o in raw if o.error is not None), None)
         self._source_state(reachable, at, first_error)
         await self._flush()
         return self._finish_round(RoundReport(
@@ -277,8 +313,8 @@ class Scheduler:
             pass   # it answered: reachable
         return True
 
-    async def _query_all(self, jobs: Sequence[tuple[str, str, str]], at: float
-                         ) -> tuple[list[_Outcome], list[tuple[str, str]]]:
+    async def _query_all(self, jobs: Sequence[_Job], at: float
+                         ) -> tuple[list[tuple[_Job, _Outcome]], list[_Job]]:
         """Run the instant queries; stop early when the source is clearly unreachable or on shutdown."""
         if not jobs:
             return [], []
@@ -286,10 +322,10 @@ class Scheduler:
         timeout = self.config.prometheus.timeout_s
         deadline = loop.time() + 3 * max(self.config.interval_s, timeout)
         breaker = max(3, self.config.prometheus.max_concurrency)
-        tasks: dict[asyncio.Task[InstantVector], tuple[str, str]] = {
-            asyncio.create_task(self.client.query(q, at=at)): (twin, metric) for twin, metric, q in jobs}
+        tasks: dict[asyncio.Task[InstantVector], _Job] = {
+            asyncio.create_task(self.client.query(j.query, at=at)): j for j in jobs}
         pending: set[asyncio.Task[InstantVector]] = set(tasks)
-        outcomes: list[_Outcome] = []
+        outcomes: list[tuple[_Job, _Outcome]] = []
         unreachable_run = 0
         stop_deadline: float | None = None
         try:
@@ -306,17 +342,17 @@ class Scheduler:
                 done, pending = await asyncio.wait(pending, timeout=min(wait_s, 0.25),
                                                    return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    twin, metric = tasks[task]
+                    job = tasks[task]
                     exc = task.exception()
                     if exc is None:
-                        outcomes.append(_Outcome(twin, metric, result=task.result()))
+                        outcomes.append((job, _Outcome(job.twin, job.metric, result=task.result())))
                         unreachable_run = 0
                     elif isinstance(exc, SourceError):
-                        outcomes.append(_Outcome(twin, metric, error=exc))
+                        outcomes.append((job, _Outcome(job.twin, job.metric, error=exc)))
                         unreachable_run = unreachable_run + 1 if isinstance(exc, SourceUnavailable) else 0
                     else:
                         raise exc
-                if unreachable_run >= breaker and not any(o.result is not None for o in outcomes):
+                if unreachable_run >= breaker and not any(o.result is not None for _, o in outcomes):
                     break       # the source is down: do not wait out every remaining query's timeout
         finally:
             for task in pending:
@@ -325,7 +361,73 @@ class Scheduler:
                 await asyncio.gather(*pending, return_exceptions=True)
         return outcomes, [tasks[t] for t in pending]
 
-    def _collect(self, outcomes: Sequence[_Outcome], aborted: Sequence[tuple[str, str]],
+    def _family(self, rule: str) -> list[Target]:
+        return [t for t in self.targets.values() if t.rule.name == rule and t.rule.discover]
+
+    def _expand(self, raw: Sequence[tuple[_Job, _Outcome]], reachable: bool
+                ) -> tuple[list[_Outcome], list[int], list[float], int]:
+        """Per-twin outcomes from raw ones; a shared query's series are dealt out by naming labels.
+
+        Dealt series go straight to (slots, values): one pass over the series
+        and a dict lookup each, so a family of thousands of twins costs
+        milliseconds, not a result object per twin.
+        """
+        out: list[_Outcome] = []
+        slots: list[int] = []
+        values: list[float] = []
+        dropped_total = 0
+        for job, o in raw:
+            if job.rule is None:
+                out.append(o)
+                continue
+            family = self._family(job.rule)
+            key = (job.rule, job.metric)
+            if o.error is not None:
+                self._streak_failed(key, str(o.error), quiet=not reachable)
+                out.extend(_Outcome(t.name, job.metric, error=o.error, quiet=True) for t in family)
+                continue
+            self._query_ok(key)
+            assert o.result is not None
+            vec = o.result
+            keep, dropped = loopguard.drop_own_series(vec.labels)
+            if dropped:
+                dropped_total += dropped
+                self.status.dropped_own_series_total += dropped
+                log.warning("dropped series carrying the sidecar's own metric names", extra={
+                    "rule": job.rule, "metric": job.metric, "dropped": dropped})
+            groups: dict[tuple[str, ...], dict[tuple[str, ...], Target]] = {}
+            for t in family:
+                groups.setdefault(tuple(k for k, _ in t.key), {})[tuple(v for _, v in t.key)] = t
+            hits: dict[str, list[int]] = {}
+            for names, by_value in groups.items():
+                for i in keep:
+                    lbl = vec.labels[i]
+                    if all(k in lbl for k in names):
+                        t_hit = by_value.get(tuple(lbl[k] for k in names))
+                        if t_hit is not None:
+                            hits.setdefault(t_hit.name, []).append(i)
+            for t in family:
+                mine = hits.get(t.name, ())
+                if len(mine) > 1:
+                    out.append(_Outcome(t.name, job.metric, result=select(vec, mine)))   # reported as an error
+                    continue
+                self._query_ok((t.name, job.metric))
+                if mine:
+                    slot = self._slot(t.name, job.metric)
+                    if slot is not None:
+                        slots.append(slot)
+                        values.append(float(vec.values[mine[0]]))
+        return out, slots, values, dropped_total
+
+    def _expand_aborted(self, aborted: Sequence[_Job]) -> list[_Outcome]:
+        cut = SourceUnavailable("not answered before the round was cut short")
+        out: list[_Outcome] = []
+        for job in aborted:
+            twins = [t.name for t in self._family(job.rule)] if job.rule is not None else [job.twin]
+            out.extend(_Outcome(name, job.metric, error=cut, quiet=True) for name in twins)
+        return out
+
+    def _collect(self, outcomes: Sequence[_Outcome],
                  reachable: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Answers -> (series slots, values); failures counted and logged once per streak."""
         slots: list[int] = []
@@ -336,7 +438,7 @@ class Scheduler:
             key = (o.twin, o.metric)
             if o.error is not None:
                 failed += 1
-                self._query_failed(key, str(o.error), quiet=not reachable)
+                self._query_failed(key, str(o.error), quiet=o.quiet or not reachable)
                 continue
             assert o.result is not None
             vec = o.result
@@ -358,9 +460,6 @@ class Scheduler:
                 if slot is not None:
                     slots.append(slot)
                     values.append(float(vec.values[0]))
-        for twin, metric in aborted:
-            failed += 1
-            self._query_failed((twin, metric), "not answered before the round was cut short", quiet=True)
         return np.asarray(slots, np.int64), np.asarray(values, np.float64), failed, dropped_total
 
     def _slot(self, twin: str, metric: str) -> int | None:
@@ -374,15 +473,22 @@ class Scheduler:
             self._slots[key] = slot
         return slot
 
+    def metrics_of(self, target: Target) -> list[str]:
+        """Every metric a twin gets: its own queries and its rule's shared ones."""
+        return [*target.queries, *shared_queries(target.rule)]
+
     def _count_all_failed(self) -> None:
         for name, t in self.targets.items():
-            for metric in t.queries:
+            for metric in self.metrics_of(t):
                 self._query_failed((name, metric), "source unreachable", quiet=True)
 
     # ------------------------------------------------------------------ error streaks
 
     def _query_failed(self, key: tuple[str, str], message: str, *, quiet: bool) -> None:
         self.status.query_errors[key] += 1
+        self._streak_failed(key, message, quiet=quiet)
+
+    def _streak_failed(self, key: tuple[str, str], message: str, *, quiet: bool) -> None:
         streak = self._failing.get(key, 0)
         self._failing[key] = streak + 1
         if streak == 0 and not quiet:
@@ -461,7 +567,8 @@ class Scheduler:
                     wanted[name].absent_rounds = 0
                     continue
                 try:
-                    queries = {m: substitute(q, labels) for m, q in rule.queries().items()}
+                    queries = {m: substitute(q, labels) for m, q in rule.queries().items()
+                               if m not in shared_queries(rule)}
                     for q in queries.values():
                         loopguard.check_query(q)
                 except ValueError as exc:
@@ -469,7 +576,7 @@ class Scheduler:
                                        quiet=False)
                     continue
                 own = {k: v for k, v in labels.items() if k != "__name__"}
-                wanted[name] = Target(name, rule, queries, own)
+                wanted[name] = Target(name, rule, queries, own, key=naming_key(rule, own))
             for name, t in list(wanted.items()):
                 if t.rule.name == rule.name and name not in present:
                     t.absent_rounds += 1
@@ -485,7 +592,7 @@ class Scheduler:
             created, retired = await asyncio.to_thread(self._apply_targets, wanted, retire, at, sweep)
         self.targets = wanted
         for name in created:            # counters exist from the start, so rate() sees the first error
-            for metric in wanted[name].queries:
+            for metric in self.metrics_of(wanted[name]):
                 self.status.query_errors[(name, metric)] += 0
         for name in retired:
             for key in [k for k in self._slots if k[0] == name]:
@@ -513,10 +620,12 @@ class Scheduler:
             if rule is None:
                 continue
             try:
-                queries = {m: substitute(q, twin.labels) for m, q in rule.queries().items()}
+                queries = {m: substitute(q, twin.labels) for m, q in rule.queries().items()
+                           if m not in shared_queries(rule)}
             except ValueError:
                 continue
-            out[twin.name] = Target(twin.name, rule, queries, dict(twin.labels))
+            out[twin.name] = Target(twin.name, rule, queries, dict(twin.labels),
+                                    key=naming_key(rule, twin.labels))
         return out
 
     def _apply_targets(self, wanted: Mapping[str, Target], retire: Sequence[str], at: float,
@@ -532,15 +641,17 @@ class Scheduler:
             except EngineError:
                 pass
         for name, t in wanted.items():
+            if name in self.targets:
+                continue                       # already a twin (looking it up would rebuild its record)
             rule = t.rule
             try:
                 self.engine.get(name)
             except EngineError:
                 pass
             else:
-                if name not in self.targets:   # restored from the store: the rules file wins for its rules
-                    self.engine.configure(name, at=at, thresholds=dict(rule.thresholds),
-                                          limits=dict(rule.limits), auto_correction=rule.auto_correction)
+                # restored from the store: the rules file wins for what it sets
+                self.engine.configure(name, at=at, thresholds=dict(rule.thresholds),
+                                      limits=dict(rule.limits), auto_correction=rule.auto_correction)
                 continue
             try:
                 self.engine.create_twin(
@@ -595,22 +706,41 @@ class Scheduler:
                 log.debug("backfill query failed", extra={"twin": name, "metric": metric, "error": str(exc)})
                 return name, metric, None
 
-        results = await asyncio.gather(*(one(*j) for j in jobs))
+        start = math.ceil((now - self.config.backfill_s) / step) * step
+        shared = [(r.name, metric, query) for r in self.config.twins for metric, query in shared_queries(r).items()]
+        results, shared_results = await asyncio.gather(
+            asyncio.gather(*(one(*j) for j in jobs)),
+            asyncio.gather(*(one(rule, metric, query, start) for rule, metric, query in shared)))
         samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         failed = 0
+
+        def take(name: str, metric: str, m: RangeMatrix, rows: Sequence[int]) -> int:
+            if len(rows) != 1:
+                return int(len(rows) > 1)
+            row = m.values[rows[0]]
+            ok = np.isfinite(row)
+            if ok.any():
+                samples[(name, metric)] = (m.times[ok], row[ok])
+            return 0
+
         for name, metric, m in results:
             if m is None:
                 failed += 1
                 continue
             keep, dropped = loopguard.drop_own_series(m.labels)
             self.status.dropped_own_series_total += dropped
-            if len(keep) != 1:
-                failed += len(keep) > 1
+            failed += take(name, metric, m, keep)
+        for rule, metric, m in shared_results:
+            if m is None:
+                failed += 1
                 continue
-            row = m.values[keep[0]]
-            ok = np.isfinite(row)
-            if ok.any():
-                samples[(name, metric)] = (m.times[ok], row[ok])
+            keep, dropped = loopguard.drop_own_series(m.labels)
+            self.status.dropped_own_series_total += dropped
+            for t in self._family(rule):
+                names = [k for k, _ in t.key]
+                want = tuple(v for _, v in t.key)
+                rows = [i for i in keep if tuple(m.labels[i].get(k) for k in names) == want]
+                failed += take(t.name, metric, m, rows)
         accepted = 0
         if samples:
             async with self.lock:
@@ -618,7 +748,7 @@ class Scheduler:
             accepted = report.accepted
         self._backfilled = True
         await self._flush()
-        log.info("backfill done", extra={"queries": len(jobs), "failed": failed, "series": len(samples),
+        log.info("backfill done", extra={"queries": len(jobs) + len(shared), "failed": failed, "series": len(samples),
                                          "samples": accepted, "window_s": self.config.backfill_s})
         return accepted
 

@@ -104,6 +104,9 @@ async def test_sidecar_forecasts_the_demo_service_from_real_prometheus(
     discovered = [lbl["twin"] for lbl, _ in found["twin_health_score"]
                   if lbl["twin"].startswith("demo-targets@")]
     assert len(discovered) == 1
+    family_metrics = {lbl["metric"] for lbl, _ in found["twin_forecast"] if lbl["twin"] == discovered[0]}
+    assert family_metrics == {"resident_memory_mb", "inflight"}     # shared and per-twin queries both land
+    assert 1.0 < one(found, "twin_forecast", twin=discovered[0], metric="resident_memory_mb", horizon="1m") < 1e4
     assert 0.0 <= one(found, "twin_health_score", twin="demo-api") <= 100.0
     assert abs(one(found, "twin_last_sync_timestamp_seconds", twin="demo-api") - time.time()) < 30
     horizons = {lbl["horizon"] for lbl, _ in found["twin_forecast"] if lbl["twin"] == "demo-api"}

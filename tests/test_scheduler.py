@@ -272,6 +272,33 @@ async def proxy(prom_env: PromEnv) -> AsyncIterator[FlakyProxy]:
     await p.close()
 
 
+async def test_a_family_query_without_placeholders_runs_once_and_is_dealt_out(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    for inst, v in (("s1", 11.0), ("s2", 22.0), ("s3", 33.0)):
+        prom_env.target.set("sched_fam_up", 1.0, inst=inst)
+        prom_env.target.set("sched_fam_load", v, inst=inst, core="0")
+        prom_env.target.set("sched_fam_load", 1.0, inst=inst, core="1")
+    prom_env.prom.wait_for_series("sched_fam_load", count=6)
+    cfg = rules(prom_env.url, """\
+  - name: fam
+    discover: 'sched_fam_up'
+    name_labels: [inst]
+    metrics:
+      load: 'sum by (inst) (sched_fam_load)'
+      core0: 'sched_fam_load{inst="$inst", core="0"}'
+      unsplit: 'sum(sched_fam_load)'
+""")
+    sched, engine, status, _ = make(cfg, client)
+    report = await sched.run_round()
+    assert report.queries == 3 + 2          # three per-twin queries (core0) + two shared ones
+    assert {t.name for t in engine.twins()} == {"fam@s1", "fam@s2", "fam@s3"}
+    for inst, v in (("s1", 11.0), ("s2", 22.0), ("s3", 33.0)):
+        assert last_value(engine, f"fam@{inst}", "load") == v + 1.0
+        assert last_value(engine, f"fam@{inst}", "core0") == v
+        assert "unsplit" not in engine.history(f"fam@{inst}")   # no inst label: belongs to no twin
+        assert status.query_errors[(f"fam@{inst}", "load")] == 0
+
+
 async def test_failed_discovery_keeps_the_twins(prom_env: PromEnv, proxy: FlakyProxy) -> None:
     prom_env.target.set("sched_up2", 1.0, inst="z")
     prom_env.prom.wait_for_series("sched_up2")
