@@ -211,6 +211,11 @@ async def _table(api: httpx.AsyncClient) -> str:
             row += cell.rjust(22)
         row += f"{m.get('severity', ''):>10}  {_eta(m.get('breach_eta_seconds'))}"
         lines.append(row)
+    others = [t for t in (twins.get("twins", []) if isinstance(twins, dict) else twins)
+              if t.get("name") != MAIN_TWIN]
+    for t in others:
+        lines.append(f"  twin {t['name']}: health {t['health_score']:.1f} ({t['health_status']}), "
+                     f"drift {'YES' if t['drift_detected'] else 'no'}, {t['active_alerts']} alert(s)")
     for scenario, vals in sorted(sims.items()):
         p = vals.get("twin_simulation_failure_probability")
         mult = vals.get("twin_simulation_breaking_multiplier")
