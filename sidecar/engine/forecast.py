@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from sidecar.engine.models import F64, I64, Field, LinearRegression, Model, Now, Slots, Step, build_models
+from sidecar.engine.models import F64, I64, Field, Model, Now, Slots, Step, build_models
 from sidecar.errors import InputError
 
 _GAP_FACTOR = 4.0  # an interval this many times the usual one is a gap
 _DT_RATE = 0.05  # forgetting of the sampling-interval estimate
 _ERR_RATE = 0.007  # forgetting of the running backtest errors (about the last 150 scored forecasts)
 _SCALE_RATE = 0.05  # forgetting of the one-step error scale
-_Q_RATE = 0.05  # step of the quantile trackers, in units of the recent absolute error
+_Q_RATE = 0.15  # step of the quantile trackers, in units of the recent absolute error
 _HIT_RATE = 0.02  # forgetting of the interval hit rate
 _CONF_PRIOR = 20.0  # pseudo-count pulling `confidence` toward `level`
 _MIN_SCORED = 5  # scores a model needs at a horizon before it can be chosen
@@ -102,7 +102,7 @@ class ForecastBank:
         self.model_choice = model
         self._forced = -1 if model == "auto" else self.model_names.index(model)
         self._last = self.model_names.index("last")
-        self._linear = next(f for f in self.families if isinstance(f, LinearRegression))
+        self._lin_idx = self.model_names.index("linear")
         self._size = 0
         M, H, Q = len(self.model_names), h.size, self.queue
         f32 = np.float32
@@ -435,7 +435,12 @@ class ForecastBank:
         c["flo"][i] = mean + np.minimum(lo, 0.0)
         c["fhi"][i] = mean + np.maximum(hi, 0.0)
         c["fmodel"][i] = choice
-        c["slope"][i] = self._linear.slope(now)
+        # the slope of the baseline line, read off its own forecasts (no second fit)
+        lin = preds[:, self._lin_idx, :]
+        span = hs[:, -1] - hs[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(span > 0, (lin[:, -1] - lin[:, 0]) / np.where(span > 0, span, 1.0), 0.0)
+        c["slope"][i] = np.where(np.isfinite(slope), slope, 0.0)
         return ph
 
     def _now(self, i: I64) -> Now:
@@ -461,6 +466,16 @@ class ForecastBank:
             model=c["fmodel"][i].astype(np.int8),
             slope_per_s=c["slope"][i],
         )
+
+    def predict_models(self, idx: NDArray[np.integer] | Sequence[int] | None = None) -> F64:
+        """Every model's forecast (k, M, H) from each series' last sample, NaN where a model has none.
+
+        A pure read, for backtests and diagnostics (which model would have said what).
+        """
+        i = self._check_idx(idx)
+        now = self._now(i)
+        hs = np.broadcast_to(self.horizons_s[None, :], (i.size, self.horizons_s.size)).copy()
+        return self._predict_all(now, hs)
 
     # ------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, np.ndarray]:

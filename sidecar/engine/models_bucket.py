@@ -50,8 +50,8 @@ class BucketModels(Model):
         self.g_day = float(daily_gamma)
         self.g_week = float(weekly_gamma)
         self.week_phase = float(weekly_phase_s)
-        self.nday = int(round(_DAY / self.base))
-        self.nweek = int(round(_WEEK / max(self.week_phase, self.base)))
+        self.nday = round(_DAY / self.base)
+        self.nweek = round(_WEEK / max(self.week_phase, self.base))
         self.names = (
             *(f"median_{w}" for w in self.windows),
             *(f"season_{int(p // 60)}m" for p in self.periods),
@@ -63,10 +63,16 @@ class BucketModels(Model):
         f32 = np.float32
         return {
             "w": Field((), np.float64, np.nan),  # resolution (s), fixed from the first interval
-            "cb": Field((), np.int64, -1),  # bucket in progress
+            "cb": Field((), np.int64, -1),  # bucket in progress (or the last one, once closed)
+            "lb": Field((), np.int64, -1),  # last closed bucket
             "csum": Field((), np.float64, 0.0),
-            "ccnt": Field((), np.float64, 0.0),
+            "ccnt": Field((), np.float64, 0.0),  # samples in the bucket in progress (0: none open)
             "ring": Field((self.R,), np.float64, np.nan),  # closed buckets, newest last
+            "med": Field((len(self.windows),), np.float64, np.nan),  # medians, refreshed at each close
+            "ms": Field((self.periods.size,), np.int64, 0),  # phases of each short period (0: unusable)
+            "md": Field((), np.int64, 0),
+            "wk": Field((), np.float64, np.nan),
+            "mw": Field((), np.int64, 0),
             "sp": Field((self.nshort,), f32, np.nan),  # short profiles, concatenated
             "d1": Field((self.nday,), f32, np.nan),  # daily: last value per phase
             "d2": Field((self.nday,), f32, np.nan),  # daily: slow mean per phase
@@ -103,52 +109,76 @@ class BucketModels(Model):
             a["cb"][fi] = -1
         setw = ~first & ~np.isfinite(w) & np.isfinite(s.dt)
         if setw.any():
-            d = s.dt[setw]
-            wn = self.base * np.maximum(np.round(d / self.base), 1.0)
-            a["w"][i[setw]] = wn
-            a["cb"][i[setw]] = np.floor(s.t_prev[setw] / wn).astype(np.int64)
+            si = i[setw]
+            wn = self.base * np.maximum(np.round(s.dt[setw] / self.base), 1.0)
+            a["w"][si] = wn
+            a["cb"][si] = np.floor(s.t_prev[setw] / wn).astype(np.int64)
+            ms, md, wk, mw = self._geometry(wn)
+            a["ms"][si] = ms
+            a["md"][si] = md
+            a["wk"][si] = wk
+            a["mw"][si] = mw
             w = a["w"][i]
         live = ~first & np.isfinite(w)
         if not live.any():
             return
         li = i[live]
-        t, y, wl = s.t[live], s.y[live], w[live]
+        t, y, wl, dt = s.t[live], s.y[live], w[live], s.dt[live]
         b = np.floor(t / wl).astype(np.int64)
         cb = a["cb"][li]
-        same = b == cb
-        if same.any():
-            si = li[same]
-            a["csum"][si] += y[same]
-            a["ccnt"][si] += 1.0
-        new = ~same
-        if new.any():
-            ni = li[new]
-            self._close(ni, cb[new], b[new] - cb[new], wl[new])
-            a["csum"][ni] = y[new]
-            a["ccnt"][ni] = 1.0
-            a["cb"][ni] = b[new]
+        cc = a["ccnt"][li]
+        late = (cc > 0) & (b != cb)  # a bucket left open by a missing last sample
+        if late.any():
+            self._close(li[late], cb[late], wl[late])
+        join = (cc > 0) & (b == cb)
+        if join.any():
+            ji = li[join]
+            a["csum"][ji] += y[join]
+            a["ccnt"][ji] += 1.0
+        start = ~join
+        if start.any():
+            st = li[start]
+            a["csum"][st] = y[start]
+            a["ccnt"][st] = 1.0
+            a["cb"][st] = b[start]
+        # close as soon as no further sample is expected in the bucket, so the newest sample counts at once
+        done = t + 0.5 * np.where(np.isfinite(dt), dt, 0.0) >= (b + 1) * wl
+        if done.any():
+            self._close(li[done], b[done], wl[done])
 
-    def _close(self, i: I64, cb: I64, g: I64, w: F64) -> None:
-        """Commit the bucket `cb` of each series (g buckets passed since it began)."""
+    def _close(self, i: I64, cb: I64, w: F64) -> None:
+        """Commit the bucket `cb` of each series: ring, medians and one phase of every profile."""
         a = self.slots
         v = a["csum"][i] / a["ccnt"][i]
+        a["ccnt"][i] = 0.0
         R = self.R
+        lb = a["lb"][i]
+        g = np.where(lb >= 0, cb - lb, 1)
+        a["lb"][i] = cb
         ring = a["ring"][i]
         if np.all(g == 1):
             ring = np.concatenate([ring[:, 1:], v[:, None]], axis=1)
-        else:  # a gap: skipped buckets carry the last level forward
-            src = np.arange(R)[None, :] + np.minimum(g, R)[:, None]
+        else:  # a gap: skipped buckets carry the level forward; g == 0 rewrites the newest entry
+            gg = np.clip(g, 0, R)
+            src = np.arange(R)[None, :] + gg[:, None]
             ring = np.where(src < R, np.take_along_axis(ring, np.minimum(src, R - 1), axis=1), v[:, None])
+            ring[:, -1] = v
         a["ring"][i] = ring
-        ms, md, wk, mw = self._geometry(w)
+        med = np.empty((i.size, len(self.windows)))
+        for j, win in enumerate(self.windows):
+            part = np.partition(ring[:, -win:], win // 2, axis=1)
+            if win % 2:
+                med[:, j] = part[:, win // 2]
+            else:
+                med[:, j] = 0.5 * (part[:, win // 2] + np.max(part[:, : win // 2], axis=1))
+        a["med"][i] = np.where(self._uncovered(ring), np.nan, med)  # a season is used only once covered
+        ms, md, wk, mw = a["ms"][i], a["md"][i], a["wk"][i], a["mw"][i]
         rows = i[:, None]
-        # short profiles
         ok = ms > 0
         col = self.off[None, :] + np.where(ok, cb[:, None] % np.maximum(ms, 1), 0)
         old = a["sp"][rows, col].astype(np.float64)
         upd = np.where(np.isfinite(old), old + self.g_short * (v[:, None] - old), v[:, None])
         a["sp"][rows, col] = np.where(ok, upd, old)
-        # daily
         dk = md > 0
         if dk.any():
             r, ph = i[dk], cb[dk] % md[dk]
@@ -165,59 +195,61 @@ class BucketModels(Model):
             o2 = a["w2"][r, ph].astype(np.float64)
             a["w2"][r, ph] = np.where(np.isfinite(o2), o2 + self.g_week * (vv - o2), vv)
 
+    def _uncovered(self, ring: F64) -> NDArray[np.bool_]:
+        """(k, V) True where a median window reaches into ring entries never filled."""
+        filled = np.isfinite(ring)
+        return np.stack([~filled[:, -win:].all(axis=1) for win in self.windows], axis=1)
+
     # --------------------------------------------------------------- predict
     def predict(self, now: Now, h_s: F64) -> F64:
         a = self.slots
         i = now.idx
         k, Hh = h_s.shape
-        out = np.full((k, len(self.names), Hh), np.nan)
         w = a["w"][i]
         ok = np.isfinite(w)
-        if not ok.any():
-            return out
         if not ok.all():
-            sub = Now(idx=i[ok], t=now.t[ok], y=now.y[ok], n=now.n[ok], dt=now.dt[ok])
-            out[ok] = self.predict(sub, h_s[ok])
+            out = np.full((k, len(self.names), Hh), np.nan)
+            if ok.any():
+                sub = Now(idx=i[ok], t=now.t[ok], y=now.y[ok], n=now.n[ok], dt=now.dt[ok])
+                out[ok] = self.predict(sub, h_s[ok])
             return out
-        cur = a["csum"][i] / a["ccnt"][i]
+        out = np.empty((k, len(self.names), Hh))
+        nw = len(self.windows)
+        out[:, :nw, :] = a["med"][i][:, :, None]
+        cc = a["ccnt"][i]
+        is_open = cc > 0
+        cur = a["csum"][i] / np.where(is_open, cc, 1.0)
         cb = a["cb"][i]
         tb = np.floor((now.t[:, None] + h_s) / w[:, None] + 1e-9).astype(np.int64)
-        # medians over the ring and the bucket in progress (NaN until the window is covered)
-        allv = np.concatenate([a["ring"][i], cur[:, None]], axis=1)
-        j = 0
-        for win in self.windows:
-            out[:, j, :] = np.median(allv[:, -win:], axis=1)[:, None]
-            j += 1
-        ms, md, wk, mw = self._geometry(w)
+        ms, md, wk, mw = a["ms"][i], a["md"][i], a["wk"][i], a["mw"][i]
         rows = i[:, None]
+        j = nw
         for p in range(self.periods.size):
             m = ms[:, p]
             mm = np.maximum(m, 1)[:, None]
             pt = tb % mm
-            val = a["sp"][rows, self.off[p] + pt].astype(np.float64)
-            here = pt == (cb[:, None] % mm)
-            val = np.where(here, np.where(np.isfinite(val), val + self.g_short * (cur[:, None] - val),
-                                          cur[:, None]), val)
+            here = is_open[:, None] & (pt == cb[:, None] % mm)
+            val = self._virtual(a["sp"][rows, self.off[p] + pt], here, cur, self.g_short)
             out[:, j, :] = np.where((m > 0)[:, None], val, np.nan)
             j += 1
         mdd = np.maximum(md, 1)[:, None]
         pt = tb % mdd
         pc = cb[:, None] % mdd
-        here = pt == pc
+        here = is_open[:, None] & (pt == pc)
         d1 = a["d1"][rows, pt].astype(np.float64)
         out[:, j, :] = np.where((md > 0)[:, None], np.where(here, cur[:, None], d1), np.nan)
         d2t = self._virtual(a["d2"][rows, pt], here, cur, self.g_day)
-        d2c = self._virtual(a["d2"][rows, pc], np.ones_like(here), cur, self.g_day)
+        d2c = self._virtual(a["d2"][rows, pc], is_open[:, None], cur, self.g_day)
         out[:, j + 1, :] = np.where((md > 0)[:, None], now.y[:, None] + d2t - d2c, np.nan)
         j += 2
         mwd = np.maximum(mw, 1)[:, None]
         wt = np.floor(tb * w[:, None] / wk[:, None] + 1e-9).astype(np.int64) % mwd
         wc = np.floor(cb[:, None] * w[:, None] / wk[:, None] + 1e-9).astype(np.int64) % mwd
-        here = wt == wc
+        here = is_open[:, None] & (wt == wc)
         w1 = a["w1"][rows, wt].astype(np.float64)
         out[:, j, :] = np.where((mw > 0)[:, None], np.where(here, cur[:, None], w1), np.nan)
         w2t = self._virtual(a["w2"][rows, wt], here, cur, self.g_week)
-        w2c = self._virtual(a["w2"][rows, wc], np.ones_like(here), cur, self.g_week)
+        w2c = self._virtual(a["w2"][rows, wc], is_open[:, None], cur, self.g_week)
         out[:, j + 1, :] = np.where((mw > 0)[:, None], now.y[:, None] + w2t - w2c, np.nan)
         return out
 

@@ -1,0 +1,157 @@
+"""Backtest: replay a metric's history through the forecaster and say how good it would have been.
+
+This is how a user decides whether to trust the forecasts on their own metrics: every
+sample is fed in time order, a forecast is made after each one from the data so far, and
+when the target time has arrived it is compared with what happened.  Per horizon the
+report gives the mean absolute error, MASE against the last value and against
+Prometheus' `predict_linear` (the `linear` model) at the same points, the coverage and
+width of the interval, and how often each model was chosen.
+
+The target of a forecast made at t for horizon h is the sample at t + h, else the
+nearest sample after t within half the median sampling interval (else it is not scored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from sidecar.engine.forecast import ForecastBank
+from sidecar.errors import InputError
+
+
+@dataclass(frozen=True, slots=True)
+class HorizonReport:
+    horizon_s: float
+    scored: int  # forecasts whose target was found
+    mae: float
+    mae_last: float  # the last-value forecast at the same points
+    mae_linear: float  # predict_linear over 1 h at the same points
+    mase_last: float  # mae / mae_last (< 1: better than repeating the last value)
+    mase_linear: float  # mae / mae_linear
+    coverage: float  # share of actuals inside [lower, upper]
+    mean_width: float
+    mean_confidence: float  # what the forecaster claimed; compare with coverage
+    chosen: dict[str, float] = field(default_factory=dict)  # model -> share of forecasts
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestReport:
+    samples: int  # samples replayed
+    dropped: int  # non-finite values, repeated or backward timestamps
+    median_interval_s: float
+    level: float
+    horizons: list[HorizonReport]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _clean(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Keep finite samples whose time is after every earlier kept one (what the engine would accept)."""
+    ok = np.isfinite(t) & np.isfinite(y)
+    t, y = t[ok], y[ok]
+    if t.size:
+        keep = np.ones(t.size, dtype=bool)
+        keep[1:] = t[1:] > np.maximum.accumulate(t)[:-1]
+        t, y = t[keep], y[keep]
+    return t, y, int(ok.size - t.size)
+
+
+def _targets(t: np.ndarray, h: float, tol: float) -> np.ndarray:
+    """Index of the sample scored for a forecast made at each t for horizon h, or -1."""
+    n = t.size
+    tgt = t + h
+    j = np.searchsorted(t, tgt, side="left")
+    ja = np.minimum(j, n - 1)
+    d_after = np.where(j < n, t[ja] - tgt, np.inf)
+    jb = np.maximum(j - 1, 0)
+    d_before = np.where((j > 0) & (t[jb] > t), tgt - t[jb], np.inf)
+    use_before = d_before <= d_after
+    best = np.where(use_before, jb, ja)
+    dist = np.where(use_before, d_before, d_after)
+    return np.where((dist == 0) | (dist < tol), best, -1)
+
+
+def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
+                 horizons_s: Sequence[float] = (300.0, 900.0, 1800.0, 3600.0), level: float = 0.9,
+                 model: str = "auto", progress: Callable[[int, int], None] | None = None,
+                 progress_every: int = 1000) -> BacktestReport:
+    """Replay one series (unix seconds `t`, values `y`) and score every forecast against what followed.
+
+    `progress(done, total)` is called every `progress_every` samples and at the end (for a progress bar).
+    Raises InputError when fewer than 3 usable samples remain.
+    """
+    t_arr, y_arr, dropped = _clean(np.asarray(t, dtype=np.float64).reshape(-1),
+                                   np.asarray(y, dtype=np.float64).reshape(-1))
+    n = t_arr.size
+    if n < 3:
+        raise InputError(f"backtest needs at least 3 usable samples, got {n}")
+    bank = ForecastBank(horizons_s, level=level, model=model)
+    idx = bank.add(1)
+    lin = bank.model_names.index("linear")
+    H = bank.horizons_s.size
+    mean = np.full((n, H), np.nan)
+    lo, hi, conf = mean.copy(), mean.copy(), mean.copy()
+    linear = mean.copy()
+    chosen = np.zeros((n, H), dtype=np.int64)
+    for r in range(n):
+        bank.update(idx, t_arr[r:r + 1], y_arr[r:r + 1])
+        fc = bank.forecast(idx)
+        mean[r], lo[r], hi[r], conf[r] = fc.mean[0], fc.lower[0], fc.upper[0], fc.confidence[0]
+        chosen[r] = fc.model[0]
+        linear[r] = bank.predict_models(idx)[0, lin]
+        if progress is not None and ((r + 1) % progress_every == 0 or r + 1 == n):
+            progress(r + 1, n)
+    med_dt = float(np.median(np.diff(t_arr)))
+    rows = []
+    for j, h in enumerate(bank.horizons_s.tolist()):
+        tj = _targets(t_arr, h, med_dt / 2.0)
+        ok = (tj >= 0) & np.isfinite(mean[:, j]) & np.isfinite(lo[:, j]) & np.isfinite(hi[:, j])
+        m = int(ok.sum())
+        if m == 0:
+            nan = float("nan")
+            rows.append(HorizonReport(h, 0, nan, nan, nan, nan, nan, nan, nan, nan, {}))
+            continue
+        actual = y_arr[tj[ok]]
+        mae = float(np.mean(np.abs(actual - mean[ok, j])))
+        mae_last = float(np.mean(np.abs(actual - y_arr[ok])))
+        mae_lin = float(np.mean(np.abs(actual - linear[ok, j])))
+        inside = (actual >= lo[ok, j]) & (actual <= hi[ok, j])
+        counts = np.bincount(chosen[ok, j], minlength=len(bank.model_names))
+        share = {bank.model_names[k]: float(c) / m for k, c in enumerate(counts) if c}
+        rows.append(HorizonReport(
+            horizon_s=h, scored=m, mae=mae, mae_last=mae_last, mae_linear=mae_lin,
+            mase_last=mae / mae_last if mae_last > 0 else float("nan"),
+            mase_linear=mae / mae_lin if mae_lin > 0 else float("nan"),
+            coverage=float(inside.mean()), mean_width=float(np.mean(hi[ok, j] - lo[ok, j])),
+            mean_confidence=float(np.mean(conf[ok, j])),
+            chosen=dict(sorted(share.items(), key=lambda kv: -kv[1])),
+        ))
+    return BacktestReport(samples=n, dropped=dropped, median_interval_s=med_dt, level=level, horizons=rows)
+
+
+def format_report(rep: BacktestReport) -> str:
+    """A plain-text table of a backtest, one line per horizon, then the models chosen."""
+    out = [f"{rep.samples} samples ({rep.dropped} dropped), median interval {rep.median_interval_s:g}s, "
+           f"{rep.level:.0%} intervals",
+           f"{'horizon':>8} {'scored':>7} {'MAE':>11} {'MASE/last':>9} {'MASE/linear':>11} "
+           f"{'coverage':>8} {'width':>11} {'confidence':>10}"]
+    for h in rep.horizons:
+        out.append(f"{_dur(h.horizon_s):>8} {h.scored:>7} {h.mae:>11.4g} {h.mase_last:>9.3f} {h.mase_linear:>11.3f} "
+                   f"{h.coverage:>8.3f} {h.mean_width:>11.4g} {h.mean_confidence:>10.3f}")
+    out.append("models chosen:")
+    for h in rep.horizons:
+        top = ", ".join(f"{k} {v:.0%}" for k, v in list(h.chosen.items())[:5])
+        out.append(f"{_dur(h.horizon_s):>8}  {top}")
+    return "\n".join(out)
+
+
+def _dur(s: float) -> str:
+    if s % 3600 == 0:
+        return f"{int(s // 3600)}h"
+    if s % 60 == 0:
+        return f"{int(s // 60)}m"
+    return f"{s:g}s"
