@@ -43,10 +43,12 @@ _A = TypeVar("_A", NDArray[np.float64], NDArray[np.int64])
 
 # Bin lower edges of the per-feature histograms, in baseline scales: half a scale wide where
 # typical surprises live, logarithmic out to 10^4 for the rare ones.
-EDGES = np.concatenate([np.linspace(0.0, 4.0, 9), np.geomspace(5.0, 1e4, 16)])
+_N_LIN = 9
+EDGES = np.concatenate([np.linspace(0.0, 4.0, _N_LIN), np.geomspace(5.0, 1e4, 16)])
 _NB = EDGES.size
 _WIDTH = np.append(np.diff(EDGES), np.inf)
-_COLS = np.arange(_NB + 1)
+_LIN_STEP = float(EDGES[1] - EDGES[0])
+_LOG_RATIO = float(np.log(EDGES[-1] / EDGES[_N_LIN]) / (_NB - 1 - _N_LIN))
 _FEATURES = ("value", "level", "spread", "forecast")
 _RENORM = 1e150  # lazy-decay growth factor at which a series' histograms are rescaled
 _MAX_SURPRISE = 1e5
@@ -91,7 +93,7 @@ class AnomalyBank:
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
         self._i: dict[str, I64] = {"count": np.zeros(self._cap, dtype=np.int64)}
         # suffix sums of each feature's histogram (column j = mass in bins >= j), times "grow"
-        self._hist = np.zeros((self._cap, self._nf, _NB + 1))
+        self._hist = np.zeros((self._cap, self._nf, _NB))
         self._tot = np.zeros((self._cap, self._nf))
 
     @property
@@ -107,7 +109,7 @@ class AnomalyBank:
             cap = max(need, 2 * self._cap)
             self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
             self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
-            hist = np.zeros((cap, self._nf, _NB + 1))
+            hist = np.zeros((cap, self._nf, _NB))
             hist[: self._n] = self._hist[: self._n]
             tot = np.zeros((cap, self._nf))
             tot[: self._n] = self._tot[: self._n]
@@ -168,31 +170,34 @@ class AnomalyBank:
 
         # tail probability of each feature under its own (decayed) history, with a power-law prior
         rows = _rows(idx)
-        hist, tot, grow = self._hist[rows], self._tot[rows], f["grow"][idx]
-        b = np.clip(np.searchsorted(EDGES, feats, side="right") - 1, 0, _NB - 1)
+        hist, tot, grow = self._hist[rows], self._tot[idx], f["grow"][idx]
+        b = _bin(feats)
         frac = np.clip((feats - EDGES[b]) / _WIDTH[b], 0.0, 1.0)
-        at = np.take_along_axis(hist, b[..., None], axis=2)[..., 0]
-        above = np.take_along_axis(hist, b[..., None] + 1, axis=2)[..., 0]
-        mass = (at - frac * (at - above)) / grow[:, None]
-        prior = self._prior * (1.0 + feats) ** -self._beta
+        tail = np.cumsum(hist[..., ::-1], axis=2).reshape(-1)  # tail[.., j] = mass in bins >= NB-1-j
+        slot = np.arange(b.size).reshape(b.shape) * _NB
+        mass = (tail[slot + (_NB - 1) - b] - frac * hist.reshape(-1)[slot + b]) / grow[:, None]
+        v1 = 1.0 + feats
+        prior = self._prior / (v1 * v1) if self._beta == 2.0 else self._prior * v1 ** -self._beta
         p = np.maximum((mass + prior) / (tot / grow[:, None] + self._prior), _P_FLOOR)
         p_min = np.minimum(p.min(axis=1) * self._nf, 1.0)
 
         # then add this sample to the histograms: decay is lazy, every new sample weighs 1/keep
         # times the one before, and a series is rescaled when the weights grow too large
         warm = cnt >= self._warmup
-        grow = np.where(warm, grow / self._keep, grow)
-        add = (b[..., None] >= _COLS) & warm[:, None, None]
-        np.add(hist, grow[:, None, None], out=hist, where=add)
-        tot += np.where(warm, grow, 0.0)[:, None]
-        big = np.flatnonzero(grow > _RENORM)
-        if big.size:
-            hist[big] /= grow[big, None, None]
-            tot[big] /= grow[big, None]
-            grow[big] = 1.0
-        if not isinstance(rows, slice):
-            self._hist[idx], self._tot[idx] = hist, tot
-        f["grow"][idx] = grow
+        if warm.any():
+            w = np.flatnonzero(warm)
+            g = grow[w] / self._keep
+            grow[w] = g
+            cell = (idx[w, None] * self._nf + np.arange(self._nf)) * _NB + b[w]
+            self._hist.reshape(-1)[cell] += g[:, None]  # one cell per (series, feature): no collisions
+            tot[w] += g[:, None]
+            big = np.flatnonzero(grow > _RENORM)
+            if big.size:
+                self._hist[idx[big]] /= grow[big, None, None]
+                tot[big] /= grow[big, None]
+                grow[big] = 1.0
+            self._tot[idx] = tot
+            f["grow"][idx] = grow
 
         # learn the baseline from the clipped error (unclipped for the first two samples)
         ee = np.where(cnt >= 2, np.clip(err, -self._clip * sig, self._clip * sig), err)
@@ -235,16 +240,24 @@ class AnomalyBank:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n = len(state["count"])
         hist = np.asarray(state["hist"], dtype=np.float64)
-        if hist.shape != (n, self._nf, _NB + 1):
-            raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB + 1)}")
+        if hist.shape != (n, self._nf, _NB):
+            raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB)}")
         self._cap = max(n, 1)
         self._n = n
         self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
-        self._hist = np.zeros((self._cap, self._nf, _NB + 1))
+        self._hist = np.zeros((self._cap, self._nf, _NB))
         self._hist[:n] = hist
         self._tot = np.zeros((self._cap, self._nf))
         self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
+
+
+def _bin(v: F64) -> I64:
+    """Histogram bin of each value (``EDGES[b] <= v < EDGES[b + 1]``), computed, not searched."""
+    lin = np.minimum(v / _LIN_STEP, _N_LIN - 1)
+    log = _N_LIN + np.log(np.maximum(v, EDGES[_N_LIN]) / EDGES[_N_LIN]) / _LOG_RATIO
+    b = np.where(v < EDGES[_N_LIN], lin, log).astype(np.int64)
+    return np.clip(b, 0, _NB - 1)
 
 
 def _rows(idx: I64) -> slice | I64:
