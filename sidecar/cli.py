@@ -3,22 +3,102 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
 
 from . import replay
-from .errors import InputError, SidecarError
+from .errors import ConfigError, InputError, SidecarError
 
 
-def _open_out(path: str):  # type: ignore[no-untyped-def]
+def _open_out(path: str) -> IO[str]:
     if path == "-":
         return sys.stdout
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "w", newline="")
+    return open(path, "w", newline="")   # the caller closes it (it may be stdout)
 
 
+# ----------------------------------------------------------------- the service
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .app import run_service
+    from .config import load_config
+
+    config = load_config(a.config)
+    return asyncio.run(run_service(config, log_format=a.log_format))
+
+
+def _cmd_check_config(a: argparse.Namespace) -> int:
+    from .config import check_config
+
+    print("\n".join(check_config(a.config)))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration_s=a.duration, log_format=a.log_format)
+
+
+def _cmd_rules(a: argparse.Namespace) -> int:
+    from .alerts import rules_main
+
+    out = _open_out(a.output)
+    try:
+        return rules_main(a.config, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _cmd_simulate(a: argparse.Namespace) -> int:
+    try:
+        scenario = json.loads(a.scenario)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--scenario is not JSON: {e.msg} at column {e.colno}") from None
+    if not isinstance(scenario, dict):
+        raise InputError("--scenario must be a JSON object, e.g. '{\"type\": \"load_test\"}'")
+    result = asyncio.run(_simulate(a.config, a.twin, scenario, a.seed))
+    print(json.dumps(result, indent=2, allow_nan=False))
+    return 0
+
+
+async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Load the twin's history from Prometheus (the rules' backfill window), then run the scenario."""
+    from .config import load_config
+    from .engine.core import Engine
+    from .engine.settings import EngineSettings
+    from .prometheus import PrometheusClient
+    from .scheduler import Scheduler
+    from .status import ServiceStatus
+
+    config = load_config(config_path)
+    engine = Engine(EngineSettings(horizons_s=config.horizons_s))
+    client = PrometheusClient(config.prometheus)
+    try:
+        sched = Scheduler(config, engine, client, ServiceStatus(config_loaded=True))
+        await sched.backfill()
+        report = await sched.run_round()
+        if not report.source_up:
+            raise InputError(f"cannot reach Prometheus at {config.prometheus.url}")
+    finally:
+        await client.aclose()
+    target = sched.targets.get(twin)
+    if target is None:
+        known = ", ".join(sorted(sched.targets)) or "none"
+        raise InputError(f"no twin {twin!r} in {config_path}; twins: {known}")
+    return engine.simulate(twin, scenario, at=time.time(), seed=seed, replicas=target.rule.replicas,
+                           workers=target.rule.workers)
+
+
+# ------------------------------------------------------------- offline replay
 def _pairs(a: argparse.Namespace) -> list[tuple[Path, Path]]:
     """Input files and where each one's output goes.
 
@@ -66,18 +146,118 @@ def _cmd_detect(a: argparse.Namespace) -> int:
     return _run_many(a, "detect")
 
 
+def _cmd_backtest(a: argparse.Namespace) -> int:
+    from .backtest import format_report, run_backtest
+
+    horizons = replay.parse_horizons(a.horizons)
+    if a.input:
+        rows = replay.load(a.input)
+        t = np.array([r.t for r in rows])
+        y = np.array([r.value for r in rows])
+        source = a.input
+    else:
+        if not (a.prometheus and a.query and a.start and a.end):
+            raise InputError("give --input FILE.csv, or --prometheus URL --query PROMQL --start T --end T")
+        t, y = asyncio.run(_range(a.prometheus, a.query, replay.parse_time(a.start), replay.parse_time(a.end),
+                                  a.step))
+        source = f"{a.query} @ {a.prometheus}"
+    bar = _Progress(enabled=not a.json and sys.stderr.isatty())
+    rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar)
+    bar.done()
+    if a.json:
+        print(json.dumps({"source": source, **rep.to_dict()}, indent=2, default=_json_num))
+    else:
+        print(f"backtest of {source}\n{format_report(rep)}")
+    return 0
+
+
+async def _range(url: str, query: str, start: float, end: float, step_text: str) -> tuple[np.ndarray, np.ndarray]:
+    from .config import PrometheusConfig, parse_duration
+    from .prometheus import PrometheusClient
+
+    if end <= start:
+        raise InputError("--end must be after --start")
+    try:
+        step = parse_duration(step_text)
+    except ValueError as e:
+        raise InputError(f"--step: {e}") from None
+    if (end - start) / step > 11_000:          # Prometheus refuses more than 11,000 points per series
+        step = (end - start) / 11_000
+    client = PrometheusClient(PrometheusConfig(url=url, timeout_s=60.0))
+    try:
+        m = await client.query_range(query, start, end, step)
+    finally:
+        await client.aclose()
+    if len(m) != 1:
+        raise InputError(f"--query must return exactly one series, got {len(m)}: aggregate it (e.g. sum(...))")
+    return m.times, m.values[0]
+
+
+def _json_num(o: object) -> object:
+    return None if isinstance(o, float) and not math.isfinite(o) else str(o)
+
+
+class _Progress:
+    """A one-line progress bar on stderr for long backtests (only on a terminal)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        width = 40
+        fill = int(width * done / total)
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total}")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+# --------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twin-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the sidecar service (query rounds, /metrics, JSON API)")
+    r.add_argument("--config", required=True, help="YAML rules file")
+    r.add_argument("--log-format", choices=("json", "text"), default="json")
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a rules file without running")
+    c.add_argument("config")
+    c.set_defaults(func=_cmd_check_config)
+
+    dm = sub.add_parser("demo", help="real Prometheus + a demo service + the sidecar, until Ctrl-C")
+    dm.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    dm.add_argument("--log-format", choices=("json", "text"), default="text")
+    dm.set_defaults(func=_cmd_demo)
+
+    ru = sub.add_parser("rules", help="write Prometheus alerting rules generated from the rules file")
+    ru.add_argument("--config", required=True)
+    ru.add_argument("--output", default="-", help="file to write (default stdout)")
+    ru.set_defaults(func=_cmd_rules)
+
+    si = sub.add_parser("simulate", help="run a what-if scenario on a twin, from Prometheus history")
+    si.add_argument("--config", required=True)
+    si.add_argument("--twin", required=True)
+    si.add_argument("--scenario", required=True, help='JSON, e.g. \'{"type": "traffic_spike", '
+                                                      '"traffic_multiplier": 5, "duration_minutes": 30}\'')
+    si.add_argument("--seed", type=int, default=0)
+    si.set_defaults(func=_cmd_simulate)
 
     f = sub.add_parser("forecast", help="replay a timestamp,value CSV and write forecasts with 90%% intervals")
     f.add_argument("--input", required=True, action="append",
                    help="CSV with columns timestamp,value; repeat, or give a directory, to replay many at once")
     f.add_argument("--output", required=True,
                    help="CSV to write (timestamp,horizon_seconds,predicted,lower,upper); a directory for many")
-    f.add_argument("--prefix", default="", help="with many inputs: prefix of each output file name")
     f.add_argument("--horizons", default="5m,15m,30m,60m", help="comma-separated durations (default %(default)s)")
     f.add_argument("--model", default="auto", help="'auto' (choose per series and horizon) or one model name")
+    f.add_argument("--prefix", default="", help="with many inputs: prefix of each output file name")
     f.set_defaults(func=_cmd_forecast)
 
     d = sub.add_parser("detect", help="replay a timestamp,value CSV and write anomaly scores (NAB format)")
@@ -86,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", required=True, help="CSV to write (timestamp,value,anomaly_score); a directory for many")
     d.add_argument("--prefix", default="", help="with many inputs: prefix of each output file name (NAB: 'twin_')")
     d.set_defaults(func=_cmd_detect)
+
+    b = sub.add_parser("backtest", help="replay history through the forecasters and score them")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="CSV with columns timestamp,value")
+    src.add_argument("--prometheus", help="Prometheus base URL, with --query --start --end")
+    b.add_argument("--query", help="PromQL returning one series")
+    b.add_argument("--start", help="RFC 3339 or unix seconds")
+    b.add_argument("--end", help="RFC 3339 or unix seconds")
+    b.add_argument("--step", default="15s", help="range-query step (default %(default)s)")
+    b.add_argument("--horizons", default="5m,15m,30m,60m")
+    b.add_argument("--model", default="auto")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=_cmd_backtest)
     return p
 
 
@@ -94,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
+    except ConfigError as e:
+        print(f"twin-sidecar {args.command}: {e}", file=sys.stderr)
+        return 2
     except SidecarError as e:
         print(f"twin-sidecar {args.command}: {e}", file=sys.stderr)
         return 2

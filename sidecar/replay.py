@@ -192,21 +192,15 @@ def parse_horizons(text: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
 def parse_duration(text: str) -> float:
-    """Prometheus-style duration (``15s``, ``5m``, ``1h30m``) or plain seconds -> seconds."""
-    import re
+    """A rules-file duration (``15s``, ``5m``, ``1h30m``) or plain seconds -> seconds (> 0)."""
+    from .config import parse_duration as rules_duration
 
     s = str(text).strip()
     try:
         v = float(s)
     except ValueError:
-        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", s)
-        if not parts or "".join(n + u for n, u in parts) != s:
-            raise ValueError(f"{text!r} is not a duration like 15s, 5m, 1h") from None
-        v = sum(float(n) * _UNITS[u] for n, u in parts)
+        v = rules_duration(s)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{text!r} must be a positive duration")
     return v
