@@ -37,7 +37,7 @@ _GAP_FACTOR = 4.0  # an interval this many times the usual one is a gap
 _DT_RATE = 0.05  # forgetting of the sampling-interval estimate
 _ERR_RATE = 0.007  # forgetting of the running backtest errors (about the last 150 scored forecasts)
 _SCALE_RATE = 0.05  # forgetting of the one-step error scale
-_Q_RATE = 0.15  # step of the quantile trackers, in units of the recent absolute error
+_Q_RATE = 0.3  # step of the quantile trackers, in units of the recent absolute error
 _HIT_RATE = 0.02  # forgetting of the interval hit rate
 _CONF_PRIOR = 20.0  # pseudo-count pulling `confidence` toward `level`
 _MIN_SCORED = 5  # scores a model needs at a horizon before it can be chosen
@@ -84,7 +84,7 @@ class ForecastBank:
     """
 
     def __init__(self, horizons_s: Sequence[float], *, level: float = 0.9, model: str = "auto",
-                 capacity: int = 16, queue: int = 8) -> None:
+                 capacity: int = 16, queue: int = 12) -> None:
         h = np.asarray(horizons_s, dtype=np.float64).reshape(-1)
         if h.size == 0 or not np.all(np.isfinite(h)) or np.any(h <= 0):
             raise InputError(f"horizons must be positive seconds, got {list(horizons_s)!r}")
