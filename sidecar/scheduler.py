@@ -228,7 +228,11 @@ class Scheduler:
             interval = self.config.interval_s
             try:
                 if not self._backfilled:
-                    await self.backfill()
+                    try:
+                        await self.backfill()
+                    except (SidecarError, ValueError):
+                        self._backfilled = True      # tried once; the rounds fill history from now on
+                        log.exception("backfill failed; continuing without it")
                 report = await self.run_round()
                 if report.duration_s > interval:
                     log.warning("query round took longer than the interval", extra={
@@ -463,15 +467,8 @@ class Scheduler:
         return np.asarray(slots, np.int64), np.asarray(values, np.float64), failed, dropped_total
 
     def _slot(self, twin: str, metric: str) -> int | None:
-        key = (twin, metric)
-        slot = self._slots.get(key)
-        if slot is None:
-            try:
-                slot = int(self.engine.series_for(twin, [metric])[0])
-            except EngineError:
-                return None                   # retired meanwhile
-            self._slots[key] = slot
-        return slot
+        """The engine's series slot; made for every target's metrics in ``_apply_targets`` (under the lock)."""
+        return self._slots.get((twin, metric))
 
     def metrics_of(self, target: Target) -> list[str]:
         """Every metric a twin gets: its own queries and its rule's shared ones."""
@@ -643,25 +640,39 @@ class Scheduler:
         for name, t in wanted.items():
             if name in self.targets:
                 continue                       # already a twin (looking it up would rebuild its record)
-            rule = t.rule
-            try:
-                self.engine.get(name)
-            except EngineError:
-                pass
-            else:
-                # restored from the store: the rules file wins for what it sets
-                self.engine.configure(name, at=at, thresholds=dict(rule.thresholds),
-                                      limits=dict(rule.limits), auto_correction=rule.auto_correction)
-                continue
-            try:
-                self.engine.create_twin(
-                    name, at=at, system_type=rule.system_type, sync_frequency_seconds=self.config.interval_s,
-                    expected=dict(rule.expected) or None, thresholds=dict(rule.thresholds),
-                    limits=dict(rule.limits), auto_correction=rule.auto_correction, labels=t.labels)
+            if self._ensure_twin(name, t, at):
                 created.append(name)
-            except InputError as exc:
-                log.error("cannot create twin", extra={"twin": name, "error": str(exc)})
+            try:
+                slots = self.engine.series_for(name, self.metrics_of(t))
+            except EngineError:
+                continue
+            for metric, slot in zip(self.metrics_of(t), slots.tolist(), strict=True):
+                self._slots[(name, metric)] = int(slot)
         return created, retired
+
+    def _ensure_twin(self, name: str, t: Target, at: float) -> bool:
+        """(Worker thread, under the lock.) Create the twin, or adopt a restored one; True if created."""
+        rule = t.rule
+        try:
+            self.engine.get(name)
+        except EngineError:
+            pass
+        else:
+            # restored from the store: the rules file wins for what it sets
+            self.engine.configure(name, at=at, thresholds=dict(rule.thresholds), limits=dict(rule.limits),
+                                  auto_correction=rule.auto_correction)
+            return False
+        sizing = {k: v for k, v in (("replicas", rule.replicas), ("workers", rule.workers)) if v is not None}
+        try:
+            self.engine.create_twin(
+                name, at=at, system_type=rule.system_type, sync_frequency_seconds=self.config.interval_s,
+                expected=dict(rule.expected) or None, thresholds=dict(rule.thresholds),
+                limits=dict(rule.limits), auto_correction=rule.auto_correction, labels=t.labels,
+                initial_state=sizing)
+        except InputError as exc:
+            log.error("cannot create twin", extra={"twin": name, "error": str(exc)})
+            return False
+        return True
 
     # ------------------------------------------------------------------ backfill
 
@@ -682,21 +693,8 @@ class Scheduler:
             pass
         discovered, _ = await self._discover(now)
         await self._reconcile(now, discovered)
-        jobs: list[tuple[str, str, str, float]] = []
         async with self.lock:
-            for name, t in self.targets.items():
-                try:
-                    history = self.engine.history(name)
-                except EngineError:
-                    continue
-                for metric, query in t.queries.items():
-                    start = now - self.config.backfill_s
-                    times = history.get(metric, (np.zeros(0), np.zeros(0)))[0]
-                    if times.size:
-                        start = max(start, float(times[-1]) + step)
-                    start = math.ceil(start / step) * step      # on the grid, so restarts line up
-                    if start <= now - step:
-                        jobs.append((name, metric, query, start))
+            jobs = await asyncio.to_thread(self._backfill_jobs, now)
 
         async def one(name: str, metric: str, query: str,
                       start: float) -> tuple[str, str, RangeMatrix | None]:
@@ -751,6 +749,25 @@ class Scheduler:
         log.info("backfill done", extra={"queries": len(jobs) + len(shared), "failed": failed, "series": len(samples),
                                          "samples": accepted, "window_s": self.config.backfill_s})
         return accepted
+
+    def _backfill_jobs(self, now: float) -> list[tuple[str, str, str, float]]:
+        """(Worker thread, under the lock.) Per-twin range queries, each starting after what is stored."""
+        step = self.config.interval_s
+        jobs: list[tuple[str, str, str, float]] = []
+        for name, t in self.targets.items():
+            try:
+                history = self.engine.history(name)
+            except EngineError:
+                continue
+            for metric, query in t.queries.items():
+                start = now - self.config.backfill_s
+                times = history.get(metric, (np.zeros(0), np.zeros(0)))[0]
+                if times.size:
+                    start = max(start, float(times[-1]) + step)
+                start = math.ceil(start / step) * step      # on the grid, so restarts line up
+                if start <= now - step:
+                    jobs.append((name, metric, query, start))
+        return jobs
 
     # ------------------------------------------------------------------ standing scenarios
 
