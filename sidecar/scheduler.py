@@ -602,8 +602,6 @@ class Scheduler:
                 for key in [k for k in d if k[0] == name]:
                     del d[key]
             log.info("twin retired", extra={"twin": name})
-        for name in created:
-            log.info("twin created", extra={"twin": name, "rule": wanted[name].rule.name})
 
     def _static_targets(self) -> dict[str, Target]:
         return {r.name: Target(r.name, r, r.queries()) for r in self.config.twins if not r.discover}
