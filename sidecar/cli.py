@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -18,11 +18,12 @@ from . import replay
 from .errors import ConfigError, InputError, SidecarError
 
 
-def _open_out(path: str) -> IO[str]:
+def _open_out(path: str) -> TextIO:
     if path == "-":
         return sys.stdout
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "w", newline="")   # the caller closes it (it may be stdout)
+    f: TextIO = open(path, "w", newline="")   # noqa: SIM115 - the caller closes it (it may be stdout)
+    return f
 
 
 # ----------------------------------------------------------------- the service

@@ -111,6 +111,7 @@ class Engine:
         self._last_at = float("nan")
         self._dirty = False                      # quiet ingests left rollup and view stale
         self._key_arrays: tuple[np.ndarray, np.ndarray] | None = None   # slot -> twin id / metric
+        self._used_slots: set[int] = set()       # slots that have held a series (reuse must reset them)
         h = len(self.horizons_s)
         cap = self.series.capacity
         # per-series state
@@ -248,11 +249,19 @@ class Engine:
         return out
 
     def _init_slot(self, slot: int, twin: DigitalTwin, metric: str) -> None:
+        """A fresh slot (from the banks' amortised growth) is already empty; a reused one is reset."""
         self._ensure_capacity()
-        while self.predictor.bank.size <= slot:
-            self.predictor.add(max(1, self.series.capacity - self.predictor.bank.size))
-        while self.anomaly.size <= slot:
-            self.anomaly.add(max(1, self.series.capacity - self.anomaly.size))
+        if self.predictor.bank.size < self.series.capacity:       # keep the banks' slots aligned
+            self.predictor.add(self.series.capacity - self.predictor.bank.size)
+        if self.anomaly.size < self.series.capacity:
+            self.anomaly.add(self.series.capacity - self.anomaly.size)
+        if slot in self._used_slots:                               # a reused slot: forget its past
+            self._reset_slot(slot)
+        self._used_slots.add(slot)
+        self._apply_config_slot(slot, twin, metric)
+        self._names_cache = self._key_arrays = None
+
+    def _reset_slot(self, slot: int) -> None:
         idx = np.array([slot])
         self.predictor.reset(idx)
         self.anomaly.reset(idx)
@@ -267,8 +276,6 @@ class Engine:
         self.alert_sev[slot] = 0
         self.last_pred_emit[slot] = -np.inf
         self._alerts.pop(slot, None)
-        self._apply_config_slot(slot, twin, metric)
-        self._names_cache = self._key_arrays = None
 
     def _ensure_capacity(self) -> None:
         cap = self.series.capacity
@@ -345,7 +352,10 @@ class Engine:
         self.severity[idx] = div.severity
         self.run_len[idx] = np.where(div.diverging, self.run_len[idx] + 1, 0)
         fc = self.predictor.forecast(idx)
-        self.fc_mean[idx], self.fc_lower[idx], self.fc_upper[idx] = fc.mean, fc.lower, fc.upper
+        floor = np.where(self.series.nonneg[idx], 0.0, -np.inf)[:, None]   # no negative CPU, even in a bound
+        self.fc_mean[idx] = np.maximum(fc.mean, floor)
+        self.fc_lower[idx] = np.maximum(fc.lower, floor)
+        self.fc_upper[idx] = np.maximum(fc.upper, floor)
         self.fc_conf[idx], self.fc_model[idx], self.slope[idx] = fc.confidence, fc.model, fc.slope_per_s
         path = np.where(np.isfinite(fc.mean), fc.mean, y[:, None])
         self.eta[idx] = breach_eta(y, path, self.horizons_s, self.limit[idx])
@@ -834,6 +844,11 @@ class Engine:
                 limits[key[1]] = float(self.limit[slot])
         for k, v in self.settings.limits.items():
             limits.setdefault(k, float(t.limits.get(k, v)))
+        sizing = t.initial_state
+        if replicas is None and isinstance(sizing.get("replicas"), int):
+            replicas = int(sizing["replicas"])
+        if workers is None and isinstance(sizing.get("workers"), int):
+            workers = int(sizing["workers"])
         ctx = SimulationContext(twin_id=t.twin_id, now=at, limits=limits, times=times, values=values,
                                 horizons_s=self.horizons_s.copy(), forecast_mean=mean, forecast_lower=lower,
                                 forecast_upper=upper, replicas=replicas, workers=workers)

@@ -29,6 +29,7 @@ class SeriesTable:
         self._cap = max(1, capacity)
         self.keys: list[tuple[str, str] | None] = []          # slot -> (twin_id, metric)
         self.index: dict[tuple[str, str], int] = {}
+        self.by_twin: dict[str, list[int]] = {}                # twin_id -> its slots, in creation order
         self._free: list[int] = []
         self.active = np.zeros(self._cap, bool)
         self.twin_slot = np.full(self._cap, -1, np.int64)      # slot -> twin ordinal
@@ -76,6 +77,7 @@ class SeriesTable:
             self._ensure(slot + 1)
             self.keys.append(key)
         self.index[key] = slot
+        self.by_twin.setdefault(twin_id, []).append(slot)
         self.active[slot] = True
         self.twin_slot[slot] = twin_slot
         self.nonneg[slot] = metric in CORE_METRICS
@@ -96,6 +98,11 @@ class SeriesTable:
             if key is None:
                 continue
             del self.index[key]
+            owned = self.by_twin.get(key[0])
+            if owned is not None:
+                owned.remove(slot)
+                if not owned:
+                    del self.by_twin[key[0]]
             self.keys[slot] = None
             self.active[slot] = False
             self.twin_slot[slot] = -1
@@ -104,7 +111,7 @@ class SeriesTable:
             self._clear(np.asarray(slots, np.int64))
 
     def slots_of(self, twin_id: str) -> list[int]:
-        return [s for (t, _), s in self.index.items() if t == twin_id]
+        return list(self.by_twin.get(twin_id, ()))
 
     def append(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray) -> None:
         """Add one sample per listed slot (idx unique; caller has validated t and y)."""
