@@ -193,6 +193,40 @@ def test_noncontiguous_and_contiguous_updates_agree() -> None:
         np.testing.assert_allclose(sb, sa[order], rtol=0, atol=1e-12)
 
 
+def test_flatline_of_a_noisy_series_is_flagged() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    values = _noise(1500, 1, seed=10) - 40.0  # noise of 20% around 10: well above the scale floor
+    values[1000:, 0] = 10.0  # the exporter got stuck on one value
+    scores = _stream(bank, idx, values)[:, 0]
+    # a loss of variance is milder evidence than a spike (the spread can only fall to the scale floor),
+    # but it must stand out from everything the noise did before
+    assert scores[1000:1100].max() >= 0.98
+    assert scores[1000:1100].max() > scores[500:1000].max()
+
+
+def test_non_finite_value_scores_zero_and_leaves_state_alone() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(2)
+    _stream(bank, idx, _noise(100, 2))
+    before = bank.state_dict()
+    nan = np.full(2, np.nan)
+    s = bank.update(idx, np.full(2, 2e9), np.array([np.nan, 51.0]), nan, nan, nan, nan)
+    assert s[0] == 0.0
+    after = bank.state_dict()
+    for key in before:
+        np.testing.assert_array_equal(after[key][0], before[key][0])
+    assert after["count"][1] == before["count"][1] + 1
+
+
+def test_unknown_series_index_is_rejected() -> None:
+    bank = AnomalyBank(capacity=8)
+    bank.add(2)
+    nan = np.full(1, np.nan)
+    with pytest.raises(IndexError):
+        bank.update(np.array([2]), np.array([0.0]), np.array([1.0]), nan, nan, nan, nan)
+
+
 def test_negative_add_is_rejected() -> None:
     with pytest.raises(ValueError):
         AnomalyBank().add(-1)

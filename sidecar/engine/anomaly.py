@@ -61,6 +61,28 @@ _SCALARS = ("loc", "dev", "absm", "ms", "vs", "env_hi", "env_lo", "grow", "quiet
 class AnomalyBank:
     """Anomaly state for a growing set of series, updated one sample per series per call.
 
+    Parameters (defaults chosen on NAB's realAWSCloudwatch + realKnownCause series; halving or
+    doubling any one of them moves the NAB score by at most about six points, see
+    ``benchmarks/results/detection.md``): memories are counted in samples, so at a 15 s
+    scrape ``baseline_samples=288`` is 72 minutes and at NAB's 5 minutes a day.
+
+    - ``baseline_samples``: memory of the robust baseline (level and scale).
+    - ``short_samples``: the recent window compared with it (level, spread), and the time an
+      alert's own evidence takes to settle.
+    - ``memory_samples``: how far back "how often is this series this surprising" looks.
+    - ``prior_weight``, ``prior_tail_power``: weight (in samples) and power of the heavy tail
+      assumed beyond what the series has shown.
+    - ``scale_floor``: changes smaller than this fraction of the series' typical magnitude
+      are never surprising.
+    - ``extreme_samples``: how slowly the remembered highs and lows relax.
+    - ``alert_level``, ``quiet_samples``: what counts as an alert, and how long an incident
+      lasts for the one-alert-per-incident rule.
+    - ``use_forecast``: add the forecaster's one-step error as a feature (off by default:
+      with a last-value/linear forecaster it adds false alarms on NAB, see the benchmark).
+
+    Scores are conservative: on the NAB series 0.14% of samples score 0.99 or more and
+    0.03% score 0.999 or more.
+
     >>> bank = AnomalyBank()
     >>> idx = bank.add(2)
     >>> nan = np.full(2, np.nan)
@@ -92,7 +114,7 @@ class AnomalyBank:
         self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
         self._i: dict[str, I64] = {"count": np.zeros(self._cap, dtype=np.int64)}
-        # suffix sums of each feature's histogram (column j = mass in bins >= j), times "grow"
+        # each feature's decayed histogram, every entry times the series' lazy-decay factor "grow"
         self._hist = np.zeros((self._cap, self._nf, _NB))
         self._tot = np.zeros((self._cap, self._nf))
 
@@ -139,6 +161,15 @@ class AnomalyBank:
         """
         idx = np.asarray(idx, dtype=np.int64)
         x = np.asarray(y, dtype=np.float64)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
+            raise IndexError(f"series index out of range 0..{self._n - 1}")
+        finite = np.isfinite(x)
+        if not finite.all():  # callers send finite values; a stray NaN must not poison a series' state
+            out = np.zeros(idx.size)
+            keep = np.flatnonzero(finite)
+            out[keep] = self.update(idx[keep], np.asarray(t)[keep], x[keep], np.asarray(expected)[keep],
+                                    np.asarray(lower)[keep], np.asarray(upper)[keep], np.asarray(scale)[keep])
+            return out
         f = self._f
         cnt = self._i["count"][idx]
         first = cnt == 0
