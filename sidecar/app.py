@@ -23,7 +23,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -63,7 +64,7 @@ class _BufferedHistory:
     writer's queue like everything else.
     """
 
-    def __init__(self, store: Store, writer: StoreWriter) -> None:
+    def __init__(self, store: Store, writer: _RestoreGate) -> None:
         self.store = store
         self.writer = writer
 
@@ -76,6 +77,58 @@ class _BufferedHistory:
     async def list_snapshots(self, twin_id: str, *, limit: int = 100,
                              before: float | None = None) -> list[StateHistoryEntry]:
         return await self.store.list_snapshots(twin_id, limit=limit, before=before)
+
+
+class _RestoreGate:
+    """Holds twin definitions back while the stored twins could not be read.
+
+    A database that is down at start must not lose what it holds: the twins
+    start afresh from the rules, and writing their fresh definitions when the
+    database returns would overwrite the stored ones (hand-set expected
+    states). Until the stored twins have been read and merged, everything else
+    (append-only snapshots, samples, events) is written as usual, definitions
+    are not; after the merge every definition is written again.
+    """
+
+    def __init__(self, writer: StoreWriter, *, pending: bool) -> None:
+        self.writer = writer
+        self.pending = pending
+
+    def submit(self, outbox: Outbox) -> None:
+        if self.pending and (outbox.twins or outbox.retired):
+            outbox.twins, outbox.retired = [], []
+        self.writer.submit(outbox)
+
+
+async def _late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: _RestoreGate,
+                        stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
+    """Read the stored twins once the database answers, merge them, then let definitions through."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            restored = await store.load_twins()
+        except StoreError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 60.0)
+            continue
+        async with lock:
+            merged = 0
+            for rt in restored:
+                try:
+                    if rt.twin_id in {t.twin_id for t in engine.twins()}:
+                        merged += engine.merge_stored(rt.definition, snapshots=rt.snapshots,
+                                                      corrections=rt.corrections, at=clock())
+                    else:
+                        engine.restore_twin(rt.definition, snapshots=rt.snapshots, samples=rt.samples,
+                                            corrections=rt.corrections)
+                except SidecarError as exc:
+                    log.error("could not merge a stored twin", extra={"twin": rt.name, "error": str(exc)})
+            engine.republish()
+            gate.pending = False
+        log.info("stored twins merged after the store came back", extra={
+            "twins": len(restored), "expected_states_restored": merged})
+        return
 
 
 @dataclass
@@ -94,6 +147,8 @@ class Service:
     port: int
     stop: asyncio.Event
     task: asyncio.Task[None] | None = None
+    sink: _RestoreGate | None = None            # the writer as the engine's outbox sees it
+    restore_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -117,7 +172,11 @@ class Service:
         async with self.scheduler.lock:
             outbox = self.engine.drain()
         if outbox:
-            self.writer.submit(outbox)
+            (self.sink or self.writer).submit(outbox)
+        if self.restore_task is not None:
+            self.restore_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.restore_task
         await self.writer.close(FLUSH_TIMEOUT_S)
         await self.runner.cleanup()
         await self.client.aclose()
@@ -125,18 +184,21 @@ class Service:
                                            "store_backlog": self.writer.backlog})
 
 
-async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceStatus) -> tuple[Store, StoreWriter]:
-    """Open the store and bring this replica's twins back; a database that is down is not fatal."""
+async def _open_history(config: SidecarConfig, engine: Engine,
+                        status: ServiceStatus) -> tuple[Store, StoreWriter, bool]:
+    """Open the store and bring this replica's twins back; a database that is down is not fatal.
+    The flag says whether the stored twins were read (if not, they are merged later)."""
     replica = os.environ.get(REPLICA_ENV, "default")
     store = open_store(path=config.storage.path, url=config.storage.url, replica=replica, status=status)
     try:
         await store.open()
         restored = await store.load_twins()
+        loaded = True
     except StoreError as exc:
         status.store_up = False
-        log.error("history store unavailable at start; running without restored history", extra={
+        log.error("history store unavailable at start; stored twins will be merged when it returns", extra={
             "backend": store.backend, "error": str(exc)})
-        restored = []
+        restored, loaded = [], False
     for rt in restored:
         try:
             engine.restore_twin(rt.definition, snapshots=rt.snapshots, samples=rt.samples,
@@ -151,7 +213,7 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
                                 samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
     writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
     await writer.start()
-    return store, writer
+    return store, writer, loaded
 
 
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
@@ -159,8 +221,9 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     status = ServiceStatus(config_loaded=True)
     engine = Engine(EngineSettings(horizons_s=config.horizons_s))
     lock = asyncio.Lock()
-    store, writer = await _open_history(config, engine, status)
-    history: HistoryStore = _BufferedHistory(store, writer)
+    store, writer, loaded = await _open_history(config, engine, status)
+    gate = _RestoreGate(writer, pending=not loaded)
+    history: HistoryStore = _BufferedHistory(store, gate)
     facade = TwinEngine(engine, store=history)
     await facade.initialize()
     token = config.server.auth_token_file.read() if config.server.auth_token_file is not None else None
@@ -181,11 +244,15 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     addresses = runner.addresses                 # the real port when 0 was asked for
     bound = int(addresses[0][1]) if addresses else listen_port
     client = PrometheusClient(config.prometheus)
-    scheduler = Scheduler(config, engine, client, status, lock=lock, writer=writer,
+    scheduler = Scheduler(config, engine, client, status, lock=lock, writer=gate,
                           sync_histogram=sync_duration_histogram(registry))
     stop = asyncio.Event()
     service = Service(config, engine, facade, status, scheduler, client, store, writer, runner, bound, stop)
+    service.sink = gate
     service.task = asyncio.create_task(scheduler.run(stop), name="scheduler")
+    if gate.pending:
+        service.restore_task = asyncio.create_task(_late_restore(store, engine, lock, gate, stop),
+                                                   name="late-restore")
     log.info("sidecar started", extra={
         "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,
         "twin_rules": len(config.twins), "interval_s": config.interval_s, "store": store.backend,

@@ -894,6 +894,40 @@ class Engine:
         self._refresh_view(float(twin.created_at) if not math.isfinite(self._last_at) else self._last_at)
         return twin
 
+    def merge_stored(self, definition: Mapping[str, Any], *, snapshots: Sequence[StateHistoryEntry] = (),
+                     corrections: Sequence[CorrectionRecord] = (), at: float) -> bool:
+        """A stored twin read only after this one was started afresh (the store was down at start).
+
+        Its older snapshots and corrections join the history, and its stored expected state is taken
+        back unless the state was changed since the start (the newer change wins). Returns whether
+        the expected state was taken back.
+        """
+        t = self._lookup(str(definition.get("twin_id", "")) or str(definition.get("source_system", "")))
+        known = {e.snapshot_id for e in t.state_history}
+        older: list[StateHistoryEntry] = []
+        for snap in snapshots:
+            if snap.snapshot_id in known:
+                continue
+            try:
+                older.append(verified(snap))
+            except CorruptSnapshotError:
+                log.error("corrupt snapshot skipped on merge", extra={"twin_id": t.twin_id,
+                                                                     "snapshot_id": snap.snapshot_id})
+        changed_since_start = any(e.change_reason != "created" for e in t.state_history)
+        t.state_history = sorted(older + t.state_history, key=lambda e: e.timestamp)[-self.settings.snapshot_memory:]
+        seen = {c.correction_id for c in t.corrections}
+        t.corrections = (sorted([c for c in corrections if c.correction_id not in seen], key=lambda c: c.timestamp)
+                         + t.corrections)[-self.settings.correction_memory:]
+        stored = definition.get("expected_state")
+        if changed_since_start or not stored or stored == t.expected_state:
+            return False
+        self.set_expected_state(t.twin_id, dict(stored), at=at, reason="restored from the store after an outage")
+        return True
+
+    def republish(self) -> None:
+        """Put every twin's definition in the outbox again (after definitions were held back)."""
+        self._outbox.twins.extend(self._twins.values())
+
     def backfill(self, samples: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> TickReport:
         """Replay history quietly (startup backfill from Prometheus, restore from the store): grouped by
         timestamp across all series, in time order, so it costs one vectorised tick per distinct time."""
