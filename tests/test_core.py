@@ -216,3 +216,16 @@ def test_many_twins_in_one_vectorised_tick() -> None:
     pct = np.abs(cpu - 50) / 50 * 100
     want = np.where(pct > 20, 1 + (pct > 25) + (pct > 50) + (pct > 75), 0)
     assert sev.tolist() == want.tolist()
+
+
+def test_forecast_bounds_never_below_zero_for_metrics_that_never_were() -> None:
+    eng = Engine()
+    eng.create_twin("svc", at=T0)
+    rng = np.random.default_rng(3)
+    for i in range(200):     # a noisy request rate near 0 and a custom signed metric
+        eng.sync("svc", {"request_rate": abs(2 + 3 * rng.standard_normal()),
+                         "balance": -5 + 3 * rng.standard_normal()}, at=T0 + 15 * i)
+    v = eng.view()
+    rate = np.array(v.series_metric) == "request_rate"
+    assert np.nanmin(v.forecast_lower[rate]) >= 0.0
+    assert np.nanmin(v.forecast_lower[~rate]) < 0.0          # a signed metric keeps its negative bounds

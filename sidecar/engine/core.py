@@ -352,7 +352,9 @@ class Engine:
         self.severity[idx] = div.severity
         self.run_len[idx] = np.where(div.diverging, self.run_len[idx] + 1, 0)
         fc = self.predictor.forecast(idx)
-        floor = np.where(self.series.nonneg[idx], 0.0, -np.inf)[:, None]   # no negative CPU, even in a bound
+        # a metric that cannot be, or has never been, negative (CPU, a request rate) is not forecast below 0
+        never_neg = self.series.nonneg[idx] | (self.series.min_v[idx] >= 0)
+        floor = np.where(never_neg, 0.0, -np.inf)[:, None]
         self.fc_mean[idx] = np.maximum(fc.mean, floor)
         self.fc_lower[idx] = np.maximum(fc.lower, floor)
         self.fc_upper[idx] = np.maximum(fc.upper, floor)
