@@ -164,7 +164,7 @@ def detect_many(files: Sequence[Sequence[Row]], outs: Sequence[TextIO]) -> list[
         for k, ok, sc in zip(live.tolist(), accepted.tolist(), scores.tolist(), strict=True):
             row = files[k][i]
             score = min(max(sc, 0.0), 1.0) if ok and math.isfinite(sc) else 0.0
-            writers[k].writerow([row.stamp, repr(row.value), f"{score:.6f}"])
+            writers[k].writerow([row.stamp, repr(row.value), f"{score:.9f}"])
     return [len(f) for f in files]
 
 

@@ -65,7 +65,7 @@ def test_warts_repeated_and_backward_timestamps(tmp_path: Path) -> None:
     assert main(["detect", "--input", str(p), "--output", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert len(lines) == len(rows)                    # one score per input row, in order
-    assert lines[8] == "2014-02-14 09:00:00,7.0,0.000000"        # dropped by the engine: score 0
+    assert lines[8] == "2014-02-14 09:00:00,7.0,0.000000000"      # dropped by the engine: score 0
     scores = [float(x.split(",")[2]) for x in lines[1:]]
     assert all(0.0 <= s <= 1.0 for s in scores)
     f_out = tmp_path / "f.csv"
