@@ -102,6 +102,8 @@ class ForecastBank:
         self.model_choice = model
         self._forced = -1 if model == "auto" else self.model_names.index(model)
         self._last = self.model_names.index("last")
+        if self._last != 0:
+            raise AssertionError("'last' must be model 0: it is the fallback argmin lands on")
         self._lin_idx = self.model_names.index("linear")
         self._size = 0
         M, H, Q = len(self.model_names), h.size, self.queue
@@ -228,29 +230,36 @@ class ForecastBank:
 
     def _predict_all(self, now: Now, h_s: F64) -> F64:
         """(k, M, H) predictions of every model; NaN where a model has none or misbehaves."""
-        out = np.concatenate([f.predict(now, h_s) for f in self.families], axis=1)
-        with np.errstate(invalid="ignore"):
-            # a forecast a million times further from the last value than the value itself is a blow-up
-            bad = ~(np.abs(out - now.y[:, None, None]) <= 1e6 * (np.abs(now.y) + 1.0)[:, None, None])
-        if bad.any():
-            out[bad] = np.nan
+        k = now.idx.size
+        out = np.empty((k, len(self.model_names), h_s.shape[1]))
+        j = 0
+        for f in self.families:
+            v = len(f.names)
+            p = f.predict(now, h_s)
+            if not f.bounded:
+                # a forecast a million times further from the last value than the value itself is a blow-up
+                with np.errstate(invalid="ignore"):
+                    bad = ~(np.abs(p - now.y[:, None, None]) <= 1e6 * (np.abs(now.y) + 1.0)[:, None, None])
+                if bad.any():
+                    p = np.where(bad, np.nan, p)
+            out[:, j:j + v] = p
+            j += v
         return out
 
     def _choose(self, mae: F64, cnt: NDArray[np.float32], pred: F64) -> NDArray[np.int64]:
         """Per (series, horizon): the model with the smallest recent error among those with a forecast.
 
         `mae`, `cnt`, `pred` are (k, M, ...); models scored fewer than _MIN_SCORED times are not
-        trusted yet, and "last" is the fallback when none qualifies.
+        trusted yet, and "last" is the fallback when none qualifies (it is model 0, which argmin
+        returns when every score is infinite, so no second pass is needed).
         """
-        shape = (mae.shape[0], *mae.shape[2:])
         if self._forced >= 0:
-            forced = np.full(shape, self._forced, dtype=np.int64)
-            ok = np.isfinite(np.take_along_axis(pred, forced[:, None], axis=1)[:, 0])
-            return np.where(ok, forced, self._last)
-        score = np.where((cnt >= _MIN_SCORED) & np.isfinite(mae) & np.isfinite(pred), mae, np.inf)
-        best = np.argmin(score, axis=1)
-        none = ~np.isfinite(np.take_along_axis(score, best[:, None], axis=1)[:, 0])
-        return np.where(none, self._last, best)
+            forced: NDArray[np.int64] = np.where(np.isfinite(pred[:, self._forced]), self._forced, self._last)
+            return forced
+        # a model scored _MIN_SCORED times has a finite error: only the prediction needs checking
+        score = np.where((cnt >= _MIN_SCORED) & (pred == pred), mae, np.inf)
+        best: NDArray[np.int64] = np.argmin(score, axis=1)
+        return best
 
     def _expect(self, i: I64, y: F64, seen: NDArray[np.bool_], y_prev: F64, gap_dt: F64, dt_prev: F64,
                 gap: NDArray[np.bool_]) -> Expectation:
@@ -263,8 +272,7 @@ class ForecastBank:
         pred1 = c["pred1"][i]  # (k, M)
         mae1, cnt1 = c["mae1"][i], c["cnt1"][i]
         choice = self._choose(mae1, cnt1, pred1)
-        rows = np.arange(k)
-        e_hat = pred1[rows, choice]
+        e_hat = pred1[np.arange(k), choice]
         e_hat = np.where(np.isfinite(e_hat), e_hat, y_prev)
         # after a gap the one-interval forecast is stale: the level before the gap, a wider interval
         widen = np.where(gap, np.sqrt(gap_dt / np.where(np.isfinite(dt_prev), dt_prev, 1.0)), 1.0)
@@ -423,7 +431,7 @@ class ForecastBank:
         c["pred1"][i] = preds[:, :, 0]
         ph = preds[:, :, 1:]
         choice = self._choose(c["mae"][i], c["cnt"][i], ph)
-        mean = np.take_along_axis(ph, choice[:, None, :], axis=1)[:, 0, :]
+        mean = ph[np.arange(k)[:, None], choice, np.arange(H)[None, :]]
         mean = np.where(np.isfinite(mean), mean, now.y[:, None])
         qlo, qhi = c["qlo"][i], c["qhi"][i]
         # before a horizon has been scored: widen the one-step interval with the square root of the steps

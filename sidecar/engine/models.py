@@ -119,6 +119,9 @@ class Model:
     """
 
     names: tuple[str, ...] = ()
+    # True when every forecast only combines observed values (it cannot blow up, so the bank skips
+    # its blow-up check); extrapolating models leave it False
+    bounded: bool = False
 
     def __init__(self, capacity: int) -> None:
         self.slots = Slots(self.fields(), capacity)
@@ -147,6 +150,7 @@ class LastValue(Model):
     """Persistence: the next values equal the last one (the yardstick of MASE)."""
 
     names = ("last",)
+    bounded = True
 
     def predict(self, now: Now, h_s: F64) -> F64:
         return np.broadcast_to(now.y[:, None, None], (h_s.shape[0], 1, h_s.shape[1])).astype(np.float64)

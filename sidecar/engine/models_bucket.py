@@ -33,6 +33,9 @@ _WEEK = 7 * _DAY
 class BucketModels(Model):
     """Medians, short seasonal profiles and daily/weekly profiles over time buckets."""
 
+    # every variant combines observed bucket means (no extrapolation, no division): nothing can blow up
+    bounded = True
+
     def __init__(self, capacity: int, *, base_s: float = 300.0, ring: int = 64,
                  windows: tuple[int, ...] = (3, 7, 15, 31, 61),
                  short_periods_s: tuple[float, ...] = (600.0, 1800.0, 3600.0, 7200.0), short_gamma: float = 0.3,
@@ -52,6 +55,13 @@ class BucketModels(Model):
         self.week_phase = float(weekly_phase_s)
         self.nday = round(_DAY / self.base)
         self.nweek = round(_WEEK / max(self.week_phase, self.base))
+        wv = np.asarray(self.windows)
+        self._wmax = int(wv.max())
+        self._pad = (np.arange(self._wmax)[None, :] < (self._wmax - wv)[:, None])[None]  # (1, V, wmax)
+        self._wrow = np.arange(wv.size)
+        self._wlo = (wv - 1) // 2
+        self._whi = wv // 2
+        self._wfirst = -wv
         self.names = (
             *(f"median_{w}" for w in self.windows),
             *(f"season_{int(p // 60)}m" for p in self.periods),
@@ -63,6 +73,7 @@ class BucketModels(Model):
         f32 = np.float32
         return {
             "w": Field((), np.float64, np.nan),  # resolution (s), fixed from the first interval
+            "org": Field((), np.float64, 0.0),  # time origin of the bucket grid (s)
             "cb": Field((), np.int64, -1),  # bucket in progress (or the last one, once closed)
             "lb": Field((), np.int64, -1),  # last closed bucket
             "csum": Field((), np.float64, 0.0),
@@ -112,7 +123,10 @@ class BucketModels(Model):
             si = i[setw]
             wn = self.base * np.maximum(np.round(s.dt[setw] / self.base), 1.0)
             a["w"][si] = wn
-            a["cb"][si] = np.floor(s.t_prev[setw] / wn).astype(np.int64)
+            # the first sample sits in the middle of its bucket, so regular samples never straddle an edge
+            org = s.t_prev[setw] - 0.5 * wn
+            a["org"][si] = org
+            a["cb"][si] = 0
             ms, md, wk, mw = self._geometry(wn)
             a["ms"][si] = ms
             a["md"][si] = md
@@ -123,28 +137,37 @@ class BucketModels(Model):
         if not live.any():
             return
         li = i[live]
-        t, y, wl, dt = s.t[live], s.y[live], w[live], s.dt[live]
-        b = np.floor(t / wl).astype(np.int64)
+        y, wl, dt = s.y[live], w[live], s.dt[live]
+        u = s.t[live] - a["org"][li]
+        b = np.floor(u / wl).astype(np.int64)
         cb = a["cb"][li]
         cc = a["ccnt"][li]
         late = (cc > 0) & (b != cb)  # a bucket left open by a missing last sample
-        if late.any():
-            self._close(li[late], cb[late], wl[late])
         join = (cc > 0) & (b == cb)
+        # close as soon as the next sample is expected in a later bucket, so the newest sample counts at once
+        done = u + 0.75 * np.where(np.isfinite(dt), dt, 0.0) >= (b + 1) * wl
         if join.any():
             ji = li[join]
             a["csum"][ji] += y[join]
             a["ccnt"][ji] += 1.0
-        start = ~join
+        start = ~join & ~late
         if start.any():
             st = li[start]
             a["csum"][st] = y[start]
             a["ccnt"][st] = 1.0
             a["cb"][st] = b[start]
-        # close as soon as no further sample is expected in the bucket, so the newest sample counts at once
-        done = t + 0.5 * np.where(np.isfinite(dt), dt, 0.0) >= (b + 1) * wl
-        if done.any():
-            self._close(li[done], b[done], wl[done])
+        # one close for the late buckets and the buckets this sample completes (the common case)
+        first_close = late | done
+        if first_close.any():
+            self._close(li[first_close], np.where(late, cb, b)[first_close], wl[first_close])
+        if late.any():
+            st = li[late]
+            a["csum"][st] = y[late]
+            a["ccnt"][st] = 1.0
+            a["cb"][st] = b[late]
+            again = late & done
+            if again.any():
+                self._close(li[again], b[again], wl[again])
 
     def _close(self, i: I64, cb: I64, w: F64) -> None:
         """Commit the bucket `cb` of each series: ring, medians and one phase of every profile."""
@@ -164,14 +187,11 @@ class BucketModels(Model):
             ring = np.where(src < R, np.take_along_axis(ring, np.minimum(src, R - 1), axis=1), v[:, None])
             ring[:, -1] = v
         a["ring"][i] = ring
-        med = np.empty((i.size, len(self.windows)))
-        for j, win in enumerate(self.windows):
-            part = np.partition(ring[:, -win:], win // 2, axis=1)
-            if win % 2:
-                med[:, j] = part[:, win // 2]
-            else:
-                med[:, j] = 0.5 * (part[:, win // 2] + np.max(part[:, : win // 2], axis=1))
-        a["med"][i] = np.where(self._uncovered(ring), np.nan, med)  # a season is used only once covered
+        # every median in one sort: window j is the last windows[j] entries, padded with NaN (sorted last)
+        srt = np.sort(np.where(self._pad, np.nan, ring[:, None, -self._wmax:]), axis=2)
+        med = 0.5 * (srt[:, self._wrow, self._wlo] + srt[:, self._wrow, self._whi])
+        # a window reaching into never-filled entries (the ring fills from the right) has no median yet
+        a["med"][i] = np.where(np.isnan(ring[:, self._wfirst]), np.nan, med)
         ms, md, wk, mw = a["ms"][i], a["md"][i], a["wk"][i], a["mw"][i]
         rows = i[:, None]
         ok = ms > 0
@@ -195,11 +215,6 @@ class BucketModels(Model):
             o2 = a["w2"][r, ph].astype(np.float64)
             a["w2"][r, ph] = np.where(np.isfinite(o2), o2 + self.g_week * (vv - o2), vv)
 
-    def _uncovered(self, ring: F64) -> NDArray[np.bool_]:
-        """(k, V) True where a median window reaches into ring entries never filled."""
-        filled = np.isfinite(ring)
-        return np.stack([~filled[:, -win:].all(axis=1) for win in self.windows], axis=1)
-
     # --------------------------------------------------------------- predict
     def predict(self, now: Now, h_s: F64) -> F64:
         a = self.slots
@@ -220,44 +235,45 @@ class BucketModels(Model):
         is_open = cc > 0
         cur = a["csum"][i] / np.where(is_open, cc, 1.0)
         cb = a["cb"][i]
-        tb = np.floor((now.t[:, None] + h_s) / w[:, None] + 1e-9).astype(np.int64)
+        tb = np.floor((now.t[:, None] - a["org"][i][:, None] + h_s) / w[:, None] + 1e-9).astype(np.int64)
         ms, md, wk, mw = a["ms"][i], a["md"][i], a["wk"][i], a["mw"][i]
         rows = i[:, None]
-        j = nw
-        for p in range(self.periods.size):
-            m = ms[:, p]
-            mm = np.maximum(m, 1)[:, None]
-            pt = tb % mm
-            here = is_open[:, None] & (pt == cb[:, None] % mm)
-            val = self._virtual(a["sp"][rows, self.off[p] + pt], here, cur, self.g_short)
-            out[:, j, :] = np.where((m > 0)[:, None], val, np.nan)
-            j += 1
+        P = self.periods.size
+        # every short profile in one gather: (k, P, H) cells off[p] + phase of the target bucket
+        mm = np.maximum(ms, 1)[:, :, None]
+        pt = tb[:, None, :] % mm
+        here = is_open[:, None, None] & (pt == cb[:, None, None] % mm)
+        val = self._virtual(a["sp"][i[:, None, None], self.off[None, :, None] + pt], here, cur[:, None, None],
+                            self.g_short)
+        out[:, nw:nw + P, :] = np.where((ms > 0)[:, :, None], val, np.nan)
+        j = nw + P
+        # daily and weekly: the target phases and the current phase gathered together
         mdd = np.maximum(md, 1)[:, None]
-        pt = tb % mdd
         pc = cb[:, None] % mdd
-        here = is_open[:, None] & (pt == pc)
-        d1 = a["d1"][rows, pt].astype(np.float64)
-        out[:, j, :] = np.where((md > 0)[:, None], np.where(here, cur[:, None], d1), np.nan)
-        d2t = self._virtual(a["d2"][rows, pt], here, cur, self.g_day)
-        d2c = self._virtual(a["d2"][rows, pc], is_open[:, None], cur, self.g_day)
-        out[:, j + 1, :] = np.where((md > 0)[:, None], now.y[:, None] + d2t - d2c, np.nan)
+        pt2 = np.concatenate([tb % mdd, pc], axis=1)
+        here2 = is_open[:, None] & np.concatenate([pt2[:, :-1] == pc, np.ones_like(pc, dtype=bool)], axis=1)
+        d2 = self._virtual(a["d2"][rows, pt2], here2, cur[:, None], self.g_day)
+        d1 = a["d1"][rows, pt2[:, :-1]].astype(np.float64)
+        dok = (md > 0)[:, None]
+        out[:, j, :] = np.where(dok, np.where(here2[:, :-1], cur[:, None], d1), np.nan)
+        out[:, j + 1, :] = np.where(dok, now.y[:, None] + d2[:, :-1] - d2[:, -1:], np.nan)
         j += 2
         mwd = np.maximum(mw, 1)[:, None]
-        wt = np.floor(tb * w[:, None] / wk[:, None] + 1e-9).astype(np.int64) % mwd
-        wc = np.floor(cb[:, None] * w[:, None] / wk[:, None] + 1e-9).astype(np.int64) % mwd
-        here = is_open[:, None] & (wt == wc)
-        w1 = a["w1"][rows, wt].astype(np.float64)
-        out[:, j, :] = np.where((mw > 0)[:, None], np.where(here, cur[:, None], w1), np.nan)
-        w2t = self._virtual(a["w2"][rows, wt], here, cur, self.g_week)
-        w2c = self._virtual(a["w2"][rows, wc], is_open[:, None], cur, self.g_week)
-        out[:, j + 1, :] = np.where((mw > 0)[:, None], now.y[:, None] + w2t - w2c, np.nan)
+        scale = (w / wk)[:, None]
+        wt2 = np.floor(np.concatenate([tb, cb[:, None]], axis=1) * scale + 1e-9).astype(np.int64) % mwd
+        wc = wt2[:, -1:]
+        here2 = is_open[:, None] & (wt2 == wc)
+        w2 = self._virtual(a["w2"][rows, wt2], here2, cur[:, None], self.g_week)
+        w1 = a["w1"][rows, wt2[:, :-1]].astype(np.float64)
+        wok = (mw > 0)[:, None]
+        out[:, j, :] = np.where(wok, np.where(here2[:, :-1], cur[:, None], w1), np.nan)
+        out[:, j + 1, :] = np.where(wok, now.y[:, None] + w2[:, :-1] - w2[:, -1:], np.nan)
         return out
 
     @staticmethod
-    def _virtual(prof: NDArray[np.float32], here: NDArray[np.bool_], cur: F64, gamma: float) -> F64:
+    def _virtual(prof: NDArray[np.float32], here: NDArray[np.bool_], c: F64, gamma: float) -> F64:
         """Profile values with the bucket in progress blended into its own phase (not yet committed)."""
         p = prof.astype(np.float64)
-        c = cur[:, None]
         blended = np.where(np.isfinite(p), p + gamma * (c - p), c)
         out: F64 = np.where(here, blended, p)
         return out
