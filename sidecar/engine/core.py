@@ -143,6 +143,8 @@ class Engine:
         self.risk_count = np.zeros(tcap, np.int64)
         self.last_sync = np.full(tcap, np.nan)
         self.sync_count = np.zeros(tcap, np.int64)
+        self.source_count = np.zeros((tcap, len(SOURCE_CODES)), np.int64)   # accepted syncs per source
+        self.last_source = np.full(tcap, -1, np.int8)
 
     # ------------------------------------------------------------------ twins
     def create_twin(self, name: str, *, at: float, system_type: SystemType | str = SystemType.OTHER,
@@ -197,8 +199,11 @@ class Engine:
                 self.risk_count = _grow(self.risk_count, n, 0)
                 self.last_sync = _grow(self.last_sync, n, np.nan)
                 self.sync_count = _grow(self.sync_count, n, 0)
+                self.source_count = _grow(self.source_count, n, 0)
+                self.last_source = _grow(self.last_source, n, -1)
         self.health[slot], self.band[slot], self.drift[slot] = 100.0, 0, False
         self.risk_count[slot], self.last_sync[slot], self.sync_count[slot] = 0, np.nan, 0
+        self.source_count[slot], self.last_source[slot] = 0, -1
         self._twins[twin.twin_id] = twin
         self._by_name[twin.source_system] = twin.twin_id
         self._twin_slot[twin.twin_id] = slot
@@ -374,12 +379,9 @@ class Engine:
         self._twin_rollup(at, quiet=False)
         self._emit_samples(idx, t, y)
         self._emit_predictions(idx, at)
-        for tslot in touched.tolist():           # per twin, not per series: bookkeeping only
-            tid = self._slot_twin[tslot]
-            if tid is not None:
-                tw = self._twins[tid]
-                tw.last_source = str(src)
-                tw.sync_counts[str(src)] = tw.sync_counts.get(str(src), 0) + 1
+        code = SOURCE_CODES.index(src)
+        self.source_count[touched, code] += 1
+        self.last_source[touched] = code
         self._refresh_view(at)
 
     def _alerts_and_corrections(self, idx: np.ndarray, y: np.ndarray, e: np.ndarray, diverging: np.ndarray,
@@ -658,6 +660,9 @@ class Engine:
         ls = self.last_sync[ts]
         t.last_sync = float(ls) if np.isfinite(ls) else None
         t.metrics_count = int(self.sync_count[ts])
+        t.sync_counts = {str(SOURCE_CODES[i]): int(c) for i, c in enumerate(self.source_count[ts].tolist()) if c}
+        code = int(self.last_source[ts])
+        t.last_source = str(SOURCE_CODES[code]) if code >= 0 else None
         t.current_metrics = self._current_metrics(t)
         t.divergence_alerts = [self._alerts[s] for s in sorted(self.series.slots_of(t.twin_id))
                                if s in self._alerts]
