@@ -9,9 +9,10 @@ comes from the queueing model.  Overload is followed in time with a fluid backlo
 gives the time to the first breach and the recovery time once a fault ends.
 
 Uncertainty is Monte Carlo: the fit's parameter uncertainty (least-squares covariance of
-the CPU law, the latency profile interval), a structural factor on the capacity (the
-service is not exactly M/M/c: its service-time variability is drawn between M/D/c and
-twice M/M/c), and the forecast intervals.  Draw 0 is the point estimate; the others are
+the CPU law, profile intervals of the latency routes — each route drawn, the smallest
+capacity wins per draw), the service-time variability (its fitted interval, or M/D/c …
+1.5× M/M/c when the data does not tell), a structural factor on the capacity (6%, 25%
+when the fit is not trustworthy) and the forecast intervals.  Draw 0 is the point estimate; the others are
 seeded, so the same scenario with the same seed gives the same answer.
 ``failure_probability`` is the share of draws in which any limit is breached during the
 scenario.
@@ -305,8 +306,8 @@ def draw(fit: CapacityFit, metrics: tuple[str, ...], rng: np.random.Generator, n
 # ---------------------------------------------------------------------------------------------- baseline
 
 
-def _z90() -> float:
-    return 1.6448536269514722
+#: Normal quantile of a two-sided 90% interval: forecast bounds -> standard deviation.
+Z90 = 1.6448536269514722
 
 
 def _baseline(ctx: SimulationContext, metric: str, offsets: F64, now_value: float) -> tuple[F64, F64]:
@@ -321,7 +322,7 @@ def _baseline(ctx: SimulationContext, metric: str, offsets: F64, now_value: floa
     h, mean = h[order], mean[order]
     if lo.shape == h.shape and hi.shape == h.shape and np.all(np.isfinite(lo[order])) \
             and np.all(np.isfinite(hi[order])):
-        sd = np.maximum(hi[order] - lo[order], 0.0) / (2 * _z90())
+        sd = np.maximum(hi[order] - lo[order], 0.0) / (2 * Z90)
     else:
         sd = np.zeros_like(h)
     xs = np.concatenate([[0.0], h])
