@@ -513,20 +513,20 @@ class Engine:
         mean, lo, hi = self.fc_mean[due], self.fc_lower[due], self.fc_upper[due]
         lim = np.repeat(self.limit[due][:, None], h, axis=1)
         p = exceed_probability(mean, lo, hi, lim, self.settings.level)
-        keys = [self.series.keys[i] for i in due.tolist()]
-        risk: list[str] = []
-        for r, key in enumerate(keys):
-            assert key is not None
-            for j in range(h):
-                m, L = mean[r, j], lim[r, j]
-                risk.append(risk_text(key[1], float(L), float(self.horizons_s[j]))
-                            if np.isfinite(L) and np.isfinite(m) and m >= L else "")
+        if self._key_arrays is None or self._key_arrays[0].size < len(self.series):
+            self._emit_samples(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))   # builds the name arrays
+        assert self._key_arrays is not None
+        tw, me = self._key_arrays
+        with np.errstate(invalid="ignore"):
+            crossing = np.isfinite(lim) & np.isfinite(mean) & (mean >= lim)
+        risk = np.full(mean.shape, "", dtype=object)
+        for r, j in zip(*np.nonzero(crossing), strict=True):        # only the few forecasts over a limit
+            risk[r, j] = risk_text(str(me[due[r]]), float(lim[r, j]), float(self.horizons_s[j]))
         self._outbox.predictions.append(PredictionRows(
-            twin_id=tuple(k[0] for k in keys if k for _ in range(h)),
-            metric=tuple(k[1] for k in keys if k for _ in range(h)),
+            twin_id=np.repeat(tw[due], h), metric=np.repeat(me[due], h),
             made_at=np.full(due.size * h, at), horizon_s=np.tile(self.horizons_s, due.size),
             predicted=mean.ravel(), lower=lo.ravel(), upper=hi.ravel(), failure_probability=p.ravel(),
-            risk_factor=tuple(risk)))
+            risk_factor=risk.ravel()))
 
     # ------------------------------------------------------------ per twin
     def sync(self, twin: str, metrics: Mapping[str, float] | SystemMetrics, *, at: float,

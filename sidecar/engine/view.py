@@ -65,17 +65,17 @@ class MetricSamples:
 
 @dataclass(frozen=True, slots=True)
 class PredictionRows:
-    """Forecasts made at one tick, flat: one row per (series, horizon)."""
+    """Forecasts made at one tick, flat: one row per (series, horizon); names as object arrays."""
 
-    twin_id: tuple[str, ...]
-    metric: tuple[str, ...]
+    twin_id: Sequence[str] | np.ndarray
+    metric: Sequence[str] | np.ndarray
     made_at: np.ndarray
     horizon_s: np.ndarray
     predicted: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
     failure_probability: np.ndarray   # P(limit crossed by the horizon), NaN when no limit
-    risk_factor: tuple[str, ...]      # "" when none
+    risk_factor: Sequence[str] | np.ndarray   # "" when none
 
 
 @dataclass(slots=True)
