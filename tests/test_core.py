@@ -139,6 +139,10 @@ def test_risk_factors_and_breach_eta_from_a_rising_trend() -> None:
     assert preds[0].risk_factors == [] and preds[1].risk_factors == []
     assert any(r.startswith("CPU may reach 95% in ") for r in preds[2].risk_factors)
     assert eng.view().breach_eta_s[0] == pytest.approx(eta)
+    rows = eng.drain().predictions[-1]                 # what the store keeps, every 5 minutes per series
+    risky = [(h, r) for h, r in zip(rows.horizon_s.tolist(), list(rows.risk_factor), strict=True) if r]
+    assert risky and all(r == "CPU may reach 95% in " + f"{int(h // 60)} minutes" for h, r in risky)
+    assert rows.failure_probability[rows.horizon_s == 3600.0][0] > 0.5
 
 
 def test_set_expected_snapshots_before_and_configure() -> None:
