@@ -50,3 +50,28 @@ def test_linear_matches_least_squares_on_irregular_times() -> None:
     w = t >= first
     b, a = np.polyfit(t[w] - t[-1], y[w], 1)
     np.testing.assert_allclose(got, [a + b * 600.0, a + b * 3600.0], rtol=1e-9)
+
+
+def test_season_medians_follow_the_phase_and_ignore_a_spike() -> None:
+    from sidecar.engine.models_bucket import BucketModels
+
+    m = BucketModels(1)
+    pattern = np.array([0.0, 10.0, 20.0, 30.0])
+    idx = np.array([0])
+    n = 80
+    t: np.ndarray = 1.7e9 + 300.0 * np.arange(n, dtype=np.float64)
+    y = pattern[np.arange(n) % 4]
+    y[n - 3] = 1000.0  # a one-off spike in the phase of bucket n+1
+    for r in range(n):
+        m.update(Step(idx=idx, t=t[r:r + 1], y=y[r:r + 1], t_prev=t[r - 1:r] if r else np.full(1, np.nan),
+                      y_prev=y[r - 1:r] if r else np.full(1, np.nan), n_prev=np.array([r]),
+                      dt=np.full(1, 300.0 if r else np.nan), gap=np.zeros(1, dtype=bool)))
+        if r == 20:  # five periods of 2 buckets are closed, five of 12 are not
+            early = m.predict(Now(idx=idx, t=t[r:r + 1], y=y[r:r + 1], n=np.array([r + 1]), dt=np.array([300.0])),
+                              np.array([[300.0]]))[0, :, 0]
+            assert np.isfinite(early[m.names.index("season_median_2b")])
+            assert np.isnan(early[m.names.index("season_median_12b")])
+    now = Now(idx=idx, t=t[-1:], y=y[-1:], n=np.array([n]), dt=np.array([300.0]))
+    h: np.ndarray = 300.0 * np.arange(1, 9, dtype=np.float64)[None, :]
+    got = m.predict(now, h)[0, m.names.index("season_median_4b")]
+    np.testing.assert_allclose(got, pattern[(n - 1 + np.arange(1, 9)) % 4])

@@ -39,7 +39,8 @@ class BucketModels(Model):
     def __init__(self, capacity: int, *, base_s: float = 300.0, ring: int = 64,
                  windows: tuple[int, ...] = (3, 7, 15, 31, 61),
                  short_periods_s: tuple[float, ...] = (600.0, 1800.0, 3600.0, 7200.0), short_gamma: float = 0.3,
-                 daily_gamma: float = 0.1, weekly_gamma: float = 0.5, weekly_phase_s: float = 1800.0) -> None:
+                 daily_gamma: float = 0.1, weekly_gamma: float = 0.5, weekly_phase_s: float = 1800.0,
+                 median_periods: tuple[int, ...] = (2, 3, 4, 6, 8, 12), median_periods_k: int = 5) -> None:
         self.base = float(base_s)
         self.R = int(ring)
         self.windows = tuple(int(w) for w in windows)
@@ -62,10 +63,13 @@ class BucketModels(Model):
         self._wlo = (wv - 1) // 2
         self._whi = wv // 2
         self._wfirst = -wv
+        self.sm_p = np.asarray(median_periods, dtype=np.int64)
+        self.sm_k = int(median_periods_k)
         self.names = (
             *(f"median_{w}" for w in self.windows),
             *(f"season_{int(p // 60)}m" for p in self.periods),
             "daily", "daily_delta", "weekly", "weekly_delta",
+            *(f"season_median_{int(p)}b" for p in self.sm_p),
         )
         super().__init__(capacity)
 
@@ -268,6 +272,29 @@ class BucketModels(Model):
         wok = (mw > 0)[:, None]
         out[:, j, :] = np.where(wok, np.where(here2[:, :-1], cur[:, None], w1), np.nan)
         out[:, j + 1, :] = np.where(wok, now.y[:, None] + w2[:, :-1] - w2[:, -1:], np.nan)
+        out[:, j + 2:, :] = self._season_medians(a["ring"][i], tb - a["lb"][i][:, None])
+        return out
+
+    def _season_medians(self, ring: F64, d: I64) -> F64:
+        """(k, S, H): per period P (in buckets), the median of the last K closed buckets in the target's phase.
+
+        A median over a few past periods ignores the one-off spikes that an exponentially weighted
+        profile keeps for a while; it needs no state beyond the ring.  `d` is the target bucket
+        counted from the last closed one; bucket lb - j sits at ring[R-1-j].  NaN where the ring
+        does not reach back far enough (or was never filled there).
+        """
+        R, K = self.R, self.sm_k
+        per = self.sm_p[None, :, None, None]
+        dd = np.maximum(d, 1)[:, None, :, None]
+        k0 = -(-dd // per)  # ceil(d / P): the newest same-phase bucket already closed
+        back = (k0 + np.arange(K)[None, None, None, :]) * per - dd  # (k, S, H, K) buckets before lb
+        pos = R - 1 - back
+        k = ring.shape[0]
+        flat = ring[np.arange(k)[:, None], np.maximum(pos, 0).reshape(k, -1)]
+        vals = np.sort(flat.reshape(pos.shape), axis=3)
+        med = vals[..., K // 2] if K % 2 else 0.5 * (vals[..., K // 2 - 1] + vals[..., K // 2])
+        bad = (pos.min(axis=3) < 0) | np.isnan(vals[..., -1])
+        out: F64 = np.where(bad, np.nan, med)
         return out
 
     @staticmethod
