@@ -329,8 +329,10 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
                            "capacity": r["prediction"]["model_fit"]["params"]["capacity"]}
     if meas is not None and pred is not None:
         m = meas["rate"]
+        mid = math.sqrt(m * meas["last_ok_rate"]) if meas["last_ok_rate"] else m
         out.update(measured=m, last_ok=meas["last_ok_rate"], measured_bottleneck="+".join(meas["bottleneck"]),
-                   error_pct=100 * (pred - m) / m, inside=(lo is not None and lo <= m and (hi is None or m <= hi)))
+                   error_pct=100 * (pred - m) / m, error_mid_pct=100 * (pred - mid) / mid,
+                   inside=(lo is not None and lo <= m and (hi is None or m <= hi)))
     return out
 
 
@@ -358,9 +360,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
         "demo CPU > 95% (the twin's limits).",
         "",
         "| run | fitted capacity (req/s) | trust | predicted break (req/s) | 90% interval | predicted bottleneck "
-        "| measured break (req/s) | last OK step | measured bottleneck | error | inside | others' CPU fit/ramp "
-        "(cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| measured break (req/s) | last OK step | measured bottleneck | error | error vs midpoint | inside "
+        "| others' CPU fit/ramp (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(x: Any, nd: int = 1) -> str:
@@ -375,6 +377,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
             f"| {s['run']} | {f(s['capacity'])} | {'yes' if s['trustworthy'] else 'no'} | {f(s['predicted'])} "
             f"| {f(s['interval'][0])}–{f(s['interval'][1])} | {s['bottleneck']} | {f(s.get('measured'))} "
             f"| {f(s.get('last_ok'))} | {s.get('measured_bottleneck', '—')} | {f(s.get('error_pct'))}% "
+            f"| {f(s.get('error_mid_pct'))}% "
             f"| {'yes' if s.get('inside') else 'no'} | {r['fit_machine']['others_cores']:.2f} / "
             f"{r['ramp_machine']['others_cores']:.2f} |")
     finite = [e for e in errs if math.isfinite(e)]
@@ -385,7 +388,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
         f"(goal ≤ 20%)." if finite else "**Summary:** no run produced both a prediction and a measurement.",
         "",
         "Error = (predicted − measured) / measured. The measured value is the achieved arrival rate of the first "
-        "breaching step; the step before it passed, so the true breaking point lies between the two columns.",
+        "breaching step; the step before it passed, so the true breaking point lies between the two columns "
+        "(\"error vs midpoint\" compares with their geometric mean).",
         "",
         "### Machine load per run",
         "",

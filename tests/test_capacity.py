@@ -208,3 +208,17 @@ def test_mean_latency_route_catches_blocked_workers() -> None:
     assert fit.variability == pytest.approx(0.5, abs=0.15)
     assert fit.trustworthy, fit.reason
     assert fit.candidates["cpu"][0] > 10 * fit.capacity
+
+
+def test_service_time_that_moves_over_time_widens_the_capacity_spread() -> None:
+    rng = np.random.default_rng(4)
+    lam = rng.uniform(2.0, 12.0, 120)
+    steady = 1000 * (0.03 + 0.5 * erlang_c(1.0, lam * 0.03) / (1 / 0.03 - lam))
+    s_t = 0.03 * np.exp(rng.normal(0.0, 0.15, 120))             # a noisy neighbour: service time moves ±15%
+    moving = 1000 * (s_t + 0.5 * erlang_c(1.0, lam * s_t) / (1 / s_t - lam))
+    calm, noisy = fit_mean_latency(lam, steady, 1), fit_mean_latency(lam, moving, 1)
+    assert calm is not None and noisy is not None
+    assert calm.spread < 0.02
+    assert 0.1 <= noisy.spread <= 0.3           # the moving service time, plus its effect on the queueing
+    assert noisy.capacity_log_sd > 5 * calm.capacity_log_sd
+    assert noisy.service_s == pytest.approx(0.03, rel=0.1)

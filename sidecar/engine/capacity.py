@@ -195,10 +195,14 @@ class MeanLatencyFit:
     variability_low: float
     variability_high: float
     resid_sd: float
+    spread: float = 0.0             # robust log-sd of the per-sample service time over the history
 
     @property
     def capacity_log_sd(self) -> float:
-        return max(math.log(self.service_high / self.service_low) / (2 * 1.96), 0.01)
+        """Where a future window's capacity may lie: the estimate's own uncertainty and the service time's
+        movement over time (noisy neighbours, a dependency slowing down), which the next window sees too."""
+        estimate = max(math.log(self.service_high / self.service_low) / (2 * 1.96), 0.01)
+        return math.hypot(estimate, self.spread)
 
 
 def fit_mean_latency(rate: F64, mean_ms: F64, servers: int) -> MeanLatencyFit | None:
@@ -233,9 +237,13 @@ def fit_mean_latency(rate: F64, mean_ms: F64, servers: int) -> MeanLatencyFit | 
     bound = sse_min * (1.0 + 3.84 / max(n - 2, 1)) + 1e-18
     s_in = np.flatnonzero(sse.min(axis=1) <= bound)
     k_in = np.flatnonzero(sse.min(axis=0) <= bound)
+    # each sample's own service time (its mean latency less the fitted queueing): how much it moves over time
+    own = t - k_grid[j] * wait[i]
+    own = np.log(own[own > 0])
+    spread = 1.4826 * float(np.median(np.abs(own - np.median(own)))) if own.size >= 5 else 0.0
     return MeanLatencyFit(float(s_grid[i]), float(s_grid[s_in[0]]), float(s_grid[s_in[-1]]),
                           float(k_grid[j]), float(k_grid[k_in[0]]), float(k_grid[k_in[-1]]),
-                          1000.0 * math.sqrt(sse_min / max(n - 2, 1)))
+                          1000.0 * math.sqrt(sse_min / max(n - 2, 1)), spread)
 
 
 def _now(values: F64) -> float:
@@ -397,11 +405,12 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         mf = fit_mean_latency(lam[ok], y[ok], servers) if ok.sum() >= 5 and cv >= MIN_LOAD_CV / 2 else None
         if mf is not None:
             candidates["mean_latency"] = (servers / mf.service_s, mf.capacity_log_sd)
-            if mf.capacity_log_sd > 0.25:
+            if mf.capacity_log_sd > 0.3:
                 weak.add("mean_latency")
             if mf.variability_high - mf.variability_low < 1.0:
                 variability, var_range = mf.variability, (mf.variability_low, mf.variability_high)
             extra["service_time_interval_ms"] = [round(1000 * mf.service_low, 3), round(1000 * mf.service_high, 3)]
+            extra["service_time_spread"] = round(mf.spread, 4)
         elif ok.any():
             s = float(np.quantile(y[ok], 0.1)) / 1000.0
             if s > 0:
