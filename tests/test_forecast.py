@@ -257,3 +257,20 @@ def test_bad_input_is_rejected() -> None:
         ForecastBank(H, model="nope")
     with pytest.raises(InputError):
         ForecastBank([0.0])
+
+
+def test_auto_forecast_is_a_weighted_average_of_the_models() -> None:
+    """The forecast is a convex combination of the models' own forecasts, led by the model with most weight."""
+    rng = np.random.default_rng(3)
+    bank = ForecastBank(H)
+    idx = bank.add(2)
+    n = 400
+    t = 1.7e9 + 300.0 * np.arange(n)[:, None] + np.zeros((1, 2))
+    y = np.stack([10.0 + 5.0 * (np.arange(n) % 6 < 3) + rng.normal(0, 1, n), rng.normal(0, 1, n).cumsum()], 1)
+    feed(bank, idx, t, y)
+    fc = bank.forecast(idx)
+    models = bank.predict_models(idx)  # (2, M, H)
+    lo = np.nanmin(models, axis=1)
+    hi = np.nanmax(models, axis=1)
+    assert np.all((fc.mean >= lo - 1e-9) & (fc.mean <= hi + 1e-9))
+    assert np.all(np.isfinite(models[np.arange(2)[:, None], fc.model.astype(np.int64), np.arange(4)[None, :]]))

@@ -10,8 +10,10 @@ How a forecast is made, per series and horizon h:
     arrives at the target, every model's pending prediction is scored (a running,
     out-of-sample backtest inside the bank), and an exponentially forgetting mean
     absolute error per model and horizon is kept;
-  * the model with the smallest recent error at that exact horizon is chosen (or the one
-    forced by the caller); a model whose prediction is not finite falls back to "last";
+  * the three models with the smallest recent error at that exact horizon are averaged,
+    weighted by how close each one's error is to the best one's (or the model forced by the
+    caller is used alone); models without a finite prediction are left out, and "last" is
+    the fallback when none qualifies;
   * the interval is the chosen forecast plus online quantiles (`level` centred) of the
     bank's own recent out-of-sample errors at that horizon, tracked in O(1) per score
     (quantile tracking, as in conformal PID control), so coverage holds without any
@@ -54,7 +56,7 @@ class Forecast:
     lower: np.ndarray  # (k, H) lower bound of the `level` interval
     upper: np.ndarray  # (k, H)
     confidence: np.ndarray  # (k, H) estimated probability that the actual lands in [lower, upper]
-    model: np.ndarray  # (k, H) int8 index into ForecastBank.model_names of the model chosen
+    model: np.ndarray  # (k, H) int8 index into ForecastBank.model_names of the model with the most weight
     slope_per_s: np.ndarray  # (k,) current trend estimate, units per second
 
 
@@ -277,14 +279,17 @@ class ForecastBank:
             forced = self._choose(mae, cnt, pred)
             return pred[np.arange(k)[:, None], forced, np.arange(H)[None, :]], forced
         score = np.where((cnt >= _MIN_SCORED) & (pred == pred), mae, np.inf)
-        part = np.partition(score, (0, _TOP - 1), axis=1)
-        best, cut = part[:, 0:1], part[:, _TOP - 1:_TOP]
+        top = np.argpartition(score, _TOP - 1, axis=1)[:, :_TOP]  # (k, TOP, H), in no particular order
+        rows, cols = np.arange(k)[:, None, None], np.arange(H)[None, None, :]
+        s_top, p_top = score[rows, top, cols], pred[rows, top, cols]
+        best = s_top.min(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            w = np.where(score <= cut, np.exp((1.0 - score / np.maximum(best, 1e-300)) / _TEMP), 0.0)
+            w = np.exp((1.0 - s_top / np.maximum(best, 1e-300)) / _TEMP)
+        w = np.where(np.isfinite(s_top), w, 0.0)
         wsum = w.sum(axis=1)
-        mean = np.where(wsum > 0, (w * np.where(w > 0, pred, 0.0)).sum(axis=1) / np.where(wsum > 0, wsum, 1.0),
+        mean = np.where(wsum > 0, (w * np.where(w > 0, p_top, 0.0)).sum(axis=1) / np.where(wsum > 0, wsum, 1.0),
                         pred[:, self._last])
-        choice: NDArray[np.int64] = np.argmax(w, axis=1)
+        choice: NDArray[np.int64] = np.where(wsum > 0, top[rows[:, 0], np.argmax(w, axis=1), cols[:, 0]], self._last)
         return mean, choice
 
     def _expect(self, i: I64, y: F64, seen: NDArray[np.bool_], y_prev: F64, gap_dt: F64, dt_prev: F64,

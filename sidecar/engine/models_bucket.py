@@ -5,8 +5,8 @@ sampling interval when that is longer, fixed from the first interval).  On that 
 
 * **medians** of the last 3, 7, 15, 31 and 61 buckets: a level that ignores spikes and
   minimises the absolute error on noisy series (MAE is what is scored);
-* **short seasonal profiles** with periods of 10 min, 30 min, 1 h and 2 h (cron jobs,
-  batch cycles): per phase, an exponentially weighted mean over past periods;
+* **seasonal medians** for short periods of 2, 4, 6, 8 and 12 buckets (cron jobs, batch
+  cycles): the median of the last 5 buckets in the target's phase, taken from the ring;
 * a **daily** profile (per phase: last value, and a slow mean used as a *delta* — the
   last value plus the change the profile expects between now and the target) and a
   **weekly** one (phases of at least 30 minutes, same two variants).
@@ -16,7 +16,9 @@ covers it; the bank then falls back to other models.  Updating is O(1) per sampl
 sample adds to the current bucket; closing a bucket shifts a ring and updates one phase
 per profile.  The bucket in progress is blended in at prediction time ("virtual
 update"), so forecasts use the latest sample without waiting for its bucket to close.
-Memory is fixed: 64 ring entries plus 1,292 float32 profile cells, about 5.7 KB a series.
+The seasonal medians only change when a bucket closes, so they are computed then, for
+every target 1..13 buckets ahead, and read at prediction time.  Memory is fixed: 64 ring
+entries, 1,248 float32 profile cells and 65 cached medians, about 5.9 KB a series.
 """
 
 from __future__ import annotations
@@ -31,26 +33,21 @@ _WEEK = 7 * _DAY
 
 
 class BucketModels(Model):
-    """Medians, short seasonal profiles and daily/weekly profiles over time buckets."""
+    """Medians, seasonal medians of short periods and daily/weekly profiles over time buckets."""
 
     # every variant combines observed bucket means (no extrapolation, no division): nothing can blow up
     bounded = True
 
     def __init__(self, capacity: int, *, base_s: float = 300.0, ring: int = 64,
                  windows: tuple[int, ...] = (3, 7, 15, 31, 61),
-                 short_periods_s: tuple[float, ...] = (600.0, 1800.0, 3600.0, 7200.0), short_gamma: float = 0.3,
                  daily_gamma: float = 0.1, weekly_gamma: float = 0.5, weekly_phase_s: float = 1800.0,
-                 median_periods: tuple[int, ...] = (2, 3, 4, 6, 8, 12), median_periods_k: int = 5) -> None:
+                 median_periods: tuple[int, ...] = (2, 4, 6, 8, 12), median_periods_k: int = 5,
+                 median_reach: int = 13) -> None:
         self.base = float(base_s)
         self.R = int(ring)
         self.windows = tuple(int(w) for w in windows)
         if max(self.windows) > self.R + 1:
             raise ValueError("median window longer than the ring")
-        self.periods = np.asarray(short_periods_s, dtype=np.float64)
-        mmax = np.maximum(np.round(self.periods / self.base), 1).astype(np.int64)
-        self.off = np.concatenate([[0], np.cumsum(mmax)[:-1]]).astype(np.int64)
-        self.nshort = int(mmax.sum())
-        self.g_short = float(short_gamma)
         self.g_day = float(daily_gamma)
         self.g_week = float(weekly_gamma)
         self.week_phase = float(weekly_phase_s)
@@ -65,9 +62,9 @@ class BucketModels(Model):
         self._wfirst = -wv
         self.sm_p = np.asarray(median_periods, dtype=np.int64)
         self.sm_k = int(median_periods_k)
+        self.sm_d = int(median_reach)  # seasonal medians are kept for targets 1..sm_d buckets ahead
         self.names = (
             *(f"median_{w}" for w in self.windows),
-            *(f"season_{int(p // 60)}m" for p in self.periods),
             "daily", "daily_delta", "weekly", "weekly_delta",
             *(f"season_median_{int(p)}b" for p in self.sm_p),
         )
@@ -84,11 +81,10 @@ class BucketModels(Model):
             "ccnt": Field((), np.float64, 0.0),  # samples in the bucket in progress (0: none open)
             "ring": Field((self.R,), np.float64, np.nan),  # closed buckets, newest last
             "med": Field((len(self.windows),), np.float64, np.nan),  # medians, refreshed at each close
-            "ms": Field((self.periods.size,), np.int64, 0),  # phases of each short period (0: unusable)
+            "smc": Field((self.sm_p.size, self.sm_d), f32, np.nan),  # seasonal medians, refreshed at each close
             "md": Field((), np.int64, 0),
             "wk": Field((), np.float64, np.nan),
             "mw": Field((), np.int64, 0),
-            "sp": Field((self.nshort,), f32, np.nan),  # short profiles, concatenated
             "d1": Field((self.nday,), f32, np.nan),  # daily: last value per phase
             "d2": Field((self.nday,), f32, np.nan),  # daily: slow mean per phase
             "w1": Field((self.nweek,), f32, np.nan),
@@ -96,20 +92,17 @@ class BucketModels(Model):
         }
 
     # -------------------------------------------------------------- geometry
-    def _geometry(self, w: F64) -> tuple[I64, I64, F64, I64]:
-        """Per series: phases of each short period (k, P), of the day, weekly phase width and phases."""
+    def _geometry(self, w: F64) -> tuple[I64, F64, I64]:
+        """Per series: phases of the day, weekly phase width and phases (0 phases: season unusable)."""
         ok = np.isfinite(w)
         ww = np.where(ok, w, self.base)
-        ms = np.round(self.periods[None, :] / ww[:, None]).astype(np.int64)
-        exact = np.abs(ms * ww[:, None] - self.periods[None, :]) < 1e-6 * self.periods[None, :]
-        ms = np.where(exact & (ms >= 2), ms, 0)
         md = np.round(_DAY / ww).astype(np.int64)
         md = np.where(np.abs(md * ww - _DAY) < 1e-6 * _DAY, md, 0)
         md = np.where(md >= 2, md, 0)
         wk = ww * np.maximum(np.round(self.week_phase / ww), 1.0)
         mw = np.round(_WEEK / wk).astype(np.int64)
         mw = np.where((np.abs(mw * wk - _WEEK) < 1e-6 * _WEEK) & (mw >= 2), mw, 0)
-        return ms, md, wk, mw
+        return md, wk, mw
 
     # ---------------------------------------------------------------- update
     def update(self, s: Step) -> None:
@@ -131,8 +124,7 @@ class BucketModels(Model):
             org = s.t_prev[setw] - 0.5 * wn
             a["org"][si] = org
             a["cb"][si] = 0
-            ms, md, wk, mw = self._geometry(wn)
-            a["ms"][si] = ms
+            md, wk, mw = self._geometry(wn)
             a["md"][si] = md
             a["wk"][si] = wk
             a["mw"][si] = mw
@@ -196,13 +188,10 @@ class BucketModels(Model):
         med = 0.5 * (srt[:, self._wrow, self._wlo] + srt[:, self._wrow, self._whi])
         # a window reaching into never-filled entries (the ring fills from the right) has no median yet
         a["med"][i] = np.where(np.isnan(ring[:, self._wfirst]), np.nan, med)
-        ms, md, wk, mw = a["ms"][i], a["md"][i], a["wk"][i], a["mw"][i]
-        rows = i[:, None]
-        ok = ms > 0
-        col = self.off[None, :] + np.where(ok, cb[:, None] % np.maximum(ms, 1), 0)
-        old = a["sp"][rows, col].astype(np.float64)
-        upd = np.where(np.isfinite(old), old + self.g_short * (v[:, None] - old), v[:, None])
-        a["sp"][rows, col] = np.where(ok, upd, old)
+        # seasonal medians only change when a bucket closes: computed here for every target 1..sm_d ahead
+        d = np.broadcast_to(np.arange(1, self.sm_d + 1)[None, :], (i.size, self.sm_d))
+        a["smc"][i] = self._season_medians(ring, d)
+        md, wk, mw = a["md"][i], a["wk"][i], a["mw"][i]
         dk = md > 0
         if dk.any():
             r, ph = i[dk], cb[dk] % md[dk]
@@ -240,17 +229,9 @@ class BucketModels(Model):
         cur = a["csum"][i] / np.where(is_open, cc, 1.0)
         cb = a["cb"][i]
         tb = np.floor((now.t[:, None] - a["org"][i][:, None] + h_s) / w[:, None] + 1e-9).astype(np.int64)
-        ms, md, wk, mw = a["ms"][i], a["md"][i], a["wk"][i], a["mw"][i]
+        md, wk, mw = a["md"][i], a["wk"][i], a["mw"][i]
         rows = i[:, None]
-        P = self.periods.size
-        # every short profile in one gather: (k, P, H) cells off[p] + phase of the target bucket
-        mm = np.maximum(ms, 1)[:, :, None]
-        pt = tb[:, None, :] % mm
-        here = is_open[:, None, None] & (pt == cb[:, None, None] % mm)
-        val = self._virtual(a["sp"][i[:, None, None], self.off[None, :, None] + pt], here, cur[:, None, None],
-                            self.g_short)
-        out[:, nw:nw + P, :] = np.where((ms > 0)[:, :, None], val, np.nan)
-        j = nw + P
+        j = nw
         # daily and weekly: the target phases and the current phase gathered together
         mdd = np.maximum(md, 1)[:, None]
         pc = cb[:, None] % mdd
@@ -272,7 +253,10 @@ class BucketModels(Model):
         wok = (mw > 0)[:, None]
         out[:, j, :] = np.where(wok, np.where(here2[:, :-1], cur[:, None], w1), np.nan)
         out[:, j + 1, :] = np.where(wok, now.y[:, None] + w2[:, :-1] - w2[:, -1:], np.nan)
-        out[:, j + 2:, :] = self._season_medians(a["ring"][i], tb - a["lb"][i][:, None])
+        d = tb - a["lb"][i][:, None]
+        col = np.clip(d, 1, self.sm_d) - 1
+        sm = a["smc"][i[:, None, None], np.arange(self.sm_p.size)[None, :, None], col[:, None, :]]
+        out[:, j + 2:, :] = np.where((d <= self.sm_d)[:, None, :], sm, np.nan)
         return out
 
     def _season_medians(self, ring: F64, d: I64) -> F64:
