@@ -63,6 +63,15 @@ class BucketModels(Model):
         self.sm_p = np.asarray(median_periods, dtype=np.int64)
         self.sm_k = int(median_periods_k)
         self.sm_d = int(median_reach)  # seasonal medians are kept for targets 1..sm_d buckets ahead
+        # ring positions of the K same-phase buckets, per period and target: bucket lb - j is ring[R-1-j],
+        # and the newest closed bucket in the phase of lb + d is ceil(d / P) periods before the target
+        per = self.sm_p[:, None, None]
+        dd = np.arange(1, self.sm_d + 1)[None, :, None]
+        back = (-(-dd // per) + np.arange(self.sm_k)[None, None, :]) * per - dd  # (S, D, K)
+        pos = self.R - 1 - back
+        self._sm_shape = pos.shape
+        self._sm_short = pos.min(axis=2) < 0  # (S, D): reaches further back than the ring
+        self._sm_pos = np.maximum(pos, 0).ravel()
         self.names = (
             *(f"median_{w}" for w in self.windows),
             "daily", "daily_delta", "weekly", "weekly_delta",
@@ -189,8 +198,7 @@ class BucketModels(Model):
         # a window reaching into never-filled entries (the ring fills from the right) has no median yet
         a["med"][i] = np.where(np.isnan(ring[:, self._wfirst]), np.nan, med)
         # seasonal medians only change when a bucket closes: computed here for every target 1..sm_d ahead
-        d = np.broadcast_to(np.arange(1, self.sm_d + 1)[None, :], (i.size, self.sm_d))
-        a["smc"][i] = self._season_medians(ring, d)
+        a["smc"][i] = self._season_medians(ring)
         md, wk, mw = a["md"][i], a["wk"][i], a["mw"][i]
         dk = md > 0
         if dk.any():
@@ -259,26 +267,20 @@ class BucketModels(Model):
         out[:, j + 2:, :] = np.where((d <= self.sm_d)[:, None, :], sm, np.nan)
         return out
 
-    def _season_medians(self, ring: F64, d: I64) -> F64:
-        """(k, S, H): per period P (in buckets), the median of the last K closed buckets in the target's phase.
+    def _season_medians(self, ring: F64) -> F64:
+        """(k, S, D): per period P (in buckets) and target d = 1..D buckets after the last closed one,
+        the median of the last K closed buckets in the target's phase.
 
         A median over a few past periods ignores the one-off spikes that an exponentially weighted
-        profile keeps for a while; it needs no state beyond the ring.  `d` is the target bucket
-        counted from the last closed one; bucket lb - j sits at ring[R-1-j].  NaN where the ring
-        does not reach back far enough (or was never filled there).
+        profile keeps for a while, and needs no state beyond the ring.  The ring positions are the
+        same for every series (`_sm_pos`, fixed at construction), so this is one gather and one
+        sort.  NaN where the ring does not reach back far enough or was never filled there.
         """
-        R, K = self.R, self.sm_k
-        per = self.sm_p[None, :, None, None]
-        dd = np.maximum(d, 1)[:, None, :, None]
-        k0 = -(-dd // per)  # ceil(d / P): the newest same-phase bucket already closed
-        back = (k0 + np.arange(K)[None, None, None, :]) * per - dd  # (k, S, H, K) buckets before lb
-        pos = R - 1 - back
         k = ring.shape[0]
-        flat = ring[np.arange(k)[:, None], np.maximum(pos, 0).reshape(k, -1)]
-        vals = np.sort(flat.reshape(pos.shape), axis=3)
+        vals = np.sort(ring[:, self._sm_pos].reshape(k, *self._sm_shape), axis=3)
+        K = self.sm_k
         med = vals[..., K // 2] if K % 2 else 0.5 * (vals[..., K // 2 - 1] + vals[..., K // 2])
-        bad = (pos.min(axis=3) < 0) | np.isnan(vals[..., -1])
-        out: F64 = np.where(bad, np.nan, med)
+        out: F64 = np.where(self._sm_short | np.isnan(vals[..., -1]), np.nan, med)
         return out
 
     @staticmethod
