@@ -226,7 +226,8 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
     demo = subprocess.Popen([sys.executable, str(HERE / "demo_service.py"), "--port", str(port),
                              "--workers", str(args.workers), "--service-ms", str(args.service_ms),
                              "--io-ms", str(args.io_ms)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.nice(args.nice)) if args.nice else None)
     prom = PrometheusServer(scrape_targets=[f"127.0.0.1:{port}"], job_name="demo", scrape_interval="1s")
     result: dict[str, Any] = {"run": run, "seed": args.seed + run}
     try:
@@ -345,12 +346,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
         "",
         f"Command: `python benchmarks/breaking_point.py --label {args.label} --runs {args.runs} "
         f"--workers {args.workers} --service-ms {args.service_ms:g} --io-ms {args.io_ms:g} --fit-s {args.fit_s:g} "
-        f"--fit-low {args.fit_low:g} --fit-high {args.fit_high:g} --step-s {args.step_s:g}`  ",
+        f"--fit-low {args.fit_low:g} --fit-high {args.fit_high:g} --step-s {args.step_s:g}"
+        + (f" --nice {args.nice}" if args.nice else "") + "`  ",
         f"Finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores, shared "
         "with other sessions' work at the same time (their CPU use is in the last column and the load table).",
         "",
         f"Demo service: aiohttp, {args.workers} worker thread(s), {args.service_ms:g} ms of CPU"
         + (f" + {args.io_ms:g} ms blocking wait" if args.io_ms else "")
+        + (f", running at nice {args.nice} (a CPU share guaranteed against the neighbours, like a pod's CPU "
+           "request)" if args.nice else "")
         + f" per request (nominal capacity {1000 * args.workers / per_request:.0f} req/s if every worker had a core "
         "to itself). Prometheus scrapes it every 1 s. Fit: open-loop Poisson load, a new rate every 20 s between "
         f"{args.fit_low:g} and {args.fit_high:g} req/s, for {args.fit_s:g} s; the metrics are read back as range "
@@ -445,6 +449,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--service-ms", type=float, default=20.0)
     p.add_argument("--io-ms", type=float, default=0.0)
+    p.add_argument("--nice", type=int, default=0,
+                   help="scheduling priority of the demo (e.g. -10: like a pod with a guaranteed CPU request)")
     p.add_argument("--fit-s", type=float, default=300.0)
     p.add_argument("--fit-low", type=float, default=5.0)
     p.add_argument("--fit-high", type=float, default=25.0)
