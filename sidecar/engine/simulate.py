@@ -9,11 +9,11 @@ comes from the queueing model.  Overload is followed in time with a fluid backlo
 gives the time to the first breach and the recovery time once a fault ends.
 
 Uncertainty is Monte Carlo: the fit's parameter uncertainty (least-squares covariance of
-the CPU law, profile intervals of the latency routes — each route drawn, the smallest
-capacity wins per draw), the service-time variability (its fitted interval, or M/D/c …
-1.5× M/M/c when the data does not tell), a structural factor on the capacity (6%, 25%
-when the fit is not trustworthy) and the forecast intervals.  Draw 0 is the point estimate; the others are
-seeded, so the same scenario with the same seed gives the same answer.
+the CPU law, profile interval and spread of the binding latency route), the service-time
+variability (its fitted interval, or M/D/c … 1.5× M/M/c when the data does not tell), a
+structural factor on the capacity (6%, 25% when the fit is not trustworthy) and the
+forecast intervals.  Draw 0 is the point estimate; the others are seeded, so the same
+scenario with the same seed gives the same answer.
 ``failure_probability`` is the share of draws in which any limit is breached during the
 scenario.
 """
@@ -263,33 +263,36 @@ class Draws:
 
 
 def draw(fit: CapacityFit, metrics: tuple[str, ...], rng: np.random.Generator, n: int = DRAWS) -> Draws:
-    """Sample the fit's uncertainty: every capacity route is drawn and the smallest wins per draw.
+    """Sample the fit's uncertainty around the binding capacity route.
 
-    The CPU route is drawn through (a, b) jointly, so capacity and projected CPU stay consistent.
+    Only the route that binds (the smallest capacity) is drawn: another route consistent with it
+    measures the same bottleneck, and taking the minimum of two noisy draws of one quantity would
+    bias the capacity low; a route clearly above it never binds. The CPU law is drawn through
+    (a, b) jointly, so capacity and projected CPU stay consistent when CPU binds.
     """
     widen = 1.0 if fit.trustworthy else UNTRUSTED_WIDEN
     structural = STRUCTURAL_SD if fit.trustworthy else STRUCTURAL_SD_UNTRUSTED
     s = n + 1
     b = np.full(s, fit.cpu_slope)
-    routes: list[F64] = []
-    for name, (k, sd) in fit.candidates.items():
-        if name == "cpu" and fit.has_rate:
-            cov = np.asarray(fit.cpu_cov) * widen**2
-            ab = rng.multivariate_normal([fit.cpu_idle, fit.cpu_slope], cov, size=s, method="eigh")
-            a_s = np.clip(ab[:, 0], 0.0, 99.0)
-            b = np.maximum(ab[:, 1], fit.cpu_slope * 0.05)
-            b[0] = fit.cpu_slope
-            routes.append((100.0 - a_s) / b * (k / ((100.0 - fit.cpu_idle) / fit.cpu_slope)))
-        else:
-            routes.append(k * np.exp(rng.normal(0.0, sd * widen, s)))
-    cap = np.min(np.vstack(routes), axis=0)
-    cap *= np.exp(rng.normal(0.0, structural, s))
-    cap[0] = fit.capacity
-    cap = np.maximum(cap, fit.capacity_floor)
-    if fit.has_cpu and not fit.has_rate:
+    a_s = np.full(s, fit.cpu_idle)
+    if fit.has_cpu and fit.has_rate:
+        cov = np.asarray(fit.cpu_cov) * widen**2
+        ab = rng.multivariate_normal([fit.cpu_idle, fit.cpu_slope], cov, size=s, method="eigh")
+        ab[0] = (fit.cpu_idle, fit.cpu_slope)
+        b = np.maximum(ab[:, 1], fit.cpu_slope * 0.05)
+        a_s = np.clip(ab[:, 0], 0.0, 99.0)
+    elif fit.has_cpu:
         sd = math.sqrt(max(fit.cpu_cov[1][1], 0.0)) * widen
         b = np.maximum(fit.cpu_slope + rng.normal(0.0, sd, s), fit.cpu_slope * 0.05)
         b[0] = fit.cpu_slope
+    sd = fit.candidates[fit.capacity_source][1]
+    if fit.capacity_source == "cpu" and fit.has_rate:
+        cap = (100.0 - a_s) / b * (fit.capacity / ((100.0 - fit.cpu_idle) / fit.cpu_slope))
+    else:
+        cap = fit.capacity * np.exp(rng.normal(0.0, sd * widen, s))
+    cap *= np.exp(rng.normal(0.0, structural, s))
+    cap[0] = fit.capacity
+    cap = np.maximum(cap, fit.capacity_floor)
     variability = rng.uniform(*fit.variability_range, s)
     variability[0] = fit.variability
     err_slope = np.full(s, fit.error_slope)
