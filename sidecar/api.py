@@ -6,7 +6,9 @@ never sees a half-applied tick; calls that can take long (listing every twin,
 a simulation, reading history from the store) run in a worker thread or await
 I/O while holding it, so the event loop keeps serving /metrics and probes.
 Requests that change state need ``Authorization: Bearer <token>`` when a token
-is configured; reads stay open, as /metrics does. Errors are JSON
+is configured; reads stay open, as /metrics does. A token given as a file is re-read
+when the file changes (a rotated Kubernetes Secret takes effect without a restart); a
+file that cannot be read or is empty refuses every write rather than opening them. Errors are JSON
 ``{"error": message, "status": code}`` and never contain a secret.
 """
 
@@ -170,13 +172,35 @@ def parse_expected(body: Mapping[str, Any]) -> dict[str, float | None]:
 
 # --------------------------------------------------------------------------- the API
 
+#: The bearer token: fixed, read on demand (a ``SecretFile``'s ``read``), or none (writes open).
+TokenSource = str | Callable[[], str] | None
+
+
 class TwinApi:
     """Handlers over one ``TwinEngine``; ``routes()`` lists them for ``app.add_routes``."""
 
-    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: str | None) -> None:
+    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource) -> None:
         self._facade = facade
         self._lock = engine_lock
-        self._token = auth_token.encode() if auth_token else None
+        self._token_source = auth_token
+        self._token_failed = False
+
+    def _token(self) -> bytes | None:
+        """The token now, or ``b""`` (matches nothing) when its file is unreadable or empty: fail closed."""
+        src = self._token_source
+        if src is None or isinstance(src, str):
+            return src.encode() if src else None
+        try:
+            value = src()
+        except OSError as exc:
+            if not self._token_failed:
+                log.error("api token file unreadable: writes refused", extra={"error": exc.strerror or str(exc)})
+            self._token_failed = True
+            return b""
+        if self._token_failed:
+            log.info("api token file readable again")
+        self._token_failed = False
+        return value.encode()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -195,9 +219,10 @@ class TwinApi:
     def _write(self, handler: Handler) -> Handler:
         """State-changing routes: check the bearer token (constant time) before anything else."""
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if self._token is not None:
+            token = self._token()
+            if token is not None:
                 scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+                if scheme.lower() != "bearer" or not token or not hmac.compare_digest(given.strip().encode(), token):
                     raise ApiError(401, "missing or invalid bearer token",
                                    headers={"WWW-Authenticate": 'Bearer realm="twin-sidecar"'})
             return await handler(request)

@@ -226,7 +226,14 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     history: HistoryStore = _BufferedHistory(store, gate)
     facade = TwinEngine(engine, store=history)
     await facade.initialize()
-    token = config.server.auth_token_file.read() if config.server.auth_token_file is not None else None
+    token_file = config.server.auth_token_file
+    if token_file is not None:
+        try:
+            token_file.read()            # unreadable at start is a configuration error, not a silent lock-out
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API token file: {exc.strerror or exc}", path=config.path,
+                              key="server.auth_token_file") from exc
+    token = token_file.read if token_file is not None else None
     registry = CollectorRegistry()
     app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
                     max_body_bytes=config.server.max_body_bytes)

@@ -17,7 +17,7 @@ import logging
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .api import TwinApi, error_middleware, json_response
+from .api import TokenSource, TwinApi, error_middleware, json_response
 from .engine.twin import TwinEngine
 from .exporter import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, install_exporter, render, wants_openmetrics
 from .status import ServiceStatus
@@ -30,7 +30,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
 def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorRegistry,
-              engine_lock: asyncio.Lock, auth_token: str | None,
+              engine_lock: asyncio.Lock, auth_token: TokenSource,
               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
     """The whole HTTP surface. ``engine_lock`` is the lock the scheduler holds while it feeds the engine."""
     if max_body_bytes <= 0:

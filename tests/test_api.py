@@ -10,7 +10,9 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from sidecar.api import ApiError, jsonable, parse_expected
+from sidecar.config import SecretFile
 from sidecar.engine.history import MemoryHistoryStore
 from sidecar.engine.records import StateHistoryEntry, SystemType
 from sidecar.engine.twin import TwinEngine
@@ -145,6 +148,21 @@ async def test_twin_status_by_name_and_by_id(api: Api) -> None:
     assert "cpu_usage" in body["metrics"]
     by_id = await body_of(await api.client.get(f"/api/v1/twins/{body['twin_id']}"))
     assert by_id["twin_id"] == body["twin_id"]
+
+
+async def test_twin_names_with_a_slash_are_addressed_percent_encoded(api: Api) -> None:
+    """Discovered twins are often named namespace/service; %2F keeps the name one path segment."""
+    await api.facade.create_twin("shop/checkout", SystemType.API_GATEWAY)
+    await feed(api.facade, api.clock, "shop/checkout", 5)
+    body = await body_of(await api.client.get("/api/v1/twins/shop%2Fcheckout"))
+    assert body["name"] == "shop/checkout"
+    hist = await api.client.get("/api/v1/twins/shop%2Fcheckout/history")
+    assert hist.status == 200
+    assert (await body_of(hist))["snapshots"]
+    resp = await api.client.post("/api/v1/twins/shop%2Fcheckout/simulate", json={"type": "load_test"},
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 200
+    assert (await api.client.get("/api/v1/twins/shop/checkout")).status == 404
 
 
 async def test_unknown_twin_is_404_on_every_twin_route(api: Api) -> None:
@@ -371,6 +389,27 @@ async def test_without_a_token_writes_are_open(make_api: ApiFactory) -> None:
     api: Api = await make_api(auth_token=None)
     resp = await api.client.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50})
     assert resp.status == 200
+
+
+async def test_a_rotated_token_file_takes_effect_without_a_restart(make_api: ApiFactory, tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("first-token\n")
+    api: Api = await make_api(auth_token=SecretFile(str(secret)).read)
+
+    async def put(token: str) -> int:
+        resp = await api.client.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50},
+                                    headers={"Authorization": f"Bearer {token}"})
+        return resp.status
+
+    assert await put("first-token") == 200
+    secret.write_text("second-token\n")
+    os.utime(secret, (1e9, 1e9))          # a new mtime even within the file system's timestamp resolution
+    assert await put("first-token") == 401
+    assert await put("second-token") == 200
+    secret.unlink()                       # mid-rotation: unreadable fails closed, the old token does not linger
+    assert await put("second-token") == 401
+    secret.write_text("")
+    assert await put("") == 401, "an empty token file must not open the writes"
 
 
 async def test_body_over_the_limit_is_413(make_api: ApiFactory) -> None:
