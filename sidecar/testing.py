@@ -29,12 +29,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .demo.prometheus import LocalPrometheus, free_port, prometheus_available, prometheus_config
+import yaml
+
+from .demo.prometheus import LocalPrometheus, LocalServer, free_port, prometheus_available, prometheus_config
 
 PROMTOOL_BIN = os.environ.get("PROMTOOL_BIN", "/usr/bin/promtool")
+ALERTMANAGER_BIN = os.environ.get("ALERTMANAGER_BIN", "/usr/bin/prometheus-alertmanager")
 
-__all__ = ["MetricsTarget", "PrometheusServer", "free_port", "openmetrics_history", "prometheus_available",
-           "prometheus_with_target"]
+__all__ = ["AlertmanagerServer", "MetricsTarget", "PrometheusServer", "alertmanager_available", "free_port",
+           "openmetrics_history", "prometheus_available", "prometheus_with_target"]
 
 
 class PrometheusServer(LocalPrometheus):
@@ -43,16 +46,22 @@ class PrometheusServer(LocalPrometheus):
     ``scrape_targets`` (``host:port`` strings) become one job (``job_name``)
     scraped every ``scrape_interval``; ``scrape_configs`` replaces that with
     full scrape configs. ``history`` is OpenMetrics text (ending in ``# EOF``)
-    loaded as TSDB blocks with ``promtool`` before start.
+    loaded as TSDB blocks with ``promtool`` before start. ``rules`` (a rule file's
+    text) is evaluated every ``scrape_interval`` and its alerts go to ``alertmanagers``.
     """
 
     def __init__(self, *, scrape_targets: Sequence[str] = (), job_name: str = "test",
                  scrape_configs: Sequence[Mapping[str, Any]] | None = None, scrape_interval: str = "1s",
-                 history: str | None = None, startup_timeout: float = 30.0) -> None:
-        cfg = prometheus_config({job_name: list(scrape_targets)}, scrape_interval=scrape_interval)
+                 history: str | None = None, startup_timeout: float = 30.0, rules: str | None = None,
+                 alertmanagers: Sequence[str] = ()) -> None:
+        cfg = prometheus_config({job_name: list(scrape_targets)}, scrape_interval=scrape_interval,
+                                rule_files=["rules.yaml"] if rules is not None else ())
         if scrape_configs is not None:
             cfg["scrape_configs"] = [dict(c) for c in scrape_configs]
-        super().__init__(cfg, startup_timeout=startup_timeout)
+        if alertmanagers:
+            cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
+        super().__init__(cfg, startup_timeout=startup_timeout,
+                         files={"rules.yaml": rules} if rules is not None else None)
         self.scrape_interval = scrape_interval
         self.history = history
 
@@ -82,6 +91,38 @@ class PrometheusServer(LocalPrometheus):
                               str(self.dir / "data")], capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
             raise RuntimeError(f"promtool could not load the history: {out.stderr.strip() or out.stdout}")
+
+
+def alertmanager_available() -> bool:
+    return os.access(ALERTMANAGER_BIN, os.X_OK)
+
+
+class AlertmanagerServer(LocalServer):
+    """A real Alertmanager on a free loopback port with ``config``; clustering off (it would otherwise listen
+    on 0.0.0.0:9094), state in the temporary directory. ``alerts()`` reads ``/api/v2/alerts``."""
+
+    binary = ALERTMANAGER_BIN
+    install_hint = "sudo apt-get install -y prometheus-alertmanager"
+    log_name = "alertmanager.log"
+
+    def __init__(self, config: Mapping[str, Any], *, startup_timeout: float = 30.0) -> None:
+        super().__init__(startup_timeout=startup_timeout)
+        self.config = dict(config)
+
+    def write_config(self) -> None:
+        assert self.dir is not None
+        (self.dir / "alertmanager.yml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def command(self, d: Path) -> list[str]:
+        return [self.binary, f"--config.file={d / 'alertmanager.yml'}", f"--storage.path={d / 'data'}",
+                f"--web.listen-address={self.address}", "--cluster.listen-address=", "--log.level=warn"]
+
+    def start(self) -> AlertmanagerServer:
+        super().start()
+        return self
+
+    def __enter__(self) -> AlertmanagerServer:
+        return self.start()
 
 
 class MetricsTarget:

@@ -60,47 +60,53 @@ def prometheus_config(jobs: Mapping[str, Sequence[str]], *, scrape_interval: str
     return cfg
 
 
-class LocalPrometheus:
-    """``/usr/bin/prometheus`` on ``127.0.0.1:<free port>``, its storage in a temporary directory."""
+class LocalServer:
+    """A server binary on ``127.0.0.1:<free port>`` with its files in a temporary directory, ready when
+    ``/-/ready`` answers 200 (Prometheus and Alertmanager both have it); ``stop`` removes everything."""
 
-    def __init__(self, config: Mapping[str, Any], *, startup_timeout: float = 30.0,
-                 retention: str = "1d") -> None:
-        self.config: dict[str, Any] = dict(config)
+    binary = ""
+    install_hint = ""
+    log_name = "server.log"
+
+    def __init__(self, *, startup_timeout: float = 30.0) -> None:
         self.startup_timeout = startup_timeout
-        self.retention = retention
         self.port = 0
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}"
 
     def prepare(self) -> Path:
-        """Create the directory and write the config (subclasses add data before ``start``)."""
+        """Create the directory and write the server's files (subclasses add data before ``start``)."""
         if self.dir is None:
-            self.dir = Path(tempfile.mkdtemp(prefix="twin-prom-"))
+            self.dir = Path(tempfile.mkdtemp(prefix="twin-srv-"))
             (self.dir / "data").mkdir()
         self.write_config()
         return self.dir
 
     def write_config(self) -> None:
-        assert self.dir is not None
-        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        """Write the files the command line points at."""
 
-    def start(self) -> LocalPrometheus:
-        if not prometheus_available():
-            raise RuntimeError(f"{PROMETHEUS_BIN} not found; install it with: {INSTALL_HINT}")
+    def command(self, d: Path) -> list[str]:
+        """The command line, listening on ``self.address``, its state under ``d``."""
+        raise NotImplementedError
+
+    def start(self) -> LocalServer:
+        if not os.access(self.binary, os.X_OK):
+            raise RuntimeError(f"{self.binary} not found; install it with: {self.install_hint}")
         d = self.prepare()
         last_error = ""
         for _ in range(5):                    # a free port can be taken between probe and bind: retry
             self.port = free_port()
-            with open(d / "prometheus.log", "ab") as log:
-                self.proc = subprocess.Popen(
-                    [PROMETHEUS_BIN, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
-                     f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn"],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            with open(d / self.log_name, "ab") as log:
+                self.proc = subprocess.Popen(self.command(d), stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 self._wait_ready()
                 return self
@@ -108,7 +114,7 @@ class LocalPrometheus:
                 last_error = str(exc)
                 self._kill()
         self.stop()
-        raise RuntimeError(f"Prometheus did not start: {last_error}")
+        raise RuntimeError(f"{Path(self.binary).name} did not start: {last_error}")
 
     def stop(self) -> None:
         self._kill()
@@ -128,26 +134,17 @@ class LocalPrometheus:
                 self.proc.wait(timeout=5)
         self.proc = None
 
-    def __enter__(self) -> LocalPrometheus:
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def reload(self, config: Mapping[str, Any] | None = None) -> None:
-        """Write a new config (if given) and tell Prometheus to load it."""
-        if config is not None:
-            self.config = dict(config)
-        self.write_config()
-        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-
     def log_tail(self, n: int = 20) -> str:
-        if self.dir is None or not (self.dir / "prometheus.log").exists():
+        if self.dir is None or not (self.dir / self.log_name).exists():
             return ""
-        return "\n".join((self.dir / "prometheus.log").read_text(errors="replace").splitlines()[-n:])
+        return "\n".join((self.dir / self.log_name).read_text(errors="replace").splitlines()[-n:])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -163,6 +160,51 @@ class LocalPrometheus:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"not ready after {self.startup_timeout}s: {self.log_tail()}")
+
+
+class LocalPrometheus(LocalServer):
+    """``/usr/bin/prometheus`` on ``127.0.0.1:<free port>``, its storage in a temporary directory.
+
+    ``files`` (name -> text) are written beside the config, e.g. the rule files it names.
+    """
+
+    binary = PROMETHEUS_BIN
+    install_hint = INSTALL_HINT
+    log_name = "prometheus.log"
+
+    def __init__(self, config: Mapping[str, Any], *, startup_timeout: float = 30.0,
+                 retention: str = "1d", files: Mapping[str, str] | None = None) -> None:
+        super().__init__(startup_timeout=startup_timeout)
+        self.config: dict[str, Any] = dict(config)
+        self.retention = retention
+        self.files = dict(files or {})
+
+    def write_config(self) -> None:
+        assert self.dir is not None
+        for name, text in self.files.items():
+            (self.dir / name).write_text(text)
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    def command(self, d: Path) -> list[str]:
+        return [self.binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
+                f"--web.listen-address={self.address}", "--web.enable-lifecycle",
+                f"--storage.tsdb.retention.time={self.retention}", "--log.level=warn"]
+
+    def start(self) -> LocalPrometheus:
+        super().start()
+        return self
+
+    def __enter__(self) -> LocalPrometheus:
+        return self.start()
+
+    def reload(self, config: Mapping[str, Any] | None = None) -> None:
+        """Write a new config (if given) and tell Prometheus to load it."""
+        if config is not None:
+            self.config = dict(config)
+        self.write_config()
+        req = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
 
     def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
         """Instant query, synchronously: the raw ``data.result`` list."""
