@@ -230,3 +230,51 @@ def test_unknown_series_index_is_rejected() -> None:
 def test_negative_add_is_rejected() -> None:
     with pytest.raises(ValueError):
         AnomalyBank().add(-1)
+
+
+def _days_of_spikes(bank: AnomalyBank, values: np.ndarray) -> np.ndarray:
+    """Stream 5-minute samples starting at a midnight (UTC), so row ``d * 288 + 36`` is 03:00 of day d."""
+    n, k = values.shape
+    idx = bank.add(k)
+    nan = np.full(k, np.nan)
+    t0 = 1.7e9 - 1.7e9 % 86400.0
+    return np.array([bank.update(idx, np.full(k, t0 + 300.0 * i), values[i], nan, nan, nan, nan)
+                     for i in range(n)])
+
+
+def test_a_spike_that_recurs_daily_is_learnt_but_not_at_other_hours_or_after_one_night() -> None:
+    day = 288
+    values = _noise(14 * day, 3, seed=11)
+    rng = np.random.default_rng(12)
+    at_three = np.arange(14) * day + 36
+    values[at_three, 0] += rng.uniform(18.0, 22.0, 14)  # a nightly job, every day at 03:00
+    values[at_three[:-1], 1] += rng.uniform(18.0, 22.0, 13)  # the same job, but on the last day ...
+    values[13 * day + 180, 1] += 20.0  # ... it runs at 15:00 instead
+    values[at_three[-2:], 2] += 20.0  # two bad nights in a row are not yet a habit
+    scores = _days_of_spikes(AnomalyBank(quiet_samples=100), values)
+    habit = np.median(scores[at_three[7:], 0])
+    assert habit < 0.99
+    assert scores[13 * day + 180, 1] >= 0.99
+    assert scores[at_three[-1], 2] >= 0.99
+    # without the daily memory the same nightly job keeps alerting
+    plain = _days_of_spikes(AnomalyBank(quiet_samples=100, daily_bins=0), values)
+    assert np.median(plain[at_three[7:], 0]) >= 0.99
+
+
+def test_state_with_other_daily_bins_is_refused() -> None:
+    a = AnomalyBank()
+    a.add(2)
+    with pytest.raises(ValueError):
+        AnomalyBank(daily_bins=12).load_state_dict(a.state_dict())
+
+
+def test_a_sample_without_a_time_leaves_the_daily_memory_alone() -> None:
+    bank = AnomalyBank()
+    idx = bank.add(1)
+    _stream(bank, idx, _noise(600, 1))
+    before = bank.state_dict()
+    s = bank.update(idx, np.array([np.nan]), np.array([51.0]), *(np.full(1, np.nan),) * 4)
+    assert 0.0 <= s[0] <= 1.0
+    after = bank.state_dict()
+    for key in ("today", "daily", "day"):
+        np.testing.assert_array_equal(after[key], before[key])

@@ -3,7 +3,7 @@
 The score of a sample is ``1 - p``, where ``p`` estimates how often this series has
 behaved at least this unusually: 0.999 reads "about one sample in a thousand of this
 series looks like this". All work is O(1) per sample (plus a fixed 25-bin histogram per
-feature) and vectorised across series; memory is fixed, under 1 kB per series.
+feature) and vectorised across series; memory is fixed, about 1.1 kB per series.
 
 1. **Robust baseline.** A Huber-clipped exponentially weighted mean and mean absolute
    deviation over about ``baseline_samples`` samples (one outlier moves it by at most
@@ -23,7 +23,17 @@ feature) and vectorised across series; memory is fixed, under 1 kB per series.
    has shown, a heavy (power-law) tail with the weight of ``prior_weight`` samples takes
    over, so a value far outside anything seen still scores near 1. The smallest ``p`` of
    the features, times their number (Bonferroni), is the sample's ``p``.
-4. **One alert per incident.** After a score reaches ``alert_level``, for
+4. **What recurs daily is normal.** A deviation that comes back at the same time every
+   day (a nightly backup, a morning batch) is part of the series, not an incident. Per
+   time-of-day bin (``daily_bins``, an hour by default) the bank keeps the deviation this hour has reached on
+   *every* recent day: each day's largest deviation within an hour either side, and when
+   the day changes, the remembered value falls at once to that day's if smaller (one
+   quiet day is enough to stop excusing) and rises only slowly, over ``daily_days`` days,
+   if larger (one bad night is not a habit). The value feature is looked up with the
+   scale raised so that the recurring deviation counts as ``daily_scales`` scales, i.e.
+   as ordinary. Only the lookup changes: the histogram still learns the plain feature, so
+   the calibration, and every hour without such a habit, stay as they were.
+5. **One alert per incident.** After a score reaches ``alert_level``, for
    ``quiet_samples`` samples only a sample more surprising than the incident's peak keeps
    its score, and not within the first ``short_samples`` (the smoothed features are still
    absorbing the same change); the others are halved. Repeats of an alert already raised
@@ -55,7 +65,8 @@ _MAX_SURPRISE = 1e5
 _P_FLOOR = 1e-12
 _MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
 
-_SCALARS = ("loc", "dev", "absm", "ms", "vs", "env_hi", "env_lo", "grow", "quiet", "peak")
+_SCALARS = ("loc", "dev", "absm", "ms", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "day")
+_DAY_S = 86400.0
 
 
 class AnomalyBank:
@@ -78,7 +89,10 @@ class AnomalyBank:
     - ``alert_level``, ``quiet_samples``: what counts as an alert, and how long an incident
       lasts for the one-alert-per-incident rule.
     - ``use_forecast``: add the forecaster's one-step error as a feature (off by default:
-      with a last-value/linear forecaster it adds false alarms on NAB, see the benchmark).
+      it adds false alarms on NAB, see the benchmark).
+    - ``daily_bins``, ``daily_days``, ``daily_scales``: the time-of-day memory of recurring
+      deviations (``daily_bins=0`` turns it off): bins per day, the days a new habit takes
+      to be learnt, and how many scales a deviation that recurs daily is worth.
 
     Scores are conservative: on the NAB series 0.14% of samples score 0.99 or more and
     0.03% score 0.999 or more.
@@ -94,7 +108,8 @@ class AnomalyBank:
     def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0, short_samples: float = 12.0,
                  memory_samples: float = 2000.0, prior_weight: float = 20.0, prior_tail_power: float = 2.0,
                  scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
-                 quiet_samples: int = 400, extreme_samples: float = 20000.0, use_forecast: bool = False) -> None:
+                 quiet_samples: int = 400, extreme_samples: float = 20000.0, use_forecast: bool = False,
+                 daily_bins: int = 24, daily_days: float = 7.0, daily_scales: float = 3.0) -> None:
         self._cap = max(int(capacity), 1)
         self._n = 0
         self._a_base = 1.0 / baseline_samples
@@ -110,6 +125,9 @@ class AnomalyBank:
         self._refractory = short_samples
         self._a_env = 1.0 / extreme_samples
         self._nf = 5 if use_forecast else 4
+        self._nbins = max(int(daily_bins), 0)
+        self._a_day = 1.0 / daily_days
+        self._day_scales = daily_scales
         # the level feature's mean of ``short_samples`` has a spread sqrt((2 - a) / a) times smaller
         self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
@@ -117,6 +135,10 @@ class AnomalyBank:
         # each feature's decayed histogram, every entry times the series' lazy-decay factor "grow"
         self._hist = np.zeros((self._cap, self._nf, _NB))
         self._tot = np.zeros((self._cap, self._nf))
+        # per time-of-day bin: today's largest deviation, and the one reached on every recent day
+        # (-1: none yet); float32 is precise enough for an excuse and keeps a series near 1 kB
+        self._today = np.full((self._cap, self._nbins), -1.0, dtype=np.float32)
+        self._daily = np.full((self._cap, self._nbins), -1.0, dtype=np.float32)
 
     @property
     def size(self) -> int:
@@ -135,6 +157,8 @@ class AnomalyBank:
             hist[: self._n] = self._hist[: self._n]
             tot = np.zeros((cap, self._nf))
             tot[: self._n] = self._tot[: self._n]
+            self._today = _grown_rows(self._today, self._n, cap)
+            self._daily = _grown_rows(self._daily, self._n, cap)
             self._hist, self._tot, self._cap = hist, tot, cap
         idx = np.arange(self._n, need, dtype=np.int64)
         self._n = need
@@ -150,14 +174,17 @@ class AnomalyBank:
         self._i["count"][idx] = 0
         self._hist[idx] = 0.0
         self._tot[idx] = 0.0
+        self._today[idx] = -1.0
+        self._daily[idx] = -1.0
 
     def update(self, idx: I64, t: F64, y: F64, expected: F64, lower: F64, upper: F64,
                scale: F64) -> F64:
         """Score one new sample per listed series and learn from it; returns scores in [0, 1].
 
-        ``t`` is not needed (the memory is counted in samples, so the score means the same
-        at any scrape interval); ``lower``/``upper`` are not used: the forecaster's
-        ``scale`` already says how large its errors usually are.
+        ``t`` (Unix seconds) only places the sample in its day, for the daily habits; every
+        other memory is counted in samples, so the score means the same at any scrape
+        interval. ``lower``/``upper`` are not used: the forecaster's ``scale`` already says
+        how large its errors usually are.
         """
         idx = np.asarray(idx, dtype=np.int64)
         x = np.asarray(y, dtype=np.float64)
@@ -185,7 +212,8 @@ class AnomalyBank:
         vs_new = vs + self._a_short * (np.abs(x - ms) - vs)
 
         feats = np.empty((idx.size, self._nf))
-        feats[:, 0] = np.abs(err) / sig
+        ae = np.abs(err)
+        feats[:, 0] = ae / sig
         feats[:, 1] = np.abs(ms_new - loc) / sig * self._level_gain
         feats[:, 2] = 2.0 * np.abs(np.log((_MAD_TO_SD * vs_new + floor) / sig))
         hi = np.where(first, x, f["env_hi"][idx])
@@ -202,7 +230,17 @@ class AnomalyBank:
         # tail probability of each feature under its own (decayed) history, with a power-law prior
         rows = _rows(idx)
         hist, tot, grow = self._hist[rows], self._tot[idx], f["grow"][idx]
-        b = _bin(feats)
+        b_learn = _bin(feats)
+        tt = np.asarray(t, dtype=np.float64)
+        timed = np.isfinite(tt)
+        cells = self._daily_cells(idx, np.where(timed, tt, 0.0), timed)
+        if cells is not None:  # look the value up with the daily habit excused, learn it plain
+            habit = np.where(timed, self._daily.reshape(-1)[cells[:, 1]], 0.0) / self._day_scales
+            feats[:, 0] = np.minimum(ae / np.maximum(sig, habit), EDGES[-1])
+            b = b_learn.copy()
+            b[:, 0] = _bin(feats[:, 0])
+        else:
+            b = b_learn
         frac = np.clip((feats - EDGES[b]) / _WIDTH[b], 0.0, 1.0)
         tail = np.cumsum(hist[..., ::-1], axis=2).reshape(-1)  # tail[.., j] = mass in bins >= NB-1-j
         slot = np.arange(b.size).reshape(b.shape) * _NB
@@ -219,7 +257,7 @@ class AnomalyBank:
             w = np.flatnonzero(warm)
             g = grow[w] / self._keep
             grow[w] = g
-            cell = (idx[w, None] * self._nf + np.arange(self._nf)) * _NB + b[w]
+            cell = (idx[w, None] * self._nf + np.arange(self._nf)) * _NB + b_learn[w]
             self._hist.reshape(-1)[cell] += g[:, None]  # one cell per (series, feature): no collisions
             tot[w] += g[:, None]
             big = np.flatnonzero(grow > _RENORM)
@@ -242,9 +280,32 @@ class AnomalyBank:
         f["ms"][idx] = ms_new
         f["vs"][idx] = vs_new
         self._i["count"][idx] = cnt + 1
+        if cells is not None:  # today's largest deviation, spread an hour either side for jitter
+            today = self._today.reshape(-1)
+            today[cells] = np.maximum(today[cells], np.where(timed, ae, -1.0)[:, None])
 
         score = np.where(warm, 1.0 - p_min, 0.0)
         return self._one_alert_per_incident(idx, score)
+
+    def _daily_cells(self, idx: I64, t: F64, timed: NDArray[np.bool_]) -> I64 | None:
+        """Flat indices of each sample's time-of-day bin and its two neighbours (column 1 is its own),
+        after closing the day of every series whose day has changed; None when the memory is off.
+        Samples without a time (``timed`` false) close no day; the caller ignores their cells."""
+        nb = self._nbins
+        if nb == 0:
+            return None
+        day = np.floor(t / _DAY_S)
+        new = np.flatnonzero((day != self._f["day"][idx]) & timed)
+        if new.size:
+            s = idx[new]
+            seen, daily = self._today[s], self._daily[s]
+            # falls at once (one quiet day ends the excuse), rises over ``daily_days`` days
+            rise = daily + np.float32(self._a_day) * (seen - daily)
+            self._daily[s] = np.where(seen < 0.0, daily, np.where((daily < 0.0) | (seen < daily), seen, rise))
+            self._today[s] = -1.0
+            self._f["day"][s] = day[new]
+        h = np.minimum((t - day * _DAY_S) * (nb / _DAY_S), nb - 1).astype(np.int64)
+        return idx[:, None] * nb + (h[:, None] + np.arange(-1, 2)) % nb
 
     def _one_alert_per_incident(self, idx: I64, score: F64) -> F64:
         f = self._f
@@ -266,6 +327,8 @@ class AnomalyBank:
         out["count"] = self._i["count"][:n].copy()
         out["hist"] = self._hist[:n].copy()
         out["tot"] = self._tot[:n].copy()
+        out["today"] = self._today[:n].copy()
+        out["daily"] = self._daily[:n].copy()
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -273,6 +336,9 @@ class AnomalyBank:
         hist = np.asarray(state["hist"], dtype=np.float64)
         if hist.shape != (n, self._nf, _NB):
             raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB)}")
+        today = np.asarray(state["today"], dtype=np.float32)
+        if today.shape != (n, self._nbins):
+            raise ValueError(f"daily state has shape {today.shape}, this bank needs {(n, self._nbins)}")
         self._cap = max(n, 1)
         self._n = n
         self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
@@ -281,6 +347,8 @@ class AnomalyBank:
         self._hist[:n] = hist
         self._tot = np.zeros((self._cap, self._nf))
         self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
+        self._today = _grown_rows(today, n, self._cap)
+        self._daily = _grown_rows(np.asarray(state["daily"], dtype=np.float32), n, self._cap)
 
 
 def _bin(v: F64) -> I64:
@@ -300,5 +368,12 @@ def _rows(idx: I64) -> slice | I64:
 
 def _grown(v: _A, n: int, cap: int) -> _A:
     out = np.zeros(cap, dtype=v.dtype)
+    out[:n] = v[:n]
+    return out
+
+
+def _grown_rows(v: NDArray[np.float32], n: int, cap: int) -> NDArray[np.float32]:
+    """Daily-bin rows for ``cap`` series, the first ``n`` kept and the rest marked "none yet"."""
+    out = np.full((cap, v.shape[1]), -1.0, dtype=np.float32)
     out[:n] = v[:n]
     return out
