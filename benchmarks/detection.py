@@ -1,11 +1,14 @@
 """NAB standard score of ``twin-sidecar detect`` on the real NAB series, and the cost of AnomalyBank.update.
 
     python benchmarks/detection.py [--data-dir ../shared/data/nab/data] [--skip-speed] [--holdout]
+                                   [--forecast-feature]
 
 Runs the real command (``twin-sidecar detect --input DIR --output TMP --prefix twin_``, in process) over
 every file of the data directory, scores the output with the official standalone scorer
 (``../shared/tools/nab_score.py``, one threshold for the whole corpus, as NAB does), and writes
 ``benchmarks/results/detection.json`` (the scorer's full report plus run facts) and ``detection.md``.
+The same output is also scored on each half of the files (even and odd positions in name order, each
+half with its own threshold): a detector that only works on some of the series shows it there.
 
 The speed part times ``AnomalyBank.update`` alone on 40,000 series per tick (the service's size), in CPU time,
 which is the fairer number on a shared machine.
@@ -14,6 +17,9 @@ which is the fairer number on a shared machine.
 halved and doubled, and for random half-splits of the files the setting that scores best on one half is scored
 on the other half, next to the default's score there. (This part replays the files through AnomalyBank alone,
 without the forecaster, which the default bank does not use.)
+
+``--forecast-feature`` replays the engine once more with ``AnomalyBank(use_forecast=True)`` (the forecaster's
+one-step error as a fifth feature) and scores it the same way, next to the default.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 
 from sidecar import cli, replay
 from sidecar.engine.anomaly import AnomalyBank
+from sidecar.engine.core import Engine, EngineSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -50,6 +57,47 @@ def run_detect(data_dir: Path, out_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def forecast_feature_detect(data_dir: Path, windows: Path, out_dir: Path) -> None:
+    """``detect``'s output, with an engine whose anomaly bank also scores the forecaster's one-step error."""
+    keys = sorted(k for k in json.loads(windows.read_text()) if (data_dir / k).is_file())
+    files = [replay.load(data_dir / k) for k in keys]
+    eng = Engine(EngineSettings())
+    eng.anomaly = AnomalyBank(use_forecast=True)  # before any series exists, so it grows with the engine
+    slots = np.empty(len(files), np.int64)
+    for i in range(len(files)):
+        eng.create_twin(f"nab-{i}", at=0.0)
+        slots[i] = eng.series_for(f"nab-{i}", [replay.METRIC])[0]
+    scores = [np.zeros(len(f)) for f in files]
+    for i, live, accepted in replay._steps(files, eng, slots):
+        got = eng.anomaly_score[slots[live]]
+        for k, ok, v in zip(live.tolist(), accepted.tolist(), got.tolist(), strict=True):
+            scores[k][i] = min(max(v, 0.0), 1.0) if ok and np.isfinite(v) else 0.0
+    write_results(out_dir, keys, files, scores)
+
+
+def write_results(out_dir: Path, keys: list[str], files: list[list[replay.Row]], scores: list[np.ndarray]) -> None:
+    for name, f, sc in zip(keys, files, scores, strict=True):
+        cat, base = name.split("/")
+        dst = out_dir / cat / f"twin_{base}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(dst, "w", newline="") as out:
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(["timestamp", "value", "anomaly_score"])
+            w.writerows([r.stamp, repr(r.value), f"{v:.9f}"] for r, v in zip(f, sc, strict=True))
+
+
+def half_scores(scorer: Path, data_dir: Path, windows: Path, results: Path, tmp: Path) -> dict[str, float]:
+    """Standard score of the same output on the even- and on the odd-positioned files, each its own threshold."""
+    wins = json.loads(windows.read_text())
+    keys = sorted(k for k in wins if (data_dir / k).is_file())
+    out = {}
+    for name, half in (("even", keys[0::2]), ("odd", keys[1::2])):
+        wf = tmp / f"windows_{name}.json"
+        wf.write_text(json.dumps({k: wins[k] for k in half}))
+        out[name] = nab_score(scorer, data_dir, wf, results)["profiles"]["standard"]["normalized_score"]
+    return out
+
+
 def nab_score(scorer: Path, data_dir: Path, windows: Path, results: Path) -> dict[str, Any]:
     out = subprocess.run([sys.executable, str(scorer), "--data-dir", str(data_dir), "--windows", str(windows),
                           "--results", str(results), "--json"], capture_output=True, text=True)
@@ -62,7 +110,7 @@ def nab_score(scorer: Path, data_dir: Path, windows: Path, results: Path) -> dic
 # each main parameter of AnomalyBank, halved and doubled, around its default
 DEFAULTS: dict[str, float] = {"baseline_samples": 288.0, "short_samples": 12.0, "memory_samples": 2000.0,
                               "prior_weight": 20.0, "scale_floor": 0.05, "quiet_samples": 400,
-                              "extreme_samples": 20000.0}
+                              "extreme_samples": 20000.0, "daily_days": 7.0, "daily_scales": 3.0}
 
 
 def variants() -> list[dict[str, float]]:
@@ -111,14 +159,7 @@ def holdout(data_dir: Path, windows: Path, scorer: Path, splits: int, seed: int 
     with tempfile.TemporaryDirectory(prefix="holdout-") as tmp:
         for params in grid:
             res = Path(tmp) / "results"
-            for name, f, sc in zip(names, files, bank_scores(files, params), strict=True):
-                cat, base = name.split("/")
-                dst = res / cat / f"twin_{base}"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                with open(dst, "w", newline="") as out:
-                    w = csv.writer(out, lineterminator="\n")
-                    w.writerow(["timestamp", "value", "anomaly_score"])
-                    w.writerows([r.stamp, repr(r.value), f"{v:.6f}"] for r, v in zip(f, sc, strict=True))
+            write_results(res, names, files, bank_scores(files, params))
             full.append(nab_score(scorer, data_dir, windows, res)["profiles"]["standard"]["normalized_score"])
             row = []
             for a, b in halves:
@@ -183,6 +224,8 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
         f"raw {std['raw_score']:.3f}, one threshold for the corpus: {std['threshold']:.6g}",
         f"- windows detected: {std['windows_detected']} of {std['windows_detected'] + std['windows_missed']}; "
         f"false-positive rows: {std['fp']}",
+        f"- the same output on half of the files, each half with its own threshold: "
+        f"{facts['halves']['even']:.2f} on the even-positioned files, {facts['halves']['odd']:.2f} on the odd ones",
         f"- files: {report['files']}, rows: {report['rows']} ({report['scored_rows']} scored)",
         f"- wall time of `twin-sidecar detect` over all files: {facts['detect_wall_s']:.1f} s "
         "(whole engine: forecaster, divergence and anomaly bank)",
@@ -191,6 +234,10 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
         sp = facts["speed"]
         lines.append(f"- `AnomalyBank.update` alone, {int(sp['series'])} series per tick: "
                      f"{sp['cpu_s_per_tick'] * 1e3:.1f} ms CPU per tick, {sp['cpu_us_per_series']:.2f} µs per series")
+    if "forecast_feature" in facts:
+        fc = facts["forecast_feature"]
+        lines.append(f"- with the forecaster's one-step error as a fifth feature (`AnomalyBank(use_forecast=True)`, "
+                     f"`--forecast-feature`): {fc['all']:.2f} (even {fc['even']:.2f}, odd {fc['odd']:.2f})")
     other = {k: v for k, v in report["profiles"].items() if k != "standard"}
     for name, r in other.items():
         lines.append(f"- profile {name}: {r['normalized_score']:.2f}")
@@ -230,14 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--holdout", action="store_true", help="also run the half-split parameter check (minutes)")
     ap.add_argument("--splits", type=int, default=6)
+    ap.add_argument("--forecast-feature", action="store_true",
+                    help="also score AnomalyBank(use_forecast=True) inside the engine (about a minute)")
     a = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="detect-") as tmp:
-        results = a.keep or Path(tmp)
+        results = a.keep or Path(tmp) / "results"
         wall = run_detect(a.data_dir, results)
         report = nab_score(a.scorer, a.data_dir, a.windows, results)
+        halves = half_scores(a.scorer, a.data_dir, a.windows, results, Path(tmp))
+        if a.forecast_feature:
+            fres = Path(tmp) / "forecast-feature"
+            forecast_feature_detect(a.data_dir, a.windows, fres)
+            fc = nab_score(a.scorer, a.data_dir, a.windows, fres)["profiles"]["standard"]["normalized_score"]
+            fc_halves = half_scores(a.scorer, a.data_dir, a.windows, fres, Path(tmp))
     facts: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-                             "detect_wall_s": wall, "data_dir": str(a.data_dir)}
+                             "detect_wall_s": wall, "data_dir": str(a.data_dir), "halves": halves}
+    if a.forecast_feature:
+        facts["forecast_feature"] = {"all": fc, **fc_halves}
     if not a.skip_speed:
         facts["speed"] = update_cost(a.series, a.ticks)
     if a.holdout:

@@ -94,7 +94,7 @@ class AnomalyBank:
       deviations (``daily_bins=0`` turns it off): bins per day, the days a new habit takes
       to be learnt, and how many scales a deviation that recurs daily is worth.
 
-    Scores are conservative: on the NAB series 0.14% of samples score 0.99 or more and
+    Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
     0.03% score 0.999 or more.
 
     >>> bank = AnomalyBank()
