@@ -25,14 +25,15 @@ feature) and vectorised across series; memory is fixed, about 1.1 kB per series.
    the features, times their number (Bonferroni), is the sample's ``p``.
 4. **What recurs daily is normal.** A deviation that comes back at the same time every
    day (a nightly backup, a morning batch) is part of the series, not an incident. Per
-   time-of-day bin (``daily_bins``, an hour by default) the bank keeps the deviation this hour has reached on
-   *every* recent day: each day's largest deviation within an hour either side, and when
-   the day changes, the remembered value falls at once to that day's if smaller (one
-   quiet day is enough to stop excusing) and rises only slowly, over ``daily_days`` days,
-   if larger (one bad night is not a habit). The value feature is looked up with the
-   scale raised so that the recurring deviation counts as ``daily_scales`` scales, i.e.
-   as ordinary. Only the lookup changes: the histogram still learns the plain feature, so
-   the calibration, and every hour without such a habit, stay as they were.
+   time-of-day bin (``daily_bins``, an hour by default) the bank keeps the deviation
+   that bin has reached on *every* recent day: each day's largest deviation within a bin
+   either side (jobs do not start to the minute). When the day changes, the remembered
+   value falls at once to that day's if smaller (one quiet day is enough to stop
+   excusing) and rises only slowly, over ``daily_days`` days, if larger (one bad night is
+   not a habit). The value feature is looked up with the scale raised so that the
+   recurring deviation counts as ``daily_scales`` scales, i.e. as ordinary. Only the
+   lookup changes: the histogram still learns the plain feature, so the calibration, and
+   every hour without such a habit, stay as they were.
 5. **One alert per incident.** After a score reaches ``alert_level``, for
    ``quiet_samples`` samples only a sample more surprising than the incident's peak keeps
    its score, and not within the first ``short_samples`` (the smoothed features are still
@@ -280,7 +281,7 @@ class AnomalyBank:
         f["ms"][idx] = ms_new
         f["vs"][idx] = vs_new
         self._i["count"][idx] = cnt + 1
-        if cells is not None:  # today's largest deviation, spread an hour either side for jitter
+        if cells is not None:  # today's largest deviation, spread a bin either side
             today = self._today.reshape(-1)
             today[cells] = np.maximum(today[cells], np.where(timed, ae, -1.0)[:, None])
 
