@@ -75,3 +75,30 @@ def test_season_medians_follow_the_phase_and_ignore_a_spike() -> None:
     h: np.ndarray = 300.0 * np.arange(1, 9, dtype=np.float64)[None, :]
     got = m.predict(now, h)[0, m.names.index("season_median_4b")]
     np.testing.assert_allclose(got, pattern[(n - 1 + np.arange(1, 9)) % 4])
+
+
+def test_robust_level_shrugs_off_a_spike_and_follows_a_shift() -> None:
+    from sidecar.engine.models_smooth import RobustLevel
+
+    m = RobustLevel(1, rates=(0.1,), clip=3.0)
+    rng = np.random.default_rng(1)
+    idx = np.array([0])
+    y = np.concatenate([10.0 + rng.normal(0, 0.5, 200), [1000.0], 10.0 + rng.normal(0, 0.5, 5),
+                        30.0 + rng.normal(0, 0.5, 100)])
+    levels = []
+    for r, v in enumerate(y):
+        s = step(idx, np.array([60.0 * r]), np.array([v]))
+        if r == 0:
+            s = Step(idx=idx, t=s.t, y=s.y, t_prev=s.t_prev, y_prev=s.y_prev, n_prev=np.zeros(1, dtype=np.int64),
+                     dt=np.full(1, np.nan), gap=s.gap)
+        m.update(s)
+        now = Now(idx=idx, t=np.array([60.0 * r]), y=np.array([v]), n=np.array([r + 1]), dt=np.array([60.0]))
+        levels.append(m.predict(now, np.array([[300.0, 3600.0]]))[0, 0])
+    lv = np.array(levels)
+    assert (lv[:, 0] == lv[:, 1]).all()  # a level: the same at every horizon
+    assert abs(lv[199, 0] - 10.0) < 0.5
+    # a plain moving average at rate 0.1 would jump by about 99 on the spike; the clipped step is a few deviations
+    assert lv[200, 0] - lv[199, 0] < 1.0
+    # a lasting shift is followed: within 60 samples the level is at the new value
+    assert abs(lv[-1, 0] - 30.0) < 1.0
+    assert np.isfinite(lv).all() and lv.min() >= y.min() and lv.max() <= y.max()

@@ -244,6 +244,7 @@ class LinearRegression(Model):
 def build_models(capacity: int) -> list[Model]:
     """The model families of a bank, in a fixed order (variant index = position in the concatenated names)."""
     from sidecar.engine.models_bucket import BucketModels
-    from sidecar.engine.models_smooth import DampedTrend
+    from sidecar.engine.models_smooth import DampedTrend, RobustLevel
 
-    return [LastValue(capacity), LinearRegression(capacity), DampedTrend(capacity), BucketModels(capacity)]
+    return [LastValue(capacity), LinearRegression(capacity), DampedTrend(capacity), RobustLevel(capacity),
+            BucketModels(capacity)]

@@ -3,13 +3,14 @@
 Samples are averaged into buckets of the series' *resolution* `w` (5 minutes, or the
 sampling interval when that is longer, fixed from the first interval).  On that grid:
 
-* **medians** of the last 3, 7, 15, 31 and 61 buckets: a level that ignores spikes and
+* **medians** of the last 3, 7, 31 and 61 buckets: a level that ignores spikes and
   minimises the absolute error on noisy series (MAE is what is scored);
 * **seasonal medians** for short periods of 2, 4, 6, 8 and 12 buckets (cron jobs, batch
   cycles): the median of the last 5 buckets in the target's phase, taken from the ring;
 * a **daily** profile (per phase: last value, and a slow mean used as a *delta* — the
   last value plus the change the profile expects between now and the target) and a
-  **weekly** one (phases of at least 30 minutes, same two variants).
+  **weekly** one (phases of at least 30 minutes, the delta only: its last value per phase
+  was almost never among the best models and costs the most memory).
 
 A profile phase without history yields NaN, so a season is only used once the history
 covers it; the bank then falls back to other models.  Updating is O(1) per sample: a
@@ -18,7 +19,7 @@ per profile.  The bucket in progress is blended in at prediction time ("virtual
 update"), so forecasts use the latest sample without waiting for its bucket to close.
 The seasonal medians only change when a bucket closes, so they are computed then, for
 every target 1..13 buckets ahead, and read at prediction time.  Memory is fixed: 64 ring
-entries, 1,248 float32 profile cells and 65 cached medians, about 5.9 KB a series.
+entries, 912 float32 profile cells and 65 cached medians, about 4.6 KB a series.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class BucketModels(Model):
     bounded = True
 
     def __init__(self, capacity: int, *, base_s: float = 300.0, ring: int = 64,
-                 windows: tuple[int, ...] = (3, 7, 15, 31, 61),
+                 windows: tuple[int, ...] = (3, 7, 31, 61),
                  daily_gamma: float = 0.1, weekly_gamma: float = 0.5, weekly_phase_s: float = 1800.0,
                  median_periods: tuple[int, ...] = (2, 4, 6, 8, 12), median_periods_k: int = 5,
                  median_reach: int = 13) -> None:
@@ -74,7 +75,7 @@ class BucketModels(Model):
         self._sm_pos = np.maximum(pos, 0).ravel()
         self.names = (
             *(f"median_{w}" for w in self.windows),
-            "daily", "daily_delta", "weekly", "weekly_delta",
+            "daily", "daily_delta", "weekly_delta",
             *(f"season_median_{int(p)}b" for p in self.sm_p),
         )
         super().__init__(capacity)
@@ -96,7 +97,6 @@ class BucketModels(Model):
             "mw": Field((), np.int64, 0),
             "d1": Field((self.nday,), f32, np.nan),  # daily: last value per phase
             "d2": Field((self.nday,), f32, np.nan),  # daily: slow mean per phase
-            "w1": Field((self.nweek,), f32, np.nan),
             "w2": Field((self.nweek,), f32, np.nan),
         }
 
@@ -212,7 +212,6 @@ class BucketModels(Model):
             r = i[wkk]
             ph = np.floor(cb[wkk] * w[wkk] / wk[wkk] + 1e-9).astype(np.int64) % mw[wkk]
             vv = v[wkk]
-            a["w1"][r, ph] = vv
             o2 = a["w2"][r, ph].astype(np.float64)
             a["w2"][r, ph] = np.where(np.isfinite(o2), o2 + self.g_week * (vv - o2), vv)
 
@@ -257,14 +256,12 @@ class BucketModels(Model):
         wc = wt2[:, -1:]
         here2 = is_open[:, None] & (wt2 == wc)
         w2 = self._virtual(a["w2"][rows, wt2], here2, cur[:, None], self.g_week)
-        w1 = a["w1"][rows, wt2[:, :-1]].astype(np.float64)
         wok = (mw > 0)[:, None]
-        out[:, j, :] = np.where(wok, np.where(here2[:, :-1], cur[:, None], w1), np.nan)
-        out[:, j + 1, :] = np.where(wok, now.y[:, None] + w2[:, :-1] - w2[:, -1:], np.nan)
+        out[:, j, :] = np.where(wok, now.y[:, None] + w2[:, :-1] - w2[:, -1:], np.nan)
         d = tb - a["lb"][i][:, None]
         col = np.clip(d, 1, self.sm_d) - 1
         sm = a["smc"][i[:, None, None], np.arange(self.sm_p.size)[None, :, None], col[:, None, :]]
-        out[:, j + 2:, :] = np.where((d <= self.sm_d)[:, None, :], sm, np.nan)
+        out[:, j + 1:, :] = np.where((d <= self.sm_d)[:, None, :], sm, np.nan)
         return out
 
     def _season_medians(self, ring: F64) -> F64:
