@@ -218,7 +218,7 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
     lines = [
         "# Anomaly detection on NAB (realAWSCloudwatch + realKnownCause)",
         "",
-        f"Measured {facts['date']} on {facts['machine']} with `python benchmarks/detection.py`.",
+        f"Measured {facts['date']} on {facts['machine']} with `{facts['command']}`.",
         "",
         f"- **NAB standard score: {std['normalized_score']:.2f}** (0 = never fires, 100 = perfect), "
         f"raw {std['raw_score']:.3f}, one threshold for the corpus: {std['threshold']:.6g}",
@@ -291,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             forecast_feature_detect(a.data_dir, a.windows, fres)
             fc = nab_score(a.scorer, a.data_dir, a.windows, fres)["profiles"]["standard"]["normalized_score"]
             fc_halves = half_scores(a.scorer, a.data_dir, a.windows, fres, Path(tmp))
+    args = sys.argv[1:] if argv is None else argv
     facts: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-                             "detect_wall_s": wall, "data_dir": str(a.data_dir), "halves": halves}
+                             "detect_wall_s": wall, "data_dir": str(a.data_dir), "halves": halves,
+                             "command": " ".join(["python benchmarks/detection.py", *args])}
     if a.forecast_feature:
         facts["forecast_feature"] = {"all": fc, **fc_halves}
     if not a.skip_speed:
