@@ -77,6 +77,28 @@ def test_season_medians_follow_the_phase_and_ignore_a_spike() -> None:
     np.testing.assert_allclose(got, pattern[(n - 1 + np.arange(1, 9)) % 4])
 
 
+def test_season_medians_with_a_number_of_periods_each_match_a_direct_median() -> None:
+    from sidecar.engine.models_bucket import BucketModels
+
+    periods, ks = (2, 5, 12), (3, 4, 9)
+    m = BucketModels(1, median_periods=periods, median_periods_k=ks)
+    rng = np.random.default_rng(2)
+    idx = np.array([0])
+    n = 130
+    t: np.ndarray = 1.7e9 + 300.0 * np.arange(n, dtype=np.float64)
+    y = rng.normal(size=n)
+    for r in range(n):
+        m.update(Step(idx=idx, t=t[r:r + 1], y=y[r:r + 1], t_prev=t[r - 1:r] if r else np.full(1, np.nan),
+                      y_prev=y[r - 1:r] if r else np.full(1, np.nan), n_prev=np.array([r]),
+                      dt=np.full(1, 300.0 if r else np.nan), gap=np.zeros(1, dtype=bool)))
+    # one sample per 5-minute bucket, each closing its bucket: bucket b holds y[b], the last closed is n - 1
+    for s_i, (p, k) in enumerate(zip(periods, ks, strict=True)):
+        for d in range(1, m.sm_d + 1):
+            newest = n - 1 + d - -(-d // p) * p
+            want = np.median(y[newest - p * np.arange(k)])
+            np.testing.assert_allclose(m.slots["smc"][0, s_i, d - 1], want, rtol=1e-6, atol=1e-6)
+
+
 def test_robust_level_shrugs_off_a_spike_and_follows_a_shift() -> None:
     from sidecar.engine.models_smooth import RobustLevel
 

@@ -3,10 +3,12 @@
 Samples are averaged into buckets of the series' *resolution* `w` (5 minutes, or the
 sampling interval when that is longer, fixed from the first interval).  On that grid:
 
-* **medians** of the last 3, 7, 31 and 61 buckets: a level that ignores spikes and
+* **medians** of the last 3, 7 and 61 buckets: a level that ignores spikes and
   minimises the absolute error on noisy series (MAE is what is scored);
 * **seasonal medians** for short periods of 2, 4, 6, 8 and 12 buckets (cron jobs, batch
-  cycles): the median of the last 5 buckets in the target's phase, taken from the ring;
+  cycles): the median of the last 5 buckets in the target's phase (9 for the 12-bucket
+  period, an hour at 5 minutes: hourly jobs are common and more periods average out more
+  noise), taken from the ring;
 * a **daily** profile (per phase: last value, and a slow mean used as a *delta* — the
   last value plus the change the profile expects between now and the target) and a
   **weekly** one (phases of at least 30 minutes, the delta only: its last value per phase
@@ -18,8 +20,8 @@ sample adds to the current bucket; closing a bucket shifts a ring and updates on
 per profile.  The bucket in progress is blended in at prediction time ("virtual
 update"), so forecasts use the latest sample without waiting for its bucket to close.
 The seasonal medians only change when a bucket closes, so they are computed then, for
-every target 1..13 buckets ahead, and read at prediction time.  Memory is fixed: 64 ring
-entries, 912 float32 profile cells and 65 cached medians, about 4.6 KB a series.
+every target 1..13 buckets ahead, and read at prediction time.  Memory is fixed: 108 ring
+entries, 912 float32 profile cells and 65 cached medians, about 4.9 KB a series.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ class BucketModels(Model):
     # every variant combines observed bucket means (no extrapolation, no division): nothing can blow up
     bounded = True
 
-    def __init__(self, capacity: int, *, base_s: float = 300.0, ring: int = 64,
-                 windows: tuple[int, ...] = (3, 7, 31, 61),
+    def __init__(self, capacity: int, *, base_s: float = 300.0, ring: int = 108,
+                 windows: tuple[int, ...] = (3, 7, 61),
                  daily_gamma: float = 0.1, weekly_gamma: float = 0.5, weekly_phase_s: float = 1800.0,
-                 median_periods: tuple[int, ...] = (2, 4, 6, 8, 12), median_periods_k: int = 5,
+                 median_periods: tuple[int, ...] = (2, 4, 6, 8, 12),
+                 median_periods_k: tuple[int, ...] = (5, 5, 5, 5, 9),
                  median_reach: int = 13) -> None:
         self.base = float(base_s)
         self.R = int(ring)
@@ -62,17 +65,24 @@ class BucketModels(Model):
         self._whi = wv // 2
         self._wfirst = -wv
         self.sm_p = np.asarray(median_periods, dtype=np.int64)
-        self.sm_k = int(median_periods_k)
+        self.sm_k = np.asarray(median_periods_k, dtype=np.int64)
+        if self.sm_k.shape != self.sm_p.shape or self.sm_k.min() < 1:
+            raise ValueError("one positive number of periods per seasonal-median period")
         self.sm_d = int(median_reach)  # seasonal medians are kept for targets 1..sm_d buckets ahead
         # ring positions of the K same-phase buckets, per period and target: bucket lb - j is ring[R-1-j],
         # and the newest closed bucket in the phase of lb + d is ceil(d / P) periods before the target
         per = self.sm_p[:, None, None]
         dd = np.arange(1, self.sm_d + 1)[None, :, None]
-        back = (-(-dd // per) + np.arange(self.sm_k)[None, None, :]) * per - dd  # (S, D, K)
+        kk = np.arange(int(self.sm_k.max()))[None, None, :]
+        back = (-(-dd // per) + kk) * per - dd  # (S, D, Kmax)
         pos = self.R - 1 - back
         self._sm_shape = pos.shape
-        self._sm_short = pos.min(axis=2) < 0  # (S, D): reaches further back than the ring
+        self._sm_pad = np.broadcast_to(kk >= self.sm_k[:, None, None], pos.shape)  # beyond a period's K
+        self._sm_short = np.where(self._sm_pad, 0, pos).min(axis=2) < 0  # (S, D): reaches beyond the ring
         self._sm_pos = np.maximum(pos, 0).ravel()
+        # sorted, the K real values come first (padding is +inf): the median sits at (K-1)//2 and K//2
+        self._sm_lo = ((self.sm_k - 1) // 2)[:, None]
+        self._sm_hi = (self.sm_k // 2)[:, None]
         self.names = (
             *(f"median_{w}" for w in self.windows),
             "daily", "daily_delta", "weekly_delta",
@@ -274,9 +284,10 @@ class BucketModels(Model):
         sort.  NaN where the ring does not reach back far enough or was never filled there.
         """
         k = ring.shape[0]
-        vals = np.sort(ring[:, self._sm_pos].reshape(k, *self._sm_shape), axis=3)
-        K = self.sm_k
-        med = vals[..., K // 2] if K % 2 else 0.5 * (vals[..., K // 2 - 1] + vals[..., K // 2])
+        vals = np.sort(np.where(self._sm_pad, np.inf, ring[:, self._sm_pos].reshape(k, *self._sm_shape)), axis=3)
+        s, d = np.arange(self.sm_p.size)[:, None], np.arange(self.sm_d)[None, :]
+        med = 0.5 * (vals[:, s, d, self._sm_lo] + vals[:, s, d, self._sm_hi])
+        # NaN sorts after +inf: a never-filled entry among the K shows at the end
         out: F64 = np.where(self._sm_short | np.isnan(vals[..., -1]), np.nan, med)
         return out
 
