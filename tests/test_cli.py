@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import PromEnv
 
 from sidecar.cli import main
-from tests.conftest import PromEnv
 
 
 def _rules(tmp_path: Path, url: str, query: str) -> Path:
