@@ -320,6 +320,16 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ report
 
 
+def _cpu_ms_per_request(r: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The demo's CPU time per request in the fit (the fitted CPU law's slope) and in the ramp (median over
+    its steps): when they differ, the service itself got faster or slower between fit and test (a shared
+    host's cores change speed with their neighbours' load), which no fit of the past can foresee."""
+    b = r["prediction"]["model_fit"]["params"].get("cpu_pct_per_unit_rate")
+    fit = 10.0 * b if b else None
+    per = [10.0 * st["cpu_pct"] / st["rate"] for st in r.get("ramp", []) if st.get("rate", 0) > 1.0]
+    return fit, (float(np.median(per)) if per else None)
+
+
 def summarise(r: dict[str, Any]) -> dict[str, Any]:
     bp = r["prediction"]["breaking_point"]
     meas = r["measured"]
@@ -327,7 +337,8 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
     lo, hi = bp["request_rate_interval"] or (None, None)
     out: dict[str, Any] = {"run": r["run"], "predicted": pred, "interval": [lo, hi], "bottleneck": bp["bottleneck"],
                            "trustworthy": r["prediction"]["model_fit"]["trustworthy"],
-                           "capacity": r["prediction"]["model_fit"]["params"]["capacity"]}
+                           "capacity": r["prediction"]["model_fit"]["params"]["capacity"],
+                           "cpu_ms": _cpu_ms_per_request(r)}
     if meas is not None and pred is not None:
         m = meas["rate"]
         mid = math.sqrt(m * meas["last_ok_rate"]) if meas["last_ok_rate"] else m
@@ -369,8 +380,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
         "",
         "| run | fitted capacity (req/s) | trust | predicted break (req/s) | 90% interval | predicted bottleneck "
         "| measured break (req/s) | last OK step | measured bottleneck | error | error vs midpoint | inside "
-        "| others' CPU fit/ramp (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| others' CPU fit/ramp (cores) | CPU ms per request fit/ramp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(x: Any, nd: int = 1) -> str:
@@ -390,7 +401,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
             f"| {f(s.get('last_ok'))} | {s.get('measured_bottleneck', '—')} | {f(s.get('error_pct'))}% "
             f"| {f(s.get('error_mid_pct'))}% "
             f"| {where} | {r['fit_machine']['others_cores']:.2f} / "
-            f"{r['ramp_machine']['others_cores']:.2f} |")
+            f"{r['ramp_machine']['others_cores']:.2f} | {f(s['cpu_ms'][0])} / {f(s['cpu_ms'][1])} |")
     finite = [e for e in errs if math.isfinite(e)]
     finite_mid = [e for e in mids if math.isfinite(e)]
     lines += [
