@@ -659,6 +659,7 @@ class Scheduler:
             # restored from the store: the rules file wins for what it sets
             self.engine.configure(name, at=at, thresholds=dict(rule.thresholds), limits=dict(rule.limits),
                                   auto_correction=rule.auto_correction)
+            self.engine.set_horizons(name, rule.horizons_s, at=at)
             return False
         sizing = {k: v for k, v in (("replicas", rule.replicas), ("workers", rule.workers)) if v is not None}
         try:
@@ -670,6 +671,7 @@ class Scheduler:
         except InputError as exc:
             log.error("cannot create twin", extra={"twin": name, "error": str(exc)})
             return False
+        self.engine.set_horizons(name, rule.horizons_s, at=at)   # a subset of the engine's: config built both
         return True
 
     # ------------------------------------------------------------------ backfill

@@ -233,3 +233,36 @@ def test_forecast_bounds_never_below_zero_for_metrics_that_never_were() -> None:
     rate = np.array(v.series_metric) == "request_rate"
     assert np.nanmin(v.forecast_lower[rate]) >= 0.0
     assert np.nanmin(v.forecast_lower[~rate]) < 0.0          # a signed metric keeps its negative bounds
+
+
+def test_a_twin_shows_only_the_horizons_it_asked_for() -> None:
+    """One bank forecasts the union of horizons; a twin that asked for 5 and 15 minutes exports, reports and
+    stores only those, and its time to a limit only within 15 minutes."""
+    eng = Engine()
+    for name in ("short", "full"):
+        eng.create_twin(name, at=T0, limits={"cpu_usage": 95.0})
+    eng.set_horizons("short", [300.0, 900.0], at=T0)
+    t = T0
+    for i in range(440):                                   # +0.75 % per minute: crosses 95 % in about 17 min
+        t = T0 + 15 * i
+        for name in ("short", "full"):
+            eng.sync(name, {"cpu_usage": 0.75 * (15 * i) / 60.0}, at=t)
+    view = eng.view()
+    rows = {tw: i for i, tw in enumerate(view.series_twin)}
+    short, full = rows["short"], rows["full"]
+    assert np.isfinite(view.forecast_mean[full]).all() and np.isfinite(view.confidence[full]).all()
+    assert np.isfinite(view.forecast_mean[short, :2]).all()
+    for a in (view.forecast_mean, view.forecast_lower, view.forecast_upper, view.confidence):
+        assert np.isnan(a[short, 2:]).all()                # absent series on /metrics, not zeros
+    assert math.isfinite(view.breach_eta_s[full]) and view.breach_eta_s[full] > 900.0
+    assert math.isnan(view.breach_eta_s[short]), "beyond the twin's longest horizon"
+    assert [p.horizon_seconds for p in eng.predictions("short")] == [300.0, 900.0]
+    assert [p.horizon_seconds for p in eng.predictions("full")] == [300.0, 900.0, 1800.0, 3600.0]
+    stored = eng.drain().predictions
+    tid = eng.get("short").twin_id
+    assert {h for r in stored for tw, h in zip(r.twin_id, r.horizon_s.tolist(), strict=True) if tw == tid} \
+        == {300.0, 900.0}
+    with pytest.raises(InputError, match="120"):
+        eng.set_horizons("short", [120.0], at=t)
+    eng.set_horizons("short", None, at=t)                  # back to every horizon
+    assert np.isfinite(eng.view().forecast_mean[short]).all()

@@ -98,6 +98,24 @@ async def test_round_feeds_every_twin_in_one_ingest(prom_env: PromEnv, client: P
     assert sink.outboxes and any(o.twins for o in sink.outboxes)
 
 
+async def test_each_twin_gets_the_horizons_its_rule_asks_for(prom_env: PromEnv, client: PrometheusClient) -> None:
+    prom_env.target.set("sched_cpu", 42.0, svc="a")
+    prom_env.prom.wait_for_series('sched_cpu{svc="a"}')
+    cfg = rules(prom_env.url, """\
+  - name: short
+    metrics: {cpu_usage: 'sched_cpu{svc="a"}'}
+    horizons: [1m, 5m]
+  - name: long
+    metrics: {cpu_usage: 'sched_cpu{svc="a"}'}
+    horizons: [5m, 1h]
+""")
+    sched, engine, _status, _sink = make(cfg, client)
+    assert engine.horizons_s.tolist() == [60.0, 300.0, 3600.0]      # the union, forecast once
+    await sched.run_round(at=time.time())
+    assert [p.horizon_seconds for p in engine.predictions("short")] == [60.0, 300.0]
+    assert [p.horizon_seconds for p in engine.predictions("long")] == [300.0, 3600.0]
+
+
 async def test_a_query_returning_several_series_is_an_error_for_that_metric_only(
         prom_env: PromEnv, client: PrometheusClient) -> None:
     prom_env.target.set("sched_multi", 1.0, k="x")

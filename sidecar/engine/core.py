@@ -134,6 +134,8 @@ class Engine:
         self.alert_open = np.zeros(cap, bool)
         self.alert_sev = np.zeros(cap, np.int8)
         self.last_pred_emit = np.full(cap, -np.inf)
+        self.hshow = np.ones((cap, h), bool)     # horizons the series' twin asked for (the rest stay unshown)
+        self._horizon_mask: dict[str, np.ndarray] = {}   # twin id -> (H,) bool; absent: every horizon
         self._alerts: dict[int, DivergenceAlert] = {}
         # per-twin state
         tcap = 16
@@ -220,6 +222,7 @@ class Engine:
         self._free_twin_slots.append(tslot)
         del self._twins[t.twin_id]
         del self._by_name[t.source_system]
+        self._horizon_mask.pop(t.twin_id, None)
         self._names_cache = self._key_arrays = None
         self._outbox.retired.append(t.twin_id)
         self.monitor.emit(t.twin_id, EventType.TWIN_RETIRED, "info", f"twin {t.source_system} retired", at)
@@ -291,7 +294,7 @@ class Engine:
                            ("severity", 0), ("run_len", 0), ("anomaly_score", np.nan), ("fc_mean", np.nan),
                            ("fc_lower", np.nan), ("fc_upper", np.nan), ("fc_conf", np.nan), ("fc_model", 0),
                            ("slope", np.nan), ("eta", np.nan), ("alert_open", False), ("alert_sev", 0),
-                           ("last_pred_emit", -np.inf)):
+                           ("last_pred_emit", -np.inf), ("hshow", True)):
             setattr(self, name, _grow(getattr(self, name), cap, fill))
 
     def _apply_config_slot(self, slot: int, twin: DigitalTwin, metric: str) -> None:
@@ -300,6 +303,7 @@ class Engine:
         self.limit[slot] = twin.limits.get(metric, s.limits.get(metric, np.nan))
         exp = (twin.expected_state or {}).get(metric)
         self.manual_expected[slot] = np.nan if exp is None else exp
+        self.hshow[slot] = self._horizon_mask.get(twin.twin_id, True)
 
     def _apply_config(self, twin: DigitalTwin) -> None:
         for slot in self.series.slots_of(twin.twin_id):
@@ -522,11 +526,12 @@ class Engine:
         risk = np.full(mean.shape, "", dtype=object)
         for r, j in zip(*np.nonzero(crossing), strict=True):        # only the few forecasts over a limit
             risk[r, j] = risk_text(str(me[due[r]]), float(lim[r, j]), float(self.horizons_s[j]))
+        keep = self.hshow[due].ravel()
         self._outbox.predictions.append(PredictionRows(
-            twin_id=np.repeat(tw[due], h), metric=np.repeat(me[due], h),
-            made_at=np.full(due.size * h, at), horizon_s=np.tile(self.horizons_s, due.size),
-            predicted=mean.ravel(), lower=lo.ravel(), upper=hi.ravel(), failure_probability=p.ravel(),
-            risk_factor=risk.ravel()))
+            twin_id=np.repeat(tw[due], h)[keep], metric=np.repeat(me[due], h)[keep],
+            made_at=np.full(due.size * h, at)[keep], horizon_s=np.tile(self.horizons_s, due.size)[keep],
+            predicted=mean.ravel()[keep], lower=lo.ravel()[keep], upper=hi.ravel()[keep],
+            failure_probability=p.ravel()[keep], risk_factor=risk.ravel()[keep]))
 
     # ------------------------------------------------------------ per twin
     def sync(self, twin: str, metrics: Mapping[str, float] | SystemMetrics, *, at: float,
@@ -590,6 +595,30 @@ class Engine:
         self._apply_config(t)
         self._outbox.twins.append(t)
         self._refresh_view(at)
+
+    def set_horizons(self, twin: str, horizons_s: Sequence[float] | None, *, at: float) -> None:
+        """Show only these of the engine's horizons for this twin (None: all of them).
+
+        The engine forecasts the union of every twin's horizons (one bank, one layout); a twin that asked
+        for fewer gets only those in its view rows, status and stored predictions, and its time to a limit
+        only within its own longest horizon. It is the rules file's choice, not twin state: not snapshotted.
+        """
+        t = self._lookup(twin)
+        if horizons_s is None:
+            self._horizon_mask.pop(t.twin_id, None)
+        else:
+            asked = np.asarray(list(horizons_s), np.float64).reshape(-1)
+            mask = np.isin(self.horizons_s, asked)
+            unknown = sorted(set(asked.tolist()) - set(self.horizons_s.tolist()))
+            if unknown or not mask.any():
+                raise InputError(f"horizons {unknown or list(asked)} of twin {t.source_system!r} are not among "
+                                 f"the engine's horizons {self.horizons_s.tolist()}")
+            if mask.all():
+                self._horizon_mask.pop(t.twin_id, None)
+            else:
+                self._horizon_mask[t.twin_id] = mask
+        self._apply_config(t)
+        self._touch(at)
 
     def rollback(self, twin: str, snapshot: StateHistoryEntry, *, at: float) -> dict[str, Any]:
         t = self._lookup(twin)
@@ -681,7 +710,10 @@ class Engine:
                 trends.append(txt)
         names = self.predictor.bank.model_names
         preds: list[StatePrediction] = []
+        shown = self._horizon_mask.get(t.twin_id)
         for j, h in enumerate(self.horizons_s.tolist()):
+            if shown is not None and not shown[j]:
+                continue
             values: dict[str, float] = {}
             per: dict[str, MetricForecast] = {}
             confs: list[float] = []
@@ -816,13 +848,21 @@ class Engine:
         ls = self.last_sync[ts] if ts.size else np.zeros(0)
         self._last_at = at if not math.isfinite(self._last_at) else max(self._last_at, at)
         self._dirty = False
+        fc = [a[act] for a in (self.fc_mean, self.fc_lower, self.fc_upper, self.fc_conf)]
+        eta = self.eta[act]
+        if self._horizon_mask:                   # some twin shows fewer horizons: hide the others' values
+            show = self.hshow[act]
+            fc = [np.where(show, a, np.nan) for a in fc]
+            longest = np.where(show, self.horizons_s[None, :], 0.0).max(axis=1)
+            with np.errstate(invalid="ignore"):
+                eta = np.where(eta <= longest, eta, np.nan)
         self._view = EngineView(
             at=self._last_at, horizons_s=self.horizons_s, series_twin=twins_n, series_metric=metrics_n,
-            last_value=self.series.last_v[act], forecast_mean=self.fc_mean[act],
-            forecast_lower=self.fc_lower[act], forecast_upper=self.fc_upper[act],
-            confidence=self.fc_conf[act], expected=self.expected[act], divergence_ratio=self.div_ratio[act],
+            last_value=self.series.last_v[act], forecast_mean=fc[0],
+            forecast_lower=fc[1], forecast_upper=fc[2],
+            confidence=fc[3], expected=self.expected[act], divergence_ratio=self.div_ratio[act],
             severity=self.severity[act], anomaly=self.anomaly_score[act], limit=self.limit[act],
-            breach_eta_s=self.eta[act],
+            breach_eta_s=eta,
             twin_names=tuple(self._twins[tid].source_system for tid in self._twins),
             health=self.health[ts] if ts.size else np.zeros(0),
             drift=self.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls)
