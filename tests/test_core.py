@@ -256,6 +256,7 @@ def test_a_twin_shows_only_the_horizons_it_asked_for() -> None:
         assert np.isnan(a[short, 2:]).all()                # absent series on /metrics, not zeros
     assert math.isfinite(view.breach_eta_s[full]) and view.breach_eta_s[full] > 900.0
     assert math.isnan(view.breach_eta_s[short]), "beyond the twin's longest horizon"
+    assert eng.status("short")["metrics"]["cpu_usage"]["breach_eta_seconds"] is None, "the API agrees"
     assert [p.horizon_seconds for p in eng.predictions("short")] == [300.0, 900.0]
     assert [p.horizon_seconds for p in eng.predictions("full")] == [300.0, 900.0, 1800.0, 3600.0]
     stored = eng.drain().predictions

@@ -369,7 +369,12 @@ class Engine:
         self.fc_upper[idx] = np.maximum(fc.upper, floor)
         self.fc_conf[idx], self.fc_model[idx], self.slope[idx] = fc.confidence, fc.model, fc.slope_per_s
         path = np.where(np.isfinite(fc.mean), fc.mean, y[:, None])
-        self.eta[idx] = breach_eta(y, path, self.horizons_s, self.limit[idx])
+        eta = breach_eta(y, path, self.horizons_s, self.limit[idx])
+        if self._horizon_mask:                   # a twin with fewer horizons looks only as far as its longest
+            longest = np.where(self.hshow[idx], self.horizons_s[None, :], 0.0).max(axis=1)
+            with np.errstate(invalid="ignore"):
+                eta = np.where(eta <= longest, eta, np.nan)
+        self.eta[idx] = eta
 
         tslots = self.series.twin_slot[idx]
         touched = np.unique(tslots)
@@ -849,20 +854,16 @@ class Engine:
         self._last_at = at if not math.isfinite(self._last_at) else max(self._last_at, at)
         self._dirty = False
         fc = [a[act] for a in (self.fc_mean, self.fc_lower, self.fc_upper, self.fc_conf)]
-        eta = self.eta[act]
         if self._horizon_mask:                   # some twin shows fewer horizons: hide the others' values
             show = self.hshow[act]
             fc = [np.where(show, a, np.nan) for a in fc]
-            longest = np.where(show, self.horizons_s[None, :], 0.0).max(axis=1)
-            with np.errstate(invalid="ignore"):
-                eta = np.where(eta <= longest, eta, np.nan)
         self._view = EngineView(
             at=self._last_at, horizons_s=self.horizons_s, series_twin=twins_n, series_metric=metrics_n,
             last_value=self.series.last_v[act], forecast_mean=fc[0],
             forecast_lower=fc[1], forecast_upper=fc[2],
             confidence=fc[3], expected=self.expected[act], divergence_ratio=self.div_ratio[act],
             severity=self.severity[act], anomaly=self.anomaly_score[act], limit=self.limit[act],
-            breach_eta_s=eta,
+            breach_eta_s=self.eta[act],
             twin_names=tuple(self._twins[tid].source_system for tid in self._twins),
             health=self.health[ts] if ts.size else np.zeros(0),
             drift=self.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls)
