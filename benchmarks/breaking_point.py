@@ -225,7 +225,7 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
     port = free_port()
     demo = subprocess.Popen([sys.executable, str(HERE / "demo_service.py"), "--port", str(port),
                              "--workers", str(args.workers), "--service-ms", str(args.service_ms),
-                             "--io-ms", str(args.io_ms)],
+                             "--io-ms", str(args.io_ms), "--work", args.work],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=(lambda: os.nice(args.nice)) if args.nice else None)
     prom = PrometheusServer(scrape_targets=[f"127.0.0.1:{port}"], job_name="demo", scrape_interval="1s")
@@ -259,17 +259,21 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
             result["recommendations"] = sim["recommendations"]
             bp = sim["breaking_point"]
             log.info("run %d predicted: %s (fit: %s)", run, json.dumps(bp), sim["model_fit"]["reason"])
-            # -- real ramp: +6% a step until a limit is breached
-            rate = (args.fit_low + args.fit_high) / 2
+            # -- real ramp: +6% a step until a limit is breached; near saturation the steps are longer, so the
+            # queue reaches the steady state the model predicts (a 20 s step leaves it still building)
+            rate = args.fit_high if args.start_rate is None else args.start_rate
             meter.begin()
             loop = asyncio.get_running_loop()
             steps: list[dict[str, Any]] = []
             broke: dict[str, Any] | None = None
-            pending_step: tuple[float, float, float, dict[str, float]] | None = None
+            pending_step: tuple[float, float, float, float] | None = None
             demo_pid = demo.pid
+            near = False
 
             def judge(start: float, end: float, nominal: float, cpu: float) -> dict[str, Any]:
-                w = gen.window(start, end)
+                length = end - start
+                settle = length / 3 if length > args.step_s * 1.5 else 0.0   # a long step is judged on its end
+                w = gen.window(start + settle, end)
                 breached = []
                 if not w["p99_ms"] <= LIMITS["request_latency_ms"]:
                     breached.append("latency")
@@ -277,25 +281,42 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
                     breached.append("errors")
                 if cpu > LIMITS["cpu_usage"]:
                     breached.append("cpu")
-                return {"nominal_rate": nominal, **w, "cpu_pct": cpu, "breached": breached}
+                return {"nominal_rate": nominal, **w, "cpu_pct": cpu, "breached": breached, "seconds": length,
+                        "judged_from_s": settle}
+
+            def close_to_a_limit(st: dict[str, Any]) -> bool:
+                return bool(st["p99_ms"] > args.near * LIMITS["request_latency_ms"]
+                            or st["errors"] > args.near * LIMITS["error_rate"]
+                            or st["cpu_pct"] > args.near_cpu)
 
             for _ in range(args.max_steps):
-                c0, s = proc_cpu_s(demo_pid), loop.time()
-                w0 = time.monotonic()
-                await gen.drive(rate, args.step_s)
-                cpu = 100 * (proc_cpu_s(demo_pid) - c0) / (time.monotonic() - w0)
-                current = (s, loop.time(), rate, {"cpu": cpu})
+                length = args.settle_s if near else args.step_s
+                s, w0 = loop.time(), time.monotonic()
+                c0 = proc_cpu_s(demo_pid)
+                c_settled: float | None = None
+                if length > args.step_s * 1.5:      # CPU over the judged part of the step only
+                    await gen.drive(rate, length / 3)
+                    c_settled, w_settled = proc_cpu_s(demo_pid), time.monotonic()
+                    await gen.drive(rate, length - length / 3)
+                else:
+                    await gen.drive(rate, length)
+                if c_settled is not None:
+                    cpu = 100 * (proc_cpu_s(demo_pid) - c_settled) / (time.monotonic() - w_settled)
+                else:
+                    cpu = 100 * (proc_cpu_s(demo_pid) - c0) / (time.monotonic() - w0)
+                current = (s, loop.time(), rate, cpu)
                 if pending_step is not None:          # judge the previous step once its requests finished
-                    st = judge(pending_step[0], pending_step[1], pending_step[2], pending_step[3]["cpu"])
+                    st = judge(*pending_step)
                     steps.append(st)
                     if st["breached"]:
                         broke = st
                         break
+                    near = near or close_to_a_limit(st)
                 pending_step = current
                 rate *= 1.06
             if broke is None and pending_step is not None:
                 await asyncio.sleep(min(35.0, args.step_s))
-                st = judge(pending_step[0], pending_step[1], pending_step[2], pending_step[3]["cpu"])
+                st = judge(*pending_step)
                 steps.append(st)
                 broke = st if st["breached"] else None
             result["ramp_machine"] = meter.end()
@@ -303,7 +324,8 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
         if broke is not None:
             i = steps.index(broke)
             last_ok = steps[i - 1]["rate"] if i > 0 else None
-            result["measured"] = {"rate": broke["rate"], "last_ok_rate": last_ok, "bottleneck": broke["breached"]}
+            result["measured"] = {"rate": broke["rate"], "last_ok_rate": last_ok, "bottleneck": broke["breached"],
+                                  "crossing": crossing(steps[i - 1] if i > 0 else None, broke)}
         else:
             result["measured"] = None
     finally:
@@ -315,6 +337,27 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
             demo.kill()
             demo.wait(timeout=5)
     return result
+
+
+def crossing(ok: dict[str, Any] | None, bad: dict[str, Any]) -> float:
+    """Where the breached limit was crossed, interpolated between the last passing and the first breaching
+    step (latency on a log scale, CPU and errors linearly); the lowest crossing when several limits broke."""
+    if ok is None or not bad["rate"] > ok["rate"]:
+        return float(bad["rate"])
+    r0, r1 = float(ok["rate"]), float(bad["rate"])
+    found = []
+    for name in bad["breached"]:
+        limit, y0, y1 = {
+            "latency": (math.log(LIMITS["request_latency_ms"]), math.log(max(ok["p99_ms"], 1e-3)),
+                        math.log(max(bad["p99_ms"], 1e-3))),
+            "errors": (LIMITS["error_rate"], ok["errors"], bad["errors"]),
+            "cpu": (LIMITS["cpu_usage"], ok["cpu_pct"], bad["cpu_pct"]),
+        }[name]
+        if math.isfinite(y1) and y1 > y0:
+            found.append(r0 + (r1 - r0) * min(max((limit - y0) / (y1 - y0), 0.0), 1.0))
+        else:
+            found.append(math.sqrt(r0 * r1))
+    return min(found) if found else r1
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -340,12 +383,12 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
                            "capacity": r["prediction"]["model_fit"]["params"]["capacity"],
                            "cpu_ms": _cpu_ms_per_request(r)}
     if meas is not None and pred is not None:
-        m = meas["rate"]
-        mid = math.sqrt(m * meas["last_ok_rate"]) if meas["last_ok_rate"] else m
-        out.update(measured=m, last_ok=meas["last_ok_rate"], measured_bottleneck="+".join(meas["bottleneck"]),
-                   error_pct=100 * (pred - m) / m, error_mid_pct=100 * (pred - mid) / mid,
+        m = meas.get("crossing", meas["rate"])
+        first, last_ok = meas["rate"], meas["last_ok_rate"]
+        out.update(measured=m, first_breach=first, last_ok=last_ok, measured_bottleneck="+".join(meas["bottleneck"]),
+                   error_pct=100 * (pred - m) / m,
                    inside=(lo is not None and lo <= m and (hi is None or m <= hi)),
-                   bracket=(lo is not None and lo <= m and (hi is None or (meas["last_ok_rate"] or m) <= hi)))
+                   bracket=(lo is not None and lo <= first and (hi is None or (last_ok or first) <= hi)))
     return out
 
 
@@ -359,14 +402,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
         f"## Configuration `{args.label}`",
         "",
         f"Command: `python benchmarks/breaking_point.py --label {args.label} --runs {args.runs} "
-        f"--workers {args.workers} --service-ms {args.service_ms:g} --io-ms {args.io_ms:g} --fit-s {args.fit_s:g} "
-        f"--fit-low {args.fit_low:g} --fit-high {args.fit_high:g} --step-s {args.step_s:g}"
+        f"--workers {args.workers} --service-ms {args.service_ms:g} --io-ms {args.io_ms:g} --work {args.work} "
+        f"--fit-s {args.fit_s:g} --fit-low {args.fit_low:g} --fit-high {args.fit_high:g} --step-s {args.step_s:g} "
+        f"--settle-s {args.settle_s:g} --near {args.near:g} --near-cpu {args.near_cpu:g}"
         + (f" --nice {args.nice}" if args.nice else "") + "`  ",
         f"Finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(finished))}; "
         f"machine: {os.cpu_count()} cores, shared "
         "with other sessions' work at the same time (their CPU use is in the last column and the load table).",
         "",
         f"Demo service: aiohttp, {args.workers} worker thread(s), {args.service_ms:g} ms of CPU"
+        + (" time (burned until the thread's CPU clock advanced that much)" if args.work == "cpu-time" else
+           " (a fixed number of iterations)")
         + (f" + {args.io_ms:g} ms blocking wait" if args.io_ms else "")
         + (f", running at nice {args.nice} (a CPU share guaranteed against the neighbours, like a pod's CPU "
            "request)" if args.nice else "")
@@ -374,51 +420,47 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
         "to itself). Prometheus scrapes it every 1 s. Fit: open-loop Poisson load, a new rate every 20 s between "
         f"{args.fit_low:g} and {args.fit_high:g} req/s, for {args.fit_s:g} s; the metrics are read back as range "
         "queries (5 s step, 15 s rate windows), synced into an `Engine` twin (replicas 1, workers "
-        f"{args.workers}) and `Engine.simulate(load_test)` gives the prediction. Measured: an open-loop ramp, +6% "
-        f"every {args.step_s:g} s; the breaking step is the first whose client-side p99 > 1000 ms, errors > 5% or "
-        "demo CPU > 95% (the twin's limits).",
+        f"{args.workers}) and `Engine.simulate(load_test)` gives the prediction. Measured: an open-loop ramp from "
+        f"{args.start_rate or args.fit_high:g} req/s, +6% every {args.step_s:g} s; once a step comes close to a "
+        f"limit (p99 > {args.near * LIMITS['request_latency_ms']:.0f} ms, errors > "
+        f"{100 * args.near * LIMITS['error_rate']:g}% or CPU > {args.near_cpu:g}%) every step lasts "
+        f"{args.settle_s:g} s and is judged on its last two thirds, so the queue has reached the steady state the "
+        "model predicts. A step breaks when its client-side p99 > 1000 ms, errors > 5% or demo CPU > 95% (the "
+        "twin's limits).",
         "",
         "| run | fitted capacity (req/s) | trust | predicted break (req/s) | 90% interval | predicted bottleneck "
-        "| measured break (req/s) | last OK step | measured bottleneck | error | error vs midpoint | inside "
+        "| measured break (req/s) | last OK – first breaking step | measured bottleneck | error | inside "
         "| others' CPU fit/ramp (cores) | CPU ms per request fit/ramp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def f(x: Any, nd: int = 1) -> str:
         return "—" if x is None else f"{x:.{nd}f}"
 
-    errs, mids = [], []
+    errs = []
     inside = bracket = 0
     for r, s in zip(results, rows, strict=True):
         errs.append(abs(s["error_pct"]) if "error_pct" in s else math.nan)
-        mids.append(abs(s["error_mid_pct"]) if "error_mid_pct" in s else math.nan)
         inside += bool(s.get("inside"))
         bracket += bool(s.get("bracket"))
-        where = "yes" if s.get("inside") else "bracket" if s.get("bracket") else "no"
         lines.append(
             f"| {s['run']} | {f(s['capacity'])} | {'yes' if s['trustworthy'] else 'no'} | {f(s['predicted'])} "
             f"| {f(s['interval'][0])}–{f(s['interval'][1])} | {s['bottleneck']} | {f(s.get('measured'))} "
-            f"| {f(s.get('last_ok'))} | {s.get('measured_bottleneck', '—')} | {f(s.get('error_pct'))}% "
-            f"| {f(s.get('error_mid_pct'))}% "
-            f"| {where} | {r['fit_machine']['others_cores']:.2f} / "
+            f"| {f(s.get('last_ok'))} – {f(s.get('first_breach'))} | {s.get('measured_bottleneck', '—')} "
+            f"| {f(s.get('error_pct'))}% | {'yes' if s.get('inside') else 'no'} "
+            f"| {r['fit_machine']['others_cores']:.2f} / "
             f"{r['ramp_machine']['others_cores']:.2f} | {f(s['cpu_ms'][0])} / {f(s['cpu_ms'][1])} |")
     finite = [e for e in errs if math.isfinite(e)]
-    finite_mid = [e for e in mids if math.isfinite(e)]
     lines += [
         "",
-        f"**Summary:** {inside}/{len(rows)} first breaching steps inside the predicted 90% interval "
-        f"({bracket}/{len(rows)} where the measured bracket [last OK step, first breaching step] meets it); "
-        f"absolute error of the point estimate vs the first breaching step: mean {np.mean(finite):.1f}%, max "
-        f"{np.max(finite):.1f}%; vs the bracket's midpoint: mean {np.mean(finite_mid):.1f}%, max "
-        f"{np.max(finite_mid):.1f}% (goal ≤ 20%)." if finite else
-        "**Summary:** no run produced both a prediction and a measurement.",
+        f"**Summary:** {inside}/{len(rows)} measured breaking points inside the predicted 90% interval "
+        f"({bracket}/{len(rows)} where the bracket [last OK step, first breaching step] meets it); absolute error "
+        f"of the point estimate: mean {np.mean(finite):.1f}%, max {np.max(finite):.1f}% (goal ≤ 20%)."
+        if finite else "**Summary:** no run produced both a prediction and a measurement.",
         "",
-        "Error = (predicted − measured) / measured. The measured value is the achieved arrival rate of the first "
-        "breaching step; the step before it passed, so the true breaking point lies between the two columns "
-        "(\"error vs midpoint\" compares with their geometric mean; \"inside\" is *yes* when the first "
-        "breaching step lies in the predicted interval, *bracket* when only part of the bracket does). A 20 s "
-        "step near saturation does not reach the steady state the model predicts (the queue needs longer to "
-        "build), which biases the measured value up.",
+        "Error = (predicted − measured) / measured. The measured breaking point is where the breached limit was "
+        "crossed, interpolated between the last passing and the first breaching step (p99 on a log scale, CPU and "
+        "errors linearly).",
         "",
         "### Machine load per run",
         "",
@@ -458,8 +500,20 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, path: Path) 
     return section
 
 
+def autogroup_enabled() -> bool:
+    """With the kernel's autogroup scheduling on, nice only ranks processes of one session against each other:
+    a demo at nice −10 then still shares the cores equally with another session's busy process."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.output)
+    if args.nice and autogroup_enabled() and not args.report_only:
+        log.warning("sched_autogroup_enabled is 1: --nice %d does not protect the demo from other sessions' "
+                    "processes (as root: echo 0 > /proc/sys/kernel/sched_autogroup_enabled)", args.nice)
     if args.report_only:
         data = json.loads(out.with_name(f"{out.stem}_{args.label}.json").read_text())
         report(data, args, out)
@@ -486,6 +540,14 @@ def main() -> None:
     p.add_argument("--fit-low", type=float, default=5.0)
     p.add_argument("--fit-high", type=float, default=25.0)
     p.add_argument("--step-s", type=float, default=20.0)
+    p.add_argument("--settle-s", type=float, default=60.0,
+                   help="step length once a step came close to a limit (judged on its last two thirds)")
+    p.add_argument("--near", type=float, default=0.4,
+                   help="'close to a limit': p99 or errors above this share of their limit")
+    p.add_argument("--near-cpu", type=float, default=75.0, help="'close to a limit': demo CPU above this %%")
+    p.add_argument("--start-rate", type=float, default=None, help="first ramp step (default: --fit-high)")
+    p.add_argument("--work", choices=("cpu-time", "fixed"), default="cpu-time",
+                   help="the demo's work per request (see demo_service.py)")
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--max-inflight", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)

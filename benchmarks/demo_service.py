@@ -1,9 +1,15 @@
 """Demo service with a known capacity limit, for the breaking-point benchmark (benchmark-only).
 
-An aiohttp app whose handler burns a fixed amount of CPU (PBKDF2, which releases the GIL)
-in a pool of ``--workers`` threads, optionally followed by a blocking wait (``--io-ms``, a
-synchronous downstream call): a fixed-size worker pool, so its capacity is about
-workers / (CPU time + wait). The event loop stays responsive, so the
+An aiohttp app whose handler burns CPU (PBKDF2, which releases the GIL) in a pool of
+``--workers`` threads, optionally followed by a blocking wait (``--io-ms``, a synchronous
+downstream call): a fixed-size worker pool, so its capacity is about workers / (CPU time + wait).
+
+``--work cpu-time`` (the default) burns until the worker thread has used ``--service-ms`` of
+CPU time, so the capacity is known exactly whatever the host does: on a shared virtual machine
+a fixed amount of work costs 15–25% more or less CPU time from one minute to the next (the
+neighbours' load changes the core's speed), which moved the capacity of ``--work fixed``
+(a fixed number of PBKDF2 iterations, calibrated at start) between the fit and the ramp by more
+than the model's own error. CPU time is also what a Kubernetes CPU limit meters. The event loop stays responsive, so the
 request-duration histogram includes the time a request waits for a free worker — the
 queueing the capacity model predicts. Above ``--max-queue`` waiting requests it sheds
 load with 503, so overload shows as errors as well as latency.
@@ -58,7 +64,8 @@ def calibrate(service_ms: float) -> int:
     return max(1, int(n * (service_ms / 1000.0) / sorted(best)[len(best) // 2]))
 
 
-def build_app(workers: int, service_ms: float, max_queue: int, io_ms: float = 0.0) -> web.Application:
+def build_app(workers: int, service_ms: float, max_queue: int, io_ms: float = 0.0,
+              work_mode: str = "cpu-time") -> web.Application:
     registry = CollectorRegistry()
     process_collector.ProcessCollector(registry=registry)
     requests = Counter("demo_requests", "Requests served, by status code", ["code"], registry=registry)
@@ -66,13 +73,19 @@ def build_app(workers: int, service_ms: float, max_queue: int, io_ms: float = 0.
                          buckets=BUCKETS, registry=registry)
     depth = Gauge("demo_queue_depth", "Requests waiting for or holding a worker", registry=registry)
     iterations = calibrate(service_ms)
+    chunk = max(1, iterations // 40)            # ~0.5 ms of CPU: the cpu-time loop overshoots by at most that
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="demo-worker")
     state = {"inflight": 0}
-    log.info("demo service: %d worker(s), %.1f ms CPU + %.1f ms blocking wait per request "
-             "(%d PBKDF2 iterations), max queue %d", workers, service_ms, io_ms, iterations, max_queue)
+    log.info("demo service: %d worker(s), %.1f ms CPU (%s) + %.1f ms blocking wait per request "
+             "(%d PBKDF2 iterations), max queue %d", workers, service_ms, work_mode, io_ms, iterations, max_queue)
 
     def burn() -> None:
-        hashlib.pbkdf2_hmac("sha256", b"demo", b"salt", iterations)
+        if work_mode == "cpu-time":
+            end = time.thread_time() + service_ms / 1000.0
+            while time.thread_time() < end:
+                hashlib.pbkdf2_hmac("sha256", b"demo", b"salt", chunk)
+        else:
+            hashlib.pbkdf2_hmac("sha256", b"demo", b"salt", iterations)
         if io_ms > 0:
             time.sleep(io_ms / 1000.0)          # a synchronous downstream call: holds the worker, no CPU
 
@@ -110,9 +123,11 @@ def main() -> None:
     p.add_argument("--service-ms", type=float, default=20.0)
     p.add_argument("--io-ms", type=float, default=0.0, help="blocking wait per request in the worker")
     p.add_argument("--max-queue", type=int, default=200)
+    p.add_argument("--work", choices=("cpu-time", "fixed"), default="cpu-time",
+                   help="cpu-time: burn --service-ms of thread CPU time; fixed: a calibrated number of iterations")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    web.run_app(build_app(a.workers, a.service_ms, a.max_queue, a.io_ms), host="127.0.0.1", port=a.port,
+    web.run_app(build_app(a.workers, a.service_ms, a.max_queue, a.io_ms, a.work), host="127.0.0.1", port=a.port,
                 access_log=None, print=None)
 
 
