@@ -24,9 +24,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -44,7 +45,7 @@ from .prometheus import PrometheusClient
 from .scheduler import Scheduler
 from .server import build_app
 from .status import ServiceStatus
-from .store import RetentionPolicy, Store, StoreWriter, open_store
+from .store import RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,62 @@ class _RestoreGate:
         self.writer.submit(outbox)
 
 
+def _restore(engine: Engine, restored: Sequence[RestoredTwin], states: Mapping[str, bytes]) -> None:
+    """Definitions and history first, then the models' saved rows, then only the stored samples those
+    rows had not yet learnt (the rest rejoin the series' history without passing the models twice)."""
+    samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    back: dict[str, bytes] = {}
+    for rt in restored:
+        try:
+            engine.restore_twin(rt.definition, snapshots=rt.snapshots, corrections=rt.corrections)
+        except SidecarError as exc:
+            log.error("could not restore a stored twin", extra={"twin": rt.name, "error": str(exc)})
+            continue
+        samples.update({(rt.twin_id, m): v for m, v in rt.samples.items()})
+        if rt.twin_id in states:
+            back[rt.twin_id] = states[rt.twin_id]
+    learnt = engine.load_model_states(back)
+    try:
+        engine.restore_history(samples, learnt)
+    except SidecarError as exc:
+        log.error("stored samples could not be replayed", extra={"error": str(exc)})
+    if back:
+        log.info("model state restored", extra={"twins": len({k[0] for k in learnt}), "saved": len(back)})
+
+
+async def _load_model_states(store: Store) -> dict[str, bytes]:
+    try:
+        return await store.load_model_states()
+    except StoreError as exc:
+        log.error("saved model state unreadable: the models relearn", extra={"error": str(exc)})
+        return {}
+
+
+async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock) -> int:
+    """Save every twin's learnt model rows; a store that is down only costs this save (logged)."""
+    async with lock:
+        blobs = await asyncio.to_thread(engine.export_model_states)
+    try:
+        written = await store.save_model_states(blobs, at=time.time())
+    except StoreError as exc:
+        log.warning("model state not saved", extra={"twins": len(blobs), "error": str(exc)})
+        return 0
+    log.info("model state saved", extra={"twins": written, "bytes": sum(map(len, blobs.values()))})
+    return written
+
+
+async def _model_state_loop(engine: Engine, store: Store, lock: asyncio.Lock, gate: _RestoreGate,
+                            stop: asyncio.Event, interval_s: float) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        if gate.pending:        # stored twins not merged yet: their saved state must not be overwritten
+            continue
+        await save_model_states(engine, store, lock)
+
+
 async def _late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: _RestoreGate,
                         stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
     """Read the stored twins once the database answers, merge them, then let definitions through."""
@@ -112,18 +169,19 @@ async def _late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: 
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 60.0)
             continue
+        states = await _load_model_states(store)
         async with lock:
             merged = 0
+            running = {t.twin_id for t in engine.twins()}
             for rt in restored:
-                try:
-                    if rt.twin_id in {t.twin_id for t in engine.twins()}:
-                        merged += engine.merge_stored(rt.definition, snapshots=rt.snapshots,
-                                                      corrections=rt.corrections, at=clock())
-                    else:
-                        engine.restore_twin(rt.definition, snapshots=rt.snapshots, samples=rt.samples,
-                                            corrections=rt.corrections)
+                if rt.twin_id not in running:
+                    continue
+                try:        # a twin running since the start keeps its models: they learnt the outage
+                    merged += engine.merge_stored(rt.definition, snapshots=rt.snapshots,
+                                                  corrections=rt.corrections, at=clock())
                 except SidecarError as exc:
                     log.error("could not merge a stored twin", extra={"twin": rt.name, "error": str(exc)})
+            _restore(engine, [rt for rt in restored if rt.twin_id not in running], states)
             engine.republish()
             gate.pending = False
         log.info("stored twins merged after the store came back", extra={
@@ -149,6 +207,7 @@ class Service:
     task: asyncio.Task[None] | None = None
     sink: _RestoreGate | None = None            # the writer as the engine's outbox sees it
     restore_task: asyncio.Task[None] | None = None
+    state_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -177,6 +236,12 @@ class Service:
             self.restore_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.restore_task
+        if self.state_task is not None:
+            await self.state_task           # returns once stop is set
+        if self.sink is None or not self.sink.pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(save_model_states(self.engine, self.store, self.scheduler.lock),
+                                       FLUSH_TIMEOUT_S)
         await self.writer.close(FLUSH_TIMEOUT_S)
         await self.runner.cleanup()
         await self.client.aclose()
@@ -199,12 +264,7 @@ async def _open_history(config: SidecarConfig, engine: Engine,
         log.error("history store unavailable at start; stored twins will be merged when it returns", extra={
             "backend": store.backend, "error": str(exc)})
         restored, loaded = [], False
-    for rt in restored:
-        try:
-            engine.restore_twin(rt.definition, snapshots=rt.snapshots, samples=rt.samples,
-                                corrections=rt.corrections)
-        except SidecarError as exc:
-            log.error("could not restore a stored twin", extra={"twin": rt.name, "error": str(exc)})
+    _restore(engine, restored, await _load_model_states(store) if restored else {})
     if restored:
         log.info("twins restored from the store", extra={"twins": len(restored), "backend": store.backend})
     engine.drain()      # what the restore produced is already stored
@@ -260,6 +320,9 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     if gate.pending:
         service.restore_task = asyncio.create_task(_late_restore(store, engine, lock, gate, stop),
                                                    name="late-restore")
+    service.state_task = asyncio.create_task(
+        _model_state_loop(engine, store, lock, gate, stop, config.storage.model_state_interval_s),
+        name="model-state")
     log.info("sidecar started", extra={
         "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,
         "twin_rules": len(config.twins), "interval_s": config.interval_s, "store": store.backend,

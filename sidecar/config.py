@@ -135,6 +135,7 @@ class StorageConfig:
     retention_days: float = 30.0
     retention_snapshots: int = 1000
     buffer_max_items: int = 100_000
+    model_state_interval_s: float = 600.0      # how often the models' learnt state is saved (and at shutdown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +452,8 @@ def _storage(r: _Reader | None, env: Mapping[str, str]) -> StorageConfig:
         url=env.get("DATABASE_URL") or url,
         retention_days=r.number("retention_days", d.retention_days),
         retention_snapshots=r.int_("retention_snapshots", d.retention_snapshots) or d.retention_snapshots,
-        buffer_max_items=r.int_("buffer_max_items", d.buffer_max_items, minimum=100) or d.buffer_max_items)
+        buffer_max_items=r.int_("buffer_max_items", d.buffer_max_items, minimum=100) or d.buffer_max_items,
+        model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s))
     r.finish()
     return out
 

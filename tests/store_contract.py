@@ -252,6 +252,29 @@ class StoreContract:
         # snapshots are append-only history of the twin id: both are kept, neither overwritten
         assert {e.snapshot_id for e in await store.list_snapshots("twin_shared")} == {"sa", "sb"}
 
+    # --- the models' learnt state
+
+    async def test_model_state_round_trip_replace_and_owner(self, store: Store, make_store: MakeStore) -> None:
+        assert await store.load_model_states() == {}
+        blob = bytes(range(256)) * 40                        # binary, with NUL bytes
+        assert await store.save_model_states({"twin_a": blob, "twin_b": b"b1"}, at=T0) == 2
+        assert await store.load_model_states() == {"twin_a": blob, "twin_b": b"b1"}
+        assert await store.save_model_states({"twin_b": b"b2"}, at=T0 + 600) == 1    # replaced, not added
+        assert await store.load_model_states() == {"twin_a": blob, "twin_b": b"b2"}
+        other = await make_store(replica="replica-b")
+        assert await other.load_model_states() == {}                              # not theirs to load
+        assert await other.save_model_states({"twin_b": b"theirs", "twin_c": b"c"}, at=T0 + 700) == 1
+        assert (await store.load_model_states())["twin_b"] == b"b2"              # nor to overwrite
+        assert await other.load_model_states() == {"twin_c": b"c"}
+
+    async def test_corrupt_model_state_is_logged_and_left_out(self, store: Store, raw: Raw,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+        await store.save_model_states({"twin_a": b"good state", "twin_b": b"other"}, at=T0)
+        await raw.execute("UPDATE twin_model_state SET checksum = ? WHERE twin_id = ?", "0" * 64, "twin_a")
+        with caplog.at_level(logging.ERROR):
+            assert await store.load_model_states() == {"twin_b": b"other"}
+        assert any("corrupt model state" in r.getMessage() and "twin_a" in r.getMessage() for r in caplog.records)
+
     # --- idempotence and the other tables
 
     async def test_rewriting_an_outbox_adds_nothing(self, store: Store, raw: Raw) -> None:

@@ -30,6 +30,9 @@ from .correct import AutoCorrector
 from .diverge import DivergenceDetector
 from .health import drift_flags, health_band, health_scores, series_penalty
 from .history import verified
+from .modelstate import FORECAST_CONFIG, TwinModelState, check_rows, put_rows, same_forecast_config, take_rows
+from .modelstate import decode as decode_model_state
+from .modelstate import encode as encode_model_state
 from .monitor import Monitor
 from .predict import StatePredictor, breach_eta, exceed_probability, risk_text, trend_text
 from .records import (
@@ -994,6 +997,8 @@ class Engine:
         s_all, t_all, y_all = np.concatenate(slots), np.concatenate(ts), np.concatenate(ys)
         keep = np.isfinite(t_all)
         s_all, t_all, y_all = s_all[keep], t_all[keep], y_all[keep]
+        if not t_all.size:
+            return TickReport(at=float("nan"))
         order = np.argsort(t_all, kind="stable")
         s_all, t_all, y_all = s_all[order], t_all[order], y_all[order]
         bounds = np.flatnonzero(np.diff(t_all)) + 1
@@ -1004,3 +1009,96 @@ class Engine:
             inv, stale = inv + r.dropped_invalid, stale + r.dropped_stale
         return TickReport(at=float(t_all[-1]) if t_all.size else float("nan"), accepted=acc,
                           dropped_nonfinite=nonf, dropped_invalid=inv, dropped_stale=stale)
+
+    # ------------------------------------------------------------- model state
+    def export_model_states(self) -> dict[str, bytes]:
+        """Every twin's learnt model rows (`modelstate`), by twin id; series that saw nothing are left out."""
+        fs = self.predictor.bank.state_dict()
+        an = self.anomaly.state_dict()
+        config = {k: fs[k] for k in FORECAST_CONFIG}
+        out: dict[str, bytes] = {}
+        for tid in self._twins:
+            slots = [s for s in self.series.slots_of(tid) if self.series.count[s] > 0]
+            if not slots:
+                continue
+            rows = np.asarray(slots, np.int64)
+            metrics = tuple(str(k[1]) for k in (self.series.keys[s] for s in slots) if k is not None)
+            out[tid] = encode_model_state(TwinModelState(
+                tid, metrics, self.series.last_t[rows].copy(), config,
+                take_rows(fs, rows, FORECAST_CONFIG), take_rows(an, rows)))
+        return out
+
+    def load_model_states(self, blobs: Mapping[str, bytes]) -> dict[tuple[str, str], float]:
+        """Put saved model rows back for twins that exist. Returns, per (twin id, metric), the time up to
+        which the rows had learnt: samples up to then must not pass through the models again
+        (`restore_history`). A blob that does not fit this engine is skipped whole and logged."""
+        states: list[TwinModelState] = []
+        for tid, blob in blobs.items():
+            if tid not in self._twins:
+                continue
+            try:
+                st = decode_model_state(blob)
+                if st.twin_id != tid:
+                    raise InputError(f"model state belongs to twin {st.twin_id}")
+            except InputError as exc:
+                log.error("stored model state unreadable: relearning", extra={"twin_id": tid, "error": str(exc)})
+                continue
+            states.append(st)
+        if not states:
+            return {}
+        placed = [(st, self.series_for(st.twin_id, list(st.metrics))) for st in states]   # may grow the banks
+        fs = self.predictor.bank.state_dict()
+        an = self.anomaly.state_dict()
+        config = {k: fs[k] for k in FORECAST_CONFIG}
+        learnt: dict[tuple[str, str], float] = {}
+        for st, rows in placed:
+            try:
+                if not same_forecast_config(st.forecast_config, config):
+                    raise InputError("saved by other forecast models or horizons")
+                check_rows(fs, rows, st.forecast, FORECAST_CONFIG)
+                check_rows(an, rows, st.anomaly)
+            except InputError as exc:
+                log.warning("stored model state does not fit: relearning", extra={
+                    "twin_id": st.twin_id, "error": str(exc)})
+                continue
+            put_rows(fs, rows, st.forecast)
+            put_rows(an, rows, st.anomaly)
+            self.series.last_t[rows] = np.fmax(self.series.last_t[rows], st.learnt_until)
+            learnt.update({(st.twin_id, m): float(t) for m, t in zip(st.metrics, st.learnt_until, strict=True)})
+        if learnt:
+            self.predictor.bank.load_state_dict(fs)
+            self.anomaly.load_state_dict(an)
+        return learnt
+
+    def restore_history(self, samples: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+                        learnt_until: Mapping[tuple[str, str], float]) -> TickReport:
+        """Stored samples after a restart: those the loaded model rows already absorbed only rejoin the
+        series' history (for the API and the capacity fit); later ones replay through the models."""
+        later: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        slots, ts, ys, cuts = [], [], [], []
+        for key, (t_arr, y_arr) in samples.items():
+            t_arr = np.asarray(t_arr, np.float64).ravel()
+            y_arr = np.asarray(y_arr, np.float64).ravel()
+            if t_arr.shape != y_arr.shape:
+                raise InputError(f"restore {key[0]}/{key[1]}: {t_arr.size} times but {y_arr.size} values")
+            cut = learnt_until.get(key, -math.inf)
+            old = (t_arr <= cut) & np.isfinite(t_arr) & np.isfinite(y_arr)
+            if old.any():
+                slot = int(self.series_for(key[0], [key[1]])[0])
+                slots.append(np.full(int(old.sum()), slot, np.int64))
+                ts.append(t_arr[old])
+                ys.append(y_arr[old])
+                cuts.append((slot, cut))
+            later[key] = (t_arr[t_arr > cut], y_arr[t_arr > cut])
+        if slots:
+            s_all, t_all, y_all = np.concatenate(slots), np.concatenate(ts), np.concatenate(ys)
+            order = np.lexsort((t_all, s_all))
+            s_all, t_all, y_all = s_all[order], t_all[order], y_all[order]
+            first = np.r_[0, np.flatnonzero(np.diff(s_all)) + 1]
+            rank = np.arange(s_all.size) - np.repeat(first, np.diff(np.r_[first, s_all.size]))
+            for r in range(int(rank.max()) + 1):     # one sample per slot per call, oldest first
+                at_r = rank == r
+                self.series.append(s_all[at_r], t_all[at_r], y_all[at_r])
+            for slot, cut in cuts:
+                self.series.last_t[slot] = max(float(self.series.last_t[slot]), cut)
+        return self.backfill(later)

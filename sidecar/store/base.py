@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import logging
 import math
@@ -353,10 +354,31 @@ class Store(abc.ABC):
         """Drop whole old rows per the policy; never a twin's newest snapshot; logs what it dropped."""
 
     @abc.abstractmethod
+    async def save_model_states(self, states: Mapping[str, bytes], *, at: float) -> int:
+        """Replace this replica's saved model state of the given twins (one transaction); returns how many
+        rows were written (a twin owned by another replica is left alone)."""
+
+    @abc.abstractmethod
+    async def load_model_states(self) -> dict[str, bytes]:
+        """This replica's saved model states by twin id; a row failing its checksum is logged and left out."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers."""
 
     # -- shared helpers
+    def _model_state_rows(self, rows: Iterable[Sequence[Any]]) -> dict[str, bytes]:
+        """(twin_id, state, checksum) rows that verify, by twin id."""
+        out: dict[str, bytes] = {}
+        for twin_id, blob, checksum in rows:
+            data = bytes(blob)
+            if hashlib.sha256(data).hexdigest() != checksum:
+                log.error("corrupt model state ignored: twin=%s store=%s (checksum does not verify)",
+                          twin_id, self.backend)
+                continue
+            out[str(twin_id)] = data
+        return out
+
     def _verified(self, row: Sequence[Any]) -> StateHistoryEntry | None:
         """The entry if the row decodes and its checksum holds; otherwise report it and return None."""
         try:

@@ -24,7 +24,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -347,6 +347,27 @@ class PostgresStore(Store):
             twin_id, float(start), float(end), metric))
         arr = np.array([tuple(r) for r in rows], dtype=np.float64).reshape(-1, 2)
         return arr[:, 0].copy(), arr[:, 1].copy()
+
+    async def save_model_states(self, states: Mapping[str, bytes], *, at: float) -> int:
+        rows = [(tid, self.replica, float(at), blob, hashlib.sha256(blob).hexdigest())
+                for tid, blob in states.items()]
+
+        async def tx(pool: asyncpg.Pool) -> int:
+            async with pool.acquire() as conn, conn.transaction():
+                got = await conn.fetch(
+                    "INSERT INTO twin_model_state (twin_id, owner, saved_at, state, checksum) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::bytea[], $5::text[]) "
+                    "ON CONFLICT (twin_id) DO UPDATE SET saved_at = excluded.saved_at, state = excluded.state, "
+                    "checksum = excluded.checksum WHERE twin_model_state.owner = excluded.owner "
+                    "RETURNING twin_id", *_columns(rows, 5))
+                return len(got)
+
+        return await self._call("save_model_states", tx) if rows else 0
+
+    async def load_model_states(self) -> dict[str, bytes]:
+        rows = await self._call("load_model_states", lambda p: p.fetch(
+            "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = $1", self.replica))
+        return self._model_state_rows([tuple(r) for r in rows])
 
     async def apply_retention(self, policy: RetentionPolicy, *, now: float) -> RetentionReport:
         b = retention_bounds(policy, now)

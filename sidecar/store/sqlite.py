@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -267,6 +268,34 @@ class SQLiteStore(Store):
             "AND timestamp <= ? AND metric = ? ORDER BY timestamp", (twin_id, start, end, metric)).fetchall())
         arr = np.array(rows, dtype=np.float64).reshape(-1, 2)
         return arr[:, 0].copy(), arr[:, 1].copy()
+
+    async def save_model_states(self, states: Mapping[str, bytes], *, at: float) -> int:
+        rows = [(tid, self.replica, float(at), blob, hashlib.sha256(blob).hexdigest())
+                for tid, blob in states.items()]
+
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                written = 0
+                for row in rows:
+                    written += conn.execute(
+                        "INSERT INTO twin_model_state (twin_id, owner, saved_at, state, checksum) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (twin_id) DO UPDATE SET saved_at = excluded.saved_at, "
+                        "state = excluded.state, checksum = excluded.checksum "
+                        "WHERE twin_model_state.owner = excluded.owner", row).rowcount
+                conn.execute("COMMIT")
+                return written
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+        return await self._on(self._writer, "save_model_states", tx) if rows else 0
+
+    async def load_model_states(self) -> dict[str, bytes]:
+        rows = await self._on(self._reader, "load_model_states", lambda c: c.execute(
+            "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = ?", (self.replica,)).fetchall())
+        return self._model_state_rows(rows)
 
     async def apply_retention(self, policy: RetentionPolicy, *, now: float) -> RetentionReport:
         b = retention_bounds(policy, now)

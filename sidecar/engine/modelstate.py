@@ -1,0 +1,122 @@
+"""What the models learnt about one twin, in bytes that outlive the process.
+
+Replaying the last hour of samples after a restart brings back the short-memory models, but not
+the daily and weekly seasonal profiles or the detector's daily habits: without their saved
+state a nightly job alerts again for days after every redeploy. The banks keep one row per
+series; a twin's rows are cut out of the banks' ``state_dict`` and put back into whatever rows
+its series get in the next process (slots are not stable across restarts).
+
+The encoding is a compressed ``.npz`` (numpy's own container: no pickle, so a stored blob can not
+run code when it is read). A blob from other models or horizons is refused as a whole and the
+twin relearns from its samples: half a state would be worse than none.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+FORMAT = 1
+#: Keys of the forecast bank's state that describe the bank, not a series (checked, never sliced).
+FORECAST_CONFIG = ("size", "horizons_s", "level", "queue", "model_names")
+
+
+@dataclass(frozen=True, slots=True)
+class TwinModelState:
+    """One twin's rows of both banks, in the order of ``metrics``."""
+
+    twin_id: str
+    metrics: tuple[str, ...]
+    learnt_until: np.ndarray                    # (metrics,) time of the last sample the rows absorbed
+    forecast_config: dict[str, np.ndarray]
+    forecast: dict[str, np.ndarray]             # key -> (metrics, ...)
+    anomaly: dict[str, np.ndarray]              # key -> (metrics, ...)
+
+
+def take_rows(state: Mapping[str, np.ndarray], rows: np.ndarray,
+              skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The listed rows of every per-row array of a bank's state."""
+    return {k: np.asarray(v)[rows].copy() for k, v in state.items() if k not in skip}
+
+
+def check_rows(state: Mapping[str, np.ndarray], rows: np.ndarray, part: Mapping[str, np.ndarray],
+               skip: tuple[str, ...] = ()) -> None:
+    """Saved rows fit a bank's state: the same keys, each with the bank's row shape."""
+    keys = {k for k in state if k not in skip}
+    if set(part) != keys:
+        raise InputError(f"saved model rows have keys {sorted(set(part) ^ keys)} this bank does not match")
+    for k in keys:
+        src = np.asarray(part[k])
+        if src.shape != (rows.size, *state[k].shape[1:]):
+            raise InputError(f"saved model rows {k!r} have shape {src.shape}, this bank needs "
+                             f"{(rows.size, *state[k].shape[1:])}")
+
+
+def put_rows(state: dict[str, np.ndarray], rows: np.ndarray, part: Mapping[str, np.ndarray]) -> None:
+    """Write rows that passed `check_rows` into a bank's state, in place."""
+    for k, v in part.items():
+        state[k][rows] = v
+
+
+def same_forecast_config(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
+    """Whether saved forecast rows fit this bank (same horizons, level, queue and models)."""
+    try:
+        return (np.array_equal(np.asarray(saved["horizons_s"], np.float64),
+                               np.asarray(current["horizons_s"], np.float64))
+                and float(saved["level"]) == float(current["level"])
+                and int(saved["queue"]) == int(current["queue"])
+                and [str(s) for s in np.asarray(saved["model_names"]).tolist()]
+                == [str(s) for s in np.asarray(current["model_names"]).tolist()])
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def encode(state: TwinModelState) -> bytes:
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT, np.int64),
+        "twin_id": np.array(state.twin_id),
+        "metrics": np.array(state.metrics, dtype=str),
+        "learnt_until": np.asarray(state.learnt_until, np.float64),
+    }
+    arrays.update({"fc." + k: v for k, v in state.forecast_config.items()})
+    arrays.update({"f." + k: v for k, v in state.forecast.items()})
+    arrays.update({"a." + k: v for k, v in state.anomaly.items()})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def decode(blob: bytes) -> TwinModelState:
+    """Parse a blob from `encode`; anything else is an `InputError` naming what is wrong."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"model state is not a readable .npz: {e}") from e
+    try:
+        fmt = int(arrays["format"])
+        if fmt != FORMAT:
+            raise InputError(f"model state format {fmt}, this version reads {FORMAT}")
+        metrics = tuple(str(m) for m in np.asarray(arrays["metrics"]).reshape(-1).tolist())
+        learnt = np.asarray(arrays["learnt_until"], np.float64).reshape(-1)
+        twin_id = str(arrays["twin_id"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise InputError(f"model state lacks or garbles {e}") from e
+    if learnt.size != len(metrics):
+        raise InputError(f"model state has {len(metrics)} metrics but {learnt.size} times")
+
+    def part(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    state = TwinModelState(twin_id, metrics, learnt, part("fc."), part("f."), part("a."))
+    for name, rows in (("forecast", state.forecast), ("anomaly", state.anomaly)):
+        bad = [k for k, v in rows.items() if v.ndim == 0 or v.shape[0] != len(metrics)]
+        if bad:
+            raise InputError(f"model state {name} rows {bad} do not have one row per metric")
+    return state

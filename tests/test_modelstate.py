@@ -1,0 +1,140 @@
+"""Saved model rows bring a twin's learnt state back in a new engine, in other slots."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from sidecar.engine.core import Engine
+from sidecar.engine.modelstate import decode, encode
+from sidecar.engine.settings import EngineSettings
+from sidecar.errors import InputError
+
+STEP = 300.0
+DAY = 86400.0
+
+
+def _daily(t: np.ndarray, phase: float) -> np.ndarray:
+    """A nightly job: quiet all day, a 2-hour plateau at night."""
+    hour = (t % DAY) / 3600.0
+    return 20.0 + 60.0 * (((hour + phase) % 24) < 2) + np.sin(t / 977.0)
+
+
+def _fed(days: float, names: tuple[str, ...] = ("a", "b")) -> tuple[Engine, np.ndarray]:
+    e = Engine()
+    times = np.arange(STEP, days * DAY, STEP)
+    for i, n in enumerate(names):
+        e.create_twin(n, at=0.0, system_type="web_service")
+        slots = e.series_for(n, ["cpu_usage", "memory_usage"])
+        for t in times:
+            e.ingest(slots, np.array([_daily(np.array([t]), 3.0 * i)[0], 40.0 + i]), at=float(t), quiet=True)
+    return e, times
+
+
+def _fresh_like(src: Engine, order: tuple[str, ...]) -> Engine:
+    """A new process: the same twins, registered in another order (other slots)."""
+    e = Engine()
+    for n in order:
+        e.restore_twin(src.get(n).definition())
+    e.series_for(order[0], ["request_rate"])         # shift the slots further
+    return e
+
+
+def test_loaded_rows_forecast_exactly_like_the_engine_that_learnt_them() -> None:
+    old, times = _fed(3.0)
+    blobs = old.export_model_states()
+    assert set(blobs) == {old.get("a").twin_id, old.get("b").twin_id}
+    new = _fresh_like(old, ("b", "a"))
+    learnt = new.load_model_states(blobs)
+    tid = old.get("a").twin_id
+    assert learnt[(tid, "cpu_usage")] == times[-1]
+    t_next = float(times[-1] + STEP)
+    for e in (old, new):
+        for i, n in enumerate(("a", "b")):
+            slots = e.series_for(n, ["cpu_usage", "memory_usage"])
+            e.ingest(slots, np.array([_daily(np.array([t_next]), 3.0 * i)[0], 40.0 + i]), at=t_next, quiet=True)
+    for n in ("a", "b"):
+        so, sn = old.series_for(n, ["cpu_usage", "memory_usage"]), new.series_for(n, ["cpu_usage", "memory_usage"])
+        assert np.isfinite(old.fc_mean[so]).all()
+        np.testing.assert_allclose(old.fc_mean[so], new.fc_mean[sn])
+        np.testing.assert_allclose(old.fc_upper[so], new.fc_upper[sn])
+    np.testing.assert_allclose(old.anomaly_score[old.series_for("a", ["cpu_usage"])],
+                               new.anomaly_score[new.series_for("a", ["cpu_usage"])])
+
+
+def test_restored_rows_keep_what_an_hour_of_replay_forgets() -> None:
+    """Why the state is saved: three days taught the models a nightly job; the last hour alone does not."""
+    full, times = _fed(3.0, names=("a",))
+    hour = times[-12:]
+    tid = full.get("a").twin_id
+    saved = Engine()
+    saved.restore_twin(full.get("a").definition())
+    learnt = saved.load_model_states(full.export_model_states())
+    saved.restore_history({(tid, "cpu_usage"): (hour, _daily(hour, 0.0))}, learnt)
+    short = Engine()
+    short.restore_twin(full.get("a").definition(), samples={"cpu_usage": (hour, _daily(hour, 0.0))})
+
+    def forecast(e: Engine) -> np.ndarray:
+        return e.fc_mean[e.series_for("a", ["cpu_usage"])[0]]
+
+    t_next = float(times[-1] + STEP)
+    for e in (full, saved, short):
+        e.ingest(e.series_for("a", ["cpu_usage"]), _daily(np.array([t_next]), 0.0), at=t_next, quiet=True)
+    np.testing.assert_allclose(forecast(saved), forecast(full))
+    assert not np.allclose(forecast(short), forecast(full))
+    # the hour is back in the history (what the API and the capacity fit read), once
+    t_hist, _ = saved.history("a")["cpu_usage"]
+    np.testing.assert_array_equal(t_hist, np.r_[hour, t_next])
+
+
+def test_samples_already_learnt_are_not_learnt_twice() -> None:
+    old, times = _fed(1.0, names=("a",))
+    blobs = old.export_model_states()
+    new = _fresh_like(old, ("a",))
+    learnt = new.load_model_states(blobs)
+    hour = times[-12:]
+    rep = new.restore_history({("a", "cpu_usage"): (hour, _daily(hour, 0.0))}, learnt)
+    assert rep.accepted == 0                                  # every stored sample was older than the state
+    # a late replay of the same samples (the Prometheus backfill) is refused as stale
+    slot = new.series_for("a", ["cpu_usage"])
+    again = new.ingest(slot, _daily(hour[-1:], 0.0), at=float(hour[-1]), quiet=True)
+    assert again.dropped_stale == 1
+    np.testing.assert_array_equal(new.predictor.bank.state_dict()["core.n"][slot],
+                                  old.predictor.bank.state_dict()["core.n"][old.series_for("a", ["cpu_usage"])])
+
+
+def test_a_garbled_blob_is_skipped_and_the_others_load(caplog: pytest.LogCaptureFixture) -> None:
+    old, _ = _fed(0.5)
+    blobs = old.export_model_states()
+    ta, tb = old.get("a").twin_id, old.get("b").twin_id
+    blobs[ta] = b"not an npz at all"
+    new = _fresh_like(old, ("a", "b"))
+    with caplog.at_level(logging.ERROR):
+        learnt = new.load_model_states(blobs)
+    assert {k[0] for k in learnt} == {tb}
+    assert any("unreadable" in r.message and getattr(r, "twin_id", "") == ta for r in caplog.records)
+
+
+def test_state_from_other_horizons_is_refused_whole(caplog: pytest.LogCaptureFixture) -> None:
+    old, _ = _fed(0.5, names=("a",))
+    new = Engine(EngineSettings(horizons_s=(300.0, 900.0)))
+    new.restore_twin(old.get("a").definition())
+    with caplog.at_level(logging.WARNING):
+        assert new.load_model_states(old.export_model_states()) == {}
+    assert any("does not fit" in r.message for r in caplog.records)
+    assert int(new.predictor.bank.state_dict()["core.n"].max(initial=0)) == 0
+
+
+def test_decode_names_what_is_wrong() -> None:
+    old, _ = _fed(0.2, names=("a",))
+    blob = next(iter(old.export_model_states().values()))
+    st = decode(blob)
+    assert st.metrics == ("cpu_usage", "memory_usage")
+    with pytest.raises(InputError, match="npz"):
+        decode(blob[: len(blob) // 2])
+    broken = encode(type(st)(st.twin_id, st.metrics, st.learnt_until[:1], st.forecast_config, st.forecast,
+                             st.anomaly))
+    with pytest.raises(InputError, match="2 metrics but 1 times"):
+        decode(broken)
