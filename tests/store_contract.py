@@ -215,8 +215,10 @@ class StoreContract:
 
     async def test_retired_twins_are_not_loaded_but_keep_history(self, store: Store) -> None:
         await store.write(Outbox(twins=[twin("a"), twin("b")], snapshots=[snap("twin_b", "sb", T0)]))
+        await store.save_model_states({"twin_a": b"a", "twin_b": b"b"}, at=T0)
         await store.write(Outbox(retired=["twin_b"]))
         assert [t.twin_id for t in await store.load_twins()] == ["twin_a"]
+        assert await store.load_model_states() == {"twin_a": b"a"}     # its learnt models go with it
         assert {t.twin_id for t in await store.load_twins(include_retired=True)} == {"twin_a", "twin_b"}
         assert await store.get_snapshot("twin_b", "sb") is not None
         await store.write(Outbox(twins=[twin("b")]))           # a target that comes back is live again

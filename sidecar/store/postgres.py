@@ -234,6 +234,9 @@ class PostgresStore(Store):
         if batch.retired:
             await conn.execute("UPDATE twin_definitions SET retired_at = $1 WHERE twin_id = ANY($2::text[]) "
                                "AND owner = $3", time.time(), batch.retired, self.replica)
+            # a retired twin's learnt models are of no further use (a target that returns relearns)
+            await conn.execute("DELETE FROM twin_model_state WHERE twin_id = ANY($1::text[]) AND owner = $2",
+                               batch.retired, self.replica)
         if batch.snapshots:
             rows = [snapshot_row(s, self.replica, encode_jsonb) for s in batch.snapshots]
             await conn.execute(

@@ -202,6 +202,9 @@ class SQLiteStore(Store):
                 now = time.time()
                 conn.executemany("UPDATE twin_definitions SET retired_at = ? WHERE twin_id = ? AND owner = ?",
                                  [(now, t, self.replica) for t in batch.retired])
+                # a retired twin's learnt models are of no further use (a target that returns relearns)
+                conn.executemany("DELETE FROM twin_model_state WHERE twin_id = ? AND owner = ?",
+                                 [(t, self.replica) for t in batch.retired])
             conn.executemany(
                 "INSERT INTO twin_state_history (snapshot_id, twin_id, timestamp, state_snapshot, metrics, "
                 "health_score, change_reason, can_rollback_to, checksum, owner) "
