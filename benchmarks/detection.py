@@ -19,7 +19,7 @@ on the other half, next to the default's score there. (This part replays the fil
 without the forecaster, which the default bank does not use.)
 
 ``--forecast-feature`` replays the engine once more with ``AnomalyBank(use_forecast=True)`` (the forecaster's
-one-step error as a fifth feature) and scores it the same way, next to the default.
+one-step error as an extra feature) and scores it the same way, next to the default.
 """
 
 from __future__ import annotations
@@ -108,9 +108,10 @@ def nab_score(scorer: Path, data_dir: Path, windows: Path, results: Path) -> dic
 
 
 # each main parameter of AnomalyBank, halved and doubled, around its default
-DEFAULTS: dict[str, float] = {"baseline_samples": 288.0, "short_samples": 12.0, "memory_samples": 2000.0,
-                              "prior_weight": 20.0, "scale_floor": 0.05, "quiet_samples": 400,
-                              "extreme_samples": 20000.0, "daily_days": 7.0, "daily_scales": 3.0}
+DEFAULTS: dict[str, float] = {"baseline_samples": 288.0, "short_samples": 12.0, "long_samples": 96.0,
+                              "memory_samples": 2000.0, "prior_weight": 20.0, "scale_floor": 0.05,
+                              "quiet_samples": 400, "extreme_samples": 20000.0, "daily_days": 7.0,
+                              "daily_scales": 3.0}
 
 
 def variants() -> list[dict[str, float]]:
@@ -236,7 +237,7 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
                      f"{sp['cpu_s_per_tick'] * 1e3:.1f} ms CPU per tick, {sp['cpu_us_per_series']:.2f} µs per series")
     if "forecast_feature" in facts:
         fc = facts["forecast_feature"]
-        lines.append(f"- with the forecaster's one-step error as a fifth feature (`AnomalyBank(use_forecast=True)`, "
+        lines.append(f"- with the forecaster's one-step error as an extra feature (`AnomalyBank(use_forecast=True)`, "
                      f"`--forecast-feature`): {fc['all']:.2f} (even {fc['even']:.2f}, odd {fc['odd']:.2f})")
     other = {k: v for k, v in report["profiles"].items() if k != "standard"}
     for name, r in other.items():

@@ -72,6 +72,30 @@ def test_variance_increase_detected() -> None:
     assert scores[1000:1030].max() >= 0.99
 
 
+def test_long_level_keeps_a_small_lasting_shift_in_view() -> None:
+    # half a standard deviation, for good: too small for the 12-sample mean to stand out, but the
+    # 96-sample mean sees it clearly (a slow baseline keeps the shift from being absorbed meanwhile)
+    values = _noise(2700, 20, seed=12)
+    values[2500:] += 1.0
+    scores = {}
+    for long_samples in (96.0, 12.0):  # 12: no longer than the short level, i.e. no long view at all
+        bank = AnomalyBank(baseline_samples=1000.0, long_samples=long_samples, quiet_samples=1)
+        scores[long_samples] = _stream(bank, bank.add(20), values)
+    assert np.quantile(scores[96.0][1000:2500], 0.99) < 0.99
+    assert scores[96.0][2550:].mean() > 0.75
+    assert scores[12.0][2550:].mean() < 0.65
+
+
+def test_histograms_are_rescaled_and_stay_consistent() -> None:
+    # with a memory of 2 samples the lazy-decay weights double every sample and are rescaled often
+    bank = AnomalyBank(memory_samples=2.0)
+    idx = bank.add(2)
+    scores = _stream(bank, idx, _noise(1500, 2, seed=13))
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0.0) & (scores <= 1.0))
+    tail = bank.state_dict()["tail"]
+    assert np.all(np.isfinite(tail)) and np.all(tail[..., :-1] >= tail[..., 1:])
+
+
 def test_spiky_series_learns_its_spikes_and_flags_a_new_extreme() -> None:
     bank = AnomalyBank()
     idx = bank.add(1)

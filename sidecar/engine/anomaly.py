@@ -3,7 +3,7 @@
 The score of a sample is ``1 - p``, where ``p`` estimates how often this series has
 behaved at least this unusually: 0.999 reads "about one sample in a thousand of this
 series looks like this". All work is O(1) per sample (plus a fixed 25-bin histogram per
-feature) and vectorised across series; memory is fixed, about 1.1 kB per series.
+feature) and vectorised across series; memory is fixed, about 1.3 kB per series.
 
 1. **Robust baseline.** A Huber-clipped exponentially weighted mean and mean absolute
    deviation over about ``baseline_samples`` samples (one outlier moves it by at most
@@ -12,11 +12,13 @@ feature) and vectorised across series; memory is fixed, about 1.1 kB per series.
    would otherwise call every tiny wobble infinitely surprising.
 2. **Features**, each a non-negative surprise measured in baseline scales: the value
    itself (spikes, dips), the mean of the last ``short_samples`` samples (a shift in
-   level), the log-ratio of their spread to the baseline's (a change in variance), and
-   how far the value goes beyond the most extreme values seen (a new high or low; the
+   level), the log-ratio of their spread to the baseline's (a change in variance), how
+   far the value goes beyond the most extreme values seen (a new high or low; the
    extremes relax toward the baseline over about ``extreme_samples`` samples, so this
-   remembers weeks, not hours). With ``use_forecast`` the engine's one-step forecast
-   error is a fifth feature.
+   remembers weeks, not hours), and the mean of the last ``long_samples`` samples (a
+   change too small to stand out in the short mean that lasts for hours, such as a
+   quiet morning after a holiday). With ``use_forecast`` the engine's one-step forecast
+   error is a sixth feature.
 3. **Calibration per series.** Each feature's own history is kept in a decayed histogram
    (memory about ``memory_samples``), so ``p`` is an empirical tail probability: a noisy
    or spiky series learns that big surprises are normal *for it*. Beyond what the series
@@ -60,27 +62,30 @@ _NB = EDGES.size
 _WIDTH = np.append(np.diff(EDGES), np.inf)
 _LIN_STEP = float(EDGES[1] - EDGES[0])
 _LOG_RATIO = float(np.log(EDGES[-1] / EDGES[_N_LIN]) / (_NB - 1 - _N_LIN))
-_FEATURES = ("value", "level", "spread", "forecast")
+_FEATURES = ("value", "level", "spread", "extreme", "long level", "forecast")
 _RENORM = 1e150  # lazy-decay growth factor at which a series' histograms are rescaled
 _MAX_SURPRISE = 1e5
 _P_FLOOR = 1e-12
 _MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
 
-_SCALARS = ("loc", "dev", "absm", "ms", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "day")
+_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "day")
 _DAY_S = 86400.0
+_BINS = np.arange(_NB + 1)
 
 
 class AnomalyBank:
     """Anomaly state for a growing set of series, updated one sample per series per call.
 
     Parameters (defaults chosen on NAB's realAWSCloudwatch + realKnownCause series; halving or
-    doubling any one of them moves the NAB score by at most about six points, see
+    doubling any one of them moves the NAB score by at most about ten points (the baseline's
+    memory matters most; most move it by less than three), see
     ``benchmarks/results/detection.md``): memories are counted in samples, so at a 15 s
     scrape ``baseline_samples=288`` is 72 minutes and at NAB's 5 minutes a day.
 
     - ``baseline_samples``: memory of the robust baseline (level and scale).
     - ``short_samples``: the recent window compared with it (level, spread), and the time an
       alert's own evidence takes to settle.
+    - ``long_samples``: the longer recent window of the slow level-shift feature.
     - ``memory_samples``: how far back "how often is this series this surprising" looks.
     - ``prior_weight``, ``prior_tail_power``: weight (in samples) and power of the heavy tail
       assumed beyond what the series has shown.
@@ -95,7 +100,7 @@ class AnomalyBank:
       deviations (``daily_bins=0`` turns it off): bins per day, the days a new habit takes
       to be learnt, and how many scales a deviation that recurs daily is worth.
 
-    Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
+    Scores are conservative: on the NAB series 0.11% of samples score 0.99 or more and
     0.03% score 0.999 or more.
 
     >>> bank = AnomalyBank()
@@ -107,10 +112,11 @@ class AnomalyBank:
     """
 
     def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0, short_samples: float = 12.0,
-                 memory_samples: float = 2000.0, prior_weight: float = 20.0, prior_tail_power: float = 2.0,
-                 scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
-                 quiet_samples: int = 400, extreme_samples: float = 20000.0, use_forecast: bool = False,
-                 daily_bins: int = 24, daily_days: float = 7.0, daily_scales: float = 3.0) -> None:
+                 long_samples: float = 96.0, memory_samples: float = 2000.0, prior_weight: float = 20.0,
+                 prior_tail_power: float = 2.0, scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12,
+                 alert_level: float = 0.99, quiet_samples: int = 400, extreme_samples: float = 20000.0,
+                 use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
+                 daily_scales: float = 3.0) -> None:
         self._cap = max(int(capacity), 1)
         self._n = 0
         self._a_base = 1.0 / baseline_samples
@@ -125,17 +131,19 @@ class AnomalyBank:
         self._quiet = quiet_samples
         self._refractory = short_samples
         self._a_env = 1.0 / extreme_samples
-        self._nf = 5 if use_forecast else 4
+        self._a_long = 1.0 / long_samples
+        self._nf = 6 if use_forecast else 5
         self._nbins = max(int(daily_bins), 0)
         self._a_day = 1.0 / daily_days
         self._day_scales = daily_scales
         # the level feature's mean of ``short_samples`` has a spread sqrt((2 - a) / a) times smaller
         self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
+        self._long_gain = float(np.sqrt(2.0 / self._a_long - 1.0) / 2.0)
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
         self._i: dict[str, I64] = {"count": np.zeros(self._cap, dtype=np.int64)}
-        # each feature's decayed histogram, every entry times the series' lazy-decay factor "grow"
-        self._hist = np.zeros((self._cap, self._nf, _NB))
-        self._tot = np.zeros((self._cap, self._nf))
+        # each feature's decayed histogram, kept as tail sums: [..., j] is the mass in bins >= j (j = NB:
+        # none), so a lookup is two reads; every entry is times the series' lazy-decay factor "grow"
+        self._tail = np.zeros((self._cap, self._nf, _NB + 1))
         # per time-of-day bin: today's largest deviation, and the one reached on every recent day
         # (-1: none yet); float32 is precise enough for an excuse and keeps a series near 1 kB
         self._today = np.full((self._cap, self._nbins), -1.0, dtype=np.float32)
@@ -154,13 +162,11 @@ class AnomalyBank:
             cap = max(need, 2 * self._cap)
             self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
             self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
-            hist = np.zeros((cap, self._nf, _NB))
-            hist[: self._n] = self._hist[: self._n]
-            tot = np.zeros((cap, self._nf))
-            tot[: self._n] = self._tot[: self._n]
+            tail = np.zeros((cap, self._nf, _NB + 1))
+            tail[: self._n] = self._tail[: self._n]
             self._today = _grown_rows(self._today, self._n, cap)
             self._daily = _grown_rows(self._daily, self._n, cap)
-            self._hist, self._tot, self._cap = hist, tot, cap
+            self._tail, self._cap = tail, cap
         idx = np.arange(self._n, need, dtype=np.int64)
         self._n = need
         self.reset(idx)
@@ -173,8 +179,7 @@ class AnomalyBank:
             v[idx] = 0.0
         self._f["grow"][idx] = 1.0
         self._i["count"][idx] = 0
-        self._hist[idx] = 0.0
-        self._tot[idx] = 0.0
+        self._tail[idx] = 0.0
         self._today[idx] = -1.0
         self._daily[idx] = -1.0
 
@@ -203,6 +208,7 @@ class AnomalyBank:
         first = cnt == 0
         loc = np.where(first, x, f["loc"][idx])
         ms = np.where(first, x, f["ms"][idx])
+        ml = np.where(first, x, f["ml"][idx])
         absm = np.where(first, np.abs(x), f["absm"][idx])
         dev, vs = f["dev"][idx], f["vs"][idx]
 
@@ -211,6 +217,7 @@ class AnomalyBank:
         err = x - loc
         ms_new = ms + self._a_short * (x - ms)
         vs_new = vs + self._a_short * (np.abs(x - ms) - vs)
+        ml_new = ml + self._a_long * (x - ml)
 
         feats = np.empty((idx.size, self._nf))
         ae = np.abs(err)
@@ -220,17 +227,18 @@ class AnomalyBank:
         hi = np.where(first, x, f["env_hi"][idx])
         lo = np.where(first, x, f["env_lo"][idx])
         feats[:, 3] = np.maximum(np.maximum(x - hi, lo - x), 0.0) / sig
-        if self._nf == 5:
+        feats[:, 4] = np.abs(ml_new - loc) / sig * self._long_gain
+        if self._nf == 6:
             e = np.asarray(expected, dtype=np.float64)
             s = np.asarray(scale, dtype=np.float64)
             ok = np.isfinite(e) & np.isfinite(s)
             fc = np.abs(x - np.where(ok, e, x)) / np.maximum(np.where(ok, s, 1.0), floor)
-            feats[:, 4] = np.where(ok, fc, 0.0)
+            feats[:, 5] = np.where(ok, fc, 0.0)
         np.minimum(feats, EDGES[-1], out=feats)
 
         # tail probability of each feature under its own (decayed) history, with a power-law prior
         rows = _rows(idx)
-        hist, tot, grow = self._hist[rows], self._tot[idx], f["grow"][idx]
+        tail, grow = self._tail[rows], f["grow"][idx]
         b_learn = _bin(feats)
         tt = np.asarray(t, dtype=np.float64)
         timed = np.isfinite(tt)
@@ -243,30 +251,34 @@ class AnomalyBank:
         else:
             b = b_learn
         frac = np.clip((feats - EDGES[b]) / _WIDTH[b], 0.0, 1.0)
-        tail = np.cumsum(hist[..., ::-1], axis=2).reshape(-1)  # tail[.., j] = mass in bins >= NB-1-j
-        slot = np.arange(b.size).reshape(b.shape) * _NB
-        mass = (tail[slot + (_NB - 1) - b] - frac * hist.reshape(-1)[slot + b]) / grow[:, None]
+        flat = tail.reshape(-1)
+        cell = np.arange(b.size).reshape(b.shape) * (_NB + 1) + b
+        above, beyond = flat[cell], flat[cell + 1]  # mass in bins >= b, and >= b + 1
+        mass = (above - frac * (above - beyond)) / grow[:, None]
         v1 = 1.0 + feats
         prior = self._prior / (v1 * v1) if self._beta == 2.0 else self._prior * v1 ** -self._beta
-        p = np.maximum((mass + prior) / (tot / grow[:, None] + self._prior), _P_FLOOR)
+        p = np.maximum((mass + prior) / (tail[..., 0] / grow[:, None] + self._prior), _P_FLOOR)
         p_min = np.minimum(p.min(axis=1) * self._nf, 1.0)
 
-        # then add this sample to the histograms: decay is lazy, every new sample weighs 1/keep
-        # times the one before, and a series is rescaled when the weights grow too large
+        # then add this sample to the histograms (to the tail sums of its bin and all below): decay is
+        # lazy, every new sample weighs 1/keep times the one before, and a series is rescaled when the
+        # weights grow too large
         warm = cnt >= self._warmup
         if warm.any():
             w = np.flatnonzero(warm)
             g = grow[w] / self._keep
             grow[w] = g
-            cell = (idx[w, None] * self._nf + np.arange(self._nf)) * _NB + b_learn[w]
-            self._hist.reshape(-1)[cell] += g[:, None]  # one cell per (series, feature): no collisions
-            tot[w] += g[:, None]
+            below = b_learn[w][..., None] >= _BINS
+            if w.size == idx.size and isinstance(rows, slice):  # the common full tick: in place
+                np.add(tail, g[:, None, None], out=tail, where=below)
+            else:
+                sub = self._tail[idx[w]]
+                np.add(sub, g[:, None, None], out=sub, where=below)
+                self._tail[idx[w]] = sub
             big = np.flatnonzero(grow > _RENORM)
             if big.size:
-                self._hist[idx[big]] /= grow[big, None, None]
-                tot[big] /= grow[big, None]
+                self._tail[idx[big]] /= grow[big, None, None]
                 grow[big] = 1.0
-            self._tot[idx] = tot
             f["grow"][idx] = grow
 
         # learn the baseline from the clipped error (unclipped for the first two samples)
@@ -279,6 +291,7 @@ class AnomalyBank:
         f["env_hi"][idx] = np.maximum(x, loc + (hi - loc) * (1.0 - self._a_env))
         f["env_lo"][idx] = np.minimum(x, loc + (lo - loc) * (1.0 - self._a_env))
         f["ms"][idx] = ms_new
+        f["ml"][idx] = ml_new
         f["vs"][idx] = vs_new
         self._i["count"][idx] = cnt + 1
         if cells is not None:  # today's largest deviation, spread a bin either side
@@ -326,17 +339,16 @@ class AnomalyBank:
         n = self._n
         out: dict[str, np.ndarray] = {k: v[:n].copy() for k, v in self._f.items()}
         out["count"] = self._i["count"][:n].copy()
-        out["hist"] = self._hist[:n].copy()
-        out["tot"] = self._tot[:n].copy()
+        out["tail"] = self._tail[:n].copy()
         out["today"] = self._today[:n].copy()
         out["daily"] = self._daily[:n].copy()
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n = len(state["count"])
-        hist = np.asarray(state["hist"], dtype=np.float64)
-        if hist.shape != (n, self._nf, _NB):
-            raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB)}")
+        tail = np.asarray(state["tail"], dtype=np.float64)
+        if tail.shape != (n, self._nf, _NB + 1):
+            raise ValueError(f"histogram state has shape {tail.shape}, this bank needs {(n, self._nf, _NB + 1)}")
         today = np.asarray(state["today"], dtype=np.float32)
         if today.shape != (n, self._nbins):
             raise ValueError(f"daily state has shape {today.shape}, this bank needs {(n, self._nbins)}")
@@ -344,10 +356,8 @@ class AnomalyBank:
         self._n = n
         self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
-        self._hist = np.zeros((self._cap, self._nf, _NB))
-        self._hist[:n] = hist
-        self._tot = np.zeros((self._cap, self._nf))
-        self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
+        self._tail = np.zeros((self._cap, self._nf, _NB + 1))
+        self._tail[:n] = tail
         self._today = _grown_rows(today, n, self._cap)
         self._daily = _grown_rows(np.asarray(state["daily"], dtype=np.float32), n, self._cap)
 
