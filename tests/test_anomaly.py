@@ -92,8 +92,9 @@ def test_histograms_are_rescaled_and_stay_consistent() -> None:
     idx = bank.add(2)
     scores = _stream(bank, idx, _noise(1500, 2, seed=13))
     assert np.all(np.isfinite(scores)) and np.all((scores >= 0.0) & (scores <= 1.0))
-    tail = bank.state_dict()["tail"]
-    assert np.all(np.isfinite(tail)) and np.all(tail[..., :-1] >= tail[..., 1:])
+    state = bank.state_dict()
+    assert np.all(np.isfinite(state["hist"])) and np.all(state["hist"] >= 0.0)
+    np.testing.assert_allclose(state["hist"].sum(axis=2), state["tot"], rtol=1e-9)
 
 
 def test_spiky_series_learns_its_spikes_and_flags_a_new_extreme() -> None:
@@ -215,6 +216,22 @@ def test_noncontiguous_and_contiguous_updates_agree() -> None:
         sa = a.update(ia, t, values[i], nan, nan, nan, nan)
         sb = b.update(ib[order], t, values[i][order], nan, nan, nan, nan)
         np.testing.assert_allclose(sb, sa[order], rtol=0, atol=1e-12)
+
+
+def test_a_large_update_in_blocks_equals_one_series_group_at_a_time() -> None:
+    # 5000 series: more than one block of the update; the 100 are few enough to be summed the other way
+    n = 5000
+    values = 50.0 + np.random.default_rng(14).normal(0.0, 2.0, size=(40, n))
+    values[30, ::7] += 30.0
+    a, b = AnomalyBank(), AnomalyBank()
+    ia, ib = a.add(n), b.add(n)
+    nan = np.full(n, np.nan)
+    for i in range(40):
+        t = np.full(n, 1.7e9 + 60.0 * i)
+        sa = a.update(ia, t, values[i], nan, nan, nan, nan)
+        sb = np.concatenate([b.update(ib[part], t[part], values[i][part], nan[part], nan[part], nan[part], nan[part])
+                             for part in (slice(0, 100), slice(100, n))])
+        np.testing.assert_array_equal(sa, sb)
 
 
 def test_flatline_of_a_noisy_series_is_flagged() -> None:

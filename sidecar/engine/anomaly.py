@@ -70,7 +70,10 @@ _MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal
 
 _SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "day")
 _DAY_S = 86400.0
-_BINS = np.arange(_NB + 1)
+# series per block of an update: the temporaries of a block stay in cache and are reused by the allocator
+# instead of being mapped afresh every tick
+_CHUNK = 4096
+_FEW = 1024  # histograms below which one cumulative sum is cheaper than a pass per bin
 
 
 class AnomalyBank:
@@ -141,9 +144,9 @@ class AnomalyBank:
         self._long_gain = float(np.sqrt(2.0 / self._a_long - 1.0) / 2.0)
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
         self._i: dict[str, I64] = {"count": np.zeros(self._cap, dtype=np.int64)}
-        # each feature's decayed histogram, kept as tail sums: [..., j] is the mass in bins >= j (j = NB:
-        # none), so a lookup is two reads; every entry is times the series' lazy-decay factor "grow"
-        self._tail = np.zeros((self._cap, self._nf, _NB + 1))
+        # each feature's decayed histogram, every entry times the series' lazy-decay factor "grow"
+        self._hist = np.zeros((self._cap, self._nf, _NB))
+        self._tot = np.zeros((self._cap, self._nf))
         # per time-of-day bin: today's largest deviation, and the one reached on every recent day
         # (-1: none yet); float32 is precise enough for an excuse and keeps a series near 1 kB
         self._today = np.full((self._cap, self._nbins), -1.0, dtype=np.float32)
@@ -162,11 +165,13 @@ class AnomalyBank:
             cap = max(need, 2 * self._cap)
             self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
             self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
-            tail = np.zeros((cap, self._nf, _NB + 1))
-            tail[: self._n] = self._tail[: self._n]
+            hist = np.zeros((cap, self._nf, _NB))
+            hist[: self._n] = self._hist[: self._n]
+            tot = np.zeros((cap, self._nf))
+            tot[: self._n] = self._tot[: self._n]
             self._today = _grown_rows(self._today, self._n, cap)
             self._daily = _grown_rows(self._daily, self._n, cap)
-            self._tail, self._cap = tail, cap
+            self._hist, self._tot, self._cap = hist, tot, cap
         idx = np.arange(self._n, need, dtype=np.int64)
         self._n = need
         self.reset(idx)
@@ -179,7 +184,8 @@ class AnomalyBank:
             v[idx] = 0.0
         self._f["grow"][idx] = 1.0
         self._i["count"][idx] = 0
-        self._tail[idx] = 0.0
+        self._hist[idx] = 0.0
+        self._tot[idx] = 0.0
         self._today[idx] = -1.0
         self._daily[idx] = -1.0
 
@@ -194,6 +200,13 @@ class AnomalyBank:
         """
         idx = np.asarray(idx, dtype=np.int64)
         x = np.asarray(y, dtype=np.float64)
+        if idx.size > _CHUNK:  # series never interact: a cache-sized block at a time is the same, and faster
+            out = np.empty(idx.size)
+            for a in range(0, idx.size, _CHUNK):
+                c = slice(a, a + _CHUNK)
+                out[c] = self.update(idx[c], np.asarray(t)[c], x[c], np.asarray(expected)[c],
+                                     np.asarray(lower)[c], np.asarray(upper)[c], np.asarray(scale)[c])
+            return out
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
             raise IndexError(f"series index out of range 0..{self._n - 1}")
         finite = np.isfinite(x)
@@ -238,7 +251,7 @@ class AnomalyBank:
 
         # tail probability of each feature under its own (decayed) history, with a power-law prior
         rows = _rows(idx)
-        tail, grow = self._tail[rows], f["grow"][idx]
+        hist, tot, grow = self._hist[rows], self._tot[idx], f["grow"][idx]
         b_learn = _bin(feats)
         tt = np.asarray(t, dtype=np.float64)
         timed = np.isfinite(tt)
@@ -251,34 +264,31 @@ class AnomalyBank:
         else:
             b = b_learn
         frac = np.clip((feats - EDGES[b]) / _WIDTH[b], 0.0, 1.0)
-        flat = tail.reshape(-1)
-        cell = np.arange(b.size).reshape(b.shape) * (_NB + 1) + b
-        above, beyond = flat[cell], flat[cell + 1]  # mass in bins >= b, and >= b + 1
-        mass = (above - frac * (above - beyond)) / grow[:, None]
+        flat = hist.reshape(-1)
+        start = np.arange(b.size).reshape(b.shape) * _NB  # bin 0 of each (sample, feature)
+        below = _mass_below(flat, start.reshape(-1), b.reshape(-1)).reshape(b.shape)
+        mass = (tot - below - frac * flat[start + b]) / grow[:, None]
         v1 = 1.0 + feats
         prior = self._prior / (v1 * v1) if self._beta == 2.0 else self._prior * v1 ** -self._beta
-        p = np.maximum((mass + prior) / (tail[..., 0] / grow[:, None] + self._prior), _P_FLOOR)
+        p = np.maximum((mass + prior) / (tot / grow[:, None] + self._prior), _P_FLOOR)
         p_min = np.minimum(p.min(axis=1) * self._nf, 1.0)
 
-        # then add this sample to the histograms (to the tail sums of its bin and all below): decay is
-        # lazy, every new sample weighs 1/keep times the one before, and a series is rescaled when the
-        # weights grow too large
+        # then add this sample to the histograms: decay is lazy, every new sample weighs 1/keep
+        # times the one before, and a series is rescaled when the weights grow too large
         warm = cnt >= self._warmup
         if warm.any():
             w = np.flatnonzero(warm)
             g = grow[w] / self._keep
             grow[w] = g
-            below = b_learn[w][..., None] >= _BINS
-            if w.size == idx.size and isinstance(rows, slice):  # the common full tick: in place
-                np.add(tail, g[:, None, None], out=tail, where=below)
-            else:
-                sub = self._tail[idx[w]]
-                np.add(sub, g[:, None, None], out=sub, where=below)
-                self._tail[idx[w]] = sub
+            cell = (idx[w, None] * self._nf + np.arange(self._nf)) * _NB + b_learn[w]
+            self._hist.reshape(-1)[cell] += g[:, None]  # one cell per (series, feature): no collisions
+            tot[w] += g[:, None]
             big = np.flatnonzero(grow > _RENORM)
             if big.size:
-                self._tail[idx[big]] /= grow[big, None, None]
+                self._hist[idx[big]] /= grow[big, None, None]
+                tot[big] /= grow[big, None]
                 grow[big] = 1.0
+            self._tot[idx] = tot
             f["grow"][idx] = grow
 
         # learn the baseline from the clipped error (unclipped for the first two samples)
@@ -339,16 +349,17 @@ class AnomalyBank:
         n = self._n
         out: dict[str, np.ndarray] = {k: v[:n].copy() for k, v in self._f.items()}
         out["count"] = self._i["count"][:n].copy()
-        out["tail"] = self._tail[:n].copy()
+        out["hist"] = self._hist[:n].copy()
+        out["tot"] = self._tot[:n].copy()
         out["today"] = self._today[:n].copy()
         out["daily"] = self._daily[:n].copy()
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n = len(state["count"])
-        tail = np.asarray(state["tail"], dtype=np.float64)
-        if tail.shape != (n, self._nf, _NB + 1):
-            raise ValueError(f"histogram state has shape {tail.shape}, this bank needs {(n, self._nf, _NB + 1)}")
+        hist = np.asarray(state["hist"], dtype=np.float64)
+        if hist.shape != (n, self._nf, _NB):
+            raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB)}")
         today = np.asarray(state["today"], dtype=np.float32)
         if today.shape != (n, self._nbins):
             raise ValueError(f"daily state has shape {today.shape}, this bank needs {(n, self._nbins)}")
@@ -356,8 +367,10 @@ class AnomalyBank:
         self._n = n
         self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
-        self._tail = np.zeros((self._cap, self._nf, _NB + 1))
-        self._tail[:n] = tail
+        self._hist = np.zeros((self._cap, self._nf, _NB))
+        self._hist[:n] = hist
+        self._tot = np.zeros((self._cap, self._nf))
+        self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
         self._today = _grown_rows(today, n, self._cap)
         self._daily = _grown_rows(np.asarray(state["daily"], dtype=np.float32), n, self._cap)
 
@@ -368,6 +381,23 @@ def _bin(v: F64) -> I64:
     log = _N_LIN + np.log(np.maximum(v, EDGES[_N_LIN]) / EDGES[_N_LIN]) / _LOG_RATIO
     b = np.where(v < EDGES[_N_LIN], lin, log).astype(np.int64)
     return np.clip(b, 0, _NB - 1)
+
+
+def _mass_below(flat: F64, start: I64, b: I64) -> F64:
+    """Mass of each histogram (bins ``flat[start:start + NB]``) in the bins below ``b``: one pass per bin,
+    each over only the histograms whose ``b`` is still above it, so the usual small surprises cost little.
+    A few histograms are summed whole at once instead (the same sums, in the same order, fewer calls)."""
+    if b.size <= _FEW:
+        cum = np.cumsum(flat[start[:, None] + np.arange(_NB)], axis=1)
+        return np.where(b > 0, cum[np.arange(b.size), np.maximum(b - 1, 0)], 0.0)
+    acc = np.zeros(b.size)
+    live = np.flatnonzero(b > 0)
+    j = 0
+    while live.size:
+        acc[live] += flat[start[live] + j]
+        j += 1
+        live = live[b[live] > j]
+    return acc
 
 
 def _rows(idx: I64) -> slice | I64:
