@@ -255,6 +255,9 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
             sim = predict(history, args.workers, fit_end, args.seed + run)
             result["predict_cpu_s"] = time.process_time() - t_pred
             result["samples"] = {k: len(v[0]) for k, v in history.items()}
+            # what the model saw, so a later model can be replayed against the same data offline
+            result["history"] = {k: [np.asarray(v[0]).tolist(), np.asarray(v[1]).tolist()]
+                                 for k, v in history.items()}
             result["prediction"] = {k: sim[k] for k in ("breaking_point", "model_fit", "failure_probability")}
             result["recommendations"] = sim["recommendations"]
             bp = sim["breaking_point"]
@@ -325,7 +328,7 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
             i = steps.index(broke)
             last_ok = steps[i - 1]["rate"] if i > 0 else None
             result["measured"] = {"rate": broke["rate"], "last_ok_rate": last_ok, "bottleneck": broke["breached"],
-                                  "crossing": crossing(steps[i - 1] if i > 0 else None, broke)}
+                                  "crossing": crossing(steps, i)}
         else:
             result["measured"] = None
     finally:
@@ -339,14 +342,27 @@ async def run_once(args: argparse.Namespace, run: int) -> dict[str, Any]:
     return result
 
 
-def crossing(ok: dict[str, Any] | None, bad: dict[str, Any]) -> float:
-    """Where the breached limit was crossed, interpolated between the last passing and the first breaching
-    step (latency on a log scale, CPU and errors linearly); the lowest crossing when several limits broke."""
+def crossing(steps: list[dict[str, Any]], i: int) -> float:
+    """Where the breached limit was crossed, between the last passing step and the first breaching one
+    (step ``i``); the lowest crossing when several limits broke. p99 is interpolated on a log scale and
+    errors linearly; CPU is extrapolated from the passing steps' trend (their last three), because CPU
+    saturates with the pool, so a breaching step's CPU understates how far past the limit it was."""
+    bad = steps[i]
+    ok = steps[i - 1] if i > 0 else None
     if ok is None or not bad["rate"] > ok["rate"]:
         return float(bad["rate"])
     r0, r1 = float(ok["rate"]), float(bad["rate"])
     found = []
     for name in bad["breached"]:
+        if name == "cpu":
+            pts = steps[max(0, i - 3):i]
+            x = np.array([st["rate"] for st in pts], dtype=float)
+            y = np.array([st["cpu_pct"] for st in pts], dtype=float)
+            if x.size >= 2 and float(np.ptp(x)) > 0:
+                slope, icpt = np.polyfit(x, y, 1)
+                if slope > 0:
+                    found.append(min(max((LIMITS["cpu_usage"] - icpt) / slope, r0), r1))
+                    continue
         limit, y0, y1 = {
             "latency": (math.log(LIMITS["request_latency_ms"]), math.log(max(ok["p99_ms"], 1e-3)),
                         math.log(max(bad["p99_ms"], 1e-3))),
@@ -383,7 +399,9 @@ def summarise(r: dict[str, Any]) -> dict[str, Any]:
                            "capacity": r["prediction"]["model_fit"]["params"]["capacity"],
                            "cpu_ms": _cpu_ms_per_request(r)}
     if meas is not None and pred is not None:
-        m = meas.get("crossing", meas["rate"])
+        steps = r["ramp"]
+        broke = next((j for j, st in enumerate(steps) if st["breached"]), None)
+        m = crossing(steps, broke) if broke is not None else meas["rate"]
         first, last_ok = meas["rate"], meas["last_ok_rate"]
         out.update(measured=m, first_breach=first, last_ok=last_ok, measured_bottleneck="+".join(meas["bottleneck"]),
                    error_pct=100 * (pred - m) / m,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -228,6 +229,20 @@ def test_load_test_finds_the_cpu_breaking_point() -> None:
     assert bp["request_rate"] == pytest.approx(bp["traffic_multiplier"] * 20, rel=1e-9)
     assert r.will_likely_fail and r.failure_probability == 1.0
     assert any("Breaks at" in x and "x current traffic" in x for x in r.recommendations)
+
+
+def test_a_precisely_fitted_cpu_law_still_carries_the_models_structural_uncertainty() -> None:
+    """A CPU law fitted almost without noise at low load is still an extrapolation: the interval of a CPU
+    breaking point is as wide as the model's structural uncertainty (log-sd 0.06), not the regression's."""
+    ctx = make_ctx(seed=3)
+    ctx.values["cpu_usage"] = 5 + 95 * ctx.values["request_rate"] / 200          # exact: no noise at all
+    bp = run_scenario(ctx, {"type": "load_test"}).breaking_point
+    assert bp is not None and bp["bottleneck"] == "cpu"
+    lo, hi = bp["interval"]
+    assert lo < bp["traffic_multiplier"] < hi
+    # the regression alone gives a log-width of 0.007 here; the structural part 2·1.645·0.06 ≈ 0.20, less the
+    # upper tail that the latency limit cuts off just above the CPU one
+    assert 0.12 < math.log(hi / lo) < 0.25
 
 
 def test_load_test_on_an_io_bound_service_breaks_on_latency() -> None:

@@ -290,7 +290,9 @@ def draw(fit: CapacityFit, metrics: tuple[str, ...], rng: np.random.Generator, n
         cap = (100.0 - a_s) / b * (fit.capacity / ((100.0 - fit.cpu_idle) / fit.cpu_slope))
     else:
         cap = fit.capacity * np.exp(rng.normal(0.0, sd * widen, s))
-    cap *= np.exp(rng.normal(0.0, structural, s))
+    cap_structural = np.exp(rng.normal(0.0, structural, s))
+    cap_structural[0] = 1.0
+    cap *= cap_structural
     cap[0] = fit.capacity
     cap = np.maximum(cap, fit.capacity_floor)
     variability = rng.uniform(*fit.variability_range, s)
@@ -303,6 +305,16 @@ def draw(fit: CapacityFit, metrics: tuple[str, ...], rng: np.random.Generator, n
         zm = rng.normal(0.0, 1.0, s)
         zm[0] = 0.0
         z[m] = zm[:, None]
+    # The CPU law is the same approximation as the capacity: CPU per request carries the structural
+    # uncertainty too, or a CPU limit would be projected far more precisely than the fit deserves.
+    # When CPU binds it moves with the capacity's own factor (CPU at capacity stays 100%); otherwise it
+    # gets its own factor, drawn last so every other draw stays as it was.
+    if fit.capacity_source == "cpu" and fit.has_rate:
+        b = b / cap_structural
+    else:
+        b_structural = np.exp(rng.normal(0.0, structural, s))
+        b_structural[0] = 1.0
+        b = b * b_structural
     return Draws(cap[:, None], b[:, None], variability[:, None], err_slope[:, None], mem_slope[:, None], z)
 
 
