@@ -361,7 +361,7 @@ def crossing(steps: list[dict[str, Any]], i: int) -> float:
             if x.size >= 2 and float(np.ptp(x)) > 0:
                 slope, icpt = np.polyfit(x, y, 1)
                 if slope > 0:
-                    found.append(min(max((LIMITS["cpu_usage"] - icpt) / slope, r0), r1))
+                    found.append(min(max(float((LIMITS["cpu_usage"] - icpt) / slope), r0), r1))
                     continue
         limit, y0, y1 = {
             "latency": (math.log(LIMITS["request_latency_ms"]), math.log(max(ok["p99_ms"], 1e-3)),
@@ -373,7 +373,7 @@ def crossing(steps: list[dict[str, Any]], i: int) -> float:
             found.append(r0 + (r1 - r0) * min(max((limit - y0) / (y1 - y0), 0.0), 1.0))
         else:
             found.append(math.sqrt(r0 * r1))
-    return min(found) if found else r1
+    return float(min(found)) if found else r1
 
 
 # ------------------------------------------------------------------------------------------ report
