@@ -134,8 +134,12 @@ async def _load_model_states(store: Store) -> dict[str, bytes]:
 
 async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock) -> int:
     """Save every twin's learnt model rows; a store that is down only costs this save (logged)."""
-    async with lock:
-        blobs = await asyncio.to_thread(engine.export_model_states)
+    try:
+        async with lock:
+            blobs = await asyncio.to_thread(engine.export_model_states)
+    except Exception:       # a bug here must not stop the schedule or the shutdown's flush of the store
+        log.exception("model state could not be exported")
+        return 0
     try:
         written = await store.save_model_states(blobs, at=time.time())
     except StoreError as exc:

@@ -103,3 +103,24 @@ async def test_the_service_saves_model_state_on_schedule_and_at_shutdown(tmp_pat
     finally:
         await again.shutdown()
         await store.close()
+
+
+async def test_an_export_that_fails_is_logged_and_costs_only_the_save(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the export must not stop the schedule or the shutdown (which still flushes the store)."""
+    db = tmp_path / "twins.db"
+    engine = Engine()
+    engine.create_twin("svc", at=0.0)
+
+    def broken() -> dict[str, bytes]:
+        raise RuntimeError("export bug")
+
+    engine.export_model_states = broken            # type: ignore[method-assign]
+    store = open_store(path=str(db))
+    await store.open()
+    try:
+        assert await save_model_states(engine, store, asyncio.Lock()) == 0
+        assert await store.load_model_states() == {}
+    finally:
+        await store.close()
+    assert any("could not be exported" in r.getMessage() for r in caplog.records)

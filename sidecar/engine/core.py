@@ -1018,11 +1018,12 @@ class Engine:
         config = {k: fs[k] for k in FORECAST_CONFIG}
         out: dict[str, bytes] = {}
         for tid in self._twins:
-            slots = [s for s in self.series.slots_of(tid) if self.series.count[s] > 0]
-            if not slots:
+            named = [(s, k[1]) for s in self.series.slots_of(tid)
+                     if self.series.count[s] > 0 and (k := self.series.keys[s]) is not None]
+            if not named:
                 continue
-            rows = np.asarray(slots, np.int64)
-            metrics = tuple(str(k[1]) for k in (self.series.keys[s] for s in slots) if k is not None)
+            rows = np.asarray([s for s, _ in named], np.int64)
+            metrics = tuple(str(m) for _, m in named)
             out[tid] = encode_model_state(TwinModelState(
                 tid, metrics, self.series.last_t[rows].copy(), config,
                 take_rows(fs, rows, FORECAST_CONFIG), take_rows(an, rows)))
