@@ -112,9 +112,11 @@ def make_store(backend: str, target: str) -> Store:
 
 async def child(backend: str, target: str, progress: str, first_seq: int) -> None:
     store = make_store(backend, target)
-    await store.open()
     fd = os.open(progress, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, b"R\n")
+    os.write(fd, b"O\n")                      # imports done: opening (and migrating) starts now
+    t_open = time.perf_counter()
+    await store.open()
+    os.write(fd, f"R {time.perf_counter() - t_open:.6f}\n".encode())   # ready, and how long opening took
     seq = first_seq
     while True:
         out = batch_outbox(seq)
@@ -127,24 +129,50 @@ async def child(backend: str, target: str, progress: str, first_seq: int) -> Non
 # ------------------------------------------------------------------ the checker
 
 
-async def _raw(backend: str, target: str, sql_sqlite: str, sql_pg: str, *args: Any) -> list[tuple[Any, ...]]:
+async def _raw(backend: str, target: str, queries: list[tuple[str, str]], *args: Any) -> list[list[tuple[Any, ...]]]:
+    """Run (sqlite, postgres) query pairs in one read transaction: one snapshot of the database.
+
+    One snapshot matters: the server may still commit a killed child's last transaction (its COMMIT was
+    already sent) while the checker reads; separate reads could then see half of a batch that is whole."""
     if backend == "sqlite":
         conn = sqlite3.connect(target)
         try:
-            return conn.execute(sql_sqlite, args).fetchall()
+            conn.execute("BEGIN")
+            return [conn.execute(q, args[: q.count("?")]).fetchall() for q, _ in queries]
         finally:
             conn.close()
     import asyncpg
 
     pg = await asyncpg.connect(PG_URL, server_settings={"search_path": target})
     try:
-        return [tuple(r) for r in await pg.fetch(sql_pg, *args)]
+        async with pg.transaction(isolation="repeatable_read", readonly=True):
+            return [[tuple(r) for r in await pg.fetch(q, *args[: q.count("$")])] for _, q in queries]
     finally:
         await pg.close()
 
 
-async def verify(backend: str, target: str, acked: set[int]) -> dict[str, int]:
+async def _settle(since: float) -> None:
+    """Wait (up to 10 s) until the server has finished with the killed child's connections.
+
+    A child killed right after sending COMMIT still gets that transaction committed, a moment later; the
+    checks read several times and must not see the database change under them."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'twin-sidecar/default' "
+                "AND backend_start >= to_timestamp($1)", since):
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+async def verify(backend: str, target: str, acked: set[int], since: float = 0.0) -> dict[str, int]:
     """Open the database after a crash and check every guarantee; AssertionError names a violation."""
+    if backend == "postgres":
+        await _settle(since)
     store = make_store(backend, target)
     await store.open()                                            # 1. it opens
     try:
@@ -161,14 +189,15 @@ async def verify(backend: str, target: str, acked: set[int]) -> dict[str, int]:
             return (f"SELECT CAST(({col} - ?) / 1000 AS INTEGER), COUNT(*) FROM {table} GROUP BY 1",
                     f"SELECT floor(({col} - $1) / 1000)::bigint, COUNT(*) FROM {table} GROUP BY 1")
 
-        samples = dict(await _raw(backend, target, *per_batch("twin_metrics_history", "timestamp"), T0))
-        preds = dict(await _raw(backend, target, *per_batch("twin_failure_predictions", "made_at"), T0))
-        events = dict(await _raw(backend, target, *per_batch("twin_events", "timestamp"), T0))
-        q = "SELECT snapshot_id FROM twin_state_history"
-        snap_ids = [r[0] for r in await _raw(backend, target, q, q)]
+        q_snap, q_corr = "SELECT snapshot_id FROM twin_state_history", "SELECT correction_id FROM twin_corrections"
+        rows = await _raw(backend, target, [per_batch("twin_metrics_history", "timestamp"),
+                                            per_batch("twin_failure_predictions", "made_at"),
+                                            per_batch("twin_events", "timestamp"), (q_snap, q_snap),
+                                            (q_corr, q_corr)], T0)
+        samples, preds, events = dict(rows[0]), dict(rows[1]), dict(rows[2])
+        snap_ids = [r[0] for r in rows[3]]
         snaps = Counter(int(s.split("-")[0][1:]) for s in snap_ids)
-        q = "SELECT correction_id FROM twin_corrections"
-        corr = Counter(int(r[0][1:]) for r in await _raw(backend, target, q, q))
+        corr = Counter(int(r[0][1:]) for r in rows[4])
         present = set(snaps) | set(samples) | set(preds) | set(events) | set(corr)
 
         # 2. every acknowledged batch is there
@@ -228,15 +257,26 @@ class RunResult:
 
 
 def _progress(path: Path) -> tuple[bool, list[tuple[str, int]]]:
+    """Whether the child got ready, and its marks in order: ("O", -1) opening, ("B"/"A", seq) batches."""
     if not path.exists():
         return False, []
     ready, marks = False, []
     for line in path.read_text().splitlines():
-        if line == "R":
+        if line.startswith("R"):
             ready = True
+        elif line == "O":
+            marks.append(("O", -1))
         elif line[:2] in ("B ", "A ") and line[2:].isdigit():
             marks.append((line[0], int(line[2:])))
     return ready, marks
+
+
+def _open_seconds(path: Path) -> float | None:
+    """How long the child's store.open() took, as the child measured it (None if it never got ready)."""
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith("R "):
+            return float(line[2:])
+    return None
 
 
 def run(backend: str, rounds: int, *, seed: int = 0, workdir: Path | None = None, log: Any = print,
@@ -252,6 +292,7 @@ def run(backend: str, rounds: int, *, seed: int = 0, workdir: Path | None = None
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = RunResult(backend)
     acked: set[int] = set()
+    open_s: list[float] = []       # how long the child's store.open() took, in rounds that got that far
     started = time.perf_counter()
     try:
         r = -1
@@ -265,9 +306,15 @@ def run(backend: str, rounds: int, *, seed: int = 0, workdir: Path | None = None
                                      "--target", target, "--progress", str(progress), "--first-seq",
                                      str(first_seq)], env=env, cwd=ROOT, stderr=subprocess.PIPE)
             t_spawn = time.perf_counter()
+            spawned_at = time.time() - 1.0        # wall clock, for the server's backend_start (clock skew margin)
             early = r < 3 or rng.random() < 0.15          # some kills land in start-up and migration
             if early:
-                time.sleep(rng.uniform(0.05, 1.2))
+                # aim inside store.open(): from the child's "opening" mark, a random part of how long opening
+                # took in earlier rounds (a fixed delay after spawn missed it whenever imports were quick)
+                while (not any(m == "O" for m, _ in _progress(progress)[1]) and proc.poll() is None
+                       and time.perf_counter() - t_spawn < 60):
+                    time.sleep(0.001)
+                time.sleep(rng.uniform(0.0, 1.2 * (min(open_s) if open_s else 0.05)))
             else:
                 while not _progress(progress)[0] and proc.poll() is None and time.perf_counter() - t_spawn < 60:
                     time.sleep(0.01)
@@ -282,11 +329,14 @@ def run(backend: str, rounds: int, *, seed: int = 0, workdir: Path | None = None
                 proc.stderr.close()
             kill_after = time.perf_counter() - t_spawn
             _, marks = _progress(progress)   # re-read: lines written up to the kill
+            if (took := _open_seconds(progress)) is not None:
+                open_s.append(took)
+            marks = [m for m in marks if m[0] != "O"]
             acks = {s for m, s in marks if m == "A"}
             phase = "startup" if not ready else ("mid-write" if marks and marks[-1][0] == "B" else "between-writes")
             acked |= acks
             try:
-                info = asyncio.run(verify(backend, target, acked))
+                info = asyncio.run(verify(backend, target, acked, spawned_at))
                 rr = RoundResult(r, kill_after, phase, len(acks), info["batches_present"],
                                  info["committed_not_acked"], True)
             except AssertionError as e:
