@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import CorruptSnapshotError, InputError, ScenarioError, UnknownTwinError
 from .anomaly import AnomalyBank
 from .correct import AutoCorrector
-from .diverge import DivergenceDetector
+from .diverge import DivergenceDetector, divergence_floor
 from .health import drift_flags, health_band, health_scores, series_penalty
 from .history import verified
 from .modelstate import FORECAST_CONFIG, TwinModelState, check_rows, put_rows, same_forecast_config, take_rows
@@ -357,7 +357,8 @@ class Engine:
         manual_e = self.manual_expected[idx]
         manual = np.isfinite(manual_e)
         e = np.where(manual, manual_e, exp.expected)
-        div = self.detector.compute(y, e, exp.lower, exp.upper, manual, self.threshold[idx])
+        div = self.detector.compute(y, e, exp.lower, exp.upper, manual, self.threshold[idx],
+                                    divergence_floor(exp.scale, self.limit[idx]))
         self.expected[idx] = e
         self.div_ratio[idx] = div.ratio
         self.div_pct[idx] = div.percent

@@ -5,6 +5,11 @@ is set, from the twin's own forecast for *now* made from earlier data. With a
 learned expectation a sample must also fall outside the forecast interval to
 diverge, so ordinary noise around a noisy series never raises an alert.
 
+The percent is taken relative to |expected|, but never to less than a floor: four of the
+series' typical one-step changes, or 2 % of the metric's limit, whichever is larger —
+so an expectation of zero (an error rate, a quiet queue) does not turn noise into
+billions of percent.
+
 Severity follows the design: divergence > 75 % critical, > 50 % high,
 > 25 % medium, otherwise low (only once the metric's threshold is exceeded).
 """
@@ -19,6 +24,20 @@ from .records import DivergenceAlert, Severity, component_of, iso
 
 #: |expected| below this is treated as this, so a zero baseline gives a large but finite percent.
 EXPECTED_FLOOR = 1e-9
+#: The denominator is at least this many of the series' typical one-step changes ...
+NOISE_UNITS = 4.0
+#: ... and at least 2 % of the metric's limit: an error rate expected at 0 is compared with the
+#: scale it is judged on, not with zero (which made 0.3 req/s "32 billion percent" off).
+LIMIT_SHARE = 0.02
+
+
+def divergence_floor(scale: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Smallest |expected| a divergence percent is taken relative to (0 where nothing is known)."""
+    with np.errstate(invalid="ignore"):
+        noise = np.where(np.isfinite(scale) & (scale > 0), NOISE_UNITS * scale, 0.0)
+        share = np.where(np.isfinite(limit) & (limit > 0), LIMIT_SHARE * np.abs(limit), 0.0)
+    out: np.ndarray = np.maximum(noise, share)
+    return out
 
 RECOMMENDATIONS: dict[str, str] = {
     "cpu": "Scale horizontally or investigate CPU-intensive processes",
@@ -43,8 +62,12 @@ class DivergenceDetector:
     """Vectorised divergence of actual vs expected values."""
 
     def compute(self, actual: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                manual: np.ndarray, threshold_pct: np.ndarray) -> Divergence:
+                manual: np.ndarray, threshold_pct: np.ndarray, floor: np.ndarray | None = None) -> Divergence:
+        """`floor` (see `divergence_floor`): per sample, the smallest denominator; a percent of a value near
+        zero is otherwise noise divided by almost nothing."""
         den = np.maximum(np.abs(expected), EXPECTED_FLOOR)
+        if floor is not None:
+            den = np.maximum(den, np.where(np.isfinite(floor), floor, 0.0))
         with np.errstate(invalid="ignore"):
             diff = actual - expected
             ratio = diff / den
