@@ -42,7 +42,10 @@ def open_store(path: str | os.PathLike[str] | None = None, url: str | None = Non
     ``DATABASE_URL`` in the environment wins over ``url`` (a deployment
     overrides the rules file, not the other way round). A ``postgres://`` or
     ``postgresql://`` URL selects PostgreSQL, ``sqlite:///path`` a SQLite
-    file; with no URL at all the SQLite file at ``path`` is used.
+    file; with no URL at all the SQLite file at ``path`` is used. The path
+    ``:memory:`` (or ``sqlite:///:memory:``) keeps the history in one database
+    in memory, shared by all the store's reads and writes and gone when the
+    store closes (each such store has its own).
     ``replica`` names this sidecar among others sharing a PostgreSQL
     database: each loads and updates only the twins it owns, so give every
     replica a stable, distinct name (a StatefulSet pod name). ``schema``

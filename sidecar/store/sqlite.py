@@ -11,6 +11,17 @@ not only a killed process; at one commit per round that costs nothing.
 A connection that fails (file read-only, disk full, file removed) is closed
 and reopened on the next call, so the store recovers once the file can be
 written again.
+
+The path ``:memory:`` keeps the history in memory for the life of the store
+(the Helm chart's ``storage.type: memory``). SQLite gives every connection to
+``:memory:`` its own new, empty database, so the usual writer and reader would
+see two different databases; and a shared-cache URI would share it but fail a
+read with "database table is locked" whenever it meets a write in progress
+(shared cache locks tables and has no WAL). So a memory store has ONE
+connection on ONE thread, made on first use and kept until ``close()``, never
+dropped on an error: dropping it would drop the database. Reads wait behind a
+write, which in memory is short. Migrations, writes, reads and retention are
+the same as on a file.
 """
 
 from __future__ import annotations
@@ -71,14 +82,24 @@ _READER_PRAGMAS = (
     "PRAGMA query_only=ON",     # the reader can never become a second writer
 )
 
+#: The path that asks for a database in memory, private to one store and gone when it closes.
+MEMORY_PATH = ":memory:"
+
+
+def is_memory_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names SQLite's in-memory database rather than a file."""
+    return os.fspath(path) == MEMORY_PATH
+
 
 class _Lane:
     """One thread and the connection that lives on it (sqlite3 connections stay on their thread)."""
 
-    def __init__(self, name: str, connect: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, name: str, connect: Callable[[], sqlite3.Connection], *, keep: bool = False) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._connect = connect
+        self._keep = keep       # the connection IS the database (in memory): never drop it on an error
         self.conn: sqlite3.Connection | None = None
+        self.closed = False
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self.conn is None:
@@ -86,7 +107,8 @@ class _Lane:
         try:
             return fn(self.conn)
         except sqlite3.Error:
-            self._drop()    # a fresh connection next time: the file may be writable again by then
+            if not self._keep:
+                self._drop()    # a fresh connection next time: the file may be writable again by then
             raise
 
     def _drop(self) -> None:
@@ -100,13 +122,16 @@ class _Lane:
         return await loop.run_in_executor(self._pool, self._run, fn)
 
     async def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._drop)
         self._pool.shutdown(wait=True)
 
 
 class SQLiteStore(Store):
-    """Store in a SQLite file (WAL, one writer thread, one transaction per outbox)."""
+    """Store in a SQLite file (WAL, one writer thread, one transaction per outbox), or in memory (``:memory:``)."""
 
     backend = "sqlite"
 
@@ -114,10 +139,15 @@ class SQLiteStore(Store):
                  status: ServiceStatus | None = None) -> None:
         super().__init__(replica=replica, status=status)
         self.path = Path(path)
+        self.memory = is_memory_path(path)
         self._migrated = False
         self._migrate_lock = threading.Lock()
-        self._writer = _Lane("sqlite-writer", self._connect_writer)
-        self._reader = _Lane("sqlite-reader", self._connect_reader)
+        if self.memory:     # one connection is one database: reads share the writer's (see the module doc)
+            self._writer = _Lane("sqlite-memory", self._connect_memory, keep=True)
+            self._reader = self._writer
+        else:
+            self._writer = _Lane("sqlite-writer", self._connect_writer)
+            self._reader = _Lane("sqlite-reader", self._connect_reader)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -135,6 +165,17 @@ class SQLiteStore(Store):
                 if not self._migrated:
                     _migrate(conn)
                     self._migrated = True
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_memory(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(MEMORY_PATH, isolation_level=None)
+        try:
+            with self._migrate_lock:
+                _migrate(conn)      # a new connection is a new, empty database: always from scratch
+                self._migrated = True
         except BaseException:
             conn.close()
             raise
@@ -160,8 +201,9 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         await self._on(self._writer, "open", lambda c: None)
-        log.info("store open: sqlite path=%s replica=%s schema_version=%d", self.path, self.replica,
-                 await self.schema_version())
+        log.info("store open: sqlite path=%s replica=%s schema_version=%d%s", self.path, self.replica,
+                 await self.schema_version(), " (in memory: history lasts until the process exits)"
+                 if self.memory else "")
 
     async def close(self) -> None:
         if self._closed:
@@ -408,4 +450,4 @@ def _retain(conn: sqlite3.Connection, b: dict[str, float | int]) -> RetentionRep
                            events=max(events, 0), twins_touched=len({v[1] for v in victims}))
 
 
-__all__ = ["SQLiteStore", "migrate_file"]
+__all__ = ["MEMORY_PATH", "SQLiteStore", "is_memory_path", "migrate_file"]
