@@ -116,6 +116,10 @@ class RangeMatrix:
         return len(self.labels)
 
 
+#: Steps per range request: Prometheus refuses more than 11,000 points per series ("exceeded maximum
+#: resolution"), so longer ranges are split into consecutive requests of at most this many steps.
+MAX_RANGE_POINTS = 10_000
+
 _SPECIAL: Mapping[str, float] = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf, "Inf": math.inf}
 
 
@@ -211,10 +215,32 @@ class PrometheusClient:
         return InstantVector(promql, at, tuple(labels), values, bad, warnings)
 
     async def query_range(self, promql: str, start: float, end: float, step: float,
-                          *, timeout_s: float | None = None) -> RangeMatrix:
-        """Range query; the result is laid on the step grid so series line up by column."""
+                          *, timeout_s: float | None = None, max_points: int = MAX_RANGE_POINTS) -> RangeMatrix:
+        """Range query; the result is laid on the step grid so series line up by column.
+
+        Prometheus refuses more than 11,000 points per series in one range
+        query, so a longer grid is fetched as consecutive queries of at most
+        ``max_points`` steps each (no overlap, no gap), oldest first, and joined
+        back into one matrix; series are matched across the parts by their
+        labels. Each part has its own timeout; any part failing fails the whole.
+        """
         if step <= 0 or end < start:
             raise ValueError(f"bad range: start={start} end={end} step={step}")
+        if max_points < 1:
+            raise ValueError(f"max_points must be at least 1, got {max_points}")
+        times = start + step * np.arange(math.floor((end - start) / step + 1e-9) + 1)
+        if len(times) <= max_points:
+            return await self._range_part(promql, start, end, step, timeout_s)
+        parts: list[tuple[int, RangeMatrix]] = []
+        for first in range(0, len(times), max_points):
+            last = min(first + max_points, len(times)) - 1
+            parts.append((first, await self._range_part(promql, float(times[first]), float(times[last]), step,
+                                                        timeout_s)))
+        return _join(promql, times, parts)
+
+    async def _range_part(self, promql: str, start: float, end: float, step: float,
+                          timeout_s: float | None) -> RangeMatrix:
+        """One ``/query_range`` request (at most ``MAX_RANGE_POINTS`` steps when called by ``query_range``)."""
         body = await self._post("/api/v1/query_range", promql,
                                 {"start": _fmt(start), "end": _fmt(end), "step": _fmt(step)}, timeout_s)
         data = body["data"]
@@ -313,6 +339,32 @@ def _labels(s: Any, promql: str, url: str) -> dict[str, str]:
     if not isinstance(metric, dict):
         raise SourceUnavailable("a series' labels are not an object", query=promql, url=url)
     return {str(k): str(v) for k, v in metric.items()}
+
+
+def _join(promql: str, times: np.ndarray, parts: Sequence[tuple[int, RangeMatrix]]) -> RangeMatrix:
+    """Consecutive range parts (each with its first column in ``times``) as one matrix on the whole grid.
+
+    A series is matched across parts by its full label set; one that is
+    absent from a part (not yet born, or gone) is NaN there, as in a single query.
+    """
+    rows: dict[tuple[tuple[str, str], ...], int] = {}
+    labels: list[dict[str, str]] = []
+    for _, m in parts:
+        for lbl in m.labels:
+            key = tuple(sorted(lbl.items()))
+            if key not in rows:
+                rows[key] = len(labels)
+                labels.append(lbl)
+    values = np.full((len(labels), len(times)), math.nan)
+    warnings: dict[str, None] = {}
+    for first, m in parts:
+        idx = [rows[tuple(sorted(lbl.items()))] for lbl in m.labels]
+        width = min(m.values.shape[1], len(times) - first)
+        if idx:
+            values[idx, first:first + width] = m.values[:, :width]
+        warnings.update(dict.fromkeys(m.warnings))
+    return RangeMatrix(promql, times, tuple(labels), values, sum(m.unparseable for _, m in parts),
+                       tuple(warnings))
 
 
 def select(vector: InstantVector, keep: Sequence[int]) -> InstantVector:

@@ -58,6 +58,8 @@ SHUTDOWN_GRACE_S = 3.0
 #: Longest pause between attempts while the source is down.
 MAX_BACKOFF_S = 120.0
 DISCOVER_METRIC = "discover"        # the "metric" label of discovery query errors
+#: Failed backfill queries logged at warning (with twin, metric and Prometheus' error); the rest at debug.
+BACKFILL_WARNINGS = 20
 
 
 class OutboxSink(Protocol):
@@ -696,19 +698,28 @@ class Scheduler:
         async with self.lock:
             jobs = await asyncio.to_thread(self._backfill_jobs, now)
 
-        async def one(name: str, metric: str, query: str,
-                      start: float) -> tuple[str, str, RangeMatrix | None]:
+        warned = 0
+
+        async def one(name: str, metric: str, query: str, start: float,
+                      rule: str | None = None) -> tuple[str, str, RangeMatrix | None]:
+            # the client splits a long range into requests Prometheus accepts (at most 10,000 steps each)
+            nonlocal warned
             try:
                 return name, metric, await self.client.query_range(query, start, now - step, step)
             except SourceError as exc:
-                log.debug("backfill query failed", extra={"twin": name, "metric": metric, "error": str(exc)})
+                # a refused backfill is otherwise invisible until forecasts stay empty: say why, at warning,
+                # for the first few (a source down mid-backfill would fail every query the same way)
+                warned += 1
+                level = logging.WARNING if warned <= BACKFILL_WARNINGS else logging.DEBUG
+                fields = {"rule": rule} if rule is not None else {"twin": name}
+                log.log(level, "backfill query failed", extra={**fields, "metric": metric, "error": str(exc)})
                 return name, metric, None
 
         start = math.ceil((now - self.config.backfill_s) / step) * step
         shared = [(r.name, metric, query) for r in self.config.twins for metric, query in shared_queries(r).items()]
         results, shared_results = await asyncio.gather(
             asyncio.gather(*(one(*j) for j in jobs)),
-            asyncio.gather(*(one(rule, metric, query, start) for rule, metric, query in shared)))
+            asyncio.gather(*(one(rule, metric, query, start, rule) for rule, metric, query in shared)))
         samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         failed = 0
 
