@@ -20,14 +20,14 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from enum import Enum
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from .engine.records import EventType
+from .engine.records import CORE_METRICS, EventType, canonical_metric
 from .engine.twin import TwinEngine
 from .errors import (
     CorruptSnapshotError,
@@ -46,6 +46,10 @@ PREFIX = "/api/v1"
 HISTORY_LIMIT_MAX = 1000
 EVENTS_LIMIT_MAX = 10_000
 EXPECTED_KEYS_MAX = 1000
+#: Deepest nesting of arrays/objects a request body may have (every route takes flat objects).
+JSON_DEPTH_MAX = 32
+#: Longest integer literal in a request body (beyond ~308 digits ``float()`` of it overflows).
+JSON_INT_DIGITS_MAX = 300
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -126,6 +130,30 @@ def _query_time(request: web.Request, name: str) -> float | None:
     return value
 
 
+class _TooLong(ValueError):
+    """An integer literal with more digits than any float holds (``float()`` of it would overflow)."""
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > JSON_INT_DIGITS_MAX:
+        raise _TooLong(text)
+    return int(text)
+
+
+def _too_deep(value: Any) -> bool:
+    """More than ``JSON_DEPTH_MAX`` nested arrays/objects; walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > JSON_DEPTH_MAX:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
 async def _json_body(request: web.Request) -> Any:
     try:
         raw = await request.read()   # refused with 413 beyond the app's client_max_size
@@ -133,10 +161,18 @@ async def _json_body(request: web.Request) -> Any:
         raise ApiError(413, f"request body too large (limit {request.client_max_size} bytes)") from None
     if not raw:
         raise ApiError(400, "request body: expected a JSON object, got an empty body")
+    too_deep = f"request body: JSON nested more than {JSON_DEPTH_MAX} levels deep"
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_int=_parse_int)
+    except RecursionError:   # the decoder recurses per level: a deep body is the client's error, not a 500
+        raise ApiError(400, too_deep) from None
+    except _TooLong:
+        raise ApiError(400, f"request body: a number with more than {JSON_INT_DIGITS_MAX} digits") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body: not valid JSON ({exc.__class__.__name__})") from None
+    if _too_deep(body):   # no route takes more than two levels; deeper would only reach recursion further on
+        raise ApiError(400, too_deep)
+    return body
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -152,7 +188,12 @@ def _kind(value: Any) -> str:
 
 
 def parse_expected(body: Mapping[str, Any]) -> dict[str, float | None]:
-    """``{"cpu_usage": 50, "memory_usage": null}``: a finite number sets a metric, null clears it."""
+    """``{"cpu_usage": 50, "memory_usage": null}``: a finite number sets a metric, null clears it.
+
+    The core metrics cannot be negative (the engine drops such samples, and the rules file refuses such
+    an expected value), so neither can their expected value. Whether the twin has the metric is
+    :func:`check_expected_metrics`' part, under the engine lock.
+    """
     if not body:
         raise ApiError(400, "request body: expected at least one metric, e.g. {\"cpu_usage\": 50}")
     if len(body) > EXPECTED_KEYS_MAX:
@@ -165,9 +206,24 @@ def parse_expected(body: Mapping[str, Any]) -> dict[str, float | None]:
             out[key] = None
         elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ApiError(400, f"field {key!r}: expected a finite number or null, got {_kind(value)}")
+        elif value < 0 and canonical_metric(key) in CORE_METRICS:
+            raise ApiError(400, f"field {key!r}: expected a number >= 0 ({canonical_metric(key)} cannot be "
+                                f"negative), got {value}")
         else:
             out[key] = float(value)
     return out
+
+
+def check_expected_metrics(expected: Mapping[str, float | None], metrics: Collection[str],
+                           current: Collection[str] = ()) -> None:
+    """The rules file's rule for ``expected``: only a metric the twin has (``latency_ms`` and the other
+    design-era names count as the metric they stand for). ``null`` may also clear a key already set."""
+    for key, value in expected.items():
+        name = canonical_metric(key)
+        if name in metrics or (value is None and name in current):
+            continue
+        known = ", ".join(sorted(metrics)) or "none yet"
+        raise ApiError(400, f"field {key!r}: not one of this twin's metrics (expected one of: {known})")
 
 
 # --------------------------------------------------------------------------- the API
@@ -290,6 +346,8 @@ class TwinApi:
         twin = request.match_info["twin"]
         expected = parse_expected(await _json_object(request))
         async with self._lock:
+            engine = self._facade.engine
+            check_expected_metrics(expected, set(engine.history(twin)), set(engine.get(twin).expected_state or ()))
             result = await self._facade.set_expected_state(twin, expected)
         log.info("expected state set twin=%s metrics=%s", twin, ",".join(sorted(expected)))
         return json_response(result)

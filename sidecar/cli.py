@@ -61,14 +61,25 @@ def _cmd_rules(a: argparse.Namespace) -> int:
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
     try:
-        scenario = json.loads(a.scenario)
+        scenario = json.loads(a.scenario, parse_int=_scenario_int)
     except json.JSONDecodeError as e:
         raise InputError(f"--scenario is not JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise InputError("--scenario is nested too deeply") from None
+    except ValueError as e:     # e.g. an integer literal beyond Python's digit limit
+        raise InputError(f"--scenario is not usable JSON: {e}") from None
     if not isinstance(scenario, dict):
         raise InputError("--scenario must be a JSON object, e.g. '{\"type\": \"load_test\"}'")
     result = asyncio.run(_simulate(a.config, a.twin, scenario, a.seed))
     print(json.dumps(result, indent=2, allow_nan=False))
     return 0
+
+
+def _scenario_int(text: str) -> int:
+    """An integer literal of the scenario; one longer than any float (the simulation's numbers) is refused."""
+    if len(text.lstrip("-")) > 300:
+        raise ValueError(f"a number with {len(text.lstrip('-'))} digits")
+    return int(text)
 
 
 async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -166,7 +177,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
     rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar)
     bar.done()
     if a.json:
-        print(json.dumps({"source": source, **rep.to_dict()}, indent=2, default=_json_num))
+        print(json.dumps(_json_ready({"source": source, **rep.to_dict()}), indent=2, allow_nan=False))
     else:
         print(f"backtest of {source}\n{format_report(rep)}")
     return 0
@@ -194,8 +205,20 @@ async def _range(url: str, query: str, start: float, end: float, step_text: str)
     return m.times, m.values[0]
 
 
-def _json_num(o: object) -> object:
-    return None if isinstance(o, float) and not math.isfinite(o) else str(o)
+def _json_ready(o: object) -> object:
+    """Standard JSON: a score nothing was scored for (NaN) or an infinite one is null, not a bare ``NaN``.
+
+    ``json.dumps``' ``default`` never sees floats (it writes ``NaN`` itself), so they are replaced first.
+    """
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _json_ready(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_json_ready(v) for v in o]
+    return o
 
 
 class _Progress:

@@ -31,8 +31,8 @@ from typing import Any
 
 import yaml
 
-from .engine.records import SystemType
-from .errors import ConfigError
+from .engine.records import CORE_METRICS, SystemType
+from .errors import ConfigError, ScenarioError
 
 #: Scenario types the engine knows; the simulation validates their parameters.
 SCENARIO_TYPES: tuple[str, ...] = ("traffic_spike", "failure_injection", "load_test")
@@ -475,7 +475,9 @@ def _promql(r: _Reader, name: str, *, required: bool = False) -> str | None:
     return text
 
 
-def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool) -> dict[str, float]:
+def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool,
+                nonneg: tuple[str, ...] = ()) -> dict[str, float]:
+    """metric -> number for this twin's metrics; those in ``nonneg`` may not be negative."""
     m = r.mapping(name)
     if m is None:
         return {}
@@ -486,6 +488,9 @@ def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: 
             raise m.error(k, m.key(metric),
                           f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
         out[metric] = _number(m, v, m.key(metric), positive=positive)
+        if metric in nonneg and out[metric] < 0:
+            raise m.error(v, m.key(metric), f"expected a number >= 0 ({metric} cannot be negative), "
+                                            f"got {out[metric]:g}")
     return out
 
 
@@ -538,7 +543,8 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
     rule = TwinRule(
         name=name, metrics=MappingProxyType(metrics), system_type=system_type, discover=discover,
         name_labels=tuple(name_labels), request_rate=request_rate,
-        expected=MappingProxyType(_metric_map(r, "expected", all_metrics, positive=False)),
+        # a core metric's negative sample is dropped by the engine: an expected value there is a mistake
+        expected=MappingProxyType(_metric_map(r, "expected", all_metrics, positive=False, nonneg=CORE_METRICS)),
         thresholds=MappingProxyType(_metric_map(r, "thresholds", all_metrics, positive=True)),
         limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False)),
         horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,
@@ -548,8 +554,9 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
     return rule
 
 
-def _scenario(path: str, node: yaml.Node, index: int, twin_names: set[str]) -> ScenarioRule:
+def _scenario(path: str, node: yaml.Node, index: int, twins: Mapping[str, TwinRule]) -> ScenarioRule:
     r = _Reader(path, node, f"scenarios[{index}]")
+    twin_names = set(twins)
     name = r.req_str("name")
     if not _METRIC_NAME.fullmatch(name):
         raise r.error(r.items["name"][1], r.key("name"), "expected a name like spike_5x (letters, digits, _)")
@@ -575,10 +582,43 @@ def _scenario(path: str, node: yaml.Node, index: int, twin_names: set[str]) -> S
         value = _scalar(v)
         if not isinstance(v, yaml.ScalarNode) or value is None:
             raise sr.error(v, sr.key(pname), f"expected a number, string or boolean, got {_kind(v)}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2 ** 63:
+            raise sr.error(v, sr.key(pname), f"expected a number of a sensible size, got {len(str(value))} digits")
         params[pname] = value
+    _check_scenario(sr, params, [t for t in twins.values() if twin in ("all", t.name)])
     r.finish()
     return ScenarioRule(name=name, twin=twin, every_s=every, scenario=MappingProxyType(params),
                         line=node.start_mark.line + 1)
+
+
+_SCENARIO_FIELD = re.compile(r"scenario field '([^']+)'")
+
+
+def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule]) -> None:
+    """Validate the parameters with the simulation's own parser, so a typo or a bad value fails here
+    rather than every round (the scheduler would log ``standing scenario failed`` and export nothing).
+
+    Checked once on its own (unknown keys, ranges), then for each twin rule it runs on, with that rule's
+    ``replicas``, since whether ``replicas_lost`` leaves a replica standing depends on the twin.
+    """
+    from .engine.simulate import parse_scenario  # late: the simulation pulls in numpy and the models
+
+    def fail(exc: ScenarioError, context: str = "") -> ConfigError:
+        m = _SCENARIO_FIELD.search(str(exc))
+        field = m.group(1) if m is not None and m.group(1) in sr.items else None
+        node = sr.items[field][1] if field is not None else sr.node
+        key = sr.key(field) if field is not None else sr.where
+        return sr.error(node, key, f"{exc}{context}")
+
+    try:   # more replicas than replicas_lost can name: only what is wrong whatever the twin shows here
+        parse_scenario(params, replicas=100_001)
+    except ScenarioError as exc:
+        raise fail(exc) from exc
+    for rule in rules:
+        try:
+            parse_scenario(params, replicas=rule.replicas)
+        except ScenarioError as exc:
+            raise fail(exc, f" (for twin rule {rule.name!r}, replicas: {rule.replicas or 1})") from exc
 
 
 _TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "twins", "scenarios")
@@ -629,7 +669,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     scenarios: list[ScenarioRule] = []
     names: dict[str, int] = {}
     for i, n in r.sequence("scenarios"):
-        sc = _scenario(path, n, i, set(seen))
+        sc = _scenario(path, n, i, {t.name: t for t in twins})
         if sc.name in names:
             raise ConfigError(f"duplicate scenario name {sc.name!r} (first on line {names[sc.name]})",
                               path=path, line=sc.line, key=f"scenarios[{i}].name")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,10 +55,18 @@ def read_rows(path: str | Path) -> Iterator[Row]:
     """Rows of a ``timestamp,value`` CSV; a malformed row raises ``InputError`` naming file and line."""
     p = str(path)
     try:
-        f = open(p, newline="")  # noqa: SIM115 - closed by the `with` below; split so OSError names the file
+        data = Path(p).read_bytes()
     except OSError as e:
         raise InputError(f"{p}: cannot open ({e.strerror})") from e
-    with f:
+    # decoded whole, up front, so a bad byte is reported at its own line (a text stream decodes in
+    # chunks, ahead of the row being parsed, and would raise a bare UnicodeDecodeError there)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{p}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "expected a 'timestamp,value' CSV") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip().lstrip("\ufeff") for h in next(reader)]

@@ -83,3 +83,35 @@ def test_simulate_from_prometheus_history(tmp_path: Path, prom_env: PromEnv,
     assert "twins: ramp" in capsys.readouterr().err
     assert main(["simulate", "--config", str(rules), "--twin", "ramp", "--scenario", "{nope"]) == 2
     assert "--scenario is not JSON" in capsys.readouterr().err
+
+
+def strict_json(text: str) -> object:
+    def refuse(name: str) -> object:
+        raise AssertionError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_backtest_json_is_standard_json_when_nothing_was_scored(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "short.csv"
+    csv.write_text("timestamp,value\n1700000000,1\n1700000060,2\n1700000120,3\n")
+    assert main(["backtest", "--input", str(csv), "--json", "--horizons", "5m,1h"]) == 0
+    rep = strict_json(capsys.readouterr().out)
+    assert isinstance(rep, dict) and rep["samples"] == 3
+    for h in rep["horizons"]:
+        assert h["scored"] == 0 and h["mae"] is None and h["coverage"] is None and h["mase_last"] is None
+
+
+@pytest.mark.parametrize(("scenario", "needle"), [
+    ('{"type":"failure_injection","replicas":Infinity,"replicas_lost":1}', "'replicas' must be a whole number"),
+    ('{"type":"failure_injection","replicas":NaN,"replicas_lost":1}', "'replicas' must be a whole number"),
+    ('{"type":"failure_injection","replicas_lost":-Infinity}', "'replicas_lost' must be a whole number"),
+    ('{"type":"load_test","description":' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+    ('{"type":"traffic_spike","traffic_multiplier":' + "9" * 400 + "}", "400 digits"),
+])
+def test_simulate_refuses_bad_numbers_with_exit_2_not_a_traceback(
+        tmp_path: Path, prom_env: PromEnv, capsys: pytest.CaptureFixture[str], scenario: str, needle: str) -> None:
+    rules = _rules(tmp_path, prom_env.url, 'test_history{series="ramp"}')
+    assert main(["simulate", "--config", str(rules), "--twin", "ramp", "--scenario", scenario]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twin-sidecar simulate: ") and needle in err and "Traceback" not in err

@@ -244,3 +244,54 @@ def test_example_documents_every_key() -> None:
             "replicas", "workers", "auto_correction", "scenarios", "twin", "every", "scenario"]
     missing = [k for k in keys if f"{k}:" not in text]
     assert not missing
+
+
+# --------------------------------------------------------------------------- standing scenarios (review)
+
+SCENARIO_RULES = "twins:\n  - name: a\n    metrics: {c: up}\n{sizing}scenarios:\n  - name: s\n    scenario:\n{body}"
+
+
+def scenario_rules(body: str, sizing: str = "") -> str:
+    return SCENARIO_RULES.replace("{sizing}", sizing).replace("{body}", textwrap.indent(body, "      "))
+
+
+@pytest.mark.parametrize(("body", "line", "key", "expected"), [
+    ("type: traffic_spike\ntraffic_multipler: 5\n", 8, "scenarios[0].scenario.traffic_multipler",
+     "'traffic_multipler' is not known for type 'traffic_spike'"),
+    ("type: traffic_spike\ntraffic_multiplier: -5\n", 8, "scenarios[0].scenario.traffic_multiplier",
+     "'traffic_multiplier' must be > 0 and <= 1000, got -5"),
+    ("type: traffic_spike\nduration_minutes: 30\n", 7, "scenarios[0].scenario",
+     "'traffic_multiplier' is required"),
+    ("type: failure_injection\nreplicas: 3\nreplicas_lost: .inf\n", 9, "scenarios[0].scenario.replicas_lost",
+     "must be a whole number"),
+    ("type: failure_injection\nreplicas_lost: 1\n", 8, "scenarios[0].scenario.replicas_lost",
+     "for twin rule 'a', replicas: 1"),
+    ("type: traffic_spike\ntraffic_multiplier: " + "9" * 400 + "\n", 8,
+     "scenarios[0].scenario.traffic_multiplier", "expected a number of a sensible size, got 400 digits"),
+])
+def test_a_standing_scenario_the_simulation_would_refuse_is_a_config_error(
+        body: str, line: int, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(scenario_rules(body), path="rules.yaml", env={})
+    err = info.value
+    assert (err.path, err.line, err.key) == ("rules.yaml", line, key), str(err)
+    assert expected in str(err) and str(err).startswith(f"rules.yaml:{line}: {key}: ")
+
+
+def test_check_config_exits_2_on_a_scenario_typo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sidecar.cli import main
+
+    path = write(tmp_path, scenario_rules("type: traffic_spike\ntraffic_multipler: 5\n"))
+    assert main(["check-config", str(path)]) == 2
+    assert "traffic_multipler" in capsys.readouterr().err
+
+
+def test_valid_standing_scenarios_still_load() -> None:
+    cfg = parse_config(scenario_rules("type: traffic_spike\ntraffic_multiplier: 5\nduration_minutes: 30\n"),
+                       env={})
+    assert dict(cfg.scenarios[0].scenario) == {"type": "traffic_spike", "traffic_multiplier": 5,
+                                               "duration_minutes": 30}
+    # losing one of the rule's three replicas is a fault the twin survives: valid for that rule
+    cfg = parse_config(scenario_rules("type: failure_injection\nreplicas_lost: 1\n", sizing="    replicas: 3\n"),
+                       env={})
+    assert dict(cfg.scenarios[0].scenario)["replicas_lost"] == 1

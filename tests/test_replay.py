@@ -80,3 +80,21 @@ def test_horizons_and_durations() -> None:
     for bad in ("", "5x", "-5", "0s"):
         with pytest.raises((InputError, ValueError)):
             replay.parse_horizons(bad) if bad == "" else replay.parse_duration(bad)
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    (b"\x00\x01\xff", ":1: not UTF-8 text (byte 0xff at offset 2)"),
+    (b"timestamp,value\n2014-02-14 14:30:00,1\n2014-02-14 14:35:00,\xe9\n", ":3: not UTF-8 text (byte 0xe9"),
+])
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path: Path, data: bytes, where: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "bad.csv"
+    p.write_bytes(data)
+    with pytest.raises(InputError) as e:
+        replay.load(p)
+    assert str(e.value).startswith(f"{p}{where}")
+    for cmd in (["forecast", "--output", str(tmp_path / "o.csv")], ["detect", "--output", str(tmp_path / "o.csv")],
+                ["backtest"]):
+        assert main([cmd[0], "--input", str(p), *cmd[1:]]) == 2
+        err = capsys.readouterr().err
+        assert f"{p}{where}" in err and "Traceback" not in err

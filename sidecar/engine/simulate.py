@@ -191,7 +191,9 @@ def _integer(raw: Mapping[str, Any], key: str, default: int, *, low: int, high: 
     value = raw.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+    # is_integer() rather than int(value): int() of an infinite or NaN float raises (OverflowError/ValueError)
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not value.is_integer()):
         raise ScenarioError(f"scenario field '{key}' must be a whole number, got {value!r}")
     if not low <= int(value) <= high:
         raise ScenarioError(f"scenario field '{key}' must be between {low} and {high}, got {value!r}")
