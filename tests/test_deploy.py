@@ -112,8 +112,8 @@ def test_shards_get_their_own_rules_and_storage(helm: str) -> None:
             twins[cm["metadata"]["name"]] = [t["name"] for t in yaml.safe_load(cm["data"]["rules.yaml"])["twins"]]
     assert twins == {"twins-twin-sidecar-frontend-rules": ["web"], "twins-twin-sidecar-backend-rules": ["orders"]}
     assert len(by_kind(docs, "PersistentVolumeClaim")) == 2
-    (svc,) = by_kind(docs, "Service")
-    assert "twin-sidecar.io/shard" not in svc["spec"]["selector"]  # one Service over all shards
+    services = {s["metadata"]["name"]: s["spec"]["selector"]["twin-sidecar.io/shard"] for s in by_kind(docs, "Service")}
+    assert services == {"twins-twin-sidecar-frontend": "frontend", "twins-twin-sidecar-backend": "backend"}
 
 
 def test_sidecar_mode_renders_no_workload_but_a_usable_container(helm: str) -> None:

@@ -77,6 +77,11 @@ app.kubernetes.io/part-of: twin-sidecar
 {{- if and (eq $v.mode "standalone") (eq $v.storage.type "sqlite") $v.storage.persistence.enabled (gt (int $v.replicaCount) 1) }}
 {{- fail "replicaCount > 1 cannot share one SQLite volume: use storage.type=postgres (or memory), or shards" }}
 {{- end }}
+{{- range $v.shards }}
+{{- if and (gt (int $v.replicaCount) 1) (hasSuffix "-pods" .name) }}
+{{- fail (printf "shard name %q ends in -pods, which the chart gives the per-pod (headless) Services when replicaCount > 1" .name) }}
+{{- end }}
+{{- end }}
 {{- if and (eq $v.mode "sidecar") $v.shards }}
 {{- fail "shards are for mode=standalone; in sidecar mode each pod's sidecar watches its own service" }}
 {{- end }}
@@ -103,6 +108,59 @@ app.kubernetes.io/part-of: twin-sidecar
 {{- if .inst.shard }}
 twin-sidecar.io/shard: {{ .inst.shard | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The Services of one instance (argument: the instance). "<inst>" carries the API and /metrics and selects only
+     this instance's pods (with shards: only that shard's, so a twin's calls never land on another shard);
+     "<inst>-pods" is headless, the StatefulSet's serviceName: each pod answers at <pod>.<inst>-pods.<ns>.svc.
+     The role label lets the ServiceMonitor scrape each pod once, through the API Services only. ------------- */}}
+{{- define "twin-sidecar.serviceName" -}}
+{{- .name }}
+{{- end }}
+
+{{- define "twin-sidecar.podsServiceName" -}}
+{{- printf "%s-pods" (.name | trunc 58 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "twin-sidecar.serviceRoleLabel" -}}
+twin-sidecar.io/service
+{{- end }}
+
+{{/* Durations, read and written as sidecar/config.py does (parse_duration, format_duration), so the chart's alert
+     rules say what `twin-sidecar rules` says for the same interval. "twin-sidecar.seconds": 2m30s -> 150. ------ */}}
+{{- define "twin-sidecar.seconds" -}}
+{{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 }}
+{{- $total := 0.0 }}
+{{- range $part := regexFindAll "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d|w)" (toString .) -1 }}
+{{- $unit := regexFind "(ms|s|m|h|d|w)$" $part }}
+{{- $total = addf $total (mulf (float64 (trimSuffix $unit $part)) (get $units $unit)) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/* Seconds -> the shortest exact 1h / 15m / 30s form, else milliseconds (format_duration). */}}
+{{- define "twin-sidecar.formatDuration" -}}
+{{- $s := float64 . }}
+{{- $out := "" }}
+{{- range $u := list (list "w" 604800.0) (list "d" 86400.0) (list "h" 3600.0) (list "m" 60.0) (list "s" 1.0) }}
+{{- $size := index $u 1 }}
+{{- if and (not $out) (ge $s $size) (eq (mulf (floor (divf $s $size)) $size) $s) }}
+{{- $out = printf "%d%s" (int64 (divf $s $size)) (index $u 0) }}
+{{- end }}
+{{- end }}
+{{- default (printf "%dms" (int64 (round (mulf $s 1000.0) 0))) $out }}
+{{- end }}
+
+{{/* A number as a rule threshold: 240, or 60.4 (alerts.py _num). */}}
+{{- define "twin-sidecar.number" -}}
+{{- $x := float64 . }}
+{{- if eq (floor $x) $x }}{{ printf "%d" (int64 $x) }}{{ else }}{{ $x }}{{ end }}
+{{- end }}
+
+{{/* How long a twin may go unsynced before TwinSyncStale: max(4 x interval, 60s), AlertSettings.stale_after_s in
+     sidecar/alerts.py (scripts/check_deploy.py compares the rendered rule with `twin-sidecar rules`). */}}
+{{- define "twin-sidecar.staleAfterSeconds" -}}
+{{- maxf (mulf 4.0 (float64 (include "twin-sidecar.seconds" .))) 60.0 }}
 {{- end }}
 
 {{/* The YAML rules file for one instance: the user's config plus the keys the chart owns. --------------- */}}
