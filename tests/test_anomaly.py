@@ -319,3 +319,31 @@ def test_a_sample_without_a_time_leaves_the_daily_memory_alone() -> None:
     after = bank.state_dict()
     for key in ("today", "daily", "day"):
         np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_an_absurd_glitch_does_not_silence_the_detector_for_days() -> None:
+    """Learning 1e9 in a series near 50 raised the typical magnitude and the smoothed levels so far that a
+    real spike two days later scored nothing; with the forecaster's held-back value it still stands out."""
+    rng = np.random.default_rng(5)
+    n = 1500
+    k = np.arange(n)
+    ys = 50.0 + 10.0 * np.sin(2 * np.pi * k / 288) + rng.normal(0.0, 0.3, n)
+    ys[900] = 1e9
+    ys[1400] += 100.0                                            # a real spike, far beyond the wave
+    learn = ys.copy()
+    learn[900] = 52.0                                            # what the forecaster let the models learn
+
+    def scores(with_learn: bool) -> np.ndarray:
+        bank = AnomalyBank()
+        idx = bank.add(1)
+        nan = np.full(1, np.nan)
+        out = np.empty(n)
+        for j in range(n):
+            out[j] = bank.update(idx, np.array([300.0 * j]), ys[j:j + 1], nan, nan, nan, nan,
+                                 learn[j:j + 1] if with_learn else None)[0]
+        return out
+
+    guarded, plain = scores(True), scores(False)
+    assert guarded[900] > 0.999 and plain[900] > 0.999          # the glitch itself is an anomaly either way
+    assert guarded[1400] > 0.99
+    assert plain[1400] < 0.5                                     # what the guard prevents (0 here)

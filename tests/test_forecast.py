@@ -274,3 +274,47 @@ def test_auto_forecast_is_a_weighted_average_of_the_models() -> None:
     hi = np.nanmax(models, axis=1)
     assert np.all((fc.mean >= lo - 1e-9) & (fc.mean <= hi + 1e-9))
     assert np.all(np.isfinite(models[np.arange(2)[:, None], fc.model.astype(np.int64), np.arange(4)[None, :]]))
+
+
+def _wave(n: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    k = np.arange(n)
+    return 50.0 + 10.0 * np.sin(2 * np.pi * k / 288) + rng.normal(0.0, 0.3, n)
+
+
+def _run(bank: ForecastBank, ys: np.ndarray) -> tuple[list[Forecast], list[Expectation]]:
+    idx = bank.add(1)
+    fcs, exps = [], []
+    for k, v in enumerate(ys):
+        exps.append(bank.update(idx, np.array([300.0 * k]), np.array([v])))
+        fcs.append(bank.forecast(idx))
+    return fcs, exps
+
+
+@pytest.mark.parametrize("glitch", [1e9, -1e15])
+def test_one_absurd_sample_neither_poisons_the_forecasts_nor_blows_up_the_intervals(glitch: float) -> None:
+    """One bad scrape (1e9 in a series near 50) left the 5-minute interval at [0, 3.7 million] 10 samples
+    later and about [0, 150] five days later; the forecasts after it matched a clean run's to within noise."""
+    ys = _wave(1500)
+    bad = ys.copy()
+    bad[900] = glitch
+    clean_fc, _ = _run(ForecastBank([300.0, 3600.0]), ys)
+    bad_fc, bad_exp = _run(ForecastBank([300.0, 3600.0]), bad)
+    learned = bad_exp[900].learned
+    assert learned is not None and learned[0] == bad_exp[900].expected[0]       # not learnt at all
+    width = np.max([f.upper[0] - f.lower[0] for f in clean_fc[800:900]], axis=0)
+    for k in range(901, 1500):
+        assert np.all(bad_fc[k].upper[0] - bad_fc[k].lower[0] < 3.0 * width), k
+        assert np.all(np.abs(bad_fc[k].mean[0] - clean_fc[k].mean[0]) < 1.0), k
+
+
+def test_a_change_that_persists_is_learnt_at_once() -> None:
+    """The glitch guard holds back a lone sample only: from the second far sample on, the models see the
+    real values, so a genuine jump (a deploy that doubles memory) is followed as before."""
+    ys = _wave(1000)
+    ys[700:] += 1e4
+    fc, exps = _run(ForecastBank([300.0, 3600.0]), ys)
+    assert exps[700].learned is not None and exps[700].learned[0] < 1e3        # the first one is held
+    assert exps[701].learned is not None and exps[701].learned[0] == ys[701]   # the second goes through
+    assert abs(fc[720].mean[0, 0] - ys[721]) < 0.05 * 1e4
+    assert abs(fc[760].mean[0, 1] - ys[772]) < 0.01 * 1e4

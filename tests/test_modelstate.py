@@ -117,14 +117,45 @@ def test_a_garbled_blob_is_skipped_and_the_others_load(caplog: pytest.LogCapture
     assert any("unreadable" in r.message and getattr(r, "twin_id", "") == ta for r in caplog.records)
 
 
-def test_state_from_other_horizons_is_refused_whole(caplog: pytest.LogCaptureFixture) -> None:
-    old, _ = _fed(0.5, names=("a",))
-    new = Engine(EngineSettings(horizons_s=(300.0, 900.0)))
+def test_state_from_other_horizons_keeps_the_shared_horizons_and_every_model(caplog: pytest.LogCaptureFixture) -> None:
+    """One twin's rule asking for a 2-hour horizon changed the bank's horizon set, and every twin's saved
+    state was refused ("saved by other forecast models or horizons"): a week of learnt habits gone."""
+    old, times = _fed(3.0, names=("a",))
+    new = Engine(EngineSettings(horizons_s=(300.0, 900.0, 7200.0)))      # 30 and 60 min dropped, 2 h new
     new.restore_twin(old.get("a").definition())
     with caplog.at_level(logging.WARNING):
-        assert new.load_model_states(old.export_model_states()) == {}
-    assert any("does not fit" in r.message for r in caplog.records)
-    assert int(new.predictor.bank.state_dict()["core.n"].max(initial=0)) == 0
+        learnt = new.load_model_states(old.export_model_states())
+    assert not any("does not fit" in r.message for r in caplog.records)
+    assert learnt[(old.get("a").twin_id, "cpu_usage")] == times[-1]
+    so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
+    fo, fn = old.predictor.bank.state_dict(), new.predictor.bank.state_dict()
+    # every model's own state and the per-horizon memories of 5 and 15 minutes came across as they were
+    for k in fo:
+        if k.startswith("m"):
+            np.testing.assert_array_equal(fo[k][so], fn[k][sn])
+    np.testing.assert_array_equal(fo["core.mae"][so][:, :, :2], fn["core.mae"][sn][:, :, :2])
+    np.testing.assert_array_equal(fo["core.qhi"][so][:, :2], fn["core.qhi"][sn][:, :2])
+    assert np.isnan(fn["core.mae"][sn][:, :, 2]).all() and fn["core.fcnt"][sn][0, 2] == 0   # 2 h: learns anew
+    t_next = float(times[-1] + STEP)
+    for e in (old, new):
+        e.ingest(e.series_for("a", ["cpu_usage", "memory_usage"]), np.array([_daily(np.array([t_next]), 0.0)[0],
+                                                                               40.0]), at=t_next, quiet=True)
+    np.testing.assert_allclose(old.fc_mean[so][:, :2], new.fc_mean[sn][:, :2])
+
+
+def test_state_saved_before_a_field_was_added_still_loads() -> None:
+    """A version that adds a field to the bank must not make every twin relearn: the new field starts fresh."""
+    old, _ = _fed(0.5, names=("a",))
+    blobs = old.export_model_states()
+    tid = old.get("a").twin_id
+    st = decode(blobs[tid])
+    forecast = {k: v for k, v in st.forecast.items() if k != "core.held"}   # as saved before `held` existed
+    blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, st.forecast_config, forecast, st.anomaly))
+    new = _fresh_like(old, ("a",))
+    assert new.load_model_states(blobs)
+    so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
+    np.testing.assert_array_equal(old.predictor.bank.state_dict()["core.mae"][so],
+                                  new.predictor.bank.state_dict()["core.mae"][sn])
 
 
 def test_decode_names_what_is_wrong() -> None:

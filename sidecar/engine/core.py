@@ -28,9 +28,19 @@ from ..errors import CorruptSnapshotError, InputError, ScenarioError, UnknownTwi
 from .anomaly import AnomalyBank
 from .correct import AutoCorrector
 from .diverge import DivergenceDetector, divergence_floor
+from .forecast import HORIZON_AXIS
 from .health import drift_flags, health_band, health_scores, series_penalty
 from .history import verified
-from .modelstate import FORECAST_CONFIG, TwinModelState, check_rows, put_rows, same_forecast_config, take_rows
+from .modelstate import (
+    FORECAST_CONFIG,
+    TwinModelState,
+    check_rows,
+    put_rows,
+    remap_horizons,
+    same_but_horizons,
+    same_forecast_config,
+    take_rows,
+)
 from .modelstate import decode as decode_model_state
 from .modelstate import encode as encode_model_state
 from .monitor import Monitor
@@ -353,7 +363,8 @@ class Engine:
                 quiet: bool) -> None:
         self.series.append(idx, t, y)
         exp = self.predictor.update(idx, t, y)
-        self.anomaly_score[idx] = self.anomaly.update(idx, t, y, exp.expected, exp.lower, exp.upper, exp.scale)
+        self.anomaly_score[idx] = self.anomaly.update(idx, t, y, exp.expected, exp.lower, exp.upper, exp.scale,
+                                                     exp.learned)
         manual_e = self.manual_expected[idx]
         manual = np.isfinite(manual_e)
         e = np.where(manual, manual_e, exp.expected)
@@ -1055,15 +1066,20 @@ class Engine:
         learnt: dict[tuple[str, str], float] = {}
         for st, rows in placed:
             try:
+                part = st.forecast
                 if not same_forecast_config(st.forecast_config, config):
-                    raise InputError("saved by other forecast models or horizons")
-                check_rows(fs, rows, st.forecast, FORECAST_CONFIG)
+                    if not same_but_horizons(st.forecast_config, config):
+                        raise InputError("saved by other forecast models, level or queue")
+                    # other horizons (one twin's rule changed the set): keep the shared ones and every model
+                    part = remap_horizons(part, take_rows(fs, rows, FORECAST_CONFIG),
+                                          st.forecast_config["horizons_s"], config["horizons_s"], HORIZON_AXIS)
+                check_rows(fs, rows, part, FORECAST_CONFIG)
                 check_rows(an, rows, st.anomaly)
             except InputError as exc:
                 log.warning("stored model state does not fit: relearning", extra={
                     "twin_id": st.twin_id, "error": str(exc)})
                 continue
-            put_rows(fs, rows, st.forecast)
+            put_rows(fs, rows, part)
             put_rows(an, rows, st.anomaly)
             self.series.last_t[rows] = np.fmax(self.series.last_t[rows], st.learnt_until)
             learnt.update({(st.twin_id, m): float(t) for m, t in zip(st.metrics, st.learnt_until, strict=True)})

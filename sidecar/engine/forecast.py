@@ -45,6 +45,16 @@ _CONF_PRIOR = 20.0  # pseudo-count pulling `confidence` toward `level`
 _MIN_SCORED = 5  # scores a model needs at a horizon before it can be chosen
 _TOP = 3  # forecasts averaged per series and horizon
 _TEMP = 0.05  # how fast a model's weight falls with its recent error relative to the best one's
+_GLITCH = 50.0  # one-step error scales beyond which a lone sample is a glitch the models do not learn as is
+_ERR_CAP = 50.0  # an error counts at most this many times the bank's recent error at that horizon (one bad
+#                  sample, say 1e9 in a series near 50, otherwise blew the intervals up for days)
+
+
+#: Core fields with a horizon axis, and where it is after the row axis (saved rows are remapped by horizon
+#: when a twin's horizons change, so the other horizons and every model keep what they learnt)
+HORIZON_AXIS = {"fmean": 1, "flo": 1, "fhi": 1, "fmodel": 1, "mae": 2, "cnt": 2, "fcnt": 1, "fmae": 1, "qlo": 1,
+                "qhi": 1, "hit": 1, "ptgt": 1, "py": 1, "ppred": 1, "plo": 1, "phi": 1, "phead": 1, "pcnt": 1,
+                "plast": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,20 @@ class Expectation:
     lower: np.ndarray  # (k,) interval at `level`
     upper: np.ndarray
     scale: np.ndarray  # (k,) robust scale of recent one-step errors (>0, NaN if unknown)
+    learned: np.ndarray | None = None  # (k,) the value the models learned: the sample, or a lone glitch held back
+
+
+def _cap(ref: NDArray[np.float64], level: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Largest error an update may count, from a running error scale (none while the scale is unknown).
+
+    Winsorising keeps one absurd sample from owning the error memories that pick models and size
+    intervals; a real change still gets through, growing them by up to (_ERR_CAP - 1) x rate a sample.
+    The scale counts as at least a thousandth of the level before the sample (never the sample's own,
+    which may be the absurd one): on a near-exact fit the scale is rounding, and a cap that small would
+    make every model's error equal."""
+    with np.errstate(invalid="ignore"):
+        r = np.maximum(ref, 1e-3 * np.abs(level))
+        return np.where(np.isfinite(r) & (r > 0), _ERR_CAP * r, np.inf)
 
 
 def _ewm_rate(count: NDArray[np.float64], floor: float) -> NDArray[np.float64]:
@@ -119,6 +143,7 @@ class ForecastBank:
             "dt": Field((), np.float64, np.nan),
             # latest forecasts, made at the end of each update
             "pred1": Field((M,), np.float64, np.nan),  # every model, one sampling interval ahead
+            "held": Field((), np.int8, 0),  # the last sample was held back as a glitch: +1 above, -1 below
             "fmean": Field((H,), np.float64, np.nan),
             "flo": Field((H,), np.float64, np.nan),
             "fhi": Field((H,), np.float64, np.nan),
@@ -211,6 +236,8 @@ class ForecastBank:
 
         exp = self._expect(i, y, seen, y_prev, gap_dt, dt_prev, gap)
         self._score_pending(i, t, y, dt_prev)
+        y = self._hold_glitches(i, y, exp, gap)
+        exp = Expectation(exp.expected, exp.lower, exp.upper, exp.scale, y)
 
         # sampling interval: first interval, then a forgetting mean that ignores gaps
         second = n_prev == 1
@@ -231,6 +258,30 @@ class ForecastBank:
         pred_h = self._refresh(i)
         self._issue_pending(i, t, pred_h)
         return exp
+
+    def _hold_glitches(self, i: I64, y: F64, exp: Expectation, gap: NDArray[np.bool_]) -> F64:
+        """The value the models learn from: a lone sample absurdly far from what was expected (more than
+        _GLITCH one-step error scales) is replaced by the expectation, so one bad scrape (1e9 in a series
+        near 50) cannot poison the levels, trends and profiles for days (pulled in only to 50 scales, it
+        still came back a day later through the daily profile). A second such sample on the same side is
+        a real change and goes through. Scores, anomaly detection and history see the raw value."""
+        c = self.core
+        e, sc = exp.expected, exp.scale
+        with np.errstate(invalid="ignore"):
+            dev = y - e
+            # a scale below a thousandth of the level is rounding on a near-exact fit, not precision
+            sc = np.maximum(sc, 1e-3 * np.abs(e))
+            far = ~gap & np.isfinite(sc) & np.isfinite(dev) & (np.abs(dev) > _GLITCH * sc)
+        if not far.any() and not c["held"][i].any():
+            return y
+        side = np.sign(dev).astype(np.int8)
+        state = c["held"][i]
+        hold = far & (state != side) & (state != 2 * side)
+        # lone far sample: held (state = side); the next far one on that side: a change, accepted (2 * side),
+        # and so are the ones after it until a sample is near the expectation again (state 0)
+        c["held"][i] = np.where(hold, side, np.where(far & (state != 0), 2 * side, 0)).astype(np.int8)
+        out: F64 = np.where(hold, e, y)
+        return out
 
     def _predict_all(self, now: Now, h_s: F64) -> F64:
         """(k, M, H) predictions of every model; NaN where a model has none or misbehaves."""
@@ -321,6 +372,7 @@ class ForecastBank:
             yo = y[o]
             err_m = np.abs(yo[:, None] - pred1[o])
             fin = np.isfinite(err_m)
+            err_m = np.minimum(err_m, _cap(sc[o], y_prev[o])[:, None])
             cn = cnt1[o] + fin
             r = _ewm_rate(cn, _ERR_RATE)
             m0 = mae1[o]
@@ -390,6 +442,7 @@ class ForecastBank:
         preds = c["py"][si, hcol, q][:, None] + c["ppred"][si, hcol, q].astype(np.float64)  # (n, M+1)
         err = np.abs(actual[:, None] - preds[:, :M])
         fin = np.isfinite(err)
+        err = np.minimum(err, _cap(c["fmae"][si, hcol], c["py"][si, hcol, q])[:, None])
         cnt = c["cnt"][si, :, hcol] + fin
         rate = _ewm_rate(cnt, _ERR_RATE)
         m0 = c["mae"][si, :, hcol]
@@ -403,8 +456,8 @@ class ForecastBank:
         fc = c["fcnt"][si, hcol] + 1.0
         c["fcnt"][si, hcol] = fc
         fr = _ewm_rate(fc, _ERR_RATE)
-        ae = np.abs(e)
         f0 = c["fmae"][si, hcol]
+        ae = np.minimum(np.abs(e), _cap(f0, c["py"][si, hcol, q]))
         f1 = np.where(np.isfinite(f0), f0 + fr * (ae - f0), ae)
         c["fmae"][si, hcol] = f1
         lo, hi = self._track_quantiles(c["qlo"][si, hcol], c["qhi"][si, hcol], e, f1, fc)

@@ -47,11 +47,15 @@ def take_rows(state: Mapping[str, np.ndarray], rows: np.ndarray,
 
 def check_rows(state: Mapping[str, np.ndarray], rows: np.ndarray, part: Mapping[str, np.ndarray],
                skip: tuple[str, ...] = ()) -> None:
-    """Saved rows fit a bank's state: the same keys, each with the bank's row shape."""
+    """Saved rows fit a bank's state: each saved key the bank has, with the bank's row shape.
+
+    A key the bank has and the save lacks (a field added by a newer version) keeps the bank's fresh
+    value, and a key only the save has (a field since removed) is ignored: an upgrade that adds a
+    field must not make every twin relearn from nothing. Saves sharing no key at all do not fit."""
     keys = {k for k in state if k not in skip}
-    if set(part) != keys:
-        raise InputError(f"saved model rows have keys {sorted(set(part) ^ keys)} this bank does not match")
-    for k in keys:
+    if not keys & set(part):
+        raise InputError("saved model rows share no field with this bank")
+    for k in keys & set(part):
         src = np.asarray(part[k])
         if src.shape != (rows.size, *state[k].shape[1:]):
             raise InputError(f"saved model rows {k!r} have shape {src.shape}, this bank needs "
@@ -59,9 +63,10 @@ def check_rows(state: Mapping[str, np.ndarray], rows: np.ndarray, part: Mapping[
 
 
 def put_rows(state: dict[str, np.ndarray], rows: np.ndarray, part: Mapping[str, np.ndarray]) -> None:
-    """Write rows that passed `check_rows` into a bank's state, in place."""
+    """Write rows that passed `check_rows` into a bank's state, in place (keys the bank lacks are skipped)."""
     for k, v in part.items():
-        state[k][rows] = v
+        if k in state:
+            state[k][rows] = v
 
 
 def same_forecast_config(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
@@ -75,6 +80,41 @@ def same_forecast_config(saved: Mapping[str, np.ndarray], current: Mapping[str, 
                 == [str(s) for s in np.asarray(current["model_names"]).tolist()])
     except (KeyError, ValueError, TypeError):
         return False
+
+
+def same_but_horizons(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
+    """Whether saved forecast rows differ from this bank only in their horizons."""
+    try:
+        return (float(saved["level"]) == float(current["level"]) and int(saved["queue"]) == int(current["queue"])
+                and [str(s) for s in np.asarray(saved["model_names"]).tolist()]
+                == [str(s) for s in np.asarray(current["model_names"]).tolist()])
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def remap_horizons(part: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray], saved_h: np.ndarray,
+                   current_h: np.ndarray, axes: Mapping[str, int], prefix: str = "core.") -> dict[str, np.ndarray]:
+    """Saved forecast rows moved onto this bank's horizons: a horizon both have keeps its columns, a new
+    one starts from `fresh` (the bank's own, unlearnt rows), a dropped one is left out. Fields without a
+    horizon axis, every model's state among them, are kept whole."""
+    old = [float(h) for h in np.asarray(saved_h, np.float64).ravel()]
+    out: dict[str, np.ndarray] = {}
+    for k, v in part.items():
+        ax = axes.get(k[len(prefix):]) if k.startswith(prefix) else None
+        if ax is None or k not in fresh:
+            out[k] = np.asarray(v)
+            continue
+        src, dst = np.asarray(v), np.array(fresh[k], copy=True)
+        if src.shape[ax] != len(old):
+            raise InputError(f"saved model rows {k!r} have {src.shape[ax]} horizons, the save names {len(old)}")
+        for j, h in enumerate(np.asarray(current_h, np.float64).ravel().tolist()):
+            if h in old:
+                sel_d: list[slice | int] = [slice(None)] * dst.ndim
+                sel_s: list[slice | int] = [slice(None)] * src.ndim
+                sel_d[ax], sel_s[ax] = j, old.index(h)
+                dst[tuple(sel_d)] = src[tuple(sel_s)].astype(dst.dtype)
+        out[k] = dst
+    return out
 
 
 def encode(state: TwinModelState) -> bytes:
