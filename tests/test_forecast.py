@@ -318,3 +318,13 @@ def test_a_change_that_persists_is_learnt_at_once() -> None:
     assert exps[701].learned is not None and exps[701].learned[0] == ys[701]   # the second goes through
     assert abs(fc[720].mean[0, 0] - ys[721]) < 0.05 * 1e4
     assert abs(fc[760].mean[0, 1] - ys[772]) < 0.01 * 1e4
+
+
+def test_a_forced_baseline_learns_every_sample_as_it_is() -> None:
+    """`--model last` is the yardstick of MASE: with the glitch guard it read 0.97-0.995 against itself."""
+    ys = _wave(400)
+    ys[300] = 1e9
+    bank = ForecastBank([300.0], model="last")
+    fc, exps = _run(bank, ys)
+    assert exps[300].learned is not None and exps[300].learned[0] == 1e9
+    assert fc[300].mean[0, 0] == 1e9

@@ -265,6 +265,8 @@ class ForecastBank:
         near 50) cannot poison the levels, trends and profiles for days (pulled in only to 50 scales, it
         still came back a day later through the daily profile). A second such sample on the same side is
         a real change and goes through. Scores, anomaly detection and history see the raw value."""
+        if self._forced >= 0:       # a forced model is a baseline (last value, predict_linear): kept pure
+            return y
         c = self.core
         e, sc = exp.expected, exp.scale
         with np.errstate(invalid="ignore"):
