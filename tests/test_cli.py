@@ -115,3 +115,15 @@ def test_simulate_refuses_bad_numbers_with_exit_2_not_a_traceback(
     assert main(["simulate", "--config", str(rules), "--twin", "ramp", "--scenario", scenario]) == 2
     err = capsys.readouterr().err
     assert err.startswith("twin-sidecar simulate: ") and needle in err and "Traceback" not in err
+
+
+def test_backtest_uses_the_step_asked_for_beyond_prometheus_point_limit(prom_env: PromEnv,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """12,000 steps is more than one range query may return: the client fetches it in parts, and the backtest
+    judges the data at the step asked for (it used to coarsen the step to 11,000 points without saying so)."""
+    start = prom_env.history_start
+    end = start + 3599.7
+    assert main(["backtest", "--prometheus", prom_env.url, "--query", 'test_history{series="ramp"}',
+                 "--start", str(start), "--end", str(end), "--step", "300ms", "--horizons", "5m", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["samples"] == 12_000
