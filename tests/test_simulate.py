@@ -313,3 +313,8 @@ def test_blocked_worker_pool_breaks_on_latency_well_before_cpu() -> None:
     spike = run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 4})
     assert spike.will_likely_fail
     assert any(re.search(r"Add \d+ replica", x) for x in spike.recommendations)
+
+
+def test_an_integer_too_large_for_a_float_is_out_of_range_not_a_crash() -> None:
+    with pytest.raises(ScenarioError, match="traffic_multiplier"):
+        parse_scenario({"type": "traffic_spike", "traffic_multiplier": 10**400})

@@ -180,7 +180,10 @@ def _number(raw: Mapping[str, Any], key: str, default: float | None, *, low: flo
             value = None
         if value is None:
             raise ScenarioError(f"scenario field '{name}' must be a number, got {raw.get(name)!r}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:       # an integer beyond any float: out of range like any other huge value
+        x = math.inf
     if not math.isfinite(x) or x > high or x < low or (low_open and x <= low):
         bound = f"> {low:g}" if low_open else f">= {low:g}"
         raise ScenarioError(f"scenario field '{name}' must be {bound} and <= {high:g}, got {value!r}")
