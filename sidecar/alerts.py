@@ -50,8 +50,8 @@ DEFAULT_RUNBOOK_URL = "README.md"
 #: Every alert this module can emit, in the order of the rule group (TwinMissing only with static twins).
 ALERT_NAMES: tuple[str, ...] = (
     "TwinDivergenceHigh", "TwinDivergenceCritical", "TwinHealthLow", "TwinHealthCritical", "TwinBreachSoon",
-    "TwinSyncStale", "TwinMissing", "TwinSidecarAbsent", "TwinPrometheusUnreachable", "TwinStoreDown",
-    "TwinSimulationFailureLikely",
+    "TwinSyncStale", "TwinMetricStale", "TwinMissing", "TwinSidecarAbsent", "TwinPrometheusUnreachable",
+    "TwinStoreDown", "TwinSimulationFailureLikely",
 )
 
 
@@ -198,6 +198,19 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
                _fill("Twin {{ $labels.twin }} last accepted a sync {{ $value | humanizeDuration }} ago; "
                      "the sync interval is <<interval>> and the alert fires past <<stale>>. "
                      "Its forecasts, divergence and health are frozen.", v)),
+        # one metric left behind while its twin syncs (a query that returns nothing, or only NaN/Inf: an error
+        # ratio at zero traffic is 0/0); measured against the twin's own last sync, so a twin that stops
+        # syncing altogether raises TwinSyncStale alone, and one threshold (the chart rewrites it per interval)
+        b.rule("TwinMetricStale",
+               f"{b.sel('twin_last_sync_timestamp_seconds')} - ignoring (metric) group_right "
+               f"{b.sel('twin_metric_last_sample_timestamp_seconds')} > {_num(stale_s)}",
+               s.sync_for_s, "warning",
+               "{{ $labels.twin }}: {{ $labels.metric }} has had no new sample for {{ $value | humanizeDuration }}",
+               _fill("Metric {{ $labels.metric }} of twin {{ $labels.twin }} has accepted no sample for "
+                     "{{ $value | humanizeDuration }} while the twin's other metrics sync: its query returns "
+                     "nothing or only NaN/Inf (a ratio at zero traffic is 0/0). Its actual, expected and "
+                     "forecast values are frozen at the last sample; the sync interval is <<interval>> and the "
+                     "alert fires past <<stale>>.", v)),
     ]
     static = _static_twins(config)
     if static:

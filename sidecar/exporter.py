@@ -115,6 +115,9 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_drift", "gauge", "1 while the twin drifts from its expected state, else 0.", ("twin",)),
     MetricSpec("twin_last_sync_timestamp_seconds", "gauge",
                "Unix time of the twin's last accepted sync.", ("twin",)),
+    MetricSpec("twin_metric_last_sample_timestamp_seconds", "gauge",
+               "Unix time of the metric's last accepted sample: a query that returns nothing or only NaN/Inf "
+               "(a ratio at zero traffic) leaves it behind while the twin's other metrics sync.", _TML),
     MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
     MetricSpec("twin_source_up", "gauge",
                "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
@@ -388,6 +391,9 @@ class TwinCollector:
             _array_gauge("twin_health_score", t, view.health),
             _array_gauge("twin_drift", t, np.asarray(view.drift, dtype=np.float64)),
             _array_gauge("twin_last_sync_timestamp_seconds", t, view.last_sync),
+            _array_gauge("twin_metric_last_sample_timestamp_seconds", s,
+                         view.series_last_sample if view.series_last_sample is not None
+                         else np.full(len(view.series_twin), np.nan)),
         )
 
     def _status_families(self, view: EngineView) -> Iterator[Metric]:

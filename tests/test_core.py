@@ -267,3 +267,16 @@ def test_a_twin_shows_only_the_horizons_it_asked_for() -> None:
         eng.set_horizons("short", [120.0], at=t)
     eng.set_horizons("short", None, at=t)                  # back to every horizon
     assert np.isfinite(eng.view().forecast_mean[short]).all()
+
+
+def test_a_metric_fed_nan_keeps_its_last_sample_time_while_the_twin_syncs() -> None:
+    """What TwinMetricStale needs: the twin's sync time moves on, the NaN-fed metric's last sample does not."""
+    eng = Engine()
+    eng.create_twin("svc", at=T0)
+    for i in range(10):
+        err = 0.01 if i < 4 else float("nan")          # 0/0 once traffic stops
+        eng.sync("svc", {"cpu_usage": 40.0 + i, "error_rate": err}, at=T0 + 15 * i)
+    v = eng.view()
+    last = dict(zip(v.series_metric, np.asarray(v.series_last_sample).tolist(), strict=True))
+    assert last["cpu_usage"] == T0 + 135 and last["error_rate"] == T0 + 45
+    assert v.last_sync[0] == T0 + 135

@@ -48,6 +48,9 @@ def make_view(n_twins: int = 3, metrics: tuple[str, ...] = ("cpu_usage", "reques
     expected[-1] = np.nan                               # nothing expected yet
     last_sync = np.full(t, at)
     last_sync[-1] = np.nan                              # never synced
+    last_sample = np.full(s, at)
+    last_sample[0] = at - 600.0                         # one metric left behind (its query returns NaN)
+    last_sample[-1] = np.nan                            # never sampled
     return EngineView(
         at=at, horizons_s=HORIZONS, series_twin=st, series_metric=sm, last_value=rng.uniform(10, 90, s),
         forecast_mean=mean, forecast_lower=mean - 5, forecast_upper=mean + 5,
@@ -55,7 +58,7 @@ def make_view(n_twins: int = 3, metrics: tuple[str, ...] = ("cpu_usage", "reques
         divergence_ratio=rng.normal(0, 0.2, s), severity=rng.integers(0, 5, s).astype(np.int8),
         anomaly=rng.uniform(0, 1, s), limit=np.where(np.array(sm) == "cpu_usage", 95.0, 1000.0),
         breach_eta_s=eta, twin_names=tuple(names), health=rng.uniform(0, 100, t),
-        drift=np.arange(t) % 2 == 0, last_sync=last_sync)
+        drift=np.arange(t) % 2 == 0, last_sync=last_sync, series_last_sample=last_sample)
 
 
 def scrape(view: EngineView, status: ServiceStatus | None = None, *, openmetrics: bool = False) -> str:
@@ -284,3 +287,13 @@ def test_help_texts_need_no_escaping() -> None:
     for spec in EXPORTED_METRICS:
         assert not set(spec.help) & {'"', "\\", "\n"}, spec.name
         assert spec.help and spec.name == spec.name.lower()
+
+
+def test_each_metric_exports_when_it_last_got_a_sample() -> None:
+    """A metric whose query returns only NaN froze its values while the twin's sync time moved on; its own
+    last-sample time is what TwinMetricStale compares with the twin's."""
+    got = samples_of(scrape(make_view()))
+    key = "twin_metric_last_sample_timestamp_seconds"
+    rows = {dict(labels)["twin"] + "/" + dict(labels)["metric"]: v for (n, labels), v in got.items() if n == key}
+    assert rows["svc-0/cpu_usage"] == 1.7e9 - 600.0 and rows["svc-0/request_latency_ms"] == 1.7e9
+    assert "svc-2/request_latency_ms" not in rows and len(rows) == 5      # never sampled: absent, not NaN

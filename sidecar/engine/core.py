@@ -881,7 +881,8 @@ class Engine:
             breach_eta_s=self.eta[act],
             twin_names=tuple(self._twins[tid].source_system for tid in self._twins),
             health=self.health[ts] if ts.size else np.zeros(0),
-            drift=self.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls)
+            drift=self.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls,
+            series_last_sample=self.series.last_t[act])
 
     # -------------------------------------------------------------- what-if
     def simulate(self, twin: str, scenario: Mapping[str, Any], *, at: float, seed: int = 0,

@@ -40,6 +40,7 @@ class EngineView:
     health: np.ndarray                # (T,) 0..100
     drift: np.ndarray                 # (T,) bool
     last_sync: np.ndarray             # (T,) unix s, NaN: never
+    series_last_sample: np.ndarray | None = None   # (S,) unix s of each series' last accepted sample
 
     @classmethod
     def empty(cls, horizons_s: np.ndarray) -> EngineView:
