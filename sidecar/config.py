@@ -472,7 +472,39 @@ def _promql(r: _Reader, name: str, *, required: bool = False) -> str | None:
         raise r.error(node, r.key(name), str(exc)) from exc
     except ValueError as exc:
         raise r.error(node, r.key(name), f"expected valid PromQL: {exc}") from exc
+    problem = result_type_problem(text)
+    if problem is not None:
+        raise r.error(node, r.key(name), problem)
     return text
+
+
+def result_type_problem(query: str) -> str | None:
+    """Why ``query`` can never give the numbers per series a twin needs, or ``None`` when it can.
+
+    The sidecar reads instant vectors (or scalars) and backfills with range queries, which Prometheus
+    only accepts for those two types. A string literal (``'"hello"'``) or a range vector (``up[5m]``)
+    parses, but every round would fail on it at run time; the type is known from the syntax tree alone.
+    """
+    import promql_parser  # late, like the loop guard that already needs it
+
+    text = _PLACEHOLDER.sub(lambda m: f"__placeholder_{m.group(1) or m.group(2)}", query)
+    expr: Any = promql_parser.parse(text)
+    while isinstance(expr, promql_parser.ParenExpr):
+        expr = expr.expr
+    kind: str | None = None
+    if isinstance(expr, promql_parser.StringLiteral):
+        kind = "string"
+    elif isinstance(expr, promql_parser.MatrixSelector | promql_parser.SubqueryExpr):
+        kind = "range vector"
+    elif isinstance(expr, promql_parser.Call):
+        returns = expr.func.return_type
+        kind = ("string" if returns == promql_parser.ValueType.String
+                else "range vector" if returns == promql_parser.ValueType.Matrix else None)
+    if kind is None:
+        return None
+    hint = ("a string literal is not a measurement" if kind == "string"
+            else "wrap it in a function over the range, e.g. rate(...) or avg_over_time(...)")
+    return f"expected PromQL returning numbers (an instant vector or a scalar), got a {kind}: {hint}"
 
 
 def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool,

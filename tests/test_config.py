@@ -15,6 +15,7 @@ from sidecar.config import (
     parse_config,
     parse_duration,
     placeholders_in,
+    result_type_problem,
 )
 from sidecar.engine.records import SystemType
 from sidecar.errors import ConfigError
@@ -179,6 +180,15 @@ def test_minimal_rules_take_documented_defaults() -> None:
     ("stroage: {}\ntwins:\n  - name: a\n    metrics: {c: up}\n", 1, "stroage", "unknown key"),
     ("twins:\n  - name: a\n    metrics: {c: up}\n    request_rate: up\n    horizons: [5m, soon]\n", 5,
      "twins[0].horizons[1]", "duration like"),
+    # PromQL that parses but can never be a number per series: it would only fail when queried
+    ("twins:\n  - name: a\n    metrics:\n      custom_s: '\"hello\"'\n", 4, "twins[0].metrics.custom_s",
+     "got a string"),
+    ("twins:\n  - name: a\n    metrics:\n      custom_s: '((\"hello\"))'\n", 4, "twins[0].metrics.custom_s",
+     "got a string"),
+    ("twins:\n  - name: a\n    metrics: {c: up}\n    request_rate: 'http_requests_total[5m]'\n", 4,
+     "twins[0].request_rate", "got a range vector"),
+    ("twins:\n  - name: a\n    metrics:\n      c: 'rate(up[5m])[30m:1m]'\n", 4, "twins[0].metrics.c",
+     "rate(...) or avg_over_time(...)"),
 ])
 def test_every_mistake_names_file_line_and_key(text: str, line: int, key: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -295,3 +305,19 @@ def test_valid_standing_scenarios_still_load() -> None:
     cfg = parse_config(scenario_rules("type: failure_injection\nreplicas_lost: 1\n", sizing="    replicas: 3\n"),
                        env={})
     assert dict(cfg.scenarios[0].scenario)["replicas_lost"] == 1
+
+
+@pytest.mark.parametrize("query", ["up", "1", "-up", "sum by (job) (rate(up[5m]))", "scalar(up)", "time()",
+                                   "(up)", 'label_replace(up, "a", "$1", "b", "(.*)")', 'up{i="$instance"}'])
+def test_queries_returning_numbers_have_no_result_type_problem(query: str) -> None:
+    assert result_type_problem(query) is None
+
+
+def test_check_config_refuses_a_string_literal_query_with_file_line_and_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sidecar.cli import main
+
+    p = write(tmp_path, "twins:\n  - name: a\n    metrics:\n      cpu_usage: up\n      custom_s: '\"hello\"'\n")
+    assert main(["check-config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:5: twins[0].metrics.custom_s: expected PromQL returning numbers" in err and "string" in err
