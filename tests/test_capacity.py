@@ -222,3 +222,67 @@ def test_service_time_that_moves_over_time_widens_the_capacity_spread() -> None:
     assert 0.1 <= noisy.spread <= 0.3           # the moving service time, plus its effect on the queueing
     assert noisy.capacity_log_sd > 5 * calm.capacity_log_sd
     assert noisy.service_s == pytest.approx(0.03, rel=0.1)
+
+
+# ------------------------------------------------------------------------------------------ traffic states
+
+
+def test_a_rate_observed_as_zero_is_zero_traffic_not_a_missing_rate() -> None:
+    """A constant counter's rate is 0: that is an observation (nothing to scale), not "no throughput metric"."""
+    times, values = _service()
+    values["request_rate"] = np.zeros(values["request_rate"].size)
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert fit.traffic == "zero" and fit.zero_traffic and fit.has_rate
+    assert fit.rate_now == 0.0 and fit.cpu_slope == 0.0
+    assert not fit.capacity_known and "was 0 over the whole history" in fit.reason
+    params = fit.params()
+    assert params["traffic"] == "zero" and params["capacity"] is None and params["service_time_ms"] is None
+    assert json.loads(json.dumps(params, allow_nan=False)) == params
+
+
+def test_traffic_that_stopped_keeps_the_capacity_fitted_from_its_history() -> None:
+    times, values = _service()
+    values["request_rate"][-10:] = 0.0
+    values["cpu_usage"][-10:] = 5.0                                 # idle
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert fit.zero_traffic and fit.rate_now == 0.0
+    assert fit.capacity_known and fit.capacity_source in ("cpu", "latency")
+    assert fit.capacity == pytest.approx(200.0, rel=0.1)
+
+
+@pytest.mark.parametrize(("drop", "traffic", "why"), [
+    (True, "no_query", "no request_rate metric for this twin"),
+    (False, "no_data", "request_rate returned no data"),
+])
+def test_no_rate_query_and_no_rate_data_are_told_apart(drop: bool, traffic: str, why: str) -> None:
+    times, values = _service()
+    if drop:
+        del values["request_rate"]
+    else:
+        values["request_rate"] = np.full(values["request_rate"].size, np.nan)
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert fit.traffic == traffic and not fit.has_rate and not fit.zero_traffic
+    assert why in fit.reason and "proportional to traffic" in fit.reason
+    assert fit.capacity == pytest.approx(100.0 / float(np.median(values["cpu_usage"][-5:])))
+
+
+def test_low_traffic_on_an_idle_cpu_keeps_the_idle_floor() -> None:
+    """~1 request a minute, CPU flat at 30%: the CPU law keeps the 30% floor and a bounded slope, where "all
+    CPU is load-driven" would put 1500 %/(req/s) on it and 5x traffic at 150% CPU."""
+    times, values = _service()
+    rng = np.random.default_rng(5)
+    n = values["request_rate"].size
+    values["request_rate"] = rng.poisson(1.2, n) / 60.0
+    values["request_rate"][-5:] = 0.02
+    values["cpu_usage"] = 30.0 + rng.normal(0, 1.0, n)
+    fit = fit_capacity(times, values, replicas=2, workers=1)
+    assert fit.traffic == "observed" and not fit.trustworthy
+    assert "CPU does not rise clearly with load" in fit.reason and "idle floor" in fit.reason
+    assert fit.cpu_idle == pytest.approx(30.0, abs=1.0)
+    # the slope is the upper bound of one that is really 0: small against 30% / 0.02 req/s = 1500
+    assert 0.0 < fit.cpu_slope < 50.0
+    assert fit.cpu_idle + fit.cpu_slope * 5 * 0.02 < 32.0           # CPU at 5x traffic
+    # the covariance pivots at the data's centre: drawn slopes move CPU at higher loads, not where it was seen
+    x = float(np.mean(values["request_rate"]))
+    g = np.array([1.0, x])
+    assert fit.cpu_cov[1][1] > 0 and float(g @ np.array(fit.cpu_cov) @ g) == pytest.approx(0.0, abs=1e-9)

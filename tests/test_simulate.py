@@ -318,3 +318,134 @@ def test_blocked_worker_pool_breaks_on_latency_well_before_cpu() -> None:
 def test_an_integer_too_large_for_a_float_is_out_of_range_not_a_crash() -> None:
     with pytest.raises(ScenarioError, match="traffic_multiplier"):
         parse_scenario({"type": "traffic_spike", "traffic_multiplier": 10**400})
+
+
+# ------------------------------------------------------------------------------------------ traffic observed as 0
+
+
+def _with(ctx: SimulationContext, **series: np.ndarray) -> SimulationContext:
+    values = {**ctx.values, **series}
+    times = {m: ctx.times.get(m, ctx.times["cpu_usage"]) for m in values}
+    return SimulationContext(ctx.twin_id, ctx.now, ctx.limits, times, values, ctx.horizons_s, ctx.forecast_mean,
+                             ctx.forecast_lower, ctx.forecast_upper, replicas=ctx.replicas, workers=ctx.workers)
+
+
+def _idle(n: int = 240, cpu: float = 30.0) -> SimulationContext:
+    """A twin whose request rate is observed as 0 (a constant counter's rate), CPU idling at ``cpu``%."""
+    ctx = make_ctx(n=n)
+    rng = np.random.default_rng(4)
+    return _with(ctx, request_rate=np.zeros(n), cpu_usage=cpu + rng.normal(0, 0.3, n))
+
+
+def test_five_times_zero_traffic_is_still_zero() -> None:
+    """The reviewer's repro: request_rate 0, traffic_spike x5 predicted 93% failure, 100% CPU, +2 replicas."""
+    ctx = _idle()
+    r = _json(run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 5, "duration_minutes": 30}))
+    assert r["failure_probability"] == 0.0 and r["will_likely_fail"] is False
+    pm = r["projected_metrics"]
+    assert set(pm["request_rate"]) == {0.0}
+    for m in ("cpu_usage", "request_latency_ms", "error_rate", "memory_usage"):
+        now = float(np.median(ctx.values[m][-5:]))
+        np.testing.assert_allclose(pm[m]["value"], now, atol=1e-6)           # projected = current (JSON: 6 dp)
+        assert pm["peak"][m]["value"] == pytest.approx(now, abs=1e-6)
+    assert r["model_fit"]["traffic"] == "zero"
+    note = r["model_fit"]["traffic_note"]
+    assert "Traffic is 0 req/s" in note and r["recommendations"][0] == note
+    assert not any("replica" in x for x in r["recommendations"])
+    assert any("No action needed" in x for x in r["recommendations"])
+
+
+def test_at_zero_traffic_any_multiplier_gives_the_same_answer() -> None:
+    ctx = _idle()
+    answers = [_json(run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": m}, seed=3))
+               for m in (0.5, 1, 5, 1000)]
+    for a in answers[1:]:
+        assert a["failure_probability"] == answers[0]["failure_probability"]
+        for m in ("cpu_usage", "request_latency_ms", "error_rate", "memory_usage"):
+            assert a["projected_metrics"][m] == answers[0]["projected_metrics"][m]
+
+
+def test_at_zero_traffic_the_current_state_alone_decides_failure() -> None:
+    """Memory over its limit with no traffic fails whatever the multiplier, and no replica count helps."""
+    ctx = _idle()
+    ctx = _with(ctx, memory_usage=np.full(240, 93.0))
+    r = run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 5})
+    assert r.will_likely_fail and r.breach_probability["memory"] == 1.0 and r.breach_probability["cpu"] == 0.0
+    assert any("Memory is over the limit with no traffic" in x for x in r.recommendations)
+    assert not any(x.startswith("Add ") for x in r.recommendations)
+
+
+def test_load_test_at_zero_traffic_breaks_nothing_and_says_why() -> None:
+    r = _json(run_scenario(_idle(), {"type": "load_test"}))
+    bp = r["breaking_point"]
+    assert bp["traffic_multiplier"] is None and bp["bottleneck"] is None and bp["interval"] == [None, None]
+    assert r["failure_probability"] == 0.0 and not r["will_likely_fail"]
+    assert any("20.0x of 0 req/s is still 0 req/s" in x for x in r["recommendations"])
+    # already over a limit at zero traffic: broken at any multiple, and not load-driven
+    hot = _json(run_scenario(_with(_idle(), memory_usage=np.full(240, 93.0)), {"type": "load_test"}))
+    assert hot["breaking_point"]["bottleneck"] == "memory" and hot["breaking_point"]["traffic_multiplier"] == 0.0
+    assert hot["failure_probability"] == 1.0
+    assert any("already over its limit with no traffic" in x for x in hot["recommendations"])
+
+
+def test_traffic_that_stopped_still_reports_the_capacity_from_history() -> None:
+    ctx = make_ctx()
+    rate = ctx.values["request_rate"].copy()
+    rate[-10:] = 0.0
+    cpu = ctx.values["cpu_usage"].copy()
+    cpu[-10:] = 5.0
+    r = run_scenario(_with(ctx, request_rate=rate, cpu_usage=cpu), {"type": "load_test"})
+    assert r.failure_probability == 0.0 and r.model_fit["traffic"] == "zero"
+    assert any(re.search(r"fitted capacity is ≈ (19\d|20\d) req/s", x) for x in r.recommendations)
+
+
+def test_failure_injection_at_zero_traffic_keeps_its_non_traffic_effects() -> None:
+    r = run_scenario(_idle(), {"type": "failure_injection", "error_rate": 0.1, "duration_minutes": 5})
+    assert r.will_likely_fail and r.breach_probability["errors"] == 1.0
+    assert not any("Capacity during the fault" in x for x in r.recommendations)
+    calm = run_scenario(_idle(), {"type": "failure_injection", "replicas": 2, "replicas_lost": 1})
+    assert calm.failure_probability == 0.0 and calm.recovery_time_s == 0.0
+
+
+def test_low_traffic_on_an_idle_cpu_does_not_extrapolate_to_saturation() -> None:
+    """~1 request a minute with CPU flat at 30%: 5x traffic used to project 100% CPU (all CPU load-driven)."""
+    ctx = make_ctx()
+    rng = np.random.default_rng(5)
+    rate = rng.poisson(1.2, 240) / 60.0
+    rate[-5:] = 0.02
+    r = run_scenario(_with(ctx, request_rate=rate, cpu_usage=30.0 + rng.normal(0, 1.0, 240)),
+                     {"type": "traffic_spike", "traffic_multiplier": 5})
+    assert r.model_fit["traffic"] == "observed" and r.model_fit["traffic_note"] is None
+    assert r.failure_probability < 0.05 and not r.will_likely_fail
+    assert r.projected_metrics["peak"]["cpu_usage"]["value"] < 33.0
+    assert not any(x.startswith("Add ") for x in r.recommendations)
+
+
+@pytest.mark.parametrize(("rate", "traffic", "why"), [
+    (None, "no_query", "this twin has no request_rate query"),
+    (np.full(240, np.nan), "no_data", "the request_rate query returned no data"),
+])
+def test_without_a_rate_the_first_model_is_explained_in_the_result(rate: np.ndarray | None, traffic: str,
+                                                                    why: str) -> None:
+    ctx = make_ctx(with_rate=False)
+    if rate is not None:
+        ctx = _with(ctx, request_rate=rate)
+    r = _json(run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 2}))
+    assert r["model_fit"]["traffic"] == traffic and r["model_fit"]["params"]["traffic"] == traffic
+    note = r["model_fit"]["traffic_note"]
+    assert why in note and "CPU assumed proportional to traffic" in note
+    assert r["recommendations"][0] == note
+    # the first model is still what runs: 2x the load at CPU ≈ 14.5% projects ≈ 29% CPU
+    assert r["projected_metrics"]["peak"]["cpu_usage"]["value"] == pytest.approx(
+        2 * float(np.median(ctx.values["cpu_usage"][-5:])), rel=0.01)
+
+
+def test_load_test_interval_open_above_is_worded_not_unbounded() -> None:
+    """A breaking point whose upper 5% of draws never break reads "at least 1.80x", not "1.80–unboundedx"."""
+    ctx = make_ctx(load=120.0, swing=40.0)
+    r = run_scenario(ctx, {"type": "load_test", "max_multiplier": 1.6})
+    bp = r.breaking_point
+    assert bp is not None and bp["traffic_multiplier"] is not None and bp["interval"][1] is None
+    line = next(x for x in r.recommendations if x.startswith("Breaks at"))
+    assert "unbounded" not in line
+    assert re.search(r"90% interval at least \d\.\d\dx \(the upper end lies beyond the 1\.60x tested\)", line)

@@ -18,6 +18,18 @@ three routes estimate the capacity K = c·μ, and the smallest wins (the bottlen
 With none of them (no load variation), the service time is taken from the latency
 percentile at low load under M/M/c and the fit says it is not trustworthy.
 
+Traffic comes in four states (``CapacityFit.traffic``), because "no rate" and "a rate of
+0" mean opposite things: ``observed`` (the fit above), ``zero`` (the request rate was
+observed and is 0 now: every multiple of it is still 0, so a scenario's traffic changes
+nothing), and ``no_query`` / ``no_data`` (no throughput metric, or one that returned
+nothing: the first model, utilisation assumed proportional to traffic, rates in units of
+the current load).
+
+When the load varies but CPU does not rise clearly with it (low traffic on a mostly idle
+service), the CPU law keeps the observed floor: the line through the data's centre with
+the slope's upper 95% bound, not "all CPU is load-driven" (which at 0.02 req/s and 30%
+idle CPU would put 5x traffic at 150% CPU).
+
 Projections at any arrival rate follow from the fitted parameters: CPU from the
 utilisation law, latency from the queueing curve, errors from their fitted trend plus
 the share of traffic above capacity, memory from its own fitted load slope on top of
@@ -68,6 +80,14 @@ NOW_SAMPLES = 5
 VARIABILITY_PRIOR = (0.5, 1.5)
 #: Up to this many servers Erlang B is computed by its recursion (exact, cheap); above, by gamma functions.
 RECURSION_SERVERS = 32
+
+#: What the fit knows about traffic (see the module docstring).
+TRAFFIC_OBSERVED = "observed"
+TRAFFIC_ZERO = "zero"
+TRAFFIC_NO_QUERY = "no_query"
+TRAFFIC_NO_DATA = "no_data"
+#: One-sided 95% normal quantile: the CPU slope's upper bound when it is not clearly positive.
+SLOPE_UPPER_Z = 1.645
 
 
 def erlang_c(servers: F64 | float, offered: F64 | float) -> F64:
@@ -299,6 +319,16 @@ class CapacityFit:
     samples: int
     rate_range: tuple[float, float]
     extra: Mapping[str, Any] = field(default_factory=dict)
+    traffic: str = TRAFFIC_OBSERVED     # observed, zero, no_query or no_data
+
+    @property
+    def zero_traffic(self) -> bool:
+        """The request rate was observed and is 0 now: a multiple of it is still 0."""
+        return self.traffic == TRAFFIC_ZERO
+
+    @property
+    def capacity_known(self) -> bool:
+        return self.capacity_source != "unknown"
 
     @property
     def reason(self) -> str:
@@ -310,14 +340,17 @@ class CapacityFit:
         def num(x: float, nd: int = 4) -> float | None:
             return round(float(x), nd) if math.isfinite(x) else None
 
+        known = self.capacity_known
         return {
+            "traffic": self.traffic,
             "rate_unit": unit,
             "rate_now": num(self.rate_now),
             "servers": self.servers,
-            "capacity": num(self.capacity),
+            "capacity": num(self.capacity) if known else None,
             "capacity_source": self.capacity_source,
-            "capacity_by_route": {k: num(v[0]) for k, v in self.candidates.items()},
-            "service_time_ms": num(1000.0 * self.servers / self.capacity) if self.capacity > 0 else None,
+            "capacity_by_route": {k: num(v[0]) for k, v in self.candidates.items()} if known else {},
+            "service_time_ms": (num(1000.0 * self.servers / self.capacity)
+                                if known and self.capacity > 0 else None),
             "variability": num(self.variability, 3),
             "variability_range": [num(self.variability_range[0], 3), num(self.variability_range[1], 3)],
             "cpu_idle_pct": num(self.cpu_idle) if self.has_cpu else None,
@@ -355,10 +388,18 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
 
     rt, rv = series(rate_metric)
     rate_now = now.get(rate_metric, math.nan)
-    if rv.size == 0 or not math.isfinite(rate_now) or rate_now <= 0:
-        return _first_model(servers, quantile, now, cpu_now, err_now, reasons)
+    if rate_metric not in values:
+        return _first_model(servers, quantile, now, cpu_now, err_now, reasons, TRAFFIC_NO_QUERY, rate_metric)
+    if rv.size == 0 or not math.isfinite(rate_now):
+        return _first_model(servers, quantile, now, cpu_now, err_now, reasons, TRAFFIC_NO_DATA, rate_metric)
 
     lam = np.maximum(rv, 0.0)
+    rate_now = max(rate_now, 0.0)
+    traffic = TRAFFIC_OBSERVED if rate_now > 0 else TRAFFIC_ZERO
+    if not np.any(lam > 0):
+        return _zero_traffic_model(servers, quantile, now, cpu_now, err_now, reasons, rate_metric, int(lam.size))
+    # the rate the fallbacks scale from: now, or (traffic stopped) the typical rate the history saw
+    rate_ref = rate_now if rate_now > 0 else float(np.median(lam[lam > 0]))
     cols = {name: _align(rt, *series(name)) for name in (CPU, LATENCY, MEAN_LATENCY, ERRORS, MEMORY)
             if name in values}
     n = int(lam.size)
@@ -384,11 +425,16 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
             if cpu_fit.slope_t < MIN_SLOPE_T:
                 reasons.append(f"CPU per request poorly determined (t = {cpu_fit.slope_t:.1f})")
                 weak.add("cpu")
+        elif cpu_fit is not None:
+            # the load varied and CPU hardly followed: keep the observed floor, take the slope's upper bound
+            a, b, cpu_cov = _cpu_upper_law(cpu_fit, float(np.mean(lam[ok])), float(np.mean(y[ok])))
+            reasons.append(f"CPU does not rise clearly with load (t = {cpu_fit.slope_t:.1f}): CPU per request "
+                           f"taken at its upper 95% bound above an idle floor of {a:.1f}%")
+            weak.add("cpu")
         else:
-            if cpu_fit is not None:
-                reasons.append("CPU does not rise clearly with load: assuming CPU proportional to load")
-            # proportional: all CPU is load-driven (conservative: the lowest capacity)
-            a, b = 0.0, max(cpu_now, 1e-6) / rate_now
+            # no load variation: idle and load-driven CPU cannot be told apart, so all CPU is assumed
+            # load-driven (conservative: the lowest capacity)
+            a, b = 0.0, max(cpu_now, 1e-6) / rate_ref
             cpu_cov = ((0.0, 0.0), (0.0, (0.5 * b) ** 2))
             weak.add("cpu")
         k_cpu = (100.0 - a) / b
@@ -440,7 +486,7 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         if math.isfinite(lat_now) and lat_now > 0:
             capacity = servers * 1000.0 * math.log(1.0 / (1.0 - quantile)) / lat_now
         else:
-            capacity = rate_now / 0.3
+            capacity = rate_ref / 0.3
         capacity = max(capacity, floor * 1.05)
         candidates["assumed"] = (capacity, 0.7)
         reasons.append("neither CPU nor latency reveals the capacity: assumed from latency at low load")
@@ -477,13 +523,52 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         variability_range=var_range, cpu_idle=a, cpu_slope=b, cpu_cov=cpu_cov, has_cpu=has_cpu,
         error_base=err_now, error_slope=err_slope, memory_slope=mem_slope, memory_slope_sd=mem_sd, now=now,
         trustworthy=trustworthy, reasons=tuple(reasons), samples=n, rate_range=rate_range, extra=extra,
+        traffic=traffic,
+    )
+
+
+def _cpu_upper_law(cpu_fit: LinearFit, x_mean: float, y_mean: float
+                   ) -> tuple[float, float, tuple[tuple[float, float], tuple[float, float]]]:
+    """CPU law for a slope that is not clearly positive: pivot at the data's centre, slope at its upper bound.
+
+    The line still passes through the CPU observed at the load observed (so the idle floor stays what it
+    was), and only the load-driven part is made conservative. Its covariance pivots the same way:
+    a = ȳ − b·x̄, so var(a) = x̄²·var(b) and cov(a, b) = −x̄·var(b).
+    """
+    var_b = max(cpu_fit.cov[1][1], 0.0)
+    se = math.sqrt(var_b)
+    b = max(max(cpu_fit.slope, 0.0) + SLOPE_UPPER_Z * se, 1e-9)
+    a = min(max(y_mean - b * x_mean, 0.0), 99.0)
+    if se == 0.0:
+        var_b = (0.5 * b) ** 2
+    return a, b, ((x_mean**2 * var_b, -x_mean * var_b), (-x_mean * var_b, var_b))
+
+
+def _zero_traffic_model(servers: int, quantile: float, now: Mapping[str, float], cpu_now: float, err_now: float,
+                        reasons: list[str], rate_metric: str, samples: int) -> CapacityFit:
+    """The request rate was observed and was 0 throughout: the state is real, the capacity unknowable.
+
+    Nothing scales with a multiple of zero traffic, so the capacity never binds; it is kept finite (one
+    placeholder req/s, reported as unknown) only so the arithmetic of a scenario stays plain.
+    """
+    reasons = [*reasons, f"{rate_metric} was 0 over the whole history: no load to fit the capacity from"]
+    has_cpu = math.isfinite(cpu_now)
+    return CapacityFit(
+        has_rate=True, rate_now=0.0, servers=servers, quantile=quantile, capacity=1.0,
+        capacity_source="unknown", candidates={"unknown": (1.0, 0.0)}, capacity_floor=0.0,
+        variability=1.0, variability_range=VARIABILITY_PRIOR,
+        cpu_idle=cpu_now if has_cpu else 0.0, cpu_slope=0.0, cpu_cov=((0.0, 0.0), (0.0, 0.0)), has_cpu=has_cpu,
+        error_base=err_now, error_slope=0.0, memory_slope=0.0, memory_slope_sd=0.0, now=now,
+        trustworthy=False, reasons=tuple(reasons), samples=samples, rate_range=(0.0, 0.0), traffic=TRAFFIC_ZERO,
     )
 
 
 def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_now: float, err_now: float,
-                 reasons: list[str]) -> CapacityFit:
-    """No throughput metric: utilisation scales with traffic, rates in units of the current load."""
-    reasons = [*reasons, "no request rate observed: utilisation assumed proportional to traffic"]
+                 reasons: list[str], traffic: str, rate_metric: str) -> CapacityFit:
+    """No throughput observed: utilisation scales with traffic, rates in units of the current load."""
+    why = (f"no {rate_metric} metric for this twin" if traffic == TRAFFIC_NO_QUERY
+           else f"{rate_metric} returned no data")
+    reasons = [*reasons, f"{why}: utilisation assumed proportional to traffic (no request rate observed)"]
     has_cpu = math.isfinite(cpu_now)
     if has_cpu and cpu_now > 0:
         capacity, source = 100.0 / cpu_now, "cpu"
@@ -497,5 +582,5 @@ def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_no
         cpu_idle=0.0, cpu_slope=cpu_now if has_cpu else 0.0,
         cpu_cov=((0.0, 0.0), (0.0, (0.3 * cpu_now) ** 2 if has_cpu else 0.0)), has_cpu=has_cpu,
         error_base=err_now, error_slope=0.0, memory_slope=0.0, memory_slope_sd=0.0, now=now,
-        trustworthy=False, reasons=tuple(reasons), samples=0, rate_range=(1.0, 1.0),
+        trustworthy=False, reasons=tuple(reasons), samples=0, rate_range=(1.0, 1.0), traffic=traffic,
     )

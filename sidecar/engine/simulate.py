@@ -16,6 +16,13 @@ forecast intervals.  Draw 0 is the point estimate; the others are seeded, so the
 scenario with the same seed gives the same answer.
 ``failure_probability`` is the share of draws in which any limit is breached during the
 scenario.
+
+Traffic observed as zero is a real observation, not a missing one: any multiple of zero
+traffic is still zero, so a spike or a load test changes nothing, the projection is the
+current state (its forecast where warm), the failure probability is that of the current
+state alone, and no scaling is recommended. A twin without a request rate (no query, or
+one that returned nothing) runs on the first model instead (utilisation proportional to
+traffic), and the result says which of the two it was (``model_fit.traffic`` and a note).
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from sidecar.engine.capacity import (
     F64,
     LATENCY,
     MEMORY,
+    TRAFFIC_NO_DATA,
+    TRAFFIC_NO_QUERY,
+    TRAFFIC_ZERO,
     CapacityFit,
     fit_capacity,
     wait_quantile_s,
@@ -437,6 +447,15 @@ def _metric_value(metric: str, x: float) -> str:
     return _fmt(x, "%")
 
 
+def _interval_text(lo: float, hi: float, tested: float) -> str:
+    """A breaking point's interval; an end beyond the multipliers tested is open, not a number."""
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{_fmt(lo)}–{_fmt(hi)}x"
+    if math.isfinite(lo):
+        return f"at least {_fmt(lo)}x (the upper end lies beyond the {_fmt(tested)}x tested)"
+    return f"beyond the {_fmt(tested)}x tested"
+
+
 def _rate_text(fit: CapacityFit, multiplier: float) -> str:
     if fit.has_rate and math.isfinite(multiplier):
         return f" (≈ {_fmt(multiplier * fit.rate_now)} req/s)"
@@ -478,11 +497,80 @@ def run_scenario(ctx: SimulationContext, scenario: Mapping[str, Any], *, seed: i
     metrics = tuple(m for m in METRICS if m in fit.now)
     rng = np.random.default_rng(seed)
     d = draw(fit, (*metrics, ctx.request_rate_metric), rng)
-    model_fit = {"trustworthy": fit.trustworthy, "reason": fit.reason, "params": fit.params(),
+    model_fit = {"trustworthy": fit.trustworthy, "reason": fit.reason, "traffic": fit.traffic,
+                 "traffic_note": _traffic_note(fit, ctx), "params": fit.params(),
                  "model": "M/M/c (Erlang C) with utilisation law, fitted from observed history"}
     if sc.type == "load_test":
+        if fit.zero_traffic:
+            return _load_test_without_traffic(ctx, sc, fit, d, metrics, model_fit, seed)
         return _load_test(ctx, sc, fit, d, metrics, model_fit, seed)
     return _timeline(ctx, sc, fit, d, metrics, model_fit, seed)
+
+
+def _traffic_note(fit: CapacityFit, ctx: SimulationContext) -> str | None:
+    """What the simulation knew about traffic, when that is not simply "a request rate was observed"."""
+    metric = ctx.request_rate_metric
+    if fit.traffic == TRAFFIC_ZERO:
+        return (f"Traffic is 0 req/s now ({metric} observed as 0): any multiple of zero traffic is still zero, so "
+                "the scenario's traffic changes nothing and the projection is the current state.")
+    if fit.traffic in (TRAFFIC_NO_QUERY, TRAFFIC_NO_DATA):
+        why = (f"this twin has no {metric} query" if fit.traffic == TRAFFIC_NO_QUERY
+               else f"the {metric} query returned no data")
+        return (f"No request rate observed ({why}): traffic multipliers scale the current utilisation, CPU "
+                "assumed proportional to traffic; a request rate gives a fitted capacity model.")
+    return None
+
+
+def _with_note(model_fit: Mapping[str, Any], recs: list[str]) -> list[str]:
+    note = model_fit.get("traffic_note")
+    return [note, *recs] if isinstance(note, str) else recs
+
+
+def _load_test_without_traffic(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws,
+                               metrics: tuple[str, ...], model_fit: dict[str, Any], seed: int) -> SimulationResult:
+    """A load test at zero traffic: every multiple of it is zero, so only the current state can break a limit."""
+    lam = np.zeros((d.size, 1))
+    ref = {m: np.full((d.size, 1), fit.now[m]) for m in metrics}
+    proj = _steady(fit, d, lam, lam, ref, Fault())
+    limits = _limits(ctx, proj)
+    over = {m: proj[m][:, 0] > lim for m, lim in limits.items()}
+    broken = np.zeros(d.size, dtype=bool)
+    for hit in over.values():
+        broken |= hit
+    p_fail = float(np.mean(broken[1:]))
+    first = next((m for m in limits if over[m][0]), None)
+    bottleneck = BOTTLENECK[first] if first is not None else None
+    breaking = {
+        "traffic_multiplier": 0.0 if bottleneck else None, "request_rate": 0.0 if bottleneck else None,
+        "bottleneck": bottleneck, "interval": [None, None], "request_rate_interval": None,
+        "bottleneck_probability": {BOTTLENECK[m]: float(np.mean(hit[1:])) for m, hit in over.items()},
+        "max_multiplier": sc.max_multiplier,
+    }
+    projected: dict[str, Any] = {"traffic_multiplier": np.array([1.0, sc.max_multiplier]),
+                                 "request_rate": np.zeros(2)}
+    for m, v in proj.items():
+        plo, phi = _q(v[1:, 0])
+        projected[m] = {"value": np.full(2, v[0, 0]), "lower": np.full(2, plo), "upper": np.full(2, phi),
+                        "limit": limits.get(m)}
+    recs: list[str] = []
+    if bottleneck is not None:
+        assert first is not None
+        recs.append(f"{LABEL[first][0].upper()}{LABEL[first][1:]} is already over its limit with no traffic "
+                    f"({_metric_value(first, float(proj[first][0, 0]))} against {_metric_value(first, limits[first])})"
+                    ": act now; it is not load-driven, so more replicas will not help.")
+    else:
+        recs.append(f"No limit breaks up to {_fmt(sc.max_multiplier)}x current traffic: "
+                    f"{_fmt(sc.max_multiplier)}x of 0 req/s is still 0 req/s.")
+    if fit.capacity_known:
+        recs.append(f"From the history, the fitted capacity is ≈ {_fmt(fit.capacity)} req/s over {fit.servers} "
+                    "server(s).")
+    return SimulationResult(
+        scenario=sc.describe(), failure_probability=p_fail, will_likely_fail=p_fail >= 0.5,
+        projected_metrics=projected, time_to_first_breach_s=None, breaking_point=breaking,
+        recommendations=_with_note(model_fit, recs), recovery_time_s=None, model_fit=model_fit,
+        breach_probability={BOTTLENECK[m]: float(np.mean(hit[1:])) for m, hit in over.items()},
+        seed=seed, samples=d.size - 1,
+    )
 
 
 def _load_test(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws, metrics: tuple[str, ...],
@@ -547,7 +635,7 @@ def _load_test(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws,
         plo, phi = _q(v[1:, sel])
         projected[m] = {"value": v[0, sel], "lower": plo, "upper": phi, "limit": limits.get(m)}
     breach_p = {BOTTLENECK[m]: float(np.mean(np.isfinite(first[m][1:]))) for m in limits}
-    recs = _load_test_recommendations(ctx, fit, d, point, lo, hi, bottleneck, sc)
+    recs = _with_note(model_fit, _load_test_recommendations(ctx, fit, d, point, lo, hi, bottleneck, sc))
     return SimulationResult(
         scenario=sc.describe(), failure_probability=p_fail, will_likely_fail=p_fail >= 0.5,
         projected_metrics=projected, time_to_first_breach_s=None, breaking_point=breaking,
@@ -564,7 +652,7 @@ def _load_test_recommendations(ctx: SimulationContext, fit: CapacityFit, d: Draw
                     f"{_rate_text(fit, sc.max_multiplier)}.")
     else:
         recs.append(f"Breaks at {_fmt(point)}x current traffic{_rate_text(fit, point)}, 90% interval "
-                    f"{_fmt(lo)}–{_fmt(hi)}x; the bottleneck is {bottleneck}.")
+                    f"{_interval_text(lo, hi, sc.max_multiplier)}; the bottleneck is {bottleneck}.")
         if point < 1.0:
             recs.append("A limit is already breached at the current load: act now.")
         else:
@@ -605,7 +693,9 @@ def _timeline(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws, 
     for m in metrics:
         mu, sd = _baseline(ctx, m, offsets, fit.now[m])
         ref[m] = np.clip(mu[None, :] + d.z[m] * sd[None, :], *BOUNDS[m])
-    if fit.has_rate:
+    if fit.zero_traffic:
+        lam_ref = np.zeros((s, t_n))             # observed zero: the scenario's multiple of it is zero too
+    elif fit.has_rate:
         mu, sd = _baseline(ctx, ctx.request_rate_metric, offsets, fit.rate_now)
         lam_ref = np.maximum(mu[None, :] + d.z[ctx.request_rate_metric] * sd[None, :], 0.0)
     else:
@@ -672,7 +762,8 @@ def _timeline(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws, 
         projected["peak"][m] = {"value": float(peaks[0]), "lower": float(pk_lo), "upper": float(pk_hi),
                                 "at_s": float(offsets[int(np.argmax(v[0]))]), "limit": limits.get(m)}
     breach_p = {BOTTLENECK[m]: float(np.mean(np.isfinite(first_by[m][1:]))) for m in limits}
-    recs = _timeline_recommendations(ctx, sc, fit, d, proj, limits, p_fail, lam, lam_ref, ref, rec_point)
+    recs = _with_note(model_fit, _timeline_recommendations(ctx, sc, fit, d, proj, limits, p_fail, lam, lam_ref,
+                                                           ref, rec_point))
     return SimulationResult(
         scenario=sc.describe(), failure_probability=p_fail, will_likely_fail=p_fail >= 0.5,
         projected_metrics=projected, time_to_first_breach_s=ttfb if math.isfinite(ttfb) else None,
@@ -700,7 +791,11 @@ def _timeline_recommendations(ctx: SimulationContext, sc: Scenario, fit: Capacit
     ref_t = {m: ref[m][:, cols] for m in ref}
     lam_t, lam_ref_t = lam[:, cols], lam_ref[:, cols]
     replicas = ctx.replicas or 1
-    if sc.type == "traffic_spike" and (worst or p_fail >= 0.1):
+    if fit.zero_traffic and worst:
+        which = " and ".join(LABEL[m] for m in worst)
+        recs.append(f"{which[0].upper()}{which[1:]} {'is' if len(worst) == 1 else 'are'} over the limit with no "
+                    "traffic at all: not load-driven, so more replicas will not help.")
+    elif sc.type == "traffic_spike" and (worst or p_fail >= 0.1):
         need = _replicas_needed(fit, d, ctx, lam_t, lam_ref_t, ref_t, replicas)
         keep = " and ".join(f"{_quantile_name(fit) + ' latency' if m == LATENCY else LABEL[m]} under "
                             f"{_metric_value(m, limits[m])}" for m in (worst or list(limits)))
@@ -714,11 +809,11 @@ def _timeline_recommendations(ctx: SimulationContext, sc: Scenario, fit: Capacit
         survivors = sc.replicas - sc.replicas_lost
         cap_during = float(_fault_capacity(fit, d, Fault(share=sc.replicas / survivors,
                                                          added_latency_ms=sc.added_latency_ms))[0][0, 0])
-        if fit.has_rate:
+        if fit.has_rate and not fit.zero_traffic:
             recs.append(f"Capacity during the fault ≈ {_fmt(cap_during)} req/s against "
                         f"{_fmt(sc.multiplier * fit.rate_now)} req/s of traffic.")
         if worst or p_fail >= 0.1:
-            if sc.replicas_lost:
+            if sc.replicas_lost and not fit.zero_traffic:
                 need = _replicas_needed(fit, d, ctx, lam_t * sc.replicas / survivors, lam_ref_t, ref_t,
                                         sc.replicas)
                 if need is not None and need > sc.replicas:
@@ -738,6 +833,6 @@ def _timeline_recommendations(ctx: SimulationContext, sc: Scenario, fit: Capacit
                         "itself breaches a limit.")
     if not worst and p_fail < 0.1:
         recs.append("No action needed for this scenario.")
-    if not fit.trustworthy:
+    if not fit.trustworthy and not fit.zero_traffic:     # at zero traffic the capacity model is not used
         recs.append(f"The capacity model is not trustworthy ({fit.reason}); bounds were widened.")
     return recs
