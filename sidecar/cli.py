@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +18,10 @@ import numpy as np
 
 from . import replay
 from .errors import ConfigError, InputError, SidecarError
+from .logs import TextFormatter
+
+#: Subcommands that set up the service's own logging (JSON or text, ``--log-format``).
+_OWN_LOGGING = frozenset({"run", "demo"})
 
 
 def _open_out(path: str) -> TextIO:
@@ -307,10 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _stderr_logging() -> Iterator[None]:
+    """Warnings of an offline command on stderr, one readable line each with its fields (``key=value``).
+
+    Without a handler Python's last resort prints the bare message, and "query failing" then names neither
+    the twin, the metric nor the error (they are ``extra`` fields). The handler is the service's text
+    format, added for the command and removed after it (``main`` may run many times in one process).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs = contextlib.nullcontext() if args.command in _OWN_LOGGING else _stderr_logging()
     try:
-        rc: int = args.func(args)
+        with logs:
+            rc: int = args.func(args)
         return rc
     except ConfigError as e:
         print(f"twin-sidecar {args.command}: {e}", file=sys.stderr)
