@@ -10,6 +10,13 @@ is configured; reads stay open, as /metrics does. A token given as a file is re-
 when the file changes (a rotated Kubernetes Secret takes effect without a restart); a
 file that cannot be read or is empty refuses every write rather than opening them. Errors are JSON
 ``{"error": message, "status": code}`` and never contain a secret.
+
+A state change (expected state, rollback) is applied to the engine, then the
+handler releases the engine lock and waits, bounded, for the store to commit
+it: 200 with ``"stored": true`` means it survives a crash from now on; 202
+with ``"stored": false`` means it is applied and queued, and is written, in
+order, when the database answers (it is down, or slower than the wait).
+A simulation changes nothing and stores nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from aiohttp import web
@@ -52,6 +59,19 @@ JSON_DEPTH_MAX = 32
 JSON_INT_DIGITS_MAX = 300
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: What a 202 says: the change holds and will be written, the caller need not retry.
+NOT_STORED_MESSAGE = ("applied in memory but not yet stored: the history database is unavailable or slow; "
+                      "the change is kept in the write buffer and written, in order, when the database answers")
+
+
+@runtime_checkable
+class DurableWrites(Protocol):
+    """A facade store that writes in the background (the service's buffered writer) and can say when the
+    last write is committed."""
+
+    def last_write(self) -> Callable[[], Awaitable[bool]]:
+        """Taken under the engine lock right after the change; awaited after releasing it (bounded)."""
 
 
 class ApiError(web.HTTPException):
@@ -339,8 +359,9 @@ class TwinApi:
             raise ApiError(400, "field 'snapshot_id': required, a non-empty string")
         async with self._lock:
             result = await self._facade.rollback_to_snapshot(twin, snapshot_id)
+            written = self._last_write()
         log.info("rollback twin=%s snapshot=%s", twin, snapshot_id)
-        return json_response(result)
+        return await self._stored_response(result, written)
 
     async def set_expected(self, request: web.Request) -> web.Response:
         twin = request.match_info["twin"]
@@ -349,8 +370,28 @@ class TwinApi:
             engine = self._facade.engine
             check_expected_metrics(expected, set(engine.history(twin)), set(engine.get(twin).expected_state or ()))
             result = await self._facade.set_expected_state(twin, expected)
+            written = self._last_write()
         log.info("expected state set twin=%s metrics=%s", twin, ",".join(sorted(expected)))
-        return json_response(result)
+        return await self._stored_response(result, written)
+
+    def _last_write(self) -> Callable[[], Awaitable[bool]] | None:
+        """(Under the engine lock, right after the change.) The wait for its commit; None when the facade
+        wrote it itself before returning (a store without a writer) or has no store."""
+        store = self._facade.store
+        return store.last_write() if isinstance(store, DurableWrites) else None
+
+    async def _stored_response(self, result: Mapping[str, Any],
+                               written: Callable[[], Awaitable[bool]] | None) -> web.Response:
+        """200 once the change is committed; 202 if it is only applied (store down or slow). Awaited
+        outside the engine lock: the writer never takes it, and a slow database holds up no round."""
+        if written is None:
+            # the facade awaited its store's write (an outage would have raised: 503); no store, nothing stored
+            return json_response({**result, "stored": self._facade.store is not None and self._facade.sink is None})
+        if await written():
+            return json_response({**result, "stored": True})
+        log.warning("api change applied, not yet stored twin=%s snapshot=%s", result.get("twin_id"),
+                    result.get("snapshot_id"))
+        return json_response({**result, "stored": False, "message": NOT_STORED_MESSAGE}, status=202)
 
     async def simulate(self, request: web.Request) -> web.Response:
         twin = request.match_info["twin"]

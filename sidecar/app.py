@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +46,7 @@ from .scheduler import Scheduler
 from .server import build_app
 from .status import ServiceStatus
 from .store import RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
+from .store.writer import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ __all__ = ["Service", "check_config", "run_service", "start_service"]
 
 #: Seconds the store may take to flush at shutdown (the round in progress gets its own short grace).
 FLUSH_TIMEOUT_S = 3.0
+#: Seconds an API state change waits for its commit before it answers 202 (applied, not yet stored).
+STORE_WAIT_S = 3.0
 #: Environment variable naming this replica among others sharing one PostgreSQL database.
 REPLICA_ENV = "TWIN_SIDECAR_REPLICA"
 
@@ -60,17 +63,31 @@ REPLICA_ENV = "TWIN_SIDECAR_REPLICA"
 class _BufferedHistory:
     """The facade's view of the store: reads from the database, writes through the buffered writer.
 
-    API calls that change state (expected state, rollback) must not fail or
-    wait because the database is slow or down; their snapshots join the
-    writer's queue like everything else.
+    API calls that change state (expected state, rollback) must not fail
+    because the database is slow or down; their snapshots join the writer's
+    queue like everything else, in order. The API then awaits ``last_write()``
+    (outside the engine lock) to say 200 only for a change already committed,
+    and 202 for one that is applied and still queued.
     """
 
-    def __init__(self, store: Store, writer: _RestoreGate) -> None:
+    def __init__(self, store: Store, writer: _RestoreGate, *, wait_s: float = STORE_WAIT_S) -> None:
         self.store = store
         self.writer = writer
+        self.wait_s = wait_s
+        self._last: Ticket | None = None
 
     async def write(self, outbox: Outbox) -> None:
         self.writer.submit(outbox)
+        self._last = self.writer.last_ticket
+
+    def last_write(self) -> Callable[[], Awaitable[bool]]:
+        """A wait (at most ``wait_s``) for the outbox the last ``write`` queued: True once it is committed.
+        Take it right after the write, under the same engine lock; await it after releasing the lock."""
+        ticket, writer, wait_s = self._last, self.writer.writer, self.wait_s
+
+        async def wait() -> bool:
+            return ticket is not None and await writer.wait_written(ticket, wait_s)
+        return wait
 
     async def get_snapshot(self, twin_id: str, snapshot_id: str) -> StateHistoryEntry | None:
         return await self.store.get_snapshot(twin_id, snapshot_id)
@@ -94,11 +111,15 @@ class _RestoreGate:
     def __init__(self, writer: StoreWriter, *, pending: bool) -> None:
         self.writer = writer
         self.pending = pending
+        #: the outbox last submitted; None when its definitions were held back (committing it is not enough)
+        self.last_ticket: Ticket | None = None
 
     def submit(self, outbox: Outbox) -> None:
-        if self.pending and (outbox.twins or outbox.retired):
+        held = self.pending and bool(outbox.twins or outbox.retired)
+        if held:
             outbox.twins, outbox.retired = [], []
         self.writer.submit(outbox)
+        self.last_ticket = None if held else self.writer.last_ticket
 
 
 def _restore(engine: Engine, restored: Sequence[RestoredTwin], states: Mapping[str, bytes]) -> None:

@@ -51,6 +51,28 @@ _WRITE_ERRORS = {
     "413": _error("The body exceeds the configured size limit (`server.max_body_bytes`)."),
 }
 
+_STORED = {"type": "boolean",
+           "description": "True: the change is committed to the history store and survives a crash or kill. "
+                          "False (with 202): applied and served, but still in the write buffer; it is written, "
+                          "in order, when the database answers. False with 200 only without any store "
+                          "(library use)."}
+
+
+def _accepted(result: str) -> dict[str, Any]:
+    """A 202 body: the 200 body with ``stored`` false and a message saying why."""
+    return {"allOf": [_ref(result), {"type": "object", "required": ["stored", "message"], "properties": {
+        "stored": {"const": False},
+        "message": {"type": "string", "description": "Applied in memory, not yet stored: the database is "
+                                                     "unavailable or slower than the wait. Do not retry."}}}]}
+
+
+def _not_stored(result: str) -> dict[str, Any]:
+    return _json(_ref(result), "Applied, but not yet stored: the history database is down or did not commit "
+                               "within a few seconds (`STORE_WAIT_S`, 3 s). The change is kept in the write "
+                               "buffer and written in order when the database answers; a crash before then "
+                               "loses it. Do not retry.")
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error", "status"], {
         "error": {"type": "string", "description": "What went wrong; names the field for a bad request."},
@@ -167,13 +189,15 @@ _SCHEMAS: dict[str, Any] = {
     }, extra=False),
     "RollbackRequest": _obj(["snapshot_id"], {"snapshot_id": {"type": "string", "minLength": 1}},
                             extra=False),
-    "RollbackResult": _obj(["success", "twin_id", "snapshot_id", "undo_snapshot_id"], {
+    "RollbackResult": _obj(["success", "twin_id", "snapshot_id", "undo_snapshot_id", "stored"], {
         "success": {"const": True}, "twin_id": {"type": "string"}, "snapshot_id": {"type": "string"},
         "restored_from": _TIME,
         "undo_snapshot_id": {"type": "string", "description": "Snapshot taken just before the rollback: "
                                                               "roll back to it to undo."},
         "expected_state": {"oneOf": [_NUM_MAP, {"type": "null"}]},
+        "stored": _STORED,
     }),
+    "RollbackAccepted": _accepted("RollbackResult"),
     "ExpectedRequest": {
         "type": "object", "minProperties": 1,
         "additionalProperties": {"type": ["number", "null"]},
@@ -181,11 +205,13 @@ _SCHEMAS: dict[str, Any] = {
                        "Design-era keys (`cpu`, `latency_ms`, …) are accepted too.",
         "examples": [{"cpu_usage": 50, "request_latency_ms": 200, "memory_usage": None}],
     },
-    "ExpectedResult": _obj(["success", "twin_id", "expected_state", "snapshot_id"], {
+    "ExpectedResult": _obj(["success", "twin_id", "expected_state", "snapshot_id", "stored"], {
         "success": {"const": True}, "twin_id": {"type": "string"},
         "expected_state": {"oneOf": [_NUM_MAP, {"type": "null"}]},
         "snapshot_id": {"type": "string", "description": "Snapshot of the state before the change."},
+        "stored": _STORED,
     }),
+    "ExpectedAccepted": _accepted("ExpectedResult"),
     "Scenario": {
         "type": "object", "required": ["type"],
         "description": "A what-if scenario; unknown fields are refused. `seed` makes the Monte Carlo "
@@ -308,7 +334,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "Restore expected state and configuration from a snapshot (itself recorded)",
             "security": _WRITE_SECURITY, "parameters": [_TWIN_PARAM],
             "requestBody": _body("RollbackRequest"),
-            "responses": {"200": _json(_ref("RollbackResult"), "Rolled back."), **_WRITE_ERRORS,
+            "responses": {"200": _json(_ref("RollbackResult"), "Rolled back and stored."),
+                          "202": _not_stored("RollbackAccepted"), **_WRITE_ERRORS,
                           "404": _error("No twin, or no snapshot with that id for the twin."),
                           "409": _error("The snapshot fails its checksum or is not a rollback target."),
                           "503": _error("The history store is unavailable.")},
@@ -318,12 +345,12 @@ OPENAPI: dict[str, Any] = {
             "summary": "Set (or with null clear) expected values per metric",
             "security": _WRITE_SECURITY, "parameters": [_TWIN_PARAM],
             "requestBody": _body("ExpectedRequest"),
-            "responses": {"200": _json(_ref("ExpectedResult"), "Changed (a snapshot was taken first)."),
-                          **_WRITE_ERRORS},
+            "responses": {"200": _json(_ref("ExpectedResult"), "Changed (a snapshot was taken first) and stored."),
+                          "202": _not_stored("ExpectedAccepted"), **_WRITE_ERRORS},
         }},
         "/api/v1/twins/{twin}/simulate": {"post": {
             "operationId": "simulateScenario",
-            "summary": "Run a what-if scenario on the twin (never changes it)",
+            "summary": "Run a what-if scenario on the twin (never changes it, stores nothing)",
             "security": _WRITE_SECURITY, "parameters": [_TWIN_PARAM],
             "requestBody": _body("Scenario"),
             "responses": {"200": _json(_ref("SimulationResult"), "The scenario's projected outcome."),

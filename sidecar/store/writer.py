@@ -9,11 +9,19 @@ corrections and events are never dropped: they are small and they are the
 history a rollback needs. Writes are retried with exponential backoff and
 the backlog goes out, oldest first, when the database returns.
 
+A caller that must know when its change is durable (the API's state
+changes) takes ``last_ticket`` right after ``submit`` and awaits
+``wait_written``: True once that outbox is committed, False at once when a
+write attempt fails meanwhile (the database is down: the outbox stays
+queued and is written later, in order) or when the time given runs out.
+
 Example::
 
     writer = StoreWriter(store, status, max_items=1_000_000)
     await writer.start()
     writer.submit(engine.drain())     # after every round, from the event loop
+    ticket = writer.last_ticket       # the outbox just submitted
+    durable = await writer.wait_written(ticket, timeout=3.0)
     await writer.close()              # at shutdown: flush (bounded by a timeout), then close the store
 """
 
@@ -36,10 +44,19 @@ from .base import RetentionPolicy, Store
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """One submitted outbox's fate: ``written`` is None while it waits, True once committed, False if
+    it was given up (refused as malformed, or unwritten when the writer closed)."""
+
+    written: bool | None = None
+
+
 @dataclass(slots=True)
 class _Pending:
     outbox: Outbox
     items: int
+    ticket: Ticket
 
 
 def count_items(outbox: Outbox) -> int:
@@ -104,6 +121,9 @@ class StoreWriter:
         self._down_since: float | None = None
         self._over_warned = False
         self._last_retention: float | None = None
+        self._progress = asyncio.Event()      # set and replaced whenever an outbox is done or a write fails
+        self._failures = 0                    # write attempts that failed with the database unavailable
+        self.last_ticket = Ticket(written=True)   # the last outbox submitted (nothing yet: nothing to wait for)
         self.written_outboxes = 0
         self.dropped_samples = 0
         self.dropped_predictions = 0
@@ -125,10 +145,12 @@ class StoreWriter:
         if self._closed:
             raise StoreError("store writer is closed")
         if not outbox:
+            self.last_ticket = Ticket(written=True)
             return
         copy = _copy(outbox)
         n = count_items(copy)
-        self._queue.append(_Pending(copy, n))
+        self.last_ticket = Ticket()
+        self._queue.append(_Pending(copy, n, self.last_ticket))
         self._items += n
         self._idle.clear()
         self._shed()
@@ -145,6 +167,30 @@ class StoreWriter:
         except TimeoutError:
             return False
         return True
+
+    async def wait_written(self, ticket: Ticket, timeout: float) -> bool:
+        """Wait until the ticket's outbox is committed (True), or not: False when a write attempt fails
+        while waiting (the database is unavailable; the outbox stays queued and is written later, in
+        order), when ``timeout`` runs out first, or when the outbox was given up.
+
+        Never takes a lock and never blocks the writer: waiters only watch its progress, each for its
+        own ticket, so any number of them may wait at once.
+        """
+        if ticket.written is not None:
+            return ticket.written
+        if self._task is None and not self._closed:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        failures = self._failures
+        while ticket.written is None:
+            remaining = deadline - loop.time()
+            if self._failures != failures or self._stopping or remaining <= 0:
+                return False
+            progress = self._progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), remaining)
+        return ticket.written
 
     async def close(self, timeout: float = 10.0, *, close_store: bool = True) -> None:
         """Flush for at most ``timeout`` seconds, stop, and close the store.
@@ -165,6 +211,9 @@ class StoreWriter:
         if not flushed:
             log.error("store writer closed with rows unwritten: backlog=%d outboxes=%d", self._items,
                       len(self._queue) + (self._inflight is not None))
+        for p in ([self._inflight] if self._inflight is not None else []) + list(self._queue):
+            p.ticket.written = False
+        self._pulse()
         if close_store:
             with contextlib.suppress(StoreError):
                 await self.store.close()
@@ -215,6 +264,11 @@ class StoreWriter:
     def _publish(self) -> None:
         self.status.store_backlog = self._items
 
+    def _pulse(self) -> None:
+        """Wake every ``wait_written`` to look at its ticket again."""
+        self._progress.set()
+        self._progress = asyncio.Event()
+
     # ------------------------------------------------------------ the background task
 
     async def _run(self) -> None:
@@ -238,6 +292,8 @@ class StoreWriter:
                 self._shed()
                 self._publish()
                 self._mark_down(e)
+                self._failures += 1
+                self._pulse()
                 self._wake.clear()
                 await self._wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2.0, self.retry_max_s)
@@ -247,6 +303,8 @@ class StoreWriter:
                 self._inflight = None
                 self._items -= p.items
                 self._publish()
+                p.ticket.written = False
+                self._pulse()
                 log.exception("store write refused an outbox that cannot be written; dropping it items=%d",
                               p.items)
                 continue
@@ -256,6 +314,8 @@ class StoreWriter:
             backoff = self.retry_initial_s
             self._publish()
             self._mark_up()
+            p.ticket.written = True
+            self._pulse()
 
     async def _wait(self, seconds: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -290,4 +350,4 @@ class StoreWriter:
             log.warning("retention skipped: %s", e)
 
 
-__all__ = ["StoreWriter", "count_items"]
+__all__ = ["StoreWriter", "Ticket", "count_items"]
