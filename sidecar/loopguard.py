@@ -2,8 +2,12 @@
 
 Prometheus scrapes the sidecar and the sidecar queries Prometheus, so a rule
 whose PromQL selects the sidecar's own ``twin_*`` series would feed a twin its
-own forecasts: it would converge on itself and say everything is fine. Two
-defences, both keyed on :data:`OWN_METRIC_PREFIX`:
+own forecasts: it would converge on itself and say everything is fine. The
+sidecar's series are recognised by their names (:data:`OWN_METRIC_PREFIX`) and
+by their label signature: ``twin`` together with one of :data:`COMPANION_LABELS`
+(``metric``, ``horizon``, ``limit``, ``scenario``, read from the exporter's
+list), which survives a recording rule or ``metric_relabel_configs`` that
+renames the series. Two defences:
 
 * at config load, :func:`check_query` parses the PromQL (``promql-parser``) and
   refuses every selector that *can* match a ``twin_*`` name: an explicit name,
@@ -11,11 +15,29 @@ defences, both keyed on :data:`OWN_METRIC_PREFIX`:
   and a selector with only label matchers (``{job="sidecar"}`` matches every
   name). Regexes are analysed, not sampled: the answer is "can this regex
   match some string that starts with the prefix", decided on its parse tree,
-  and anything the analysis does not understand is refused (safe side);
+  and anything the analysis does not understand is refused (safe side). It
+  also refuses a selector of any name that matches on ``twin`` (other than
+  ``twin=""``) together with a companion label: ``sc_actual{twin="a",
+  metric="cpu_usage"}`` or ``job:forecast:max{twin="a", metric="m"}`` select
+  the sidecar's series under another name, even inside ``max(...)``, which
+  drops every label the run-time check could see. The cost: a metric of the
+  user's own that carries both ``twin`` and ``metric`` labels cannot be queried
+  by them;
 * at run time, :func:`drop_own_series` removes any returned series whose
-  ``__name__`` carries the prefix, for whatever slipped through (e.g. a
-  recording rule that renamed a ``twin_*`` series back into scope cannot be
-  seen in the query text, but a raw selector's result still can).
+  ``__name__`` carries the prefix, or whose labels carry the signature (a
+  ``max by (twin, metric)`` over a renamed series keeps it), or the labels of
+  the sidecar's own scrape target when they are given (``identities``, e.g.
+  ``{"job": "twin-sidecar"}``).
+
+Not caught, by either: a query that reads the sidecar's series under another
+name *and* without matching on the signature, and whose result drops the
+signature labels, e.g. ``max(sc_actual)`` or ``sum(job:forecast:max)`` after a
+rename; the per-twin series that carry only ``twin`` (``twin_health_score``,
+``twin_drift``, ``twin_last_sync_timestamp_seconds``) once renamed, since a
+``twin`` label alone is too common to refuse; a relabelling that also renames
+the ``twin`` label. Nothing in the query text or the result says where such
+numbers came from; naming the metrics explicitly, as the error messages
+advise, is the defence.
 """
 
 from __future__ import annotations
@@ -28,8 +50,16 @@ from typing import Any, TypeVar
 
 import promql_parser
 
+from .exporter import EXPORTED_METRICS
+
 #: Every series the sidecar exports starts with this; nothing it ingests may.
 OWN_METRIC_PREFIX = "twin_"
+#: The label every per-twin series of the sidecar carries.
+TWIN_LABEL = "twin"
+#: The labels the sidecar puts beside ``twin`` (from the exporter's list, so a new family cannot be missed):
+#: ``twin`` with any of them is the sidecar's signature, whatever the series is called.
+COMPANION_LABELS: frozenset[str] = frozenset(
+    label for spec in EXPORTED_METRICS if TWIN_LABEL in spec.labels for label in spec.labels) - {TWIN_LABEL}
 
 _PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _MARK = "__twin_placeholder__"
@@ -59,23 +89,47 @@ def check_query(query: str, *, prefix: str = OWN_METRIC_PREFIX) -> None:
 
     promql_parser.walk(expr, visit)
     if problems:
+        if _SIGNATURE in problems[0]:
+            raise LoopError(f"refused: {problems[0]}; the sidecar exports its series with these labels and must "
+                            f"never read them back, under any name (a recording rule or metric_relabel_configs "
+                            f"may have renamed twin_* series)")
         raise LoopError(f"refused: {problems[0]}; the sidecar exports {prefix}* series and must never read "
                         f"them back (name the metric explicitly, e.g. process_cpu_seconds_total{{...}})")
 
 
 def selector_problem(sel: Any, prefix: str = OWN_METRIC_PREFIX) -> str | None:
-    """Why this vector selector can reach a ``prefix*`` name, or ``None`` if it cannot."""
+    """Why this vector selector can reach the sidecar's own series, or ``None`` if it cannot."""
     shown = str(sel).replace(_MARK, "$")
     if sel.name is not None:
         if _MARK in sel.name:
             return f"the metric name of {shown} depends on a discovered label"
-        return f"{shown} selects the sidecar's own series" if sel.name.startswith(prefix) else None
+        if sel.name.startswith(prefix):
+            return f"{shown} selects the sidecar's own series"
     groups: list[list[Any]] = [list(g) for g in sel.matchers.or_matchers] or [list(sel.matchers.matchers)]
     for group in groups:
-        why = _group_problem(group, prefix)
+        why = _group_problem(group, prefix) if sel.name is None else None
+        why = why or _signature_problem(group)
         if why is not None:
             return f"{shown}: {why}"
     return None
+
+
+_SIGNATURE = "the sidecar's own label signature"
+
+
+def _signature_problem(matchers: Sequence[Any]) -> str | None:
+    """A conjunction matching on ``twin`` (not its absence) and a companion label selects the sidecar's series.
+
+    Only ``twin=""`` (or ``=~""``) rules the sidecar out: it selects series without the label.
+    """
+    twin = [m for m in matchers if m.name == TWIN_LABEL]
+    if not twin or any(m.op in (promql_parser.MatchOp.Equal, promql_parser.MatchOp.Re) and m.value == ""
+                       for m in twin):
+        return None
+    companions = sorted({m.name for m in matchers if m.name in COMPANION_LABELS})
+    if not companions:
+        return None
+    return f"it matches on {TWIN_LABEL} and {companions[0]}, {_SIGNATURE}"
 
 
 def _group_problem(matchers: Sequence[Any], prefix: str) -> str | None:
@@ -227,13 +281,25 @@ def _category(cat: Any, c: str) -> bool:
 L = TypeVar("L", bound=Mapping[str, str])
 
 
-def own_series_mask(labels: Sequence[Mapping[str, str]], prefix: str = OWN_METRIC_PREFIX) -> list[bool]:
-    """True for each series that carries one of the sidecar's own metric names."""
-    return [lbl.get("__name__", "").startswith(prefix) for lbl in labels]
+def is_own_series(lbl: Mapping[str, str], prefix: str = OWN_METRIC_PREFIX,
+                  identities: Sequence[Mapping[str, str]] = ()) -> bool:
+    """Does this result series come from the sidecar: its name, its label signature, or its scrape target?"""
+    if lbl.get("__name__", "").startswith(prefix):
+        return True
+    if lbl.get(TWIN_LABEL) and any(lbl.get(c) for c in COMPANION_LABELS):
+        return True
+    return any(ident and all(lbl.get(k) == v for k, v in ident.items()) for ident in identities)
 
 
-def drop_own_series(labels: Sequence[L], prefix: str = OWN_METRIC_PREFIX) -> tuple[list[int], int]:
-    """Indices of the series to keep, and how many were dropped for carrying a ``prefix*`` name."""
-    mask = own_series_mask(labels, prefix)
+def own_series_mask(labels: Sequence[Mapping[str, str]], prefix: str = OWN_METRIC_PREFIX,
+                    identities: Sequence[Mapping[str, str]] = ()) -> list[bool]:
+    """True for each series that carries the sidecar's own names, label signature or scrape identity."""
+    return [is_own_series(lbl, prefix, identities) for lbl in labels]
+
+
+def drop_own_series(labels: Sequence[L], prefix: str = OWN_METRIC_PREFIX,
+                    identities: Sequence[Mapping[str, str]] = ()) -> tuple[list[int], int]:
+    """Indices of the series to keep, and how many were dropped as the sidecar's own (see :func:`is_own_series`)."""
+    mask = own_series_mask(labels, prefix, identities)
     keep = [i for i, own in enumerate(mask) if not own]
     return keep, len(mask) - len(keep)

@@ -7,7 +7,12 @@ vectorised ``Engine.ingest`` stamped with ``at``. Discovery rules run first in
 the round: one twin per returned series, named by its labels, its queries'
 ``$label`` placeholders filled from that series; twins appear with their
 targets and are retired once their series has been absent for a few
-successful discovery rounds (never because a query failed).
+successful discovery rounds (never because a query failed). A retired twin
+is kept aside in memory for a while (``PARK_FOR_S``): if its series returns
+(a pod restarted under its name, a target that failed a few scrapes) the twin
+comes back as it was retired, with its expected state, snapshots, corrections,
+recent samples and learnt models, rather than as a new twin learning from
+nothing. Twin names are unique per distinct label set (see ``discovered_name``).
 
 When Prometheus is down, slow or answers garbage the service stays up and
 keeps serving the last state: the round stops early once it is clear the
@@ -31,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import re
@@ -44,6 +51,9 @@ import numpy as np
 from . import loopguard
 from .config import ScenarioRule, SidecarConfig, TwinRule
 from .engine.core import Engine
+from .engine.modelstate import FORECAST_CONFIG, TwinModelState, take_rows
+from .engine.modelstate import encode as encode_model_state
+from .engine.records import CorrectionRecord, DigitalTwin, StateHistoryEntry
 from .engine.view import Outbox
 from .errors import EngineError, InputError, SidecarError, SourceError
 from .prometheus import InstantVector, PrometheusClient, QueryFailed, RangeMatrix, SourceUnavailable, select
@@ -53,6 +63,12 @@ log = logging.getLogger(__name__)
 
 #: A discovered twin is retired after its series was absent from this many successful discovery rounds.
 RETIRE_AFTER_ROUNDS = 3
+#: A retired discovered twin is kept in memory this long: if its series returns within it, the twin is restored
+#: with everything it had (expected state, history, learnt models) instead of starting afresh.
+PARK_FOR_S = 3600.0
+#: At most this many retired twins are kept (the oldest go first): ~140 KB each with four metrics and the default
+#: history of 1,000 samples, so at most ~70 MB.
+PARK_MAX = 500
 #: Seconds a round may still take after SIGTERM before its queries are cut.
 SHUTDOWN_GRACE_S = 3.0
 #: Longest pause between attempts while the source is down.
@@ -86,10 +102,38 @@ def naming_key(rule: TwinRule, labels: Mapping[str, str]) -> tuple[tuple[str, st
     return tuple((k, labels.get(k, "")) for k in keys)
 
 
+#: Starts the hash suffix of a discovered name; never produced by the substitution, so a hashed name is never a
+#: plain one.
+HASH_MARK = "~"
+
+
+def key_hash(key: Sequence[tuple[str, str]], length: int = 8) -> str:
+    """A short stable hash of a naming key (label names and values, unambiguously encoded)."""
+    text = json.dumps([list(kv) for kv in key], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
 def discovered_name(rule: TwinRule, labels: Mapping[str, str]) -> str:
-    """``checkout-api@10.0.0.7:8080``: the rule's name and the naming labels' values (URL-safe)."""
-    values = ",".join(v for _, v in naming_key(rule, labels)) or "_"
-    return f"{rule.name}@{_NAME_UNSAFE.sub('_', values)}"
+    """``checkout-api@10.0.0.7:8080``: the rule's name and the naming labels' values (URL-safe).
+
+    Characters other than letters, digits and ``_.:@,=-`` become ``_``; a name
+    that needed that ends in ``~`` and a hash of the original values
+    (``r@q_x~1a2b3c4d``), so ``q"x`` and ``q_x``, or ``ü`` and ``ä``, stay two
+    twins. A name that needed no substitution is unchanged. The few collisions
+    left (``a,b``+``c`` vs ``a``+``b,c``) are resolved when the twin is created.
+    """
+    key = naming_key(rule, labels)
+    name = plain_name(rule, key)
+    return name if name == f"{rule.name}@{_values(key)}" else f"{name}{HASH_MARK}{key_hash(key)}"
+
+
+def plain_name(rule: TwinRule, key: Sequence[tuple[str, str]]) -> str:
+    """The name before any hash suffix: what every version has called this label set's twin."""
+    return f"{rule.name}@{_NAME_UNSAFE.sub('_', _values(key))}"
+
+
+def _values(key: Sequence[tuple[str, str]]) -> str:
+    return ",".join(v for _, v in key) or "_"
 
 
 def shared_queries(rule: TwinRule) -> dict[str, str]:
@@ -157,6 +201,21 @@ class Target:
     labels: dict[str, str] = field(default_factory=dict)
     absent_rounds: int = 0               # discovered twins: successful discovery rounds without the series
     key: tuple[tuple[str, str], ...] = ()   # discovered twins: the naming labels and their values
+    by_labels: bool = True               # found by ``key`` (False: restored, named from other naming labels)
+
+
+@dataclass(slots=True)
+class _Parked:
+    """A retired discovered twin, kept so that it can come back as it was (see ``PARK_FOR_S``)."""
+
+    rule: str
+    key: tuple[tuple[str, str], ...]
+    at: float                                                  # when it was retired
+    definition: dict[str, Any]
+    snapshots: list[StateHistoryEntry]
+    corrections: list[CorrectionRecord]
+    samples: dict[str, tuple[np.ndarray, np.ndarray]]
+    models: TwinModelState | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +248,7 @@ class _Outcome:
     result: InstantVector | None = None
     error: SourceError | None = None
     quiet: bool = False                  # a shared query's failure is logged once, for the rule
+    query: str = ""
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -199,7 +259,8 @@ class Scheduler:
 
     def __init__(self, config: SidecarConfig, engine: Engine, client: PrometheusClient,
                  status: ServiceStatus, *, lock: asyncio.Lock | None = None, writer: OutboxSink | None = None,
-                 sync_histogram: Observer | None = None, clock: Callable[[], float] = time.time) -> None:
+                 sync_histogram: Observer | None = None, clock: Callable[[], float] = time.time,
+                 own_identities: Sequence[Mapping[str, str]] = ()) -> None:
         self.config = config
         self.engine = engine
         self.client = client
@@ -208,6 +269,8 @@ class Scheduler:
         self.writer = writer
         self.sync_histogram = sync_histogram
         self.clock = clock
+        #: labels of the sidecar's own scrape target(s), e.g. ``{"job": "twin-sidecar"}``: such series are refused
+        self.own_identities = tuple(dict(i) for i in own_identities if i)
         self.targets: dict[str, Target] = {}
         self._slots: dict[tuple[str, str], int] = {}
         self._failing: dict[tuple[str, str], int] = {}      # (twin, metric) -> failures in this streak
@@ -218,6 +281,8 @@ class Scheduler:
         self._scenario_due: dict[str, float] = {}
         self._scenario_failing: set[tuple[str, str]] = set()
         self._stop: asyncio.Event | None = None
+        self._own_dropping: set[tuple[str, str]] = set()    # (twin or rule, metric) whose answers carry our own
+        self._parked: dict[str, _Parked] = {}               # retired discovered twins, oldest first
 
     # ------------------------------------------------------------------ the loop
 
@@ -351,10 +416,11 @@ class Scheduler:
                     job = tasks[task]
                     exc = task.exception()
                     if exc is None:
-                        outcomes.append((job, _Outcome(job.twin, job.metric, result=task.result())))
+                        outcomes.append((job, _Outcome(job.twin, job.metric, result=task.result(),
+                                                       query=job.query)))
                         unreachable_run = 0
                     elif isinstance(exc, SourceError):
-                        outcomes.append((job, _Outcome(job.twin, job.metric, error=exc)))
+                        outcomes.append((job, _Outcome(job.twin, job.metric, error=exc, query=job.query)))
                         unreachable_run = unreachable_run + 1 if isinstance(exc, SourceUnavailable) else 0
                     else:
                         raise exc
@@ -395,12 +461,8 @@ class Scheduler:
             self._query_ok(key)
             assert o.result is not None
             vec = o.result
-            keep, dropped = loopguard.drop_own_series(vec.labels)
-            if dropped:
-                dropped_total += dropped
-                self.status.dropped_own_series_total += dropped
-                log.warning("dropped series carrying the sidecar's own metric names", extra={
-                    "rule": job.rule, "metric": job.metric, "dropped": dropped})
+            keep, dropped = self._drop_own(vec.labels, key, job.query, who="rule")
+            dropped_total += dropped
             groups: dict[tuple[str, ...], dict[tuple[str, ...], Target]] = {}
             for t in family:
                 groups.setdefault(tuple(k for k, _ in t.key), {})[tuple(v for _, v in t.key)] = t
@@ -448,12 +510,9 @@ class Scheduler:
                 continue
             assert o.result is not None
             vec = o.result
-            keep, dropped = loopguard.drop_own_series(vec.labels)
+            keep, dropped = self._drop_own(vec.labels, key, o.query)
             if dropped:
                 dropped_total += dropped
-                self.status.dropped_own_series_total += dropped
-                log.warning("dropped series carrying the sidecar's own metric names", extra={
-                    "twin": o.twin, "metric": o.metric, "dropped": dropped})
                 vec = select(vec, keep)
             if len(vec) > 1:
                 failed += 1
@@ -467,6 +526,26 @@ class Scheduler:
                     slots.append(slot)
                     values.append(float(vec.values[0]))
         return np.asarray(slots, np.int64), np.asarray(values, np.float64), failed, dropped_total
+
+    def _drop_own(self, labels: Sequence[Mapping[str, str]], key: tuple[str, str], query: str, *,
+                  who: str = "twin") -> tuple[list[int], int]:
+        """The run-time loop guard on one answer: the rows to keep.
+
+        Dropped series are counted (``twin_dropped_own_series_total``) and
+        logged once per (twin, metric) episode: at the first answer that carries
+        them, again only after an answer that did not.
+        """
+        keep, dropped = loopguard.drop_own_series(labels, identities=self.own_identities)
+        if not dropped:
+            self._own_dropping.discard(key)
+            return keep, 0
+        self.status.dropped_own_series_total += dropped
+        if key not in self._own_dropping:
+            self._own_dropping.add(key)
+            log.warning("loop guard: dropped series the sidecar exported itself (its metric names, its twin/metric "
+                        "labels or its scrape target came back through the query)", extra={
+                            who: key[0], "metric": key[1], "query": query, "dropped": dropped})
+        return keep, dropped
 
     def _slot(self, twin: str, metric: str) -> int | None:
         """The engine's series slot; made for every target's metrics in ``_apply_targets`` (under the lock)."""
@@ -534,9 +613,8 @@ class Scheduler:
                 self._query_failed(key, str(exc), quiet=isinstance(exc, SourceUnavailable))
                 return
             answered += 1
-            keep, dropped = loopguard.drop_own_series(vec.labels)
+            keep, dropped = self._drop_own(vec.labels, key, rule.discover, who="rule")
             if dropped:
-                self.status.dropped_own_series_total += dropped
                 vec = select(vec, keep)
             self._query_ok(key)
             results[rule.name] = vec
@@ -545,12 +623,13 @@ class Scheduler:
         return results, answered
 
     async def _reconcile(self, at: float, discovered: Mapping[str, InstantVector | None]) -> None:
-        """Create twins that appeared, retire those gone for good; engine calls under the lock."""
+        """Create twins that appeared (or bring retired ones back), retire those gone for good."""
         if not self.targets:
             async with self.lock:
                 wanted = {**self._static_targets(), **self._restored_targets()}
         else:
             wanted = dict(self.targets)
+        self._expire_parked(at)
         answered_rules: set[str] = set()
         retire: list[str] = []
         for rule in self.config.twins:
@@ -558,13 +637,26 @@ class Scheduler:
             if vec is None:
                 continue                      # no answer: its twins stay exactly as they are
             answered_rules.add(rule.name)
+            # a series finds its twin by its naming labels: a name of an older version (restored from the store,
+            # without hash), a collision-resolved one and a retired twin's are all found again; a name from other
+            # naming labels (name_labels changed) is not, and that twin retires as before
+            by_key = {p.key: name for name, p in self._parked.items() if p.rule == rule.name}
+            by_key.update({t.key: name for name, t in wanted.items()
+                           if t.rule.name == rule.name and t.rule.discover and t.by_labels})
             present: set[str] = set()
             for labels in vec.labels:
-                name = discovered_name(rule, labels)
-                present.add(name)
-                if name in wanted:
-                    wanted[name].absent_rounds = 0
+                own = {k: v for k, v in labels.items() if k != "__name__"}
+                nkey = naming_key(rule, own)
+                found = by_key.get(nkey)
+                if found is not None and found in wanted:
+                    present.add(found)
+                    wanted[found].absent_rounds = 0
                     continue
+                name = found if found is not None else self._fresh_name(rule, nkey, wanted)
+                if name is None:
+                    continue
+                by_key[nkey] = name
+                present.add(name)
                 try:
                     queries = {m: substitute(q, labels) for m, q in rule.queries().items()
                                if m not in shared_queries(rule)}
@@ -574,8 +666,7 @@ class Scheduler:
                     self._query_failed((name, DISCOVER_METRIC), f"cannot build its queries: {exc}",
                                        quiet=False)
                     continue
-                own = {k: v for k, v in labels.items() if k != "__name__"}
-                wanted[name] = Target(name, rule, queries, own, key=naming_key(rule, own))
+                wanted[name] = Target(name, rule, queries, own, key=nkey)
             for name, t in list(wanted.items()):
                 if t.rule.name == rule.name and name not in present:
                     t.absent_rounds += 1
@@ -588,9 +679,11 @@ class Scheduler:
                                                  if r.discover)
         self._discovery_done = self._discovery_done or sweep
         async with self.lock:
-            created, retired = await asyncio.to_thread(self._apply_targets, wanted, retire, at, sweep)
+            added, retired = await asyncio.to_thread(self._apply_targets, wanted, retire, at, sweep)
         self.targets = wanted
-        for name in created:            # counters exist from the start, so rate() sees the first error
+        # counters exist from the start, so rate() sees the first error: for every twin this process now queries
+        # (created, restored from the store at start or later, or back from retirement), not only new ones
+        for name in added:
             for metric in self.metrics_of(wanted[name]):
                 self.status.query_errors[(name, metric)] += 0
         for name in retired:
@@ -600,10 +693,43 @@ class Scheduler:
                 del self._failing[key]
             for key in [k for k in self.status.query_errors if k[0] == name]:
                 del self.status.query_errors[key]
+            self._own_dropping = {k for k in self._own_dropping if k[0] != name}
             for d in (self.status.simulation_failure_probability, self.status.simulation_breaking_multiplier):
                 for key in [k for k in d if k[0] == name]:
                     del d[key]
-            log.info("twin retired", extra={"twin": name})
+            log.info("twin retired", extra={"twin": name, "kept_for_s": PARK_FOR_S if name in self._parked else 0})
+
+    def _fresh_name(self, rule: TwinRule, key: tuple[tuple[str, str], ...],
+                    wanted: Mapping[str, Target]) -> str | None:
+        """The name of a twin for a label set seen for the first time: unique, stable, logged if it collided."""
+        name = discovered_name(rule, dict(key))
+
+        def holder(n: str) -> tuple[tuple[str, str], ...] | None:
+            t = wanted.get(n)
+            if t is not None:
+                return t.key if t.rule.discover else ()      # a configured twin's name: always taken
+            p = self._parked.get(n)
+            return p.key if p is not None else None
+
+        owner = holder(name)
+        if owner is None or owner == key:
+            return name
+        alt = f"{name.split(HASH_MARK, 1)[0]}{HASH_MARK}{key_hash(key, 16)}"
+        other = holder(alt)
+        if other is not None and other != key:
+            log.error("discovered twin name collides even with its hash; series not twinned",
+                      extra={"rule": rule.name, "twin": name, "labels": dict(key)})
+            return None
+        log.warning("discovered twin names collide: this series' twin gets a hash suffix", extra={
+            "rule": rule.name, "twin": alt, "collides_with": name, "labels": dict(key)})
+        return alt
+
+    def _expire_parked(self, at: float) -> None:
+        """Forget retired twins kept longer than ``PARK_FOR_S``, and the oldest beyond ``PARK_MAX``."""
+        for name in [n for n, p in self._parked.items() if at - p.at > PARK_FOR_S]:
+            del self._parked[name]
+        while len(self._parked) > PARK_MAX:
+            del self._parked[next(iter(self._parked))]
 
     def _static_targets(self) -> dict[str, Target]:
         return {r.name: Target(r.name, r, r.queries()) for r in self.config.twins if not r.discover}
@@ -621,34 +747,125 @@ class Scheduler:
                            if m not in shared_queries(rule)}
             except ValueError:
                 continue
-            out[twin.name] = Target(twin.name, rule, queries, dict(twin.labels),
-                                    key=naming_key(rule, twin.labels))
+            key = naming_key(rule, twin.labels)
+            out[twin.name] = Target(twin.name, rule, queries, dict(twin.labels), key=key,
+                                    by_labels=twin.name.split(HASH_MARK, 1)[0] == plain_name(rule, key))
         return out
 
     def _apply_targets(self, wanted: Mapping[str, Target], retire: Sequence[str], at: float,
                        sweep: bool) -> tuple[list[str], list[str]]:
-        """(In a worker thread, under the lock.) Make the engine's twins match the targets."""
-        created: list[str] = []
+        """(In a worker thread, under the lock.) Make the engine's twins match the targets.
+
+        Returns the twins newly queried (created, adopted or back from retirement) and those retired.
+        """
+        added: list[str] = []
         retired: list[str] = []
         gone = list(retire) + ([t.name for t in self.engine.twins() if t.name not in wanted] if sweep else [])
+        self._park(retire, at)
         for name in gone:
             try:
                 self.engine.retire_twin(name, at=at)
                 retired.append(name)
             except EngineError:
-                pass
+                self._parked.pop(name, None)
+        back = [(name, p) for name in wanted if name not in self.targets
+                and (p := self._parked.pop(name, None)) is not None]
+        if back:
+            self._unpark(back, at)
         for name, t in wanted.items():
             if name in self.targets:
                 continue                       # already a twin (looking it up would rebuild its record)
-            if self._ensure_twin(name, t, at):
-                created.append(name)
+            self._ensure_twin(name, t, at)
             try:
                 slots = self.engine.series_for(name, self.metrics_of(t))
             except EngineError:
                 continue
+            added.append(name)
             for metric, slot in zip(self.metrics_of(t), slots.tolist(), strict=True):
                 self._slots[(name, metric)] = int(slot)
-        return created, retired
+        self._expire_parked(at)
+        return added, retired
+
+    def _park(self, names: Sequence[str], at: float) -> None:
+        """(Worker thread, under the lock.) Keep what discovered twins about to be retired have, to give it back.
+
+        The models' rows are cut out of the banks as ``Engine.export_model_states`` does, but only for these
+        twins and without encoding them (a few ms per twin): they are encoded only if the twin returns.
+        """
+        keep: dict[str, tuple[DigitalTwin, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+        for name in names:
+            t = self.targets.get(name)
+            if t is None or not t.rule.discover or not t.by_labels:
+                continue
+            try:
+                keep[name] = (self.engine.get(name), self.engine.history(name))
+            except EngineError:
+                continue
+        if not keep:
+            return
+        models = self._model_rows([twin.twin_id for twin, _ in keep.values()])
+        for name, (twin, history) in keep.items():
+            t = self.targets[name]
+            self._parked.pop(name, None)
+            # the twin object leaves the engine at retirement: what is kept is no longer shared with it
+            self._parked[name] = _Parked(
+                rule=t.rule.name, key=t.key, at=at, definition=json.loads(json.dumps(twin.definition())),
+                snapshots=twin.state_history, corrections=list(twin.corrections),
+                samples={m: (np.array(ts), np.array(ys)) for m, (ts, ys) in history.items()},
+                models=models.get(twin.twin_id))
+
+    def _model_rows(self, twin_ids: Sequence[str]) -> dict[str, TwinModelState]:
+        """(Worker thread, under the lock.) These twins' learnt model rows, as ``Engine.export_model_states``."""
+        engine = self.engine
+        fs = engine.predictor.bank.state_dict()
+        an = engine.anomaly.state_dict()
+        config = {k: np.array(fs[k]) for k in FORECAST_CONFIG}
+        out: dict[str, TwinModelState] = {}
+        for tid in twin_ids:
+            named = [(s, k[1]) for s in engine.series.slots_of(tid)
+                     if engine.series.count[s] > 0 and (k := engine.series.keys[s]) is not None]
+            if not named:
+                continue
+            rows = np.asarray([s for s, _ in named], np.int64)
+            out[tid] = TwinModelState(tid, tuple(str(m) for _, m in named), engine.series.last_t[rows].copy(),
+                                      config, take_rows(fs, rows, FORECAST_CONFIG), take_rows(an, rows))
+        return out
+
+    def _unpark(self, back: Sequence[tuple[str, _Parked]], at: float) -> None:
+        """(Worker thread, under the lock.) Bring retired twins back as they were, the way a restart restores them.
+
+        All at once: the models' rows are put back and the samples replayed in one call each, as at start-up.
+        """
+        returned: list[tuple[str, _Parked, DigitalTwin]] = []
+        for name, p in back:
+            try:
+                self.engine.get(name)
+            except EngineError:
+                pass
+            else:
+                continue                       # restored from the store meanwhile: that one is adopted
+            try:
+                twin = self.engine.restore_twin(p.definition, snapshots=p.snapshots, corrections=p.corrections)
+            except SidecarError as exc:
+                log.error("could not restore a returning twin; it starts afresh", extra={
+                    "twin": name, "error": str(exc)})
+                continue
+            returned.append((name, p, twin))
+        if not returned:
+            return
+        learnt = self.engine.load_model_states({twin.twin_id: encode_model_state(p.models)
+                                                for _, p, twin in returned if p.models is not None})
+        try:
+            self.engine.restore_history({(twin.twin_id, m): v for _, p, twin in returned
+                                         for m, v in p.samples.items()}, learnt)
+        except SidecarError as exc:
+            log.error("returning twins' samples could not be replayed", extra={"error": str(exc)})
+        for name, p, twin in returned:
+            # the store marked it retired: writing its definition again (with a snapshot saying why) un-retires
+            # it, so a restart restores it too
+            self.engine.set_expected_state(name, {}, at=at, reason="its series returned after retirement")
+            log.info("twin returned: restored as it was retired", extra={
+                "twin": name, "away_s": round(at - p.at, 1), "expected_state": bool(twin.expected_state)})
 
     def _ensure_twin(self, name: str, t: Target, at: float) -> bool:
         """(Worker thread, under the lock.) Create the twin, or adopt a restored one; True if created."""
@@ -722,6 +939,8 @@ class Scheduler:
             asyncio.gather(*(one(rule, metric, query, start, rule) for rule, metric, query in shared)))
         samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         failed = 0
+        queries = {(name, metric): query for name, metric, query, _ in jobs}
+        queries.update({(rule, metric): query for rule, metric, query in shared})
 
         def take(name: str, metric: str, m: RangeMatrix, rows: Sequence[int]) -> int:
             if len(rows) != 1:
@@ -736,15 +955,13 @@ class Scheduler:
             if m is None:
                 failed += 1
                 continue
-            keep, dropped = loopguard.drop_own_series(m.labels)
-            self.status.dropped_own_series_total += dropped
+            keep, _ = self._drop_own(m.labels, (name, metric), queries.get((name, metric), ""))
             failed += take(name, metric, m, keep)
         for rule, metric, m in shared_results:
             if m is None:
                 failed += 1
                 continue
-            keep, dropped = loopguard.drop_own_series(m.labels)
-            self.status.dropped_own_series_total += dropped
+            keep, _ = self._drop_own(m.labels, (rule, metric), queries.get((rule, metric), ""), who="rule")
             for t in self._family(rule):
                 names = [k for k, _ in t.key]
                 want = tuple(v for _, v in t.key)

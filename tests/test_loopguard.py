@@ -34,6 +34,14 @@ REFUSED = [
     'rate({instance="$instance"}[1m])',
     '{__name__="$metric"}',                       # a discovered label must not choose the name
     '$metric{job="a"}',
+    # the sidecar's label signature under another name (a recording rule, metric_relabel_configs)
+    'job:forecast:max{twin="a", metric="cpu_usage"}',
+    'max(sc_actual{twin="a",metric="m"})',
+    'sc_breach_eta_seconds{twin!="", limit="cpu_usage"}',
+    'x{twin=~".+", scenario="spike"}',
+    '{__name__="up", twin="a", horizon="5m"}',
+    'sc_forecast{twin="$pod", metric="m"}',
+    'up or sc_actual{job="a"} or {__name__="x", metric="m", twin="b"}',
 ]
 
 ALLOWED = [
@@ -52,6 +60,9 @@ ALLOWED = [
     "time() - process_start_time_seconds",
     'label_replace(up, "twin", "$1", "job", "(.*)")',   # a *label* named twin is fine
     'sum(rate({__name__=~"http_.*", job="a"}[1m]))',
+    'up{twin="a"}',                                     # twin alone is too common a label to refuse
+    'up{metric="a"}',
+    'up{twin="", metric="a"}',                          # twin="" selects series without it
 ]
 
 
@@ -80,6 +91,14 @@ def test_invalid_promql_is_a_value_error_not_a_loop_error(query: str) -> None:
 ])
 def test_regex_prefix_analysis(pattern: str, can: bool) -> None:
     assert regex_can_match_prefix(pattern, OWN_METRIC_PREFIX) is can
+
+
+def test_runtime_filter_drops_the_label_signature_and_the_scrape_identity() -> None:
+    labels = [{"twin": "a", "metric": "m"}, {"twin": "a"}, {"metric": "m"}, {"twin": "a", "horizon": "5m", "job": "x"},
+              {"__name__": "up", "job": "sidecar", "instance": "i"}, {"twin": "", "metric": "m"}]
+    assert drop_own_series(labels) == ([1, 2, 4, 5], 2)
+    assert drop_own_series(labels, identities=[{"job": "sidecar"}]) == ([1, 2, 5], 3)
+    assert drop_own_series(labels, identities=[{}]) == ([1, 2, 4, 5], 2)      # an empty identity matches nothing
 
 
 def test_runtime_filter_drops_series_named_with_the_prefix() -> None:

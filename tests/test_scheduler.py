@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -201,7 +202,11 @@ def test_substitute_escapes_for_the_quote_it_sits_in() -> None:
 
 def test_discovered_names_are_url_safe() -> None:
     cfg = rules("http://127.0.0.1:1", "  - name: r\n    discover: up\n    metrics: {c: up}\n")
-    assert discovered_name(cfg.twins[0], {"__name__": "up", "job": "j", "instance": "h/1:80"}) == "r@h_1:80,j"
+    assert discovered_name(cfg.twins[0], {"__name__": "up", "job": "j", "instance": "h:80"}) == "r@h:80,j"
+    # a replaced character makes the name end in a hash of the original values: h/1 and h_1 stay two twins
+    slashed = discovered_name(cfg.twins[0], {"__name__": "up", "job": "j", "instance": "h/1:80"})
+    assert re.fullmatch(r"r@h_1:80,j~[0-9a-f]{8}", slashed)
+    assert slashed != discovered_name(cfg.twins[0], {"job": "j", "instance": "h_1:80"})
 
 
 # --------------------------------------------------------------------------- backfill
