@@ -23,6 +23,7 @@ import contextlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -247,3 +248,19 @@ def openmetrics_history(series: Mapping[str, Sequence[tuple[float, float]]],
         out.extend(lines)
     out.append("# EOF")
     return "\n".join(out) + "\n"
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0, poll: float = 0.05) -> None:
+    """Wait until a sidecar started as a process answers ``/readyz`` with 200 (AssertionError if it exits)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the sidecar exited early"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise TimeoutError("the sidecar never became ready")

@@ -9,9 +9,13 @@ need their own targets or a Prometheus they can kill start their own with
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,3 +97,44 @@ def render(helm: str, *values: str) -> list[dict[str, Any]]:
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
+
+
+# ----------------------------------------------------------------- SQLite files that cannot be written
+class ReadOnlyFile:
+    """Makes a file unwritable for this process the way the system does: chattr +i as root, 0444 otherwise."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.root = os.geteuid() == 0
+        self.locked = False
+
+    def lock(self) -> None:
+        if self.root:
+            if shutil.which("chattr") is None:
+                pytest.skip("running as root without chattr: cannot make a file read-only for root")
+            r = subprocess.run(["chattr", "+i", str(self.path)], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"chattr +i not supported here: {r.stderr.strip()}")
+        else:
+            self.path.chmod(0o444)
+        self.locked = True
+
+    def unlock(self) -> None:
+        if self.locked:
+            if self.root:
+                subprocess.run(["chattr", "-i", str(self.path)], check=True)
+            else:
+                self.path.chmod(0o644)
+            self.locked = False
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "twins.db"
+
+
+@pytest.fixture
+def read_only(db_path: Path) -> Iterator[ReadOnlyFile]:
+    ro = ReadOnlyFile(db_path)
+    yield ro
+    ro.unlock()

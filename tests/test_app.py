@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.app import Service, start_service
 from sidecar.config import load_config
 from sidecar.logs import JsonFormatter
-from sidecar.testing import PrometheusServer, free_port
+from sidecar.testing import PrometheusServer, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -148,18 +148,6 @@ async def test_api_reads_and_token_protected_writes(demo_prom: PrometheusServer,
         await svc.shutdown()
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the sidecar exited early"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("the sidecar never became ready")
-
 
 def test_sigterm_flushes_and_exits_zero_and_history_survives_a_restart(
         demo_prom: PrometheusServer, tmp_path: Path) -> None:
@@ -172,7 +160,7 @@ def test_sigterm_flushes_and_exits_zero_and_history_survives_a_restart(
         proc = subprocess.Popen([sys.executable, "-m", "sidecar.app", "--config", str(rules)], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
-            _wait_ready(url, proc)
+            wait_ready(url, proc)
             time.sleep(2)                                    # a few rounds
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)

@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
-import yaml
 from conftest import PromEnv
 from test_api import assert_matches
+from test_app_restore import rules
 from test_review2_durable_writer import WriteLockHolder
 from test_store_writer import PG_URL, ReadOnlyFile, Relay, _pg_target
 
@@ -35,16 +35,6 @@ from sidecar.config import load_config
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-
-
-def rules(tmp_path: Path, prom_url: str, db: Path) -> Path:
-    p = tmp_path / "rules.yaml"
-    p.write_text(yaml.safe_dump({
-        "prometheus": {"url": prom_url}, "interval": "1s", "backfill": "0",
-        "server": {"listen": "127.0.0.1:0"}, "storage": {"path": str(db)},
-        "twins": [{"name": "svc", "metrics": {"cpu_usage": 'test_gauge{k="a"}'}}],
-    }))
-    return p
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:

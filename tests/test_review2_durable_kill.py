@@ -20,25 +20,13 @@ import pytest
 import yaml
 from conftest import PromEnv
 
-from sidecar.testing import free_port
+from sidecar.testing import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 6
 
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the sidecar exited early"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("the sidecar never became ready")
 
 
 def test_a_200_survives_kill_9_every_time(tmp_path: Path, prom_env: PromEnv) -> None:
@@ -58,7 +46,7 @@ def test_a_200_survives_kill_9_every_time(tmp_path: Path, prom_env: PromEnv) -> 
         proc = subprocess.Popen([sys.executable, "-m", "sidecar.app", "--config", str(rules)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
-            _wait_ready(url, proc)
+            wait_ready(url, proc)
             if acked is not None:
                 value, snapshot_id = acked
                 status = httpx.get(f"{url}/api/v1/twins/svc", timeout=5).json()

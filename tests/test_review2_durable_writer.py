@@ -10,13 +10,12 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
+from conftest import ReadOnlyFile
 from store_contract import T0, snap, twin
-from test_store_writer import ReadOnlyFile, migrated_file, round_outbox
+from test_store_writer import migrated_file, round_outbox
 
 from sidecar.app import _BufferedHistory, _RestoreGate
 from sidecar.engine.view import MetricSamples, Outbox
@@ -59,17 +58,6 @@ def on_disk(path: Path, snapshot_id: str) -> bool:
     finally:
         conn.close()
 
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "twins.db"
-
-
-@pytest.fixture
-def read_only(db_path: Path) -> Iterator[ReadOnlyFile]:
-    ro = ReadOnlyFile(db_path)
-    yield ro
-    ro.unlock()
 
 
 async def test_each_waiter_gets_its_own_outbox_committed_and_on_disk(db_path: Path) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 import pytest
+from conftest import ReadOnlyFile
 from store_contract import T0, samples, snap, twin
 
 from sidecar.engine.view import MetricSamples, Outbox
@@ -46,45 +46,6 @@ async def stored_sample_rounds(store: Store) -> list[int]:
 
 # ------------------------------------------------------------------ ways to make SQLite unwritable
 
-
-class ReadOnlyFile:
-    """Makes a file unwritable for this process the way the system does: chattr +i as root, 0444 otherwise."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.root = os.geteuid() == 0
-        self.locked = False
-
-    def lock(self) -> None:
-        if self.root:
-            if shutil.which("chattr") is None:
-                pytest.skip("running as root without chattr: cannot make a file read-only for root")
-            r = subprocess.run(["chattr", "+i", str(self.path)], capture_output=True, text=True)
-            if r.returncode != 0:
-                pytest.skip(f"chattr +i not supported here: {r.stderr.strip()}")
-        else:
-            self.path.chmod(0o444)
-        self.locked = True
-
-    def unlock(self) -> None:
-        if self.locked:
-            if self.root:
-                subprocess.run(["chattr", "-i", str(self.path)], check=True)
-            else:
-                self.path.chmod(0o644)
-            self.locked = False
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "twins.db"
-
-
-@pytest.fixture
-def read_only(db_path: Path) -> Iterator[ReadOnlyFile]:
-    ro = ReadOnlyFile(db_path)
-    yield ro
-    ro.unlock()
 
 
 async def migrated_file(path: Path) -> None:
