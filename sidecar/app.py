@@ -31,7 +31,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .config import SidecarConfig, check_config, load_config
+from .config import SidecarConfig, StorageConfig, check_config, load_config
 from .engine.core import Engine
 from .engine.history import HistoryStore
 from .engine.records import StateHistoryEntry
@@ -54,8 +54,9 @@ __all__ = ["Service", "check_config", "run_service", "start_service"]
 
 #: Seconds the store may take to flush at shutdown (the round in progress gets its own short grace).
 FLUSH_TIMEOUT_S = 3.0
-#: Seconds an API state change waits for its commit before it answers 202 (applied, not yet stored).
-STORE_WAIT_S = 3.0
+#: Seconds an API state change waits for its commit before it answers 202 (applied, not yet stored), unless the
+#: rules say otherwise (``storage.commit_wait``).
+STORE_WAIT_S = StorageConfig().commit_wait_s
 #: Environment variable naming this replica among others sharing one PostgreSQL database.
 REPLICA_ENV = "TWIN_SIDECAR_REPLICA"
 
@@ -308,7 +309,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     lock = asyncio.Lock()
     store, writer, loaded = await _open_history(config, engine, status)
     gate = _RestoreGate(writer, pending=not loaded)
-    history: HistoryStore = _BufferedHistory(store, gate)
+    history: HistoryStore = _BufferedHistory(store, gate, wait_s=config.storage.commit_wait_s)
     facade = TwinEngine(engine, store=history)
     await facade.initialize()
     token_file = config.server.auth_token_file
@@ -337,7 +338,8 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     bound = int(addresses[0][1]) if addresses else listen_port
     client = PrometheusClient(config.prometheus)
     scheduler = Scheduler(config, engine, client, status, lock=lock, writer=gate,
-                          sync_histogram=sync_duration_histogram(registry))
+                          sync_histogram=sync_duration_histogram(registry),
+                          own_identities=config.prometheus.self_labels)
     stop = asyncio.Event()
     service = Service(config, engine, facade, status, scheduler, client, store, writer, runner, bound, stop)
     service.sink = gate

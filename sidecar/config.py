@@ -114,6 +114,9 @@ class PrometheusConfig:
     tls_ca_file: str | None = None
     max_concurrency: int = 16
     accept_warnings: bool = False     # a result with warnings may be partial: refused unless accepted
+    #: label sets of the sidecar's own scrape target(s), e.g. ``({"job": "twin-sidecar"},)``: the loop guard drops
+    #: any result series carrying all the pairs of one of them (the sidecar's own metrics, however renamed)
+    self_labels: tuple[Mapping[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,19 @@ class StorageConfig:
     retention_snapshots: int = 1000
     buffer_max_items: int = 100_000
     model_state_interval_s: float = 600.0      # how often the models' learnt state is saved (and at shutdown)
+    commit_wait_s: float = 3.0                 # how long an API state change waits for its commit before a 202
+
+
+#: The longest ``storage.commit_wait``: an API call held longer than a minute looks hung to its client.
+MAX_COMMIT_WAIT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredConfig:
+    """How long and how many retired discovered twins are kept in memory, to come back as they were."""
+
+    keep_for_s: float = 3600.0                 # 0: not kept (a returning series starts a fresh twin)
+    keep_max: int = 500                        # ~140 KB each with four metrics and 1,000 samples of history
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +202,7 @@ class SidecarConfig:
     scenarios: tuple[ScenarioRule, ...] = ()
     interval_s: float = 15.0
     backfill_s: float = 3600.0
+    retired: RetiredConfig = field(default_factory=RetiredConfig)
 
     @property
     def horizons_s(self) -> tuple[float, ...]:
@@ -415,9 +432,39 @@ def _prometheus(r: _Reader | None) -> PrometheusConfig:
         url=url.rstrip("/"), timeout_s=r.duration("timeout", d.timeout_s),
         headers=MappingProxyType(headers), bearer_token_file=bearer, basic_auth=basic, tls_ca_file=ca,
         max_concurrency=r.int_("max_concurrency", d.max_concurrency) or d.max_concurrency,
-        accept_warnings=r.bool_("accept_warnings", False))
+        accept_warnings=r.bool_("accept_warnings", False), self_labels=_self_labels(r))
     r.finish()
     return out
+
+
+def _self_labels(r: _Reader) -> tuple[Mapping[str, str], ...]:
+    """``self_labels``: one mapping of label name -> value, or a list of them (one per scrape identity)."""
+    node = r.node_of("self_labels")
+    if node is None:
+        return ()
+    if isinstance(node, yaml.SequenceNode):
+        return tuple(_label_set(r, n, r.key(f"self_labels[{i}]")) for i, n in enumerate(node.value))
+    return (_label_set(r, node, r.key("self_labels")),)
+
+
+def _label_set(r: _Reader, node: yaml.Node, key: str) -> Mapping[str, str]:
+    if not isinstance(node, yaml.MappingNode):
+        raise r.error(node, key, f"expected a mapping of label name -> value like {{job: twin-sidecar}}, "
+                                 f"got {_kind(node)}")
+    m = _Reader(r.path, node, key)
+    if not m.items:
+        raise m.error(node, key, "expected at least one label (an empty set would match every series)")
+    out: dict[str, str] = {}
+    for name, (k, v) in m.items.items():
+        m.used.add(name)
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise m.error(k, m.key(name), "expected a Prometheus label name like job or namespace "
+                                          "(letters, digits, _; not starting with __)")
+        value = _scalar(v)
+        if isinstance(value, bool) or not isinstance(value, str | int) or not str(value):
+            raise m.error(v, m.key(name), f"expected a non-empty label value, got {_show(v)}")
+        out[name] = str(value)
+    return MappingProxyType(out)
 
 
 def _server(r: _Reader | None) -> ServerConfig:
@@ -453,7 +500,23 @@ def _storage(r: _Reader | None, env: Mapping[str, str]) -> StorageConfig:
         retention_days=r.number("retention_days", d.retention_days),
         retention_snapshots=r.int_("retention_snapshots", d.retention_snapshots) or d.retention_snapshots,
         buffer_max_items=r.int_("buffer_max_items", d.buffer_max_items, minimum=100) or d.buffer_max_items,
-        model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s))
+        model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s),
+        commit_wait_s=r.duration("commit_wait", d.commit_wait_s, allow_zero=True))
+    if out.commit_wait_s > MAX_COMMIT_WAIT_S:
+        raise r.error(r.items["commit_wait"][1], r.key("commit_wait"),
+                      f"expected at most {format_duration(MAX_COMMIT_WAIT_S)}, "
+                      f"got {format_duration(out.commit_wait_s)}")
+    r.finish()
+    return out
+
+
+def _retired(r: _Reader | None) -> RetiredConfig:
+    if r is None:
+        return RetiredConfig()
+    d = RetiredConfig()
+    keep_max = r.int_("keep_max", d.keep_max, minimum=0)
+    assert keep_max is not None
+    out = RetiredConfig(keep_for_s=r.duration("keep_for", d.keep_for_s, allow_zero=True), keep_max=keep_max)
     r.finish()
     return out
 
@@ -653,7 +716,7 @@ def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule
             raise fail(exc, f" (for twin rule {rule.name!r}, replicas: {rule.replicas or 1})") from exc
 
 
-_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "twins", "scenarios")
+_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios")
 
 
 def placeholders_in(query: str) -> list[str]:
@@ -685,6 +748,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     backfill = r.duration("backfill", 3600.0, allow_zero=True)
     server = _server(r.mapping("server"))
     storage = _storage(r.mapping("storage"), env)
+    retired = _retired(r.mapping("retired"))
     if "twins" not in r.items or _is_null(r.items["twins"][1]):
         raise r.error(root, "twins", "required: a list of twin rules")
     twins: list[TwinRule] = []
@@ -709,7 +773,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
         scenarios.append(sc)
     r.finish(_TOP_KEYS)
     return SidecarConfig(path=path, prometheus=prometheus, server=server, storage=storage, twins=tuple(twins),
-                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill)
+                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill, retired=retired)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> SidecarConfig:

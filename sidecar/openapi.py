@@ -63,12 +63,13 @@ def _accepted(result: str) -> dict[str, Any]:
     return {"allOf": [_ref(result), {"type": "object", "required": ["stored", "message"], "properties": {
         "stored": {"const": False},
         "message": {"type": "string", "description": "Applied in memory, not yet stored: the database is "
-                                                     "unavailable or slower than the wait. Do not retry."}}}]}
+                                                     "unavailable or slower than `storage.commit_wait`. "
+                                                     "Do not retry."}}}]}
 
 
 def _not_stored(result: str) -> dict[str, Any]:
     return _json(_ref(result), "Applied, but not yet stored: the history database is down or did not commit "
-                               "within a few seconds (`STORE_WAIT_S`, 3 s). The change is kept in the write "
+                               "within `storage.commit_wait` (default 3s). The change is kept in the write "
                                "buffer and written in order when the database answers; a crash before then "
                                "loses it. Do not retry.")
 

@@ -8,7 +8,7 @@ the round: one twin per returned series, named by its labels, its queries'
 ``$label`` placeholders filled from that series; twins appear with their
 targets and are retired once their series has been absent for a few
 successful discovery rounds (never because a query failed). A retired twin
-is kept aside in memory for a while (``PARK_FOR_S``): if its series returns
+is kept aside in memory for a while (``retired.keep_for``): if its series returns
 (a pod restarted under its name, a target that failed a few scrapes) the twin
 comes back as it was retired, with its expected state, snapshots, corrections,
 recent samples and learnt models, rather than as a new twin learning from
@@ -63,12 +63,6 @@ log = logging.getLogger(__name__)
 
 #: A discovered twin is retired after its series was absent from this many successful discovery rounds.
 RETIRE_AFTER_ROUNDS = 3
-#: A retired discovered twin is kept in memory this long: if its series returns within it, the twin is restored
-#: with everything it had (expected state, history, learnt models) instead of starting afresh.
-PARK_FOR_S = 3600.0
-#: At most this many retired twins are kept (the oldest go first): ~140 KB each with four metrics and the default
-#: history of 1,000 samples, so at most ~70 MB.
-PARK_MAX = 500
 #: Seconds a round may still take after SIGTERM before its queries are cut.
 SHUTDOWN_GRACE_S = 3.0
 #: Longest pause between attempts while the source is down.
@@ -206,7 +200,7 @@ class Target:
 
 @dataclass(slots=True)
 class _Parked:
-    """A retired discovered twin, kept so that it can come back as it was (see ``PARK_FOR_S``)."""
+    """A retired discovered twin, kept so that it can come back as it was (see ``RetiredConfig``)."""
 
     rule: str
     key: tuple[tuple[str, str], ...]
@@ -283,6 +277,10 @@ class Scheduler:
         self._stop: asyncio.Event | None = None
         self._own_dropping: set[tuple[str, str]] = set()    # (twin or rule, metric) whose answers carry our own
         self._parked: dict[str, _Parked] = {}               # retired discovered twins, oldest first
+        #: a retired twin is kept this long, at most this many (the oldest go first): if its series returns within
+        #: it, the twin is restored with everything it had (expected state, history, learnt models)
+        self.keep_for_s = config.retired.keep_for_s
+        self.keep_max = config.retired.keep_max
 
     # ------------------------------------------------------------------ the loop
 
@@ -697,7 +695,8 @@ class Scheduler:
             for d in (self.status.simulation_failure_probability, self.status.simulation_breaking_multiplier):
                 for key in [k for k in d if k[0] == name]:
                     del d[key]
-            log.info("twin retired", extra={"twin": name, "kept_for_s": PARK_FOR_S if name in self._parked else 0})
+            log.info("twin retired", extra={"twin": name,
+                                            "kept_for_s": self.keep_for_s if name in self._parked else 0})
 
     def _fresh_name(self, rule: TwinRule, key: tuple[tuple[str, str], ...],
                     wanted: Mapping[str, Target]) -> str | None:
@@ -725,10 +724,10 @@ class Scheduler:
         return alt
 
     def _expire_parked(self, at: float) -> None:
-        """Forget retired twins kept longer than ``PARK_FOR_S``, and the oldest beyond ``PARK_MAX``."""
-        for name in [n for n, p in self._parked.items() if at - p.at > PARK_FOR_S]:
+        """Forget retired twins kept longer than ``keep_for_s``, and the oldest beyond ``keep_max``."""
+        for name in [n for n, p in self._parked.items() if at - p.at > self.keep_for_s]:
             del self._parked[name]
-        while len(self._parked) > PARK_MAX:
+        while len(self._parked) > self.keep_max:
             del self._parked[next(iter(self._parked))]
 
     def _static_targets(self) -> dict[str, Target]:
@@ -793,6 +792,8 @@ class Scheduler:
         twins and without encoding them (a few ms per twin): they are encoded only if the twin returns.
         """
         keep: dict[str, tuple[DigitalTwin, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+        if self.keep_for_s <= 0 or self.keep_max <= 0:
+            return                             # keeping disabled: not even the models' rows are cut out
         for name in names:
             t = self.targets.get(name)
             if t is None or not t.rule.discover or not t.by_labels:

@@ -251,7 +251,8 @@ def test_example_documents_every_key() -> None:
             "accept_warnings", "interval", "backfill", "listen", "auth_token_file", "max_body_bytes", "path",
             "retention_days", "retention_snapshots", "buffer_max_items", "name", "system_type", "discover",
             "name_labels", "metrics", "request_rate", "expected", "thresholds", "limits", "horizons",
-            "replicas", "workers", "auto_correction", "scenarios", "twin", "every", "scenario"]
+            "replicas", "workers", "auto_correction", "scenarios", "twin", "every", "scenario", "self_labels",
+            "model_state_interval", "commit_wait", "retired", "keep_for", "keep_max"]
     missing = [k for k in keys if f"{k}:" not in text]
     assert not missing
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -14,8 +15,7 @@ from conftest import PromEnv
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import scheduler
-from sidecar.config import SidecarConfig, parse_config
+from sidecar.config import RetiredConfig, SidecarConfig, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.modelstate import decode
 from sidecar.engine.settings import EngineSettings
@@ -270,10 +270,7 @@ async def test_query_error_counters_exist_for_restored_twins(prom_env: PromEnv, 
         await store.close()
 
 
-async def test_retired_twins_are_kept_only_so_long_and_so_many(prom_env: PromEnv, client: PrometheusClient,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scheduler, "PARK_MAX", 1)
-    monkeypatch.setattr(scheduler, "PARK_FOR_S", 2.0)
+async def test_retired_twins_are_kept_only_so_long_and_so_many(prom_env: PromEnv, client: PrometheusClient) -> None:
     pods = ("a", "b")
     for pod in pods:
         prom_env.target.set("rv2_keep_up", 1.0, pod=pod)
@@ -284,6 +281,7 @@ async def test_retired_twins_are_kept_only_so_long_and_so_many(prom_env: PromEnv
     name_labels: [pod]
     metrics: {c: 'rv2_keep_up{pod="$pod"}'}
 """)
+    cfg = dataclasses.replace(cfg, retired=RetiredConfig(keep_for_s=2.0, keep_max=1))
     engine = engine_for(cfg)
     sched = Scheduler(cfg, engine, client, ServiceStatus(config_loaded=True))
 
@@ -304,5 +302,5 @@ async def test_retired_twins_are_kept_only_so_long_and_so_many(prom_env: PromEnv
         await sched.run_round()
         return {pod: engine.get(f"k@{pod}").expected_state is not None for pod in pods}
 
-    assert sorted((await flap(0.0)).values()) == [False, True]      # only one kept (PARK_MAX)
-    assert await flap(2.5) == {"a": False, "b": False}              # kept no longer than PARK_FOR_S
+    assert sorted((await flap(0.0)).values()) == [False, True]      # only one kept (retired.keep_max)
+    assert await flap(2.5) == {"a": False, "b": False}              # kept no longer than retired.keep_for

@@ -163,6 +163,29 @@ twin-sidecar.io/service
 {{- maxf (mulf 4.0 (float64 (include "twin-sidecar.seconds" .))) 60.0 }}
 {{- end }}
 
+{{/* The job label Prometheus gives this instance's /metrics when the chart's ServiceMonitor scrapes it (argument:
+     dict "root" "inst"), for the loop guard's prometheus.self_labels; empty when the chart cannot know it. The
+     ServiceMonitor sets no jobLabel, so the operator names the job after the Service: "twin-sidecar.serviceName".
+     A (metric) relabeling of `job` to a fixed value wins; one computed from source labels leaves it unknown. -- */}}
+{{- define "twin-sidecar.scrapeJob" -}}
+{{- $v := .root.Values -}}
+{{- if and (eq $v.mode "standalone") $v.serviceMonitor.enabled }}
+{{- $job := include "twin-sidecar.serviceName" .inst }}
+{{- range concat (default list $v.serviceMonitor.relabelings) (default list $v.serviceMonitor.metricRelabelings) }}
+{{- if eq (toString (get . "targetLabel")) "job" }}
+{{- $action := lower (toString (default "replace" (get . "action"))) }}
+{{- $repl := toString (default "" (get . "replacement")) }}
+{{- if and (eq $action "replace") (not (get . "sourceLabels")) $repl (not (contains "$" $repl)) }}
+{{- $job = $repl }}
+{{- else }}
+{{- $job = "" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $job }}
+{{- end }}
+{{- end }}
+
 {{/* The YAML rules file for one instance: the user's config plus the keys the chart owns. --------------- */}}
 {{- define "twin-sidecar.rules" -}}
 {{- $v := .root.Values -}}
@@ -182,6 +205,10 @@ twin-sidecar.io/service
 {{- end }}
 {{- if $v.prometheus.tlsCA.existingSecret }}
 {{- $_ := set $p "tls_ca_file" (printf "/var/run/secrets/twin-sidecar/prometheus-ca/%s" $v.prometheus.tlsCA.key) }}
+{{- end }}
+{{- if not (hasKey (default dict (get $cfg "prometheus")) "self_labels") }}
+{{- $job := include "twin-sidecar.scrapeJob" . }}
+{{- if $job }}{{- $_ := set $p "self_labels" (dict "job" $job) }}{{- end }}
 {{- end }}
 {{- $_ := set $cfg "prometheus" (mergeOverwrite (default dict (get $cfg "prometheus")) $p) }}
 {{- $srv := dict "listen" (printf "0.0.0.0:%v" $v.service.port) }}
