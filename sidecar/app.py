@@ -305,7 +305,8 @@ async def _open_history(config: SidecarConfig, engine: Engine,
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
     """Build and start everything except signal handling; the scheduler runs as a task."""
     status = ServiceStatus(config_loaded=True)
-    engine = Engine(EngineSettings(horizons_s=config.horizons_s))
+    replica = os.environ.get(REPLICA_ENV, "default")
+    engine = Engine(EngineSettings(horizons_s=config.horizons_s, id_namespace="" if replica == "default" else replica))
     lock = asyncio.Lock()
     store, writer, loaded = await _open_history(config, engine, status)
     gate = _RestoreGate(writer, pending=not loaded)
@@ -369,14 +370,23 @@ async def run_service(config: SidecarConfig, *, log_format: str = "json") -> int
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, _on_signal, service.stop, sig)
+    # the usual "reload" signal killed the process outright (no flush, no model state saved): rules are read
+    # at start only, so say so and keep running
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, _on_hangup)
     try:
         await service.stop.wait()
     finally:
         await service.shutdown()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", signal.SIGTERM)):
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
     return 0
+
+
+def _on_hangup() -> None:
+    log.warning("SIGHUP ignored: the rules are read at start only; restart the sidecar to apply a change "
+                "(the Helm chart rolls the pod when its rules change)")
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:

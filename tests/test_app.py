@@ -156,12 +156,16 @@ def test_sigterm_flushes_and_exits_zero_and_history_survives_a_restart(
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
 
-    def run_once() -> tuple[int, float, str]:
+    def run_once(hangup: bool = False) -> tuple[int, float, str]:
         proc = subprocess.Popen([sys.executable, "-m", "sidecar.app", "--config", str(rules)], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
             wait_ready(url, proc)
             time.sleep(2)                                    # a few rounds
+            if hangup:                                       # "reload" used to kill it without a flush
+                proc.send_signal(signal.SIGHUP)
+                time.sleep(0.5)
+                assert proc.poll() is None, "SIGHUP stopped the sidecar"
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
@@ -171,9 +175,10 @@ def test_sigterm_flushes_and_exits_zero_and_history_survives_a_restart(
                 proc.kill()
                 proc.wait()
 
-    code, took, logs = run_once()
+    code, took, logs = run_once(hangup=True)
     assert code == 0 and took < 10, (code, took, logs[-2000:])
     lines = [json.loads(line) for line in logs.splitlines() if line.strip()]    # every line is JSON
+    assert any(r["msg"].startswith("SIGHUP ignored") and r["level"] == "warning" for r in lines), logs[-2000:]
     assert any(r["msg"] == "sidecar started" for r in lines)
     assert any(r["msg"] == "sidecar stopped" for r in lines)
     assert "never-logged-secret" not in logs

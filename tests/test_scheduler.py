@@ -383,6 +383,8 @@ async def test_source_failure_keeps_state_logs_once_and_recovers(
         report = await sched.run_round()
         assert report.source_up and status.source_up and report.accepted == 12
         assert any("reachable again" in r.getMessage() for r in caplog.records)
+        # one line for the source coming back, not one per query (12 here, 100 for 20 twins in a review)
+        assert not any(r.getMessage() == "query recovered" for r in caplog.records)
 
 
 async def test_run_loop_stops_promptly_on_stop(prom_env: PromEnv, client: PrometheusClient) -> None:

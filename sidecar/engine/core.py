@@ -82,9 +82,14 @@ class TickReport:
     refused: int = 0                # not an observation (internal / simulation source)
 
 
-def stable_twin_id(name: str) -> str:
-    """The same name always maps to the same id, so a restart finds its twins again."""
-    return "twin_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+def stable_twin_id(name: str, namespace: str = "") -> str:
+    """The same name always maps to the same id, so a restart finds its twins again.
+
+    Replicas sharing one database twin the same names; each gets its own ids (its namespace is its replica
+    name), so definitions, snapshots, model state and retention never mix between them. The empty namespace
+    gives the ids a single replica has always had."""
+    key = name if not namespace else f"{namespace}\x00{name}"
+    return "twin_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _clean_mapping(values: Mapping[str, Any], what: str) -> dict[str, float]:
@@ -176,7 +181,7 @@ class Engine:
         except ValueError as e:
             raise InputError(f"unknown system_type {system_type!r}; valid: "
                              f"{', '.join(t.value for t in SystemType)}") from e
-        tid = twin_id or stable_twin_id(name)
+        tid = twin_id or stable_twin_id(name, self.settings.id_namespace)
         if tid in self._twins:
             raise InputError(f"twin id {tid} already exists")
         twin = DigitalTwin(

@@ -22,6 +22,8 @@ DEFAULT_LIMITS: Mapping[str, float] = MappingProxyType({
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     horizons_s: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)
+    # names twin ids apart: replicas sharing one database each keep their own twins ("" = the single-replica ids)
+    id_namespace: str = ""
     level: float = 0.9                       # interval coverage of forecast bounds
     model: str = "auto"                      # forecast model: "auto" or a ForecastBank model name
     history_size: int = 1000                 # metric samples kept in memory per series
