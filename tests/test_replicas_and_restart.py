@@ -98,3 +98,34 @@ async def test_a_changed_expected_in_the_rules_is_not_applied_to_a_restored_twin
         assert warned and getattr(warned[0], "twin", None) == "svc"
     finally:
         await svc.shutdown()
+
+
+async def test_a_twin_stored_before_replica_ids_keeps_its_id_and_state(
+        tmp_path: Path, prom_env: PromEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upgrading: the chart has always named a single pod's replica after its instance, and that name now enters
+    new twin ids; a twin the previous version stored under the name-only id (owned by that replica) is restored
+    with that id and its state, not started afresh. The previous version is simulated by the rows it wrote: a
+    twin with the name-only id whose rows are owned by the instance's replica name."""
+    import sqlite3
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    db = tmp_path / "twins.db"
+    path = rules(tmp_path, prom_env.url, db)
+    old = await _start("default", path, monkeypatch)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            put = await http.put(f"{old.url}/api/v1/twins/svc/expected", json={"cpu_usage": 33})
+            assert put.status_code == 200 and put.json()["twin_id"] == stable_twin_id("svc")
+    finally:
+        await old.shutdown()
+    conn = sqlite3.connect(db)
+    with conn:     # snapshots are append-only (a trigger refuses updates); ownership lives in these two
+        for table in ("twin_definitions", "twin_model_state"):
+            conn.execute(f"UPDATE {table} SET owner = 'rel-twin-sidecar'")
+    conn.close()
+    new = await _start("rel-twin-sidecar", path, monkeypatch)
+    try:
+        twin = new.engine.get("svc")
+        assert twin.twin_id == stable_twin_id("svc") and twin.expected_state == {"cpu_usage": 33.0}
+    finally:
+        await new.shutdown()
