@@ -39,7 +39,7 @@ def big_view(n_series: int, n_twins: int, seed: int) -> EngineView:
         divergence_ratio=rng.normal(0, 0.2, s), severity=rng.integers(0, 5, s).astype(np.int8),
         anomaly=rng.uniform(0, 1, s), limit=np.full(s, 95.0), breach_eta_s=eta, twin_names=tuple(names),
         health=rng.uniform(0, 100, n_twins), drift=rng.uniform(size=n_twins) < 0.1,
-        last_sync=np.full(n_twins, 1.7e9))
+        last_sync=np.full(n_twins, 1.7e9), series_last_sample=np.full(s, 1.7e9))
 
 
 async def _http(view: EngineView) -> None:

@@ -154,9 +154,12 @@ class _TooLong(ValueError):
     """An integer literal with more digits than any float holds (``float()`` of it would overflow)."""
 
 
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > JSON_INT_DIGITS_MAX:
-        raise _TooLong(text)
+def parse_json_int(text: str) -> int:
+    """``json.loads``' integer parser for scenario bodies (the API's and the CLI's): a literal longer than any
+    float is refused, since the simulation's ``float()`` of it would overflow."""
+    digits = len(text.lstrip("-"))
+    if digits > JSON_INT_DIGITS_MAX:
+        raise _TooLong(f"an integer with {digits} digits (at most {JSON_INT_DIGITS_MAX})")
     return int(text)
 
 
@@ -183,7 +186,7 @@ async def _json_body(request: web.Request) -> Any:
         raise ApiError(400, "request body: expected a JSON object, got an empty body")
     too_deep = f"request body: JSON nested more than {JSON_DEPTH_MAX} levels deep"
     try:
-        body = json.loads(raw, parse_int=_parse_int)
+        body = json.loads(raw, parse_int=parse_json_int)
     except RecursionError:   # the decoder recurses per level: a deep body is the client's error, not a 500
         raise ApiError(400, too_deep) from None
     except _TooLong:
@@ -368,7 +371,8 @@ class TwinApi:
         expected = parse_expected(await _json_object(request))
         async with self._lock:
             engine = self._facade.engine
-            check_expected_metrics(expected, set(engine.history(twin)), set(engine.get(twin).expected_state or ()))
+            check_expected_metrics(expected, set(engine.metric_names(twin)),
+                                   set(engine.get(twin).expected_state or ()))
             result = await self._facade.set_expected_state(twin, expected)
             written = self._last_write()
         log.info("expected state set twin=%s metrics=%s", twin, ",".join(sorted(expected)))

@@ -66,8 +66,10 @@ def _cmd_rules(a: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
+    from .api import parse_json_int
+
     try:
-        scenario = json.loads(a.scenario, parse_int=_scenario_int)
+        scenario = json.loads(a.scenario, parse_int=parse_json_int)
     except json.JSONDecodeError as e:
         raise InputError(f"--scenario is not JSON: {e.msg} at column {e.colno}") from None
     except RecursionError:
@@ -79,13 +81,6 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     result = asyncio.run(_simulate(a.config, a.twin, scenario, a.seed))
     print(json.dumps(result, indent=2, allow_nan=False))
     return 0
-
-
-def _scenario_int(text: str) -> int:
-    """An integer literal of the scenario; one longer than any float (the simulation's numbers) is refused."""
-    if len(text.lstrip("-")) > 300:
-        raise ValueError(f"a number with {len(text.lstrip('-'))} digits")
-    return int(text)
 
 
 async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed: int) -> dict[str, Any]:

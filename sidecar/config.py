@@ -716,6 +716,10 @@ def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule
             raise fail(exc, f" (for twin rule {rule.name!r}, replicas: {rule.replicas or 1})") from exc
 
 
+#: Longest backfill, in intervals (14 days at 15 s).
+MAX_BACKFILL_STEPS = 80_640
+
+
 _TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios")
 
 
@@ -746,6 +750,12 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     if interval < 1.0:
         raise r.error(r.items["interval"][1], "interval", "expected at least 1s")
     backfill = r.duration("backfill", 3600.0, allow_zero=True)
+    if backfill / interval > MAX_BACKFILL_STEPS:
+        # split into 10,000-step requests a long backfill is fetched, but each step is a tick of every model:
+        # 30 days at 1 s was 260 requests and 2.6 million ticks before the first round
+        raise r.error(r.items["backfill"][1], "backfill",
+                      f"at most {MAX_BACKFILL_STEPS:,} intervals ({format_duration(MAX_BACKFILL_STEPS * interval)} at "
+                      f"{format_duration(interval)}), got {backfill / interval:,.0f}")
     server = _server(r.mapping("server"))
     storage = _storage(r.mapping("storage"), env)
     retired = _retired(r.mapping("retired"))

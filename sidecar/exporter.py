@@ -391,9 +391,7 @@ class TwinCollector:
             _array_gauge("twin_health_score", t, view.health),
             _array_gauge("twin_drift", t, np.asarray(view.drift, dtype=np.float64)),
             _array_gauge("twin_last_sync_timestamp_seconds", t, view.last_sync),
-            _array_gauge("twin_metric_last_sample_timestamp_seconds", s,
-                         view.series_last_sample if view.series_last_sample is not None
-                         else np.full(len(view.series_twin), np.nan)),
+            _array_gauge("twin_metric_last_sample_timestamp_seconds", s, view.series_last_sample),
         )
 
     def _status_families(self, view: EngineView) -> Iterator[Metric]:

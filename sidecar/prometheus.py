@@ -230,22 +230,21 @@ class PrometheusClient:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         times = start + step * np.arange(math.floor((end - start) / step + 1e-9) + 1)
         if len(times) <= max_points:
-            return await self._range_part(promql, start, end, step, timeout_s)
+            return await self._range_part(promql, times, step, timeout_s)
         parts: list[tuple[int, RangeMatrix]] = []
         for first in range(0, len(times), max_points):
-            last = min(first + max_points, len(times)) - 1
-            parts.append((first, await self._range_part(promql, float(times[first]), float(times[last]), step,
-                                                        timeout_s)))
+            parts.append((first, await self._range_part(promql, times[first:first + max_points], step, timeout_s)))
         return _join(promql, times, parts)
 
-    async def _range_part(self, promql: str, start: float, end: float, step: float,
+    async def _range_part(self, promql: str, times: np.ndarray, step: float,
                           timeout_s: float | None) -> RangeMatrix:
-        """One ``/query_range`` request (at most ``MAX_RANGE_POINTS`` steps when called by ``query_range``)."""
+        """One ``/query_range`` request over these grid times (a slice of the whole grid when the range is split:
+        recomputing a part's grid from its rounded ends could come out a column short at a fractional step)."""
+        start, end = float(times[0]), float(times[-1])
         body = await self._post("/api/v1/query_range", promql,
                                 {"start": _fmt(start), "end": _fmt(end), "step": _fmt(step)}, timeout_s)
         data = body["data"]
         warnings = tuple(body.get("warnings") or ())
-        times = start + step * np.arange(math.floor((end - start) / step + 1e-9) + 1)
         if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
             raise SourceUnavailable(f"expected a matrix result, got {data.get('resultType')!r}", query=promql,
                                     url=self.base)
@@ -359,9 +358,8 @@ def _join(promql: str, times: np.ndarray, parts: Sequence[tuple[int, RangeMatrix
     warnings: dict[str, None] = {}
     for first, m in parts:
         idx = [rows[tuple(sorted(lbl.items()))] for lbl in m.labels]
-        width = min(m.values.shape[1], len(times) - first)
         if idx:
-            values[idx, first:first + width] = m.values[:, :width]
+            values[idx, first:first + m.values.shape[1]] = m.values
         warnings.update(dict.fromkeys(m.warnings))
     return RangeMatrix(promql, times, tuple(labels), values, sum(m.unparseable for _, m in parts),
                        tuple(warnings))

@@ -51,8 +51,7 @@ import numpy as np
 from . import loopguard
 from .config import ScenarioRule, SidecarConfig, TwinRule
 from .engine.core import Engine
-from .engine.modelstate import FORECAST_CONFIG, TwinModelState, take_rows
-from .engine.modelstate import encode as encode_model_state
+from .engine.modelstate import TwinModelState
 from .engine.records import CorrectionRecord, DigitalTwin, StateHistoryEntry
 from .engine.view import Outbox
 from .errors import EngineError, InputError, SidecarError, SourceError
@@ -570,7 +569,10 @@ class Scheduler:
         self._failing[key] = streak + 1
         if streak == 0 and quiet:
             self._failing_quietly.add(key)
-        if streak == 0 and not quiet:
+        elif not quiet and (streak == 0 or key in self._failing_quietly):
+            # a streak that began with the whole source down and goes on failing for a reason of its own
+            # ("returned 2 series") must be told like any other
+            self._failing_quietly.discard(key)
             log.warning("query failing", extra={"twin": key[0], "metric": key[1], "error": message})
 
     def _query_ok(self, key: tuple[str, str]) -> None:
@@ -813,7 +815,7 @@ class Scheduler:
                 continue
         if not keep:
             return
-        models = self._model_rows([twin.twin_id for twin, _ in keep.values()])
+        models = self.engine.model_states([twin.twin_id for twin, _ in keep.values()])
         for name, (twin, history) in keep.items():
             t = self.targets[name]
             self._parked.pop(name, None)
@@ -823,23 +825,6 @@ class Scheduler:
                 snapshots=twin.state_history, corrections=list(twin.corrections),
                 samples={m: (np.array(ts), np.array(ys)) for m, (ts, ys) in history.items()},
                 models=models.get(twin.twin_id))
-
-    def _model_rows(self, twin_ids: Sequence[str]) -> dict[str, TwinModelState]:
-        """(Worker thread, under the lock.) These twins' learnt model rows, as ``Engine.export_model_states``."""
-        engine = self.engine
-        fs = engine.predictor.bank.state_dict()
-        an = engine.anomaly.state_dict()
-        config = {k: np.array(fs[k]) for k in FORECAST_CONFIG}
-        out: dict[str, TwinModelState] = {}
-        for tid in twin_ids:
-            named = [(s, k[1]) for s in engine.series.slots_of(tid)
-                     if engine.series.count[s] > 0 and (k := engine.series.keys[s]) is not None]
-            if not named:
-                continue
-            rows = np.asarray([s for s, _ in named], np.int64)
-            out[tid] = TwinModelState(tid, tuple(str(m) for _, m in named), engine.series.last_t[rows].copy(),
-                                      config, take_rows(fs, rows, FORECAST_CONFIG), take_rows(an, rows))
-        return out
 
     def _unpark(self, back: Sequence[tuple[str, _Parked]], at: float) -> None:
         """(Worker thread, under the lock.) Bring retired twins back as they were, the way a restart restores them.
@@ -863,8 +848,7 @@ class Scheduler:
             returned.append((name, p, twin))
         if not returned:
             return
-        learnt = self.engine.load_model_states({twin.twin_id: encode_model_state(p.models)
-                                                for _, p, twin in returned if p.models is not None})
+        learnt = self.engine.put_model_states([p.models for _, p, _twin in returned if p.models is not None])
         try:
             self.engine.restore_history({(twin.twin_id, m): v for _, p, twin in returned
                                          for m, v in p.samples.items()}, learnt)

@@ -13,11 +13,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from sidecar.testing import MetricsTarget, PrometheusServer, openmetrics_history, prometheus_available
@@ -138,3 +140,26 @@ def read_only(db_path: Path) -> Iterator[ReadOnlyFile]:
     ro = ReadOnlyFile(db_path)
     yield ro
     ro.unlock()
+
+
+# ----------------------------------------------------------------- PostgreSQL for a whole service
+_PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def pg_url(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """``DATABASE_URL`` naming a schema of its own on the real PostgreSQL (dropped afterwards)."""
+    try:
+        conn = await asyncpg.connect(_PG_URL, timeout=3)
+    except Exception as e:
+        pytest.skip(f"no PostgreSQL server answers at {_PG_URL}: {type(e).__name__}: {e}")
+    schema = f"t_svc_{uuid.uuid4().hex[:12]}"
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.close()
+    sep = "&" if "?" in _PG_URL else "?"
+    url = f"{_PG_URL}{sep}search_path={schema}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    yield url
+    conn = await asyncpg.connect(_PG_URL)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()

@@ -169,3 +169,19 @@ def test_decode_names_what_is_wrong() -> None:
                              st.anomaly))
     with pytest.raises(InputError, match="2 metrics but 1 times"):
         decode(broken)
+
+
+def test_every_core_field_with_a_horizon_axis_is_listed_for_the_remap() -> None:
+    """HORIZON_AXIS is written by hand next to the bank's fields: a field added with a horizon axis and not
+    listed would be copied whole across a horizon change, its columns meaning other horizons."""
+    from sidecar.engine.forecast import HORIZON_AXIS, ForecastBank
+
+    h = 5                                         # unlike the models (16), the queue (12) or a scalar
+    bank = ForecastBank([60.0 * (i + 1) for i in range(h)])
+    for name, arr in bank.core.items():
+        shape = arr.shape[1:]
+        axis = HORIZON_AXIS.get(name)
+        if axis is None:
+            assert h not in shape, name
+        else:
+            assert shape[axis - 1] == h, name

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 from conftest import PromEnv
+from test_api_durability import wait_for
 from test_app_restore import rules
-from test_review2_durable import pg_url, wait_for  # noqa: F401 - pg_url is a fixture
 
 from sidecar.app import REPLICA_ENV, Service, start_service
 from sidecar.config import load_config
@@ -38,7 +38,7 @@ def test_each_replica_has_its_own_ids_and_a_single_replica_keeps_the_old_ones() 
 
 
 async def test_two_replicas_keep_their_own_expected_state_history_and_model_state(
-        tmp_path: Path, prom_env: PromEnv, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tmp_path: Path, prom_env: PromEnv, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     path = rules(tmp_path, prom_env.url, tmp_path / "unused.db")
     a = await _start("a", path, monkeypatch)
     b = await _start("b", path, monkeypatch)

@@ -830,6 +830,11 @@ class Engine:
                         "labels": dict(t.labels)})
         return out
 
+    def metric_names(self, twin: str) -> list[str]:
+        """The metrics this twin has series for (no history copied: the API checks bodies with it)."""
+        t = self._lookup(twin)
+        return [k[1] for slot in self.series.slots_of(t.twin_id) if (k := self.series.keys[slot]) is not None]
+
     def history(self, twin: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         t = self._lookup(twin)
         out = {}
@@ -1031,20 +1036,23 @@ class Engine:
     # ------------------------------------------------------------- model state
     def export_model_states(self) -> dict[str, bytes]:
         """Every twin's learnt model rows (`modelstate`), by twin id; series that saw nothing are left out."""
+        return {tid: encode_model_state(st) for tid, st in self.model_states(list(self._twins)).items()}
+
+    def model_states(self, twin_ids: Sequence[str]) -> dict[str, TwinModelState]:
+        """These twins' learnt model rows, decoded (what `export_model_states` encodes; the scheduler keeps a
+        retired twin's in memory). Twins without a series that saw a sample are left out."""
         fs = self.predictor.bank.state_dict()
         an = self.anomaly.state_dict()
-        config = {k: fs[k] for k in FORECAST_CONFIG}
-        out: dict[str, bytes] = {}
-        for tid in self._twins:
+        config = {k: np.array(fs[k]) for k in FORECAST_CONFIG}
+        out: dict[str, TwinModelState] = {}
+        for tid in twin_ids:
             named = [(s, k[1]) for s in self.series.slots_of(tid)
                      if self.series.count[s] > 0 and (k := self.series.keys[s]) is not None]
             if not named:
                 continue
             rows = np.asarray([s for s, _ in named], np.int64)
-            metrics = tuple(str(m) for _, m in named)
-            out[tid] = encode_model_state(TwinModelState(
-                tid, metrics, self.series.last_t[rows].copy(), config,
-                take_rows(fs, rows, FORECAST_CONFIG), take_rows(an, rows)))
+            out[tid] = TwinModelState(tid, tuple(str(m) for _, m in named), self.series.last_t[rows].copy(),
+                                      config, take_rows(fs, rows, FORECAST_CONFIG), take_rows(an, rows))
         return out
 
     def load_model_states(self, blobs: Mapping[str, bytes]) -> dict[tuple[str, str], float]:
@@ -1063,6 +1071,12 @@ class Engine:
                 log.error("stored model state unreadable: relearning", extra={"twin_id": tid, "error": str(exc)})
                 continue
             states.append(st)
+        return self.put_model_states(states)
+
+    def put_model_states(self, states: Sequence[TwinModelState]) -> dict[tuple[str, str], float]:
+        """Decoded rows (`model_states`, or blobs `load_model_states` read) put back for twins that exist;
+        returns what `load_model_states` does. Rows that do not fit this engine are skipped whole and logged."""
+        states = [st for st in states if st.twin_id in self._twins]
         if not states:
             return {}
         placed = [(st, self.series_for(st.twin_id, list(st.metrics))) for st in states]   # may grow the banks

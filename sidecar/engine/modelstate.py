@@ -69,27 +69,24 @@ def put_rows(state: dict[str, np.ndarray], rows: np.ndarray, part: Mapping[str, 
             state[k][rows] = v
 
 
-def same_forecast_config(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
-    """Whether saved forecast rows fit this bank (same horizons, level, queue and models)."""
-    try:
-        return (np.array_equal(np.asarray(saved["horizons_s"], np.float64),
-                               np.asarray(current["horizons_s"], np.float64))
-                and float(saved["level"]) == float(current["level"])
-                and int(saved["queue"]) == int(current["queue"])
-                and [str(s) for s in np.asarray(saved["model_names"]).tolist()]
-                == [str(s) for s in np.asarray(current["model_names"]).tolist()])
-    except (KeyError, ValueError, TypeError):
-        return False
-
-
 def same_but_horizons(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
-    """Whether saved forecast rows differ from this bank only in their horizons."""
+    """Whether saved forecast rows fit this bank but for their horizons (same level, queue and models)."""
     try:
         return (float(saved["level"]) == float(current["level"]) and int(saved["queue"]) == int(current["queue"])
                 and [str(s) for s in np.asarray(saved["model_names"]).tolist()]
                 == [str(s) for s in np.asarray(current["model_names"]).tolist()])
     except (KeyError, ValueError, TypeError):
         return False
+
+
+def same_forecast_config(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
+    """Whether saved forecast rows fit this bank as they are (same horizons, level, queue and models)."""
+    try:
+        same_h = np.array_equal(np.asarray(saved["horizons_s"], np.float64),
+                                np.asarray(current["horizons_s"], np.float64))
+    except (KeyError, ValueError, TypeError):
+        return False
+    return same_h and same_but_horizons(saved, current)
 
 
 def remap_horizons(part: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray], saved_h: np.ndarray,

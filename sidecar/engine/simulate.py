@@ -540,10 +540,11 @@ def _load_test_without_traffic(ctx: SimulationContext, sc: Scenario, fit: Capaci
     p_fail = float(np.mean(broken[1:]))
     first = next((m for m in limits if over[m][0]), None)
     bottleneck = BOTTLENECK[first] if first is not None else None
+    breach_p = {BOTTLENECK[m]: float(np.mean(hit[1:])) for m, hit in over.items()}
     breaking = {
         "traffic_multiplier": 0.0 if bottleneck else None, "request_rate": 0.0 if bottleneck else None,
         "bottleneck": bottleneck, "interval": [None, None], "request_rate_interval": None,
-        "bottleneck_probability": {BOTTLENECK[m]: float(np.mean(hit[1:])) for m, hit in over.items()},
+        "bottleneck_probability": breach_p,
         "max_multiplier": sc.max_multiplier,
     }
     projected: dict[str, Any] = {"traffic_multiplier": np.array([1.0, sc.max_multiplier]),
@@ -568,8 +569,7 @@ def _load_test_without_traffic(ctx: SimulationContext, sc: Scenario, fit: Capaci
         scenario=sc.describe(), failure_probability=p_fail, will_likely_fail=p_fail >= 0.5,
         projected_metrics=projected, time_to_first_breach_s=None, breaking_point=breaking,
         recommendations=_with_note(model_fit, recs), recovery_time_s=None, model_fit=model_fit,
-        breach_probability={BOTTLENECK[m]: float(np.mean(hit[1:])) for m, hit in over.items()},
-        seed=seed, samples=d.size - 1,
+        breach_probability=breach_p, seed=seed, samples=d.size - 1,
     )
 
 

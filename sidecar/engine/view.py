@@ -40,7 +40,7 @@ class EngineView:
     health: np.ndarray                # (T,) 0..100
     drift: np.ndarray                 # (T,) bool
     last_sync: np.ndarray             # (T,) unix s, NaN: never
-    series_last_sample: np.ndarray | None = None   # (S,) unix s of each series' last accepted sample
+    series_last_sample: np.ndarray    # (S,) unix s of each series' last accepted sample, NaN: never
 
     @classmethod
     def empty(cls, horizons_s: np.ndarray) -> EngineView:
@@ -50,7 +50,8 @@ class EngineView:
                    forecast_mean=np.zeros((0, h)), forecast_lower=np.zeros((0, h)),
                    forecast_upper=np.zeros((0, h)), confidence=np.zeros((0, h)), expected=z,
                    divergence_ratio=z, severity=np.zeros(0, np.int8), anomaly=z, limit=z, breach_eta_s=z,
-                   twin_names=(), health=z, drift=np.zeros(0, bool), last_sync=z)
+                   twin_names=(), health=z, drift=np.zeros(0, bool), last_sync=z,
+                   series_last_sample=z)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,8 +24,8 @@ import pytest
 from conftest import PromEnv
 from test_api import assert_matches
 from test_app_restore import rules
-from test_review2_durable_writer import WriteLockHolder
 from test_store_writer import PG_URL, ReadOnlyFile, Relay, _pg_target
+from test_store_writer_wait import WriteLockHolder
 
 from sidecar.api import NOT_STORED_MESSAGE
 from sidecar.app import Service, _BufferedHistory, start_service
@@ -103,25 +102,6 @@ async def sqlite_service(tmp_path: Path, prom_env: PromEnv) -> AsyncIterator[tup
         yield svc, db
     finally:
         await svc.shutdown()
-
-
-@pytest.fixture
-async def pg_url(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    """``DATABASE_URL`` naming a schema of its own on the real PostgreSQL (dropped afterwards)."""
-    try:
-        conn = await asyncpg.connect(PG_URL, timeout=3)
-    except Exception as e:
-        pytest.skip(f"no PostgreSQL server answers at {PG_URL}: {type(e).__name__}: {e}")
-    schema = f"t_durable_{uuid.uuid4().hex[:12]}"
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    await conn.close()
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}search_path={schema}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    yield url
-    conn = await asyncpg.connect(PG_URL)
-    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    await conn.close()
 
 
 # ------------------------------------------------------------------------------------------- 200: on disk

@@ -15,7 +15,7 @@ import yaml
 from conftest import PromEnv, by_kind, render
 
 from sidecar.app import STORE_WAIT_S, Service, _BufferedHistory, start_service
-from sidecar.config import RetiredConfig, SidecarConfig, parse_config
+from sidecar.config import RetiredConfig, SidecarConfig, load_config, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.errors import ConfigError
@@ -232,3 +232,13 @@ def test_the_chart_names_each_instance_by_the_job_its_service_monitor_gives(helm
     assert all("self_labels" not in r["prometheus"] for r in unknown.values())
     own = rules_of(render(helm, *on, "--set", "config.prometheus.self_labels.team=mine"))
     assert [r["prometheus"]["self_labels"] for r in own.values()] == [{"team": "mine"}]
+
+
+def test_a_backfill_of_more_than_80640_intervals_is_refused_at_load(tmp_path: Path) -> None:
+    """Split into parts a long backfill is fetched, but every step is a tick of every model before the first round."""
+    p = tmp_path / "rules.yaml"
+    p.write_text("interval: 1s\nbackfill: 30d\ntwins:\n  - name: a\n    metrics: {cpu_usage: up}\n")
+    with pytest.raises(ConfigError, match=r"rules.yaml:2: backfill: at most 80,640 intervals"):
+        load_config(p, env={})
+    p.write_text("interval: 15s\nbackfill: 14d\ntwins:\n  - name: a\n    metrics: {cpu_usage: up}\n")
+    assert load_config(p, env={}).backfill_s == 14 * 86400

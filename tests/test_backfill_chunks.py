@@ -62,6 +62,16 @@ async def test_a_long_range_comes_back_whole_from_consecutive_parts(client: Prom
     assert np.array_equal(m.values[0], m.times)     # every step answered, each by its own evaluation time
 
 
+async def test_a_fractional_step_loses_no_column_where_the_parts_meet(client: PrometheusClient) -> None:
+    """Each part used to rebuild its grid from its ms-rounded ends: at a step like 7.7 s it could come out a
+    column short, and the last column of every part stayed NaN. Every step of time() has a value."""
+    start = 1_700_000_000.3
+    m = await client.query_range("time()", start, start + 7.7 * 499 + 0.01, 7.7, max_points=50)
+    assert m.times.size == 500
+    assert np.all(np.isfinite(m.values[0]))
+    assert np.allclose(m.values[0], m.times, atol=1e-3)
+
+
 async def test_backfill_needing_more_than_11000_steps_loads_the_whole_range(
         prom_env: PromEnv, client: PrometheusClient) -> None:
     cfg = rules(prom_env.url, interval="15s", backfill="2d")      # 11,520 steps: over Prometheus' limit
