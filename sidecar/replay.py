@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
 
@@ -51,23 +50,28 @@ def parse_time(text: str) -> float:
     return d.timestamp()
 
 
+def _decoded_lines(p: str, raw: BinaryIO) -> Iterator[str]:
+    """The file's lines as text, decoded one line at a time, so a bad byte is reported at its own line and
+    the file is never held in memory whole (a text stream decodes in chunks, ahead of the row being
+    parsed, and would raise a bare UnicodeDecodeError there). UTF-8 never has a newline byte inside a
+    character, so splitting before decoding is safe."""
+    for line, data in enumerate(raw, start=1):
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{p}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {e.start + 1}); "
+                             "expected a 'timestamp,value' CSV") from None
+
+
 def read_rows(path: str | Path) -> Iterator[Row]:
-    """Rows of a ``timestamp,value`` CSV; a malformed row raises ``InputError`` naming file and line."""
+    """Rows of a ``timestamp,value`` CSV, streamed; a malformed row raises ``InputError`` naming file and line."""
     p = str(path)
     try:
-        data = Path(p).read_bytes()
+        raw = open(p, "rb")  # noqa: SIM115 - closed by the with below, after the open error is reported
     except OSError as e:
         raise InputError(f"{p}: cannot open ({e.strerror})") from e
-    # decoded whole, up front, so a bad byte is reported at its own line (a text stream decodes in
-    # chunks, ahead of the row being parsed, and would raise a bare UnicodeDecodeError there)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise InputError(f"{p}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                         "expected a 'timestamp,value' CSV") from None
-    with io.StringIO(text, newline="") as f:
-        reader = csv.reader(f)
+    with raw:
+        reader = csv.reader(_decoded_lines(p, raw))
         try:
             header = [h.strip().lstrip("\ufeff") for h in next(reader)]
         except StopIteration:

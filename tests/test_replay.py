@@ -83,7 +83,7 @@ def test_horizons_and_durations() -> None:
 
 
 @pytest.mark.parametrize(("data", "where"), [
-    (b"\x00\x01\xff", ":1: not UTF-8 text (byte 0xff at offset 2)"),
+    (b"\x00\x01\xff", ":1: not UTF-8 text (byte 0xff at column 3)"),
     (b"timestamp,value\n2014-02-14 14:30:00,1\n2014-02-14 14:35:00,\xe9\n", ":3: not UTF-8 text (byte 0xe9"),
 ])
 def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path: Path, data: bytes, where: str,
@@ -98,3 +98,14 @@ def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path: Path, data: bytes
         assert main([cmd[0], "--input", str(p), *cmd[1:]]) == 2
         err = capsys.readouterr().err
         assert f"{p}{where}" in err and "Traceback" not in err
+
+
+def test_rows_stream_from_the_file_one_line_at_a_time(tmp_path: Path) -> None:
+    """A long history is not held in memory as text: rows before a bad byte arrive before it is read."""
+    p = tmp_path / "long.csv"
+    p.write_bytes(b"timestamp,value\n" + b"".join(b"%d,%d\n" % (60 * k, k) for k in range(1000)) + b"99,\xe9\n")
+    rows = replay.read_rows(p)
+    first = [next(rows) for _ in range(1000)]
+    assert [r.value for r in first[:3]] == [0.0, 1.0, 2.0] and first[-1].line == 1001
+    with pytest.raises(InputError, match=r":1002: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        next(rows)
