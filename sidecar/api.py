@@ -27,18 +27,20 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from aiohttp import web
 
-from .engine.records import CORE_METRICS, EventType, canonical_metric
+from .engine.expected import check_expected_value, value_kind
+from .engine.records import EventType
 from .engine.twin import TwinEngine
 from .errors import (
     CorruptSnapshotError,
     EngineError,
+    ExpectedStateError,
     InputError,
     ScenarioError,
     StoreError,
@@ -201,21 +203,16 @@ async def _json_body(request: web.Request) -> Any:
 async def _json_object(request: web.Request) -> dict[str, Any]:
     body = await _json_body(request)
     if not isinstance(body, dict):
-        raise ApiError(400, f"request body: expected a JSON object, got {_kind(body)}")
+        raise ApiError(400, f"request body: expected a JSON object, got {value_kind(body)}")
     return body
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 def parse_expected(body: Mapping[str, Any]) -> dict[str, float | None]:
     """``{"cpu_usage": 50, "memory_usage": null}``: a finite number sets a metric, null clears it.
 
-    The core metrics cannot be negative (the engine drops such samples, and the rules file refuses such
-    an expected value), so neither can their expected value. Whether the twin has the metric is
-    :func:`check_expected_metrics`' part, under the engine lock.
+    The body's own limits (at least one key, at most ``EXPECTED_KEYS_MAX``, names of 1 to 200 characters)
+    are checked here; the values by the engine's rules (:mod:`sidecar.engine.expected`, which the rules file
+    uses too), before the engine lock. Whether the twin has each metric the engine checks when applying.
     """
     if not body:
         raise ApiError(400, "request body: expected at least one metric, e.g. {\"cpu_usage\": 50}")
@@ -225,28 +222,17 @@ def parse_expected(body: Mapping[str, Any]) -> dict[str, float | None]:
     for key, value in body.items():
         if not key or len(key) > 200:
             raise ApiError(400, "field name: expected a metric name of 1 to 200 characters")
-        if value is None:
-            out[key] = None
-        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ApiError(400, f"field {key!r}: expected a finite number or null, got {_kind(value)}")
-        elif value < 0 and canonical_metric(key) in CORE_METRICS:
-            raise ApiError(400, f"field {key!r}: expected a number >= 0 ({canonical_metric(key)} cannot be "
-                                f"negative), got {value}")
-        else:
-            out[key] = float(value)
+        try:
+            out[key] = check_expected_value(key, value)
+        except ExpectedStateError as exc:
+            raise expected_state_refused(exc) from None
     return out
 
 
-def check_expected_metrics(expected: Mapping[str, float | None], metrics: Collection[str],
-                           current: Collection[str] = ()) -> None:
-    """The rules file's rule for ``expected``: only a metric the twin has (``latency_ms`` and the other
-    design-era names count as the metric they stand for). ``null`` may also clear a key already set."""
-    for key, value in expected.items():
-        name = canonical_metric(key)
-        if name in metrics or (value is None and name in current):
-            continue
-        known = ", ".join(sorted(metrics)) or "none yet"
-        raise ApiError(400, f"field {key!r}: not one of this twin's metrics (expected one of: {known})")
+def expected_state_refused(exc: ExpectedStateError) -> ApiError:
+    """The engine's refusal worded as the API words a bad field (``field 'cpu_usage': ...``)."""
+    where = "field name" if exc.field is None else f"field {exc.field!r}"
+    return ApiError(400, f"{where}: {exc.detail}")
 
 
 # --------------------------------------------------------------------------- the API
@@ -370,10 +356,10 @@ class TwinApi:
         twin = request.match_info["twin"]
         expected = parse_expected(await _json_object(request))
         async with self._lock:
-            engine = self._facade.engine
-            check_expected_metrics(expected, set(engine.metric_names(twin)),
-                                   set(engine.get(twin).expected_state or ()))
-            result = await self._facade.set_expected_state(twin, expected)
+            try:   # the engine refuses a metric the twin has no series for (and changes nothing then)
+                result = await self._facade.set_expected_state(twin, expected)
+            except ExpectedStateError as exc:
+                raise expected_state_refused(exc) from None
             written = self._last_write()
         log.info("expected state set twin=%s metrics=%s", twin, ",".join(sorted(expected)))
         return await self._stored_response(result, written)

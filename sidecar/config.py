@@ -31,8 +31,9 @@ from typing import Any
 
 import yaml
 
-from .engine.records import CORE_METRICS, SystemType
-from .errors import ConfigError, ScenarioError
+from .engine.expected import check_expected_value
+from .engine.records import SystemType
+from .errors import ConfigError, ExpectedStateError, ScenarioError
 
 #: Scenario types the engine knows; the simulation validates their parameters.
 SCENARIO_TYPES: tuple[str, ...] = ("traffic_spike", "failure_injection", "load_test")
@@ -571,8 +572,9 @@ def result_type_problem(query: str) -> str | None:
 
 
 def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool,
-                nonneg: tuple[str, ...] = ()) -> dict[str, float]:
-    """metric -> number for this twin's metrics; those in ``nonneg`` may not be negative."""
+                expected: bool = False) -> dict[str, float]:
+    """metric -> number for this twin's metrics; ``expected`` values also by the engine's expected-state
+    rules (a core metric's cannot be negative), so the file refuses what the engine and the API refuse."""
     m = r.mapping(name)
     if m is None:
         return {}
@@ -583,9 +585,11 @@ def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: 
             raise m.error(k, m.key(metric),
                           f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
         out[metric] = _number(m, v, m.key(metric), positive=positive)
-        if metric in nonneg and out[metric] < 0:
-            raise m.error(v, m.key(metric), f"expected a number >= 0 ({metric} cannot be negative), "
-                                            f"got {out[metric]:g}")
+        if expected:
+            try:
+                check_expected_value(metric, _scalar(v), allow_null=False)
+            except ExpectedStateError as exc:
+                raise m.error(v, m.key(metric), exc.detail) from exc
     return out
 
 
@@ -638,8 +642,7 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
     rule = TwinRule(
         name=name, metrics=MappingProxyType(metrics), system_type=system_type, discover=discover,
         name_labels=tuple(name_labels), request_rate=request_rate,
-        # a core metric's negative sample is dropped by the engine: an expected value there is a mistake
-        expected=MappingProxyType(_metric_map(r, "expected", all_metrics, positive=False, nonneg=CORE_METRICS)),
+        expected=MappingProxyType(_metric_map(r, "expected", all_metrics, positive=False, expected=True)),
         thresholds=MappingProxyType(_metric_map(r, "thresholds", all_metrics, positive=True)),
         limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False)),
         horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,

@@ -6,6 +6,7 @@ family they care about and the message always names what and where::
     SidecarError
     ├── ConfigError          bad YAML rules: file, line, key, what was expected
     ├── InputError           bad data handed to the engine or the CLI (file:line)
+    │   └── ExpectedStateError   an expected-state entry the engine refuses (carries the metric)
     ├── EngineError
     │   ├── UnknownTwinError     no twin with that id/name
     │   ├── UnknownSnapshotError no snapshot with that id for that twin
@@ -44,6 +45,25 @@ class ConfigError(SidecarError):
 
 class InputError(SidecarError):
     """Data handed in (CSV row, metric sample, API body) is malformed."""
+
+
+class ExpectedStateError(InputError):
+    """An expected-state entry the engine refuses.
+
+    It carries the metric key as the caller wrote it (``field``; ``None`` when the name itself is what is
+    wrong), the value and the reason (``detail``), so the API (``field 'x': ...``) and the rules file
+    (``file:line: twins[0].expected.x: ...``) can each name it their own way without parsing the message.
+    """
+
+    def __init__(self, detail: str, *, field: str | None, value: object) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        where = f"expected state {field!r} = {shown}" if field is not None else f"expected state metric name {shown}"
+        super().__init__(f"{where}: {detail}")
+        self.field = field
+        self.value = value
+        self.detail = detail
 
 
 class EngineError(SidecarError):

@@ -413,6 +413,7 @@ class StoreContract:
 
         eng = TwinEngine(Engine(), store=store, clock=lambda: T0)
         t = await eng.create_twin("checkout", SystemType.API_GATEWAY)
+        await eng.sync_twin(t.twin_id, {"cpu_usage": 40.0})   # expected values are for metrics the twin has
         sid = (await eng.set_expected_state(t.twin_id, {"cpu_usage": 50.0}))["snapshot_id"]
         await eng.set_expected_state(t.twin_id, {"cpu_usage": 70.0})
         t.state_history.clear()        # as after a restart: the target lives only in the store

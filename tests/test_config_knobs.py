@@ -126,6 +126,7 @@ async def test_retiring_keeps_the_twin_only_when_keeping_is_enabled(
     labels = {"pod": "p1", "job": "x"}
     target = Target("fam@p1", rule, {"c": 'up{pod="p1"}'}, labels, key=naming_key(rule, labels))
     assert sched._ensure_twin(target.name, target, at)
+    sched.engine.sync(target.name, {"c": 2.0}, at=at)           # expected values are for metrics the twin has
     sched.engine.set_expected_state(target.name, {"c": 1.0}, at=at)
     sched.targets[target.name] = target
     sched._park([target.name], at)

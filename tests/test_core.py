@@ -148,6 +148,7 @@ def test_risk_factors_and_breach_eta_from_a_rising_trend() -> None:
 def test_set_expected_snapshots_before_and_configure() -> None:
     eng = Engine()
     tw = eng.create_twin("svc", at=T0)
+    eng.sync("svc", {"cpu_usage": 40.0}, at=T0 + 0.5)     # expected values are for metrics the twin has
     snap = eng.set_expected_state("svc", {"cpu_usage": 50.0}, at=T0 + 1)
     assert snap.state_snapshot["expected_state"] is None          # the state *before* the change
     assert snap.verify() and tw.expected_state == {"cpu_usage": 50.0}

@@ -104,6 +104,7 @@ async def test_rollback_from_store_and_corruption() -> None:
     eng = TwinEngine(Engine(), store=store, clock=clock_from())
     twin = await eng.create_twin("svc")
     first = twin.state_history[0].snapshot_id
+    await eng.sync_twin(twin.twin_id, {"cpu_usage": 40.0})   # expected values are for metrics the twin has
     for i in range(120):                      # push the first snapshot out of memory
         await eng.set_expected_state(twin.twin_id, {"cpu_usage": float(i + 1)})
     assert all(s.snapshot_id != first for s in twin.state_history)

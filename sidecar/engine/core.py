@@ -28,6 +28,7 @@ from ..errors import CorruptSnapshotError, InputError, ScenarioError, UnknownTwi
 from .anomaly import AnomalyBank
 from .correct import AutoCorrector
 from .diverge import DivergenceDetector, divergence_floor
+from .expected import canonical_expected, check_expected_metrics, check_expected_values
 from .forecast import HORIZON_AXIS
 from .health import drift_flags, health_band, health_scores, series_penalty
 from .history import verified
@@ -184,10 +185,12 @@ class Engine:
         tid = twin_id or stable_twin_id(name, self.settings.id_namespace)
         if tid in self._twins:
             raise InputError(f"twin id {tid} already exists")
+        # values only: a new twin has no series to look names up in (the rules file checked them against its rule)
+        initial_expected = canonical_expected(check_expected_values(expected or {}, allow_null=False))[0]
         twin = DigitalTwin(
             twin_id=tid, source_system=name, system_type=stype, created_at=at,
             sync_frequency_seconds=float(sync_frequency_seconds), initial_state=dict(initial_state or {}),
-            expected_state=_clean_mapping(expected, "expected") if expected else None,
+            expected_state=initial_expected or None,
             thresholds=_clean_mapping(thresholds or {}, "thresholds"),
             limits=_clean_mapping(limits or {}, "limits"),
             auto_correction_enabled=bool(auto_correction), labels=dict(labels or {}))
@@ -590,11 +593,21 @@ class Engine:
 
     def set_expected_state(self, twin: str, expected: Mapping[str, float | None], *, at: float,
                            reason: str = "manual") -> StateHistoryEntry:
+        """Set (a number) or clear (``None``) expected values; returns the snapshot taken before the change.
+
+        The rules are :mod:`.expected`'s (the API and the rules file ask the same ones): every value is
+        checked, then every name against the metrics the twin has series for; a refusal is an
+        ``ExpectedStateError`` naming the key and value, and changes nothing (not even a snapshot).
+        """
         t = self._lookup(twin)
-        if not isinstance(expected, Mapping):
-            raise InputError("expected state must be an object of metric -> number (null clears)")
-        clear = [canonical_metric(k) for k, v in expected.items() if v is None]
-        values = _clean_mapping({k: v for k, v in expected.items() if v is not None}, "expected")
+        checked = check_expected_values(expected)
+        check_expected_metrics(checked, set(self.metric_names(t.twin_id)), set(t.expected_state or ()))
+        return self._set_expected(t, checked, at=at, reason=reason)
+
+    def _set_expected(self, t: DigitalTwin, checked: Mapping[str, float | None], *, at: float,
+                      reason: str) -> StateHistoryEntry:
+        """Apply entries whose values are checked; names are the caller's affair (the store's own state)."""
+        values, clear = canonical_expected(checked)
         snap = self._snapshot(t, f"set_expected_state ({reason})", at)
         new = dict(t.expected_state or {})
         new.update(values)
@@ -995,7 +1008,9 @@ class Engine:
         stored = definition.get("expected_state")
         if changed_since_start or not stored or stored == t.expected_state:
             return False
-        self.set_expected_state(t.twin_id, dict(stored), at=at, reason="restored from the store after an outage")
+        # the engine's own state coming back, not a request: its metrics may not have series yet this run
+        self._set_expected(t, check_expected_values(dict(stored)), at=at,
+                           reason="restored from the store after an outage")
         return True
 
     def republish(self) -> None:
