@@ -239,13 +239,18 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
                _fill("The sidecar at {{ $labels.instance }} has had its history store (SQLite or "
                      "PostgreSQL) refuse writes for at least <<store_for>>; it buffers in memory and drops "
                      "the oldest samples when the buffer is full.", v)),
+        # only on a trustworthy capacity fit: an untrusted one is a guess (too little history or load variation,
+        # no request rate, extrapolation), visible on twin_simulation_fit_trustworthy == 0 but never paged.
+        # Plain `and` matches every label (twin, scenario and the scrape target's), so one sidecar's trusted fit
+        # cannot let through another's guess for the same twin and scenario (an HA pair, replicas).
         b.rule("TwinSimulationFailureLikely",
-               f"{b.sel('twin_simulation_failure_probability')} > {_num(s.simulation_failure_probability)}",
+               f"{b.sel('twin_simulation_failure_probability')} > {_num(s.simulation_failure_probability)} "
+               f"and {b.sel('twin_simulation_fit_trustworthy')} == 1",
                s.simulation_for_s, "warning",
                "{{ $labels.twin }}: scenario {{ $labels.scenario }} would likely fail",
                _fill("The standing what-if scenario {{ $labels.scenario }} on twin {{ $labels.twin }} gives "
-                     "a failure probability of {{ $value | humanizePercentage }} (alerting above <<p>>): "
-                     "the service would breach a limit under that load.", v)),
+                     "a failure probability of {{ $value | humanizePercentage }} (alerting above <<p>>) from a "
+                     "trustworthy capacity fit: the service would breach a limit under that load.", v)),
     ]
     return {"groups": [{"name": s.group_name, "rules": rules}]}
 

@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -133,6 +133,9 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_simulation_failure_probability", "gauge",
                "Probability (0-1) that the twin fails under the scenario, from the last simulation.",
                ("twin", "scenario")),
+    MetricSpec("twin_simulation_fit_trustworthy", "gauge",
+               "1 if the capacity fit behind the scenario's last simulation was trustworthy, else 0 (its failure "
+               "probability is then a guess and TwinSimulationFailureLikely does not fire).", ("twin", "scenario")),
     MetricSpec("twin_simulation_breaking_multiplier", "gauge",
                "Load multiplier at which the twin breaks under the scenario, from the last simulation.",
                ("twin", "scenario")),
@@ -408,13 +411,21 @@ class TwinCollector:
         yield _gauge("twin_store_backlog", float(st.store_backlog))
         yield _counter("twin_store_dropped_samples_total", float(st.store_dropped_samples_total))
         yield _counter("twin_store_corrupt_snapshots_total", float(st.store_corrupt_snapshots_total))
-        for name, values in (("twin_simulation_failure_probability", st.simulation_failure_probability),
-                             ("twin_simulation_breaking_multiplier", st.simulation_breaking_multiplier)):
-            fam = _gauge(name)
-            for (twin, scenario), v in sorted(dict(values).items()):
-                if v is not None and math.isfinite(v):
-                    fam.add_metric([twin, scenario], float(v))
-            yield fam
+        yield _scenario_gauge("twin_simulation_failure_probability", st.simulation_failure_probability)
+        # beside the probability, from the same run: the alert pages only when this is 1 (not on a guess)
+        yield _scenario_gauge("twin_simulation_fit_trustworthy",
+                              {k: 1.0 if v else 0.0 for k, v in dict(st.simulation_fit_trustworthy).items()})
+        yield _scenario_gauge("twin_simulation_breaking_multiplier", st.simulation_breaking_multiplier)
+
+
+def _scenario_gauge(name: str, values: Mapping[tuple[str, str], float]) -> GaugeMetricFamily:
+    """A standing-scenario family: one series per (twin, scenario) with a finite value, sorted."""
+    fam = _gauge(name)
+    # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes
+    for (twin, scenario), v in sorted(dict(values).items()):
+        if v is not None and math.isfinite(v):
+            fam.add_metric([twin, scenario], float(v))
+    return fam
 
 
 # --------------------------------------------------------------------------- registry wiring

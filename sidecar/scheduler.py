@@ -703,9 +703,10 @@ class Scheduler:
             for key in [k for k in self.status.query_errors if k[0] == name]:
                 del self.status.query_errors[key]
             self._own_dropping = {k for k in self._own_dropping if k[0] != name}
-            for d in (self.status.simulation_failure_probability, self.status.simulation_breaking_multiplier):
-                for key in [k for k in d if k[0] == name]:
-                    del d[key]
+            st = self.status
+            for key in {k for d in (st.simulation_failure_probability, st.simulation_fit_trustworthy,
+                                    st.simulation_breaking_multiplier) for k in d if k[0] == name}:
+                self._forget_scenario_result(key)
             log.info("twin retired", extra={"twin": name,
                                             "kept_for_s": self.keep_for_s if name in self._parked else 0})
 
@@ -1027,19 +1028,44 @@ class Scheduler:
                 self._scenario_failing.add(key)
                 log.warning("standing scenario failed", extra={"twin": twin, "scenario": sc.name,
                                                                "error": str(exc)})
-            self.status.simulation_failure_probability.pop(key, None)
-            self.status.simulation_breaking_multiplier.pop(key, None)
+            self._forget_scenario_result(key)
             return
         self._scenario_failing.discard(key)
+        self._record_scenario_result(key, result)
+
+    def _record_scenario_result(self, key: tuple[str, str], result: Mapping[str, Any]) -> None:
+        """Put one run's numbers on the status; each one this run did not give is removed, so the exported
+        probability, breaking point and fit verdict always come from the same run."""
+        st = self.status
         p = result.get("failure_probability")
         if isinstance(p, int | float) and math.isfinite(p):
-            self.status.simulation_failure_probability[key] = float(p)
+            st.simulation_failure_probability[key] = float(p)
+        else:
+            st.simulation_failure_probability.pop(key, None)
+        raw_fit = result.get("model_fit")
+        fit: Mapping[str, Any] = raw_fit if isinstance(raw_fit, Mapping) else {}
+        trusted = fit.get("trustworthy")
+        if isinstance(trusted, bool):
+            before = st.simulation_fit_trustworthy.get(key)
+            if before is not trusted and not (before is None and trusted):
+                # the reason is too free-form for a label: one line when a fit is (or turns) untrusted says it
+                log.info("standing scenario fit trustworthy" if trusted else "standing scenario fit not trustworthy",
+                         extra={"twin": key[0], "scenario": key[1], "reason": str(fit.get("reason", ""))})
+            st.simulation_fit_trustworthy[key] = trusted
+        else:       # no verdict: absent, and the alert (which needs == 1) stays silent
+            st.simulation_fit_trustworthy.pop(key, None)
         bp = result.get("breaking_point")
         mult = bp.get("traffic_multiplier") if isinstance(bp, Mapping) else None
         if isinstance(mult, int | float) and math.isfinite(mult):
-            self.status.simulation_breaking_multiplier[key] = float(mult)
+            st.simulation_breaking_multiplier[key] = float(mult)
         else:
-            self.status.simulation_breaking_multiplier.pop(key, None)
+            st.simulation_breaking_multiplier.pop(key, None)
+
+    def _forget_scenario_result(self, key: tuple[str, str]) -> None:
+        """Remove every exported number of this (twin, scenario): its run failed, or the twin is gone."""
+        self.status.simulation_failure_probability.pop(key, None)
+        self.status.simulation_fit_trustworthy.pop(key, None)
+        self.status.simulation_breaking_multiplier.pop(key, None)
 
     # ------------------------------------------------------------------ output
 

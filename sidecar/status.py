@@ -23,6 +23,8 @@ class ServiceStatus:
     store_corrupt_snapshots_total: int = 0       # snapshots that failed their checksum on read
     simulation_failure_probability: dict[tuple[str, str], float] = field(default_factory=dict)
     simulation_breaking_multiplier: dict[tuple[str, str], float] = field(default_factory=dict)
+    # was the capacity fit behind that run trustworthy (model_fit.trustworthy): the alert pages only on True
+    simulation_fit_trustworthy: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:

@@ -92,6 +92,23 @@ def test_every_expression_parses_and_selects_only_exported_metrics() -> None:
         assert names and names <= exported, (name, names)
 
 
+def test_simulation_alert_needs_a_trustworthy_fit_from_the_same_series() -> None:
+    """An untrusted fit's probability is a guess: the rule pages only where the same sidecar's verdict is 1."""
+    rule = _rules(render_rules(_config()))["TwinSimulationFailureLikely"]
+    expr = promql_parser.parse(rule["expr"])
+    assert isinstance(expr, promql_parser.BinaryExpr) and str(expr.op) == "and"
+    # no on(...): `and` matches on every label, so another sidecar's trusted fit for the same twin and scenario
+    # (an HA pair) cannot let this one's guess through
+    assert expr.modifier is None or expr.modifier.matching is None
+    for side, (name, op, value) in ((expr.lhs, ("twin_simulation_failure_probability", ">", 0.5)),
+                                    (expr.rhs, ("twin_simulation_fit_trustworthy", "==", 1.0))):
+        assert isinstance(side, promql_parser.BinaryExpr)
+        assert isinstance(side.lhs, promql_parser.VectorSelector)
+        assert isinstance(side.rhs, promql_parser.NumberLiteral)
+        assert (side.lhs.name, str(side.op), side.rhs.val) == (name, op, value)
+    assert "from a trustworthy capacity fit" in rule["annotations"]["description"]
+
+
 def test_stale_threshold_follows_the_sync_interval() -> None:
     rules = _rules(render_rules(_config()))  # interval 30s -> 4 x 30s = 120s
     assert rules["TwinSyncStale"]["expr"] == "time() - twin_last_sync_timestamp_seconds > 120"

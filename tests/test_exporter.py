@@ -145,6 +145,28 @@ def test_status_metrics_follow_the_service_status() -> None:
     assert not [k for k in got if k[0] == "twin_simulation_breaking_multiplier" and ("twin", "svc-1") in k[1]]
 
 
+def test_fit_trustworthy_gauge_says_1_for_a_trustworthy_fit_and_0_for_a_guess_beside_each_probability() -> None:
+    status = ServiceStatus()
+    trusted, guessed = ("svc-0", "spike"), ("svc-1", "spike")
+    for key, p, verdict in ((trusted, 0.8, True), (guessed, 0.9, False)):
+        status.simulation_failure_probability[key] = p
+        status.simulation_fit_trustworthy[key] = verdict
+    got = samples_of(scrape(make_view(), status))
+
+    def labels(key: tuple[str, str]) -> frozenset[tuple[str, str]]:
+        return frozenset({("twin", key[0]), ("scenario", key[1])})
+
+    assert got[("twin_simulation_fit_trustworthy", labels(trusted))] == 1.0
+    assert got[("twin_simulation_fit_trustworthy", labels(guessed))] == 0.0
+    # exactly the probability's label sets, so the alert's `and` pairs each probability with its own verdict
+    fit = {k[1] for k in got if k[0] == "twin_simulation_fit_trustworthy"}
+    prob = {k[1] for k in got if k[0] == "twin_simulation_failure_probability"}
+    assert fit == prob == {labels(trusted), labels(guessed)}
+    help_line = next(x for x in scrape(make_view(), status).splitlines()
+                     if x.startswith("# HELP twin_simulation_fit_trustworthy "))
+    assert "TwinSimulationFailureLikely does not fire" in help_line
+
+
 def test_sync_histogram_is_one_per_registry_and_appears_on_the_scrape() -> None:
     registry = CollectorRegistry()
     install_exporter(registry, view=lambda: make_view(), status=ServiceStatus())
@@ -194,7 +216,7 @@ def test_every_scraped_name_is_in_the_exported_list() -> None:
     assert names <= EXPORTED_SERIES_NAMES
     assert {m.name for m in EXPORTED_METRICS if m.type != "histogram"} <= names | {
         "twin_breach_eta_seconds", "twin_query_errors_total", "twin_simulation_failure_probability",
-        "twin_simulation_breaking_multiplier"}  # these are empty until something happens
+        "twin_simulation_breaking_multiplier", "twin_simulation_fit_trustworthy"}  # empty until something happens
     assert is_own_series("twin_sync_duration_seconds_bucket") and not is_own_series("up")
 
 
@@ -231,6 +253,7 @@ def test_promtool_accepts_the_scrape() -> None:
     status = ServiceStatus(source_up=True)
     status.query_errors[("svc-0", "cpu_usage")] = 1
     status.simulation_failure_probability[("svc-0", "spike")] = 0.5
+    status.simulation_fit_trustworthy[("svc-0", "spike")] = False
     registry = CollectorRegistry()
     install_exporter(registry, view=lambda: make_view(), status=status)
     sync_duration_histogram(registry).observe(0.2)

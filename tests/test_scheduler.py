@@ -416,3 +416,101 @@ async def test_standing_scenarios_fill_the_status(prom_env: PromEnv, client: Pro
     assert 0.0 <= p <= 1.0 and math.isfinite(p)
     assert await sched.run_scenarios(now + 1) == 0          # not due again for 5 minutes
     assert await sched.run_scenarios(now + 301) == 1
+
+
+#: A twin whose history lets the capacity fit be trusted: the preloaded ramp as its request rate (20 … 259 req/s,
+#: plenty of load variation) and a CPU that follows it (utilisation law, a little sin() scatter so the slope's
+#: t-statistic is finite), backfilled over the hour Prometheus holds (6h back: the
+#: session's history stays inside the window however late in the run the test comes).
+RAMP = 'test_history{series="ramp"}'
+
+
+def fitted(ramp: str = RAMP) -> str:
+    return f"""\
+    metrics: {{cpu_usage: '5 + 0.3 * ({ramp} + 20) + sin({ramp})'}}
+    request_rate: '{ramp} + 20'
+    replicas: 2
+    workers: 1
+"""
+
+
+#: The same CPU without a request rate: the simulation still answers, but its capacity is assumed, a guess.
+GUESSED = f"""\
+    metrics: {{cpu_usage: '5 + 0.3 * ({RAMP} + 20) + sin({RAMP})'}}
+    replicas: 2
+"""
+SPIKE = ("scenarios:\n  - name: spike\n    twin: all\n    every: 5m\n"
+         "    scenario: {type: traffic_spike, traffic_multiplier: 3, duration_minutes: 10}\n")
+
+
+def scraped(status: ServiceStatus, engine: Engine, name: str) -> dict[tuple[str, str], float]:
+    """(twin, scenario) -> value of ``name`` on a real scrape of the real collector over this status."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sidecar.exporter import install_exporter, render
+
+    registry = CollectorRegistry()
+    install_exporter(registry, view=engine.view, status=status)
+    return {(s.labels["twin"], s.labels["scenario"]): s.value
+            for f in text_string_to_metric_families(render(registry).decode()) for s in f.samples if s.name == name}
+
+
+async def test_standing_scenarios_export_whether_the_fit_behind_them_is_trustworthy(
+        prom_env: PromEnv, client: PrometheusClient, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = rules(prom_env.url, f"  - name: fitted\n{fitted()}  - name: guessed\n{GUESSED}", extra=SPIKE,
+                interval="15s", backfill="6h")
+    sched, engine, status, _ = make(cfg, client)
+    assert await sched.backfill() > 0
+    caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+    now = time.time()
+    assert await sched.run_scenarios(now) == 2
+    # the engine's own verdict on the same history, for the same scenario: what the gauge must say
+    verdicts = {twin: engine.simulate(twin, dict(cfg.scenarios[0].scenario), at=now, seed=0, replicas=2,
+                                      workers=1 if twin == "fitted" else None)["model_fit"]
+                for twin in ("fitted", "guessed")}
+    assert verdicts["fitted"]["trustworthy"] is True, verdicts["fitted"]["reason"]
+    assert verdicts["guessed"]["trustworthy"] is False
+    assert status.simulation_fit_trustworthy == {("fitted", "spike"): True, ("guessed", "spike"): False}
+    assert set(status.simulation_failure_probability) == set(status.simulation_fit_trustworthy)
+    assert scraped(status, engine, "twin_simulation_fit_trustworthy") == {("fitted", "spike"): 1.0,
+                                                                         ("guessed", "spike"): 0.0}
+    # the untrusted verdict is logged once with the fit's reason (the gauge cannot carry it), a trusted one not
+    lines = [r for r in caplog.records if r.getMessage().startswith("standing scenario fit")]
+    assert [(r.getMessage(), getattr(r, "twin", None)) for r in lines] == [
+        ("standing scenario fit not trustworthy", "guessed")]
+    assert getattr(lines[0], "reason", "") == verdicts["guessed"]["reason"]
+    assert await sched.run_scenarios(now + 301) == 2
+    assert len([r for r in caplog.records if r.getMessage().startswith("standing scenario fit")]) == 1
+
+
+async def test_a_retired_twin_takes_its_fit_verdict_with_its_scenario_results(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    for inst in ("i1", "i2"):
+        prom_env.target.set("sched_fit_up", 1.0, inst=inst)
+    prom_env.prom.wait_for_series("sched_fit_up", count=2)
+    # each member's own copy of the ramp, labelled with its inst (a family's queries are matched by its labels)
+    ramp = f'label_replace({RAMP}, "inst", "$inst", "", "")'
+    cfg = rules(prom_env.url, f"  - name: fleet\n    discover: 'sched_fit_up'\n    name_labels: [inst]\n{fitted(ramp)}",
+                extra=SPIKE.replace("twin: all", "twin: fleet"), interval="15s", backfill="6h")
+    sched, engine, status, _ = make(cfg, client)
+    assert await sched.backfill() > 0
+    assert await sched.run_scenarios(time.time()) == 2
+    keys = {("fleet@i1", "spike"), ("fleet@i2", "spike")}
+    assert set(status.simulation_fit_trustworthy) == set(status.simulation_failure_probability) == keys
+    assert set(scraped(status, engine, "twin_simulation_fit_trustworthy")) == keys
+
+    prom_env.target.remove("sched_fit_up", inst="i2")
+    deadline = time.monotonic() + 30
+    while len(prom_env.prom.query("sched_fit_up")) != 1:   # wait for Prometheus to mark the series stale
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.3)
+    for _ in range(RETIRE_AFTER_ROUNDS):
+        await sched.run_round()
+    assert [t.name for t in engine.twins()] == ["fleet@i1"]
+    gone = ("fleet@i2", "spike")
+    for d in (status.simulation_fit_trustworthy, status.simulation_failure_probability,
+              status.simulation_breaking_multiplier):
+        assert gone not in d
+    assert set(scraped(status, engine, "twin_simulation_fit_trustworthy")) == {("fleet@i1", "spike")}
+    assert set(scraped(status, engine, "twin_simulation_failure_probability")) == {("fleet@i1", "spike")}
