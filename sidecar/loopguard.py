@@ -16,13 +16,18 @@ renames the series. Two defences:
   name). Regexes are analysed, not sampled: the answer is "can this regex
   match some string that starts with the prefix", decided on its parse tree,
   and anything the analysis does not understand is refused (safe side). It
-  also refuses a selector of any name that matches on ``twin`` (other than
-  ``twin=""``) together with a companion label: ``sc_actual{twin="a",
+  also refuses a selector of any name that matches on ``twin`` together with a
+  companion label, each in a way that admits a value: ``sc_actual{twin="a",
   metric="cpu_usage"}`` or ``job:forecast:max{twin="a", metric="m"}`` select
   the sidecar's series under another name, even inside ``max(...)``, which
-  drops every label the run-time check could see. The cost: a metric of the
-  user's own that carries both ``twin`` and ``metric`` labels cannot be queried
-  by them;
+  drops every label the run-time check could see. A matcher that accepts only
+  the empty value (``metric=""``, ``=~""``, ``!~".+"``) selects series
+  *without* that label (Prometheus treats an empty value as no label), which
+  rules the sidecar's out rather than aiming at them, so it is not part of the
+  signature (``foo{twin!="", metric=""}`` passes); a regex that matches the
+  empty string and anything else (``=~"|x"``, ``=~".*"``) still admits the
+  sidecar's values and is. The cost: a metric of the user's own that carries
+  both ``twin`` and ``metric`` labels cannot be queried by them;
 * at run time, :func:`drop_own_series` removes any returned series whose
   ``__name__`` carries the prefix, or whose labels carry the signature (a
   ``max by (twin, metric)`` over a renamed series keeps it), or the labels of
@@ -118,18 +123,36 @@ _SIGNATURE = "the sidecar's own label signature"
 
 
 def _signature_problem(matchers: Sequence[Any]) -> str | None:
-    """A conjunction matching on ``twin`` (not its absence) and a companion label selects the sidecar's series.
+    """A conjunction matching on ``twin`` and a companion label, both with a value, selects the sidecar's series.
 
-    Only ``twin=""`` (or ``=~""``) rules the sidecar out: it selects series without the label.
+    A label with a matcher that accepts only the empty value is required to be absent (:func:`only_empty`):
+    ``twin=""`` rules the sidecar's series out, ``metric=""`` rules out those that carry ``metric``, so
+    neither counts towards the signature.
     """
-    twin = [m for m in matchers if m.name == TWIN_LABEL]
-    if not twin or any(m.op in (promql_parser.MatchOp.Equal, promql_parser.MatchOp.Re) and m.value == ""
-                       for m in twin):
+    absent = {m.name for m in matchers if only_empty(m)}
+    if not any(m.name == TWIN_LABEL for m in matchers) or TWIN_LABEL in absent:
         return None
-    companions = sorted({m.name for m in matchers if m.name in COMPANION_LABELS})
+    companions = sorted({m.name for m in matchers if m.name in COMPANION_LABELS} - absent)
     if not companions:
         return None
     return f"it matches on {TWIN_LABEL} and {companions[0]}, {_SIGNATURE}"
+
+
+def only_empty(matcher: Any) -> bool:
+    """Does this label matcher accept the empty value only, i.e. select just series without the label?
+
+    ``=""``; ``=~R`` where R matches no non-empty string (``""``, ``()``, ``^$``); ``!~R`` where R matches every
+    non-empty string (``.+``, ``.*``). ``!=`` never does (``!=""`` demands a value, ``!="x"`` admits every
+    other). When in doubt, no: the label then counts towards the signature (the safe side).
+    """
+    op = matcher.op
+    if op == promql_parser.MatchOp.Equal:
+        return bool(matcher.value == "")
+    if op == promql_parser.MatchOp.Re:
+        return not regex_can_match_nonempty(matcher.value)
+    if op == promql_parser.MatchOp.NotRe:
+        return regex_matches_every_nonempty(matcher.value)
+    return False
 
 
 def _group_problem(matchers: Sequence[Any], prefix: str) -> str | None:
@@ -160,6 +183,77 @@ _sre: Any = importlib.import_module("re._parser")
 _C: Any = _sre  # the opcodes live in re._constants, re-exported by the parser module
 
 
+def _parse_regex(pattern: str) -> Any | None:
+    """Python's parse tree of ``pattern``, or ``None`` when it is not understood (RE2-only syntax)."""
+    if "[:" in pattern:                      # RE2's POSIX classes ([[:word:]]) mean something else here
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _sre.parse(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return None                          # RE2-only syntax (\pL, \Q..\E, (?U)): not understood
+
+
+_REPEATS = tuple(op for op in (_C.MAX_REPEAT, _C.MIN_REPEAT, getattr(_C, "POSSESSIVE_REPEAT", None)) if op)
+
+
+def regex_can_match_nonempty(pattern: str) -> bool:
+    """Can the regex match some non-empty string? Unknown constructs count as "can" (the safe answer here:
+    a label matcher that can take a value counts towards the sidecar's signature)."""
+    parsed = _parse_regex(pattern)
+    try:
+        return parsed is None or _consumes(list(parsed))
+    except RecursionError:
+        return True
+
+
+def _consumes(items: Iterable[tuple[Any, Any]]) -> bool:
+    """Can this sequence consume a character (over-approximated: an item that can is enough)?"""
+    for op, av in items:
+        if op is _C.AT:
+            continue                         # anchors and \b consume nothing
+        if op is _C.BRANCH:
+            if any(_consumes(list(alt)) for alt in av[1]):
+                return True
+        elif op is _C.SUBPATTERN:
+            if _consumes(list(av[3])):
+                return True
+        elif op in _REPEATS:
+            if av[1] > 0 and _consumes(list(av[2])):
+                return True
+        elif op is getattr(_C, "ATOMIC_GROUP", None):
+            if _consumes(list(av)):
+                return True
+        else:                                # a character, a class, or something not understood
+            return True
+    return False
+
+
+def regex_matches_every_nonempty(pattern: str) -> bool:
+    """Does the regex match every non-empty string? Recognises the spellings people use for "has a value"
+    (``.+``, ``.*``, ``.{1,}``, lazy, grouped, with flags); anything else answers no (the safe answer here).
+
+    ``.`` is taken to match any character: Prometheus 3 makes it so, and the values the sidecar exports
+    (metric and scenario names, horizons, limits) hold no newline for an older one to trip on.
+    """
+    parsed = _parse_regex(pattern)
+    if parsed is None:
+        return False
+    items = _unwrap(list(parsed))
+    if len(items) != 1 or items[0][0] not in _REPEATS:
+        return False
+    lo, hi, body = items[0][1]
+    return bool(lo <= 1 and hi == _C.MAXREPEAT and _unwrap(list(body)) == [(_C.ANY, None)])
+
+
+def _unwrap(items: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Strip groups around a lone item: ``((.+))`` is ``.+``."""
+    while len(items) == 1 and items[0][0] is _C.SUBPATTERN:
+        items = list(items[0][1][3])
+    return items
+
+
 def regex_can_match_prefix(pattern: str, prefix: str = OWN_METRIC_PREFIX) -> bool:
     """Can the fully anchored regex (as Prometheus anchors it) match a string starting with ``prefix``?
 
@@ -167,14 +261,9 @@ def regex_can_match_prefix(pattern: str, prefix: str = OWN_METRIC_PREFIX) -> boo
     match such a string iff some path consumes the whole prefix. Unknown
     constructs count as "can match" (the safe answer for a guard).
     """
-    if "[:" in pattern:                      # RE2's POSIX classes ([[:word:]]) mean something else here
+    parsed = _parse_regex(pattern)
+    if parsed is None:
         return True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = _sre.parse(pattern)
-    except (re.error, OverflowError, RecursionError):
-        return True                          # RE2-only syntax (\pL, \Q..\E, (?U)): not understood
     fold = bool(parsed.state.flags & re.IGNORECASE)
     text = prefix.lower() if fold else prefix
     try:
@@ -220,7 +309,7 @@ def _one(op: Any, av: Any, positions: set[int], s: str, fold: bool) -> set[int]:
     if op is _C.SUBPATTERN:
         sub_fold = fold or bool(av[1] & re.IGNORECASE)
         return _seq(list(av[3]), positions, s, sub_fold)
-    if op in (_C.MAX_REPEAT, _C.MIN_REPEAT, getattr(_C, "POSSESSIVE_REPEAT", None)):
+    if op in _REPEATS:
         lo, hi, body = av
         if lo > 1000:                        # beyond RE2's repeat limit: Prometheus would refuse it anyway
             return positions | {n}

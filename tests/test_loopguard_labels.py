@@ -187,3 +187,18 @@ async def test_the_sidecars_scrape_identity_is_refused_when_known(env: Env, clie
         assert report.dropped_own == dropped
         samples = engine.history("t").get("honest")
         assert (0 if samples is None else samples[0].size) == 1 - dropped
+
+
+@pytest.mark.parametrize("name", ["sc_actual", "sc_forecast", "job:forecast:max"])
+def test_a_companion_required_empty_reads_none_of_the_renamed_series_and_passes(env: Env, name: str) -> None:
+    """``metric=""`` (or ``=~""``, ``!~".+"``) cannot return what carries ``metric``: every renamed sidecar series
+    here does, so Prometheus answers nothing and the rules file takes the query; ``=~"|cpu_usage"`` answers
+    with the sidecar's own numbers and is refused."""
+    for empty in ('metric=""', 'metric=~""', 'metric!~".+"'):
+        query = f'{name}{{twin!="", {empty}}}'
+        assert env.prom.query(query) == [], query
+        rules(env.prom.url, f"  - name: t\n    metrics: {{c: '{query}'}}\n")
+    loop = f'{name}{{twin!="", metric=~"|cpu_usage"}}'
+    assert env.prom.query(loop)                                # the repro is real
+    with pytest.raises(ConfigError, match="label signature"):
+        rules(env.prom.url, f"  - name: t\n    metrics: {{c: '{loop}'}}\n")
