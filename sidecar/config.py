@@ -523,7 +523,8 @@ def _retired(r: _Reader | None) -> RetiredConfig:
 
 
 def _promql(r: _Reader, name: str, *, required: bool = False) -> str | None:
-    """A PromQL string, syntax-checked here so the error carries the line (the loop guard checks names)."""
+    """A PromQL string, checked here so the error carries the line: parsed once, by the loop guard (which
+    checks the names), and its tree handed on for the result type."""
     from . import loopguard  # late: loopguard imports nothing from here, but keep config importable alone
 
     text = r.str_(name, required=required)
@@ -531,12 +532,12 @@ def _promql(r: _Reader, name: str, *, required: bool = False) -> str | None:
         return None
     node = r.items[name][1]
     try:
-        loopguard.check_query(text)
+        expr = loopguard.check_query(text)
     except loopguard.LoopError as exc:
         raise r.error(node, r.key(name), str(exc)) from exc
     except ValueError as exc:
         raise r.error(node, r.key(name), f"expected valid PromQL: {exc}") from exc
-    problem = result_type_problem(text)
+    problem = parsed_result_type_problem(expr)
     if problem is not None:
         raise r.error(node, r.key(name), problem)
     return text
@@ -549,10 +550,15 @@ def result_type_problem(query: str) -> str | None:
     only accepts for those two types. A string literal (``'"hello"'``) or a range vector (``up[5m]``)
     parses, but every round would fail on it at run time; the type is known from the syntax tree alone.
     """
+    from . import loopguard  # late, like _promql's
+
+    return parsed_result_type_problem(loopguard.parse_query(query))
+
+
+def parsed_result_type_problem(expr: Any) -> str | None:
+    """:func:`result_type_problem` of a query already parsed (``loopguard.parse_query``/``check_query``)."""
     import promql_parser  # late, like the loop guard that already needs it
 
-    text = _PLACEHOLDER.sub(lambda m: f"__placeholder_{m.group(1) or m.group(2)}", query)
-    expr: Any = promql_parser.parse(text)
     while isinstance(expr, promql_parser.ParenExpr):
         expr = expr.expr
     kind: str | None = None

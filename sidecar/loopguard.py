@@ -74,15 +74,21 @@ class LoopError(ValueError):
     """A query can select the sidecar's own exported series."""
 
 
-def check_query(query: str, *, prefix: str = OWN_METRIC_PREFIX) -> None:
+def parse_query(query: str) -> Any:
+    """The PromQL parse tree of ``query``, its ``$label`` placeholders standing as marked names (so a
+    discovered twin's template parses); ``ValueError`` with the parser's message when it is not PromQL."""
+    return promql_parser.parse(_PLACEHOLDER.sub(lambda m: f"{_MARK}{m.group(1) or m.group(2)}", query))
+
+
+def check_query(query: str, *, prefix: str = OWN_METRIC_PREFIX) -> Any:
     """Refuse ``query`` if any of its selectors can match a ``prefix*`` metric name.
 
     ``$label`` placeholders of discovered twins are allowed in label values but
     not where they would choose the metric name. Raises ``LoopError`` (refused)
-    or ``ValueError`` (not PromQL).
+    or ``ValueError`` (not PromQL). Returns the parse tree (:func:`parse_query`),
+    so a caller that checks more (the rules file: the result type) parses once.
     """
-    text = _PLACEHOLDER.sub(lambda m: f"{_MARK}{m.group(1) or m.group(2)}", query)
-    expr = promql_parser.parse(text)   # ValueError with the parser's message on bad syntax
+    expr = parse_query(query)
     problems: list[str] = []
 
     def visit(node: Any) -> bool:
@@ -100,6 +106,7 @@ def check_query(query: str, *, prefix: str = OWN_METRIC_PREFIX) -> None:
                             f"may have renamed twin_* series)")
         raise LoopError(f"refused: {problems[0]}; the sidecar exports {prefix}* series and must never read "
                         f"them back (name the metric explicitly, e.g. process_cpu_seconds_total{{...}})")
+    return expr
 
 
 def selector_problem(sel: Any, prefix: str = OWN_METRIC_PREFIX) -> str | None:
