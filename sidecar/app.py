@@ -2,7 +2,9 @@
 
 ``run_service`` is what ``twin-sidecar run`` calls. It opens the history
 store and brings the twins back (a database that is down at start is not
-fatal: the service runs and the writer catches up when it returns), serves
+fatal: the service runs and the writer catches up when it returns), hands
+the scheduler the discovered twins retired less than ``retired.keep_for``
+ago so that a returning series still gets its twin back after a restart, serves
 /metrics, the probes and the API, runs the query rounds until SIGTERM or
 SIGINT, then lets the round in progress finish, flushes the store for a few
 seconds at most and exits 0 — Kubernetes sends SIGKILL 30 s after SIGTERM,
@@ -25,7 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from aiohttp import web
@@ -34,6 +36,8 @@ from prometheus_client import CollectorRegistry
 from .config import SidecarConfig, StorageConfig, check_config, load_config
 from .engine.core import Engine
 from .engine.history import HistoryStore
+from .engine.modelstate import TwinModelState
+from .engine.modelstate import encode as encode_model_state
 from .engine.records import StateHistoryEntry
 from .engine.settings import EngineSettings
 from .engine.twin import TwinEngine
@@ -154,25 +158,72 @@ async def _load_model_states(store: Store) -> dict[str, bytes]:
         return {}
 
 
-async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock) -> int:
-    """Save every twin's learnt model rows; a store that is down only costs this save (logged)."""
+async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
+                            scheduler: Scheduler | None = None) -> int:
+    """Save every twin's learnt model rows; a store that is down only costs this save (logged).
+
+    With the scheduler, also the models of retired twins it keeps that are not saved yet (so a restart gives
+    them back), and, once saved, the rows of retired twins it no longer keeps are deleted (given back to the
+    scheduler if the store is down, for the next save).
+    """
+    parked: list[TwinModelState] = []
+    forget: list[str] = []
     try:
         async with lock:
             blobs = await asyncio.to_thread(engine.export_model_states)
+            if scheduler is not None:
+                parked, forget = scheduler.unsaved_parked_models(), scheduler.take_forgotten()
+        kept = await asyncio.to_thread(lambda: {st.twin_id: encode_model_state(st) for st in parked})
     except Exception:       # a bug here must not stop the schedule or the shutdown's flush of the store
         log.exception("model state could not be exported")
+        if scheduler is not None:
+            scheduler.forget_later(forget)
         return 0
+    states = {**kept, **blobs}
     try:
-        written = await store.save_model_states(blobs, at=time.time())
+        written = await store.save_model_states(states, at=time.time())
     except StoreError as exc:
-        log.warning("model state not saved", extra={"twins": len(blobs), "error": str(exc)})
+        log.warning("model state not saved", extra={"twins": len(states), "error": str(exc)})
+        if scheduler is not None:
+            scheduler.forget_later(forget)
         return 0
-    log.info("model state saved", extra={"twins": written, "bytes": sum(map(len, blobs.values()))})
+    log.info("model state saved", extra={"twins": written, "retired_kept": len(kept),
+                                         "bytes": sum(map(len, states.values()))})
+    if scheduler is not None:
+        scheduler.parked_models_saved(parked)
+        await _forget_model_states(store, scheduler, [t for t in forget if t not in states])
     return written
 
 
+async def _forget_model_states(store: Store, scheduler: Scheduler, twin_ids: list[str]) -> None:
+    """Delete the saved models of retired twins no longer kept; kept for the next try if the store is down."""
+    if not twin_ids:
+        return
+    try:
+        await store.forget_model_states(twin_ids)
+    except StoreError as exc:
+        scheduler.forget_later(twin_ids)
+        log.warning("model state of twins no longer kept not deleted; tried again at the next save", extra={
+            "twins": len(twin_ids), "error": str(exc)})
+
+
+async def _keep_retired(scheduler: Scheduler, store: Store, retired: Sequence[RestoredTwin],
+                        states: Mapping[str, bytes], *, now: float) -> None:
+    """Hand the scheduler the stored twins retired less than ``retired.keep_for`` ago (with their saved models),
+    then delete the saved models of every other retired twin: nothing can bring those back. A store that fails
+    here only leaves those rows for the next start."""
+    async with scheduler.lock:
+        kept = scheduler.park_stored(retired, states, now=now)
+        live = [t.twin_id for t in scheduler.engine.twins()]
+    try:
+        await store.purge_retired_model_states(keep=[*kept, *live])
+    except StoreError as exc:
+        log.warning("model state of retired twins no longer kept not purged; tried again at the next start",
+                    extra={"error": str(exc)})
+
+
 async def _model_state_loop(engine: Engine, store: Store, lock: asyncio.Lock, gate: _RestoreGate,
-                            stop: asyncio.Event, interval_s: float) -> None:
+                            stop: asyncio.Event, interval_s: float, scheduler: Scheduler | None = None) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
@@ -180,16 +231,35 @@ async def _model_state_loop(engine: Engine, store: Store, lock: asyncio.Lock, ga
             return
         if gate.pending:        # stored twins not merged yet: their saved state must not be overwritten
             continue
-        await save_model_states(engine, store, lock)
+        await save_model_states(engine, store, lock, scheduler)
+
+
+async def _load_stored(store: Store, config: SidecarConfig, now: float) -> tuple[list[RestoredTwin],
+                                                                                 list[RestoredTwin]]:
+    """This replica's live twins, and its twins retired recently enough to be kept (``retired``); raises
+    ``StoreError``."""
+    keep = config.retired
+    if keep.keep_for_s <= 0 or keep.keep_max <= 0:
+        return await store.load_twins(), []
+    twins = await store.load_twins(include_retired=True, retired_since=now - keep.keep_for_s,
+                                   retired_max=keep.keep_max)
+    return [t for t in twins if t.retired_at is None], [t for t in twins if t.retired_at is not None]
 
 
 async def _late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: _RestoreGate,
-                        stop: asyncio.Event, clock: Callable[[], float] = time.time) -> None:
-    """Read the stored twins once the database answers, merge them, then let definitions through."""
+                        stop: asyncio.Event, clock: Callable[[], float] = time.time, *,
+                        scheduler: Scheduler | None = None, config: SidecarConfig | None = None) -> None:
+    """Read the stored twins once the database answers, merge them, then let definitions through.
+
+    With the scheduler, the stored twins retired recently enough are kept by it as at a start with the
+    store up (but for a name running since the start: that twin wins)."""
     delay = 1.0
     while not stop.is_set():
         try:
-            restored = await store.load_twins()
+            if scheduler is not None and config is not None:
+                restored, retired = await _load_stored(store, config, clock())
+            else:
+                restored, retired = await store.load_twins(), []
         except StoreError:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -212,6 +282,8 @@ async def _late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: 
             gate.pending = False
         log.info("stored twins merged after the store came back", extra={
             "twins": len(restored), "expected_states_restored": merged})
+        if scheduler is not None:
+            await _keep_retired(scheduler, store, retired, states, now=clock())
         return
 
 
@@ -266,8 +338,8 @@ class Service:
             await self.state_task           # returns once stop is set
         if self.sink is None or not self.sink.pending:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(save_model_states(self.engine, self.store, self.scheduler.lock),
-                                       FLUSH_TIMEOUT_S)
+                await asyncio.wait_for(save_model_states(self.engine, self.store, self.scheduler.lock,
+                                                         self.scheduler), FLUSH_TIMEOUT_S)
         await self.writer.close(FLUSH_TIMEOUT_S)
         await self.runner.cleanup()
         await self.client.aclose()
@@ -275,22 +347,33 @@ class Service:
                                            "store_backlog": self.writer.backlog})
 
 
-async def _open_history(config: SidecarConfig, engine: Engine,
-                        status: ServiceStatus) -> tuple[Store, StoreWriter, bool]:
+@dataclass
+class OpenedHistory:
+    """What ``_open_history`` opened and read."""
+
+    store: Store
+    writer: StoreWriter
+    loaded: bool                        # the stored twins were read (if not, they are merged later)
+    retired: list[RestoredTwin] = field(default_factory=list)   # retired recently enough to be kept
+    states: dict[str, bytes] = field(default_factory=dict)      # saved model states, by twin id
+
+
+async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceStatus) -> OpenedHistory:
     """Open the store and bring this replica's twins back; a database that is down is not fatal.
-    The flag says whether the stored twins were read (if not, they are merged later)."""
+    The retired twins it read go to the scheduler once there is one (``_keep_retired``)."""
     replica = os.environ.get(REPLICA_ENV, "default")
     store = open_store(path=config.storage.path, url=config.storage.url, replica=replica, status=status)
     try:
         await store.open()
-        restored = await store.load_twins()
+        restored, retired = await _load_stored(store, config, time.time())
         loaded = True
     except StoreError as exc:
         status.store_up = False
         log.error("history store unavailable at start; stored twins will be merged when it returns", extra={
             "backend": store.backend, "error": str(exc)})
-        restored, loaded = [], False
-    _restore(engine, restored, await _load_model_states(store) if restored else {})
+        restored, retired, loaded = [], [], False
+    states = await _load_model_states(store) if restored or retired else {}
+    _restore(engine, restored, states)
     if restored:
         log.info("twins restored from the store", extra={"twins": len(restored), "backend": store.backend})
     engine.drain()      # what the restore produced is already stored
@@ -299,7 +382,7 @@ async def _open_history(config: SidecarConfig, engine: Engine,
                                 samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
     writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
     await writer.start()
-    return store, writer, loaded
+    return OpenedHistory(store, writer, loaded, retired, states)
 
 
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
@@ -308,7 +391,8 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     replica = os.environ.get(REPLICA_ENV, "default")
     engine = Engine(EngineSettings(horizons_s=config.horizons_s, id_namespace="" if replica == "default" else replica))
     lock = asyncio.Lock()
-    store, writer, loaded = await _open_history(config, engine, status)
+    opened = await _open_history(config, engine, status)
+    store, writer, loaded = opened.store, opened.writer, opened.loaded
     gate = _RestoreGate(writer, pending=not loaded)
     history: HistoryStore = _BufferedHistory(store, gate, wait_s=config.storage.commit_wait_s)
     facade = TwinEngine(engine, store=history)
@@ -344,12 +428,14 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     stop = asyncio.Event()
     service = Service(config, engine, facade, status, scheduler, client, store, writer, runner, bound, stop)
     service.sink = gate
+    if loaded:
+        await _keep_retired(scheduler, store, opened.retired, opened.states, now=time.time())
     service.task = asyncio.create_task(scheduler.run(stop), name="scheduler")
     if gate.pending:
-        service.restore_task = asyncio.create_task(_late_restore(store, engine, lock, gate, stop),
-                                                   name="late-restore")
+        service.restore_task = asyncio.create_task(
+            _late_restore(store, engine, lock, gate, stop, scheduler=scheduler, config=config), name="late-restore")
     service.state_task = asyncio.create_task(
-        _model_state_loop(engine, store, lock, gate, stop, config.storage.model_state_interval_s),
+        _model_state_loop(engine, store, lock, gate, stop, config.storage.model_state_interval_s, scheduler),
         name="model-state")
     log.info("sidecar started", extra={
         "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,

@@ -12,7 +12,10 @@ is kept aside in memory for a while (``retired.keep_for``): if its series return
 (a pod restarted under its name, a target that failed a few scrapes) the twin
 comes back as it was retired, with its expected state, snapshots, corrections,
 recent samples and learnt models, rather than as a new twin learning from
-nothing. Twin names are unique per distinct label set (see ``discovered_name``).
+nothing. A restart keeps them too: the service hands the twins the store
+retired within ``keep_for`` to ``park_stored``, and the store keeps a retired
+twin's saved models until the scheduler lists it as no longer kept
+(``take_forgotten``). Twin names are unique per distinct label set (see ``discovered_name``).
 
 When Prometheus is down, slow or answers garbage the service stays up and
 keeps serving the last state: the round stops early once it is clear the
@@ -52,11 +55,13 @@ from . import loopguard
 from .config import ScenarioRule, SidecarConfig, TwinRule
 from .engine.core import Engine
 from .engine.modelstate import TwinModelState
+from .engine.modelstate import decode as decode_model_state
 from .engine.records import CorrectionRecord, DigitalTwin, StateHistoryEntry
 from .engine.view import Outbox
 from .errors import EngineError, InputError, SidecarError, SourceError
 from .prometheus import InstantVector, PrometheusClient, QueryFailed, RangeMatrix, SourceUnavailable, select
 from .status import ServiceStatus
+from .store.base import RestoredTwin
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +214,11 @@ class _Parked:
     corrections: list[CorrectionRecord]
     samples: dict[str, tuple[np.ndarray, np.ndarray]]
     models: TwinModelState | None
+    saved: bool = False                  # ``models`` are in the store (saved since, or read from it at start)
+
+    @property
+    def twin_id(self) -> str:
+        return str(self.definition.get("twin_id", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +287,8 @@ class Scheduler:
         self._stop: asyncio.Event | None = None
         self._own_dropping: set[tuple[str, str]] = set()    # (twin or rule, metric) whose answers carry our own
         self._parked: dict[str, _Parked] = {}               # retired discovered twins, oldest first
+        #: ids of retired twins no longer kept (or never kept), whose saved models the store may delete
+        self._forgotten: list[str] = []
         #: a retired twin is kept this long, at most this many (the oldest go first): if its series returns within
         #: it, the twin is restored with everything it had (expected state, history, learnt models)
         self.keep_for_s = config.retired.keep_for_s
@@ -738,9 +750,99 @@ class Scheduler:
     def _expire_parked(self, at: float) -> None:
         """Forget retired twins kept longer than ``keep_for_s``, and the oldest beyond ``keep_max``."""
         for name in [n for n, p in self._parked.items() if at - p.at > self.keep_for_s]:
-            del self._parked[name]
+            self._forget(self._parked.pop(name).twin_id)
         while len(self._parked) > self.keep_max:
-            del self._parked[next(iter(self._parked))]
+            self._forget(self._parked.pop(next(iter(self._parked))).twin_id)
+
+    def _forget(self, twin_id: str) -> None:
+        """A retired twin leaves for good: its saved models are of no further use (see ``take_forgotten``)."""
+        if twin_id:
+            self._forgotten.append(twin_id)
+
+    # ------------------------------------------------------------------ retired twins and the store
+    # Called by the service on the event loop while it holds ``lock``: the scheduler changes what is parked only
+    # under that lock or on the event loop itself.
+
+    def park_stored(self, twins: Sequence[RestoredTwin], states: Mapping[str, bytes], *, now: float) -> list[str]:
+        """Keep the twins the store has retired, as if this process had retired them; returns the ids kept.
+
+        A restart within ``keep_for`` then gives a returning series its twin back exactly as retiring it
+        here would have: same id, expected state, snapshots, corrections, recent samples and the learnt
+        models read from the store (``states``: saved blobs by twin id). Only twins retired less than
+        ``keep_for_s`` ago, the ``keep_max`` retired last, whose discovery rule still exists and would find
+        them by their labels; a name already live or kept here is left alone. Oldest first, ahead of any
+        twin retired by this process (retired later).
+        """
+        if self.keep_for_s <= 0 or self.keep_max <= 0:
+            return []
+        rules = {r.name: r for r in self.config.twins if r.discover}
+        live = {t.name for t in self.engine.twins()}
+        found: list[tuple[str, _Parked]] = []
+        for rt in twins:
+            name, at = rt.name, rt.retired_at
+            if at is None or not math.isfinite(at) or now - at > self.keep_for_s:
+                continue
+            rule = rules.get(name.split("@", 1)[0]) if "@" in name else None
+            if rule is None or name in live or name in self._parked:
+                continue
+            labels = {str(k): str(v) for k, v in (rt.definition.get("labels") or {}).items()}
+            key = naming_key(rule, labels)
+            if name.split(HASH_MARK, 1)[0] != plain_name(rule, key):
+                continue                       # named from other naming labels: no series would find it
+            found.append((name, _Parked(
+                rule=rule.name, key=key, at=at, definition=dict(rt.definition), snapshots=list(rt.snapshots),
+                corrections=list(rt.corrections), samples=dict(rt.samples),
+                models=self._stored_models(rt.twin_id, states.get(rt.twin_id)), saved=True)))
+        found.sort(key=lambda item: item[1].at)
+        found = found[-self.keep_max:]
+        self._parked = {**dict(found), **self._parked}
+        self._expire_parked(now)
+        kept = [p.twin_id for name, p in found if self._parked.get(name) is p]
+        if found:
+            log.info("retired twins kept from the store", extra={
+                "twins": len(kept), "with_models": sum(1 for name, p in found
+                                                       if self._parked.get(name) is p and p.models is not None),
+                "keep_for_s": self.keep_for_s})
+        return kept
+
+    @staticmethod
+    def _stored_models(twin_id: str, blob: bytes | None) -> TwinModelState | None:
+        if blob is None:
+            return None
+        try:
+            st = decode_model_state(blob)
+            if st.twin_id != twin_id:
+                raise InputError(f"model state belongs to twin {st.twin_id}")
+        except InputError as exc:
+            log.error("stored model state of a retired twin unreadable: it would relearn", extra={
+                "twin_id": twin_id, "error": str(exc)})
+            return None
+        return st
+
+    def unsaved_parked_models(self) -> list[TwinModelState]:
+        """The learnt models of kept twins that are not in the store yet (retired since the last save)."""
+        return [p.models for p in self._parked.values() if not p.saved and p.models is not None]
+
+    def parked_models_saved(self, saved: Sequence[TwinModelState]) -> None:
+        """These (from ``unsaved_parked_models``) are in the store now; a twin retired again meanwhile is not."""
+        done = {id(st) for st in saved}
+        for p in self._parked.values():
+            if p.models is not None and id(p.models) in done:
+                p.saved = True
+
+    def take_forgotten(self) -> list[str]:
+        """Ids of retired twins no longer kept (expired, beyond ``keep_max``, or never kept): their saved models
+        can go. Handed over once; give back with ``forget_later`` what could not be deleted. A twin kept again
+        since (back and retired anew, or read from the store) with models of its own is left out: its row is
+        its models."""
+        kept = {p.twin_id for p in self._parked.values() if p.models is not None}
+        out = [t for t in dict.fromkeys(self._forgotten) if t not in kept]
+        self._forgotten = []
+        return out
+
+    def forget_later(self, twin_ids: Sequence[str]) -> None:
+        """Ids from ``take_forgotten`` whose rows could not be deleted (the store was down): handed over again."""
+        self._forgotten[:0] = twin_ids
 
     def _static_targets(self) -> dict[str, Target]:
         return {r.name: Target(r.name, r, r.queries()) for r in self.config.twins if not r.discover}
@@ -775,10 +877,14 @@ class Scheduler:
         self._park(retire, at)
         for name in gone:
             try:
+                twin_id = self.engine.get(name).twin_id
                 self.engine.retire_twin(name, at=at)
                 retired.append(name)
             except EngineError:
                 self._parked.pop(name, None)
+                continue
+            if name not in self._parked:
+                self._forget(twin_id)          # not kept: nothing will bring its learnt models back
         back = [(name, p) for name in wanted if name not in self.targets
                 and (p := self._parked.pop(name, None)) is not None]
         if back:
@@ -845,6 +951,7 @@ class Scheduler:
             except SidecarError as exc:
                 log.error("could not restore a returning twin; it starts afresh", extra={
                     "twin": name, "error": str(exc)})
+                self._forget(p.twin_id)
                 continue
             returned.append((name, p, twin))
         if not returned:

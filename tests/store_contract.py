@@ -218,8 +218,12 @@ class StoreContract:
         await store.save_model_states({"twin_a": b"a", "twin_b": b"b"}, at=T0)
         await store.write(Outbox(retired=["twin_b"]))
         assert [t.twin_id for t in await store.load_twins()] == ["twin_a"]
-        assert await store.load_model_states() == {"twin_a": b"a"}     # its learnt models go with it
-        assert {t.twin_id for t in await store.load_twins(include_retired=True)} == {"twin_a", "twin_b"}
+        # its learnt models stay: a retired twin may still come back as it was (retired.keep_for)
+        assert await store.load_model_states() == {"twin_a": b"a", "twin_b": b"b"}
+        both = {t.twin_id: t for t in await store.load_twins(include_retired=True)}
+        assert set(both) == {"twin_a", "twin_b"}
+        assert both["twin_a"].retired_at is None
+        assert both["twin_b"].retired_at is not None and [e.snapshot_id for e in both["twin_b"].snapshots] == ["sb"]
         assert await store.get_snapshot("twin_b", "sb") is not None
         await store.write(Outbox(twins=[twin("b")]))           # a target that comes back is live again
         assert {t.twin_id for t in await store.load_twins()} == {"twin_a", "twin_b"}
@@ -276,6 +280,49 @@ class StoreContract:
         with caplog.at_level(logging.ERROR):
             assert await store.load_model_states() == {"twin_b": b"other"}
         assert any("corrupt model state" in r.getMessage() and "twin_a" in r.getMessage() for r in caplog.records)
+
+    async def test_retired_twins_loaded_by_when_they_retired_newest_first(self, store: Store, raw: Raw) -> None:
+        await store.write(Outbox(twins=[twin(n) for n in "abcd"], snapshots=[snap("twin_c", "sc", T0)],
+                                 samples=[samples("twin_c", "cpu_usage", [T0, T0 + 15], [1, 2])]))
+        await store.write(Outbox(retired=["twin_b", "twin_c", "twin_d"]))
+        for name, at in (("b", T0 + 10), ("c", T0 + 30), ("d", T0 + 20)):
+            await raw.execute("UPDATE twin_definitions SET retired_at = ? WHERE twin_id = ?", at, f"twin_{name}")
+
+        async def ids(**kw: Any) -> dict[str, float | None]:
+            return {t.twin_id: t.retired_at for t in await store.load_twins(include_retired=True, **kw)}
+
+        assert await ids() == {"twin_a": None, "twin_b": T0 + 10, "twin_c": T0 + 30, "twin_d": T0 + 20}
+        assert await ids(retired_since=T0 + 20) == {"twin_a": None, "twin_c": T0 + 30, "twin_d": T0 + 20}
+        assert await ids(retired_max=1) == {"twin_a": None, "twin_c": T0 + 30}     # the one retired last
+        assert await ids(retired_since=T0 + 25, retired_max=5) == {"twin_a": None, "twin_c": T0 + 30}
+        assert await ids(retired_max=0) == {"twin_a": None}
+        (c,) = [t for t in await store.load_twins(include_retired=True, retired_max=1) if t.twin_id == "twin_c"]
+        assert [e.snapshot_id for e in c.snapshots] == ["sc"] and c.samples["cpu_usage"][1].tolist() == [1, 2]
+        assert [t.twin_id for t in await store.load_twins(retired_max=5)] == ["twin_a"]   # only if asked for
+
+    async def test_model_state_of_retired_twins_forgotten_and_purged_by_owner(self, store: Store,
+                                                                              make_store: MakeStore) -> None:
+        other = await make_store(replica="replica-b")
+        await store.write(Outbox(twins=[twin(n) for n in "abcd"]))
+        await other.write(Outbox(twins=[twin("x")]))
+        await store.save_model_states({f"twin_{n}": n.encode() for n in "abcde"}, at=T0)   # e: no definition
+        await other.save_model_states({"twin_x": b"x", "twin_y": b"y"}, at=T0)
+        await store.write(Outbox(retired=["twin_b", "twin_c", "twin_d"]))
+        await other.write(Outbox(retired=["twin_x"]))
+        assert await other.forget_model_states(["twin_a", "twin_b"]) == 0             # not theirs
+        assert await store.forget_model_states(["twin_d", "twin_d", "twin_zz"]) == 1
+        assert await store.forget_model_states([]) == 0
+        assert set(await store.load_model_states()) == {"twin_a", "twin_b", "twin_c", "twin_e"}
+        # retired and not kept: gone; live (a), kept (c), without a definition (e) and the other's: left alone
+        assert await store.purge_retired_model_states(keep=["twin_c"]) == 1
+        assert set(await store.load_model_states()) == {"twin_a", "twin_c", "twin_e"}
+        assert await other.load_model_states() == {"twin_x": b"x", "twin_y": b"y"}
+        assert await store.purge_retired_model_states() == 1
+        assert set(await store.load_model_states()) == {"twin_a", "twin_e"}
+        await store.write(Outbox(twins=[twin("b")]))             # back again: live, its next save stays
+        await store.save_model_states({"twin_b": b"b2"}, at=T0 + 1)
+        assert await store.purge_retired_model_states() == 0
+        assert (await store.load_model_states())["twin_b"] == b"b2"
 
     # --- idempotence and the other tables
 

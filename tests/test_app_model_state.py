@@ -61,9 +61,9 @@ async def test_a_restarted_engine_forecasts_as_the_one_that_learnt(tmp_path: Pat
     await store.close()
 
     second = Engine()
-    _, writer, loaded = await _open_history(cfg, second, ServiceStatus())
-    await writer.close(1.0)
-    assert loaded
+    opened = await _open_history(cfg, second, ServiceStatus())
+    await opened.writer.close(1.0)
+    assert opened.loaded
     t_next = float(times[-1] + STEP)
     for e in (first, second):
         e.ingest(e.series_for("svc", ["cpu_usage"]), _nightly(np.array([t_next])), at=t_next, quiet=True)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,6 +54,7 @@ class RestoredTwin:
     samples: dict[str, tuple[np.ndarray, np.ndarray]]           # metric -> (times, values), oldest first
     corrections: list[CorrectionRecord]                         # oldest first
     owner: str = ""
+    retired_at: float | None = None                             # unix s; None for a live twin
 
     @property
     def twin_id(self) -> str:
@@ -340,9 +341,14 @@ class Store(abc.ABC):
 
     # -- service
     @abc.abstractmethod
-    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD,
-                         include_retired: bool = False) -> list[RestoredTwin]:
-        """This replica's twins with their recent past, so forecasts resume at once after a restart."""
+    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD, include_retired: bool = False,
+                         retired_since: float | None = None, retired_max: int | None = None) -> list[RestoredTwin]:
+        """This replica's twins with their recent past, so forecasts resume at once after a restart.
+
+        ``include_retired`` adds retired twins (``RestoredTwin.retired_at`` set): only those retired at or
+        after ``retired_since`` if given, and of those the ``retired_max`` retired last if given, so a
+        start-up reads the few a returning series may still claim, not every twin ever retired.
+        """
 
     @abc.abstractmethod
     async def metrics_history(self, twin_id: str, metric: str, start: float,
@@ -361,6 +367,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load_model_states(self) -> dict[str, bytes]:
         """This replica's saved model states by twin id; a row failing its checksum is logged and left out."""
+
+    @abc.abstractmethod
+    async def forget_model_states(self, twin_ids: Sequence[str]) -> int:
+        """Delete this replica's saved model state of these twins; returns the rows deleted.
+
+        Retiring a twin keeps its row: a retired twin is kept (``retired.keep_for``), across a restart too,
+        and returns with its learnt models. The row goes when the twin is no longer kept (this call), or at
+        start-up for twins retired too long ago (``purge_retired_model_states``).
+        """
+
+    @abc.abstractmethod
+    async def purge_retired_model_states(self, *, keep: Collection[str] = ()) -> int:
+        """Delete this replica's saved model state of every twin it retired, except the twins in ``keep``
+        (those still kept to come back); returns the rows deleted. Rows of live twins, of twins without a
+        stored definition and of other replicas are left alone."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -24,7 +24,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -232,11 +232,10 @@ class PostgresStore(Store):
             written = {r[0] for r in done}
             refused = [t for t in cols[0] if t not in written]
         if batch.retired:
+            # its learnt models stay: a retired twin is kept for a while, across a restart too, to return as
+            # it was; they go when it is no longer kept (forget_model_states, purge_retired_model_states)
             await conn.execute("UPDATE twin_definitions SET retired_at = $1 WHERE twin_id = ANY($2::text[]) "
                                "AND owner = $3", time.time(), batch.retired, self.replica)
-            # a retired twin's learnt models are of no further use (a target that returns relearns)
-            await conn.execute("DELETE FROM twin_model_state WHERE twin_id = ANY($1::text[]) AND owner = $2",
-                               batch.retired, self.replica)
         if batch.snapshots:
             rows = [snapshot_row(s, self.replica, encode_jsonb) for s in batch.snapshots]
             await conn.execute(
@@ -290,21 +289,32 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------ start-up and queries
 
-    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD,
-                         include_retired: bool = False) -> list[RestoredTwin]:
+    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD, include_retired: bool = False,
+                         retired_since: float | None = None, retired_max: int | None = None) -> list[RestoredTwin]:
+        # retired ones: at or after `since`, the `most` retired last (NULL: no limit)
+        retired = ((-math.inf if retired_since is None else float(retired_since),
+                    None if retired_max is None else max(0, int(retired_max))) if include_retired else None)
+
         async def read(pool: asyncpg.Pool) -> list[RestoredTwin]:
             async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                return await self._load(conn, limits, include_retired)
+                return await self._load(conn, limits, retired)
 
         out = await self._call("load_twins", read)
         log.info("store loaded twins=%d replica=%s", len(out), self.replica)
         return out
 
     async def _load(self, conn: asyncpg.Connection, limits: LoadLimits,
-                    include_retired: bool) -> list[RestoredTwin]:
-        where = "owner = $1" + ("" if include_retired else " AND retired_at IS NULL")
-        defs = await conn.fetch(f"SELECT twin_id, definition FROM twin_definitions WHERE {where} "
-                                "ORDER BY created_at, twin_id", self.replica)
+                    retired: tuple[float, int | None] | None) -> list[RestoredTwin]:
+        if retired is None:
+            defs = await conn.fetch("SELECT twin_id, definition, retired_at FROM twin_definitions "
+                                    "WHERE owner = $1 AND retired_at IS NULL ORDER BY created_at, twin_id",
+                                    self.replica)
+        else:
+            defs = await conn.fetch(
+                "SELECT twin_id, definition, retired_at FROM twin_definitions WHERE owner = $1 AND "
+                "(retired_at IS NULL OR twin_id IN (SELECT twin_id FROM twin_definitions WHERE owner = $1 "
+                "AND retired_at IS NOT NULL AND retired_at >= $2 ORDER BY retired_at DESC, twin_id LIMIT $3)) "
+                "ORDER BY created_at, twin_id", self.replica, retired[0], retired[1])
         out: list[RestoredTwin] = []
         for start in range(0, len(defs), _CHUNK):
             chunk = defs[start:start + _CHUNK]
@@ -331,7 +341,7 @@ class PostgresStore(Store):
                 by_twin[r[1]]["c"].append(tuple(r))
             for r in samples:
                 by_twin[r[0]]["m"].append(r)
-            for twin_id, definition in chunk:
+            for twin_id, definition, retired_at in chunk:
                 got = by_twin[twin_id]
                 rows = got["m"]
                 out.append(RestoredTwin(
@@ -339,7 +349,8 @@ class PostgresStore(Store):
                     snapshots=[e for e in map(self._verified, got["s"]) if e is not None],
                     samples=group_samples((r[1] for r in rows), (r[2] for r in rows), (r[3] for r in rows),
                                           limit=limits.samples) if rows else {},
-                    corrections=[correction_from_row(r) for r in got["c"]], owner=self.replica))
+                    corrections=[correction_from_row(r) for r in got["c"]], owner=self.replica,
+                    retired_at=None if retired_at is None else float(retired_at)))
         return out
 
     async def metrics_history(self, twin_id: str, metric: str, start: float,
@@ -371,6 +382,28 @@ class PostgresStore(Store):
         rows = await self._call("load_model_states", lambda p: p.fetch(
             "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = $1", self.replica))
         return self._model_state_rows([tuple(r) for r in rows])
+
+    async def forget_model_states(self, twin_ids: Sequence[str]) -> int:
+        ids = list(dict.fromkeys(twin_ids))
+        if not ids:
+            return 0
+        status = await self._call("forget_model_states", lambda p: p.execute(
+            "DELETE FROM twin_model_state WHERE twin_id = ANY($1::text[]) AND owner = $2", ids, self.replica))
+        gone = _deleted(status)
+        if gone:
+            log.info("model state of twins no longer kept deleted: rows=%d replica=%s", gone, self.replica)
+        return gone
+
+    async def purge_retired_model_states(self, *, keep: Collection[str] = ()) -> int:
+        status = await self._call("purge_retired_model_states", lambda p: p.execute(
+            "DELETE FROM twin_model_state m USING twin_definitions d WHERE d.twin_id = m.twin_id "
+            "AND m.owner = $1 AND d.owner = $1 AND d.retired_at IS NOT NULL AND NOT (m.twin_id = ANY($2::text[]))",
+            self.replica, list(keep)))
+        gone = _deleted(status)
+        if gone:
+            log.info("model state of twins retired and no longer kept purged: rows=%d replica=%s", gone,
+                     self.replica)
+        return gone
 
     async def apply_retention(self, policy: RetentionPolicy, *, now: float) -> RetentionReport:
         b = retention_bounds(policy, now)

@@ -35,8 +35,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -242,11 +243,10 @@ class SQLiteStore(Store):
                     refused.append(row[0])
             if batch.retired:
                 now = time.time()
+                # its learnt models stay: a retired twin is kept for a while, across a restart too, to return
+                # as it was; they go when it is no longer kept (forget_model_states, purge_retired_model_states)
                 conn.executemany("UPDATE twin_definitions SET retired_at = ? WHERE twin_id = ? AND owner = ?",
                                  [(now, t, self.replica) for t in batch.retired])
-                # a retired twin's learnt models are of no further use (a target that returns relearns)
-                conn.executemany("DELETE FROM twin_model_state WHERE twin_id = ? AND owner = ?",
-                                 [(t, self.replica) for t in batch.retired])
             conn.executemany(
                 "INSERT INTO twin_state_history (snapshot_id, twin_id, timestamp, state_snapshot, metrics, "
                 "health_score, change_reason, can_rollback_to, checksum, owner) "
@@ -292,17 +292,18 @@ class SQLiteStore(Store):
 
     # ------------------------------------------------------------ start-up and queries
 
-    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD,
-                         include_retired: bool = False) -> list[RestoredTwin]:
-        raw = await self._on(self._reader, "load_twins",
-                             lambda c: _load(c, self.replica, limits, include_retired))
+    async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD, include_retired: bool = False,
+                         retired_since: float | None = None, retired_max: int | None = None) -> list[RestoredTwin]:
+        retired = _Retired(-math.inf if retired_since is None else float(retired_since),
+                           -1 if retired_max is None else max(0, int(retired_max))) if include_retired else None
+        raw = await self._on(self._reader, "load_twins", lambda c: _load(c, self.replica, limits, retired))
         out = []
-        for definition, snap_rows, corr_rows, samples in raw:
+        for definition, retired_at, snap_rows, corr_rows, samples in raw:
             snaps = [e for e in map(self._verified, snap_rows) if e is not None]
             snaps.reverse()
             corrections = [correction_from_row(r) for r in reversed(corr_rows)]
             out.append(RestoredTwin(definition=definition, snapshots=snaps, samples=samples,
-                                    corrections=corrections, owner=self.replica))
+                                    corrections=corrections, owner=self.replica, retired_at=retired_at))
         log.info("store loaded twins=%d replica=%s", len(out), self.replica)
         return out
 
@@ -341,6 +342,39 @@ class SQLiteStore(Store):
         rows = await self._on(self._reader, "load_model_states", lambda c: c.execute(
             "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = ?", (self.replica,)).fetchall())
         return self._model_state_rows(rows)
+
+    async def forget_model_states(self, twin_ids: Sequence[str]) -> int:
+        rows = [(t, self.replica) for t in dict.fromkeys(twin_ids)]
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return _in_tx(conn, lambda: sum(
+                max(conn.execute("DELETE FROM twin_model_state WHERE twin_id = ? AND owner = ?", r).rowcount, 0)
+                for r in rows))
+
+        gone = await self._on(self._writer, "forget_model_states", tx) if rows else 0
+        if gone:
+            log.info("model state of twins no longer kept deleted: rows=%d replica=%s", gone, self.replica)
+        return gone
+
+    async def purge_retired_model_states(self, *, keep: Collection[str] = ()) -> int:
+        kept = set(keep)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            def purge() -> int:
+                victims = [r[0] for r in conn.execute(
+                    "SELECT m.twin_id FROM twin_model_state m JOIN twin_definitions d ON d.twin_id = m.twin_id "
+                    "WHERE m.owner = ? AND d.owner = ? AND d.retired_at IS NOT NULL",
+                    (self.replica, self.replica)).fetchall() if r[0] not in kept]
+                conn.executemany("DELETE FROM twin_model_state WHERE twin_id = ? AND owner = ?",
+                                 [(t, self.replica) for t in victims])
+                return len(victims)
+            return _in_tx(conn, purge)
+
+        gone = await self._on(self._writer, "purge_retired_model_states", tx)
+        if gone:
+            log.info("model state of twins retired and no longer kept purged: rows=%d replica=%s", gone,
+                     self.replica)
+        return gone
 
     async def apply_retention(self, policy: RetentionPolicy, *, now: float) -> RetentionReport:
         b = retention_bounds(policy, now)
@@ -393,18 +427,45 @@ def migrate_file(path: str | os.PathLike[str], *, up_to: int | None = None) -> N
         conn.close()
 
 
-_LoadedTwin = tuple[dict[str, Any], list[Any], list[Any], dict[str, tuple[np.ndarray, np.ndarray]]]
+def _in_tx(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+    """``fn`` in one write transaction: all of it or none of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn()
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Retired:
+    """Which retired twins ``load_twins`` adds: retired at or after ``since``, the ``most`` newest (-1: all)."""
+
+    since: float
+    most: int
+
+
+_LoadedTwin = tuple[dict[str, Any], float | None, list[Any], list[Any], dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
 def _load(conn: sqlite3.Connection, owner: str, limits: LoadLimits,
-          include_retired: bool) -> list[_LoadedTwin]:
-    where = "owner = ?" + ("" if include_retired else " AND retired_at IS NULL")
+          retired: _Retired | None) -> list[_LoadedTwin]:
+    where = "owner = ? AND retired_at IS NULL"
+    args: list[Any] = [owner]
+    if retired is not None:
+        where = ("owner = ? AND (retired_at IS NULL OR twin_id IN (SELECT twin_id FROM twin_definitions "
+                 "WHERE owner = ? AND retired_at IS NOT NULL AND retired_at >= ? "
+                 "ORDER BY retired_at DESC, twin_id LIMIT ?))")
+        args = [owner, owner, retired.since, retired.most]
     out: list[_LoadedTwin] = []
     conn.execute("BEGIN")   # one consistent read across all the queries below
     try:
-        defs = conn.execute(f"SELECT twin_id, definition FROM twin_definitions WHERE {where} "
-                            "ORDER BY created_at, twin_id", (owner,)).fetchall()
-        for twin_id, definition in defs:
+        defs = conn.execute(f"SELECT twin_id, definition, retired_at FROM twin_definitions WHERE {where} "
+                            "ORDER BY created_at, twin_id", args).fetchall()
+        for twin_id, definition, retired_at in defs:
             snaps = conn.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM twin_state_history WHERE twin_id = ? "
                                  "ORDER BY timestamp DESC, id DESC LIMIT ?",
                                  (twin_id, limits.snapshots)).fetchall()
@@ -419,7 +480,8 @@ def _load(conn: sqlite3.Connection, owner: str, limits: LoadLimits,
                                     (twin_id, newest - limits.sample_window_s)).fetchall()
                 samples = group_samples((r[0] for r in rows), (r[1] for r in rows), (r[2] for r in rows),
                                         limit=limits.samples) if rows else {}
-            out.append((decode_json(definition), snaps, corr, samples))
+            out.append((decode_json(definition), None if retired_at is None else float(retired_at), snaps, corr,
+                        samples))
     finally:
         conn.execute("COMMIT")
     return out
