@@ -695,9 +695,6 @@ def _scenario(path: str, node: yaml.Node, index: int, twins: Mapping[str, TwinRu
                         line=node.start_mark.line + 1)
 
 
-_SCENARIO_FIELD = re.compile(r"scenario field '([^']+)'")
-
-
 def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule]) -> None:
     """Validate the parameters with the simulation's own parser, so a typo or a bad value fails here
     rather than every round (the scheduler would log ``standing scenario failed`` and export nothing).
@@ -708,8 +705,8 @@ def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule
     from .engine.simulate import parse_scenario  # late: the simulation pulls in numpy and the models
 
     def fail(exc: ScenarioError, context: str = "") -> ConfigError:
-        m = _SCENARIO_FIELD.search(str(exc))
-        field = m.group(1) if m is not None and m.group(1) in sr.items else None
+        # the key the error names, from the error itself (a key the file does not have: the whole mapping)
+        field = exc.field if exc.field in sr.items else None
         node = sr.items[field][1] if field is not None else sr.node
         key = sr.key(field) if field is not None else sr.where
         return sr.error(node, key, f"{exc}{context}")

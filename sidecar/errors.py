@@ -85,7 +85,15 @@ class UnknownSnapshotError(EngineError, KeyError):
 
 
 class ScenarioError(EngineError, ValueError):
-    """A what-if scenario that is malformed or cannot be run on this twin."""
+    """A what-if scenario that is malformed or cannot be run on this twin.
+
+    ``field`` is the scenario key at fault (as the caller wrote it, an alias included) when there is one,
+    so the rules file points at that key's line from the error itself, not from its wording.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class SourceError(SidecarError):

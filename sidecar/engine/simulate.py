@@ -181,7 +181,7 @@ def _number(raw: Mapping[str, Any], key: str, default: float | None, *, low: flo
         name, value = alias, raw.get(alias)
     if value is None:
         if default is None:
-            raise ScenarioError(f"scenario field '{key}' is required for type '{raw.get('type')}'")
+            raise ScenarioError(f"scenario field '{key}' is required for type '{raw.get('type')}'", field=key)
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
@@ -189,14 +189,14 @@ def _number(raw: Mapping[str, Any], key: str, default: float | None, *, low: flo
         except ValueError:
             value = None
         if value is None:
-            raise ScenarioError(f"scenario field '{name}' must be a number, got {raw.get(name)!r}")
+            raise ScenarioError(f"scenario field '{name}' must be a number, got {raw.get(name)!r}", field=name)
     try:
         x = float(value)
     except OverflowError:       # an integer beyond any float: out of range like any other huge value
         x = math.inf
     if not math.isfinite(x) or x > high or x < low or (low_open and x <= low):
         bound = f"> {low:g}" if low_open else f">= {low:g}"
-        raise ScenarioError(f"scenario field '{name}' must be {bound} and <= {high:g}, got {value!r}")
+        raise ScenarioError(f"scenario field '{name}' must be {bound} and <= {high:g}, got {value!r}", field=name)
     return x
 
 
@@ -207,9 +207,9 @@ def _integer(raw: Mapping[str, Any], key: str, default: int, *, low: int, high: 
     # is_integer() rather than int(value): int() of an infinite or NaN float raises (OverflowError/ValueError)
     if isinstance(value, bool) or not isinstance(value, int | float) or (
             isinstance(value, float) and not value.is_integer()):
-        raise ScenarioError(f"scenario field '{key}' must be a whole number, got {value!r}")
+        raise ScenarioError(f"scenario field '{key}' must be a whole number, got {value!r}", field=key)
     if not low <= int(value) <= high:
-        raise ScenarioError(f"scenario field '{key}' must be between {low} and {high}, got {value!r}")
+        raise ScenarioError(f"scenario field '{key}' must be between {low} and {high}, got {value!r}", field=key)
     return int(value)
 
 
@@ -219,11 +219,12 @@ def parse_scenario(raw: Mapping[str, Any], *, replicas: int | None = None) -> Sc
         raise ScenarioError(f"scenario must be an object, got {type(raw).__name__}")
     kind = raw.get("type")
     if kind not in SCENARIO_TYPES:
-        raise ScenarioError(f"scenario field 'type' must be one of {', '.join(SCENARIO_TYPES)}; got {kind!r}")
+        raise ScenarioError(f"scenario field 'type' must be one of {', '.join(SCENARIO_TYPES)}; got {kind!r}",
+                            field="type")
     unknown = sorted(set(raw) - _COMMON_KEYS - _KEYS[kind])
     if unknown:
         raise ScenarioError(f"scenario field '{unknown[0]}' is not known for type '{kind}' "
-                            f"(known: {', '.join(sorted(_KEYS[kind]))})")
+                            f"(known: {', '.join(sorted(_KEYS[kind]))})", field=unknown[0])
     if kind == "traffic_spike":
         return Scenario(
             type=kind,
@@ -237,16 +238,17 @@ def parse_scenario(raw: Mapping[str, Any], *, replicas: int | None = None) -> Sc
         lost = _integer(raw, "replicas_lost", 0, low=0, high=100_000)
         if lost >= n:
             raise ScenarioError(f"scenario field 'replicas_lost' ({lost}) must be less than 'replicas' "
-                                f"({n}): losing every replica is a total outage")
+                                f"({n}): losing every replica is a total outage", field="replicas_lost")
         added = _number(raw, "added_latency_ms", 0.0, low=0.0, high=3_600_000.0,
                         alias="dependency_latency_ms")
         burst = _number(raw, "error_rate", 0.0, low=0.0, high=1.0, alias="error_burst")
         if lost == 0 and added == 0 and burst == 0:
             raise ScenarioError("scenario field 'replicas_lost', 'added_latency_ms' or 'error_rate' must "
-                                "describe a fault (all are 0)")
+                                "describe a fault (all are 0)", field="replicas_lost")
         component = raw.get("component")
         if component is not None and not isinstance(component, str):
-            raise ScenarioError(f"scenario field 'component' must be a string, got {component!r}")
+            raise ScenarioError(f"scenario field 'component' must be a string, got {component!r}",
+                                field="component")
         return Scenario(
             type=kind, replicas=n, replicas_lost=lost, added_latency_ms=added, error_burst=burst,
             duration_s=60 * _number(raw, "duration_minutes", 10.0, low=0.0, high=24 * 60, low_open=True),
