@@ -1,10 +1,11 @@
 """Prometheus alerting rules for the sidecar's exported metrics, written from the YAML rules.
 
 The alerts live next to the metrics contract (``sidecar/exporter.py``) rather than in a hand-kept YAML
-file because two of them depend on the rules: how stale a twin may get before it counts as "not
-syncing" follows the sync ``interval``, and a twin named in the rules (not discovered) must exist, so it
-gets an ``absent()`` check of its own. Everything else is generic over the ``twin``/``metric`` labels, so
-discovered twins are covered without listing them.
+file because some depend on the rules: how stale a twin or a metric may get before it counts as "not
+syncing" follows the sync ``interval``, a twin named in the rules (not discovered) must exist, so it
+gets an ``absent()`` check of its own, and a sidecar instance whose scrape fails is found by its scrape
+target's labels (``prometheus.self_labels``, else ``job="twin-sidecar"``). Everything else is generic over
+the ``twin``/``metric`` labels, so discovered twins are covered without listing them.
 
 Every alert carries ``severity`` (``warning`` or ``critical``), a one-line ``summary``, a ``description``
 with the live values (Prometheus template language) and a ``runbook_url`` into the README's
@@ -50,9 +51,13 @@ DEFAULT_RUNBOOK_URL = "README.md"
 #: Every alert this module can emit, in the order of the rule group (TwinMissing only with static twins).
 ALERT_NAMES: tuple[str, ...] = (
     "TwinDivergenceHigh", "TwinDivergenceCritical", "TwinHealthLow", "TwinHealthCritical", "TwinBreachSoon",
-    "TwinSyncStale", "TwinMetricStale", "TwinMissing", "TwinSidecarAbsent", "TwinPrometheusUnreachable",
-    "TwinStoreDown", "TwinSimulationFailureLikely",
+    "TwinSyncStale", "TwinMetricStale", "TwinMetricNoData", "TwinMissing", "TwinSidecarAbsent", "TwinSidecarDown",
+    "TwinPrometheusUnreachable", "TwinStoreDown", "TwinSimulationFailureLikely",
 )
+
+#: The scrape job TwinSidecarDown looks for in ``up`` when nothing else names the sidecar's scrape target (the
+#: demo's and the README's scrape config use it).
+DEFAULT_SIDECAR_JOB = "twin-sidecar"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,9 @@ class AlertSettings:
     """The alerting knobs (durations in seconds). Defaults suit a 15s sync interval.
 
     ``selector`` is extra label matchers put on every selector (e.g. ``job="twin-sidecar"``) so that
-    two sidecar deployments scraped by one Prometheus can carry separate rule sets.
+    two sidecar deployments scraped by one Prometheus can carry separate rule sets. ``sidecar_job`` is the
+    scrape job TwinSidecarDown reads ``up`` of when neither the config's ``prometheus.self_labels`` nor
+    ``selector`` names the sidecar's target.
     """
 
     divergence_for_s: float = 300.0
@@ -79,6 +86,7 @@ class AlertSettings:
     simulation_for_s: float = 60.0
     runbook_url: str = DEFAULT_RUNBOOK_URL
     selector: str = ""
+    sidecar_job: str = DEFAULT_SIDECAR_JOB
     group_name: str = "twin-sidecar"
     extra_labels: Mapping[str, str] = field(default_factory=dict)
 
@@ -126,16 +134,38 @@ def _static_twins(config: SidecarConfig) -> list[str]:
     return [t.name for t in config.twins if t.discover is None]
 
 
-def _check_selector(selector: str) -> None:
+def _check_selector(selector: str) -> set[str]:
+    """The label names ``selector`` matches on; a ConfigError if it is not a list of PromQL label matchers."""
     if not selector.strip():
-        return
+        return set()
     import promql_parser
 
     try:
-        promql_parser.parse(f"twin_twins{{{selector}}}")
+        node = promql_parser.parse(f"twin_twins{{{selector}}}")
     except ValueError as exc:
         raise ConfigError(f"alert selector {selector!r} is not a list of PromQL label matchers ({exc})",
                           key="selector") from exc
+    matchers = getattr(getattr(node, "matchers", None), "matchers", ())
+    return {str(m.name) for m in matchers}
+
+
+def _own_targets(config: SidecarConfig, settings: AlertSettings, selector_labels: set[str]) -> list[list[str]]:
+    """Label matchers picking the sidecar's own scrape target(s) out of ``up``, one list per target identity.
+
+    The labels the config gives its own scrape target (``prometheus.self_labels``, set by the chart from its
+    ServiceMonitor) when it names them; else only ``selector`` when that names the job; else the default job.
+    ``up`` carries the target's labels only, so a bare selector without a job would match every target.
+    """
+    identities: list[list[str]] = []
+    for labels in config.prometheus.self_labels:
+        matchers = [f"{k}={_promql_string(str(labels[k]))}" for k in sorted(labels)]
+        if matchers and matchers not in identities:
+            identities.append(matchers)
+    if identities:
+        return identities
+    if "job" in selector_labels:
+        return [[]]
+    return [[f"job={_promql_string(settings.sidecar_job)}"]]
 
 
 def _promql_string(value: str) -> str:
@@ -157,7 +187,7 @@ _RATIO = ('{{ with printf "twin_divergence_ratio{twin=%q,metric=%q}" $labels.twi
 def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -> dict[str, Any]:
     """The Prometheus rule-file document (``{"groups": [...]}``) for this config's sidecar."""
     s = settings or AlertSettings()
-    _check_selector(s.selector)
+    selector_labels = _check_selector(s.selector)
     b = _Builder(s)
     stale_s = s.stale_after_s(config.interval_s)
     v = {
@@ -170,14 +200,23 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
     severity, health, eta = b.sel("twin_divergence_severity"), b.sel("twin_health_score"), \
         b.sel("twin_breach_eta_seconds")
     source_up = b.sel("twin_source_up")
+    # one metric left behind while its twin syncs (a query that returns nothing, or only NaN/Inf: an error ratio at
+    # zero traffic is 0/0); measured against the twin's own last sync, so a twin that stops syncing altogether
+    # raises TwinSyncStale alone, and one threshold (the chart rewrites it per interval). Its result carries every
+    # label of the metric's series (group_right), so `unless` it matches the same series' severity exactly.
+    metric_stale = (f"{b.sel('twin_last_sync_timestamp_seconds')} - ignoring (metric) group_right "
+                    f"{b.sel('twin_metric_last_sample_timestamp_seconds')} > {_num(stale_s)}")
+    # a stale metric's severity is the last one computed, on data no longer observed: TwinMetricStale says so
+    # instead, so the divergence alerts stop (and resolve) rather than page on a frozen value
+    not_stale = f" unless ({metric_stale})"
     health_text = ("Twin {{ $labels.twin }} has had a health score of {{ $value | printf \"%.0f\" }}/100 "
                    "(below <<limit>>) for at least <<health_for>>.")
     rules: list[dict[str, Any]] = [
-        b.rule("TwinDivergenceHigh", f"{severity} >= 3", s.divergence_for_s, "warning",
+        b.rule("TwinDivergenceHigh", f"{severity} >= 3{not_stale}", s.divergence_for_s, "warning",
                "{{ $labels.twin }}: {{ $labels.metric }} diverges from its twin (severity high or worse)",
                _fill("{{ $labels.metric }} of twin {{ $labels.twin }} is <<ratio>>: divergence severity "
                      "{{ $value }} (3 high, 4 critical) for at least <<div_for>>.", v)),
-        b.rule("TwinDivergenceCritical", f"{severity} >= 4", s.divergence_for_s, "critical",
+        b.rule("TwinDivergenceCritical", f"{severity} >= 4{not_stale}", s.divergence_for_s, "critical",
                "{{ $labels.twin }}: {{ $labels.metric }} diverges critically from its twin",
                _fill("{{ $labels.metric }} of twin {{ $labels.twin }} is <<ratio>>: divergence severity "
                      "critical for at least <<div_for>>.", v)),
@@ -198,19 +237,25 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
                _fill("Twin {{ $labels.twin }} last accepted a sync {{ $value | humanizeDuration }} ago; "
                      "the sync interval is <<interval>> and the alert fires past <<stale>>. "
                      "Its forecasts, divergence and health are frozen.", v)),
-        # one metric left behind while its twin syncs (a query that returns nothing, or only NaN/Inf: an error
-        # ratio at zero traffic is 0/0); measured against the twin's own last sync, so a twin that stops
-        # syncing altogether raises TwinSyncStale alone, and one threshold (the chart rewrites it per interval)
-        b.rule("TwinMetricStale",
-               f"{b.sel('twin_last_sync_timestamp_seconds')} - ignoring (metric) group_right "
-               f"{b.sel('twin_metric_last_sample_timestamp_seconds')} > {_num(stale_s)}",
-               s.sync_for_s, "warning",
+        b.rule("TwinMetricStale", metric_stale, s.sync_for_s, "warning",
                "{{ $labels.twin }}: {{ $labels.metric }} has had no new sample for {{ $value | humanizeDuration }}",
                _fill("Metric {{ $labels.metric }} of twin {{ $labels.twin }} has accepted no sample for "
                      "{{ $value | humanizeDuration }} while the twin's other metrics sync: its query returns "
                      "nothing or only NaN/Inf (a ratio at zero traffic is 0/0). Its actual, expected and "
                      "forecast values are frozen at the last sample; the sync interval is <<interval>> and the "
                      "alert fires past <<stale>>.", v)),
+        # a metric that never had a sample has no last-sample time to go stale: twin_metric_has_data is 0 for it
+        # from the start. Held as long as TwinMetricStale's threshold (the chart rewrites it per interval); not
+        # while the same sidecar cannot reach Prometheus (TwinPrometheusUnreachable's case: nothing has data then)
+        b.rule("TwinMetricNoData",
+               f"{b.sel('twin_metric_has_data')} == 0 unless ignoring (twin, metric) {source_up} == 0",
+               stale_s, "warning",
+               "{{ $labels.twin }}: {{ $labels.metric }} has never had a sample",
+               _fill("Metric {{ $labels.metric }} of twin {{ $labels.twin }} has not accepted a single sample "
+                     "since the sidecar began querying it: its query returns no series (a typo in a metric or "
+                     "label name, a series that does not exist) or only NaN/Inf. The twin exports no actual, "
+                     "expected, forecast or divergence for it, so no other alert covers it; the sync interval is "
+                     "<<interval>> and the alert fires past <<stale>>.", v)),
     ]
     static = _static_twins(config)
     if static:
@@ -229,6 +274,16 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
                _fill("Prometheus has had no twin_source_up series for <<absent_for>>: the sidecar is "
                      "down, or its scrape target is missing or failing. No twin alert can fire "
                      "meanwhile.", v)),
+        # per instance: with several sidecars scraped (shards, replicas, sidecar mode, several releases) one dead
+        # instance leaves twin_source_up present and its own series go stale, so neither the rule above nor
+        # TwinSyncStale can fire for it; its scrape target's `up` still says 0
+        b.rule("TwinSidecarDown",
+               " or ".join(f"{b.sel('up', *m)} == 0" for m in _own_targets(config, s, selector_labels)),
+               s.absent_for_s, "warning",
+               "Twin sidecar {{ $labels.instance }} is down",
+               _fill("Prometheus has failed to scrape the sidecar at {{ $labels.instance }} (job "
+                     "{{ $labels.job }}) for <<absent_for>>: it is down, restarting or unreachable. Its twins' "
+                     "series have gone stale, so no twin alert can fire for them meanwhile.", v)),
         b.rule("TwinPrometheusUnreachable", f"{source_up} == 0", s.source_down_for_s, "warning",
                "Twin sidecar {{ $labels.instance }} cannot query Prometheus",
                _fill("The sidecar at {{ $labels.instance }} has failed to reach its metrics source for at "

@@ -118,6 +118,9 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_metric_last_sample_timestamp_seconds", "gauge",
                "Unix time of the metric's last accepted sample: a query that returns nothing or only NaN/Inf "
                "(a ratio at zero traffic) leaves it behind while the twin's other metrics sync.", _TML),
+    MetricSpec("twin_metric_has_data", "gauge",
+               "1 once the metric has accepted a sample, 0 while its query has returned none (no series, or only "
+               "NaN/Inf): such a metric exports no actual, expected, forecast or divergence.", _TML),
     MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
     MetricSpec("twin_source_up", "gauge",
                "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
@@ -280,6 +283,21 @@ def _array_gauge(name: str, rows: LabelRows, values: np.ndarray) -> ArrayGaugeFa
     return ArrayGaugeFamily(spec.name, spec.help, rows, v)
 
 
+def _only_where(known: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-series values (S,) or (S, H) as float, NaN (so: absent) in the rows of series not ``known``.
+
+    A metric that has never accepted a sample has no actual value, so nothing measured against it: the engine
+    still holds a severity of 0 and perhaps a hand-set expected value for it, and exporting those would read as
+    "on target" for a query that returns nothing (a typo'd label). ``twin_metric_has_data`` says it instead.
+    """
+    def mask(values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        if known.all() or v.ndim == 0 or v.shape[0] != known.shape[0]:
+            return v
+        return np.where(known.reshape((-1,) + (1,) * (v.ndim - 1)), v, np.nan)
+    return mask
+
+
 def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
     spec = _SPECS[name]
     if value is not None and math.isfinite(value):
@@ -376,25 +394,30 @@ class TwinCollector:
     def _build(self, view: EngineView) -> tuple[ArrayGaugeFamily, ...]:
         lay = self._layout_for(view)
         sh, s, t = lay.series_horizon, lay.series, lay.twins
-        eta = np.asarray(view.breach_eta_s, dtype=np.float64)
+        last_sample = np.asarray(view.series_last_sample, dtype=np.float64).reshape(-1)
+        has_data = np.isfinite(last_sample)
+        # a view whose arrays disagree loses the has_data family in _array_gauge and masks nothing
+        per_series = _only_where(has_data if len(has_data) == len(s) else np.ones(len(s), dtype=bool))
+        eta = per_series(view.breach_eta_s)
         limit = np.asarray(view.limit, dtype=np.float64)
         has_eta = np.flatnonzero(np.isfinite(eta) & np.isfinite(limit))
         eta_rows = s.take(has_eta).with_label("limit", [_number_label(x) for x in limit[has_eta].tolist()])
         return (
-            _array_gauge("twin_forecast", sh, view.forecast_mean),
-            _array_gauge("twin_forecast_lower", sh, view.forecast_lower),
-            _array_gauge("twin_forecast_upper", sh, view.forecast_upper),
-            _array_gauge("twin_confidence", sh, view.confidence),
-            _array_gauge("twin_actual", s, view.last_value),
-            _array_gauge("twin_expected", s, view.expected),
-            _array_gauge("twin_divergence_ratio", s, view.divergence_ratio),
-            _array_gauge("twin_divergence_severity", s, view.severity),
-            _array_gauge("twin_anomaly_score", s, view.anomaly),
+            _array_gauge("twin_forecast", sh, per_series(view.forecast_mean)),
+            _array_gauge("twin_forecast_lower", sh, per_series(view.forecast_lower)),
+            _array_gauge("twin_forecast_upper", sh, per_series(view.forecast_upper)),
+            _array_gauge("twin_confidence", sh, per_series(view.confidence)),
+            _array_gauge("twin_actual", s, per_series(view.last_value)),
+            _array_gauge("twin_expected", s, per_series(view.expected)),
+            _array_gauge("twin_divergence_ratio", s, per_series(view.divergence_ratio)),
+            _array_gauge("twin_divergence_severity", s, per_series(view.severity)),
+            _array_gauge("twin_anomaly_score", s, per_series(view.anomaly)),
             _array_gauge("twin_breach_eta_seconds", eta_rows, eta[has_eta]),
             _array_gauge("twin_health_score", t, view.health),
             _array_gauge("twin_drift", t, np.asarray(view.drift, dtype=np.float64)),
             _array_gauge("twin_last_sync_timestamp_seconds", t, view.last_sync),
-            _array_gauge("twin_metric_last_sample_timestamp_seconds", s, view.series_last_sample),
+            _array_gauge("twin_metric_last_sample_timestamp_seconds", s, last_sample),
+            _array_gauge("twin_metric_has_data", s, has_data.astype(np.float64)),
         )
 
     def _status_families(self, view: EngineView) -> Iterator[Metric]:

@@ -23,7 +23,10 @@ source is unreachable (a run of unreachable answers and nothing else),
 ``ServiceStatus.source_up`` goes False, the failure is logged once per streak
 rather than per tick, rounds back off, and the first answer that comes back
 ends the streak. A single query failing while others work is counted and
-logged per (twin, metric), again once per streak.
+logged per (twin, metric), again once per streak. A query that answers with no
+series, or only NaN/Inf, for ``NO_DATA_ROUNDS`` rounds in a row is logged the
+same way (one warning per streak naming twin, metric and query): it is not an
+error, but a metric that never gets a sample has nothing to alert on otherwise.
 
 CPU-heavy engine calls run in a worker thread under the ``asyncio.Lock`` the
 API shares, so a big ingest neither stalls the event loop nor races a request.
@@ -74,6 +77,10 @@ MAX_BACKOFF_S = 120.0
 DISCOVER_METRIC = "discover"        # the "metric" label of discovery query errors
 #: Failed backfill queries logged at warning (with twin, metric and Prometheus' error); the rest at debug.
 BACKFILL_WARNINGS = 20
+#: Rounds in a row a query may answer with no series (or only NaN/Inf) before it is logged, once per streak:
+#: a ``rate()`` over a fresh target is empty for a round or two, a typo'd label for ever. The same 4 intervals
+#: after which the TwinMetricStale and TwinMetricNoData alerts fire (at 15 s).
+NO_DATA_ROUNDS = 4
 
 
 class OutboxSink(Protocol):
@@ -254,6 +261,58 @@ class _Outcome:
     query: str = ""
 
 
+def several_series(n: int) -> str:
+    """Why a twin metric's answer of ``n`` series is refused (rounds and backfill say the same)."""
+    return (f"query returned {n} series; a twin metric needs exactly one "
+            f"(aggregate it, e.g. sum/avg/max, or use `discover`)")
+
+
+@dataclass(slots=True)
+class _Streak:
+    rounds: int = 0
+    told: bool = False           # its warning went out (so its end is told too)
+
+
+class _Streaks:
+    """Once-per-streak logging per key: (twin, metric), or (rule, metric) for a query shared by a family.
+
+    A run of bad rounds is warned about once, when it reaches ``after`` rounds (1: at once), and its end is
+    logged at info only if it was warned about: one line per streak, not one per round. A bad round marked
+    ``quiet`` counts but tells nothing (the whole source was down and says so itself, or a family's shared
+    query is told once for the rule); a streak begun quietly that goes on for a reason of its own is told at
+    its first round that is not quiet. Query failures and answers without data both use it.
+    """
+
+    def __init__(self, warning: str, recovered: str, *, after: int = 1, rounds_field: str = "rounds") -> None:
+        self.warning = warning
+        self.recovered = recovered
+        self.after = max(1, after)
+        self.rounds_field = rounds_field
+        self._streaks: dict[tuple[str, str], _Streak] = {}
+
+    def bad(self, key: tuple[str, str], *, quiet: bool = False, **fields: Any) -> None:
+        s = self._streaks.get(key)
+        if s is None:
+            s = self._streaks[key] = _Streak()
+        s.rounds += 1
+        if not quiet and not s.told and s.rounds >= self.after:
+            s.told = True
+            extra = {"twin": key[0], "metric": key[1], **fields}
+            if self.after > 1:
+                extra[self.rounds_field] = s.rounds
+            log.warning(self.warning, extra=extra)
+
+    def good(self, key: tuple[str, str]) -> None:
+        s = self._streaks.pop(key, None)
+        if s is not None and s.told:
+            log.info(self.recovered, extra={"twin": key[0], "metric": key[1], self.rounds_field: s.rounds})
+
+    def forget(self, twin: str) -> None:
+        """A retired twin's streaks end untold (it is gone, not recovered)."""
+        for key in [k for k in self._streaks if k[0] == twin]:
+            del self._streaks[key]
+
+
 # --------------------------------------------------------------------------- scheduler
 
 
@@ -276,8 +335,11 @@ class Scheduler:
         self.own_identities = tuple(dict(i) for i in own_identities if i)
         self.targets: dict[str, Target] = {}
         self._slots: dict[tuple[str, str], int] = {}
-        self._failing: dict[tuple[str, str], int] = {}      # (twin, metric) -> failures in this streak
-        self._failing_quietly: set[tuple[str, str]] = set()   # streaks begun while the whole source was down
+        #: failing queries, told at the first failure of a streak (a streak begun with the whole source down
+        #: at its first failure of its own); answers without data, told after NO_DATA_ROUNDS of them
+        self._failing = _Streaks("query failing", "query recovered", rounds_field="failed_rounds")
+        self._no_data = _Streaks("query returns no data", "query has data again", after=NO_DATA_ROUNDS,
+                                rounds_field="empty_rounds")
         self._down_rounds = 0                                 # consecutive rounds with the source down
         self._down_since: float | None = None
         self._backfilled = config.backfill_s <= 0
@@ -484,12 +546,18 @@ class Scheduler:
                         t_hit = by_value.get(tuple(lbl[k] for k in names))
                         if t_hit is not None:
                             hits.setdefault(t_hit.name, []).append(i)
+            # an empty answer is told once, for the rule; each twin's streak still counts, and is told when the
+            # query returns series again but none for that twin
+            kept = np.asarray(vec.values, np.float64)[keep]
+            self._answered(key, job.query, kept)
             for t in family:
                 mine = hits.get(t.name, ())
                 if len(mine) > 1:
                     out.append(_Outcome(t.name, job.metric, result=select(vec, mine)))   # reported as an error
                     continue
                 self._query_ok((t.name, job.metric))
+                self._answered((t.name, job.metric), job.query, np.asarray(vec.values, np.float64)[list(mine)],
+                               quiet=not np.isfinite(kept).any())
                 if mine:
                     slot = self._slot(t.name, job.metric)
                     if slot is not None:
@@ -526,10 +594,10 @@ class Scheduler:
                 vec = select(vec, keep)
             if len(vec) > 1:
                 failed += 1
-                self._query_failed(key, f"query returned {len(vec)} series; a twin metric needs exactly one "
-                                        f"(aggregate it, e.g. sum/avg/max, or use `discover`)", quiet=False)
+                self._query_failed(key, several_series(len(vec)), quiet=False)
                 continue
             self._query_ok(key)
+            self._answered(key, o.query, vec.values)
             if len(vec) == 1:
                 slot = self._slot(o.twin, o.metric)
                 if slot is not None:
@@ -577,25 +645,26 @@ class Scheduler:
         self._streak_failed(key, message, quiet=quiet)
 
     def _streak_failed(self, key: tuple[str, str], message: str, *, quiet: bool) -> None:
-        streak = self._failing.get(key, 0)
-        self._failing[key] = streak + 1
-        if streak == 0 and quiet:
-            self._failing_quietly.add(key)
-        elif not quiet and (streak == 0 or key in self._failing_quietly):
-            # a streak that began with the whole source down and goes on failing for a reason of its own
-            # ("returned 2 series") must be told like any other
-            self._failing_quietly.discard(key)
-            log.warning("query failing", extra={"twin": key[0], "metric": key[1], "error": message})
+        # a streak that began with the whole source down and goes on failing for a reason of its own
+        # ("returned 2 series") is told like any other; one that stays the source's ends silently ("Prometheus
+        # reachable again" says it came back: a line per query here was 100 lines for 20 twins after 15 s down)
+        self._failing.bad(key, quiet=quiet, error=message)
 
     def _query_ok(self, key: tuple[str, str]) -> None:
-        streak = self._failing.pop(key, 0)
-        if key in self._failing_quietly:
-            # its failure was the whole source's ("Prometheus reachable again" says it came back): a line per
-            # query here was 100 lines for 20 twins after a 15 s outage
-            self._failing_quietly.discard(key)
-            return
-        if streak:
-            log.info("query recovered", extra={"twin": key[0], "metric": key[1], "failed_rounds": streak})
+        self._failing.good(key)
+
+    def _answered(self, key: tuple[str, str], query: str, values: np.ndarray, *, quiet: bool = False) -> None:
+        """An answered query's data streak; ``values`` are what it returned for ``key`` (none: no series).
+
+        A finite value ends the streak; no series, or only NaN/Inf, lengthens it (the engine drops non-finite
+        samples, so such a metric gets no sample either way).
+        """
+        v = np.asarray(values, np.float64)
+        if np.isfinite(v).any():
+            self._no_data.good(key)
+        else:
+            self._no_data.bad(key, quiet=quiet, query=query,
+                              answer="no series" if v.size == 0 else "only NaN/Inf values")
 
     def _source_state(self, up: bool, at: float, error: BaseException | None = None) -> None:
         """Track the source's reachability; log the start and the end of a down streak, once each."""
@@ -709,9 +778,8 @@ class Scheduler:
         for name in retired:
             for key in [k for k in self._slots if k[0] == name]:
                 del self._slots[key]
-            for key in [k for k in self._failing if k[0] == name]:
-                del self._failing[key]
-                self._failing_quietly.discard(key)
+            self._failing.forget(name)
+            self._no_data.forget(name)
             for key in [k for k in self.status.query_errors if k[0] == name]:
                 del self.status.query_errors[key]
             self._own_dropping = {k for k in self._own_dropping if k[0] != name}
@@ -1026,19 +1094,22 @@ class Scheduler:
 
         warned = 0
 
+        def refused(fields: Mapping[str, str], metric: str, query: str, error: str) -> None:
+            # a refused backfill is otherwise invisible until forecasts stay empty: say why, at warning, for the
+            # first few (a source down mid-backfill would fail every query the same way)
+            nonlocal warned
+            warned += 1
+            level = logging.WARNING if warned <= BACKFILL_WARNINGS else logging.DEBUG
+            log.log(level, "backfill query failed", extra={**fields, "metric": metric, "error": error,
+                                                           "query": query})
+
         async def one(name: str, metric: str, query: str, start: float,
                       rule: str | None = None) -> tuple[str, str, RangeMatrix | None]:
             # the client splits a long range into requests Prometheus accepts (at most 10,000 steps each)
-            nonlocal warned
             try:
                 return name, metric, await self.client.query_range(query, start, now - step, step)
             except SourceError as exc:
-                # a refused backfill is otherwise invisible until forecasts stay empty: say why, at warning,
-                # for the first few (a source down mid-backfill would fail every query the same way)
-                warned += 1
-                level = logging.WARNING if warned <= BACKFILL_WARNINGS else logging.DEBUG
-                fields = {"rule": rule} if rule is not None else {"twin": name}
-                log.log(level, "backfill query failed", extra={**fields, "metric": metric, "error": str(exc)})
+                refused({"rule": rule} if rule is not None else {"twin": name}, metric, query, str(exc))
                 return name, metric, None
 
         start = math.ceil((now - self.config.backfill_s) / step) * step
@@ -1051,9 +1122,14 @@ class Scheduler:
         queries = {(name, metric): query for name, metric, query, _ in jobs}
         queries.update({(rule, metric): query for rule, metric, query in shared})
 
-        def take(name: str, metric: str, m: RangeMatrix, rows: Sequence[int]) -> int:
-            if len(rows) != 1:
-                return int(len(rows) > 1)
+        def take(name: str, metric: str, m: RangeMatrix, rows: Sequence[int], rule: str | None = None) -> int:
+            if len(rows) > 1:
+                # the same refusal as a round's ("query failing"), told here: the rounds only say it once they run
+                fields = {"twin": name, **({"rule": rule} if rule is not None else {})}
+                refused(fields, metric, queries.get((rule or name, metric), ""), several_series(len(rows)))
+                return 1
+            if not rows:
+                return 0
             row = m.values[rows[0]]
             ok = np.isfinite(row)
             if ok.any():
@@ -1075,7 +1151,7 @@ class Scheduler:
                 names = [k for k, _ in t.key]
                 want = tuple(v for _, v in t.key)
                 rows = [i for i in keep if tuple(m.labels[i].get(k) for k in names) == want]
-                failed += take(t.name, metric, m, rows)
+                failed += take(t.name, metric, m, rows, rule)
         accepted = 0
         if samples:
             async with self.lock:

@@ -79,7 +79,8 @@ def test_severities_follow_the_issue() -> None:
     rules = _rules(render_rules(_config()))
     assert rules["TwinDivergenceCritical"]["labels"]["severity"] == "critical"
     assert rules["TwinHealthCritical"]["labels"]["severity"] == "critical"
-    assert rules["TwinDivergenceHigh"]["expr"] == "twin_divergence_severity >= 3"
+    assert rules["TwinDivergenceHigh"]["expr"].startswith("twin_divergence_severity >= 3 unless (")
+    assert rules["TwinDivergenceCritical"]["expr"].startswith("twin_divergence_severity >= 4 unless (")
     assert rules["TwinHealthLow"]["expr"] == "twin_health_score < 70"
     assert rules["TwinHealthCritical"]["expr"] == "twin_health_score < 50"
     assert rules["TwinBreachSoon"]["expr"] == "twin_breach_eta_seconds < 900"
@@ -89,6 +90,9 @@ def test_every_expression_parses_and_selects_only_exported_metrics() -> None:
     exported = {m.name for m in EXPORTED_METRICS}
     for name, rule in _rules(render_rules(_config())).items():
         names = {sel.name for sel in _selectors(rule["expr"])}
+        if name == "TwinSidecarDown":       # Prometheus' own scrape health of the sidecar's targets
+            assert names == {"up"}
+            continue
         assert names and names <= exported, (name, names)
 
 
@@ -196,3 +200,74 @@ def test_every_alert_has_a_promtool_test_that_fires_it() -> None:
                 if check.get("exp_alerts"):
                     firing.add(check["alertname"])
     assert firing == set(ALERT_NAMES)
+
+
+# --------------------------------------------------------------------------- TwinSidecarDown
+
+
+def _down(config: SidecarConfig, settings: AlertSettings | None = None) -> str:
+    expr: str = _rules(render_rules(config, settings))["TwinSidecarDown"]["expr"]
+    return expr
+
+
+def test_sidecar_down_reads_up_of_the_default_job_per_instance() -> None:
+    """absent(twin_source_up) is empty while any one sidecar is scraped; `up` says which instance is down."""
+    rule = _rules(render_rules(_config()))["TwinSidecarDown"]
+    assert rule["expr"] == 'up{job="twin-sidecar"} == 0'
+    assert rule["for"] == "5m" and rule["labels"]["severity"] == "warning"
+    assert "{{ $labels.instance }}" in rule["annotations"]["summary"]
+    assert _rules(render_rules(_config()))["TwinSidecarAbsent"]["expr"] == "absent(twin_source_up)"   # all gone
+    assert _down(_config(), AlertSettings(sidecar_job="twins")) == 'up{job="twins"} == 0'
+
+
+def test_sidecar_down_follows_the_configs_own_scrape_labels() -> None:
+    """prometheus.self_labels names the sidecar's own scrape target(s): the chart sets it from its ServiceMonitor."""
+    one = CONFIG + "prometheus: {self_labels: {job: twins-a, namespace: mon}}\n"
+    assert _down(_config(one)) == 'up{job="twins-a",namespace="mon"} == 0'
+    several = CONFIG + "prometheus: {self_labels: [{job: a}, {job: b}, {job: a}]}\n"
+    assert _down(_config(several)) == 'up{job="a"} == 0 or up{job="b"} == 0'
+    odd = CONFIG + "prometheus: {self_labels: {job: 'we\"ird'}}\n"
+    (sel,) = _selectors(_down(_config(odd)))
+    assert [(m.name, m.value) for m in sel.matchers.matchers] == [("job", 'we"ird')]
+
+
+def test_sidecar_down_keeps_to_the_selector() -> None:
+    # a selector naming the job is the sidecar's identity; one without a job still needs the default job, or `up`
+    # would match every target it selects
+    assert _down(_config(), AlertSettings(selector='job="x"')) == 'up{job="x"} == 0'
+    assert _down(_config(), AlertSettings(selector='namespace="mon"')) == 'up{namespace="mon",job="twin-sidecar"} == 0'
+    with_labels = CONFIG + "prometheus: {self_labels: {job: twins}}\n"
+    assert _down(_config(with_labels), AlertSettings(selector='cluster="eu"')) == \
+        'up{cluster="eu",job="twins"} == 0'
+
+
+# --------------------------------------------------------------------------- stale and never-sampled metrics
+
+
+def test_divergence_alerts_skip_exactly_the_series_metric_stale_covers() -> None:
+    """A stale metric's severity is frozen: the divergence alerts are `severity unless (TwinMetricStale's expr)`,
+    the very same expression (so the same labels, and the same threshold, which the chart rewrites per interval)."""
+    rules = _rules(render_rules(_config()))
+    stale = rules["TwinMetricStale"]["expr"]
+    assert stale.endswith("> 120")                              # 4 x 30s
+    for name, level in (("TwinDivergenceHigh", 3), ("TwinDivergenceCritical", 4)):
+        expr = promql_parser.parse(rules[name]["expr"])
+        assert isinstance(expr, promql_parser.BinaryExpr) and str(expr.op) == "unless"
+        assert expr.modifier is None or expr.modifier.matching is None   # every label: the same series only
+        lhs = expr.lhs
+        assert isinstance(lhs, promql_parser.BinaryExpr)
+        assert isinstance(lhs.lhs, promql_parser.VectorSelector) and isinstance(lhs.rhs, promql_parser.NumberLiteral)
+        assert (lhs.lhs.name, str(lhs.op), lhs.rhs.val) == ("twin_divergence_severity", ">=", level)
+        assert rules[name]["expr"].endswith(f" unless ({stale})")
+
+
+def test_metric_no_data_reads_has_data_and_holds_as_long_as_metric_stale() -> None:
+    rules = _rules(render_rules(_config()))                    # interval 30s: 4 intervals = 2m
+    rule = rules["TwinMetricNoData"]
+    assert rule["expr"] == "twin_metric_has_data == 0 unless ignoring (twin, metric) twin_source_up == 0"
+    assert rule["for"] == "2m" and rule["labels"]["severity"] == "warning"
+    assert "the sync interval is 30s and the alert fires past 2m." in rule["annotations"]["description"]
+    fast = _rules(render_rules(_config(CONFIG.replace("30s", "5s"))))["TwinMetricNoData"]
+    assert fast["for"] == "1m"                                 # never sooner than a minute
+    sel = _rules(render_rules(_config(), AlertSettings(selector='job="x"')))["TwinMetricNoData"]["expr"]
+    assert sel == 'twin_metric_has_data{job="x"} == 0 unless ignoring (twin, metric) twin_source_up{job="x"} == 0'

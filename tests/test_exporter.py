@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import subprocess
@@ -89,7 +90,7 @@ def test_forecasts_carry_twin_metric_horizon_and_match_the_view() -> None:
         for i, (twin, metric) in enumerate(zip(view.series_twin, view.series_metric, strict=True)):
             for j, h in enumerate(("5m", "15m", "30m", "60m")):
                 key = (name, frozenset({("twin", twin), ("metric", metric), ("horizon", h)}))
-                if math.isnan(arr[i, j]):
+                if math.isnan(arr[i, j]) or math.isnan(view.series_last_sample[i]):
                     assert key not in got, "an unknown forecast is absent, never NaN"
                 else:
                     assert got[key] == pytest.approx(arr[i, j], rel=1e-8)   # 9 significant digits
@@ -100,6 +101,8 @@ def test_series_and_twin_gauges_match_the_view_and_skip_unknowns() -> None:
     got = samples_of(scrape(view))
     for i, (twin, metric) in enumerate(zip(view.series_twin, view.series_metric, strict=True)):
         labels = frozenset({("twin", twin), ("metric", metric)})
+        if math.isnan(view.series_last_sample[i]):
+            continue            # never sampled: test_a_metric_never_sampled_exports_no_values_and_has_data_0
         assert got[("twin_divergence_ratio", labels)] == pytest.approx(view.divergence_ratio[i], rel=1e-8)
         assert got[("twin_divergence_severity", labels)] == int(view.severity[i])
         assert got[("twin_anomaly_score", labels)] == pytest.approx(view.anomaly[i], rel=1e-8)
@@ -295,8 +298,6 @@ def test_concurrent_scrapes_of_a_new_view_agree() -> None:
 
 def test_a_view_whose_arrays_disagree_loses_that_family_not_the_scrape(
         caplog: pytest.LogCaptureFixture) -> None:
-    import dataclasses
-
     view = make_view()
     broken = dataclasses.replace(view, anomaly=view.anomaly[:-1])
     got = samples_of(scrape(broken))
@@ -320,3 +321,41 @@ def test_each_metric_exports_when_it_last_got_a_sample() -> None:
     rows = {dict(labels)["twin"] + "/" + dict(labels)["metric"]: v for (n, labels), v in got.items() if n == key}
     assert rows["svc-0/cpu_usage"] == 1.7e9 - 600.0 and rows["svc-0/request_latency_ms"] == 1.7e9
     assert "svc-2/request_latency_ms" not in rows and len(rows) == 5      # never sampled: absent, not NaN
+
+
+#: Every family of per-metric values: a metric that has never accepted a sample exports none of them.
+PER_METRIC_VALUES = ("twin_forecast", "twin_forecast_lower", "twin_forecast_upper", "twin_confidence", "twin_actual",
+                     "twin_expected", "twin_divergence_ratio", "twin_divergence_severity", "twin_anomaly_score",
+                     "twin_breach_eta_seconds", "twin_metric_last_sample_timestamp_seconds")
+
+
+def test_a_metric_never_sampled_exports_no_values_and_has_data_0() -> None:
+    """The engine holds severity 0 (and maybe a hand-set expected value) for a metric whose query never returned a
+    sample; exported, that read as "on target". It is absent instead, and twin_metric_has_data says why."""
+    view = make_view()
+    i = len(view.series_twin) - 1                      # make_view's never-sampled series
+    assert math.isnan(view.series_last_sample[i]) and view.severity[i] >= 0
+    never = (view.series_twin[i], view.series_metric[i])
+    view = dataclasses.replace(view, expected=np.full(len(view.series_twin), 50.0),  # hand-set for every metric
+                               breach_eta_s=np.full(len(view.series_twin), 60.0))
+    got = samples_of(scrape(view))
+
+    def rows(name: str) -> set[tuple[str, str]]:
+        return {(dict(labels)["twin"], dict(labels)["metric"]) for n, labels in got if n == name}
+
+    sampled = {(t, m) for t, m in zip(view.series_twin, view.series_metric, strict=True)} - {never}
+    for name in PER_METRIC_VALUES:
+        assert rows(name) == sampled, name
+    has_data = {(dict(labels)["twin"], dict(labels)["metric"]): v for (n, labels), v in got.items()
+                if n == "twin_metric_has_data"}
+    assert has_data == {**dict.fromkeys(sampled, 1.0), never: 0.0}
+
+
+def test_every_metric_has_data_when_all_were_sampled() -> None:
+    view = make_view()
+    view = dataclasses.replace(view, series_last_sample=np.full(len(view.series_twin), 1.7e9))
+    got = samples_of(scrape(view))
+    flags = [v for (n, _), v in got.items() if n == "twin_metric_has_data"]
+    assert flags == [1.0] * len(view.series_twin)
+    severities = [k for k in got if k[0] == "twin_divergence_severity"]
+    assert len(severities) == len(view.series_twin)
