@@ -271,3 +271,10 @@ def test_metric_no_data_reads_has_data_and_holds_as_long_as_metric_stale() -> No
     assert fast["for"] == "1m"                                 # never sooner than a minute
     sel = _rules(render_rules(_config(), AlertSettings(selector='job="x"')))["TwinMetricNoData"]["expr"]
     assert sel == 'twin_metric_has_data{job="x"} == 0 unless ignoring (twin, metric) twin_source_up{job="x"} == 0'
+
+
+def test_every_alert_has_its_runbook_section_in_the_readme() -> None:
+    """Each rule's runbook_url points at README.md#runbook-<name>: the heading must exist, or the link is dead."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in ALERT_NAMES if f"\n### Runbook: {name}\n" not in readme]
+    assert missing == []
