@@ -234,26 +234,41 @@ _SCHEMAS: dict[str, Any] = {
             "error_burst": {"type": "number", "minimum": 0, "maximum": 1,
                             "description": "Alias of error_rate."},
             "component": {"type": "string"},
-            "max_multiplier": {"type": "number", "exclusiveMinimum": 1, "maximum": 1000},
+            "max_multiplier": {"type": "number", "exclusiveMinimum": 1, "maximum": 1000,
+                               "description": "load_test: the highest multiple of current traffic the ramp "
+                                              "reaches. Default 20."},
+            "required_multiplier": {
+                "type": "number", "minimum": 1, "maximum": 1000,
+                "description": "load_test: the headroom the service must have, as a multiple of current "
+                               "traffic; failure_probability is the chance that the breaking point lies "
+                               "below it. At most max_multiplier. Default 2 (max_multiplier when lower)."},
         },
         "additionalProperties": False,
         "examples": [{"type": "traffic_spike", "traffic_multiplier": 5, "duration_minutes": 30},
                      {"type": "failure_injection", "replicas": 3, "replicas_lost": 1},
-                     {"type": "load_test", "max_multiplier": 20}],
+                     {"type": "load_test", "max_multiplier": 20, "required_multiplier": 2}],
     },
     "SimulationResult": _obj(
         ["scenario", "failure_probability", "will_likely_fail", "projected_metrics", "recommendations"], {
             "twin_id": {"type": "string"}, "scenario": {"type": "object"},
-            "failure_probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "failure_probability": {"type": "number", "minimum": 0, "maximum": 1,
+                                    "description": "Share of the draws in which a limit is breached during the "
+                                                   "scenario; load_test: in which the breaking point lies below "
+                                                   "required_multiplier."},
             "will_likely_fail": {"type": "boolean"},
             "projected_metrics": {"type": "object"},
             "time_to_first_breach_s": _NUM_OR_NULL,
             "breaking_point": {"type": ["object", "null"],
                                "description": "load_test: traffic_multiplier, request_rate, bottleneck, "
-                                              "interval [low, high]."},
+                                              "interval [low, high], max_multiplier (the ramp's top) and "
+                                              "required_multiplier (the headroom failure_probability is "
+                                              "judged against)."},
             "recommendations": {"type": "array", "items": {"type": "string"}},
             "recovery_time_s": _NUM_OR_NULL, "model_fit": {"type": "object"},
-            "breach_probability": {"type": "object", "additionalProperties": {"type": "number"}},
+            "breach_probability": {"type": "object", "additionalProperties": {"type": "number"},
+                                   "description": "Per limit (cpu, latency, errors, memory): the share of the "
+                                                  "draws in which it is breached; load_test: breached below "
+                                                  "required_multiplier."},
             "seed": {"type": "integer"}, "samples": {"type": "integer"},
             "source": {"const": "simulation", "description": "Never ingested back into a twin."},
         }),

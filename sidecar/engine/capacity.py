@@ -33,7 +33,7 @@ idle CPU would put 5x traffic at 150% CPU).
 Projections at any arrival rate follow from the fitted parameters: CPU from the
 utilisation law, latency from the queueing curve, errors from their fitted trend plus
 the share of traffic above capacity, memory from its own fitted load slope on top of
-its forecast.
+its forecast (both trends only when clearly positive: more traffic never frees memory).
 
 The fit is *not trustworthy* (and the simulation widens its bounds) when there is too
 little history, too little load variation, the winning route is poorly determined (a
@@ -499,7 +499,9 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         reasons.append(f"the {source.replace('_', ' ')} route is poorly determined")
     extra["extrapolation"] = round(extrap, 3)
 
-    # Errors and memory: linear trends in load, used only where they are clear.
+    # Errors and memory: linear trends in load, used only where they are clearly positive. A falling one is a
+    # coincidence of the history (a cache flushed while traffic happened to rise), not a law: extrapolated, it
+    # would project a spike freeing memory, and fewer requests per replica (scaling out) filling it.
     err_slope = 0.0
     if ERRORS in cols:
         y = cols[ERRORS]
@@ -512,7 +514,7 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         y = cols[MEMORY]
         ok = np.isfinite(y)
         mfit = fit_line(lam[ok], y[ok])
-        if mfit is not None and abs(mfit.slope_t) >= 3.0:
+        if mfit is not None and mfit.slope_t >= 3.0:
             mem_slope, mem_sd = mfit.slope, math.sqrt(max(mfit.cov[1][1], 0.0))
 
     trustworthy = (n >= MIN_SAMPLES and cv >= MIN_LOAD_CV and source not in weak and source != "assumed"

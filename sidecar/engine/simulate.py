@@ -15,7 +15,9 @@ structural factor on the capacity (6%, 25% when the fit is not trustworthy) and 
 forecast intervals.  Draw 0 is the point estimate; the others are seeded, so the same
 scenario with the same seed gives the same answer.
 ``failure_probability`` is the share of draws in which any limit is breached during the
-scenario.
+scenario; for a load test, the share in which the breaking point lies below the headroom the
+service must have (``required_multiplier``, default 2× current traffic). "Breaks somewhere below
+the highest multiplier tested" is true of every real service and says nothing about risk.
 
 Traffic observed as zero is a real observation, not a missing one: any multiple of zero
 traffic is still zero, so a spike or a load test changes nothing, the projection is the
@@ -78,8 +80,12 @@ _KEYS = {
     "failure_injection": {"replicas", "replicas_lost", "added_latency_ms", "dependency_latency_ms",
                           "error_rate", "error_burst", "duration_minutes", "traffic_multiplier",
                           "component", "timeout_s"},
-    "load_test": {"max_multiplier"},
+    "load_test": {"max_multiplier", "required_multiplier"},
 }
+#: How far above current traffic a load test requires the service to hold before it counts as a failure.
+DEFAULT_REQUIRED_MULTIPLIER = 2.0
+#: The highest multiplier a load test ramps to by default.
+DEFAULT_MAX_MULTIPLIER = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +164,8 @@ class Scenario:
     added_latency_ms: float = 0.0
     error_burst: float = 0.0
     component: str | None = None
-    max_multiplier: float = 20.0
+    max_multiplier: float = DEFAULT_MAX_MULTIPLIER
+    required_multiplier: float = DEFAULT_REQUIRED_MULTIPLIER
 
     def describe(self) -> dict[str, Any]:
         if self.type == "traffic_spike":
@@ -170,7 +177,8 @@ class Scenario:
                     "added_latency_ms": self.added_latency_ms, "error_rate": self.error_burst,
                     "duration_minutes": self.duration_s / 60, "traffic_multiplier": self.multiplier,
                     "component": self.component, "timeout_s": self.timeout_s}
-        return {"type": self.type, "max_multiplier": self.max_multiplier}
+        return {"type": self.type, "max_multiplier": self.max_multiplier,
+                "required_multiplier": self.required_multiplier}
 
 
 def _number(raw: Mapping[str, Any], key: str, default: float | None, *, low: float, high: float,
@@ -256,8 +264,22 @@ def parse_scenario(raw: Mapping[str, Any], *, replicas: int | None = None) -> Sc
             timeout_s=_number(raw, "timeout_s", 30.0, low=0.0, high=3600.0, low_open=True),
             component=component,
         )
-    return Scenario(type=kind, max_multiplier=_number(raw, "max_multiplier", 20.0, low=1.0, high=1000.0,
-                                                      low_open=True))
+    return _load_test_scenario(raw)
+
+
+def _load_test_scenario(raw: Mapping[str, Any]) -> Scenario:
+    """A load test ramps up to ``max_multiplier`` and fails when it breaks below ``required_multiplier``.
+
+    The required multiple defaults to 2x (or ``max_multiplier`` when that is lower) and may not exceed
+    ``max_multiplier``: beyond the ramp the test cannot tell whether the service holds.
+    """
+    top = _number(raw, "max_multiplier", DEFAULT_MAX_MULTIPLIER, low=1.0, high=1000.0, low_open=True)
+    required = _number(raw, "required_multiplier", min(DEFAULT_REQUIRED_MULTIPLIER, top), low=1.0, high=1000.0)
+    if required > top:
+        raise ScenarioError(f"scenario field 'required_multiplier' ({required:g}) must be at most "
+                            f"'max_multiplier' ({top:g}): the load test only ramps that far",
+                            field="required_multiplier")
+    return Scenario(type="load_test", max_multiplier=top, required_multiplier=required)
 
 
 # ---------------------------------------------------------------------------------------------- draws
@@ -441,6 +463,13 @@ def _fmt(x: float, unit: str = "") -> str:
     return f"{s}{unit}"
 
 
+def _percent(p: float) -> str:
+    """A probability in whole percent, except that a small non-zero one is never shown as 0%."""
+    if 0.0 < p < 0.005:
+        return "<1%"
+    return f"{100 * p:.0f}%"
+
+
 def _metric_value(metric: str, x: float) -> str:
     if metric == LATENCY:
         return _fmt(x, " ms")
@@ -468,8 +497,25 @@ def _quantile_name(fit: CapacityFit) -> str:
     return f"p{fit.quantile * 100:g}"
 
 
+#: Most replicas a recommendation searches, as a multiple of the current count.
+MAX_SCALE = 64
+#: Failure probability a recommendation aims to bring the scenario under.
+TARGET_P = 0.1
+
+
+def _breaches(fit: CapacityFit, d: Draws, limits: Mapping[str, float], lam: F64, lam_ref: F64,
+              ref: Mapping[str, F64], share: float) -> dict[str, np.ndarray]:
+    """Per metric, which draws breach its limit at some time when each replica carries ``share`` of its load.
+
+    Only the metrics the projection has: without shedding (no backlog here) an error rate with no series of its
+    own is not projected, and nothing breaches it.
+    """
+    proj = _steady(fit, d, lam, lam_ref, ref, Fault(share=share))
+    return {m: np.asarray((proj[m] > lim).any(axis=1)) for m, lim in limits.items() if m in proj}
+
+
 def _replicas_needed(fit: CapacityFit, d: Draws, ctx: SimulationContext, lam: F64, lam_ref: F64,
-                     ref: Mapping[str, F64], replicas: int, target: float = 0.1) -> int | None:
+                     ref: Mapping[str, F64], replicas: int, target: float = TARGET_P) -> int | None:
     """Fewest replicas (same workers each) keeping P(breach) ≤ target at the given loads; None if none helps.
 
     ``lam``, ``lam_ref`` and ``ref`` are (draws × times) over the scenario, so a limit that is breached by the
@@ -478,11 +524,10 @@ def _replicas_needed(fit: CapacityFit, d: Draws, ctx: SimulationContext, lam: F6
     limits = _limits(ctx, ref)
     if not limits:
         return None
-    for r in range(replicas, replicas * 64 + 1):
-        proj = _steady(fit, d, lam, lam_ref, ref, Fault(share=replicas / r))
+    for r in range(replicas, replicas * MAX_SCALE + 1):
         breach = np.zeros(d.size, dtype=bool)
-        for m, lim in limits.items():
-            breach |= (proj[m] > lim).any(axis=1)
+        for hit in _breaches(fit, d, limits, lam, lam_ref, ref, replicas / r).values():
+            breach |= hit
         if breach[1:].mean() <= target and not breach[0]:
             return r
     return None
@@ -548,6 +593,7 @@ def _load_test_without_traffic(ctx: SimulationContext, sc: Scenario, fit: Capaci
         "bottleneck": bottleneck, "interval": [None, None], "request_rate_interval": None,
         "bottleneck_probability": breach_p,
         "max_multiplier": sc.max_multiplier,
+        "required_multiplier": sc.required_multiplier,
     }
     projected: dict[str, Any] = {"traffic_multiplier": np.array([1.0, sc.max_multiplier]),
                                  "request_rate": np.zeros(2)}
@@ -606,7 +652,8 @@ def _load_test(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws,
         brk = np.full(d.size, np.inf)
         which = np.zeros(d.size, dtype=int)
     names = list(limits)
-    p_fail = float(np.mean(np.isfinite(brk[1:])))
+    # failing = breaking below the headroom the service must have, not "somewhere below max_multiplier"
+    p_fail = float(np.mean(brk[1:] < sc.required_multiplier))
     lo, hi = (float(x) for x in np.quantile(brk[1:], INTERVAL, method="inverted_cdf"))
     point = float(brk[0])
     bottleneck = BOTTLENECK[names[int(which[0])]] if names and math.isfinite(point) else None
@@ -624,6 +671,7 @@ def _load_test(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws,
                                   if fit.has_rate else None),
         "bottleneck_probability": shares,
         "max_multiplier": sc.max_multiplier,
+        "required_multiplier": sc.required_multiplier,
     }
     # projections along the ramp, up to a bit past the break
     top = min(sc.max_multiplier, 1.5 * point) if math.isfinite(point) else sc.max_multiplier
@@ -636,8 +684,9 @@ def _load_test(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws,
     for m, v in proj.items():
         plo, phi = _q(v[1:, sel])
         projected[m] = {"value": v[0, sel], "lower": plo, "upper": phi, "limit": limits.get(m)}
-    breach_p = {BOTTLENECK[m]: float(np.mean(np.isfinite(first[m][1:]))) for m in limits}
-    recs = _with_note(model_fit, _load_test_recommendations(ctx, fit, d, point, lo, hi, bottleneck, sc))
+    # per metric, like failure_probability: the chance that this limit breaks below the required multiple
+    breach_p = {BOTTLENECK[m]: float(np.mean(first[m][1:] < sc.required_multiplier)) for m in limits}
+    recs = _with_note(model_fit, _load_test_recommendations(fit, point, lo, hi, bottleneck, sc, p_fail))
     return SimulationResult(
         scenario=sc.describe(), failure_probability=p_fail, will_likely_fail=p_fail >= 0.5,
         projected_metrics=projected, time_to_first_breach_s=None, breaking_point=breaking,
@@ -646,17 +695,23 @@ def _load_test(ctx: SimulationContext, sc: Scenario, fit: CapacityFit, d: Draws,
     )
 
 
-def _load_test_recommendations(ctx: SimulationContext, fit: CapacityFit, d: Draws, point: float, lo: float,
-                               hi: float, bottleneck: str | None, sc: Scenario) -> list[str]:
+def _load_test_recommendations(fit: CapacityFit, point: float, lo: float, hi: float, bottleneck: str | None,
+                               sc: Scenario, p_fail: float) -> list[str]:
     recs: list[str] = []
+    need = f"the required {_fmt(sc.required_multiplier)}x current traffic{_rate_text(fit, sc.required_multiplier)}"
     if not math.isfinite(point):
         recs.append(f"No limit breaks up to {_fmt(sc.max_multiplier)}x current traffic"
                     f"{_rate_text(fit, sc.max_multiplier)}.")
     else:
         recs.append(f"Breaks at {_fmt(point)}x current traffic{_rate_text(fit, point)}, 90% interval "
                     f"{_interval_text(lo, hi, sc.max_multiplier)}; the bottleneck is {bottleneck}.")
+    recs.append(f"Failure probability {_percent(p_fail)}: the chance that it breaks below {need}.")
+    if math.isfinite(point):
         if point < 1.0:
             recs.append("A limit is already breached at the current load: act now.")
+        elif point < sc.required_multiplier:
+            recs.append(f"The breaking point is below {need}: add about {_fmt(sc.required_multiplier / point)}x "
+                        f"the current capacity ({bottleneck} is the bottleneck) before traffic grows.")
         else:
             safe = 0.7 * point
             recs.append(f"Scale out before traffic reaches {_fmt(safe)}x{_rate_text(fit, safe)} "
@@ -788,24 +843,26 @@ def _timeline_recommendations(ctx: SimulationContext, sc: Scenario, fit: Capacit
             else f"losing {sc.replicas_lost} of {sc.replicas} replicas" if sc.replicas_lost
             else "the fault")
     if peaks:
-        recs.append(f"At {what}: peak {peaks}; failure probability {100 * p_fail:.0f}%.")
+        recs.append(f"At {what}: peak {peaks}; failure probability {_percent(p_fail)}.")
     cols = _pick(lam.shape[1])
     ref_t = {m: ref[m][:, cols] for m in ref}
     lam_t, lam_ref_t = lam[:, cols], lam_ref[:, cols]
     replicas = ctx.replicas or 1
+    at_risk = bool(worst) or p_fail >= TARGET_P
+    if at_risk and not worst:
+        recs.append(_uncertainty_text(proj, limits, p_fail))
     if fit.zero_traffic and worst:
         which = " and ".join(LABEL[m] for m in worst)
         recs.append(f"{which[0].upper()}{which[1:]} {'is' if len(worst) == 1 else 'are'} over the limit with no "
                     "traffic at all: not load-driven, so more replicas will not help.")
-    elif sc.type == "traffic_spike" and (worst or p_fail >= 0.1):
+    elif sc.type == "traffic_spike" and at_risk:
         need = _replicas_needed(fit, d, ctx, lam_t, lam_ref_t, ref_t, replicas)
-        keep = " and ".join(f"{_quantile_name(fit) + ' latency' if m == LATENCY else LABEL[m]} under "
-                            f"{_metric_value(m, limits[m])}" for m in (worst or list(limits)))
+        goal = (f"keep {_keep_text(fit, worst, limits)}" if worst
+                else f"bring the failure probability under {_percent(TARGET_P)}")
         if need is None:
-            recs.append(f"Adding replicas does not keep {keep} at {what}: the limit is not load-driven or "
-                        "needs more than 64x capacity.")
+            recs.append(_no_replicas_text(fit, d, limits, lam_t, lam_ref_t, ref_t, goal, what))
         elif need > replicas:
-            recs.append(f"Add {need - replicas} replica(s) ({replicas} → {need}) to keep {keep} at {what}"
+            recs.append(f"Add {need - replicas} replica(s) ({replicas} → {need}) to {goal} at {what}"
                         f"{_rate_text(fit, sc.multiplier)}.")
     if sc.type == "failure_injection":
         survivors = sc.replicas - sc.replicas_lost
@@ -814,7 +871,7 @@ def _timeline_recommendations(ctx: SimulationContext, sc: Scenario, fit: Capacit
         if fit.has_rate and not fit.zero_traffic:
             recs.append(f"Capacity during the fault ≈ {_fmt(cap_during)} req/s against "
                         f"{_fmt(sc.multiplier * fit.rate_now)} req/s of traffic.")
-        if worst or p_fail >= 0.1:
+        if at_risk:
             if sc.replicas_lost and not fit.zero_traffic:
                 need = _replicas_needed(fit, d, ctx, lam_t * sc.replicas / survivors, lam_ref_t, ref_t,
                                         sc.replicas)
@@ -833,8 +890,50 @@ def _timeline_recommendations(ctx: SimulationContext, sc: Scenario, fit: Capacit
         else:
             recs.append("The service does not recover after the fault within the projection: its baseline "
                         "itself breaches a limit.")
-    if not worst and p_fail < 0.1:
+    if not at_risk:
         recs.append("No action needed for this scenario.")
     if not fit.trustworthy and not fit.zero_traffic:     # at zero traffic the capacity model is not used
         recs.append(f"The capacity model is not trustworthy ({fit.reason}); bounds were widened.")
     return recs
+
+
+def _keep_text(fit: CapacityFit, metrics: list[str], limits: Mapping[str, float]) -> str:
+    """"p99 latency under 120 ms and memory under 90.0%"."""
+    return " and ".join(f"{_quantile_name(fit) + ' latency' if m == LATENCY else LABEL[m]} under "
+                        f"{_metric_value(m, limits[m])}" for m in metrics)
+
+
+def _uncertainty_text(proj: Mapping[str, F64], limits: Mapping[str, float], p_fail: float) -> str:
+    """Every point projection is under its limit, yet some draws breach: say which metrics, how often, how far.
+
+    The risk then lives in the uncertainty (a forecast interval, the capacity fit), and a reader must see
+    where, or the failure probability contradicts the numbers printed next to it.
+    """
+    share = {m: float(np.mean((proj[m][1:] > lim).any(axis=1))) for m, lim in limits.items()}
+    drivers = sorted((m for m in limits if share[m] > 0), key=lambda m: -share[m])
+    parts = []
+    for m in drivers:
+        high = float(np.quantile(proj[m][1:].max(axis=1), INTERVAL[1], method="inverted_cdf"))
+        bound = f" (its peak's 90% interval reaches {_metric_value(m, high)})" if high > limits[m] else ""
+        parts.append(f"{LABEL[m]} goes over {_metric_value(m, limits[m])} in {_percent(share[m])} of the "
+                     f"draws{bound}")
+    return (f"Every projected peak is under its limit; the {_percent(p_fail)} failure probability comes from "
+            f"the uncertainty around them: {'; '.join(parts)}.")
+
+
+def _no_replicas_text(fit: CapacityFit, d: Draws, limits: Mapping[str, float], lam: F64, lam_ref: F64,
+                      ref: Mapping[str, F64], goal: str, what: str) -> str:
+    """Why no number of replicas reaches the goal: the metrics that still breach with 64x the capacity.
+
+    Those breaches do not come from the traffic (a forecast that reaches the limit by itself, or its interval),
+    so they are named with how often they remain; only when none remains is more than 64x capacity the answer.
+    """
+    left = _breaches(fit, d, limits, lam, lam_ref, ref, 1.0 / MAX_SCALE)
+    stays = sorted((m for m in left if left[m][0] or left[m][1:].mean() > 0), key=lambda m: -left[m][1:].mean())
+    if not stays:
+        return f"Adding replicas does not {goal} at {what}: it needs more than {MAX_SCALE}x the current capacity."
+    parts = " and ".join(f"{LABEL[m]} (in {_percent(float(left[m][1:].mean()))} of the draws)" for m in stays)
+    one = len(stays) == 1
+    return (f"Adding replicas does not {goal} at {what}: {parts} still {'goes' if one else 'go'} over "
+            f"{'its limit' if one else 'their limits'} with {MAX_SCALE}x the capacity, so that risk is not "
+            f"load-driven: {'its' if one else 'their'} own forecast or its interval reaches the limit.")
