@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from .engine.expected import check_expected_value
+from .engine.expected import check_expected_value, check_limit_value
 from .engine.records import SystemType
-from .errors import ConfigError, ExpectedStateError, ScenarioError
+from .errors import ConfigError, ExpectedStateError, LimitError, ScenarioError
 
 #: Scenario types the engine knows; the simulation validates their parameters.
 SCENARIO_TYPES: tuple[str, ...] = ("traffic_spike", "failure_injection", "load_test")
@@ -149,9 +149,11 @@ MAX_COMMIT_WAIT_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class RetiredConfig:
-    """How long and how many retired discovered twins are kept in memory, to come back as they were."""
+    """Retired discovered twins are kept (in memory, and in the store across a restart) for a while, to come
+    back as they were: how long, and how many."""
 
-    keep_for_s: float = 3600.0                 # 0: not kept (a returning series starts a fresh twin)
+    keep_for_s: float = 3600.0                 # kept (in memory, and in the store across a restart) this long;
+                                               # 0: not kept (a returning series starts a fresh twin)
     keep_max: int = 500                        # ~140 KB each with four metrics and 1,000 samples of history
 
 
@@ -578,9 +580,10 @@ def parsed_result_type_problem(expr: Any) -> str | None:
 
 
 def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool,
-                expected: bool = False) -> dict[str, float]:
+                expected: bool = False, limit: bool = False) -> dict[str, float]:
     """metric -> number for this twin's metrics; ``expected`` values also by the engine's expected-state
-    rules (a core metric's cannot be negative), so the file refuses what the engine and the API refuse."""
+    rules (a core metric's cannot be negative), ``limit`` values by its limit rules (a core metric's above 0,
+    a share at most its whole), so the file refuses what those rules refuse."""
     m = r.mapping(name)
     if m is None:
         return {}
@@ -595,6 +598,11 @@ def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: 
             try:
                 check_expected_value(metric, _scalar(v), allow_null=False)
             except ExpectedStateError as exc:
+                raise m.error(v, m.key(metric), exc.detail) from exc
+        if limit:
+            try:
+                check_limit_value(metric, _scalar(v))
+            except LimitError as exc:
                 raise m.error(v, m.key(metric), exc.detail) from exc
     return out
 
@@ -650,7 +658,7 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
         name_labels=tuple(name_labels), request_rate=request_rate,
         expected=MappingProxyType(_metric_map(r, "expected", all_metrics, positive=False, expected=True)),
         thresholds=MappingProxyType(_metric_map(r, "thresholds", all_metrics, positive=True)),
-        limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False)),
+        limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False, limit=True)),
         horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,
         replicas=r.int_("replicas", None), workers=r.int_("workers", None),
         auto_correction=r.bool_("auto_correction", True), line=node.start_mark.line + 1)

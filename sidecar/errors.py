@@ -6,7 +6,8 @@ family they care about and the message always names what and where::
     SidecarError
     ├── ConfigError          bad YAML rules: file, line, key, what was expected
     ├── InputError           bad data handed to the engine or the CLI (file:line)
-    │   └── ExpectedStateError   an expected-state entry the engine refuses (carries the metric)
+    │   ├── ExpectedStateError   an expected-state entry the engine refuses (carries the metric)
+    │   └── LimitError           a limit the engine refuses (carries the metric)
     ├── EngineError
     │   ├── UnknownTwinError     no twin with that id/name
     │   ├── UnknownSnapshotError no snapshot with that id for that twin
@@ -61,6 +62,23 @@ class ExpectedStateError(InputError):
             shown = shown[:77] + "..."
         where = f"expected state {field!r} = {shown}" if field is not None else f"expected state metric name {shown}"
         super().__init__(f"{where}: {detail}")
+        self.field = field
+        self.value = value
+        self.detail = detail
+
+
+class LimitError(InputError):
+    """A limit the engine refuses: a core metric's at or below 0, a percentage's above 100, one not finite.
+
+    Like :class:`ExpectedStateError` it carries the metric key as written (``field``), the value and the reason
+    (``detail``), so the rules file says ``file:line: twins[0].limits.cpu_usage: ...`` from the fields.
+    """
+
+    def __init__(self, detail: str, *, field: str, value: object) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"limit {field!r} = {shown}: {detail}")
         self.field = field
         self.value = value
         self.detail = detail

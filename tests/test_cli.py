@@ -22,7 +22,7 @@ twins:
   - name: ramp
     metrics:
       cpu_usage: '{query}'
-    limits: {{cpu_usage: 400}}
+    limits: {{cpu_usage: 100}}
     replicas: 2
 """)
     return p

@@ -9,6 +9,13 @@ longer has a series for. Design-era keys (``latency_ms``) count as the metric th
 Errors are :class:`~sidecar.errors.ExpectedStateError`: an ``InputError`` that carries the key as given,
 the value and the reason, so each caller words its own location (``field 'x'`` in the API, ``file:line: key``
 in the rules file) from the fields rather than from the message.
+
+A limit follows the same core-metric rules, stricter (:func:`check_limit_value`, errors
+:class:`~sidecar.errors.LimitError`): a core metric's limit must be above 0 — at or below 0 it is breached by
+every sample, so the time to breach is 0 forever while health says nothing is wrong — and the shares (CPU and
+memory in percent, the error rate a fraction) cannot have a limit above their whole, which no sample reaches
+(the simulation and the capacity model read 100% CPU as saturation). A custom metric may be negative (a
+temperature), so its limit need only be finite.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ..errors import ExpectedStateError
+from ..errors import ExpectedStateError, LimitError
 from .records import CORE_METRICS, canonical_metric
 
 
@@ -75,3 +82,28 @@ def canonical_expected(values: Mapping[str, float | None]) -> tuple[dict[str, fl
     sets = {canonical_metric(k): v for k, v in values.items() if v is not None}
     clears = [canonical_metric(k) for k, v in values.items() if v is None]
     return sets, clears
+
+
+#: The whole of each core metric that is a share: no sample is above it, so neither may a limit be.
+SHARE_MAXIMUM: Mapping[str, tuple[float, str]] = {
+    "cpu_usage": (100.0, "a percentage of the CPU the service may use (100 is saturation)"),
+    "memory_usage": (100.0, "a percentage of the memory the service may use"),
+    "error_rate": (1.0, "a fraction of the requests (0.05 is 5%)"),
+}
+
+
+def check_limit_value(key: str, value: Any) -> float:
+    """A limit as a float, or :class:`LimitError` naming ``key`` (as given; checked by its canonical name)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        raise LimitError(f"expected a finite number, got {value_kind(value)}", field=key, value=value)
+    metric = canonical_metric(key)
+    if metric not in CORE_METRICS:
+        return float(value)
+    if value <= 0:
+        raise LimitError(f"expected a number > 0, got {value}: a {metric} limit at or below 0 is breached by "
+                         "every sample", field=key, value=value)
+    whole = SHARE_MAXIMUM.get(metric)
+    if whole is not None and value > whole[0]:
+        raise LimitError(f"expected a number <= {whole[0]:g}, got {value}: {metric} is {whole[1]}, so a limit "
+                         "above it is never reached", field=key, value=value)
+    return float(value)
