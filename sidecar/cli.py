@@ -186,6 +186,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
 
 async def _range(url: str, query: str, start: float, end: float, step_text: str) -> tuple[np.ndarray, np.ndarray]:
     from .config import PrometheusConfig, parse_duration
+    from .engine.records import iso
     from .prometheus import PrometheusClient
 
     if end <= start:
@@ -201,6 +202,10 @@ async def _range(url: str, query: str, start: float, end: float, step_text: str)
         m = await client.query_range(query, start, end, step)
     finally:
         await client.aclose()
+    if len(m) == 0:
+        # "aggregate it" is the advice for several series; none means the selector matches nothing in the range
+        raise InputError(f"--query {query!r} returned no series between {iso(start)} and {iso(end)}: check its "
+                         "selector (metric name and labels) and that Prometheus holds data for that range")
     if len(m) != 1:
         raise InputError(f"--query must return exactly one series, got {len(m)}: aggregate it (e.g. sum(...))")
     return m.times, m.values[0]
