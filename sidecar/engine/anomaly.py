@@ -45,6 +45,7 @@ feature) and vectorised across series; memory is fixed, about 1.3 kB per series.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -74,6 +75,14 @@ _DAY_S = 86400.0
 # instead of being mapped afresh every tick
 _CHUNK = 4096
 _FEW = 1024  # histograms below which one cumulative sum is cheaper than a pass per bin
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """One update's scores per sample, both in [0, 1] (0 while a series warms up)."""
+
+    score: F64      # the anomaly score: 1 - p, with one alert per incident
+    surprise: F64   # 1 - p as is: how unusual this sample is for its series
 
 
 class AnomalyBank:
@@ -192,7 +201,18 @@ class AnomalyBank:
 
     def update(self, idx: I64, t: F64, y: F64, expected: F64, lower: F64, upper: F64,
                scale: F64, learn: F64 | None = None) -> F64:
-        """Score one new sample per listed series and learn from it; returns scores in [0, 1].
+        """Score one new sample per listed series and learn from it; returns scores in [0, 1]
+        (`Scores.score` of `score_and_learn`)."""
+        return self.score_and_learn(idx, t, y, expected, lower, upper, scale, learn).score
+
+    def score_and_learn(self, idx: I64, t: F64, y: F64, expected: F64, lower: F64, upper: F64,
+                        scale: F64, learn: F64 | None = None) -> Scores:
+        """Score one new sample per listed series and learn from it.
+
+        ``Scores.score`` is the anomaly score (one alert per incident applied); ``Scores.surprise`` is
+        the same ``1 - p`` before that rule, for a caller that asks "is this sample surprising?" of every
+        sample of a lasting change (the divergence of a learned expectation: halving every sample after
+        the first would close it after one sample).
 
         ``t`` (Unix seconds) only places the sample in its day, for the daily habits; every
         other memory is counted in samples, so the score means the same at any scrape
@@ -206,23 +226,25 @@ class AnomalyBank:
         idx = np.asarray(idx, dtype=np.int64)
         x = np.asarray(y, dtype=np.float64)
         if idx.size > _CHUNK:  # series never interact: a cache-sized block at a time is the same, and faster
-            out = np.empty(idx.size)
+            out, raw = np.empty(idx.size), np.empty(idx.size)
             for a in range(0, idx.size, _CHUNK):
                 c = slice(a, a + _CHUNK)
-                out[c] = self.update(idx[c], np.asarray(t)[c], x[c], np.asarray(expected)[c],
-                                     np.asarray(lower)[c], np.asarray(upper)[c], np.asarray(scale)[c],
-                                     None if learn is None else np.asarray(learn)[c])
-            return out
+                part = self.score_and_learn(idx[c], np.asarray(t)[c], x[c], np.asarray(expected)[c],
+                                            np.asarray(lower)[c], np.asarray(upper)[c], np.asarray(scale)[c],
+                                            None if learn is None else np.asarray(learn)[c])
+                out[c], raw[c] = part.score, part.surprise
+            return Scores(out, raw)
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
             raise IndexError(f"series index out of range 0..{self._n - 1}")
         finite = np.isfinite(x)
         if not finite.all():  # callers send finite values; a stray NaN must not poison a series' state
-            out = np.zeros(idx.size)
+            out, raw = np.zeros(idx.size), np.zeros(idx.size)
             keep = np.flatnonzero(finite)
-            out[keep] = self.update(idx[keep], np.asarray(t)[keep], x[keep], np.asarray(expected)[keep],
-                                    np.asarray(lower)[keep], np.asarray(upper)[keep], np.asarray(scale)[keep],
-                                    None if learn is None else np.asarray(learn)[keep])
-            return out
+            part = self.score_and_learn(idx[keep], np.asarray(t)[keep], x[keep], np.asarray(expected)[keep],
+                                        np.asarray(lower)[keep], np.asarray(upper)[keep], np.asarray(scale)[keep],
+                                        None if learn is None else np.asarray(learn)[keep])
+            out[keep], raw[keep] = part.score, part.surprise
+            return Scores(out, raw)
         f = self._f
         cnt = self._i["count"][idx]
         first = cnt == 0
@@ -321,7 +343,7 @@ class AnomalyBank:
             today[cells] = np.maximum(today[cells], np.where(timed, np.abs(xs - loc), -1.0)[:, None])
 
         score = np.where(warm, 1.0 - p_min, 0.0)
-        return self._one_alert_per_incident(idx, score)
+        return Scores(self._one_alert_per_incident(idx, score), np.clip(score, 0.0, 1.0))
 
     def _daily_cells(self, idx: I64, t: F64, timed: NDArray[np.bool_]) -> I64 | None:
         """Flat indices of each sample's time-of-day bin and its two neighbours (column 1 is its own),

@@ -371,13 +371,15 @@ class Engine:
                 quiet: bool) -> None:
         self.series.append(idx, t, y)
         exp = self.predictor.update(idx, t, y)
-        self.anomaly_score[idx] = self.anomaly.update(idx, t, y, exp.expected, exp.lower, exp.upper, exp.scale,
-                                                     exp.learned)
+        scores = self.anomaly.score_and_learn(idx, t, y, exp.expected, exp.lower, exp.upper, exp.scale,
+                                              exp.learned)
+        self.anomaly_score[idx] = scores.score
         manual_e = self.manual_expected[idx]
         manual = np.isfinite(manual_e)
         e = np.where(manual, manual_e, exp.expected)
         div = self.detector.compute(y, e, exp.lower, exp.upper, manual, self.threshold[idx],
-                                    divergence_floor(exp.scale, self.limit[idx]))
+                                    divergence_floor(exp.scale, self.limit[idx], exp.tail), exp.tail,
+                                    scores.surprise)
         self.expected[idx] = e
         self.div_ratio[idx] = div.ratio
         self.div_pct[idx] = div.percent

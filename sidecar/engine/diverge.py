@@ -1,17 +1,22 @@
 """Divergence: how far the actual state is from the expected one.
 
 Expected values come from the user (``set_expected_state``) or, when none
-is set, from the twin's own forecast for *now* made from earlier data. With a
-learned expectation a sample must also fall outside the forecast interval to
-diverge, so ordinary noise around a noisy series never raises an alert.
+is set, from the twin's own forecast for *now* made from earlier data.
 
 The percent is taken relative to |expected|, but never to less than a floor: four of the
-series' typical one-step changes, or 2 % of the metric's limit, whichever is larger —
-so an expectation of zero (an error rate, a quiet queue) does not turn noise into
-billions of percent.
+series' typical one-step changes, the 99th percentile of its recent one-step changes, or 2 %
+of the metric's limit, whichever is larger — so an expectation of zero (an error rate, a
+quiet queue, 0-2 requests in flight) does not turn noise into billions of percent.
 
-Severity follows the design: divergence > 75 % critical, > 50 % high,
-> 25 % medium, otherwise low (only once the metric's threshold is exceeded).
+Severity follows the design: divergence > 75 % critical, > 50 % high, > 25 % medium,
+otherwise low (only once the metric's threshold is exceeded). That is all for a hand-set
+expectation: the user said what the value should be. A learned expectation only says what
+was usual, so a sample diverges from it only as far as it is unusual for its series: it
+must also lie outside the forecast interval, exceed the 99th percentile of the series'
+recent one-step errors, and be surprising to the anomaly detector, and the severity is
+capped by how far beyond that percentile it lies and by how surprising it is
+(`learned_band`). Noise of a small-integer gauge is 100 % of its expectation every other
+sample; it is not an incident.
 """
 
 from __future__ import annotations
@@ -31,13 +36,55 @@ NOISE_UNITS = 4.0
 LIMIT_SHARE = 0.02
 
 
-def divergence_floor(scale: np.ndarray, limit: np.ndarray) -> np.ndarray:
-    """Smallest |expected| a divergence percent is taken relative to (0 where nothing is known)."""
+#: For a learned expectation, bands of u = |actual - expected| / tail, the sample's one-step error over the 99th
+#: percentile of the series' recent ones (`Expectation.tail`): u <= 1 is the series' ordinary noise and does
+#: not diverge; above 1, 2, 3, 4 it may be low, medium, high, critical.
+TAIL_BANDS = (1.0, 2.0, 3.0, 4.0)
+#: ... and of its `surprise` (1 - p, the anomaly bank's score before its one-alert-per-incident rule): below
+#: 0.9 it does not diverge; from 0.9 it may be low, from 0.95 medium, and from 0.99 (the anomaly bank's alert
+#: level: the series' own history calls it an anomaly) high or critical.
+SURPRISE_BANDS = (0.9, 0.95, 0.99, 0.99)
+
+
+def divergence_floor(scale: np.ndarray, limit: np.ndarray, tail: np.ndarray | None = None) -> np.ndarray:
+    """Smallest |expected| a divergence percent is taken relative to (0 where nothing is known).
+
+    `tail` (the forecaster's `Expectation.tail`, the 99th percentile of recent one-step errors) holds where
+    `scale` does not: `scale` is a mean of the errors that forgets in about 20 samples, so on a gauge that is
+    mostly 0 (requests in flight) it falls to almost nothing between two moves and a 1 read "100 billion
+    percent" off; one move in a hundred is a whole unit, and `tail` forgets over hundreds of samples."""
     with np.errstate(invalid="ignore"):
         noise = np.where(np.isfinite(scale) & (scale > 0), NOISE_UNITS * scale, 0.0)
         share = np.where(np.isfinite(limit) & (limit > 0), LIMIT_SHARE * np.abs(limit), 0.0)
-    out: np.ndarray = np.maximum(noise, share)
+        out: np.ndarray = np.maximum(noise, share)
+        if tail is not None:
+            out = np.maximum(out, np.where(np.isfinite(tail) & (tail > 0), tail, 0.0))
     return out
+
+
+def _band(x: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """How many of the ascending `edges` x is above (0..4; NaN counts as 0)."""
+    v = np.where(np.isfinite(x), x, -np.inf)
+    out: np.ndarray = (v[..., None] > np.asarray(edges)).sum(axis=-1).astype(np.int8)
+    return out
+
+
+def learned_band(actual: np.ndarray, expected: np.ndarray, tail: np.ndarray | None,
+                 surprise: np.ndarray | None) -> np.ndarray:
+    """Highest severity code (0..4) a sample may have against a learned expectation: the lower of what its
+    size against the series' usual moves (`TAIL_BANDS`) and its surprise (`SURPRISE_BANDS`) allow. Without a
+    yardstick yet (NaN tail: every one-step error so far was 0) the size allows anything."""
+    allowed = np.full(np.shape(actual), 4, np.int8)
+    if tail is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = np.abs(actual - expected) / tail
+        allowed = np.where(np.isfinite(tail) & (tail > 0), _band(u, TAIL_BANDS), allowed).astype(np.int8)
+    if surprise is not None:
+        # `surprise >= edge`, as a score of exactly 0.999 is "one in a thousand"
+        s = np.asarray(surprise, np.float64)
+        allowed = np.minimum(allowed, _band(np.nextafter(s, np.inf), SURPRISE_BANDS)).astype(np.int8)
+    return allowed
+
 
 RECOMMENDATIONS: dict[str, str] = {
     "cpu": "Scale horizontally or investigate CPU-intensive processes",
@@ -62,20 +109,34 @@ class DivergenceDetector:
     """Vectorised divergence of actual vs expected values."""
 
     def compute(self, actual: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                manual: np.ndarray, threshold_pct: np.ndarray, floor: np.ndarray | None = None) -> Divergence:
+                manual: np.ndarray, threshold_pct: np.ndarray, floor: np.ndarray | None = None,
+                tail: np.ndarray | None = None, surprise: np.ndarray | None = None) -> Divergence:
         """`floor` (see `divergence_floor`): per sample, the smallest denominator; a percent of a value near
-        zero is otherwise noise divided by almost nothing."""
+        zero is otherwise noise divided by almost nothing.
+
+        `tail` and `surprise` (see `learned_band`) judge the learned expectations: the twin learned only what
+        is usual, so a sample diverges from it as far as it is unusual for its series, not as far as it is a
+        large share of a small number (a gauge of 0-3 requests in flight is 100 % off its expectation every
+        other sample). A hand-set expectation is the user's statement: judged on the percent alone."""
         den = np.maximum(np.abs(expected), EXPECTED_FLOOR)
         if floor is not None:
             den = np.maximum(den, np.where(np.isfinite(floor), floor, 0.0))
         with np.errstate(invalid="ignore"):
             diff = actual - expected
             ratio = diff / den
+            # a learned expectation of about 0 for a series that never varied (each forecast so far exact, no
+            # limit) gives no yardstick: its first move is as unknown a share as it is large (not 1e11 %); the
+            # next sample has a scale. A hand-set 0 keeps the finite floor: the user said "exactly 0".
+            ratio = np.where(~manual & (den <= EXPECTED_FLOOR) & (diff != 0), np.nan, ratio)
             percent = np.abs(ratio) * 100.0
             outside = (actual < lower) | (actual > upper)
             gate = np.where(manual, True, outside)
             diverging = (percent > threshold_pct) & gate & np.isfinite(percent)
         sev = (1 + (percent > 25.0).astype(np.int8) + (percent > 50.0) + (percent > 75.0)).astype(np.int8)
+        if tail is not None or surprise is not None:
+            allowed = np.where(manual, 4, learned_band(actual, expected, tail, surprise))
+            diverging &= allowed > 0
+            sev = np.minimum(sev, allowed).astype(np.int8)
         severity = np.where(diverging, sev, 0).astype(np.int8)
         return Divergence(percent=percent, ratio=ratio, diverging=diverging, severity=severity)
 

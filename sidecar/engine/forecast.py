@@ -17,8 +17,12 @@ How a forecast is made, per series and horizon h:
   * the interval is the chosen forecast plus online quantiles (`level` centred) of the
     bank's own recent out-of-sample errors at that horizon, tracked in O(1) per score
     (quantile tracking, as in conformal PID control), so coverage holds without any
-    distribution assumption; `confidence` is the recent hit rate of those intervals,
-    shrunk toward `level` while few have been scored.
+    distribution assumption; until a horizon has been scored, the wider of the one-step
+    interval times sqrt(steps) and the longest scored shorter horizon's, scaled by the
+    horizon ratio;
+  * `confidence` is the measured hit rate of the intervals at that horizon, with the weight
+    of two pseudo-forecasts at 0.5 (one hit, one miss): 0.5 before any was scored, never the
+    nominal `level` without evidence.
 
 Pending predictions are kept in a small ring per series and horizon (`queue` entries,
 issued at most every h/queue seconds), which bounds memory whatever the sampling rate.
@@ -41,7 +45,10 @@ _ERR_RATE = 0.007  # forgetting of the running backtest errors (about the last 1
 _SCALE_RATE = 0.05  # forgetting of the one-step error scale
 _Q_RATE = 0.3  # step of the quantile trackers, in units of the recent absolute error
 _HIT_RATE = 0.02  # forgetting of the interval hit rate
-_CONF_PRIOR = 20.0  # pseudo-count pulling `confidence` toward `level`
+_TAIL_LEVEL = 0.99  # the one-step error size tracked as a series' yardstick of an unusual move ...
+_TAIL_STEP = 0.5  # ... in log steps: x1.64 when an error exceeds it, x0.995 (half-life 139 samples) when not
+_CONF_PRIOR = 2.0  # pseudo-counts of the uninformed prior (one hit, one miss) of `confidence`
+_CONF_PRIOR_RATE = 0.5  # what `confidence` is before any forecast at a horizon was scored: no evidence either way
 _MIN_SCORED = 5  # scores a model needs at a horizon before it can be chosen
 _TOP = 3  # forecasts averaged per series and horizon
 _TEMP = 0.05  # how fast a model's weight falls with its recent error relative to the best one's
@@ -78,6 +85,7 @@ class Expectation:
     lower: np.ndarray  # (k,) interval at `level`
     upper: np.ndarray
     scale: np.ndarray  # (k,) robust scale of recent one-step errors (>0, NaN if unknown)
+    tail: np.ndarray  # (k,) the 99th percentile of recent |one-step errors| (>0, NaN until one was not 0)
     learned: np.ndarray | None = None  # (k,) the value the models learned: the sample, or a lone glitch held back
 
 
@@ -156,6 +164,7 @@ class ForecastBank:
             "scale1": Field((), np.float64, np.nan),
             "q1lo": Field((), np.float64, np.nan),
             "q1hi": Field((), np.float64, np.nan),
+            "q1tail": Field((), np.float64, np.nan),
             # per-horizon backtest
             "mae": Field((M, H), np.float64, np.nan),
             "cnt": Field((M, H), f32, 0.0),
@@ -237,7 +246,7 @@ class ForecastBank:
         exp = self._expect(i, y, seen, y_prev, gap_dt, dt_prev, gap)
         self._score_pending(i, t, y, dt_prev)
         y = self._hold_glitches(i, y, exp, gap)
-        exp = Expectation(exp.expected, exp.lower, exp.upper, exp.scale, y)
+        exp = Expectation(exp.expected, exp.lower, exp.upper, exp.scale, exp.tail, y)
 
         # sampling interval: first interval, then a forgetting mean that ignores gaps
         second = n_prev == 1
@@ -352,7 +361,7 @@ class ForecastBank:
         k = i.size
         nan = np.full(k, np.nan)
         if not seen.any():
-            return Expectation(nan, nan.copy(), nan.copy(), nan.copy())
+            return Expectation(nan, nan.copy(), nan.copy(), nan.copy(), nan.copy())
         pred1 = c["pred1"][i]  # (k, M)
         mae1, cnt1 = c["mae1"][i], c["cnt1"][i]
         choice = self._choose(mae1, cnt1, pred1)
@@ -361,11 +370,12 @@ class ForecastBank:
         # after a gap the one-interval forecast is stale: the level before the gap, a wider interval
         widen = np.where(gap, np.sqrt(gap_dt / np.where(np.isfinite(dt_prev), dt_prev, 1.0)), 1.0)
         e_hat = np.where(gap, y_prev, e_hat)
-        q1lo, q1hi, sc = c["q1lo"][i], c["q1hi"][i], c["scale1"][i]
+        q1lo, q1hi, sc, tl = c["q1lo"][i], c["q1hi"][i], c["scale1"][i], c["q1tail"][i]
         expected = np.where(seen, e_hat, np.nan)
         lower = expected + np.minimum(q1lo, 0.0) * widen
         upper = expected + np.maximum(q1hi, 0.0) * widen
         scale = np.where(seen & (sc > 0), sc, np.nan)
+        tail = np.where(seen & (tl > 0), tl * widen, np.nan)
 
         ok = seen & ~gap
         if ok.any():
@@ -394,7 +404,22 @@ class ForecastBank:
             lo, hi = self._track_quantiles(q1lo[o], q1hi[o], e, sc1, c1)
             c["q1lo"][oi] = lo
             c["q1hi"][oi] = hi
-        return Expectation(expected, lower, upper, scale)
+            c["q1tail"][oi] = self._track_tail(tl[o], ae)
+        return Expectation(expected, lower, upper, scale, tail)
+
+    @staticmethod
+    def _track_tail(tail: F64, ae: F64) -> F64:
+        """One step of tracking the _TAIL_LEVEL quantile of |one-step errors|, in log space.
+
+        A yardstick for "how unusual is this move for this series" that a gauge of a few integers cannot
+        shrink to nothing: its 90 % interval lies in the gap between 0 and 1 when most errors are 0, while 1 %
+        of its moves are a whole unit. Multiplicative steps settle within a few exceedances from any start
+        (the first error that is not 0), and one huge error raises it only 1.64 times."""
+        fresh = ~(tail > 0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            step = np.exp(_TAIL_STEP * (np.where(ae > tail, 1.0, 0.0) - (1.0 - _TAIL_LEVEL)))
+            out: F64 = np.where(fresh, np.where(ae > 0, ae, np.nan), tail * step)
+        return out
 
     def _track_quantiles(self, lo: F64, hi: F64, e: F64, scale: F64, count: F64) -> tuple[F64, F64]:
         """One step of online quantile tracking of the errors at (1-level)/2 and (1+level)/2.
@@ -518,12 +543,7 @@ class ForecastBank:
         ph = preds[:, :, 1:]
         mean, choice = self._combine(c["mae"][i], c["cnt"][i], ph)
         mean = np.where(np.isfinite(mean), mean, now.y[:, None])
-        qlo, qhi = c["qlo"][i], c["qhi"][i]
-        # before a horizon has been scored: widen the one-step interval with the square root of the steps
-        steps = np.sqrt(np.maximum(hs[:, 1:] / np.where(np.isfinite(dt) & (dt > 0), dt, np.inf)[:, None], 1.0))
-        unscored = ~np.isfinite(qlo)
-        lo = np.where(unscored, c["q1lo"][i][:, None] * steps, qlo)
-        hi = np.where(unscored, c["q1hi"][i][:, None] * steps, qhi)
+        lo, hi = self._interval(c["qlo"][i], c["qhi"][i], c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt)
         c["fmean"][i] = mean
         c["flo"][i] = mean + np.minimum(lo, 0.0)
         c["fhi"][i] = mean + np.maximum(hi, 0.0)
@@ -536,6 +556,31 @@ class ForecastBank:
         c["slope"][i] = np.where(np.isfinite(slope), slope, 0.0)
         return ph
 
+    def _interval(self, qlo: F64, qhi: F64, q1lo: F64, q1hi: F64, hs: F64, dt: F64) -> tuple[F64, F64]:
+        """(k, H) error quantiles the interval adds to the forecast: each horizon's own once it has been scored.
+
+        Before that, the wider of two guesses: the one-step interval widened with the square root of the steps
+        (right for noise, far too narrow for a smooth or trending series, whose one-step errors are tiny: a
+        sine sampled every second had 15-minute bounds that held 42 % of the time), and the interval of the
+        longest shorter horizon already scored, widened in proportion to the horizon (an error that grows
+        with a missed trend grows that fast)."""
+        steps = np.sqrt(np.maximum(hs / np.where(np.isfinite(dt) & (dt > 0), dt, np.inf)[:, None], 1.0))
+        lo1, hi1 = q1lo[:, None] * steps, q1hi[:, None] * steps
+        borrow_lo, borrow_hi = np.full(qlo.shape, np.nan), np.full(qhi.shape, np.nan)
+        k = qlo.shape[0]
+        last_lo, last_hi, last_h = np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan)
+        for j in np.argsort(self.horizons_s, kind="stable").tolist():
+            grow = hs[:, j] / last_h
+            borrow_lo[:, j], borrow_hi[:, j] = last_lo * grow, last_hi * grow
+            scored = np.isfinite(qlo[:, j]) & np.isfinite(qhi[:, j])
+            last_lo = np.where(scored, qlo[:, j], last_lo)
+            last_hi = np.where(scored, qhi[:, j], last_hi)
+            last_h = np.where(scored, hs[:, j], last_h)
+        unscored = ~np.isfinite(qlo)
+        lo = np.where(unscored, np.fmin(lo1, borrow_lo), qlo)
+        hi = np.where(unscored, np.fmax(hi1, borrow_hi), qhi)
+        return lo, hi
+
     def _now(self, i: I64) -> Now:
         c = self.core
         return Now(idx=i, t=c["t"][i], y=c["y"][i], n=c["n"][i], dt=c["dt"][i])
@@ -545,9 +590,9 @@ class ForecastBank:
         i = self._check_idx(idx)
         c = self.core
         hit = c["hit"][i]
-        seen = np.minimum(c["fcnt"][i], 1.0 / _HIT_RATE)
-        rate = np.where(np.isfinite(hit), hit, self.level)
-        conf = (seen * rate + _CONF_PRIOR * self.level) / (seen + _CONF_PRIOR)
+        seen = np.where(np.isfinite(hit), np.minimum(c["fcnt"][i], 1.0 / _HIT_RATE), 0.0)
+        rate = np.where(np.isfinite(hit), hit, _CONF_PRIOR_RATE)
+        conf = (seen * rate + _CONF_PRIOR * _CONF_PRIOR_RATE) / (seen + _CONF_PRIOR)
         lo, hi = c["flo"][i], c["fhi"][i]
         conf = np.where(np.isfinite(lo) & np.isfinite(hi), conf, 0.0)
         return Forecast(
