@@ -104,7 +104,7 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_confidence", "gauge", "Confidence (0-1) of the forecast at the horizon.", _TMH),
     MetricSpec("twin_actual", "gauge", "Latest observed value of the metric (what the twin last synced).", _TML),
     MetricSpec("twin_expected", "gauge", "Expected value of the metric (hand-set or learned).", _TML),
-    MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / expected for the metric.", _TML),
+    MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / max(|expected|, the series' own floor).", _TML),
     MetricSpec("twin_divergence_severity", "gauge",
                "Divergence severity: 0 none, 1 low, 2 medium, 3 high, 4 critical.", _TML),
     MetricSpec("twin_anomaly_score", "gauge", "Anomaly score (0-1) of the metric's latest sample.", _TML),

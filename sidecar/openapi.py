@@ -97,7 +97,9 @@ _SCHEMAS: dict[str, Any] = {
             "expected": {"type": ["number", "null"], "description": "Hand-set, or learned from the forecast"},
             "expected_source": {"enum": ["manual", "learned"]},
             "divergence_percent": _NUM_OR_NULL,
-            "divergence_ratio": {"type": ["number", "null"], "description": "(actual - expected) / expected"},
+            "divergence_ratio": {"type": ["number", "null"],
+                                 "description": "(actual - expected) / max(|expected|, floor): the floor is the "
+                                                "series' own typical move or 2 % of its limit"},
             "severity": {"enum": ["none", "low", "medium", "high", "critical"]},
             "anomaly_score": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "limit": _NUM_OR_NULL, "threshold_percent": _NUM_OR_NULL,

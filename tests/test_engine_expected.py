@@ -132,3 +132,18 @@ def test_merge_stored_takes_back_a_stored_expected_state_without_its_series() ->
     assert eng.get("svc").expected_state == {"memory_usage": 70.0}
     last: StateHistoryEntry = eng.get("svc").state_history[-1]
     assert "restored from the store" in last.change_reason
+
+
+def test_the_engine_refuses_a_limit_every_sample_would_breach() -> None:
+    """The rules file refuses these (config); a library caller of the engine gets the same rule."""
+    from sidecar.errors import LimitError
+
+    eng = Engine()
+    with pytest.raises(LimitError, match="'cpu_usage' = -5"):
+        eng.create_twin("a", at=0.0, limits={"cpu_usage": -5})
+    with pytest.raises(LimitError, match="'memory_usage' = 150"):
+        eng.create_twin("a", at=0.0, limits={"memory_usage": 150})
+    eng.create_twin("a", at=0.0, limits={"cpu_usage": 90, "temperature": -10})   # a custom metric may be < 0
+    with pytest.raises(LimitError, match="'error_rate' = 0"):
+        eng.configure("a", at=1.0, limits={"error_rate": 0})
+    assert eng.status("a")["limits"] == {"cpu_usage": 90.0, "temperature": -10.0}

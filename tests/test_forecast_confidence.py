@@ -87,3 +87,17 @@ def test_confidence_falls_when_the_bounds_stop_holding_and_recovers_when_they_ad
     assert 0.8 < conf[999] < 0.97                        # about 0.9, from the last ~50 scored
     assert min(conf[1000:1100]) < 0.65
     assert conf[-1] > 0.8
+
+
+def test_the_one_step_scale_of_a_series_that_started_flat_can_grow() -> None:
+    """A series whose first one-step errors are 0 (a gauge at 0, 0, 0, ...) had its error scale stuck at 0 for
+    good: each update was capped at 5 x the old scale. Its later moves must raise it."""
+    bank = ForecastBank([300.0])
+    idx = bank.add(1)
+    rng = np.random.default_rng(3)
+    values = np.concatenate([np.zeros(20), rng.poisson(1.0, 300).astype(np.float64)])
+    scale = []
+    for k, v in enumerate(values):
+        scale.append(float(bank.update(idx, np.array([T0 + 15.0 * k]), np.array([v])).scale[0]))
+    assert not scale[20] > 0                             # flat so far: no error yet (reported as unknown)
+    assert np.nanmean(scale[-100:]) > 0.3                # then it learns the gauge's moves (about one unit)

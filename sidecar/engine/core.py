@@ -28,7 +28,7 @@ from ..errors import CorruptSnapshotError, InputError, ScenarioError, UnknownTwi
 from .anomaly import AnomalyBank
 from .correct import AutoCorrector
 from .diverge import DivergenceDetector, divergence_floor
-from .expected import canonical_expected, check_expected_metrics, check_expected_values
+from .expected import canonical_expected, check_expected_metrics, check_expected_values, check_limit_value
 from .forecast import HORIZON_AXIS
 from .health import drift_flags, health_band, health_scores, series_penalty
 from .history import verified
@@ -104,6 +104,14 @@ def _clean_mapping(values: Mapping[str, Any], what: str) -> dict[str, float]:
             raise InputError(f"{what}: {k} must be finite, got {v}")
         out[canonical_metric(k)] = float(v)
     return out
+
+
+def _clean_limits(values: Mapping[str, Any]) -> dict[str, float]:
+    """Limits as the rules file takes them: a core metric's at or below 0 (breached by every sample), or a
+    percentage's above 100, is refused here too, so a library caller cannot set a breach that never ends."""
+    for k, v in values.items():
+        check_limit_value(k, v)
+    return _clean_mapping(values, "limits")
 
 
 class Engine:
@@ -192,7 +200,7 @@ class Engine:
             sync_frequency_seconds=float(sync_frequency_seconds), initial_state=dict(initial_state or {}),
             expected_state=initial_expected or None,
             thresholds=_clean_mapping(thresholds or {}, "thresholds"),
-            limits=_clean_mapping(limits or {}, "limits"),
+            limits=_clean_limits(limits or {}),
             auto_correction_enabled=bool(auto_correction), labels=dict(labels or {}))
         self._register(twin)
         self._snapshot(twin, "created", at)
@@ -626,7 +634,7 @@ class Engine:
         """Change a twin's rules (a config reload); a no-op change records nothing."""
         t = self._lookup(twin)
         new_th = _clean_mapping(thresholds, "thresholds") if thresholds is not None else t.thresholds
-        new_li = _clean_mapping(limits, "limits") if limits is not None else t.limits
+        new_li = _clean_limits(limits) if limits is not None else t.limits
         new_ac = t.auto_correction_enabled if auto_correction is None else bool(auto_correction)
         if (new_th, new_li, new_ac) == (t.thresholds, t.limits, t.auto_correction_enabled):
             return

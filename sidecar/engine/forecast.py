@@ -398,7 +398,9 @@ class ForecastBank:
             fresh = ~np.isfinite(sc0)
             rs = _ewm_rate(c1, _SCALE_RATE)
             # spikes may raise the scale only gradually: it is what detectors divide by
-            capped = np.minimum(ae, 5.0 * np.where(fresh, ae, sc0))
+            # (a scale of exactly 0, after errors of 0 on a series that started flat, is no cap: capped at 0 x 5
+            # the scale could never grow again)
+            capped = np.minimum(ae, 5.0 * np.where(fresh | (sc0 <= 0), ae, sc0))
             sc1 = np.where(fresh, ae, sc0 + rs * (capped - sc0))
             c["scale1"][oi] = sc1
             lo, hi = self._track_quantiles(q1lo[o], q1hi[o], e, sc1, c1)
