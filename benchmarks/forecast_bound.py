@@ -38,6 +38,7 @@ from scipy.optimize import linprog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sidecar.backtest import target_index  # noqa: E402
 from sidecar.engine.forecast import ForecastBank  # noqa: E402
 from sidecar.replay import load  # noqa: E402
 
@@ -72,22 +73,6 @@ def replay(series: list[tuple[F64, F64]]) -> tuple[list[F64], list[F64], tuple[s
     return models, own, bank.model_names
 
 
-def targets(t: F64, h: float) -> NDArray[np.int64]:
-    """Index of the sample each forecast is scored against, -1 where none (the shared scorer's rule)."""
-    tol = float(np.median(np.diff(t))) / 2.0
-    tgt = t + h
-    n = t.size
-    j = np.searchsorted(t, tgt, side="left")
-    ja = np.minimum(j, n - 1)
-    d_after = np.where(j < n, t[ja] - tgt, np.inf)
-    jb = np.maximum(j - 1, 0)
-    d_before = np.where((j > 0) & (t[jb] > t), tgt - t[jb], np.inf)
-    before = d_before <= d_after
-    best, dist = np.where(before, jb, ja), np.where(before, d_before, d_after)
-    out: NDArray[np.int64] = np.where((dist == 0) | (dist < tol), best, -1)
-    return out
-
-
 def lad_fit(X: F64, r: F64) -> F64:
     """Exact least-absolute-deviation coefficients: min Σ|r - Xw| as a linear programme (HiGHS)."""
     n, p = X.shape
@@ -102,7 +87,7 @@ def lad_fit(X: F64, r: F64) -> F64:
 
 
 def bound_file(t: F64, y: F64, models: F64, own: F64, hcol: int) -> dict[str, float] | None:
-    mi = targets(t, HORIZONS[hcol])
+    mi = target_index(t, HORIZONS[hcol], float(np.median(np.diff(t))) / 2.0)
     P = models[:, :, hcol]
     cols = [m for m in range(P.shape[1]) if np.isfinite(P[:, m]).mean() > 0.5]
     ok = (mi >= 0) & np.isfinite(own[:, hcol]) & np.isfinite(P[:, cols]).all(axis=1)

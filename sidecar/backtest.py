@@ -60,8 +60,9 @@ def _clean(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return t, y, int(ok.size - t.size)
 
 
-def _targets(t: np.ndarray, h: float, tol: float) -> np.ndarray:
-    """Index of the sample scored for a forecast made at each t for horizon h, or -1."""
+def target_index(t: np.ndarray, h: float, tol: float) -> np.ndarray:
+    """Index of the sample scored for a forecast made at each t for horizon h, or -1 (the shared scorer's rule:
+    the sample at t + h, else the nearest one after t closer than `tol`, the earlier on a tie)."""
     n = t.size
     tgt = t + h
     j = np.searchsorted(t, tgt, side="left")
@@ -108,7 +109,7 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     med_dt = float(np.median(np.diff(t_arr)))
     rows = []
     for j, h in enumerate(bank.horizons_s.tolist()):
-        tj = _targets(t_arr, h, med_dt / 2.0)
+        tj = target_index(t_arr, h, med_dt / 2.0)
         ok = (tj >= 0) & np.isfinite(mean[:, j]) & np.isfinite(lo[:, j]) & np.isfinite(hi[:, j])
         m = int(ok.sum())
         if m == 0:
