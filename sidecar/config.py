@@ -33,6 +33,7 @@ import yaml
 
 from .engine.expected import check_expected_value, check_limit_value
 from .engine.records import SystemType
+from .engine.settings import DIRECTIONS, DOMAINS
 from .errors import ConfigError, ExpectedStateError, LimitError, ScenarioError
 
 #: Scenario types the engine knows; the simulation validates their parameters.
@@ -171,6 +172,9 @@ class TwinRule:
     thresholds: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     limits: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     horizons_s: tuple[float, ...] = DEFAULT_HORIZONS_S
+    # which way a divergence hurts per metric (up / down / both), and the values a custom metric can take
+    directions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=lambda: MappingProxyType({}))
     replicas: int | None = None
     workers: int | None = None
     auto_correction: bool = True
@@ -607,6 +611,56 @@ def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: 
     return out
 
 
+def _directions(r: _Reader, metrics: Mapping[str, str]) -> dict[str, str]:
+    """``direction: {metric: up|down|both}``: which way a divergence of each metric hurts."""
+    m = r.mapping("direction")
+    if m is None:
+        return {}
+    out: dict[str, str] = {}
+    for metric, (k, v) in m.items.items():
+        m.used.add(metric)
+        if metric not in metrics:
+            raise m.error(k, m.key(metric),
+                          f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
+        value = _scalar(v)
+        if value not in DIRECTIONS:
+            raise m.error(v, m.key(metric), f"expected one of {', '.join(DIRECTIONS)}, got {_show(v)}")
+        out[metric] = str(value)
+    return out
+
+
+def _bounds(r: _Reader, metrics: Mapping[str, str]) -> dict[str, tuple[float | None, float | None]]:
+    """``bounds: {metric: [low, high]}`` for custom metrics (null: open on that side)."""
+    m = r.mapping("bounds")
+    if m is None:
+        return {}
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for metric, (k, v) in m.items.items():
+        m.used.add(metric)
+        if metric not in metrics:
+            raise m.error(k, m.key(metric),
+                          f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
+        if metric in DOMAINS:
+            lo, hi = DOMAINS[metric]
+            raise m.error(k, m.key(metric), f"{metric} has a fixed domain ({lo:g} to {hi:g}); bounds are for "
+                                            "custom metrics")
+        if not isinstance(v, yaml.SequenceNode) or len(v.value) != 2:
+            raise m.error(v, m.key(metric), f"expected [low, high] (null for an open side), got {_show(v)}")
+        ends: list[float | None] = []
+        for n in v.value:
+            x = _scalar(n)
+            if x is None:
+                ends.append(None)
+            elif isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(float(x)):
+                raise m.error(n, m.key(metric), f"expected a finite number or null, got {_show(n)}")
+            else:
+                ends.append(float(x))
+        if ends[0] is not None and ends[1] is not None and not ends[0] < ends[1]:
+            raise m.error(v, m.key(metric), f"expected low < high, got [{ends[0]:g}, {ends[1]:g}]")
+        out[metric] = (ends[0], ends[1])
+    return out
+
+
 def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
     r = _Reader(path, node, f"twins[{index}]")
     name = r.req_str("name")
@@ -660,6 +714,7 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
         thresholds=MappingProxyType(_metric_map(r, "thresholds", all_metrics, positive=True)),
         limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False, limit=True)),
         horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,
+        directions=MappingProxyType(_directions(r, all_metrics)), bounds=MappingProxyType(_bounds(r, all_metrics)),
         replicas=r.int_("replicas", None), workers=r.int_("workers", None),
         auto_correction=r.bool_("auto_correction", True), line=node.start_mark.line + 1)
     r.finish()

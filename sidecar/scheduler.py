@@ -1049,6 +1049,7 @@ class Scheduler:
             self.engine.configure(name, at=at, thresholds=dict(rule.thresholds), limits=dict(rule.limits),
                                   auto_correction=rule.auto_correction)
             self.engine.set_horizons(name, rule.horizons_s, at=at)
+            self.engine.set_metric_rules(name, directions=rule.directions, bounds=rule.bounds, at=at)
             stored = self.engine.get(name).expected_state or {}
             if rule.expected and dict(rule.expected) != stored:
                 # the expected state is the twin's (set by the API, corrections, rollbacks), applied from the
@@ -1068,6 +1069,7 @@ class Scheduler:
             log.error("cannot create twin", extra={"twin": name, "error": str(exc)})
             return False
         self.engine.set_horizons(name, rule.horizons_s, at=at)   # a subset of the engine's: config built both
+        self.engine.set_metric_rules(name, directions=rule.directions, bounds=rule.bounds, at=at)
         return True
 
     # ------------------------------------------------------------------ backfill

@@ -132,7 +132,7 @@ def test_risk_factors_and_breach_eta_from_a_rising_trend() -> None:
     last = eng.get("svc").current_metrics["cpu_usage"]
     preds = eng.predictions("svc")
     assert [p.horizon_seconds for p in preds] == [300.0, 900.0, 1800.0, 3600.0]
-    assert "CPU increasing at 0.75% per minute" in preds[0].contributing_trends
+    assert "CPU increasing by 0.75 percentage points per minute" in preds[0].contributing_trends
     eta = eng.status("svc")["metrics"]["cpu_usage"]["breach_eta_seconds"]
     expected_eta = (95.0 - last) / 0.75 * 60.0            # about 17 minutes
     assert eta == pytest.approx(expected_eta, rel=0.15)

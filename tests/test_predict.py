@@ -35,10 +35,10 @@ def test_breach_eta_interpolates_the_first_crossing() -> None:
 
 
 def test_words() -> None:
-    assert trend_text("cpu_usage", 0.75 / 60, 60.0) == "CPU increasing at 0.75% per minute"
-    assert trend_text("request_latency_ms", -8.2 / 60, 400.0) == "Latency decreasing at 8.2ms per minute"
+    assert trend_text("cpu_usage", 0.75 / 60, 60.0) == "CPU increasing by 0.75 percentage points per minute"
+    assert trend_text("request_latency_ms", -8.2 / 60, 400.0) == "Latency decreasing by 8.2ms per minute"
     assert trend_text("cpu_usage", 0.0001 / 60, 60.0) is None          # not worth saying
-    assert trend_text("error_rate", 0.001 / 60, 0.01) == "Error rate increasing at 0.1% per minute"
+    assert trend_text("error_rate", 0.001 / 60, 0.01) == "Error rate increasing by 0.1 percentage points per minute"
     assert risk_text("cpu_usage", 95.0, 1800.0) == "CPU may reach 95% in 30 minutes"
     assert risk_text("request_latency_ms", 1000.0, 3600.0) == "Latency may exceed 1000ms in 60 minutes"
     assert risk_text("cpu_usage", 95.0, 61.0) == "CPU may reach 95% in 2 minutes"

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import CorruptSnapshotError, InputError, ScenarioError, UnknownTwinError
 from .anomaly import AnomalyBank
 from .correct import AutoCorrector
-from .diverge import DivergenceDetector, divergence_floor
+from .diverge import DIRECTION_CODE, DivergenceDetector, advice, divergence_floor
 from .expected import canonical_expected, check_expected_metrics, check_expected_values, check_limit_value
 from .forecast import HORIZON_AXIS
 from .health import drift_flags, health_band, health_scores, series_penalty
@@ -45,7 +45,7 @@ from .modelstate import (
 from .modelstate import decode as decode_model_state
 from .modelstate import encode as encode_model_state
 from .monitor import Monitor
-from .predict import StatePredictor, breach_eta, exceed_probability, risk_text, trend_text
+from .predict import StatePredictor, breach_eta, exceed_probability, hide_unsupported_eta, risk_text, trend_text
 from .records import (
     CorrectionRecord,
     DigitalTwin,
@@ -61,8 +61,9 @@ from .records import (
     canonical_metric,
     iso,
 )
+from .regime import REGIMES
 from .series import SeriesTable, _grow
-from .settings import EngineSettings
+from .settings import DEFAULT_CUSTOM_DIRECTION, DEFAULT_DIRECTIONS, DIRECTIONS, DOMAINS, EngineSettings
 from .view import EngineView, MetricSamples, Outbox, PredictionRows
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class Engine:
         self.div_ratio = np.full(cap, np.nan)
         self.div_pct = np.full(cap, np.nan)
         self.severity = np.zeros(cap, np.int8)
+        self.direction = np.zeros(cap, np.int8)          # +1 divergence above hurts, -1 below, 0 both
+        self.harmful = np.ones(cap, bool)                # the last sample lies on the side that hurts
         self.run_len = np.zeros(cap, np.int64)
         self.anomaly_score = np.full(cap, np.nan)
         self.fc_mean = np.full((cap, h), np.nan)
@@ -156,6 +159,7 @@ class Engine:
         self.fc_upper = np.full((cap, h), np.nan)
         self.fc_conf = np.full((cap, h), np.nan)
         self.fc_model = np.zeros((cap, h), np.int8)
+        self.fc_regime = np.ones((cap, h), np.int8)      # regime.REGIMES code per horizon
         self.slope = np.full(cap, np.nan)
         self.eta = np.full(cap, np.nan)
         self.alert_open = np.zeros(cap, bool)
@@ -163,6 +167,8 @@ class Engine:
         self.last_pred_emit = np.full(cap, -np.inf)
         self.hshow = np.ones((cap, h), bool)     # horizons the series' twin asked for (the rest stay unshown)
         self._horizon_mask: dict[str, np.ndarray] = {}   # twin id -> (H,) bool; absent: every horizon
+        # twin id -> (metric -> direction, metric -> (low, high)): the rules file's, like the horizons
+        self._metric_rules: dict[str, tuple[dict[str, str], dict[str, tuple[float, float]]]] = {}
         self._alerts: dict[int, DivergenceAlert] = {}
         # per-twin state
         tcap = 16
@@ -252,6 +258,7 @@ class Engine:
         del self._twins[t.twin_id]
         del self._by_name[t.source_system]
         self._horizon_mask.pop(t.twin_id, None)
+        self._metric_rules.pop(t.twin_id, None)
         self._names_cache = self._key_arrays = None
         self._outbox.retired.append(t.twin_id)
         self.monitor.emit(t.twin_id, EventType.TWIN_RETIRED, "info", f"twin {t.source_system} retired", at)
@@ -307,6 +314,8 @@ class Engine:
         for a2 in (self.fc_mean, self.fc_lower, self.fc_upper, self.fc_conf):
             a2[slot] = np.nan
         self.fc_model[slot] = 0
+        self.fc_regime[slot] = 1
+        self.harmful[slot] = True
         self.severity[slot] = 0
         self.run_len[slot] = 0
         self.alert_open[slot] = False
@@ -320,7 +329,8 @@ class Engine:
             return
         for name, fill in (("manual_expected", np.nan), ("threshold", np.nan), ("limit", np.nan),
                            ("expected", np.nan), ("div_ratio", np.nan), ("div_pct", np.nan),
-                           ("severity", 0), ("run_len", 0), ("anomaly_score", np.nan), ("fc_mean", np.nan),
+                           ("severity", 0), ("direction", 0), ("harmful", True), ("fc_regime", 1),
+                           ("run_len", 0), ("anomaly_score", np.nan), ("fc_mean", np.nan),
                            ("fc_lower", np.nan), ("fc_upper", np.nan), ("fc_conf", np.nan), ("fc_model", 0),
                            ("slope", np.nan), ("eta", np.nan), ("alert_open", False), ("alert_sev", 0),
                            ("last_pred_emit", -np.inf), ("hshow", True)):
@@ -333,6 +343,11 @@ class Engine:
         exp = (twin.expected_state or {}).get(metric)
         self.manual_expected[slot] = np.nan if exp is None else exp
         self.hshow[slot] = self._horizon_mask.get(twin.twin_id, True)
+        directions, bounds = self._metric_rules.get(twin.twin_id, ({}, {}))
+        self.direction[slot] = DIRECTION_CODE[directions.get(metric, DEFAULT_DIRECTIONS.get(metric,
+                                                                                             DEFAULT_CUSTOM_DIRECTION))]
+        low, high = bounds.get(metric, DOMAINS.get(metric, (-math.inf, math.inf)))
+        self.predictor.bank.set_domain([slot], [low], [high])
 
     def _apply_config(self, twin: DigitalTwin) -> None:
         for slot in self.series.slots_of(twin.twin_id):
@@ -387,22 +402,21 @@ class Engine:
         e = np.where(manual, manual_e, exp.expected)
         div = self.detector.compute(y, e, exp.lower, exp.upper, manual, self.threshold[idx],
                                     divergence_floor(exp.scale, self.limit[idx], exp.tail), exp.tail,
-                                    scores.surprise)
+                                    scores.surprise, self.direction[idx])
         self.expected[idx] = e
         self.div_ratio[idx] = div.ratio
         self.div_pct[idx] = div.percent
         self.severity[idx] = div.severity
+        self.harmful[idx] = div.harmful
         self.run_len[idx] = np.where(div.diverging, self.run_len[idx] + 1, 0)
-        fc = self.predictor.forecast(idx)
-        # a metric that cannot be, or has never been, negative (CPU, a request rate) is not forecast below 0
-        never_neg = self.series.nonneg[idx] | (self.series.min_v[idx] >= 0)
-        floor = np.where(never_neg, 0.0, -np.inf)[:, None]
-        self.fc_mean[idx] = np.maximum(fc.mean, floor)
-        self.fc_lower[idx] = np.maximum(fc.lower, floor)
-        self.fc_upper[idx] = np.maximum(fc.upper, floor)
+        fc = self.predictor.forecast(idx)        # inside each metric's domain (the bank clips to it)
+        self.fc_mean[idx], self.fc_lower[idx], self.fc_upper[idx] = fc.mean, fc.lower, fc.upper
         self.fc_conf[idx], self.fc_model[idx], self.slope[idx] = fc.confidence, fc.model, fc.slope_per_s
+        if fc.regime is not None:
+            self.fc_regime[idx] = fc.regime
         path = np.where(np.isfinite(fc.mean), fc.mean, y[:, None])
         eta = breach_eta(y, path, self.horizons_s, self.limit[idx])
+        eta = hide_unsupported_eta(eta, y, path, self.horizons_s, self.limit[idx])
         if self._horizon_mask:                   # a twin with fewer horizons looks only as far as its longest
             longest = np.where(self.hshow[idx], self.horizons_s[None, :], 0.0).max(axis=1)
             with np.errstate(invalid="ignore"):
@@ -490,7 +504,9 @@ class Engine:
         tslot = np.where(act, self.series.twin_slot[: len(self.series)], -1)
         last = self.series.last_v[: len(self.series)]
         lim = self.limit[: len(self.series)]
-        pen = series_penalty(last, lim, self.severity[: len(self.series)])
+        # a divergence the harmless way is shown (low) but costs no health
+        sev = np.where(self.harmful[: len(self.series)], self.severity[: len(self.series)], 0)
+        pen = series_penalty(last, lim, sev)
         health = health_scores(pen, tslot, n)
         band = health_band(health)
         drift = drift_flags(self.run_len[: len(self.series)], tslot, n, self.settings.drift_samples)
@@ -668,6 +684,33 @@ class Engine:
         self._apply_config(t)
         self._touch(at)
 
+    def set_metric_rules(self, twin: str, *, directions: Mapping[str, str] | None = None,
+                         bounds: Mapping[str, tuple[float | None, float | None]] | None = None, at: float) -> None:
+        """The rules file's direction (which way a divergence hurts) and bounds (the values a custom metric can
+        take) per metric. Like the horizons, the file's choice and not twin state: re-applied at every start."""
+        t = self._lookup(twin)
+        dirs: dict[str, str] = {}
+        for m, d in (directions or {}).items():
+            if d not in DIRECTIONS:
+                raise InputError(f"direction of {m}: expected one of {', '.join(DIRECTIONS)}, got {d!r}")
+            dirs[canonical_metric(m)] = d
+        doms: dict[str, tuple[float, float]] = {}
+        for m, (lo, hi) in (bounds or {}).items():
+            name = canonical_metric(m)
+            if name in DOMAINS:
+                raise InputError(f"bounds of {name}: a core metric's domain is fixed ({DOMAINS[name]})")
+            low = -math.inf if lo is None else float(lo)
+            high = math.inf if hi is None else float(hi)
+            if math.isnan(low) or math.isnan(high) or not low < high:
+                raise InputError(f"bounds of {name}: expected [low, high] with low < high, got [{lo}, {hi}]")
+            doms[name] = (low, high)
+        if dirs or doms:
+            self._metric_rules[t.twin_id] = (dirs, doms)
+        else:
+            self._metric_rules.pop(t.twin_id, None)
+        self._apply_config(t)
+        self._touch(at)
+
     def rollback(self, twin: str, snapshot: StateHistoryEntry, *, at: float) -> dict[str, Any]:
         t = self._lookup(twin)
         if snapshot.twin_id != t.twin_id:
@@ -780,7 +823,8 @@ class Engine:
                 confs.append(conf if math.isfinite(conf) else 0.0)
                 per[key[1]] = MetricForecast(predicted=m, lower=float(self.fc_lower[s, j]),
                                              upper=float(self.fc_upper[s, j]), confidence=confs[-1],
-                                             model=names[int(self.fc_model[s, j])] if warm else "last")
+                                             model=names[int(self.fc_model[s, j])] if warm else "last",
+                                             regime=REGIMES[int(self.fc_regime[s, j])] if warm else REGIMES[1])
                 eta = float(self.eta[s])
                 lim = float(self.limit[s])
                 if math.isfinite(eta) and math.isfinite(lim) and eta <= h:
@@ -806,9 +850,16 @@ class Engine:
             def num(v: float) -> float | None:
                 return float(v) if math.isfinite(v) else None
 
+            sev = int(self.severity[slot])
+            value, expected = float(self.series.last_v[slot]), float(self.expected[slot])
+            harmful = bool(self.harmful[slot])
+            direction = {1: "up", -1: "down", 0: "both"}[int(self.direction[slot])]
             metrics[key[1]] = {
-                "value": num(self.series.last_v[slot]),
-                "expected": num(self.expected[slot]),
+                "value": num(value),
+                "expected": num(expected),
+                "direction": direction,
+                "divergence_harmful": harmful if sev else None,
+                "advice": advice(key[1], harmful, value > expected) if sev else None,
                 "expected_source": "manual" if np.isfinite(self.manual_expected[slot]) else "learned",
                 "divergence_percent": num(self.div_pct[slot]), "divergence_ratio": num(self.div_ratio[slot]),
                 "severity": str(["none", "low", "medium", "high", "critical"][int(self.severity[slot])]),

@@ -17,6 +17,13 @@ recent one-step errors, and be surprising to the anomaly detector, and the sever
 capped by how far beyond that percentile it lies and by how surprising it is
 (`learned_band`). Noise of a small-integer gauge is 100 % of its expectation every other
 sample; it is not an incident.
+
+Divergence has a direction that hurts: CPU, memory, latency and errors above what is expected
+(`up`, their default), a custom metric either way (`both`) unless its rule says otherwise. A
+divergence the harmless way (an idle host at 7 % CPU against an expected 55 %) is at most `low`,
+never opens an alert or counts toward a drift, and its advice says what it is (spare capacity).
+The anomaly score judges such a drop on its own: a service that lost its traffic is an anomaly,
+not a capacity problem.
 """
 
 from __future__ import annotations
@@ -93,6 +100,27 @@ RECOMMENDATIONS: dict[str, str] = {
     "error_rate": "Investigate failing requests and recent changes (manual investigation)",
 }
 DEFAULT_RECOMMENDATION = "Investigate the change in this metric"
+#: Advice for a divergence in the harmless direction (nothing pages on it).
+HARMLESS: dict[str, str] = {
+    "cpu": "CPU below its expected level: spare capacity, consider scaling in (the anomaly score says whether "
+           "traffic was lost)",
+    "memory": "Memory below its expected level: nothing to act on (a cache flush or a restart frees memory)",
+    "latency": "Latency below its expected level: faster than usual, nothing to act on",
+    "error_rate": "Error rate below its expected level: nothing to act on",
+}
+#: Direction codes per series: +1 hurts above, -1 hurts below, 0 both ways.
+DIRECTION_CODE = {"up": 1, "down": -1, "both": 0}
+
+
+def advice(metric: str, harmful: bool, above: bool) -> str:
+    """What to do about a divergence of this metric, in the direction it went."""
+    comp = component_of(metric)
+    if harmful:
+        return RECOMMENDATIONS.get(comp, DEFAULT_RECOMMENDATION)
+    if not above and comp in HARMLESS:
+        return HARMLESS[comp]
+    side = "above" if above else "below"
+    return f"{metric} {side} its expected level, the harmless direction for it: nothing to act on"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +129,9 @@ class Divergence:
 
     percent: np.ndarray     # |actual - expected| / |expected| * 100 (NaN: no expectation)
     ratio: np.ndarray       # (actual - expected) / expected
-    diverging: np.ndarray   # bool: above threshold (and outside the interval when learned)
-    severity: np.ndarray    # int8 0..4
+    diverging: np.ndarray   # bool: above threshold (and outside the interval when learned), the harmful way
+    severity: np.ndarray    # int8 0..4; at most 1 (low) the harmless way
+    harmful: np.ndarray     # bool: the sample lies on the side its metric's direction says hurts
 
 
 class DivergenceDetector:
@@ -110,7 +139,8 @@ class DivergenceDetector:
 
     def compute(self, actual: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                 manual: np.ndarray, threshold_pct: np.ndarray, floor: np.ndarray | None = None,
-                tail: np.ndarray | None = None, surprise: np.ndarray | None = None) -> Divergence:
+                tail: np.ndarray | None = None, surprise: np.ndarray | None = None,
+                direction: np.ndarray | None = None) -> Divergence:
         """`floor` (see `divergence_floor`): per sample, the smallest denominator; a percent of a value near
         zero is otherwise noise divided by almost nothing.
 
@@ -137,8 +167,15 @@ class DivergenceDetector:
             allowed = np.where(manual, 4, learned_band(actual, expected, tail, surprise))
             diverging &= allowed > 0
             sev = np.minimum(sev, allowed).astype(np.int8)
+        if direction is None:
+            harmful = np.ones(np.shape(actual), bool)
+        else:
+            with np.errstate(invalid="ignore"):
+                harmful = (direction == 0) | (np.sign(actual - expected) == direction)
+            sev = np.where(harmful, sev, np.minimum(sev, 1)).astype(np.int8)
         severity = np.where(diverging, sev, 0).astype(np.int8)
-        return Divergence(percent=percent, ratio=ratio, diverging=diverging, severity=severity)
+        return Divergence(percent=percent, ratio=ratio, diverging=diverging & harmful, severity=severity,
+                          harmful=harmful)
 
     @staticmethod
     def severity_of(percent: float) -> Severity:
@@ -170,7 +207,7 @@ class DivergenceDetector:
             expected_value=float(expected), actual_value=float(actual),
             divergence_percent=round(float(percent), 3),
             severity=str(Severity.from_code(severity_code)),
-            recommended_correction=RECOMMENDATIONS.get(comp, DEFAULT_RECOMMENDATION),
+            recommended_correction=advice(metric, True, actual > expected),
             auto_correct_eligible=self.auto_correct_eligible(metric, percent, manual),
             timestamp=iso(at), expected_source="manual" if manual else "learned",
         )

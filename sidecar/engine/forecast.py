@@ -37,6 +37,21 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sidecar.engine.models import F64, I64, Field, Model, Now, Slots, Step, build_models
+from sidecar.engine.regime import (
+    BACKTESTED,
+    COLD,
+    COLD_REACH,
+    COLD_TREND_SHARE,
+    SHIFT,
+    SHIFT_PRIOR,
+    SHIFT_RUN,
+    SHIFT_Z,
+    domain_of,
+    floor_interval,
+    follow_level,
+    still_shifted,
+    track_shift,
+)
 from sidecar.errors import InputError
 
 _GAP_FACTOR = 4.0  # an interval this many times the usual one is a gap
@@ -61,7 +76,7 @@ _ERR_CAP = 50.0  # an error counts at most this many times the bank's recent err
 #: when a twin's horizons change, so the other horizons and every model keep what they learnt)
 HORIZON_AXIS = {"fmean": 1, "flo": 1, "fhi": 1, "fmodel": 1, "mae": 2, "cnt": 2, "fcnt": 1, "fmae": 1, "qlo": 1,
                 "qhi": 1, "hit": 1, "ptgt": 1, "py": 1, "ppred": 1, "plo": 1, "phi": 1, "phead": 1, "pcnt": 1,
-                "plast": 1}
+                "plast": 1, "shold": 1, "freg": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,7 @@ class Forecast:
     confidence: np.ndarray  # (k, H) estimated probability that the actual lands in [lower, upper]
     model: np.ndarray  # (k, H) int8 index into ForecastBank.model_names of the model with the most weight
     slope_per_s: np.ndarray  # (k,) current trend estimate, units per second
+    regime: np.ndarray | None = None  # (k, H) int8 code of `regime.REGIMES`: what the forecast rests on
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +157,7 @@ class ForecastBank:
         if self._last != 0:
             raise AssertionError("'last' must be model 0: it is the fallback argmin lands on")
         self._lin_idx = self.model_names.index("linear")
+        self._order = np.argsort(h, kind="stable")
         self._size = 0
         M, H, Q = len(self.model_names), h.size, self.queue
         f32 = np.float32
@@ -182,6 +199,22 @@ class ForecastBank:
             "phead": Field((H,), np.int64, 0),
             "pcnt": Field((H,), np.int64, 0),
             "plast": Field((H,), np.float64, -np.inf),
+            # what a forecast may claim (regime.py): its domain, a level shift under way, its regime
+            "dlo": Field((), np.float64, -np.inf, optional=True),
+            "dhi": Field((), np.float64, np.inf, optional=True),
+            "ymin": Field((), np.float64, np.inf, optional=True),
+            "srun": Field((), np.int8, 0, optional=True),
+            "ssum": Field((), np.float64, 0.0, optional=True),
+            "sbase": Field((), np.float64, np.nan, optional=True),
+            "srlo": Field((), np.float64, np.nan, optional=True),
+            "srhi": Field((), np.float64, np.nan, optional=True),
+            "sdev": Field((), np.float64, np.nan, optional=True),
+            "st0": Field((), np.float64, np.nan, optional=True),
+            "slev": Field((), np.float64, np.nan, optional=True),
+            "sn": Field((), np.float64, 0.0, optional=True),
+            "sjump": Field((), np.float64, np.nan, optional=True),
+            "shold": Field((H,), np.bool_, False, optional=True),
+            "freg": Field((H,), np.int8, COLD, optional=True),
         }, cap)
 
     # ------------------------------------------------------------------ slots
@@ -210,6 +243,17 @@ class ForecastBank:
         self.core.reset(i)
         for f in self.families:
             f.slots.reset(i)
+
+    def set_domain(self, idx: NDArray[np.integer] | Sequence[int], low: NDArray[np.floating] | Sequence[float],
+                   high: NDArray[np.floating] | Sequence[float]) -> None:
+        """The values these series can take (-inf/inf: unbounded); forecasts and bounds stay inside."""
+        i = self._check_idx(idx)
+        lo = np.broadcast_to(np.asarray(low, dtype=np.float64), i.shape)
+        hi = np.broadcast_to(np.asarray(high, dtype=np.float64), i.shape)
+        if np.any(np.isnan(lo) | np.isnan(hi) | (lo >= hi)):
+            raise InputError("set_domain: each low must be below its high (no NaN)")
+        self.core["dlo"][i] = lo
+        self.core["dhi"][i] = hi
 
     def _check_idx(self, idx: NDArray[np.integer] | Sequence[int] | None) -> I64:
         if idx is None:
@@ -244,6 +288,9 @@ class ForecastBank:
         gap = seen & np.isfinite(dt_prev) & (gap_dt > _GAP_FACTOR * dt_prev)
 
         exp = self._expect(i, y, seen, y_prev, gap_dt, dt_prev, gap)
+        if self._forced < 0:        # a forced model is a baseline (last value, predict_linear): kept pure
+            self._track_shift(i, t, y, exp, seen & ~gap)
+        c["ymin"][i] = np.fmin(c["ymin"][i], y)
         self._score_pending(i, t, y, dt_prev)
         y = self._hold_glitches(i, y, exp, gap)
         exp = Expectation(exp.expected, exp.lower, exp.upper, exp.scale, exp.tail, y)
@@ -267,6 +314,34 @@ class ForecastBank:
         pred_h = self._refresh(i)
         self._issue_pending(i, t, pred_h)
         return exp
+
+    def _track_shift(self, i: I64, t: F64, y: F64, exp: Expectation, ok: NDArray[np.bool_]) -> None:
+        """Follow the level shift detector (`regime.py`) with one raw sample per series."""
+        c = self.core
+        active = np.isfinite(c["st0"][i])
+        slev = c["slev"][i]
+        # while a shift is active the samples are judged against the new level, so a second change is seen
+        ref = np.where(active, slev, exp.expected)
+        with np.errstate(invalid="ignore"):
+            lower = ref + (exp.lower - exp.expected)
+            upper = ref + (exp.upper - exp.expected)
+        up = track_shift(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i], y, ref, lower,
+                         upper, exp.scale, exp.tail, ok & np.isfinite(ref))
+        c["srun"][i], c["ssum"][i], c["sbase"][i] = up.run, up.run_sum, up.base
+        c["srlo"][i], c["srhi"][i] = up.run_lo, up.run_hi
+        lev, dev, cnt = follow_level(slev, c["sdev"][i], c["sn"][i], y)
+        go_on = active & ~up.started
+        c["slev"][i] = np.where(up.started, up.level, np.where(go_on, lev, np.nan))
+        c["sn"][i] = np.where(up.started, float(SHIFT_RUN), np.where(go_on, cnt, 0.0))
+        if up.started.any():
+            s = i[up.started]
+            jump = (up.level - ref)[up.started]
+            c["st0"][s] = t[up.started]
+            c["sjump"][s] = jump
+            c["sdev"][s] = np.fmax(SHIFT_PRIOR * np.abs(jump), exp.scale[up.started])
+            c["shold"][s] = True
+        if go_on.any():
+            c["sdev"][i[go_on]] = dev[go_on]
 
     def _hold_glitches(self, i: I64, y: F64, exp: Expectation, gap: NDArray[np.bool_]) -> F64:
         """The value the models learn from: a lone sample absurdly far from what was expected (more than
@@ -327,20 +402,39 @@ class ForecastBank:
         best: NDArray[np.int64] = np.argmin(score, axis=1)
         return best
 
-    def _combine(self, mae: F64, cnt: NDArray[np.float32], pred: F64) -> tuple[F64, NDArray[np.int64]]:
-        """(k, H) forecast and the model with the most weight, from every model's (k, M, H) predictions.
+    def _combine(self, mae: F64, cnt: NDArray[np.float32], pred: F64, mae1: F64 | None = None,
+                 cnt1: NDArray[np.float32] | None = None) -> tuple[F64, NDArray[np.int64], NDArray[np.bool_]]:
+        """(k, H) forecast, the model with the most weight, and where the choice rests on one-step scores
+        alone, from every model's (k, M, H) predictions.
 
         Choosing the single model with the smallest recent error throws away the runners-up, whose
         errors are often as small and partly independent; averaging the best _TOP with weights
         exp(-(mae/best - 1)/_TEMP) keeps the choice sharp when one model is clearly better and
         averages when several are close (checked on half the NAB files, confirmed on the other half).
-        A forced model is used alone.
+        A forced model is used alone. A horizon no model has been scored at yet is combined by the
+        scores of the longest shorter horizon that has been, else by the one-step scores (`mae1`,
+        `cnt1`): the models that follow the series are the best evidence there is, and "last" for every
+        unscored horizon hides a climb toward a limit for an hour.
         """
         k, H = pred.shape[0], pred.shape[2]
+        one_step = np.zeros((k, H), bool)
         if self._forced >= 0:
             forced = self._choose(mae, cnt, pred)
-            return pred[np.arange(k)[:, None], forced, np.arange(H)[None, :]], forced
-        score = np.where((cnt >= _MIN_SCORED) & (pred == pred), mae, np.inf)
+            return pred[np.arange(k)[:, None], forced, np.arange(H)[None, :]], forced, one_step
+        ok: NDArray[np.bool_] = np.asarray(pred == pred)
+        score = np.where((cnt >= _MIN_SCORED) & ok, mae, np.inf)
+        if mae1 is not None and cnt1 is not None:
+            scored: NDArray[np.bool_] = np.asarray(np.isfinite(score).any(axis=1))   # (k, H)
+            if not scored.all():
+                borrow = np.where((cnt1 >= _MIN_SCORED), mae1, np.inf)       # (k, M): one step, then ...
+                from_one = np.ones(k, bool)
+                for j in self._order.tolist():                               # ... the longest scored shorter one
+                    cold = ~scored[:, j]
+                    score[:, :, j] = np.where(cold[:, None] & ok[:, :, j], borrow, score[:, :, j])
+                    one_step[:, j] = cold & from_one
+                    borrow = np.where(scored[:, j, None], np.where(np.isfinite(mae[:, :, j]), mae[:, :, j], np.inf),
+                                      borrow)
+                    from_one &= ~scored[:, j]
         top = np.argpartition(score, _TOP - 1, axis=1)[:, :_TOP]  # (k, TOP, H), in no particular order
         rows, cols = np.arange(k)[:, None, None], np.arange(H)[None, None, :]
         s_top, p_top = score[rows, top, cols], pred[rows, top, cols]
@@ -352,7 +446,7 @@ class ForecastBank:
         mean = np.where(wsum > 0, (w * np.where(w > 0, p_top, 0.0)).sum(axis=1) / np.where(wsum > 0, wsum, 1.0),
                         pred[:, self._last])
         choice: NDArray[np.int64] = np.where(wsum > 0, top[rows[:, 0], np.argmax(w, axis=1), cols[:, 0]], self._last)
-        return mean, choice
+        return mean, choice, one_step
 
     def _expect(self, i: I64, y: F64, seen: NDArray[np.bool_], y_prev: F64, gap_dt: F64, dt_prev: F64,
                 gap: NDArray[np.bool_]) -> Expectation:
@@ -543,12 +637,34 @@ class ForecastBank:
         preds = self._predict_all(now, hs)  # (k, M, H+1)
         c["pred1"][i] = preds[:, :, 0]
         ph = preds[:, :, 1:]
-        mean, choice = self._combine(c["mae"][i], c["cnt"][i], ph)
+        mean, choice, one_step = self._combine(c["mae"][i], c["cnt"][i], ph, c["mae1"][i], c["cnt1"][i])
         mean = np.where(np.isfinite(mean), mean, now.y[:, None])
+        if one_step.any() and self._forced < 0:
+            # a trend read off one-step errors alone reaches at most COLD_REACH times the data seen so far
+            seen_s = np.maximum(now.n - 1, 0) * np.where(np.isfinite(dt), dt, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reach = np.clip(COLD_REACH * seen_s[:, None] / hs[:, 1:], 0.0, 1.0)
+            mean = np.where(one_step, now.y[:, None] + reach * (mean - now.y[:, None]), mean)
         lo, hi = self._interval(c["qlo"][i], c["qhi"][i], c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt)
-        c["fmean"][i] = mean
-        c["flo"][i] = mean + np.minimum(lo, 0.0)
-        c["fhi"][i] = mean + np.maximum(hi, 0.0)
+        cold = ~np.isfinite(c["qlo"][i])
+        if self._forced >= 0:       # a baseline is scored as it is: no regimes, floors or domain
+            c["fmean"][i] = mean
+            c["flo"][i] = mean + np.minimum(lo, 0.0)
+            c["fhi"][i] = mean + np.maximum(hi, 0.0)
+            c["freg"][i] = np.where(cold, COLD, BACKTESTED).astype(np.int8)
+        else:
+            # a trend read off the first minutes is uncertain in proportion to how far it is extrapolated
+            move = np.where(cold, COLD_TREND_SHARE * np.abs(mean - now.y[:, None]), 0.0)
+            mean, held = self._shift_regime(i, now, mean)
+            spread = np.where(held, SHIFT_Z * c["sdev"][i][:, None], 0.0)
+            move = np.fmax(move, np.where(np.isfinite(spread), spread, 0.0))
+            lo, hi = floor_interval(lo - move, hi + move, self._order)
+            dlo, dhi = domain_of(c["dlo"][i], c["dhi"][i], c["ymin"][i])
+            dlo, dhi = dlo[:, None], dhi[:, None]
+            c["fmean"][i] = np.clip(mean, dlo, dhi)
+            c["flo"][i] = np.clip(mean + np.minimum(lo, 0.0), dlo, dhi)
+            c["fhi"][i] = np.clip(mean + np.maximum(hi, 0.0), dlo, dhi)
+            c["freg"][i] = np.where(held, SHIFT, np.where(cold, COLD, BACKTESTED)).astype(np.int8)
         c["fmodel"][i] = choice
         # the slope of the baseline line, read off its own forecasts (no second fit)
         lin = preds[:, self._lin_idx, :]
@@ -557,6 +673,23 @@ class ForecastBank:
             slope = np.where(span > 0, (lin[:, -1] - lin[:, 0]) / np.where(span > 0, span, 1.0), 0.0)
         c["slope"][i] = np.where(np.isfinite(slope), slope, 0.0)
         return ph
+
+    def _shift_regime(self, i: I64, now: Now, mean: F64) -> tuple[F64, NDArray[np.bool_]]:
+        """The forecasts with every horizon still in a level shift's regime set to the new level."""
+        c = self.core
+        st0 = c["st0"][i]
+        active = np.isfinite(st0)
+        if not active.any():
+            return mean, np.zeros(mean.shape, bool)
+        held = still_shifted(c["shold"][i] & active[:, None], mean, c["slev"][i], c["sjump"][i], c["scale1"][i],
+                             now.t - st0, self.horizons_s)
+        c["shold"][i] = held
+        over = active & ~held.any(axis=1)
+        if over.any():
+            c["st0"][i[over]] = np.nan
+            c["slev"][i[over]] = np.nan
+        out: F64 = np.where(held, c["slev"][i][:, None], mean)
+        return out, held
 
     def _interval(self, qlo: F64, qhi: F64, q1lo: F64, q1hi: F64, hs: F64, dt: F64) -> tuple[F64, F64]:
         """(k, H) error quantiles the interval adds to the forecast: each horizon's own once it has been scored.
@@ -605,6 +738,7 @@ class ForecastBank:
             confidence=np.clip(conf, 0.0, 1.0),
             model=c["fmodel"][i].astype(np.int8),
             slope_per_s=c["slope"][i],
+            regime=c["freg"][i].astype(np.int8),
         )
 
     def predict_models(self, idx: NDArray[np.integer] | Sequence[int] | None = None) -> F64:

@@ -30,6 +30,7 @@ class Field:
     tail: tuple[int, ...]
     dtype: type
     fill: float
+    optional: bool = False  # a saved state without it (from before the field existed) loads with `fill`
 
 
 class Slots:
@@ -67,6 +68,9 @@ class Slots:
         for name, f in self.fields.items():
             key = prefix + name
             if key not in state:
+                if f.optional:
+                    self.arrays[name] = np.full((cap, *f.tail), f.fill, dtype=f.dtype)
+                    continue
                 raise KeyError(key)
             src = np.asarray(state[key])
             if src.shape != (size, *f.tail):

@@ -3,7 +3,7 @@
 The numbers come from :class:`~sidecar.engine.forecast.ForecastBank`
 (vectorised models, automatic choice, calibrated intervals). This module adds
 what an SRE reads: the time until a limit is crossed, contributing trends
-("CPU increasing at 0.75% per minute") and risk factors ("CPU may reach 95%
+("CPU increasing by 0.75 percentage points per minute") and risk factors ("CPU may reach 95%
 in 30 minutes").
 """
 
@@ -51,7 +51,7 @@ def horizon_words(seconds: float) -> str:
 
 
 def trend_text(metric: str, slope_per_s: float, level: float) -> str | None:
-    """"CPU increasing at 0.75% per minute", or None when the trend is not worth saying."""
+    """"CPU increasing by 0.75 percentage points per minute", or None when the trend is not worth saying."""
     if not np.isfinite(slope_per_s) or slope_per_s == 0:
         return None
     scale = max(abs(level), 1e-12) if np.isfinite(level) else 1e-12
@@ -60,7 +60,9 @@ def trend_text(metric: str, slope_per_s: float, level: float) -> str | None:
     name, unit, _, mult = _display(metric)
     per_min = slope_per_s * 60.0 * mult
     direction = "increasing" if per_min > 0 else "decreasing"
-    return f"{name} {direction} at {_fmt(abs(per_min))}{unit} per minute"
+    # a percentage moves by percentage points: "0.75% per minute" could be read as 0.75 % of itself
+    amount = f"{_fmt(abs(per_min))} percentage points" if unit == "%" else f"{_fmt(abs(per_min))}{unit}"
+    return f"{name} {direction} by {amount} per minute"
 
 
 def risk_text(metric: str, limit: float, eta_s: float) -> str:
@@ -100,6 +102,31 @@ def breach_eta(last: np.ndarray, mean: np.ndarray, horizons_s: np.ndarray, limit
             frac = np.where(v1 > v0, (limit[r] - v0) / (v1 - v0), 1.0)
         eta[r] = h0 + np.clip(np.nan_to_num(frac, nan=1.0), 0.0, 1.0) * (h1 - h0)
     return eta
+
+
+#: A time to limit is shown only when the value or its shortest-horizon forecast is at least this share of the
+#: limit, or when the short-horizon trend alone reaches the limit within the longest horizon.
+FAR_BELOW = 0.5
+
+
+def hide_unsupported_eta(eta: np.ndarray, last: np.ndarray, mean: np.ndarray, horizons_s: np.ndarray,
+                         limit: np.ndarray) -> np.ndarray:
+    """NaN where a time to limit rests on long horizons alone while the series sits far below its limit.
+
+    After a sudden drop (a cache flush: memory 80 % -> 1 %) the slow horizons still carry the old level
+    for a moment; a "time to limit 46 s" then is noise an on-call engineer learns to ignore. A real
+    climb shows at the short horizon first: the line through the value and the shortest forecast
+    reaches the limit within the longest horizon (3 %/min from 20 % toward 95 % does at once)."""
+    hs = np.asarray(horizons_s, float)
+    j = int(np.argmin(hs))
+    f1 = mean[:, j]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        far = (last < FAR_BELOW * limit) & (f1 < FAR_BELOW * limit)
+        rate = (f1 - last) / hs[j]
+        short_eta = np.where(rate > 0, (limit - last) / rate, np.inf)
+        unsupported = far & ~(short_eta <= hs.max())
+    out: np.ndarray = np.where(unsupported, np.nan, eta)
+    return out
 
 
 def exceed_probability(mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, limit: np.ndarray,

@@ -144,10 +144,11 @@ class MetricForecast:
     upper: float
     confidence: float
     model: str
+    regime: str = "cold_start"   # what the forecast rests on: backtested, cold_start or level_shift
 
     def to_dict(self) -> dict[str, Any]:
         return {"predicted": _num(self.predicted), "lower": _num(self.lower), "upper": _num(self.upper),
-                "confidence": _num(self.confidence), "model": self.model}
+                "confidence": _num(self.confidence), "model": self.model, "regime": self.regime}
 
 
 @dataclass(slots=True)

@@ -19,6 +19,20 @@ DEFAULT_LIMITS: Mapping[str, float] = MappingProxyType({
 })
 
 
+#: The direction in which a divergence hurts: "up" (above the expected value), "down" or "both".
+DIRECTIONS = ("up", "down", "both")
+DEFAULT_DIRECTIONS: Mapping[str, str] = MappingProxyType({
+    "cpu_usage": "up", "memory_usage": "up", "request_latency_ms": "up", "error_rate": "up",
+})
+DEFAULT_CUSTOM_DIRECTION = "both"
+
+#: The values a metric can take: forecasts, bounds and projections stay inside.
+DOMAINS: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "cpu_usage": (0.0, 100.0), "memory_usage": (0.0, 100.0), "request_latency_ms": (0.0, float("inf")),
+    "error_rate": (0.0, 1.0), "request_rate": (0.0, float("inf")),
+})
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     horizons_s: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)

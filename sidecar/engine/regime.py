@@ -1,0 +1,161 @@
+"""What a forecast may claim: its regime, its domain and its smallest honest interval.
+
+The bank chooses models by how they did at each horizon (its running backtest). Two moments
+have no such evidence, and a forecast made as if they had is the kind an on-call engineer stops
+trusting:
+
+* **Cold start** — a horizon nobody has scored yet. The longest shorter horizon that has been
+  scored, or else the one-step backtest (scored from the second sample on), already says which
+  models follow the series, so they forecast every unscored horizon (a steady climb toward a limit
+  gets a time to limit within minutes, not after the first scored hour). On one-step evidence alone
+  a trend is extrapolated at most `COLD_REACH` times the span of data seen (what follows a series
+  one step ahead may be a fast wave, not a trend), and the interval widens with the move the
+  forecast predicts: a trend read off a few minutes is uncertain in proportion to its reach.
+* **Level shift** — a sudden lasting change (a cache flush, a host gone idle, a step in load).
+  Models with memory (medians, seasonal profiles) keep forecasting the old level for as long as
+  their memory, and their backtest scores are as slow to notice. A run of `SHIFT_RUN` samples
+  beyond the one-step interval on the same side, each `SHIFT_SCALES` error scales away, is a
+  shift: from then on every horizon forecasts the new level (a running mean of the samples since
+  the shift) until the bank's own forecast at that horizon has come back to it, or for a day.
+
+Whatever the regime, a forecast stays inside its metric's domain (a percentage in 0-100, a
+fraction in 0-1, a metric that has never been negative not below 0) and its interval is never
+narrower than a share of any shorter horizon's (`floor_interval`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+B = NDArray[np.bool_]
+
+#: Regime codes of a forecast, per series and horizon (`REGIMES[code]` is what the API says).
+BACKTESTED, COLD, SHIFT = 0, 1, 2
+REGIMES = ("backtested", "cold_start", "level_shift")
+
+SHIFT_RUN = 3            # consecutive samples beyond the one-step interval, on one side, make a shift ...
+SHIFT_SCALES = 4.0       # ... each at least this many one-step error scales from what was expected
+SHIFT_TAILS = 1.0        # ... and beyond its largest usual move (99th percentile): a bursty series' bursts are no shift
+SHIFT_CONSISTENT = 0.5   # ... and agree with each other: their spread is below this share of the jump
+SHIFT_RATE = 0.3         # the post-shift level: the mean of the first samples, then a running mean this fast
+SHIFT_MAX_S = 86400.0    # a shift regime ends after a day at the latest (the daily profiles have relearnt)
+SHIFT_CAUGHT_UP = 0.1    # a horizon leaves the shift regime once the bank is within this share of the jump
+SHIFT_PRIOR = 0.1        # the new level's spread starts at this share of the jump (is it lasting? unknown yet)
+SHIFT_Z = 2.0            # a shift-held interval spans at least this many mean absolute deviations of the new level
+COLD_REACH = 12.0        # a trend known only from one-step errors is extrapolated at most this many times the data span
+COLD_TREND_SHARE = 0.5   # an unscored horizon's interval widens by this share of the move it forecasts
+SHORTER_SHARE = 0.25     # an interval spans at least this share of every shorter horizon's, each side
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftUpdate:
+    """Per series, after one sample: the new run state and where a shift starts now."""
+
+    run: NDArray[np.int8]   # signed count of consecutive far samples (+ above, - below)
+    run_sum: F64            # sum of the samples of the current run
+    run_lo: F64             # smallest and largest sample of the current run
+    run_hi: F64
+    base: F64               # the level the run is far from (what was expected at its first sample)
+    started: B              # a shift is declared at this sample
+    level: F64              # the mean of the run that made it (NaN elsewhere)
+
+
+def track_shift(run: NDArray[np.int8], run_sum: F64, run_lo: F64, run_hi: F64, base: F64, y: F64, reference: F64,
+                lower: F64, upper: F64, scale: F64, tail: F64, ok: B) -> ShiftUpdate:
+    """One step of the shift detector, vectorised over the series of a call.
+
+    `reference` is what the sample was expected to be (the post-shift level while a shift is active),
+    `lower`/`upper` the one-step interval around it, `scale` the one-step error scale; `ok` is False
+    where nothing is known yet or the sample follows a gap (the run restarts). A run is judged against
+    the level at its first sample (`base`), not against each new expectation: a fast one-step model
+    that follows the new level after one sample must not hide the change from the slow horizons. The
+    run's samples must agree with each other (spread below `SHIFT_CONSISTENT` of the jump): a burst of
+    wild values (1e7, 7e6, 1e8 in a series near 3e5) is an anomaly, not a new level to forecast."""
+    with np.errstate(invalid="ignore"):
+        margin = np.fmax(SHIFT_SCALES * np.where(np.isfinite(scale) & (scale > 0), scale, np.inf),
+                         SHIFT_TAILS * tail)
+        half_up = np.fmax(upper - reference, 0.0)
+        half_lo = np.fmax(reference - lower, 0.0)
+        in_run = run != 0
+        ref = np.where(in_run & np.isfinite(base), base, reference)
+        above = ok & (y - ref > np.fmax(margin, half_up))
+        below = ok & (ref - y > np.fmax(margin, half_lo))
+    side = above.astype(np.int8) - below.astype(np.int8)
+    same = in_run & (side != 0) & (np.sign(run) == side)
+    fresh = ~same & (side != 0)
+    if (in_run & ~same & (side != 0)).any():
+        # the run broke the other way: judged afresh against what is expected now
+        with np.errstate(invalid="ignore"):
+            a2 = ok & (y - reference > np.fmax(margin, half_up))
+            b2 = ok & (reference - y > np.fmax(margin, half_lo))
+        side = np.where(in_run & ~same, a2.astype(np.int8) - b2.astype(np.int8), side).astype(np.int8)
+        fresh = ~same & (side != 0)
+    new_run = np.where(same, run + side, side).astype(np.int8)
+    new_sum = np.where(same, run_sum + y, np.where(fresh, y, 0.0))
+    new_lo = np.where(same, np.fmin(run_lo, y), np.where(fresh, y, np.nan))
+    new_hi = np.where(same, np.fmax(run_hi, y), np.where(fresh, y, np.nan))
+    new_base = np.where(same, base, np.where(fresh, reference, np.nan))
+    full = np.abs(new_run) >= SHIFT_RUN
+    mean = new_sum / np.maximum(np.abs(new_run), 1)
+    with np.errstate(invalid="ignore"):
+        started = full & (new_hi - new_lo <= SHIFT_CONSISTENT * np.abs(mean - new_base))
+    # a full run that disagrees with itself slides on: its oldest sample is forgotten (approximately)
+    slide = full & ~started
+    new_run = np.where(started, 0, np.where(slide, new_run - np.sign(new_run), new_run)).astype(np.int8)
+    new_sum = np.where(started, 0.0, np.where(slide, mean * np.abs(new_run), new_sum))
+    return ShiftUpdate(run=new_run, run_sum=new_sum, run_lo=np.where(started, np.nan, new_lo),
+                       run_hi=np.where(started, np.nan, new_hi), base=np.where(started, np.nan, new_base),
+                       started=started, level=np.where(started, mean, np.nan))
+
+
+def follow_level(level: F64, spread: F64, count: F64, y: F64) -> tuple[F64, F64, F64]:
+    """The post-shift level and mean absolute deviation after one more sample (a plain mean of the first
+    1/SHIFT_RATE samples, then forgetting at SHIFT_RATE)."""
+    c = count + 1.0
+    rate = np.maximum(1.0 / c, SHIFT_RATE)
+    known = np.isfinite(level)
+    new_level = np.where(known, level + rate * (y - level), y)
+    dev = np.abs(y - np.where(known, level, y))
+    new_spread = np.where(np.isfinite(spread), spread + rate * (dev - spread), dev)
+    return new_level, new_spread, c
+
+
+def still_shifted(active: B, bank_mean: F64, level: F64, jump: F64, scale: F64, since_s: F64, horizons_s: F64) -> B:
+    """(k, H): which horizons keep forecasting the post-shift level.
+
+    A horizon leaves once the bank's own forecast there is back within `SHIFT_CAUGHT_UP` of the jump
+    (or `SHIFT_SCALES` error scales) of the new level and the forecasts made since the shift have begun
+    to be scored there (a horizon's worth of time): its models have learnt the change. After
+    `SHIFT_MAX_S` every horizon leaves: a day of data has reached every profile."""
+    with np.errstate(invalid="ignore"):
+        tol = np.fmax(SHIFT_CAUGHT_UP * np.abs(jump), SHIFT_SCALES * np.where(np.isfinite(scale), scale, 0.0))
+        caught = (np.abs(bank_mean - level[:, None]) <= tol[:, None]) & (since_s[:, None] >= horizons_s[None, :])
+        young = since_s < SHIFT_MAX_S
+    out: B = active & ~caught & young[:, None]
+    return out
+
+
+def floor_interval(lo: F64, hi: F64, order: NDArray[np.intp]) -> tuple[F64, F64]:
+    """(k, H) error quantiles that no shorter horizon contradicts: each side spans at least
+    `SHORTER_SHARE` of the widest shorter horizon's (`order` sorts the horizons). Errors do not always
+    grow with the horizon (a forecast one step after a spike errs more than one a day ahead), so the
+    floor is a share, not the whole; but a 5-minute interval of ±0.1 beside a one-minute one of ±12
+    is a claim no forecaster can make. The one-step interval and a share of the mean error were
+    tried as floors too: on the NAB series they covered 94 % of outcomes for a nominal 90 %, since
+    a series that is exact most of the time justifies a bound on the point forecast."""
+    known = np.isfinite(lo) & np.isfinite(hi)             # no interval yet stays none
+    hs, ls = hi[:, order], lo[:, order]
+    hi_out, lo_out = np.empty_like(hi), np.empty_like(lo)
+    hi_out[:, order] = np.fmax(hs, SHORTER_SHARE * np.fmax.accumulate(hs, axis=1))
+    lo_out[:, order] = np.fmin(ls, SHORTER_SHARE * np.fmin.accumulate(ls, axis=1))
+    return np.where(known, lo_out, np.nan), np.where(known, hi_out, np.nan)
+
+
+def domain_of(low: F64, high: F64, ymin: F64) -> tuple[F64, F64]:
+    """The domain a forecast is clipped to: the metric's own, and not below 0 for a series never negative."""
+    lo = np.where(ymin >= 0, np.fmax(low, 0.0), low)
+    return lo, high

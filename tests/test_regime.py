@@ -1,0 +1,187 @@
+"""What a twin claims stays trustworthy: divergence direction, metric domains, level shifts, cold start."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sidecar.engine.core import Engine
+from sidecar.engine.forecast import ForecastBank
+from sidecar.engine.regime import track_shift
+from sidecar.errors import InputError
+
+T0 = 1_700_000_000.0
+
+
+def _feed(eng: Engine, twin: str, metric: str, values: np.ndarray, *, t0: float = T0, dt: float = 15.0) -> float:
+    slot = eng.series_for(twin, [metric])
+    t = t0
+    for v in values:
+        t += dt
+        eng.ingest(slot, np.array([float(v)]), at=t)
+    return t
+
+
+def _noisy(level: float, n: int, seed: int, sd: float) -> np.ndarray:
+    return level + sd * np.random.default_rng(seed).standard_normal(n)
+
+
+def test_cpu_far_below_its_expected_level_is_low_with_scaling_in_advice_and_no_alert() -> None:
+    eng = Engine()
+    eng.create_twin("idle", at=T0, expected={"cpu_usage": 55.0})
+    _feed(eng, "idle", "cpu_usage", np.clip(_noisy(7.5, 40, 1, 0.3), 0, 100))
+    st = eng.status("idle")
+    cpu = st["metrics"]["cpu_usage"]
+    assert cpu["severity"] == "low"
+    assert cpu["divergence_harmful"] is False
+    assert "consider scaling in" in cpu["advice"]
+    assert st["divergence_alerts"] == [] and st["corrections"] == []
+    assert st["drift_detected"] is False and st["health_score"] == 100.0
+    assert not [e for e in eng.events(twin="idle") if e.type == "divergence"]
+
+
+def test_cpu_far_above_its_expected_level_is_critical_and_alerts() -> None:
+    eng = Engine()
+    eng.create_twin("hot", at=T0, expected={"cpu_usage": 30.0})
+    _feed(eng, "hot", "cpu_usage", np.clip(_noisy(85.0, 10, 2, 0.3), 0, 100))
+    st = eng.status("hot")
+    assert st["metrics"]["cpu_usage"]["severity"] == "critical"
+    assert st["metrics"]["cpu_usage"]["divergence_harmful"] is True
+    assert st["divergence_alerts"] and st["drift_detected"]
+
+
+def test_memory_below_its_expected_level_never_advises_a_leak_hunt() -> None:
+    eng = Engine()
+    eng.create_twin("m", at=T0, expected={"memory_usage": 10.0})
+    _feed(eng, "m", "memory_usage", _noisy(4.8, 10, 3, 0.05))
+    mem = eng.status("m")["metrics"]["memory_usage"]
+    assert mem["severity"] == "low" and "leak" not in mem["advice"]
+    assert eng.status("m")["corrections"] == []
+
+
+def test_a_custom_metric_diverges_both_ways_unless_its_direction_says_otherwise() -> None:
+    eng = Engine()
+    eng.create_twin("q", at=T0, expected={"queue_depth": 100.0})
+    _feed(eng, "q", "queue_depth", _noisy(10.0, 6, 4, 0.1))
+    assert eng.status("q")["metrics"]["queue_depth"]["severity"] == "critical"
+    eng.set_metric_rules("q", directions={"queue_depth": "up"}, at=T0 + 100)
+    _feed(eng, "q", "queue_depth", _noisy(10.0, 6, 5, 0.1), t0=T0 + 100)
+    assert eng.status("q")["metrics"]["queue_depth"]["severity"] == "low"
+    eng.set_metric_rules("q", directions={"queue_depth": "down"}, at=T0 + 300)
+    _feed(eng, "q", "queue_depth", _noisy(10.0, 6, 6, 0.1), t0=T0 + 300)
+    assert eng.status("q")["metrics"]["queue_depth"]["severity"] == "critical"
+
+
+def test_metric_rules_refuse_an_unknown_direction_and_bounds_on_a_core_metric() -> None:
+    eng = Engine()
+    eng.create_twin("r", at=T0)
+    with pytest.raises(InputError, match="direction of cpu_usage"):
+        eng.set_metric_rules("r", directions={"cpu_usage": "sideways"}, at=T0)
+    with pytest.raises(InputError, match="fixed"):
+        eng.set_metric_rules("r", bounds={"cpu_usage": (0.0, 5.0)}, at=T0)
+    with pytest.raises(InputError, match="low < high"):
+        eng.set_metric_rules("r", bounds={"load1": (5.0, 1.0)}, at=T0)
+
+
+def _all_forecasts(eng: Engine, twin: str) -> list[dict[str, float]]:
+    return [m for p in eng.status(twin)["state_predictions"] for m in p["metrics"].values()]
+
+
+def test_percentages_fractions_and_bounded_custom_metrics_are_forecast_inside_their_domain() -> None:
+    eng = Engine()
+    eng.create_twin("edge", at=T0)
+    eng.set_metric_rules("edge", bounds={"ratio": (0.0, 1.0)}, at=T0)
+    n = 600
+    climb = np.linspace(60.0, 99.9, n) + np.random.default_rng(7).normal(0, 1.0, n)
+    _feed(eng, "edge", "cpu_usage", np.clip(climb, 0, 100))
+    _feed(eng, "edge", "error_rate", np.clip(np.linspace(0.2, 0.99, n), 0, 1))
+    _feed(eng, "edge", "ratio", np.clip(np.linspace(0.5, 1.0, n), 0, 1))
+    st = eng.status("edge")
+    for p in st["state_predictions"]:
+        for metric, (lo, hi) in (("cpu_usage", (0, 100)), ("error_rate", (0, 1)), ("ratio", (0, 1))):
+            f = p["metrics"][metric]
+            assert lo <= f["lower"] <= f["predicted"] <= f["upper"] <= hi, (metric, p["horizon_seconds"], f)
+
+
+def test_every_point_forecast_lies_inside_its_interval_on_a_noisy_wave() -> None:
+    bank = ForecastBank([60.0, 300.0, 900.0])
+    idx = bank.add(3)
+    rng = np.random.default_rng(11)
+    for k in range(2000):
+        t = T0 + 15.0 * k
+        y = np.array([50 + 20 * math.sin(k / 40), 5 + rng.exponential(3.0), 100 + rng.normal(0, 5)])
+        bank.update(idx, np.full(3, t), y)
+        fc = bank.forecast(idx)
+        ok = np.isfinite(fc.lower)
+        assert np.all((fc.lower[ok] <= fc.mean[ok]) & (fc.mean[ok] <= fc.upper[ok]))
+
+
+@pytest.mark.parametrize(("metric", "before", "after", "dt"), [
+    ("memory_usage", 80.0, 1.0, 15.0), ("cpu_usage", 55.0, 7.0, 15.0), ("cpu_usage", 10.0, 60.0, 15.0),
+    ("memory_usage", 80.0, 1.0, 300.0), ("cpu_usage", 55.0, 7.0, 300.0),
+])
+def test_every_horizon_follows_a_lasting_level_shift_within_a_few_samples(metric: str, before: float, after: float,
+                                                                          dt: float) -> None:
+    eng = Engine()
+    eng.create_twin("s", at=T0)
+    warm = int((6 * 3600 if dt == 15.0 else 3 * 86400) / dt)
+    t = _feed(eng, "s", metric, _noisy(before, warm, 8, 0.02 * before), dt=dt)
+    slot = int(eng.series_for("s", [metric])[0])
+    tol = max(0.1 * abs(after - before), 3 * 0.02 * max(before, after))
+    followed_at = None
+    regimes = set()
+    for k, v in enumerate(_noisy(after, 30, 9, 0.02 * after)):
+        t += dt
+        eng.ingest(np.array([slot]), np.array([v]), at=t)
+        regimes.update(p["metrics"][metric]["regime"] for p in eng.status("s")["state_predictions"])
+        if followed_at is None and np.all(np.abs(eng.fc_mean[slot] - after) <= tol):
+            followed_at = k + 1
+        if followed_at is not None:
+            assert np.all(np.abs(eng.fc_mean[slot] - after) <= 2 * tol), (k, eng.fc_mean[slot])
+    assert followed_at is not None and followed_at <= 6, followed_at
+    if dt == 15.0:
+        assert "level_shift" in regimes
+    assert math.isnan(eng.status("s")["metrics"][metric]["breach_eta_seconds"] or math.nan)
+
+
+def test_a_burst_of_wild_values_is_not_taken_for_a_new_level() -> None:
+    run = np.zeros(1, np.int8)
+    s, lo, hi, base = np.zeros(1), np.full(1, np.nan), np.full(1, np.nan), np.full(1, np.nan)
+    started = []
+    for y in (1.3e7, 6.6e6, 1.4e8, 3.3e6):
+        up = track_shift(run, s, lo, hi, base, np.array([y]), np.array([3e5]), np.array([2e5]), np.array([4e5]),
+                         np.array([2e4]), np.array([5e5]), np.array([True]))
+        run, s, lo, hi, base = up.run, up.run_sum, up.run_lo, up.run_hi, up.base
+        started.append(bool(up.started[0]))
+    assert not any(started)
+
+
+def test_a_steady_climb_from_a_cold_start_gets_a_time_to_limit_within_minutes() -> None:
+    eng = Engine()
+    eng.create_twin("ramp", at=T0)
+    slot = eng.series_for("ramp", ["cpu_usage"])
+    first_eta_s = None
+    rng = np.random.default_rng(12)
+    for k in range(40):                                  # 10 minutes at 15 s, 3 %/min from 20 %
+        t = T0 + 15.0 * k
+        eng.ingest(slot, np.array([20.0 + 3.0 * (15.0 * k) / 60.0 + rng.normal(0, 0.2)]), at=t)
+        m = eng.status("ramp")["metrics"]["cpu_usage"]
+        if first_eta_s is None and m["breach_eta_seconds"] is not None:
+            first_eta_s = 15.0 * k
+            true_eta = (95.0 - m["value"]) / (3.0 / 60.0)
+            assert abs(m["breach_eta_seconds"] - true_eta) <= 0.5 * true_eta, (m, true_eta)
+            regimes = {p["metrics"]["cpu_usage"]["regime"] for p in eng.status("ramp")["state_predictions"]}
+            assert "cold_start" in regimes
+    assert first_eta_s is not None and first_eta_s <= 240.0, first_eta_s
+
+
+def test_no_time_to_limit_while_value_and_short_forecast_sit_far_below_the_limit() -> None:
+    from sidecar.engine.predict import hide_unsupported_eta
+
+    hs = np.array([60.0, 300.0, 900.0])
+    mean = np.array([[1.0, 40.0, 116.0], [30.0, 60.0, 120.0]])
+    eta = np.array([46.0, 500.0])
+    out = hide_unsupported_eta(eta, np.array([0.7, 20.0]), mean, hs, np.array([90.0, 95.0]))
+    assert math.isnan(out[0]) and out[1] == 500.0
