@@ -699,8 +699,8 @@ def _caveat(fit: CapacityFit) -> str | None:
     if fit.trustworthy:
         return None
     why = fit.reason
-    if fit.samples < MIN_SAMPLES and f"only {fit.samples} samples" not in why:
-        why = f"only {fit.samples} samples; {why}"
+    if not fit.has_rate and fit.samples < MIN_SAMPLES:     # the first model rests on the CPU samples alone
+        why = f"only {fit.samples} samples of {CPU}; {why}"
     if fit.zero_traffic:
         return (f"Not trustworthy as a capacity model ({why}); with no traffic now the answer is the current "
                 "state's and does not rest on it.")
