@@ -258,7 +258,19 @@ _SCHEMAS: dict[str, Any] = {
                                                    "scenario; load_test: in which the breaking point lies below "
                                                    "required_multiplier."},
             "will_likely_fail": {"type": "boolean"},
-            "projected_metrics": {"type": "object"},
+            "caveat": {"type": ["string", "null"],
+                       "description": "Set when the capacity fit is not trustworthy (a handful of samples, too "
+                                      "little load variation, no request rate, extrapolation): why the failure "
+                                      "probability is a guess. The first key of the result; null otherwise."},
+            "projected_metrics": {"type": "object",
+                                  "description": "Only the twin's own metrics, each with value, lower, upper, "
+                                                 "limit and model: 'capacity' (the core metrics, through the "
+                                                 "fitted capacity model) or 'forecast' (any other metric: its "
+                                                 "own forecast, which the scenario does not move)."},
+            "missing_metrics": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "Metrics the scenario acts on that the twin does not have (added "
+                                               "latency without request_latency_ms, an error burst without "
+                                               "error_rate), with what is therefore not projected."},
             "time_to_first_breach_s": _NUM_OR_NULL,
             "breaking_point": {"type": ["object", "null"],
                                "description": "load_test: traffic_multiplier, request_rate, bottleneck, "
@@ -268,7 +280,8 @@ _SCHEMAS: dict[str, Any] = {
             "recommendations": {"type": "array", "items": {"type": "string"}},
             "recovery_time_s": _NUM_OR_NULL, "model_fit": {"type": "object"},
             "breach_probability": {"type": "object", "additionalProperties": {"type": "number"},
-                                   "description": "Per limit (cpu, latency, errors, memory): the share of the "
+                                   "description": "Per limit the twin has (cpu, latency, errors, memory, "
+                                                  "mean_latency, or a custom metric's name): the share of the "
                                                   "draws in which it is breached; load_test: breached below "
                                                   "required_multiplier."},
             "seed": {"type": "integer"}, "samples": {"type": "integer"},

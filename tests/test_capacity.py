@@ -18,6 +18,7 @@ from sidecar.engine.capacity import (
     fit_mean_latency,
     wait_quantile_s,
 )
+from sidecar.engine.simulate import draw
 
 
 def _erlang_c_textbook(c: int, a: float) -> float:
@@ -286,3 +287,49 @@ def test_low_traffic_on_an_idle_cpu_keeps_the_idle_floor() -> None:
     x = float(np.mean(values["request_rate"]))
     g = np.array([1.0, x])
     assert fit.cpu_cov[1][1] > 0 and float(g @ np.array(fit.cpu_cov) @ g) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_capacity_route_with_few_samples_of_its_own_is_not_trustworthy() -> None:
+    """Plenty of request-rate samples, but only eight of CPU (one every 30) to fit the utilisation law from: the
+    eight repeat at the request-rate times around them, and count as eight."""
+    times, values = _service()
+    values.pop("request_latency_ms")
+    sparse_t = {**times, "cpu_usage": times["cpu_usage"][::30]}
+    sparse_v = {**values, "cpu_usage": values["cpu_usage"][::30]}
+    fit = fit_capacity(sparse_t, sparse_v, replicas=2, workers=1)
+    assert fit.capacity_source == "cpu" and not fit.trustworthy
+    assert fit.reason == "the cpu route rests on only 8 samples (need 20)"
+    assert fit.params()["route_samples"] == 8
+    full = fit_capacity(times, values, replicas=2, workers=1)
+    assert full.capacity_source == "cpu" and full.trustworthy and full.params()["route_samples"] == 240
+
+
+def test_the_capacity_is_never_below_the_throughput_the_service_sustained() -> None:
+    """Mostly 30 req/s, but 160 req/s held for two minutes: the capacity is at least that in every draw of a
+    simulation, though the 90th percentile of the history is about 33 req/s."""
+    rng = np.random.default_rng(4)
+    n = 240
+    lam = 30 + rng.normal(0, 2, n)
+    lam[100:108] = 160 + rng.normal(0, 2, 8)
+    t = 1.7e9 + 15.0 * np.arange(n)
+    values = {"request_rate": lam, "cpu_usage": 4 + 96 * lam / 360 + rng.normal(0, 0.8, n)}
+    fit = fit_capacity({m: t for m in values}, values, replicas=2, workers=4)
+    assert float(np.quantile(lam, 0.9)) < 40.0
+    assert 150.0 <= fit.capacity_floor <= float(lam.max())
+    d = draw(fit, (capacity.CPU,), np.random.default_rng(0))
+    assert float(d.capacity.min()) >= fit.capacity_floor
+
+
+def test_sustained_peak_is_the_highest_level_held_for_the_window() -> None:
+    x = np.array([1.0, 9.0, 2.0, 5.0, 6.0, 5.5, 7.0, 1.0])
+    assert capacity.sustained_peak(x, 3) == 5.5
+    assert capacity.sustained_peak(x, 1) == 9.0
+    assert capacity.sustained_peak(x[:2], 5) == 1.0 and capacity.sustained_peak(np.empty(0), 5) == 0.0
+
+
+def test_mean_wait_is_the_erlang_c_mean() -> None:
+    # M/M/1: E[W] = ρ/(μ − λ)
+    assert float(capacity.mean_wait_s(8.0, 10.0, 1.0)) == pytest.approx(0.8 / 2.0, rel=1e-12)
+    assert float(capacity.mean_wait_s(25.0, 30.0, 3.0)) == pytest.approx(
+        float(erlang_c(3.0, 2.5)) / 5.0, rel=1e-12)
+    assert math.isinf(float(capacity.mean_wait_s(10.0, 10.0, 1.0)))

@@ -145,10 +145,11 @@ T0 = 1.7e9
 DEMO_LIMITS = {"cpu_usage": 60.0, "memory_usage": 90.0, "request_latency_ms": 120.0, "error_rate": 0.05}
 
 
-def demo_like_engine(n: int = 400, step: float = 5.0, seed: int = 0) -> tuple[Engine, float]:
+def demo_like_engine(n: int = 400, step: float = 5.0, seed: int = 0, cache_pct: float = 70.0
+                     ) -> tuple[Engine, float]:
     """An Engine twin fed like the demo's demo-api: traffic on a 10-minute wave with a 3x spike every 5 minutes,
-    CPU following it (capacity ≈ 280 req/s), flat p99 latency, few errors, and a cache whose memory grows and
-    is flushed every 8 minutes (so its forecast interval is wide)."""
+    CPU following it (capacity ≈ 280 req/s), flat p99 latency, few errors, and a cache whose memory grows by
+    ``cache_pct`` points above 15% and is flushed every 8 minutes (so its forecast interval is wide)."""
     rng = np.random.default_rng(seed)
     eng = Engine(EngineSettings(horizons_s=(60.0, 300.0, 900.0)))
     eng.create_twin("demo-api", at=T0, limits=DEMO_LIMITS, initial_state={"replicas": 1, "workers": 24})
@@ -156,7 +157,7 @@ def demo_like_engine(n: int = 400, step: float = 5.0, seed: int = 0) -> tuple[En
         t = T0 + step * i
         rate = (16 + 6 * np.sin(2 * np.pi * t / 600) + rng.normal(0, 0.8)) * (3.0 if t % 300 < 30 else 1.0)
         eng.sync("demo-api", {"cpu_usage": 1.0 + 0.35 * rate + rng.normal(0, 0.4),
-                              "memory_usage": 15 + 70 * (t % 480) / 480 + rng.normal(0, 0.5),
+                              "memory_usage": 15 + cache_pct * (t % 480) / 480 + rng.normal(0, 0.5),
                               "request_latency_ms": 40 + rng.normal(0, 2),
                               "error_rate": max(0.001 + rng.normal(0, 0.0005), 0.0),
                               "request_rate": rate}, at=t)
@@ -164,9 +165,10 @@ def demo_like_engine(n: int = 400, step: float = 5.0, seed: int = 0) -> tuple[En
 
 
 def test_a_spike_whose_peaks_are_all_under_their_limits_names_what_drives_its_failure_probability() -> None:
-    """The demo's 3x spike: every projected peak under its limit, a failure probability over 10%, and the advice
-    claimed replicas could not keep *every* metric under its limit and that 64x capacity might be needed."""
-    eng, now = demo_like_engine()
+    """A 3x spike with every projected peak under its limit and a failure probability over 10% from memory's
+    forecast interval (its cache reaches 95% before a flush): the advice names memory and how often it goes over,
+    and says replicas do not help, without claiming that 64x the capacity might be needed."""
+    eng, now = demo_like_engine(cache_pct=80.0)
     r = eng.simulate("demo-api", {"type": "traffic_spike", "traffic_multiplier": 3, "duration_minutes": 5}, at=now)
     peak = r["projected_metrics"]["peak"]
     assert all(p["value"] < p["limit"] for p in peak.values())                      # the point projections

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -188,7 +189,8 @@ async def _table(api: httpx.AsyncClient) -> str:
     sims: dict[str, dict[str, float]] = {}
     metrics_text = (await api.get("/metrics")).raise_for_status().text
     for fam in text_string_to_metric_families(metrics_text):
-        if fam.name in ("twin_simulation_failure_probability", "twin_simulation_breaking_multiplier"):
+        if fam.name in ("twin_simulation_failure_probability", "twin_simulation_breaking_multiplier",
+                        "twin_simulation_fit_trustworthy"):
             for s in fam.samples:
                 if s.labels.get("twin") == MAIN_TWIN:
                     sims.setdefault(s.labels.get("scenario", ""), {})[fam.name] = s.value
@@ -216,11 +218,20 @@ async def _table(api: httpx.AsyncClient) -> str:
     for t in others:
         lines.append(f"  twin {t['name']}: health {t['health_score']:.1f} ({t['health_status']}), "
                      f"drift {'YES' if t['drift_detected'] else 'no'}, {t['active_alerts']} alert(s)")
+    lines.extend(scenario_lines(sims))
+    return "\n".join(lines) + "\n"
+
+
+def scenario_lines(sims: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line per standing scenario from its exported gauges; a probability from an untrusted fit says so."""
+    lines = []
     for scenario, vals in sorted(sims.items()):
         p = vals.get("twin_simulation_failure_probability")
         mult = vals.get("twin_simulation_breaking_multiplier")
         text = f"  what-if {scenario}: P(fail) {p:.2f}" if p is not None else f"  what-if {scenario}:"
         if mult is not None:
             text += f", breaks at {mult:.1f}x today's traffic"
+        if vals.get("twin_simulation_fit_trustworthy") == 0.0:
+            text += " (capacity fit not trustworthy yet: a guess)"
         lines.append(text)
-    return "\n".join(lines) + "\n"
+    return lines

@@ -36,10 +36,15 @@ the share of traffic above capacity, memory from its own fitted load slope on to
 its forecast (both trends only when clearly positive: more traffic never frees memory).
 
 The fit is *not trustworthy* (and the simulation widens its bounds) when there is too
-little history, too little load variation, the winning route is poorly determined (a
-CPU slope that is not clearly positive, a wide service-time interval), there is no
-throughput metric at all, or the capacity lies far beyond anything observed
+little history (fewer than ``MIN_SAMPLES`` of the request rate, or of the metric the
+winning route is fitted from), too little load variation, the winning route is poorly
+determined (a CPU slope that is not clearly positive, a wide service-time interval),
+there is no throughput metric at all, or the capacity lies far beyond anything observed
 (extrapolation).
+
+The capacity is never below what the service demonstrably served (``capacity_floor``):
+the 90th percentile of the observed request rate, or the highest rate it held for
+``NOW_SAMPLES`` consecutive samples, whichever is higher.
 
 Everything here is pure and vectorised: parameters may be arrays of Monte Carlo draws
 and rates may be (draws × grid) arrays.
@@ -131,6 +136,34 @@ def wait_quantile_s(rate: F64 | float, capacity: F64 | float, servers: F64 | flo
         w = np.log(np.maximum(pw, 1e-300) / (1.0 - p)) / (k - lam)
     w = np.where(pw > 1.0 - p, w, 0.0) * variability
     return np.asarray(np.where(lam < k, w, np.inf), dtype=np.float64)
+
+
+def mean_wait_s(rate: F64 | float, capacity: F64 | float, servers: F64 | float,
+                variability: F64 | float = 1.0) -> F64:
+    """Mean M/M/c waiting time (seconds), E[W] = C/(K − λ), scaled by ``variability`` like `wait_quantile_s`.
+
+    Returns +inf at or above capacity.
+    """
+    lam = np.asarray(rate, dtype=np.float64)
+    k = np.asarray(capacity, dtype=np.float64)
+    c = np.asarray(servers, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = erlang_c(c, lam / (k / c)) / (k - lam) * variability
+    return np.asarray(np.where(lam < k, w, np.inf), dtype=np.float64)
+
+
+def sustained_peak(rate: F64, window: int) -> float:
+    """The highest rate held for ``window`` consecutive samples (the largest of the rolling minima).
+
+    Throughput a service kept up for that long is throughput it served: its capacity is at least that.
+    """
+    x = np.asarray(rate, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0
+    if x.size < window:
+        return float(np.min(x))
+    return float(np.max(np.lib.stride_tricks.sliding_window_view(x, window).min(axis=1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,9 +303,9 @@ def _now(values: F64) -> float:
     return float(np.median(values[-NOW_SAMPLES:]))
 
 
-def _align(ref_t: F64, t: F64, v: F64) -> F64:
-    """Values of another series at the reference times (nearest sample within ~1.5 steps), else NaN."""
-    out = np.full(ref_t.shape, np.nan)
+def _nearest(ref_t: F64, t: F64) -> NDArray[np.int64]:
+    """Per reference time, the index of another series' nearest sample within ~1.5 steps, else −1."""
+    out = np.full(ref_t.shape, -1, dtype=np.int64)
     if t.size == 0 or ref_t.size == 0:
         return out
     step = float(np.median(np.diff(ref_t))) if ref_t.size > 1 else 60.0
@@ -282,7 +315,15 @@ def _align(ref_t: F64, t: F64, v: F64) -> F64:
     right = np.clip(idx, 0, t.size - 1)
     pick = np.where(np.abs(t[left] - ref_t) <= np.abs(t[right] - ref_t), left, right)
     ok = np.abs(t[pick] - ref_t) <= tol
-    out[ok] = v[pick[ok]]
+    out[ok] = pick[ok]
+    return out
+
+
+def _align(ref_t: F64, t: F64, v: F64) -> F64:
+    """Values of another series at the reference times (nearest sample within ~1.5 steps), else NaN."""
+    pick = _nearest(ref_t, t)
+    out = np.full(ref_t.shape, np.nan)
+    out[pick >= 0] = v[pick[pick >= 0]]
     return out
 
 
@@ -388,10 +429,13 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
 
     rt, rv = series(rate_metric)
     rate_now = now.get(rate_metric, math.nan)
+    cpu_samples = int(series(CPU)[1].size)
     if rate_metric not in values:
-        return _first_model(servers, quantile, now, cpu_now, err_now, reasons, TRAFFIC_NO_QUERY, rate_metric)
+        return _first_model(servers, quantile, now, cpu_now, err_now, reasons, TRAFFIC_NO_QUERY, rate_metric,
+                            cpu_samples)
     if rv.size == 0 or not math.isfinite(rate_now):
-        return _first_model(servers, quantile, now, cpu_now, err_now, reasons, TRAFFIC_NO_DATA, rate_metric)
+        return _first_model(servers, quantile, now, cpu_now, err_now, reasons, TRAFFIC_NO_DATA, rate_metric,
+                            cpu_samples)
 
     lam = np.maximum(rv, 0.0)
     rate_now = max(rate_now, 0.0)
@@ -402,6 +446,12 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
     rate_ref = rate_now if rate_now > 0 else float(np.median(lam[lam > 0]))
     cols = {name: _align(rt, *series(name)) for name in (CPU, LATENCY, MEAN_LATENCY, ERRORS, MEMORY)
             if name in values}
+    # which of each series' own samples every aligned value is: a sparse series repeats one sample at several
+    # request-rate times, and a route is fitted from as many observations as it has distinct samples
+    picked = {name: _nearest(rt, series(name)[0]) for name in cols}
+
+    def observed(name: str, ok: np.ndarray) -> int:
+        return int(np.unique(picked[name][ok]).size)
     n = int(lam.size)
     cv = float(np.std(lam) / np.mean(lam)) if np.mean(lam) > 0 else 0.0
     rate_range = (float(np.min(lam)), float(np.max(lam)))
@@ -412,6 +462,7 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
     extra: dict[str, Any] = {"load_cv": round(cv, 4)}
     candidates: dict[str, tuple[float, float]] = {}
     weak: set[str] = set()
+    route_samples: dict[str, int] = {}          # samples each route was fitted from
 
     # CPU: the utilisation law.
     a, b = 0.0, 0.0
@@ -419,6 +470,7 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
     if has_cpu:
         y = cols[CPU]
         ok = np.isfinite(y)
+        route_samples["cpu"] = observed(CPU, ok)
         cpu_fit = fit_line(lam[ok], y[ok]) if cv >= MIN_LOAD_CV / 2 else None
         if cpu_fit is not None and cpu_fit.slope > 0 and cpu_fit.slope_t >= 2.0:
             a, b, cpu_cov = max(cpu_fit.intercept, 0.0), cpu_fit.slope, cpu_fit.cov
@@ -448,6 +500,7 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
     if MEAN_LATENCY in cols:
         y = cols[MEAN_LATENCY]
         ok = np.isfinite(y) & (lam > 0)
+        route_samples["mean_latency"] = observed(MEAN_LATENCY, ok)
         mf = fit_mean_latency(lam[ok], y[ok], servers) if ok.sum() >= 5 and cv >= MIN_LOAD_CV / 2 else None
         if mf is not None:
             candidates["mean_latency"] = (servers / mf.service_s, mf.capacity_log_sd)
@@ -467,6 +520,7 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
     if LATENCY in cols:
         y = cols[LATENCY]
         ok = np.isfinite(y) & (lam > 0)
+        route_samples["latency"] = observed(LATENCY, ok)
         lf = fit_latency_curve(lam[ok], y[ok], servers, quantile, variability) if ok.sum() >= 5 else None
         if lf is not None:
             hi = None if math.isinf(lf.high) else round(lf.high, 4)
@@ -475,7 +529,8 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
                 sd = max(math.log(lf.high / max(lf.low, 1e-12)) / (2 * 1.96), 0.02)
                 candidates["latency"] = (lf.capacity, sd)
 
-    floor = float(np.quantile(lam, 0.9))
+    # what the service demonstrably served: most of the history's load, and any load it held for a minute or more
+    floor = max(float(np.quantile(lam, 0.9)), sustained_peak(lam, NOW_SAMPLES))
     if candidates:
         source = min(candidates, key=lambda k: candidates[k][0])
         capacity = candidates[source][0]
@@ -497,6 +552,9 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         reasons.append(f"capacity {extrap:.0f}x beyond the highest observed load: extrapolation")
     if source in weak and not any(r.startswith("CPU") for r in reasons):
         reasons.append(f"the {source.replace('_', ' ')} route is poorly determined")
+    few = route_samples.get(source, n)
+    if few < MIN_SAMPLES <= n:
+        reasons.append(f"the {source.replace('_', ' ')} route rests on only {few} samples (need {MIN_SAMPLES})")
     extra["extrapolation"] = round(extrap, 3)
 
     # Errors and memory: linear trends in load, used only where they are clearly positive. A falling one is a
@@ -517,8 +575,9 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         if mfit is not None and mfit.slope_t >= 3.0:
             mem_slope, mem_sd = mfit.slope, math.sqrt(max(mfit.cov[1][1], 0.0))
 
-    trustworthy = (n >= MIN_SAMPLES and cv >= MIN_LOAD_CV and source not in weak and source != "assumed"
-                   and extrap <= MAX_EXTRAPOLATION)
+    trustworthy = (n >= MIN_SAMPLES and few >= MIN_SAMPLES and cv >= MIN_LOAD_CV and source not in weak
+                   and source != "assumed" and extrap <= MAX_EXTRAPOLATION)
+    extra["route_samples"] = route_samples.get(source, n)
     return CapacityFit(
         has_rate=True, rate_now=rate_now, servers=servers, quantile=quantile, capacity=capacity,
         capacity_source=source, candidates=candidates, capacity_floor=floor, variability=variability,
@@ -566,8 +625,11 @@ def _zero_traffic_model(servers: int, quantile: float, now: Mapping[str, float],
 
 
 def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_now: float, err_now: float,
-                 reasons: list[str], traffic: str, rate_metric: str) -> CapacityFit:
-    """No throughput observed: utilisation scales with traffic, rates in units of the current load."""
+                 reasons: list[str], traffic: str, rate_metric: str, samples: int) -> CapacityFit:
+    """No throughput observed: utilisation scales with traffic, rates in units of the current load.
+
+    ``samples`` counts the CPU samples the current utilisation comes from; the fit is never trustworthy.
+    """
     why = (f"no {rate_metric} metric for this twin" if traffic == TRAFFIC_NO_QUERY
            else f"{rate_metric} returned no data")
     reasons = [*reasons, f"{why}: utilisation assumed proportional to traffic (no request rate observed)"]
@@ -584,5 +646,5 @@ def _first_model(servers: int, quantile: float, now: Mapping[str, float], cpu_no
         cpu_idle=0.0, cpu_slope=cpu_now if has_cpu else 0.0,
         cpu_cov=((0.0, 0.0), (0.0, (0.3 * cpu_now) ** 2 if has_cpu else 0.0)), has_cpu=has_cpu,
         error_base=err_now, error_slope=0.0, memory_slope=0.0, memory_slope_sd=0.0, now=now,
-        trustworthy=False, reasons=tuple(reasons), samples=0, rate_range=(1.0, 1.0), traffic=traffic,
+        trustworthy=False, reasons=tuple(reasons), samples=samples, rate_range=(1.0, 1.0), traffic=traffic,
     )

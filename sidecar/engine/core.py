@@ -971,7 +971,7 @@ class Engine:
     # -------------------------------------------------------------- what-if
     def simulate(self, twin: str, scenario: Mapping[str, Any], *, at: float, seed: int = 0,
                  replicas: int | None = None, workers: int | None = None) -> dict[str, Any]:
-        from .simulate import SimulationContext, run_scenario
+        from .simulate import CORE_DOMAINS, SimulationContext, run_scenario
 
         t = self._lookup(twin)
         if not isinstance(scenario, Mapping):
@@ -990,8 +990,11 @@ class Engine:
                                                           self.fc_upper[slot].copy())
             if np.isfinite(self.limit[slot]):
                 limits[key[1]] = float(self.limit[slot])
+        # only the twin's own metrics: a default limit for a metric it does not report would invent one
         for k, v in self.settings.limits.items():
-            limits.setdefault(k, float(t.limits.get(k, v)))
+            if k in times:
+                limits.setdefault(k, float(t.limits.get(k, v)))
+        domains = {m: CORE_DOMAINS[m] for m in times if m in CORE_DOMAINS}
         sizing = t.initial_state
         if replicas is None and isinstance(sizing.get("replicas"), int):
             replicas = int(sizing["replicas"])
@@ -999,7 +1002,7 @@ class Engine:
             workers = int(sizing["workers"])
         ctx = SimulationContext(twin_id=t.twin_id, now=at, limits=limits, times=times, values=values,
                                 horizons_s=self.horizons_s.copy(), forecast_mean=mean, forecast_lower=lower,
-                                forecast_upper=upper, replicas=replicas, workers=workers)
+                                forecast_upper=upper, replicas=replicas, workers=workers, domains=domains)
         result = run_scenario(ctx, scenario, seed=seed).to_dict()
         result["twin_id"] = t.twin_id
         result["source"] = Source.SIMULATION.value   # never ingested: sync refuses this source
