@@ -17,6 +17,10 @@ it: 200 with ``"stored": true`` means it survives a crash from now on; 202
 with ``"stored": false`` means it is applied and queued, and is written, in
 order, when the database answers (it is down, or slower than the wait).
 A simulation changes nothing and stores nothing.
+
+Events are read from the store, so they outlive a restart, merged with the engine's in-memory buffer,
+which still holds the events not yet written (each event once, by id); when the store does not answer
+the buffer alone is served and the answer says so. Pages follow ``next_before`` and ``next_before_id``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 from aiohttp import web
 
 from .engine.expected import check_expected_value, value_kind
-from .engine.records import EventType
+from .engine.records import EventType, TwinEvent
 from .engine.twin import TwinEngine
 from .errors import (
     CorruptSnapshotError,
@@ -48,6 +52,7 @@ from .errors import (
     UnknownTwinError,
 )
 from .openapi import OPENAPI
+from .store.base import EventQuery, event_key
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,15 @@ JSON_INT_DIGITS_MAX = 300
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Longest ``before_id`` accepted (event ids are about 25 characters).
+EVENT_ID_MAX = 200
+#: Seconds an events request waits for the store before it answers from the memory buffer alone.
+EVENTS_STORE_WAIT_S = 5.0
+#: What an events answer from the memory buffer alone says.
+EVENTS_FROM_MEMORY_MESSAGE = ("the history store did not answer: these are only the events this sidecar holds in "
+                              "memory (those since it started, the newest 10,000 at most); stored events are "
+                              "served again once the store answers")
+
 #: What a 202 says: the change holds and will be written, the caller need not retry.
 NOT_STORED_MESSAGE = ("applied in memory but not yet stored: the history database is unavailable or slow; "
                       "the change is kept in the write buffer and written, in order, when the database answers")
@@ -74,6 +88,14 @@ class DurableWrites(Protocol):
 
     def last_write(self) -> Callable[[], Awaitable[bool]]:
         """Taken under the engine lock right after the change; awaited after releasing it (bounded)."""
+
+
+@runtime_checkable
+class EventHistory(Protocol):
+    """A facade store that can list stored events (the service's store; a library's may not)."""
+
+    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
+        """Stored events matching ``query``, newest first; ``StoreError`` when the database does not answer."""
 
 
 class ApiError(web.HTTPException):
@@ -249,6 +271,7 @@ class TwinApi:
         self._lock = engine_lock
         self._token_source = auth_token
         self._token_failed = False
+        self._events_store_failed = False
 
     def _token(self) -> bytes | None:
         """The token now, or ``b""`` (matches nothing) when its file is unreadable or empty: fail closed."""
@@ -332,11 +355,57 @@ class TwinApi:
             raise ApiError(400, "query parameter 'type': expected one of "
                                 + ", ".join(sorted(e.value for e in EventType)))
         since = _query_time(request, "since")
+        before = _query_time(request, "before")
+        before_id = request.query.get("before_id") or None
+        if before_id is not None and before is None:
+            raise ApiError(400, "query parameter 'before_id': only together with 'before' (pass the previous "
+                                "page's next_before and next_before_id)")
+        if before_id is not None and len(before_id) > EVENT_ID_MAX:
+            raise ApiError(400, f"query parameter 'before_id': at most {EVENT_ID_MAX} characters")
         limit = _query_int(request, "limit", 1000, 1, EVENTS_LIMIT_MAX)
+        engine = self._facade.engine
         async with self._lock:
-            twin_id = self._facade.engine.get(twin).twin_id if twin is not None else None
-            events = self._facade.engine.events(twin=twin_id, type=type_, since=since, limit=limit)
-        return json_response({"events": events, "count": len(events)})
+            twin_id = engine.get(twin).twin_id if twin is not None else None
+            held = engine.events(twin=twin_id, type=type_, since=since, limit=max(1, engine.settings.event_buffer))
+        # one more than asked for: whether another page follows is then known, not guessed
+        query = EventQuery(twin_id=twin_id, type=type_, since=since, before=before, before_id=before_id,
+                           limit=limit + 1)
+        # read after the buffer: an event written meanwhile is in the store, one emitted meanwhile is newer
+        stored, source = await self._stored_events(query)
+        by_id = {e.event_id: e for e in stored}
+        by_id.update((e.event_id, e) for e in held if query.admits(e))   # not yet written, or written: once
+        page = sorted(by_id.values(), key=event_key, reverse=True)[:limit + 1]
+        more = len(page) > limit
+        page = page[:limit]
+        body: dict[str, Any] = {
+            "events": page, "count": len(page),
+            # pass both as ?before=&before_id= for the next (older) page; null when this page is the last
+            "next_before": page[-1].timestamp if more else None,
+            "next_before_id": page[-1].event_id if more else None,
+            "source": source,
+        }
+        if source == "memory" and isinstance(self._facade.store, EventHistory):
+            body["message"] = EVENTS_FROM_MEMORY_MESSAGE
+        return json_response(body)
+
+    async def _stored_events(self, query: EventQuery) -> tuple[list[TwinEvent], str]:
+        """The store's events and ``"store"``; none and ``"memory"`` without a store that lists events, or when
+        it fails or takes longer than ``EVENTS_STORE_WAIT_S`` (logged once per outage)."""
+        store = self._facade.store
+        if not isinstance(store, EventHistory):
+            return [], "memory"
+        try:
+            stored = await asyncio.wait_for(store.list_events(query), EVENTS_STORE_WAIT_S)
+        except (StoreError, TimeoutError) as exc:
+            if not self._events_store_failed:
+                log.warning("events served from memory only: the history store did not answer",
+                            extra={"error": str(exc) or type(exc).__name__})
+            self._events_store_failed = True
+            return [], "memory"
+        if self._events_store_failed:
+            log.info("events served from the history store again")
+        self._events_store_failed = False
+        return stored, "store"
 
     # -- writes
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import math
 import os
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from sidecar.api import ApiError, jsonable, parse_expected
+from sidecar.api import EVENTS_FROM_MEMORY_MESSAGE, EVENTS_LIMIT_MAX, ApiError, jsonable, parse_expected
 from sidecar.config import SecretFile
 from sidecar.engine.history import MemoryHistoryStore
 from sidecar.engine.records import StateHistoryEntry, SystemType
@@ -33,6 +34,10 @@ from sidecar.engine.view import Outbox
 from sidecar.openapi import OPENAPI
 from sidecar.server import build_app
 from sidecar.status import ServiceStatus
+from sidecar.store import EventQuery
+from sidecar.store.postgres import PostgresStore
+from sidecar.store.sqlite import SQLiteStore
+from sidecar.testing import free_port
 
 TOKEN = "tok-9f2c1e7d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -91,7 +96,7 @@ class Api:
     client: TestClient[Any, Any]
     facade: TwinEngine
     clock: Clock
-    store: MemoryHistoryStore
+    store: Any
 
 
 ApiFactory = Callable[..., Any]
@@ -101,10 +106,11 @@ ApiFactory = Callable[..., Any]
 async def make_api() -> AsyncIterator[ApiFactory]:
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(*, auth_token: str | None = TOKEN, max_body_bytes: int = 4096) -> Api:
+    async def make(*, auth_token: str | None = TOKEN, max_body_bytes: int = 4096, store: Any = None,
+                   sink: Callable[[Outbox], Any] | None = None) -> Api:
         clock = Clock()
-        store = MemoryHistoryStore()
-        facade = TwinEngine(clock=clock, store=store)
+        store = MemoryHistoryStore() if store is None else store
+        facade = TwinEngine(clock=clock, store=store, sink=sink)
         await facade.create_twin("checkout", SystemType.API_GATEWAY)
         await facade.create_twin("search", SystemType.WEB_SERVICE)
         await feed(facade, clock, "checkout")
@@ -241,11 +247,96 @@ async def test_events_filter_by_twin_type_and_since(api: Api) -> None:
 
 
 @pytest.mark.parametrize("query, field", [("type=party", "type"), ("since=soon", "since"),
-                                          ("limit=-1", "limit")])
+                                          ("limit=-1", "limit"), ("before=later", "before"),
+                                          ("before_id=evt_1_1", "before_id"),
+                                          (f"before=1&before_id={'x' * 201}", "before_id")])
 async def test_events_bad_query_is_400(api: Api, query: str, field: str) -> None:
     resp = await api.client.get(f"/api/v1/events?{query}")
     assert resp.status == 400
     assert f"'{field}'" in (await body_of(resp))["error"]
+
+
+def event_ids(body: dict[str, Any]) -> list[str]:
+    return [e["event_id"] for e in body["events"]]
+
+
+async def all_events(client: TestClient[Any, Any], limit: int, **params: str) -> list[str]:
+    """Every event, walking the pages by next_before / next_before_id."""
+    ids: list[str] = []
+    query: dict[str, Any] = {"limit": limit, **params}
+    while True:
+        body = await body_of(await client.get("/api/v1/events", params=query))
+        assert_matches(body, "/api/v1/events", "get", 200)
+        ids += event_ids(body)
+        if body["next_before"] is None:
+            assert body["next_before_id"] is None
+            return ids
+        query = {**query, "before": repr(body["next_before"]), "before_id": body["next_before_id"]}
+
+
+async def test_events_come_from_the_store_with_those_not_yet_written_once(make_api: ApiFactory,
+                                                                          tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "twins.db")
+    api: Api = await make_api(store=store)
+    try:
+        stored = [e.event_id for e in await store.list_events(EventQuery(limit=EVENTS_LIMIT_MAX))]
+        assert stored, "creating and feeding the twins stored events"
+        late = api.facade.engine.create_twin("late", at=api.clock.now)   # emitted, not yet written
+        (unwritten,) = [e.event_id for e in api.facade.engine.events(twin=late.twin_id)]
+        body = await body_of(await api.client.get("/api/v1/events"))
+        assert_matches(body, "/api/v1/events", "get", 200)
+        assert body["source"] == "store" and "message" not in body
+        assert sorted(event_ids(body)) == sorted([*stored, unwritten])
+        await store.write(api.facade.engine.drain())                        # now written too: still once
+        again = await body_of(await api.client.get("/api/v1/events"))
+        assert event_ids(again) == event_ids(body)
+        # a new engine over the same file (a restart): nothing in memory, everything from the store
+        fresh = TwinEngine(clock=api.clock, store=store)
+        app = build_app(facade=fresh, status=ServiceStatus(), registry=CollectorRegistry(),
+                        engine_lock=asyncio.Lock(), auth_token=None)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            after = await body_of(await client.get("/api/v1/events"))
+        assert fresh.engine.events() == []
+        assert event_ids(after) == event_ids(body) and after["count"] == len(stored) + 1
+    finally:
+        await store.close()
+
+
+async def test_event_pages_follow_next_before_and_before_id_without_gaps(make_api: ApiFactory,
+                                                                         tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "twins.db")
+    api: Api = await make_api(store=store)
+    try:
+        for i in range(5):              # one instant, five events: pages must continue inside the group
+            await api.facade.create_twin(f"svc-{i}", SystemType.WEB_SERVICE)
+        api.facade.engine.create_twin("unwritten", at=api.clock.now)
+        full = await body_of(await api.client.get("/api/v1/events"))
+        assert full["next_before"] is None and full["count"] >= 8
+        stamps = [(e["timestamp_unix"], e["event_id"]) for e in full["events"]]
+        assert stamps == sorted(stamps, reverse=True)
+        for limit in (1, 2, 3):
+            assert await all_events(api.client, limit) == event_ids(full), limit
+        created = await all_events(api.client, 2, type="twin_created")
+        assert created == [i for i, e in zip(event_ids(full), full["events"], strict=True)
+                           if e["type"] == "twin_created"]
+        exact = await body_of(await api.client.get("/api/v1/events", params={"limit": full["count"]}))
+        assert exact["next_before"] is None, "a page that ends with the last event says it is the last"
+    finally:
+        await store.close()
+
+
+async def test_events_fall_back_to_memory_and_say_so_when_the_store_does_not_answer(
+        make_api: ApiFactory, caplog: pytest.LogCaptureFixture) -> None:
+    down = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", connect_timeout_s=2.0)
+    api: Api = await make_api(store=down, sink=lambda outbox: None)     # nothing listens at that port
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        for _ in range(2):
+            body = await body_of(await api.client.get("/api/v1/events"))
+            assert_matches(body, "/api/v1/events", "get", 200)
+            assert body["source"] == "memory" and body["message"] == EVENTS_FROM_MEMORY_MESSAGE
+            assert {e["type"] for e in body["events"]} == {"twin_created"}
+    warned = [r for r in caplog.records if "events served from memory" in r.getMessage()]
+    assert len(warned) == 1, "one line per outage, not one per request"
 
 
 # ------------------------------------------------------------------------------------------- writes
