@@ -6,7 +6,8 @@ never sees a half-applied tick; calls that can take long (listing every twin,
 a simulation, reading history from the store) run in a worker thread or await
 I/O while holding it, so the event loop keeps serving /metrics and probes.
 Requests that change state need ``Authorization: Bearer <token>`` when a token
-is configured; reads stay open, as /metrics does. A token given as a file is re-read
+is configured; reads stay open, as /metrics does. Each refusal is logged (client address, method, path,
+reason; never the token sent), at most once per client per minute with a count. A token given as a file is re-read
 when the file changes (a rotated Kubernetes Secret takes effect without a restart); a
 file that cannot be read or is empty refuses every write rather than opening them. Errors are JSON
 ``{"error": message, "status": code}`` and never contain a secret.
@@ -31,7 +32,9 @@ import hmac
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
@@ -257,6 +260,76 @@ def expected_state_refused(exc: ExpectedStateError) -> ApiError:
     return ApiError(400, f"{where}: {exc.detail}")
 
 
+# --------------------------------------------------------------------------- refused authentications
+
+#: The entry shared by clients beyond ``RefusalLog.max_clients`` (not an address: it has no port or dots).
+_OTHER_CLIENTS = "<other clients>"
+
+
+@dataclass(slots=True)
+class _Client:
+    logged_at: float          # when this client's last line was written (monotonic seconds)
+    unlogged: int = 0         # refusals since then that wrote no line
+
+
+class RefusalLog:
+    """One warning line per refused authentication, at most one per client per ``every_s``.
+
+    A refusal is worth a line (someone is trying writes without the token, or a client still has an old
+    one), but a client retrying in a loop must not fill the log: its first refusal is logged at once, the
+    ones within ``every_s`` after a line are only counted, and the next line after that says how many it
+    stands for (``refused``). The line names the client's address, the method, the path and why; never
+    the token that was sent nor any part of it. At most ``max_clients`` addresses are remembered (those
+    idle longer than ``every_s`` are forgotten first); beyond them the other addresses share one entry, so
+    neither many addresses nor one can grow memory or the log without bound.
+
+    >>> refusals = RefusalLog(every_s=60.0)
+    >>> refusals.refused("10.0.0.7", "PUT", "/api/v1/twins/svc/expected", "wrong token")   # logs one line
+    """
+
+    def __init__(self, *, every_s: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.max_clients = max_clients
+        self._clock = clock
+        self._clients: dict[str, _Client] = {}
+
+    def refused(self, client: str, method: str, path: str, reason: str) -> None:
+        now = self._clock()
+        key = self._key(client, now)
+        seen = self._clients.get(key)
+        if seen is not None and now - seen.logged_at < self.every_s:
+            seen.unlogged += 1
+            return
+        refused = 1 + (seen.unlogged if seen is not None else 0)
+        self._clients[key] = _Client(logged_at=now)
+        log.warning("api authentication refused", extra={
+            "client": client, "method": method, "path": path, "reason": reason, "refused": refused,
+            "quiet_for_s": self.every_s})
+
+    def _key(self, client: str, now: float) -> str:
+        """The client's own entry, or, with ``max_clients`` remembered and none idle, one shared by the rest."""
+        if client in self._clients or len(self._clients) < self.max_clients:
+            return client
+        for key in [k for k, c in self._clients.items() if now - c.logged_at >= self.every_s]:
+            del self._clients[key]
+        return client if len(self._clients) < self.max_clients else _OTHER_CLIENTS
+
+
+def _refusal_reason(header: str | None, expected: bytes) -> str:
+    """Why an ``Authorization`` header does not pass, in words that quote nothing of it."""
+    if not expected:
+        return "token file unreadable or empty"
+    if header is None or not header.strip():
+        return "missing"
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return "not a bearer token"
+    if not given.strip():
+        return "empty bearer token"
+    return "wrong token"
+
+
 # --------------------------------------------------------------------------- the API
 
 #: The bearer token: fixed, read on demand (a ``SecretFile``'s ``read``), or none (writes open).
@@ -266,12 +339,14 @@ TokenSource = str | Callable[[], str] | None
 class TwinApi:
     """Handlers over one ``TwinEngine``; ``routes()`` lists them for ``app.add_routes``."""
 
-    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource) -> None:
+    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource,
+                 refusals: RefusalLog | None = None) -> None:
         self._facade = facade
         self._lock = engine_lock
         self._token_source = auth_token
         self._token_failed = False
         self._events_store_failed = False
+        self.refusals = refusals or RefusalLog()
 
     def _token(self) -> bytes | None:
         """The token now, or ``b""`` (matches nothing) when its file is unreadable or empty: fail closed."""
@@ -309,8 +384,11 @@ class TwinApi:
         async def guarded(request: web.Request) -> web.StreamResponse:
             token = self._token()
             if token is not None:
-                scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+                header = request.headers.get("Authorization")
+                scheme, _, given = (header or "").partition(" ")
                 if scheme.lower() != "bearer" or not token or not hmac.compare_digest(given.strip().encode(), token):
+                    self.refusals.refused(request.remote or "unknown", request.method, request.path,
+                                          _refusal_reason(header, token))
                     raise ApiError(401, "missing or invalid bearer token",
                                    headers={"WWW-Authenticate": 'Bearer realm="twin-sidecar"'})
             return await handler(request)

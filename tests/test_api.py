@@ -25,12 +25,20 @@ from prometheus_client import CollectorRegistry
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from sidecar.api import EVENTS_FROM_MEMORY_MESSAGE, EVENTS_LIMIT_MAX, ApiError, jsonable, parse_expected
+from sidecar.api import (
+    EVENTS_FROM_MEMORY_MESSAGE,
+    EVENTS_LIMIT_MAX,
+    ApiError,
+    RefusalLog,
+    jsonable,
+    parse_expected,
+)
 from sidecar.config import SecretFile
 from sidecar.engine.history import MemoryHistoryStore
 from sidecar.engine.records import StateHistoryEntry, SystemType
 from sidecar.engine.twin import TwinEngine
 from sidecar.engine.view import Outbox
+from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.openapi import OPENAPI
 from sidecar.server import build_app
 from sidecar.status import ServiceStatus
@@ -463,6 +471,68 @@ async def test_writes_need_the_bearer_token(api: Api, headers: dict[str, str]) -
         text = await resp.text()
         assert TOKEN not in text and "wrong" not in text
     assert api.facade.engine.get("checkout").expected_state is None, "nothing changed"
+
+
+GUESS = "guess-5b1e77"
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "api authentication refused"]
+
+
+@pytest.mark.parametrize("headers, reason", [
+    ({}, "missing"),
+    ({"Authorization": f"Bearer {GUESS}"}, "wrong token"),
+    ({"Authorization": f"Bearer {TOKEN}{GUESS}"}, "wrong token"),      # the real token, and more
+    ({"Authorization": f"Bearer {TOKEN[:-1]}"}, "wrong token"),        # all but its last character
+    ({"Authorization": TOKEN}, "not a bearer token"),                  # the token without a scheme
+    ({"Authorization": f"Basic {TOKEN}"}, "not a bearer token"),
+    ({"Authorization": "Bearer "}, "empty bearer token"),
+])
+async def test_a_refused_authentication_is_logged_without_the_token(
+        api: Api, caplog: pytest.LogCaptureFixture, headers: dict[str, str], reason: str) -> None:
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        resp = await api.client.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50}, headers=headers)
+    assert resp.status == 401
+    (line,) = refusal_lines(caplog)
+    assert line.levelno == logging.WARNING
+    fields = {k: getattr(line, k) for k in ("client", "method", "path", "reason", "refused")}
+    assert fields == {"client": "127.0.0.1", "method": "PUT", "path": "/api/v1/twins/checkout/expected",
+                      "reason": reason, "refused": 1}
+    rendered = [JsonFormatter().format(r) for r in caplog.records] + [TextFormatter().format(r)
+                                                                     for r in caplog.records]
+    everything = "\n".join(rendered) + caplog.text + repr([r.__dict__ for r in caplog.records])
+    for secret in (TOKEN, TOKEN[:6], TOKEN[-6:], GUESS):
+        assert secret not in everything, secret
+
+
+async def test_a_flood_of_refusals_writes_one_line_per_client_per_minute(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        for _ in range(30):
+            resp = await api.client.post("/api/v1/twins/checkout/simulate", json={"type": "load_test"},
+                                         headers={"Authorization": f"Bearer {GUESS}"})
+            assert resp.status == 401
+    assert len(refusal_lines(caplog)) == 1
+
+
+def test_refusals_past_the_minute_are_logged_with_their_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    refusals = RefusalLog(every_s=60.0, max_clients=2, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        for _ in range(50):
+            refusals.refused("10.0.0.1", "PUT", "/p", "wrong token")
+        refusals.refused("10.0.0.2", "PUT", "/p", "missing")             # another client: its own line
+        now[0] += 61.0
+        refusals.refused("10.0.0.1", "POST", "/q", "wrong token")
+        lines = refusal_lines(caplog)
+        assert [(r.client, r.refused) for r in lines] == [("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.1", 50)]
+        caplog.clear()
+        # two addresses are remembered: 10.0.0.2, idle for a minute, makes room for 10.0.0.3; the others share
+        # one entry, so a flood from many addresses still writes one line a minute
+        for i in range(3, 20):
+            refusals.refused(f"10.0.0.{i}", "PUT", "/p", "missing")
+        assert [r.client for r in refusal_lines(caplog)] == ["10.0.0.3", "10.0.0.4"]
 
 
 async def test_auth_is_checked_before_the_twin_is_looked_up(api: Api) -> None:
