@@ -55,11 +55,13 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_rules(a: argparse.Namespace) -> int:
-    from .alerts import rules_main
+    from .alerts import AlertSettings, check_runbook_base_url, rules_main
 
+    settings = AlertSettings() if a.runbook_base_url is None else \
+        AlertSettings(runbook_url=check_runbook_base_url(a.runbook_base_url))   # before any file is written
     out = _open_out(a.output)
     try:
-        return rules_main(a.config, out)
+        return rules_main(a.config, out, settings=settings)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     ru = sub.add_parser("rules", help="write Prometheus alerting rules generated from the rules file")
     ru.add_argument("--config", required=True)
     ru.add_argument("--output", default="-", help="file to write (default stdout)")
+    ru.add_argument("--runbook-base-url", metavar="URL",
+                    help="http(s) URL of your copy of the README; each alert's runbook_url becomes "
+                         "URL#runbook-<alert> (default: the relative README.md#runbook-<alert>)")
     ru.set_defaults(func=_cmd_rules)
 
     si = sub.add_parser("simulate", help="run a what-if scenario on a twin, from Prometheus history")

@@ -50,6 +50,36 @@ def test_rules_command_writes_rule_groups(tmp_path: Path) -> None:
     assert {"TwinDivergenceCritical", "TwinHealthCritical", "TwinPrometheusUnreachable"} <= alerts
 
 
+def test_rules_runbook_links_start_with_the_base_url_given(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    config = str(_rules(tmp_path, "http://127.0.0.1:9", "up"))
+    base = "https://git.example.com/sre/twin-sidecar/blob/main/README.md"
+    assert main(["rules", "--config", config, "--runbook-base-url", base]) == 0
+    out, err = capsys.readouterr()
+    urls = {r["alert"]: r["annotations"]["runbook_url"] for g in yaml.safe_load(out)["groups"] for r in g["rules"]}
+    assert urls and all(u == f"{base}#runbook-{a.lower()}" for a, u in urls.items())
+    assert err == ""
+    assert main(["rules", "--config", config]) == 0          # without it: relative links, and a note saying so
+    out, err = capsys.readouterr()
+    assert "runbook_url: README.md#runbook-twinhealthlow" in out
+    assert "--runbook-base-url" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url", ["ftp://docs.example.com/README.md", "README.md", "https://", "",
+                                 "https://docs.example.com/README.md#top", "javascript:alert(1)"])
+def test_rules_refuse_a_runbook_base_url_that_is_not_http_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str) -> None:
+    out = tmp_path / "alerts.yaml"
+    rc = main(["rules", "--config", str(_rules(tmp_path, "http://127.0.0.1:9", "up")), "--output", str(out),
+               "--runbook-base-url", url])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("twin-sidecar rules: --runbook-base-url") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists(), "nothing is written"
+
+
 def test_backtest_from_csv_and_from_prometheus(tmp_path: Path, prom_env: PromEnv,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "s.csv"
