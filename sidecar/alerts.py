@@ -7,6 +7,9 @@ gets an ``absent()`` check of its own, and a sidecar instance whose scrape fails
 target's labels (``prometheus.self_labels``, else ``job="twin-sidecar"``). Everything else is generic over
 the ``twin``/``metric`` labels, so discovered twins are covered without listing them.
 
+The health alerts use the engine's bands (``sidecar.engine.health``): TwinHealthLow below 70, TwinHealthCritical
+below 50, so a score of exactly 50 raises the warning alone and one of exactly 70 neither.
+
 Every alert carries ``severity`` (``warning`` or ``critical``), a one-line ``summary``, a ``description``
 with the live values (Prometheus template language) and a ``runbook_url`` into the README's
 ``#runbook-<alertname lowercased>`` anchors (headings ``### Runbook: <AlertName>``). Where a deployment keeps
@@ -35,6 +38,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .config import SidecarConfig, format_duration, load_config
+from .engine.health import CRITICAL_BELOW, WARNING_BELOW
 from .errors import ConfigError, InputError
 
 __all__ = [
@@ -76,8 +80,8 @@ class AlertSettings:
     """
 
     divergence_for_s: float = 300.0
-    health_warning: float = 70.0
-    health_critical: float = 50.0
+    health_warning: float = WARNING_BELOW        # the engine's bands: these alerts page on what it reports
+    health_critical: float = CRITICAL_BELOW
     health_for_s: float = 300.0
     breach_eta_under_s: float = 900.0
     breach_for_s: float = 120.0
@@ -227,7 +231,10 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
     # a stale metric's severity is the last one computed, on data no longer observed: TwinMetricStale says so
     # instead, so the divergence alerts stop (and resolve) rather than page on a frozen value
     not_stale = f" unless ({metric_stale})"
-    health_text = ("Twin {{ $labels.twin }} has had a health score of {{ $value | printf \"%.0f\" }}/100 "
+    # the score as the engine keeps it (two decimals, trailing zeros dropped): rounded to a whole number, 49.6
+    # read "50/100 (below 50)"
+    health_text = ("Twin {{ $labels.twin }} has had a health score of "
+                   "{{ $value | printf \"%.2f\" | reReplaceAll \"\\\\.?0+$\" \"\" }}/100 "
                    "(below <<limit>>) for at least <<health_for>>.")
     rules: list[dict[str, Any]] = [
         b.rule("TwinDivergenceHigh", f"{severity} >= 3{not_stale}", s.divergence_for_s, "warning",
