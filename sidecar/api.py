@@ -417,13 +417,16 @@ class TwinApi:
         before = _query_time(request, "before")
         async with self._lock:
             twin_id = self._facade.engine.get(twin).twin_id
-            entries = await self._facade.history(twin, limit=limit, before=before)
+            # one more than asked for: whether another page follows is then known, not guessed
+            entries = await self._facade.history(twin, limit=limit + 1, before=before)
+        more = len(entries) > limit
+        entries = entries[:limit]
         return json_response({
             "twin_id": twin_id,
             "snapshots": [e.to_dict() for e in entries],
             "count": len(entries),
-            # pass as ?before= for the next (older) page; null when this page was the last
-            "next_before": entries[-1].timestamp if len(entries) == limit else None,
+            # pass as ?before= for the next (older) page; null when this page is the last
+            "next_before": entries[-1].timestamp if more else None,
         })
 
     async def events(self, request: web.Request) -> web.Response:

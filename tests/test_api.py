@@ -220,6 +220,8 @@ async def test_history_is_newest_first_and_pages_with_before(api: Api) -> None:
     page2 = await body_of(await c.get(f"/api/v1/twins/checkout/history?limit=2&before={before}"))
     assert all(s["timestamp_unix"] < page1["next_before"] for s in page2["snapshots"])
     assert page2["snapshots"][0]["snapshot_id"] == body["snapshots"][2]["snapshot_id"]
+    whole = await body_of(await c.get("/api/v1/twins/checkout/history", params={"limit": body["count"]}))
+    assert whole["next_before"] is None, "a page that ends with the oldest snapshot says it is the last"
 
 
 async def test_history_reaches_the_store_beyond_memory(api: Api) -> None:
