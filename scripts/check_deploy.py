@@ -448,6 +448,7 @@ REFUSED: tuple[tuple[list[str], str], ...] = (
     (["--set", "mode=sidecar", "--set", "shards[0].name=a", "--set", "shards[0].twins[0].name=x",
       "--set", "shards[0].twins[0].metrics.cpu=up"], "shards are for mode=standalone"),
     (["--set", "prometheus.url=ftp://x"], "/prometheus/url"),
+    (["--set", "prometheusRule.runbookBaseUrl=ftp://docs/README.md"], "/prometheusRule/runbookBaseUrl"),
     (["--set", "replicaCount=2", "--set", "storage.type=memory", "--set", "shards[0].name=a-pods",
       "--set", "shards[0].twins[0].name=x", "--set", "shards[0].twins[0].metrics.cpu=up"], "ends in -pods"),
     (["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.rules=not: [rules"], "prometheusRule.rules"),

@@ -7,9 +7,15 @@ gets an ``absent()`` check of its own, and a sidecar instance whose scrape fails
 target's labels (``prometheus.self_labels``, else ``job="twin-sidecar"``). Everything else is generic over
 the ``twin``/``metric`` labels, so discovered twins are covered without listing them.
 
+The health alerts use the engine's bands (``sidecar.engine.health``): TwinHealthLow below 70, TwinHealthCritical
+below 50, so a score of exactly 50 raises the warning alone and one of exactly 70 neither.
+
 Every alert carries ``severity`` (``warning`` or ``critical``), a one-line ``summary``, a ``description``
 with the live values (Prometheus template language) and a ``runbook_url`` into the README's
-``#runbook-<alertname lowercased>`` anchors (headings ``### Runbook: <AlertName>``).
+``#runbook-<alertname lowercased>`` anchors (headings ``### Runbook: <AlertName>``). Where a deployment keeps
+its copy of the README is not known here, so the links are ``README.md#runbook-…`` unless a base URL is given
+(``twin-sidecar rules --runbook-base-url URL``, the chart's ``prometheusRule.runbookBaseUrl``): Alertmanager
+and its receivers need an absolute http(s) URL to open one.
 
 Example::
 
@@ -27,16 +33,19 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import yaml
 
 from .config import SidecarConfig, format_duration, load_config
-from .errors import ConfigError
+from .engine.health import CRITICAL_BELOW, WARNING_BELOW
+from .errors import ConfigError, InputError
 
 __all__ = [
     "ALERT_NAMES",
     "DEFAULT_RUNBOOK_URL",
     "AlertSettings",
+    "check_runbook_base_url",
     "dump_rules",
     "render_rules",
     "rules_main",
@@ -71,8 +80,8 @@ class AlertSettings:
     """
 
     divergence_for_s: float = 300.0
-    health_warning: float = 70.0
-    health_critical: float = 50.0
+    health_warning: float = WARNING_BELOW        # the engine's bands: these alerts page on what it reports
+    health_critical: float = CRITICAL_BELOW
     health_for_s: float = 300.0
     breach_eta_under_s: float = 900.0
     breach_for_s: float = 120.0
@@ -92,6 +101,19 @@ class AlertSettings:
 
     def stale_after_s(self, interval_s: float) -> float:
         return max(self.stale_after_intervals * interval_s, self.stale_after_min_s)
+
+
+def check_runbook_base_url(url: str) -> str:
+    """The URL runbook links start with (the README's, without a ``#fragment``): an absolute http(s) URL, or an
+    ``InputError`` naming the option."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url.strip()):
+        raise InputError(f"--runbook-base-url {url!r}: expected an absolute http:// or https:// URL of your copy "
+                         "of the README, e.g. https://git.example.com/sre/twin-sidecar/blob/main/README.md")
+    if parts.fragment or url.strip().endswith("#"):
+        raise InputError(f"--runbook-base-url {url!r}: give the README's URL without a #fragment (each alert "
+                         "adds its own #runbook-… anchor)")
+    return url.strip()
 
 
 def runbook_anchor(alert: str) -> str:
@@ -209,7 +231,10 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
     # a stale metric's severity is the last one computed, on data no longer observed: TwinMetricStale says so
     # instead, so the divergence alerts stop (and resolve) rather than page on a frozen value
     not_stale = f" unless ({metric_stale})"
-    health_text = ("Twin {{ $labels.twin }} has had a health score of {{ $value | printf \"%.0f\" }}/100 "
+    # the score as the engine keeps it (two decimals, trailing zeros dropped): rounded to a whole number, 49.6
+    # read "50/100 (below 50)"
+    health_text = ("Twin {{ $labels.twin }} has had a health score of "
+                   "{{ $value | printf \"%.2f\" | reReplaceAll \"\\\\.?0+$\" \"\" }}/100 "
                    "(below <<limit>>) for at least <<health_for>>.")
     rules: list[dict[str, Any]] = [
         b.rule("TwinDivergenceHigh", f"{severity} >= 3{not_stale}", s.divergence_for_s, "warning",
@@ -318,15 +343,23 @@ def dump_rules(document: Mapping[str, Any], *, source: str | None = None) -> str
     return header + yaml.safe_dump(dict(document), sort_keys=False, width=1000, allow_unicode=True)
 
 
+#: What ``twin-sidecar rules`` says on stderr when its runbook links are relative.
+RELATIVE_RUNBOOK_NOTE = ("twin-sidecar rules: runbook links are relative (README.md#runbook-…), which Alertmanager "
+                         "cannot open: pass --runbook-base-url with the URL of your copy of the README")
+
+
 def rules_main(config_path: str, out: TextIO, *, settings: AlertSettings | None = None,
                err: TextIO | None = None) -> int:
-    """``twin-sidecar rules --config FILE``: print the rules; 2 with the error on a bad config."""
+    """``twin-sidecar rules --config FILE``: print the rules; 2 with the error on a bad config. A note on ``err``
+    when the runbook links are the relative default."""
     try:
         config = load_config(config_path)
         text = dump_rules(render_rules(config, settings), source=config_path)
     except ConfigError as exc:
         print(f"twin-sidecar rules: {exc}", file=err or sys.stderr)
         return 2
+    if (settings or AlertSettings()).runbook_url == DEFAULT_RUNBOOK_URL:
+        print(RELATIVE_RUNBOOK_NOTE, file=err or sys.stderr)
     out.write(text)
     log.info("rules written config=%s twins=%d", config_path, len(config.twins))
     return 0

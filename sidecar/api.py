@@ -6,7 +6,8 @@ never sees a half-applied tick; calls that can take long (listing every twin,
 a simulation, reading history from the store) run in a worker thread or await
 I/O while holding it, so the event loop keeps serving /metrics and probes.
 Requests that change state need ``Authorization: Bearer <token>`` when a token
-is configured; reads stay open, as /metrics does. A token given as a file is re-read
+is configured; reads stay open, as /metrics does. Each refusal is logged (client address, method, path,
+reason; never the token sent), at most once per client per minute with a count. A token given as a file is re-read
 when the file changes (a rotated Kubernetes Secret takes effect without a restart); a
 file that cannot be read or is empty refuses every write rather than opening them. Errors are JSON
 ``{"error": message, "status": code}`` and never contain a secret.
@@ -17,6 +18,10 @@ it: 200 with ``"stored": true`` means it survives a crash from now on; 202
 with ``"stored": false`` means it is applied and queued, and is written, in
 order, when the database answers (it is down, or slower than the wait).
 A simulation changes nothing and stores nothing.
+
+Events are read from the store, so they outlive a restart, merged with the engine's in-memory buffer,
+which still holds the events not yet written (each event once, by id); when the store does not answer
+the buffer alone is served and the answer says so. Pages follow ``next_before`` and ``next_before_id``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import hmac
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,7 +42,7 @@ import numpy as np
 from aiohttp import web
 
 from .engine.expected import check_expected_value, value_kind
-from .engine.records import EventType
+from .engine.records import EventType, TwinEvent
 from .engine.twin import TwinEngine
 from .errors import (
     CorruptSnapshotError,
@@ -48,6 +55,7 @@ from .errors import (
     UnknownTwinError,
 )
 from .openapi import OPENAPI
+from .store.base import EventQuery, event_key
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,15 @@ JSON_INT_DIGITS_MAX = 300
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Longest ``before_id`` accepted (event ids are about 25 characters).
+EVENT_ID_MAX = 200
+#: Seconds an events request waits for the store before it answers from the memory buffer alone.
+EVENTS_STORE_WAIT_S = 5.0
+#: What an events answer from the memory buffer alone says.
+EVENTS_FROM_MEMORY_MESSAGE = ("the history store did not answer: these are only the events this sidecar holds in "
+                              "memory (those since it started, the newest 10,000 at most); stored events are "
+                              "served again once the store answers")
+
 #: What a 202 says: the change holds and will be written, the caller need not retry.
 NOT_STORED_MESSAGE = ("applied in memory but not yet stored: the history database is unavailable or slow; "
                       "the change is kept in the write buffer and written, in order, when the database answers")
@@ -74,6 +91,14 @@ class DurableWrites(Protocol):
 
     def last_write(self) -> Callable[[], Awaitable[bool]]:
         """Taken under the engine lock right after the change; awaited after releasing it (bounded)."""
+
+
+@runtime_checkable
+class EventHistory(Protocol):
+    """A facade store that can list stored events (the service's store; a library's may not)."""
+
+    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
+        """Stored events matching ``query``, newest first; ``StoreError`` when the database does not answer."""
 
 
 class ApiError(web.HTTPException):
@@ -235,6 +260,76 @@ def expected_state_refused(exc: ExpectedStateError) -> ApiError:
     return ApiError(400, f"{where}: {exc.detail}")
 
 
+# --------------------------------------------------------------------------- refused authentications
+
+#: The entry shared by clients beyond ``RefusalLog.max_clients`` (not an address: it has no port or dots).
+_OTHER_CLIENTS = "<other clients>"
+
+
+@dataclass(slots=True)
+class _Client:
+    logged_at: float          # when this client's last line was written (monotonic seconds)
+    unlogged: int = 0         # refusals since then that wrote no line
+
+
+class RefusalLog:
+    """One warning line per refused authentication, at most one per client per ``every_s``.
+
+    A refusal is worth a line (someone is trying writes without the token, or a client still has an old
+    one), but a client retrying in a loop must not fill the log: its first refusal is logged at once, the
+    ones within ``every_s`` after a line are only counted, and the next line after that says how many it
+    stands for (``refused``). The line names the client's address, the method, the path and why; never
+    the token that was sent nor any part of it. At most ``max_clients`` addresses are remembered (those
+    idle longer than ``every_s`` are forgotten first); beyond them the other addresses share one entry, so
+    neither many addresses nor one can grow memory or the log without bound.
+
+    >>> refusals = RefusalLog(every_s=60.0)
+    >>> refusals.refused("10.0.0.7", "PUT", "/api/v1/twins/svc/expected", "wrong token")   # logs one line
+    """
+
+    def __init__(self, *, every_s: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.max_clients = max_clients
+        self._clock = clock
+        self._clients: dict[str, _Client] = {}
+
+    def refused(self, client: str, method: str, path: str, reason: str) -> None:
+        now = self._clock()
+        key = self._key(client, now)
+        seen = self._clients.get(key)
+        if seen is not None and now - seen.logged_at < self.every_s:
+            seen.unlogged += 1
+            return
+        refused = 1 + (seen.unlogged if seen is not None else 0)
+        self._clients[key] = _Client(logged_at=now)
+        log.warning("api authentication refused", extra={
+            "client": client, "method": method, "path": path, "reason": reason, "refused": refused,
+            "quiet_for_s": self.every_s})
+
+    def _key(self, client: str, now: float) -> str:
+        """The client's own entry, or, with ``max_clients`` remembered and none idle, one shared by the rest."""
+        if client in self._clients or len(self._clients) < self.max_clients:
+            return client
+        for key in [k for k, c in self._clients.items() if now - c.logged_at >= self.every_s]:
+            del self._clients[key]
+        return client if len(self._clients) < self.max_clients else _OTHER_CLIENTS
+
+
+def _refusal_reason(header: str | None, expected: bytes) -> str:
+    """Why an ``Authorization`` header does not pass, in words that quote nothing of it."""
+    if not expected:
+        return "token file unreadable or empty"
+    if header is None or not header.strip():
+        return "missing"
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return "not a bearer token"
+    if not given.strip():
+        return "empty bearer token"
+    return "wrong token"
+
+
 # --------------------------------------------------------------------------- the API
 
 #: The bearer token: fixed, read on demand (a ``SecretFile``'s ``read``), or none (writes open).
@@ -244,11 +339,14 @@ TokenSource = str | Callable[[], str] | None
 class TwinApi:
     """Handlers over one ``TwinEngine``; ``routes()`` lists them for ``app.add_routes``."""
 
-    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource) -> None:
+    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource,
+                 refusals: RefusalLog | None = None) -> None:
         self._facade = facade
         self._lock = engine_lock
         self._token_source = auth_token
         self._token_failed = False
+        self._events_store_failed = False
+        self.refusals = refusals or RefusalLog()
 
     def _token(self) -> bytes | None:
         """The token now, or ``b""`` (matches nothing) when its file is unreadable or empty: fail closed."""
@@ -286,8 +384,11 @@ class TwinApi:
         async def guarded(request: web.Request) -> web.StreamResponse:
             token = self._token()
             if token is not None:
-                scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+                header = request.headers.get("Authorization")
+                scheme, _, given = (header or "").partition(" ")
                 if scheme.lower() != "bearer" or not token or not hmac.compare_digest(given.strip().encode(), token):
+                    self.refusals.refused(request.remote or "unknown", request.method, request.path,
+                                          _refusal_reason(header, token))
                     raise ApiError(401, "missing or invalid bearer token",
                                    headers={"WWW-Authenticate": 'Bearer realm="twin-sidecar"'})
             return await handler(request)
@@ -316,13 +417,16 @@ class TwinApi:
         before = _query_time(request, "before")
         async with self._lock:
             twin_id = self._facade.engine.get(twin).twin_id
-            entries = await self._facade.history(twin, limit=limit, before=before)
+            # one more than asked for: whether another page follows is then known, not guessed
+            entries = await self._facade.history(twin, limit=limit + 1, before=before)
+        more = len(entries) > limit
+        entries = entries[:limit]
         return json_response({
             "twin_id": twin_id,
             "snapshots": [e.to_dict() for e in entries],
             "count": len(entries),
-            # pass as ?before= for the next (older) page; null when this page was the last
-            "next_before": entries[-1].timestamp if len(entries) == limit else None,
+            # pass as ?before= for the next (older) page; null when this page is the last
+            "next_before": entries[-1].timestamp if more else None,
         })
 
     async def events(self, request: web.Request) -> web.Response:
@@ -332,11 +436,57 @@ class TwinApi:
             raise ApiError(400, "query parameter 'type': expected one of "
                                 + ", ".join(sorted(e.value for e in EventType)))
         since = _query_time(request, "since")
+        before = _query_time(request, "before")
+        before_id = request.query.get("before_id") or None
+        if before_id is not None and before is None:
+            raise ApiError(400, "query parameter 'before_id': only together with 'before' (pass the previous "
+                                "page's next_before and next_before_id)")
+        if before_id is not None and len(before_id) > EVENT_ID_MAX:
+            raise ApiError(400, f"query parameter 'before_id': at most {EVENT_ID_MAX} characters")
         limit = _query_int(request, "limit", 1000, 1, EVENTS_LIMIT_MAX)
+        engine = self._facade.engine
         async with self._lock:
-            twin_id = self._facade.engine.get(twin).twin_id if twin is not None else None
-            events = self._facade.engine.events(twin=twin_id, type=type_, since=since, limit=limit)
-        return json_response({"events": events, "count": len(events)})
+            twin_id = engine.get(twin).twin_id if twin is not None else None
+            held = engine.events(twin=twin_id, type=type_, since=since, limit=max(1, engine.settings.event_buffer))
+        # one more than asked for: whether another page follows is then known, not guessed
+        query = EventQuery(twin_id=twin_id, type=type_, since=since, before=before, before_id=before_id,
+                           limit=limit + 1)
+        # read after the buffer: an event written meanwhile is in the store, one emitted meanwhile is newer
+        stored, source = await self._stored_events(query)
+        by_id = {e.event_id: e for e in stored}
+        by_id.update((e.event_id, e) for e in held if query.admits(e))   # not yet written, or written: once
+        page = sorted(by_id.values(), key=event_key, reverse=True)[:limit + 1]
+        more = len(page) > limit
+        page = page[:limit]
+        body: dict[str, Any] = {
+            "events": page, "count": len(page),
+            # pass both as ?before=&before_id= for the next (older) page; null when this page is the last
+            "next_before": page[-1].timestamp if more else None,
+            "next_before_id": page[-1].event_id if more else None,
+            "source": source,
+        }
+        if source == "memory" and isinstance(self._facade.store, EventHistory):
+            body["message"] = EVENTS_FROM_MEMORY_MESSAGE
+        return json_response(body)
+
+    async def _stored_events(self, query: EventQuery) -> tuple[list[TwinEvent], str]:
+        """The store's events and ``"store"``; none and ``"memory"`` without a store that lists events, or when
+        it fails or takes longer than ``EVENTS_STORE_WAIT_S`` (logged once per outage)."""
+        store = self._facade.store
+        if not isinstance(store, EventHistory):
+            return [], "memory"
+        try:
+            stored = await asyncio.wait_for(store.list_events(query), EVENTS_STORE_WAIT_S)
+        except (StoreError, TimeoutError) as exc:
+            if not self._events_store_failed:
+                log.warning("events served from memory only: the history store did not answer",
+                            extra={"error": str(exc) or type(exc).__name__})
+            self._events_store_failed = True
+            return [], "memory"
+        if self._events_store_failed:
+            log.info("events served from the history store again")
+        self._events_store_failed = False
+        return stored, "store"
 
     # -- writes
 

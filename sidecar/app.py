@@ -38,7 +38,7 @@ from .engine.core import Engine
 from .engine.history import HistoryStore
 from .engine.modelstate import TwinModelState
 from .engine.modelstate import encode as encode_model_state
-from .engine.records import StateHistoryEntry
+from .engine.records import StateHistoryEntry, TwinEvent
 from .engine.settings import EngineSettings
 from .engine.twin import TwinEngine
 from .engine.view import Outbox
@@ -49,7 +49,7 @@ from .prometheus import PrometheusClient
 from .scheduler import Scheduler
 from .server import build_app
 from .status import ServiceStatus
-from .store import RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
+from .store import EventQuery, RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
 from .store.writer import Ticket
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,10 @@ class _BufferedHistory:
     async def list_snapshots(self, twin_id: str, *, limit: int = 100,
                              before: float | None = None) -> list[StateHistoryEntry]:
         return await self.store.list_snapshots(twin_id, limit=limit, before=before)
+
+    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
+        """Stored events, read from the database directly (the API adds those still in memory)."""
+        return await self.store.list_events(query)
 
 
 class _RestoreGate:

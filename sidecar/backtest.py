@@ -9,17 +9,65 @@ width of the interval, and how often each model was chosen.
 
 The target of a forecast made at t for horizon h is the sample at t + h, else the
 nearest sample after t within half the median sampling interval (else it is not scored).
+A horizon longer than the data has nothing scored; the report says so instead of
+printing a row of unknowns.
+
+"Chosen" counts only real choices: the bank picks among models scored at least
+``_MIN_SCORED`` times at that horizon, and until one is, it falls back to the last
+value. Those forecasts are counted apart (``fallback``), so a short history reads as
+"mostly the last value, for lack of evidence", not as a vote for some model.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sidecar.engine.forecast import ForecastBank
+from sidecar.engine.forecast import _MIN_SCORED, ForecastBank
 from sidecar.errors import InputError
+from sidecar.replay import parse_duration, parse_time
+
+#: Scores a model needs at a horizon before the bank may choose it (the bank's own rule, read from it).
+MIN_SCORED = _MIN_SCORED
+
+_RELATIVE = re.compile(r"now\s*(?:([+-])\s*(\S+))?", re.IGNORECASE)
+TIME_FORMS = "now, now-10m, now-2h, an RFC 3339 time (2026-11-25T14:00:00Z) or unix seconds"
+
+
+def parse_time_option(option: str, text: str, *, now: float) -> float:
+    """``now``, ``now-10m``, ``now-2h30m`` (``now+…`` too), RFC 3339 or ``YYYY-MM-DD HH:MM:SS`` (no zone: UTC),
+    or unix seconds -> unix seconds; an ``InputError`` naming ``option`` otherwise."""
+    s = text.strip()
+    rel = _RELATIVE.fullmatch(s)
+    if rel is not None:
+        sign, amount = rel.groups()
+        if sign is None:
+            return now
+        try:
+            offset = parse_duration(amount)
+        except ValueError:
+            raise InputError(f"{option} {text!r}: {amount!r} is not a duration; expected {TIME_FORMS}") from None
+        return now - offset if sign == "-" else now + offset
+    try:
+        value = parse_time(s)
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected {TIME_FORMS}") from None
+    if not math.isfinite(value):
+        raise InputError(f"{option} {text!r}: expected a finite time: {TIME_FORMS}")
+    return value
+
+
+def check_model(model: str) -> None:
+    """``auto`` or one of the bank's models; an ``InputError`` naming ``--model`` and the choices otherwise."""
+    if model == "auto":
+        return
+    names = ForecastBank((300.0,)).model_names
+    if model not in names:
+        raise InputError(f"--model {model!r}: choose auto or one of {', '.join(names)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +82,9 @@ class HorizonReport:
     coverage: float  # share of actuals inside [lower, upper]
     mean_width: float
     mean_confidence: float  # what the forecaster claimed; compare with coverage
-    chosen: dict[str, float] = field(default_factory=dict)  # model -> share of forecasts
+    # model -> share of the scored forecasts it was chosen for, among models with MIN_SCORED scores or more
+    chosen: dict[str, float] = field(default_factory=dict)
+    fallback: float = 0.0  # share of the scored forecasts that were the last value: no model had the scores yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +148,21 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     lo, hi, conf = mean.copy(), mean.copy(), mean.copy()
     linear = mean.copy()
     chosen = np.zeros((n, H), dtype=np.int64)
+    fell_back = np.zeros((n, H), dtype=bool)
+    forced = -1 if model == "auto" else bank.model_names.index(model)
     for r in range(n):
         bank.update(idx, t_arr[r:r + 1], y_arr[r:r + 1])
         fc = bank.forecast(idx)
         mean[r], lo[r], hi[r], conf[r] = fc.mean[0], fc.lower[0], fc.upper[0], fc.confidence[0]
         chosen[r] = fc.model[0]
-        linear[r] = bank.predict_models(idx)[0, lin]
+        preds = bank.predict_models(idx)[0]
+        linear[r] = preds[lin]
+        # the bank's rule: a model may be chosen once scored MIN_SCORED times and with a forecast (a forced
+        # model needs only the forecast); without one the forecast is the last value
+        if forced < 0:
+            fell_back[r] = ~((bank.core["cnt"][idx][0] >= MIN_SCORED) & np.isfinite(preds)).any(axis=0)
+        else:
+            fell_back[r] = ~np.isfinite(preds[forced])
         if progress is not None and ((r + 1) % progress_every == 0 or r + 1 == n):
             progress(r + 1, n)
     med_dt = float(np.median(np.diff(t_arr)))
@@ -114,14 +173,15 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
         m = int(ok.sum())
         if m == 0:
             nan = float("nan")
-            rows.append(HorizonReport(h, 0, nan, nan, nan, nan, nan, nan, nan, nan, {}))
+            rows.append(HorizonReport(h, 0, nan, nan, nan, nan, nan, nan, nan, nan, {}, 0.0))
             continue
         actual = y_arr[tj[ok]]
         mae = float(np.mean(np.abs(actual - mean[ok, j])))
         mae_last = float(np.mean(np.abs(actual - y_arr[ok])))
         mae_lin = float(np.mean(np.abs(actual - linear[ok, j])))
         inside = (actual >= lo[ok, j]) & (actual <= hi[ok, j])
-        counts = np.bincount(chosen[ok, j], minlength=len(bank.model_names))
+        real = ~fell_back[ok, j]
+        counts = np.bincount(chosen[ok, j][real], minlength=len(bank.model_names))
         share = {bank.model_names[k]: float(c) / m for k, c in enumerate(counts) if c}
         rows.append(HorizonReport(
             horizon_s=h, scored=m, mae=mae, mae_last=mae_last, mae_linear=mae_lin,
@@ -129,25 +189,48 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
             mase_linear=mae / mae_lin if mae_lin > 0 else float("nan"),
             coverage=float(inside.mean()), mean_width=float(np.mean(hi[ok, j] - lo[ok, j])),
             mean_confidence=float(np.mean(conf[ok, j])),
-            chosen=dict(sorted(share.items(), key=lambda kv: -kv[1])),
+            chosen=dict(sorted(share.items(), key=lambda kv: -kv[1])), fallback=float(1.0 - real.mean()),
         ))
     return BacktestReport(samples=n, dropped=dropped, median_interval_s=med_dt, level=level, horizons=rows)
 
 
 def format_report(rep: BacktestReport) -> str:
-    """A plain-text table of a backtest, one line per horizon, then the models chosen."""
+    """A plain-text table of a backtest, one line per scored horizon, then the models chosen.
+
+    Horizons with nothing scored get no row (it would be all unknowns) but one line naming them; a number
+    that cannot be computed (a MASE against a baseline that was never wrong) is shown as "—".
+    """
+    scored = [h for h in rep.horizons if h.scored > 0]
+    unscored = [h for h in rep.horizons if h.scored == 0]
     out = [f"{rep.samples} samples ({rep.dropped} dropped), median interval {rep.median_interval_s:g}s, "
-           f"{rep.level:.0%} intervals",
-           f"{'horizon':>8} {'scored':>7} {'MAE':>11} {'MASE/last':>9} {'MASE/linear':>11} "
-           f"{'coverage':>8} {'width':>11} {'confidence':>10}"]
-    for h in rep.horizons:
-        out.append(f"{_dur(h.horizon_s):>8} {h.scored:>7} {h.mae:>11.4g} {h.mase_last:>9.3f} {h.mase_linear:>11.3f} "
-                   f"{h.coverage:>8.3f} {h.mean_width:>11.4g} {h.mean_confidence:>10.3f}")
-    out.append("models chosen:")
-    for h in rep.horizons:
-        top = ", ".join(f"{k} {v:.0%}" for k, v in list(h.chosen.items())[:5])
-        out.append(f"{_dur(h.horizon_s):>8}  {top}")
+           f"{rep.level:.0%} intervals"]
+    if scored:
+        out.append(f"{'horizon':>8} {'scored':>7} {'MAE':>11} {'MASE/last':>9} {'MASE/linear':>11} "
+                   f"{'coverage':>8} {'width':>11} {'confidence':>10}")
+    for h in scored:
+        out.append(f"{_dur(h.horizon_s):>8} {h.scored:>7} {_num(h.mae, 11, '.4g')} {_num(h.mase_last, 9, '.3f')} "
+                   f"{_num(h.mase_linear, 11, '.3f')} {_num(h.coverage, 8, '.3f')} {_num(h.mean_width, 11, '.4g')} "
+                   f"{_num(h.mean_confidence, 10, '.3f')}")
+    if unscored:
+        out.append("not scored: too little data for " + ", ".join(_dur(h.horizon_s) for h in unscored)
+                   + " (no forecast's target time falls inside the data)")
+    if scored:
+        out.append(f"models chosen (among models scored at least {MIN_SCORED} times at that horizon):")
+    for h in scored:
+        parts = [", ".join(f"{k} {_pct(v)}" for k, v in list(h.chosen.items())[:5])]
+        if h.fallback > 0:
+            parts.append(f"the last value as the fallback {_pct(h.fallback)} (no model had {MIN_SCORED} scores yet)")
+        out.append(f"{_dur(h.horizon_s):>8}  {'; '.join(p for p in parts if p)}")
     return "\n".join(out)
+
+
+def _num(v: float, width: int, spec: str) -> str:
+    return format(v, spec).rjust(width) if math.isfinite(v) else "—".rjust(width)
+
+
+def _pct(share: float) -> str:
+    """A share as a percentage; a small one never reads as 0 %."""
+    return "<1%" if 0.0 < share < 0.005 else f"{share:.0%}"
 
 
 def _dur(s: float) -> str:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from . import replay
-from .errors import ConfigError, InputError, SidecarError
+from .errors import ConfigError, InputError, SidecarError, SourceError
 from .logs import TextFormatter
 
 #: Subcommands that set up the service's own logging (JSON or text, ``--log-format``).
@@ -55,11 +56,13 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_rules(a: argparse.Namespace) -> int:
-    from .alerts import rules_main
+    from .alerts import AlertSettings, check_runbook_base_url, rules_main
 
+    settings = AlertSettings() if a.runbook_base_url is None else \
+        AlertSettings(runbook_url=check_runbook_base_url(a.runbook_base_url))   # before any file is written
     out = _open_out(a.output)
     try:
-        return rules_main(a.config, out)
+        return rules_main(a.config, out, settings=settings)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -160,23 +163,38 @@ def _cmd_detect(a: argparse.Namespace) -> int:
 
 
 def _cmd_backtest(a: argparse.Namespace) -> int:
-    from .backtest import format_report, run_backtest
+    from .backtest import check_model, format_report, parse_time_option, run_backtest
 
+    # every option is checked before anything is read or fetched: a mistake costs no download
     horizons = replay.parse_horizons(a.horizons)
+    check_model(a.model)
     if a.input:
-        rows = replay.load(a.input)
+        given = [f"--{k}" for k in ("query", "start", "end") if getattr(a, k) is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} go with --prometheus, not --input (a CSV is replayed whole)")
+        try:
+            rows = replay.load(a.input)
+        except InputError as e:
+            raise InputError(f"--input {e}") from None
         t = np.array([r.t for r in rows])
         y = np.array([r.value for r in rows])
         source = a.input
     else:
-        if not (a.prometheus and a.query and a.start and a.end):
-            raise InputError("give --input FILE.csv, or --prometheus URL --query PROMQL --start T --end T")
-        t, y = asyncio.run(_range(a.prometheus, a.query, replay.parse_time(a.start), replay.parse_time(a.end),
-                                  a.step))
+        missing = [f"--{k}" for k in ("query", "start", "end") if not getattr(a, k)]
+        if missing:
+            raise InputError(f"--prometheus needs {', '.join(missing)} too "
+                             "(e.g. --query 'sum(rate(http_requests_total[5m]))' --start now-2h --end now)")
+        now = time.time()
+        start, end = parse_time_option("--start", a.start, now=now), parse_time_option("--end", a.end, now=now)
+        t, y = asyncio.run(_range(a.prometheus, a.query, start, end, a.step))
         source = f"{a.query} @ {a.prometheus}"
     bar = _Progress(enabled=not a.json and sys.stderr.isatty())
-    rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar)
-    bar.done()
+    try:
+        rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar)
+    except InputError as e:     # too few usable samples: the data chosen is what to change
+        raise InputError(f"{'--input ' + a.input if a.input else '--start/--end'}: {e}") from None
+    finally:
+        bar.done()
     if a.json:
         print(json.dumps(_json_ready({"source": source, **rep.to_dict()}), indent=2, allow_nan=False))
     else:
@@ -185,21 +203,28 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
 
 
 async def _range(url: str, query: str, start: float, end: float, step_text: str) -> tuple[np.ndarray, np.ndarray]:
-    from .config import PrometheusConfig, parse_duration
+    from .config import PrometheusConfig
     from .engine.records import iso
-    from .prometheus import PrometheusClient
+    from .prometheus import PrometheusClient, QueryFailed
 
     if end <= start:
-        raise InputError("--end must be after --start")
+        raise InputError(f"--end ({iso(end)}) must be after --start ({iso(start)})")
     try:
-        step = parse_duration(step_text)
+        step = replay.parse_duration(step_text)
     except ValueError as e:
         raise InputError(f"--step: {e}") from None
     # more than Prometheus' 11,000 points per series is fetched in consecutive parts by the client: the step
-    # asked for is the step used (it used to be coarsened silently, and a backtest judged other data)
+    # asked for is the step used, so the backtest judges the data asked for
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"--prometheus {url!r}: expected Prometheus' base URL, e.g. http://127.0.0.1:9090")
     client = PrometheusClient(PrometheusConfig(url=url, timeout_s=60.0))
     try:
         m = await client.query_range(query, start, end, step)
+    except QueryFailed as e:
+        raise InputError(f"--query {query!r}: Prometheus refused it: {_one_line(e)}") from None
+    except SourceError as e:
+        raise InputError(f"--prometheus {url!r}: {_one_line(e)}") from None
     finally:
         await client.aclose()
     if len(m) == 0:
@@ -209,6 +234,11 @@ async def _range(url: str, query: str, start: float, end: float, step_text: str)
     if len(m) != 1:
         raise InputError(f"--query must return exactly one series, got {len(m)}: aggregate it (e.g. sum(...))")
     return m.times, m.values[0]
+
+
+def _one_line(e: Exception) -> str:
+    """An error's text on one line (a server's message may span several)."""
+    return " ".join(str(e).split())
 
 
 def _json_ready(o: object) -> object:
@@ -270,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     ru = sub.add_parser("rules", help="write Prometheus alerting rules generated from the rules file")
     ru.add_argument("--config", required=True)
     ru.add_argument("--output", default="-", help="file to write (default stdout)")
+    ru.add_argument("--runbook-base-url", metavar="URL",
+                    help="http(s) URL of your copy of the README; each alert's runbook_url becomes "
+                         "URL#runbook-<alert> (default: the relative README.md#runbook-<alert>)")
     ru.set_defaults(func=_cmd_rules)
 
     si = sub.add_parser("simulate", help="run a what-if scenario on a twin, from Prometheus history")
@@ -302,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="CSV with columns timestamp,value")
     src.add_argument("--prometheus", help="Prometheus base URL, with --query --start --end")
     b.add_argument("--query", help="PromQL returning one series")
-    b.add_argument("--start", help="RFC 3339 or unix seconds")
-    b.add_argument("--end", help="RFC 3339 or unix seconds")
+    b.add_argument("--start", help="now-2h, now-10m, RFC 3339 (2026-11-25T14:00:00Z) or unix seconds")
+    b.add_argument("--end", help="now, now-5m, RFC 3339 or unix seconds")
     b.add_argument("--step", default="15s", help="range-query step (default %(default)s; long ranges are fetched in "
                    "parts of 10,000 steps)")
     b.add_argument("--horizons", default="5m,15m,30m,60m")

@@ -296,9 +296,24 @@ _SCHEMAS: dict[str, Any] = {
         "severity": {"enum": ["info", "warning", "critical"]}, "message": {"type": "string"},
         "timestamp": _TIME, "timestamp_unix": {"type": "number"}, "data": {"type": "object"},
     }, extra=False),
-    "EventList": _obj(["events", "count"], {
-        "events": {"type": "array", "items": _ref("Event"), "description": "Newest first."},
-        "count": {"type": "integer"}}, extra=False),
+    "EventList": _obj(["events", "count", "next_before", "next_before_id", "source"], {
+        "events": {"type": "array", "items": _ref("Event"),
+                   "description": "Newest first: by `timestamp_unix`, then by `event_id` (bytewise), both "
+                                  "descending."},
+        "count": {"type": "integer", "description": "Events on this page."},
+        "next_before": {"type": ["number", "null"],
+                        "description": "Pass as `before`, with `next_before_id` as `before_id`, for the next, "
+                                       "older page; null on the last page."},
+        "next_before_id": {"type": ["string", "null"],
+                           "description": "Pass as `before_id` together with `next_before`; null on the last "
+                                          "page."},
+        "source": {"enum": ["store", "memory"],
+                   "description": "`store`: the history store's events (they outlive restarts) with those not "
+                                  "yet written to it, each once. `memory`: only the events this sidecar holds in "
+                                  "memory, since it started — the store did not answer (see `message`), or "
+                                  "there is none."},
+        "message": {"type": "string", "description": "Present when the store did not answer: what is missing."},
+    }, extra=False),
     "Health": _obj(["status"], {"status": {"const": "ok"}}),
     "Readiness": _obj(["ready", "reasons", "config_loaded", "first_round_done", "source_up", "store_up"], {
         "ready": {"type": "boolean"},
@@ -388,7 +403,8 @@ OPENAPI: dict[str, Any] = {
                           **_WRITE_ERRORS},
         }},
         "/api/v1/events": {"get": {
-            "operationId": "listEvents", "summary": "Monitor events, newest first",
+            "operationId": "listEvents",
+            "summary": "Monitor events, newest first, from the history store (across restarts) and memory",
             "parameters": [
                 {"name": "twin", "in": "query", "required": False, "schema": {"type": "string"},
                  "description": "Twin id or name."},
@@ -396,11 +412,19 @@ OPENAPI: dict[str, Any] = {
                  "schema": {"$ref": "#/components/schemas/Event/properties/type"}},
                 {"name": "since", "in": "query", "required": False, "schema": _TIME_QUERY,
                  "description": "Only events at or after this time."},
+                {"name": "before", "in": "query", "required": False, "schema": _TIME_QUERY,
+                 "description": "Only events strictly older than this (the previous page's `next_before`); "
+                                "with `before_id`, also those at exactly this time whose id sorts below it."},
+                {"name": "before_id", "in": "query", "required": False,
+                 "schema": {"type": "string", "maxLength": 200},
+                 "description": "The previous page's `next_before_id`; only together with `before`. Events "
+                                "of one round share a timestamp: the pair continues a page inside such a group "
+                                "with nothing skipped or repeated."},
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
             ],
-            "responses": {"200": _json(_ref("EventList"), "Matching events."),
-                          "400": _error("A query parameter is malformed."),
+            "responses": {"200": _json(_ref("EventList"), "A page of matching events."),
+                          "400": _error("A query parameter is malformed, or `before_id` comes without `before`."),
                           "404": _error("No twin with that id or name.")},
         }},
         "/api/v1/openapi.json": {"get": {

@@ -27,7 +27,7 @@ from sidecar.engine.records import (
 )
 from sidecar.engine.view import MetricSamples, Outbox, PredictionRows
 from sidecar.errors import CorruptSnapshotError
-from sidecar.store import LoadLimits, RetentionPolicy, Store, schema
+from sidecar.store import EventQuery, LoadLimits, RetentionPolicy, Store, schema
 
 T0 = 1_700_000_000.0
 
@@ -80,8 +80,8 @@ def correction(cid: str, twin_id: str, ts: str = "2026-01-01T00:00:00Z") -> Corr
                             timestamp=ts)
 
 
-def event(eid: str, twin_id: str, ts: float) -> TwinEvent:
-    return TwinEvent(event_id=eid, twin_id=twin_id, type=EventType.DRIFT_DETECTED, severity="warning",
+def event(eid: str, twin_id: str, ts: float, type: EventType = EventType.DRIFT_DETECTED) -> TwinEvent:
+    return TwinEvent(event_id=eid, twin_id=twin_id, type=type, severity="warning",
                      message="drift", timestamp=ts, data={"metric": "cpu_usage", "n": 3})
 
 
@@ -349,6 +349,46 @@ class StoreContract:
         assert rows[1] == (900.0, 96.0, 95.0, 97.0, 0.75, "cpu over 95")
         (ev,) = await raw.fetch("SELECT event_id, twin_id, type, severity, timestamp FROM twin_events")
         assert ev == ("e1", "twin_a", "drift_detected", "warning", T0)
+
+    # --- events
+
+    async def test_events_are_listed_newest_first_with_filters(self, store: Store) -> None:
+        events = [event("e1", "twin_a", T0), event("e2", "twin_b", T0 + 1),
+                  event("e3", "twin_a", T0 + 2, EventType.ROLLBACK), event("e4", "twin_a", T0 + 3)]
+        await store.write(Outbox(twins=[twin("a"), twin("b")], events=events))
+        got = await store.list_events(EventQuery())
+        assert got == events[::-1]                                     # every field round trips
+        assert [e.event_id for e in await store.list_events(EventQuery(twin_id="twin_a"))] == ["e4", "e3", "e1"]
+        assert [e.event_id for e in await store.list_events(EventQuery(type="rollback"))] == ["e3"]
+        assert [e.event_id for e in await store.list_events(EventQuery(since=T0 + 1))] == ["e4", "e3", "e2"]
+        assert [e.event_id for e in await store.list_events(EventQuery(before=T0 + 2))] == ["e2", "e1"]
+        assert [e.event_id for e in await store.list_events(EventQuery(limit=1))] == ["e4"]
+
+    async def test_event_pages_continue_inside_a_shared_timestamp(self, store: Store) -> None:
+        # one round emits many events at one instant; ids that a locale-aware collation orders differently
+        ids = ["evt_a_1", "evt_A_2", "evt_a-3", "evt_B", "evt_10", "evt_9", "evt_é"]
+        same = [event(i, "twin_a", T0 + 5) for i in ids]
+        await store.write(Outbox(twins=[twin("a")], events=[event("old", "twin_a", T0), *same,
+                                                            event("new", "twin_a", T0 + 9)]))
+        expected = ["new", *sorted(ids, reverse=True), "old"]          # code point order, descending
+        assert [e.event_id for e in await store.list_events(EventQuery())] == expected
+        walked: list[str] = []
+        query = EventQuery(limit=2)
+        while True:
+            page = await store.list_events(query)
+            walked += [e.event_id for e in page]
+            if len(page) < query.limit:
+                break
+            query = EventQuery(limit=2, before=page[-1].timestamp, before_id=page[-1].event_id)
+        assert walked == expected, "nothing skipped, nothing repeated"
+
+    async def test_events_of_another_replicas_twins_are_not_listed(self, store: Store,
+                                                                   make_store: MakeStore) -> None:
+        other = await make_store(replica="replica-b")
+        await store.write(Outbox(twins=[twin("mine")], events=[event("e-mine", "twin_mine", T0)]))
+        await other.write(Outbox(twins=[twin("theirs")], events=[event("e-theirs", "twin_theirs", T0)]))
+        assert [e.event_id for e in await store.list_events(EventQuery())] == ["e-mine"]
+        assert [e.event_id for e in await other.list_events(EventQuery())] == ["e-theirs"]
 
     async def test_metrics_history_range(self, store: Store) -> None:
         times = T0 + 10.0 * np.arange(10)

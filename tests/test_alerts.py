@@ -8,12 +8,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import promql_parser
 import pytest
 import yaml
 
 from sidecar.alerts import ALERT_NAMES, AlertSettings, dump_rules, render_rules, rules_main, runbook_anchor
 from sidecar.config import SidecarConfig, parse_config
+from sidecar.engine.health import CRITICAL_BELOW, WARNING_BELOW, health_band
 from sidecar.errors import ConfigError
 from sidecar.exporter import EXPORTED_METRICS
 
@@ -141,6 +143,16 @@ def test_selector_and_settings_apply_everywhere() -> None:
         assert rule["labels"]["team"] == "sre"
         assert rule["annotations"]["runbook_url"].startswith("https://x/README.md#runbook-")
     assert _rules(doc)["TwinHealthLow"]["expr"] == 'twin_health_score{job="twin-sidecar"} < 80'
+
+
+def test_health_alerts_page_on_the_engine_bands() -> None:
+    """TwinHealthLow below 70 and TwinHealthCritical below 50, as the engine bands a score: exactly 50 is a warning,
+    exactly 70 healthy (deploy/prometheus/rules-tests/health.yaml evaluates both bounds with promtool)."""
+    assert (AlertSettings().health_warning, AlertSettings().health_critical) == (WARNING_BELOW, CRITICAL_BELOW)
+    rules = _rules(render_rules(_config()))
+    assert rules["TwinHealthLow"]["expr"] == "twin_health_score < 70"
+    assert rules["TwinHealthCritical"]["expr"] == "twin_health_score < 50"
+    assert health_band(np.array([70.0, 50.0, 49.99])).tolist() == [0, 1, 2]
 
 
 def test_bad_selector_is_a_config_error() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import math
 import os
 from collections.abc import AsyncIterator, Callable
@@ -24,15 +25,27 @@ from prometheus_client import CollectorRegistry
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from sidecar.api import ApiError, jsonable, parse_expected
+from sidecar.api import (
+    EVENTS_FROM_MEMORY_MESSAGE,
+    EVENTS_LIMIT_MAX,
+    ApiError,
+    RefusalLog,
+    jsonable,
+    parse_expected,
+)
 from sidecar.config import SecretFile
 from sidecar.engine.history import MemoryHistoryStore
 from sidecar.engine.records import StateHistoryEntry, SystemType
 from sidecar.engine.twin import TwinEngine
 from sidecar.engine.view import Outbox
+from sidecar.logs import JsonFormatter, TextFormatter
 from sidecar.openapi import OPENAPI
 from sidecar.server import build_app
 from sidecar.status import ServiceStatus
+from sidecar.store import EventQuery
+from sidecar.store.postgres import PostgresStore
+from sidecar.store.sqlite import SQLiteStore
+from sidecar.testing import free_port
 
 TOKEN = "tok-9f2c1e7d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -91,7 +104,7 @@ class Api:
     client: TestClient[Any, Any]
     facade: TwinEngine
     clock: Clock
-    store: MemoryHistoryStore
+    store: Any
 
 
 ApiFactory = Callable[..., Any]
@@ -101,10 +114,11 @@ ApiFactory = Callable[..., Any]
 async def make_api() -> AsyncIterator[ApiFactory]:
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(*, auth_token: str | None = TOKEN, max_body_bytes: int = 4096) -> Api:
+    async def make(*, auth_token: str | None = TOKEN, max_body_bytes: int = 4096, store: Any = None,
+                   sink: Callable[[Outbox], Any] | None = None) -> Api:
         clock = Clock()
-        store = MemoryHistoryStore()
-        facade = TwinEngine(clock=clock, store=store)
+        store = MemoryHistoryStore() if store is None else store
+        facade = TwinEngine(clock=clock, store=store, sink=sink)
         await facade.create_twin("checkout", SystemType.API_GATEWAY)
         await facade.create_twin("search", SystemType.WEB_SERVICE)
         await feed(facade, clock, "checkout")
@@ -206,6 +220,8 @@ async def test_history_is_newest_first_and_pages_with_before(api: Api) -> None:
     page2 = await body_of(await c.get(f"/api/v1/twins/checkout/history?limit=2&before={before}"))
     assert all(s["timestamp_unix"] < page1["next_before"] for s in page2["snapshots"])
     assert page2["snapshots"][0]["snapshot_id"] == body["snapshots"][2]["snapshot_id"]
+    whole = await body_of(await c.get("/api/v1/twins/checkout/history", params={"limit": body["count"]}))
+    assert whole["next_before"] is None, "a page that ends with the oldest snapshot says it is the last"
 
 
 async def test_history_reaches_the_store_beyond_memory(api: Api) -> None:
@@ -241,11 +257,96 @@ async def test_events_filter_by_twin_type_and_since(api: Api) -> None:
 
 
 @pytest.mark.parametrize("query, field", [("type=party", "type"), ("since=soon", "since"),
-                                          ("limit=-1", "limit")])
+                                          ("limit=-1", "limit"), ("before=later", "before"),
+                                          ("before_id=evt_1_1", "before_id"),
+                                          (f"before=1&before_id={'x' * 201}", "before_id")])
 async def test_events_bad_query_is_400(api: Api, query: str, field: str) -> None:
     resp = await api.client.get(f"/api/v1/events?{query}")
     assert resp.status == 400
     assert f"'{field}'" in (await body_of(resp))["error"]
+
+
+def event_ids(body: dict[str, Any]) -> list[str]:
+    return [e["event_id"] for e in body["events"]]
+
+
+async def all_events(client: TestClient[Any, Any], limit: int, **params: str) -> list[str]:
+    """Every event, walking the pages by next_before / next_before_id."""
+    ids: list[str] = []
+    query: dict[str, Any] = {"limit": limit, **params}
+    while True:
+        body = await body_of(await client.get("/api/v1/events", params=query))
+        assert_matches(body, "/api/v1/events", "get", 200)
+        ids += event_ids(body)
+        if body["next_before"] is None:
+            assert body["next_before_id"] is None
+            return ids
+        query = {**query, "before": repr(body["next_before"]), "before_id": body["next_before_id"]}
+
+
+async def test_events_come_from_the_store_with_those_not_yet_written_once(make_api: ApiFactory,
+                                                                          tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "twins.db")
+    api: Api = await make_api(store=store)
+    try:
+        stored = [e.event_id for e in await store.list_events(EventQuery(limit=EVENTS_LIMIT_MAX))]
+        assert stored, "creating and feeding the twins stored events"
+        late = api.facade.engine.create_twin("late", at=api.clock.now)   # emitted, not yet written
+        (unwritten,) = [e.event_id for e in api.facade.engine.events(twin=late.twin_id)]
+        body = await body_of(await api.client.get("/api/v1/events"))
+        assert_matches(body, "/api/v1/events", "get", 200)
+        assert body["source"] == "store" and "message" not in body
+        assert sorted(event_ids(body)) == sorted([*stored, unwritten])
+        await store.write(api.facade.engine.drain())                        # now written too: still once
+        again = await body_of(await api.client.get("/api/v1/events"))
+        assert event_ids(again) == event_ids(body)
+        # a new engine over the same file (a restart): nothing in memory, everything from the store
+        fresh = TwinEngine(clock=api.clock, store=store)
+        app = build_app(facade=fresh, status=ServiceStatus(), registry=CollectorRegistry(),
+                        engine_lock=asyncio.Lock(), auth_token=None)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            after = await body_of(await client.get("/api/v1/events"))
+        assert fresh.engine.events() == []
+        assert event_ids(after) == event_ids(body) and after["count"] == len(stored) + 1
+    finally:
+        await store.close()
+
+
+async def test_event_pages_follow_next_before_and_before_id_without_gaps(make_api: ApiFactory,
+                                                                         tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "twins.db")
+    api: Api = await make_api(store=store)
+    try:
+        for i in range(5):              # one instant, five events: pages must continue inside the group
+            await api.facade.create_twin(f"svc-{i}", SystemType.WEB_SERVICE)
+        api.facade.engine.create_twin("unwritten", at=api.clock.now)
+        full = await body_of(await api.client.get("/api/v1/events"))
+        assert full["next_before"] is None and full["count"] >= 8
+        stamps = [(e["timestamp_unix"], e["event_id"]) for e in full["events"]]
+        assert stamps == sorted(stamps, reverse=True)
+        for limit in (1, 2, 3):
+            assert await all_events(api.client, limit) == event_ids(full), limit
+        created = await all_events(api.client, 2, type="twin_created")
+        assert created == [i for i, e in zip(event_ids(full), full["events"], strict=True)
+                           if e["type"] == "twin_created"]
+        exact = await body_of(await api.client.get("/api/v1/events", params={"limit": full["count"]}))
+        assert exact["next_before"] is None, "a page that ends with the last event says it is the last"
+    finally:
+        await store.close()
+
+
+async def test_events_fall_back_to_memory_and_say_so_when_the_store_does_not_answer(
+        make_api: ApiFactory, caplog: pytest.LogCaptureFixture) -> None:
+    down = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", connect_timeout_s=2.0)
+    api: Api = await make_api(store=down, sink=lambda outbox: None)     # nothing listens at that port
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        for _ in range(2):
+            body = await body_of(await api.client.get("/api/v1/events"))
+            assert_matches(body, "/api/v1/events", "get", 200)
+            assert body["source"] == "memory" and body["message"] == EVENTS_FROM_MEMORY_MESSAGE
+            assert {e["type"] for e in body["events"]} == {"twin_created"}
+    warned = [r for r in caplog.records if "events served from memory" in r.getMessage()]
+    assert len(warned) == 1, "one line per outage, not one per request"
 
 
 # ------------------------------------------------------------------------------------------- writes
@@ -372,6 +473,68 @@ async def test_writes_need_the_bearer_token(api: Api, headers: dict[str, str]) -
         text = await resp.text()
         assert TOKEN not in text and "wrong" not in text
     assert api.facade.engine.get("checkout").expected_state is None, "nothing changed"
+
+
+GUESS = "guess-5b1e77"
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "api authentication refused"]
+
+
+@pytest.mark.parametrize("headers, reason", [
+    ({}, "missing"),
+    ({"Authorization": f"Bearer {GUESS}"}, "wrong token"),
+    ({"Authorization": f"Bearer {TOKEN}{GUESS}"}, "wrong token"),      # the real token, and more
+    ({"Authorization": f"Bearer {TOKEN[:-1]}"}, "wrong token"),        # all but its last character
+    ({"Authorization": TOKEN}, "not a bearer token"),                  # the token without a scheme
+    ({"Authorization": f"Basic {TOKEN}"}, "not a bearer token"),
+    ({"Authorization": "Bearer "}, "empty bearer token"),
+])
+async def test_a_refused_authentication_is_logged_without_the_token(
+        api: Api, caplog: pytest.LogCaptureFixture, headers: dict[str, str], reason: str) -> None:
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        resp = await api.client.put("/api/v1/twins/checkout/expected", json={"cpu_usage": 50}, headers=headers)
+    assert resp.status == 401
+    (line,) = refusal_lines(caplog)
+    assert line.levelno == logging.WARNING
+    fields = {k: getattr(line, k) for k in ("client", "method", "path", "reason", "refused")}
+    assert fields == {"client": "127.0.0.1", "method": "PUT", "path": "/api/v1/twins/checkout/expected",
+                      "reason": reason, "refused": 1}
+    rendered = [JsonFormatter().format(r) for r in caplog.records] + [TextFormatter().format(r)
+                                                                     for r in caplog.records]
+    everything = "\n".join(rendered) + caplog.text + repr([r.__dict__ for r in caplog.records])
+    for secret in (TOKEN, TOKEN[:6], TOKEN[-6:], GUESS):
+        assert secret not in everything, secret
+
+
+async def test_a_flood_of_refusals_writes_one_line_per_client_per_minute(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        for _ in range(30):
+            resp = await api.client.post("/api/v1/twins/checkout/simulate", json={"type": "load_test"},
+                                         headers={"Authorization": f"Bearer {GUESS}"})
+            assert resp.status == 401
+    assert len(refusal_lines(caplog)) == 1
+
+
+def test_refusals_past_the_minute_are_logged_with_their_count(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    refusals = RefusalLog(every_s=60.0, max_clients=2, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="sidecar.api"):
+        for _ in range(50):
+            refusals.refused("10.0.0.1", "PUT", "/p", "wrong token")
+        refusals.refused("10.0.0.2", "PUT", "/p", "missing")             # another client: its own line
+        now[0] += 61.0
+        refusals.refused("10.0.0.1", "POST", "/q", "wrong token")
+        lines = refusal_lines(caplog)
+        assert [(r.client, r.refused) for r in lines] == [("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.1", 50)]
+        caplog.clear()
+        # two addresses are remembered: 10.0.0.2, idle for a minute, makes room for 10.0.0.3; the others share
+        # one entry, so a flood from many addresses still writes one line a minute
+        for i in range(3, 20):
+            refusals.refused(f"10.0.0.{i}", "PUT", "/p", "missing")
+        assert [r.client for r in refusal_lines(caplog)] == ["10.0.0.3", "10.0.0.4"]
 
 
 async def test_auth_is_checked_before_the_twin_is_looked_up(api: Api) -> None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -21,17 +25,21 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
+import yaml
 from conftest import PromEnv
 from test_api import assert_matches
 from test_app_restore import rules
 from test_store_writer import PG_URL, ReadOnlyFile, Relay, _pg_target
 from test_store_writer_wait import WriteLockHolder
 
-from sidecar.api import NOT_STORED_MESSAGE
+from sidecar.api import EVENTS_FROM_MEMORY_MESSAGE, NOT_STORED_MESSAGE
 from sidecar.app import Service, _BufferedHistory, start_service
 from sidecar.config import load_config
+from sidecar.testing import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
@@ -294,6 +302,135 @@ async def test_postgres_down_gives_202_then_the_change_is_written_in_order(
             await conn.close()
         ours = [first.json()["snapshot_id"], second.json()["undo_snapshot_id"], third.json()["snapshot_id"]]
         assert [s for s in order if s in ours] == ours          # written in the order they were made
+    finally:
+        await svc.shutdown()
+        await relay.stop()
+
+
+# ------------------------------------------------------------------------------------------- events across a restart
+
+
+def _start_sidecar(rules_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "sidecar.app", "--config", str(rules_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def _stop_sidecar(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0, "an orderly stop exits 0"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _event_ids(body: dict[str, Any]) -> list[str]:
+    return [e["event_id"] for e in body["events"]]
+
+
+def _events_across_a_restart(tmp_path: Path, prom_url: str, env: dict[str, str],
+                             stored_ids: Callable[[], set[str]]) -> None:
+    """Run a real sidecar process, make events, stop it (SIGTERM), start it again on the same store: the
+    events API serves what the store holds, each event once, and pages through it."""
+    port = free_port()
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(yaml.safe_dump({
+        "prometheus": {"url": prom_url}, "interval": "1s", "backfill": "0",
+        "server": {"listen": f"127.0.0.1:{port}"}, "storage": {"path": str(tmp_path / "twins.db")},
+        "twins": [{"name": "svc", "metrics": {"cpu_usage": 'test_gauge{k="a"}'}}],
+    }))
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_sidecar(rules_path, env)
+    try:
+        wait_ready(url, proc)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            snapshot = http.put("/api/v1/twins/svc/expected", json={"cpu_usage": 50}).json()["snapshot_id"]
+            for _ in range(3):
+                assert http.post("/api/v1/twins/svc/rollback", json={"snapshot_id": snapshot}).status_code == 200
+            first = http.get("/api/v1/events").json()
+    finally:
+        _stop_sidecar(proc)
+    rows = stored_ids()
+    assert set(_event_ids(first)) <= rows, "every event served before the stop is stored"
+
+    proc = _start_sidecar(rules_path, env)
+    try:
+        wait_ready(url, proc)
+        with httpx.Client(base_url=url, timeout=10) as http:
+            after = http.get("/api/v1/events").json()
+            assert_matches(after, "/api/v1/events", "get", 200)
+            ids = _event_ids(after)
+            assert after["source"] == "store"
+            assert len(ids) == len(set(ids)), "each event once"
+            assert rows <= set(ids), "every stored event is served after the restart"
+            assert [e["type"] for e in after["events"]].count("rollback") == 3
+            assert http.post("/api/v1/twins/svc/rollback", json={"snapshot_id": snapshot}).status_code == 200
+            rollbacks = http.get("/api/v1/events", params={"type": "rollback", "twin": "svc"}).json()
+            assert rollbacks["count"] == 4 and len(set(_event_ids(rollbacks))) == 4
+            walked: list[str] = []
+            params: dict[str, Any] = {"type": "rollback", "limit": 1}
+            while True:
+                page = http.get("/api/v1/events", params=params).json()
+                walked += _event_ids(page)
+                if page["next_before"] is None:
+                    break
+                params.update(before=repr(page["next_before"]), before_id=page["next_before_id"])
+            assert walked == _event_ids(rollbacks)
+    finally:
+        _stop_sidecar(proc)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TWIN_SIDECAR_REPLICA")}
+    return {**env, **extra}
+
+
+def test_sqlite_events_outlive_a_restart_of_the_sidecar_process(tmp_path: Path, prom_env: PromEnv) -> None:
+    def stored() -> set[str]:
+        conn = sqlite3.connect(f"file:{tmp_path / 'twins.db'}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("SELECT event_id FROM twin_events")}
+        finally:
+            conn.close()
+
+    _events_across_a_restart(tmp_path, prom_env.url, _env(), stored)
+
+
+async def test_postgres_events_outlive_a_restart_of_the_sidecar_process(tmp_path: Path, prom_env: PromEnv,
+                                                                        pg_url: str) -> None:
+    async def read() -> set[str]:
+        conn = await asyncpg.connect(pg_url, timeout=5)
+        try:
+            return {r[0] for r in await conn.fetch("SELECT event_id FROM twin_events")}
+        finally:
+            await conn.close()
+
+    await asyncio.to_thread(_events_across_a_restart, tmp_path, prom_env.url, _env(DATABASE_URL=pg_url),
+                            lambda: blocking(read))
+
+
+async def test_events_are_served_from_memory_while_postgres_is_down_and_say_so(
+        tmp_path: Path, prom_env: PromEnv, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = Relay(_pg_target())
+    await relay.start()
+    host, port = _pg_target()
+    monkeypatch.setenv("DATABASE_URL", pg_url.replace(f"{host}:{port}", f"127.0.0.1:{relay.port}"))
+    svc = await start_service(load_config(rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
+    try:
+        await wait_for(lambda: svc.status.first_round_done and svc.status.store_backlog == 0)
+        async with httpx.AsyncClient(base_url=svc.url, timeout=15) as http:
+            up = (await http.get("/api/v1/events")).json()
+            assert up["source"] == "store" and "message" not in up
+            await relay.stop()                              # the database goes away
+            down = (await http.get("/api/v1/events")).json()
+            assert_matches(down, "/api/v1/events", "get", 200)
+            assert down["source"] == "memory" and down["message"] == EVENTS_FROM_MEMORY_MESSAGE
+            assert set(_event_ids(up)) <= set(_event_ids(down)), "this run's events are all in memory"
+            await relay.start()                             # and comes back
+            back = (await http.get("/api/v1/events")).json()
+            assert back["source"] == "store" and "message" not in back
     finally:
         await svc.shutdown()
         await relay.stop()

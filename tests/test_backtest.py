@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sidecar.backtest import format_report, run_backtest
+from sidecar.backtest import MIN_SCORED, format_report, parse_time_option, run_backtest
 from sidecar.errors import InputError
+
+NOW = 1_764_000_000.0
 
 
 def test_noisy_level_beats_last_value_and_reports_everything() -> None:
@@ -25,7 +27,8 @@ def test_noisy_level_beats_last_value_and_reports_everything() -> None:
     assert 0.6 < h5.mase_last < 0.85 and 0.6 < h60.mase_last < 0.85
     assert h60.mase_linear < 1.0
     assert 0.85 < h5.coverage < 0.95
-    assert abs(sum(h5.chosen.values()) - 1.0) < 1e-9
+    assert abs(sum(h5.chosen.values()) + h5.fallback - 1.0) < 1e-9
+    assert 0.0 < h5.fallback < 0.01          # only the first forecasts, before any model had MIN_SCORED scores
     assert h5.mae == pytest.approx(h5.mase_last * h5.mae_last)
     text = format_report(rep)
     assert "MASE/last" in text and "1h" in text
@@ -48,3 +51,49 @@ def test_bad_rows_are_dropped_and_too_short_is_refused() -> None:
     assert rep.samples == 4 and rep.dropped == 3
     with pytest.raises(InputError):
         run_backtest([0.0, 1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("now", NOW), ("now-10m", NOW - 600), ("now-2h", NOW - 7200), ("NOW - 1h30m", NOW - 5400),
+    ("now+5m", NOW + 300), ("now-90", NOW - 90), ("2026-11-25T14:00:00Z", 1_795_615_200.0),
+    ("2026-11-25T15:00:00+01:00", 1_795_615_200.0), ("2026-11-25 14:00:00", 1_795_615_200.0),
+    ("1795615200", 1_795_615_200.0), ("1795615200.5", 1_795_615_200.5),
+])
+def test_times_are_relative_to_now_rfc3339_or_unix_seconds(text: str, expected: float) -> None:
+    assert parse_time_option("--start", text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["now-", "now-10x", "now-1d-", "yesterday", "", "nan", "inf", "2026-13-01"])
+def test_a_bad_time_is_refused_naming_the_option(text: str) -> None:
+    with pytest.raises(InputError, match=r"^--end ") as err:
+        parse_time_option("--end", text, now=NOW)
+    assert "\n" not in str(err.value)
+
+
+def test_horizons_longer_than_the_data_print_no_nan_rows_but_say_so_once() -> None:
+    t = NOW + 15.0 * np.arange(48)                       # 12 minutes at 15 s
+    rep = run_backtest(t, 50.0 + np.sin(np.arange(48) / 5.0), horizons_s=(300.0, 900.0, 1800.0, 3600.0))
+    assert [h.scored > 0 for h in rep.horizons] == [True, False, False, False]
+    text = format_report(rep)
+    assert "nan" not in text.lower()
+    assert text.count("not scored: too little data for 15m, 30m, 1h") == 1
+    assert [line.split()[0] for line in text.splitlines() if line.startswith(" ")] == ["horizon", "5m", "5m"]
+
+
+def test_models_chosen_count_only_models_with_enough_scores_and_name_the_fallback() -> None:
+    """On 12 minutes no model has MIN_SCORED scores at 5m while its forecasts can still be scored: every one of
+    them is the last value as the fallback, and no model is reported as chosen."""
+    rng = np.random.default_rng(3)
+    t = NOW + 15.0 * np.arange(48)
+    rep = run_backtest(t, 50.0 + rng.normal(size=48), horizons_s=(300.0,))
+    (h5,) = rep.horizons
+    assert h5.scored > 20 and h5.chosen == {} and h5.fallback == 1.0
+    assert f"the last value as the fallback 100% (no model had {MIN_SCORED} scores yet)" in format_report(rep)
+    # at 1 s steps models qualify part way through: shares and fallback add up, and both are printed
+    t1 = NOW + np.arange(720.0)
+    rep1 = run_backtest(t1, 50.0 + rng.normal(size=720), horizons_s=(300.0,))
+    (h1,) = rep1.horizons
+    assert 0.5 < h1.fallback < 1.0 and h1.chosen
+    assert sum(h1.chosen.values()) + h1.fallback == pytest.approx(1.0)
+    line = format_report(rep1).splitlines()[-1]
+    assert line.split()[0] == "5m" and "as the fallback" in line and next(iter(h1.chosen)) in line

@@ -75,6 +75,14 @@ def test_runbook_base_url_still_applies_with_another_interval(helm: str) -> None
     assert stale_rule(groups)["expr"].endswith("> 240")
 
 
+@pytest.mark.parametrize("url", ["ftp://docs.example.com/README.md", "docs.example.com/README.md",
+                                 "https://docs.example.com/README.md#runbook"])
+def test_a_runbook_base_url_that_is_not_http_is_refused(helm: str, url: str) -> None:
+    proc = subprocess.run([helm, "template", "twins", str(check_deploy.CHART), "--set", "prometheusRule.enabled=true",
+                           "--set", f"prometheusRule.runbookBaseUrl={url}"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "/prometheusRule/runbookBaseUrl" in proc.stderr, proc.stderr
+
+
 def test_rules_given_by_the_user_are_left_as_generated(helm: str, tmp_path: Path) -> None:
     """A file from `twin-sidecar rules --config` already says its own interval; the chart does not rewrite it."""
     rules = tmp_path / "alerts.yaml"

@@ -50,6 +50,36 @@ def test_rules_command_writes_rule_groups(tmp_path: Path) -> None:
     assert {"TwinDivergenceCritical", "TwinHealthCritical", "TwinPrometheusUnreachable"} <= alerts
 
 
+def test_rules_runbook_links_start_with_the_base_url_given(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    config = str(_rules(tmp_path, "http://127.0.0.1:9", "up"))
+    base = "https://git.example.com/sre/twin-sidecar/blob/main/README.md"
+    assert main(["rules", "--config", config, "--runbook-base-url", base]) == 0
+    out, err = capsys.readouterr()
+    urls = {r["alert"]: r["annotations"]["runbook_url"] for g in yaml.safe_load(out)["groups"] for r in g["rules"]}
+    assert urls and all(u == f"{base}#runbook-{a.lower()}" for a, u in urls.items())
+    assert err == ""
+    assert main(["rules", "--config", config]) == 0          # without it: relative links, and a note saying so
+    out, err = capsys.readouterr()
+    assert "runbook_url: README.md#runbook-twinhealthlow" in out
+    assert "--runbook-base-url" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url", ["ftp://docs.example.com/README.md", "README.md", "https://", "",
+                                 "https://docs.example.com/README.md#top", "javascript:alert(1)"])
+def test_rules_refuse_a_runbook_base_url_that_is_not_http_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str) -> None:
+    out = tmp_path / "alerts.yaml"
+    rc = main(["rules", "--config", str(_rules(tmp_path, "http://127.0.0.1:9", "up")), "--output", str(out),
+               "--runbook-base-url", url])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("twin-sidecar rules: --runbook-base-url") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists(), "nothing is written"
+
+
 def test_backtest_from_csv_and_from_prometheus(tmp_path: Path, prom_env: PromEnv,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "s.csv"
@@ -120,10 +150,68 @@ def test_simulate_refuses_bad_numbers_with_exit_2_not_a_traceback(
 def test_backtest_uses_the_step_asked_for_beyond_prometheus_point_limit(prom_env: PromEnv,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """12,000 steps is more than one range query may return: the client fetches it in parts, and the backtest
-    judges the data at the step asked for (it used to coarsen the step to 11,000 points without saying so)."""
+    judges the data at the step asked for, not at a coarser one."""
     start = prom_env.history_start
     end = start + 3599.7
     assert main(["backtest", "--prometheus", prom_env.url, "--query", 'test_history{series="ramp"}',
                  "--start", str(start), "--end", str(end), "--step", "300ms", "--horizons", "5m", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["samples"] == 12_000
+
+
+def test_backtest_takes_times_relative_to_now(prom_env: PromEnv, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--start now-3h --end now`` reads the last three hours; a horizon longer than the data is named once
+    as not scored, with no row of unknowns."""
+    assert main(["backtest", "--prometheus", prom_env.url, "--query", 'test_history{series="ramp"}',
+                 "--start", "now-3h", "--end", "now", "--horizons", "5m,2h"]) == 0
+    out, err = capsys.readouterr()
+    assert "backtest of test_history" in out and err == ""
+    assert out.count("not scored: too little data for 2h") == 1
+    assert "nan" not in out.lower()
+    (row,) = [line for line in out.splitlines() if line.split()[:1] == ["5m"] and "%" not in line]
+    assert int(row.split()[1]) > 100
+    assert main(["backtest", "--prometheus", prom_env.url, "--query", 'test_history{series="ramp"}',
+                 "--start", str(prom_env.history_start), "--end", "now", "--horizons", "5m"]) == 0
+
+
+BAD_BACKTEST = [
+    (["--start", "now-10x", "--end", "now"], "--start"),
+    (["--start", "yesterday", "--end", "now"], "--start"),
+    (["--start", "nan", "--end", "now"], "--start"),
+    (["--start", "now-1h", "--end", "2026-13-45T00:00:00Z"], "--end"),
+    (["--start", "now", "--end", "now-10m"], "--end"),
+    (["--start", "now-1h", "--end", "now", "--step", "0s"], "--step"),
+    (["--start", "now-1h", "--end", "now", "--step", "fast"], "--step"),
+    (["--start", "now-1h", "--end", "now", "--horizons", "5m,-1m"], "--horizons"),
+    (["--start", "now-1h", "--end", "now", "--model", "magic"], "--model"),
+    (["--start", "now-1h", "--end", "now", "--query", "sum("], "--query"),
+    (["--start", "now-1h"], "--end"),
+    (["--start", "now-10s", "--end", "now", "--step", "10s"], "--start/--end"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), BAD_BACKTEST)
+def test_backtest_bad_input_is_one_line_naming_the_option_and_exit_2(
+        prom_env: PromEnv, capsys: pytest.CaptureFixture[str], args: list[str], option: str) -> None:
+    rc = main(["backtest", "--prometheus", prom_env.url, "--query", 'test_history{series="ramp"}', *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("twin-sidecar backtest: ") and option in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--prometheus", "notaurl", "--query", "up", "--start", "now-1h", "--end", "now"], "--prometheus"),
+    (["--prometheus", "http://127.0.0.1:9", "--query", "up", "--start", "now-1h", "--end", "now"], "--prometheus"),
+    (["--input", "/nonexistent/series.csv"], "--input"),
+    (["--input", "{csv}", "--start", "now-1h"], "--start"),
+    (["--input", "{short}"], "--input"),
+])
+def test_backtest_bad_source_is_one_line_naming_the_option_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], option: str) -> None:
+    csv, short = tmp_path / "s.csv", tmp_path / "short.csv"
+    csv.write_text("timestamp,value\n" + "".join(f"{1_700_000_000 + 60 * i},{i}\n" for i in range(10)))
+    short.write_text("timestamp,value\n1700000000,1\n1700000060,2\n")
+    rc = main(["backtest", *(a.format(csv=csv, short=short) for a in args)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("twin-sidecar backtest: ") and option in err and len(err.strip().splitlines()) == 1, err

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from test_simulate import make_ctx
 
-from sidecar.demo.runner import scenario_lines
 from sidecar.engine.capacity import MIN_SAMPLES, wait_quantile_s
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
@@ -275,16 +274,3 @@ def test_a_load_test_on_an_untrusted_fit_carries_the_caveat() -> None:
     assert r["model_fit"]["trustworthy"] is False and r["caveat"].startswith("Not trustworthy")
     good = _json(run_scenario(make_ctx(), {"type": "load_test"}))
     assert good["model_fit"]["trustworthy"] is True and good["caveat"] is None
-
-
-def test_the_demo_table_marks_a_standing_scenario_on_an_untrusted_fit() -> None:
-    """"spike_3x: P(fail) 0.45" after three samples read like a verdict; the exported fit verdict goes with it."""
-    lines = scenario_lines({
-        "spike_3x": {"twin_simulation_failure_probability": 0.45, "twin_simulation_fit_trustworthy": 0.0},
-        "load": {"twin_simulation_failure_probability": 0.99, "twin_simulation_breaking_multiplier": 1.1,
-                 "twin_simulation_fit_trustworthy": 0.0},
-        "steady": {"twin_simulation_failure_probability": 0.02, "twin_simulation_fit_trustworthy": 1.0}})
-    assert lines == [
-        "  what-if load: P(fail) 0.99, breaks at 1.1x today's traffic (capacity fit not trustworthy yet: a guess)",
-        "  what-if spike_3x: P(fail) 0.45 (capacity fit not trustworthy yet: a guess)",
-        "  what-if steady: P(fail) 0.02"]

@@ -16,12 +16,12 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
-from store_contract import T0, MakeStore, StoreContract, count, samples, snap, twin
+from store_contract import T0, MakeStore, StoreContract, count, event, samples, snap, twin
 
 from sidecar.engine.view import Outbox
 from sidecar.errors import StoreError
 from sidecar.status import ServiceStatus
-from sidecar.store import Store, open_store, schema
+from sidecar.store import EventQuery, Store, open_store, schema
 from sidecar.store.postgres import PostgresStore
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -199,3 +199,30 @@ async def test_nothing_listening_is_a_store_error_not_a_hang() -> None:
     with pytest.raises(StoreError):
         await s.write(Outbox(snapshots=[snap("twin_a", "s1", T0)]))
     await s.close()
+
+
+async def test_event_order_is_bytewise_in_a_database_with_a_locale_collation() -> None:
+    """A database whose default collation is a locale's (ICU English here) orders ``evt_A`` beside ``evt_a``;
+    events are listed and paged in code point order all the same, as SQLite and the memory buffer do."""
+    name = f"t_icu_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE \'en\' '
+                            "LOCALE 'C.UTF-8'")
+    except asyncpg.PostgresError as e:
+        await admin.close()
+        pytest.skip(f"this server cannot create an ICU-collated database: {e}")
+    url = PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    store = open_store(url=url, status=ServiceStatus(), env={})
+    try:
+        ids = ["evt_a_1", "evt_A_2", "evt_B", "evt_10", "evt_9"]
+        await store.write(Outbox(twins=[twin("a")], events=[event(i, "twin_a", T0) for i in ids]))
+        expected = sorted(ids, reverse=True)
+        assert [e.event_id for e in await store.list_events(EventQuery())] == expected
+        first = await store.list_events(EventQuery(limit=2))
+        rest = await store.list_events(EventQuery(before=T0, before_id=first[-1].event_id))
+        assert [e.event_id for e in first + rest] == expected
+    finally:
+        await store.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.close()

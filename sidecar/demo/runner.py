@@ -7,6 +7,13 @@ with their files in one temporary directory. Prints what to open, then every
 ``table_every_s`` a compact table read from the sidecar's own API and
 /metrics: health, forecasts with their bounds, time to a limit, and the
 standing what-if scenarios. Ctrl-C stops everything and removes the files.
+
+The table says no more than the sidecar knows: each metric is printed with
+the precision its limit needs (the error rate as a percentage with two
+decimals: against a 5 % limit, 0.0 says nothing), health is cut, not rounded,
+to one decimal (49.96 is critical and reads 49.9, never 50.0), and a what-if
+result from a capacity fit the sidecar does not trust shows no probability
+or breaking point, only why the fit is untrusted. It fits in 120 columns.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -151,6 +160,7 @@ def _banner(out: TextIO, prom_url: str, sidecar_url: str, demo_port: int, workdi
 async def _show(service: Service, prom_url: str, out: TextIO, stop: asyncio.Event, duration_s: float | None,
                 every_s: float) -> None:
     started = time.monotonic()
+    scenarios = [(sc.name, dict(sc.scenario)) for sc in service.config.scenarios if sc.twin in (MAIN_TWIN, "all")]
     async with httpx.AsyncClient(base_url=service.url, timeout=5.0) as api:
         while not stop.is_set():
             wait = every_s
@@ -164,15 +174,43 @@ async def _show(service: Service, prom_url: str, out: TextIO, stop: asyncio.Even
             if stop.is_set():
                 return
             try:
-                print(await _table(api), file=out, flush=True)
+                print(await _table(api, scenarios), file=out, flush=True)
             except (httpx.HTTPError, KeyError, ValueError) as exc:
                 print(f"(could not read the sidecar: {exc})", file=out, flush=True)
 
 
-def _fmt(v: Any, width: int = 8, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—".rjust(width)
-    return f"{float(v):.{digits}f}".rjust(width)
+#: Widest a table line may be.
+TABLE_WIDTH = 120
+
+
+@dataclass(frozen=True, slots=True)
+class _Units:
+    """How one metric's numbers are printed: ``scale`` times the value, ``digits`` decimals."""
+
+    scale: float = 1.0
+    digits: int = 1
+    suffix: str = ""
+
+    def __call__(self, v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "—"
+        return f"{float(v) * self.scale:.{self.digits}f}"
+
+
+def units_for(metric: str, limit: Any) -> _Units:
+    """The error rate as a percentage with 2 decimals; any other metric with enough decimals to show its limit to
+    3 significant digits (1 at least: 60 -> 1, 0.05 -> 4), or 1 without a limit."""
+    if metric == "error_rate":
+        return _Units(scale=100.0, digits=2, suffix=" %")
+    if isinstance(limit, int | float) and math.isfinite(limit) and limit > 0:
+        return _Units(digits=int(min(max(2 - math.floor(math.log10(limit)), 1), 6)))
+    return _Units()
+
+
+def health_text(score: float) -> str:
+    """One decimal, cut rather than rounded, so the number never crosses the band it is in: 49.96 (critical,
+    below 50) reads 49.9, not 50.0."""
+    return f"{math.floor(float(score) * 10.0) / 10.0:.1f}"
 
 
 def _eta(v: Any) -> str:
@@ -182,56 +220,80 @@ def _eta(v: Any) -> str:
     return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
-async def _table(api: httpx.AsyncClient) -> str:
+async def _table(api: httpx.AsyncClient, scenarios: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
     """A compact view of the main twin, from the sidecar's own API and /metrics."""
     status = (await api.get(f"/api/v1/twins/{MAIN_TWIN}")).raise_for_status().json()
     twins = (await api.get("/api/v1/twins")).raise_for_status().json()
     sims: dict[str, dict[str, float]] = {}
     metrics_text = (await api.get("/metrics")).raise_for_status().text
     for fam in text_string_to_metric_families(metrics_text):
-        if fam.name in ("twin_simulation_failure_probability", "twin_simulation_breaking_multiplier",
-                        "twin_simulation_fit_trustworthy"):
-            for s in fam.samples:
-                if s.labels.get("twin") == MAIN_TWIN:
-                    sims.setdefault(s.labels.get("scenario", ""), {})[fam.name] = s.value
+        if fam.name in _SCENARIO_FAMILIES:
+            for sample in fam.samples:
+                if sample.labels.get("twin") == MAIN_TWIN:
+                    sims.setdefault(sample.labels.get("scenario", ""), {})[fam.name] = sample.value
     preds = status.get("state_predictions") or []
-    horizons = [p["horizon_seconds"] for p in preds]
-    hz = [f"{int(h // 60)}m" if h >= 60 else f"{int(h)}s" for h in horizons]
+    hz = [f"{int(h // 60)}m" if h >= 60 else f"{int(h)}s" for h in (p["horizon_seconds"] for p in preds)]
     now = time.strftime("%H:%M:%S")
     n_twins = len(twins) if isinstance(twins, list) else len(twins.get("twins", []))
-    lines = [f"{now}  {MAIN_TWIN}: health {status['health_score']:.1f} ({status['health_status']}), "
+    lines = [f"{now}  {MAIN_TWIN}: health {health_text(status['health_score'])} ({status['health_status']}), "
              f"drift {'YES' if status['drift_detected'] else 'no'}, "
              f"{len(status.get('divergence_alerts') or [])} divergence alert(s); {n_twins} twin(s) in all"]
-    header = f"  {'metric':<20}{'now':>8}{'expected':>9}" + "".join(f"{'fc ' + h:>22}" for h in hz) + \
-             f"{'severity':>10}  time to limit"
-    lines.append(header)
+    rows = [["metric", "now", "expected", *(f"fc {h}" for h in hz), "severity", "to limit"]]
     for name, m in sorted(status.get("metrics", {}).items()):
-        row = f"  {name:<20}{_fmt(m.get('value'))}{_fmt(m.get('expected'), 9)}"
+        u = units_for(name, m.get("limit"))
+        row = [name + u.suffix, u(m.get("value")), u(m.get("expected"))]
         for p in preds:
             f = (p.get("metrics") or {}).get(name) or {}
-            cell = f"{_fmt(f.get('predicted'), 0)} [{_fmt(f.get('lower'), 0)}–{_fmt(f.get('upper'), 0)}]"
-            row += cell.rjust(22)
-        row += f"{m.get('severity', ''):>10}  {_eta(m.get('breach_eta_seconds'))}"
-        lines.append(row)
+            lo, hi = u(f.get("lower")), u(f.get("upper"))
+            row.append(f"{u(f.get('predicted'))} [{'—' if lo == hi == '—' else f'{lo}–{hi}'}]")
+        rows.append([*row, str(m.get("severity", "")), _eta(m.get("breach_eta_seconds"))])
+    lines += _columns(rows)
     others = [t for t in (twins.get("twins", []) if isinstance(twins, dict) else twins)
               if t.get("name") != MAIN_TWIN]
     for t in others:
-        lines.append(f"  twin {t['name']}: health {t['health_score']:.1f} ({t['health_status']}), "
+        lines.append(f"  twin {t['name']}: health {health_text(t['health_score'])} ({t['health_status']}), "
                      f"drift {'YES' if t['drift_detected'] else 'no'}, {t['active_alerts']} alert(s)")
-    lines.extend(scenario_lines(sims))
+    for name, scenario in scenarios or [(k, {}) for k in sorted(sims)]:
+        lines += textwrap.wrap(await _what_if(api, name, scenario, sims.get(name, {})), TABLE_WIDTH,
+                               subsequent_indent=" " * 6, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
 
 
-def scenario_lines(sims: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """One line per standing scenario from its exported gauges; a probability from an untrusted fit says so."""
-    lines = []
-    for scenario, vals in sorted(sims.items()):
-        p = vals.get("twin_simulation_failure_probability")
-        mult = vals.get("twin_simulation_breaking_multiplier")
-        text = f"  what-if {scenario}: P(fail) {p:.2f}" if p is not None else f"  what-if {scenario}:"
-        if mult is not None:
-            text += f", breaks at {mult:.1f}x today's traffic"
-        if vals.get("twin_simulation_fit_trustworthy") == 0.0:
-            text += " (capacity fit not trustworthy yet: a guess)"
-        lines.append(text)
-    return lines
+_SCENARIO_FAMILIES = ("twin_simulation_failure_probability", "twin_simulation_breaking_multiplier",
+                      "twin_simulation_fit_trustworthy")
+
+
+async def _what_if(api: httpx.AsyncClient, name: str, scenario: Mapping[str, Any], vals: Mapping[str, float]) -> str:
+    """One standing scenario's line: its probability and breaking point only from a fit the sidecar trusts
+    (``twin_simulation_fit_trustworthy`` 1, as the alert requires); otherwise why not, as the simulate
+    route's ``model_fit.reason`` gives it; and no number at all before the scenario has a result."""
+    p = vals.get("twin_simulation_failure_probability")
+    mult = vals.get("twin_simulation_breaking_multiplier")
+    if p is None:
+        return f"  what-if {name}: no result yet (too little data, or the scenario has not run)"
+    if vals.get("twin_simulation_fit_trustworthy") != 1.0:
+        return f"  what-if {name}: P(fail) — (fit untrusted: {await _fit_reason(api, scenario)})"
+    text = f"  what-if {name}: P(fail) {p:.2f}"
+    return text + (f", breaks at {mult:.1f}x today's traffic" if mult is not None else "")
+
+
+async def _fit_reason(api: httpx.AsyncClient, scenario: Mapping[str, Any]) -> str:
+    """Why the capacity fit behind a scenario is not trusted, from the simulate route (it changes nothing)."""
+    if not scenario:
+        return "reason unknown"
+    try:
+        resp = await api.post(f"/api/v1/twins/{MAIN_TWIN}/simulate", json=dict(scenario))
+        fit = resp.raise_for_status().json().get("model_fit") or {}
+    except (httpx.HTTPError, ValueError):
+        return "reason unavailable"
+    return str(fit.get("reason") or "reason unknown")
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Rows as aligned text columns: the first left-aligned, the rest right-aligned, the last left-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:-1], widths[1:-1], strict=True)), r[-1]]
+        out.append(("  " + "  ".join(cells)).rstrip())
+    return out

@@ -995,6 +995,7 @@ class Engine:
             if k in times:
                 limits.setdefault(k, float(t.limits.get(k, v)))
         domains = {m: CORE_DOMAINS[m] for m in times if m in CORE_DOMAINS}
+        domains.update({m: b for m, b in self._metric_rules.get(t.twin_id, ({}, {}))[1].items() if m in times})
         sizing = t.initial_state
         if replicas is None and isinstance(sizing.get("replicas"), int):
             replicas = int(sizing["replicas"])

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from ..status import ServiceStatus
-from .base import LoadLimits, RestoredTwin, RetentionPolicy, RetentionReport, Store
+from .base import EventQuery, LoadLimits, RestoredTwin, RetentionPolicy, RetentionReport, Store
 from .writer import StoreWriter
 
 #: Where the SQLite file goes when nothing else is configured.
@@ -74,5 +74,5 @@ def open_store(path: str | os.PathLike[str] | None = None, url: str | None = Non
     return SQLiteStore(Path(path if path is not None else DEFAULT_PATH), replica=replica, status=status)
 
 
-__all__ = ["DEFAULT_PATH", "LoadLimits", "RestoredTwin", "RetentionPolicy", "RetentionReport", "Store",
+__all__ = ["DEFAULT_PATH", "EventQuery", "LoadLimits", "RestoredTwin", "RetentionPolicy", "RetentionReport", "Store",
            "StoreWriter", "open_store"]

@@ -22,13 +22,13 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..engine.records import CorrectionRecord, StateHistoryEntry
+from ..engine.records import CorrectionRecord, EventType, StateHistoryEntry, TwinEvent
 from ..engine.view import MetricSamples, Outbox, PredictionRows
 from ..errors import CorruptSnapshotError
 from ..status import ServiceStatus
@@ -40,6 +40,7 @@ SNAPSHOT_COLUMNS = ("snapshot_id, twin_id, timestamp, state_snapshot, metrics, h
                     "can_rollback_to, checksum")
 CORRECTION_COLUMNS = ("correction_id, twin_id, alert_id, component, action, details, applied, reason, "
                       "timestamp")
+EVENT_COLUMNS = "event_id, twin_id, type, severity, message, timestamp, data"
 
 
 # ---------------------------------------------------------------- records handed out
@@ -63,6 +64,71 @@ class RestoredTwin:
     @property
     def name(self) -> str:
         return str(self.definition.get("source_system", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which stored events ``list_events`` returns: newest first, ordered by (timestamp, event_id) descending.
+
+    ``since`` keeps events at or after it. ``before`` keeps events strictly older than it; with ``before_id``
+    also the events at exactly ``before`` whose id sorts below ``before_id``, so a page that ends inside a
+    group of events sharing one timestamp (a round emits many at once) continues where it stopped, with
+    nothing skipped and nothing repeated. Ids compare bytewise (code point order), the same in Python,
+    SQLite and PostgreSQL.
+    """
+
+    twin_id: str | None = None
+    type: str | None = None
+    since: float | None = None
+    before: float | None = None
+    before_id: str | None = None
+    limit: int = 1000
+
+    def admits(self, event: TwinEvent) -> bool:
+        """Whether an event matches (the memory buffer is filtered with the same rule as the database)."""
+        if self.twin_id is not None and event.twin_id != self.twin_id:
+            return False
+        if self.type is not None and str(event.type) != self.type:
+            return False
+        if self.since is not None and event.timestamp < self.since:
+            return False
+        return self.before is None or event_key(event) < (self.before, self.before_id or "")
+
+
+def event_select(query: EventQuery, owner: str, *, mark: Callable[[int], str],
+                 collate: str = "") -> tuple[str, list[Any]]:
+    """The SELECT of ``list_events`` and its arguments, for either database.
+
+    ``mark(n)`` spells the n-th placeholder (``?`` or ``$n``); ``collate`` is put after ``event_id`` so ids
+    compare bytewise (PostgreSQL's default collation may not). Only events of twins this replica owns are
+    listed: replicas sharing a database each see their own, as they do their twins.
+    """
+    args: list[Any] = [owner]
+    where = [f"twin_id IN (SELECT twin_id FROM twin_definitions WHERE owner = {mark(1)})"]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return mark(len(args))
+
+    if query.twin_id is not None:
+        where.append(f"twin_id = {arg(query.twin_id)}")
+    if query.type is not None:
+        where.append(f"type = {arg(query.type)}")
+    if query.since is not None:
+        where.append(f"timestamp >= {arg(float(query.since))}")
+    if query.before is not None and query.before_id is None:
+        where.append(f"timestamp < {arg(float(query.before))}")
+    elif query.before is not None:
+        where.append(f"(timestamp < {arg(float(query.before))} OR (timestamp = {arg(float(query.before))} "
+                     f"AND event_id{collate} < {arg(query.before_id)}))")
+    sql = (f"SELECT {EVENT_COLUMNS} FROM twin_events WHERE {' AND '.join(where)} "
+           f"ORDER BY timestamp DESC, event_id{collate} DESC LIMIT {arg(int(query.limit))}")
+    return sql, args
+
+
+def event_key(event: TwinEvent) -> tuple[float, str]:
+    """The order events are listed in (newest first = this key descending) and paged by."""
+    return (event.timestamp, event.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +342,16 @@ def correction_from_row(row: Sequence[Any]) -> CorrectionRecord:
                             timestamp=ts)
 
 
+def event_from_row(row: Sequence[Any]) -> TwinEvent:
+    """A stored event (``EVENT_COLUMNS``); a type this build does not know is kept as its text."""
+    event_id, twin_id, type_, severity, message, ts, data = row[:7]
+    kind = EventType(type_) if type_ in EventType._value2member_map_ else str(type_)
+    decoded = decode_json(data)
+    return TwinEvent(event_id=str(event_id), twin_id=str(twin_id), type=kind,  # type: ignore[arg-type]
+                     severity=str(severity), message=str(message), timestamp=float(ts),
+                     data=decoded if isinstance(decoded, dict) else {"value": decoded})
+
+
 def group_samples(metric: Iterable[str], ts: Iterable[float], val: Iterable[float], *,
                   limit: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Rows sorted by time -> metric -> (times, values), the newest ``limit`` of each."""
@@ -348,6 +424,13 @@ class Store(abc.ABC):
         ``include_retired`` adds retired twins (``RestoredTwin.retired_at`` set): only those retired at or
         after ``retired_since`` if given, and of those the ``retired_max`` retired last if given, so a
         start-up reads the few a returning series may still claim, not every twin ever retired.
+        """
+
+    @abc.abstractmethod
+    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
+        """Stored events of this replica's twins matching ``query``, newest first, at most ``query.limit``.
+
+        Raises ``StoreError`` when the database does not answer.
         """
 
     @abc.abstractmethod
@@ -460,8 +543,10 @@ def retention_bounds(policy: RetentionPolicy, now: float) -> dict[str, float | i
 
 
 __all__ = [
-    "CORRECTION_COLUMNS", "DEFAULT_LOAD", "SNAPSHOT_COLUMNS", "LoadLimits", "PreparedBatch", "RestoredTwin",
-    "RetentionPolicy", "RetentionReport", "Store", "correction_from_row", "correction_row", "decode_json",
-    "dumps", "encode_jsonb", "entry_from_row", "group_samples", "jsonb_stable", "prediction_columns",
-    "prepare", "retention_bounds", "sample_columns", "snapshot_row",
+    "CORRECTION_COLUMNS", "DEFAULT_LOAD", "EVENT_COLUMNS", "SNAPSHOT_COLUMNS", "EventQuery", "LoadLimits",
+    "PreparedBatch", "RestoredTwin", "RetentionPolicy", "RetentionReport", "Store", "correction_from_row",
+    "correction_row", "decode_json", "dumps", "encode_jsonb", "entry_from_row", "event_from_row", "event_key",
+    "event_select",
+    "group_samples", "jsonb_stable", "prediction_columns", "prepare", "retention_bounds", "sample_columns",
+    "snapshot_row",
 ]

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import numpy as np
 
-from ..engine.records import StateHistoryEntry
+from ..engine.records import StateHistoryEntry, TwinEvent
 from ..engine.view import Outbox
 from ..errors import ConfigError, StoreError
 from ..status import ServiceStatus
@@ -40,6 +40,7 @@ from .base import (
     CORRECTION_COLUMNS,
     DEFAULT_LOAD,
     SNAPSHOT_COLUMNS,
+    EventQuery,
     LoadLimits,
     PreparedBatch,
     RestoredTwin,
@@ -50,6 +51,8 @@ from .base import (
     correction_row,
     decode_json,
     encode_jsonb,
+    event_from_row,
+    event_select,
     group_samples,
     prediction_columns,
     prepare,
@@ -352,6 +355,12 @@ class PostgresStore(Store):
                     corrections=[correction_from_row(r) for r in got["c"]], owner=self.replica,
                     retired_at=None if retired_at is None else float(retired_at)))
         return out
+
+    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
+        # ids compare bytewise (COLLATE "C"), as in SQLite and Python, whatever the database's collation
+        sql, args = event_select(query, self.replica, mark=lambda n: f"${n}", collate=' COLLATE "C"')
+        rows = await self._call("list_events", lambda p: p.fetch(sql, *args))
+        return [event_from_row(tuple(r)) for r in rows]
 
     async def metrics_history(self, twin_id: str, metric: str, start: float,
                               end: float) -> tuple[np.ndarray, np.ndarray]:

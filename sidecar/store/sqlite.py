@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..engine.records import StateHistoryEntry
+from ..engine.records import StateHistoryEntry, TwinEvent
 from ..engine.view import Outbox
 from ..errors import StoreError
 from ..status import ServiceStatus
@@ -52,6 +52,7 @@ from .base import (
     CORRECTION_COLUMNS,
     DEFAULT_LOAD,
     SNAPSHOT_COLUMNS,
+    EventQuery,
     LoadLimits,
     PreparedBatch,
     RestoredTwin,
@@ -61,6 +62,8 @@ from .base import (
     correction_from_row,
     correction_row,
     decode_json,
+    event_from_row,
+    event_select,
     group_samples,
     prediction_columns,
     prepare,
@@ -306,6 +309,11 @@ class SQLiteStore(Store):
                                     corrections=corrections, owner=self.replica, retired_at=retired_at))
         log.info("store loaded twins=%d replica=%s", len(out), self.replica)
         return out
+
+    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
+        sql, args = event_select(query, self.replica, mark=lambda n: "?")
+        rows = await self._on(self._reader, "list_events", lambda c: c.execute(sql, args).fetchall())
+        return [event_from_row(r) for r in rows]
 
     async def metrics_history(self, twin_id: str, metric: str, start: float,
                               end: float) -> tuple[np.ndarray, np.ndarray]:
