@@ -163,6 +163,10 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
     from .backtest import format_report, run_backtest
 
     horizons = replay.parse_horizons(a.horizons)
+    try:
+        score_from = None if a.score_from is None else replay.parse_time(a.score_from)
+    except ValueError as e:
+        raise InputError(f"--score-from: {e}") from None
     if a.input:
         rows = replay.load(a.input)
         t = np.array([r.t for r in rows])
@@ -175,7 +179,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
                                   a.step))
         source = f"{a.query} @ {a.prometheus}"
     bar = _Progress(enabled=not a.json and sys.stderr.isatty())
-    rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar)
+    rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar, score_from=score_from)
     bar.done()
     if a.json:
         print(json.dumps(_json_ready({"source": source, **rep.to_dict()}), indent=2, allow_nan=False))
@@ -309,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--horizons", default="5m,15m,30m,60m")
     b.add_argument("--model", default="auto")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--score-from", help="score only forecasts made at or after this time (RFC 3339 or unix "
+                   "seconds); every sample is still replayed")
     b.set_defaults(func=_cmd_backtest)
     return p
 
