@@ -365,11 +365,11 @@ def _children_cpu() -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def score(data_dir: Path, url: str | None, out: Path) -> int:
+def score(data_dir: Path, url: str | None, out: Path, warmup_s: float = WARMUP_S) -> int:
     record = json.loads((data_dir / "schedule.json").read_text())
     start = float(record["started_at"])
     end = float(record["ended_at"] or time.time())
-    score_from = start + WARMUP_S
+    score_from = start + warmup_s
     queries = {**node_queries(), **demo_queries()}
     results: dict[str, Any] = {}
     with prometheus_for(data_dir, record, url) as purl:
@@ -381,7 +381,8 @@ def score(data_dir: Path, url: str | None, out: Path) -> int:
         "benchmark": "live_calibration", "measured_at": iso(time.time()), "machine": machine(),
         "git_commit": git.stdout.strip(), "data_dir": str(data_dir),
         "collection": {k: record.get(k) for k in ("started_at_iso", "ended_at_iso", "planned_end_iso", "minutes")},
-        "start": start, "end": end, "score_from": score_from, "collected_minutes": round((end - start) / 60, 1),
+        "start": start, "end": end, "score_from": score_from, "warmup_minutes": warmup_s / 60,
+        "collected_minutes": round((end - start) / 60, 1),
         "complete": record.get("ended_at") is not None and not record.get("interrupted", False),
         "goal_coverage": [0.85, 0.95], "schedule": record.get("plan"), "results": results,
     }
@@ -401,6 +402,20 @@ def _hz(s: float) -> str:
     return f"{int(s // 60)} min" if s % 60 == 0 else f"{s:g} s"
 
 
+def pooled(results: dict[str, Any], lo: float, hi: float) -> dict[float, tuple[int, float, int, int]]:
+    """Per horizon: forecasts scored, of them inside the interval, queries within the goal, queries scored."""
+    out: dict[float, tuple[int, float, int, int]] = {}
+    for r in results.values():
+        for h in r.get("horizons", []):
+            n, inside, good, total = out.get(h["horizon_s"], (0, 0.0, 0, 0))
+            cov = h["coverage"]
+            if h["scored"] and isinstance(cov, float):
+                n, inside, total = n + h["scored"], inside + cov * h["scored"], total + 1
+                good += lo <= cov <= hi
+            out[h["horizon_s"]] = (n, inside, good, total)
+    return out
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     c = res["collection"]
@@ -413,7 +428,8 @@ def render(res: dict[str, Any]) -> str:
         f"Data: {res['collected_minutes']} min collected from {c['started_at_iso']} "
         f"({'complete' if res['complete'] else 'partial: collection still running or interrupted'}; "
         f"planned {c['minutes']} min), scraped every {SCRAPE_INTERVAL_S} s, replayed at step 15 s; only forecasts "
-        f"made from {iso(res['score_from'])} (start + 30 min) are scored. Goal: coverage 0.85-0.95.",
+        f"made from {iso(res['score_from'])} (start + {res.get('warmup_minutes', 30):g} min) are scored. "
+        "Goal: coverage 0.85-0.95.",
         "",
         "| query | horizon | scored | coverage | in goal | MASE/last | mean width |",
         "|---|---|---|---|---|---|---|",
@@ -428,6 +444,10 @@ def render(res: dict[str, Any]) -> str:
             ok = "yes" if isinstance(cov, float) and lo <= cov <= hi else ("n/a" if cov is None else "no")
             lines.append(f"| {name} | {_hz(h['horizon_s'])} | {h['scored']} | {_f(cov, '.3f')} | {ok} | "
                          f"{_f(h['mase_last'], '.3f')} | {_f(h['mean_width'], '.4g')} |")
+    lines += ["", "All queries pooled (coverage weighted by the scored count):", "",
+              "| horizon | scored | coverage | queries in goal |", "|---|---|---|---|"]
+    for hz, (n, inside, good, total) in sorted(pooled(res["results"], lo, hi).items()):
+        lines.append(f"| {_hz(hz)} | {n} | {_f(inside / n if n else None, '.3f')} | {good} of {total} |")
     lines += ["", "Queries:", ""]
     lines += [f"* `{name}`: `{r['query']}`" for name, r in res["results"].items()]
     lines += ["", "Schedule (stress-ng, at most one CPU worker; offsets from the start):", "",
@@ -452,12 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="backtest every query on the collected data")
     s.add_argument("--data-dir", required=True, type=Path)
     s.add_argument("--prometheus", help="use this Prometheus (default: the collection's, or a new one on its TSDB)")
+    s.add_argument("--warmup-minutes", type=float, default=WARMUP_S / 60,
+                   help="score forecasts made this long after the start (default %(default)g)")
     s.add_argument("--output", type=Path, default=RESULTS / "live_calibration",
                    help="results path without suffix (default %(default)s)")
     a = p.parse_args(argv)
     if a.cmd == "collect":
         return collect(a.data_dir.resolve(), a.minutes)
-    return score(a.data_dir.resolve(), a.prometheus, a.output)
+    return score(a.data_dir.resolve(), a.prometheus, a.output, a.warmup_minutes * 60)
 
 
 if __name__ == "__main__":
