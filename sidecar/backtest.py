@@ -129,8 +129,10 @@ def target_index(t: np.ndarray, h: float, tol: float) -> np.ndarray:
 def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
                  horizons_s: Sequence[float] = (300.0, 900.0, 1800.0, 3600.0), level: float = 0.9,
                  model: str = "auto", progress: Callable[[int, int], None] | None = None,
-                 progress_every: int = 1000) -> BacktestReport:
+                 progress_every: int = 1000, score_from: float | None = None) -> BacktestReport:
     """Replay one series (unix seconds `t`, values `y`) and score every forecast against what followed.
+
+    `score_from` (unix seconds): every sample is replayed, but only forecasts made at or after it are scored.
 
     `progress(done, total)` is called every `progress_every` samples and at the end (for a progress bar).
     Raises InputError when fewer than 3 usable samples remain.
@@ -170,6 +172,8 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
     for j, h in enumerate(bank.horizons_s.tolist()):
         tj = target_index(t_arr, h, med_dt / 2.0)
         ok = (tj >= 0) & np.isfinite(mean[:, j]) & np.isfinite(lo[:, j]) & np.isfinite(hi[:, j])
+        if score_from is not None:
+            ok &= t_arr >= score_from
         m = int(ok.sum())
         if m == 0:
             nan = float("nan")

@@ -168,6 +168,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
     # every option is checked before anything is read or fetched: a mistake costs no download
     horizons = replay.parse_horizons(a.horizons)
     check_model(a.model)
+    score_from = None if a.score_from is None else parse_time_option("--score-from", a.score_from, now=time.time())
     if a.input:
         given = [f"--{k}" for k in ("query", "start", "end") if getattr(a, k) is not None]
         if given:
@@ -190,7 +191,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         source = f"{a.query} @ {a.prometheus}"
     bar = _Progress(enabled=not a.json and sys.stderr.isatty())
     try:
-        rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar)
+        rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar, score_from=score_from)
     except InputError as e:     # too few usable samples: the data chosen is what to change
         raise InputError(f"{'--input ' + a.input if a.input else '--start/--end'}: {e}") from None
     finally:
@@ -342,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--horizons", default="5m,15m,30m,60m")
     b.add_argument("--model", default="auto")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--score-from", help="score only forecasts made at or after this time (RFC 3339 or unix "
+                   "seconds); every sample is still replayed")
     b.set_defaults(func=_cmd_backtest)
     return p
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sidecar.backtest import MIN_SCORED, format_report, parse_time_option, run_backtest
+from sidecar.cli import main
 from sidecar.errors import InputError
 
 NOW = 1_764_000_000.0
@@ -97,3 +101,27 @@ def test_models_chosen_count_only_models_with_enough_scores_and_name_the_fallbac
     assert sum(h1.chosen.values()) + h1.fallback == pytest.approx(1.0)
     line = format_report(rep1).splitlines()[-1]
     assert line.split()[0] == "5m" and "as the fallback" in line and next(iter(h1.chosen)) in line
+
+
+def test_score_from_scores_only_forecasts_made_from_then_on(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # a level shift in the first half: scored from the middle on, the last value is never worse than before
+    t = 1_700_000_000 + np.arange(600) * 60.0
+    y = np.where(np.arange(600) < 150, 10.0, 80.0) + np.random.default_rng(2).normal(size=600)
+    whole = run_backtest(t, y, horizons_s=(300.0, 900.0))
+    late = run_backtest(t, y, horizons_s=(300.0, 900.0), score_from=float(t[300]))
+    assert late.samples == whole.samples == 600        # every sample is still replayed
+    for w, h, horizon in zip(whole.horizons, late.horizons, (5, 15), strict=True):
+        assert h.scored == 300 - horizon and w.scored > 590 - horizon   # made at t[300] .. t[599 - horizon]
+        assert h.mae_last < w.mae_last
+    assert run_backtest(t, y, horizons_s=(300.0,), score_from=None) == run_backtest(t, y, horizons_s=(300.0,))
+    assert run_backtest(t, y, horizons_s=(300.0,), score_from=float(t[-1]) + 1).horizons[0].scored == 0
+
+    csv = tmp_path / "s.csv"
+    csv.write_text("timestamp,value\n" + "".join(f"{a:.0f},{b}\n" for a, b in zip(t, y, strict=True)))
+    for when in (f"{t[300]:.0f}", "2023-11-15T03:13:20Z"):      # unix seconds and RFC 3339 of the same time
+        assert main(["backtest", "--input", str(csv), "--json", "--horizons", "5m,15m", "--score-from", when]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert [h["scored"] for h in rep["horizons"]] == [h.scored for h in late.horizons]
+    assert main(["backtest", "--input", str(csv), "--score-from", "yesterday"]) == 2
+    assert "--score-from" in capsys.readouterr().err
