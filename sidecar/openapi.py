@@ -107,10 +107,21 @@ _SCHEMAS: dict[str, Any] = {
                                    "description": "Forecast time until the limit is crossed; null: none "
                                                   "within the longest horizon."},
             "samples": {"type": "integer"},
+            "direction": {"enum": ["up", "down", "both"],
+                          "description": "Which way a divergence of this metric hurts (the rules' `direction`)"},
+            "divergence_harmful": {"type": ["boolean", "null"],
+                                   "description": "Whether the divergence lies the way that hurts (false: at most "
+                                                  "low, no alert); null without a divergence"},
+            "advice": {"type": ["string", "null"],
+                       "description": "What to do about the divergence, in the direction it went"},
         }),
     "MetricForecast": _obj(["predicted", "lower", "upper", "confidence", "model"], {
         "predicted": _NUM_OR_NULL, "lower": _NUM_OR_NULL, "upper": _NUM_OR_NULL,
         "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1}, "model": {"type": "string"},
+        "regime": {"enum": ["backtested", "cold_start", "level_shift"],
+                   "description": "What the forecast rests on: its horizon's own running backtest, a cold start "
+                                  "(shorter horizons' or one-step scores, wider bounds), or a level shift (the "
+                                  "new level, until the models have learnt it)"},
     }),
     "StatePrediction": _obj(
         ["prediction_time", "horizon_seconds", "predicted_metrics", "confidence", "contributing_trends",
@@ -119,7 +130,7 @@ _SCHEMAS: dict[str, Any] = {
             "predicted_metrics": _NUM_MAP,
             "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "contributing_trends": {"type": "array", "items": {"type": "string"},
-                                    "examples": [["CPU increasing at 0.75% per minute"]]},
+                                    "examples": [["CPU increasing by 0.75 percentage points per minute"]]},
             "risk_factors": {"type": "array", "items": {"type": "string"},
                              "examples": [["CPU may reach 95% in 30 minutes"]]},
             "metrics": {"type": "object", "additionalProperties": _ref("MetricForecast")},
