@@ -63,7 +63,7 @@ def test_linear_recovers_noiseless_line() -> None:
     t0 = 1.7e9  # unix seconds: the centred sums must stay exact
     t = t0 + np.arange(300)[:, None] * 15.0 + np.zeros((1, 2))
     slope = np.array([0.01, -3.0])
-    y = 1000.0 + (t - t0) * slope
+    y = 100_000.0 + (t - t0) * slope   # stays positive: a series never negative is not forecast below 0
     feed(bank, idx, t, y)
     fc = bank.forecast(idx)
     want = y[-1][:, None] + slope[:, None] * np.array(H)[None, :]

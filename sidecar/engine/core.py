@@ -30,7 +30,7 @@ from .correct import AutoCorrector
 from .diverge import DIRECTION_CODE, DivergenceDetector, advice, divergence_floor
 from .expected import canonical_expected, check_expected_metrics, check_expected_values, check_limit_value
 from .forecast import HORIZON_AXIS
-from .health import drift_flags, health_band, health_scores, series_penalty
+from .health import drift_flags, format_score, health_band, health_scores, series_penalty
 from .history import verified
 from .modelstate import (
     FORECAST_CONFIG,
@@ -528,13 +528,13 @@ class Engine:
             name, h = self._twins[tid].source_system, float(health[ts])
             if band[ts] == 2:
                 self.monitor.emit(tid, EventType.HEALTH_CRITICAL, "critical",
-                                  f"{name}: health {h:.0f} is below 50", at, {"health_score": h})
+                                  f"{name}: health {format_score(h)} is below 50", at, {"health_score": h})
             elif band[ts] == 1:
                 self.monitor.emit(tid, EventType.HEALTH_WARNING, "warning",
-                                  f"{name}: health {h:.0f} is below 70", at, {"health_score": h})
+                                  f"{name}: health {format_score(h)} is below 70", at, {"health_score": h})
             else:
                 self.monitor.emit(tid, EventType.HEALTH_RECOVERED, "info",
-                                  f"{name}: health {h:.0f} recovered", at, {"health_score": h})
+                                  f"{name}: health {format_score(h)} recovered", at, {"health_score": h})
         for ts in np.nonzero(drift != self.drift[:n])[0].tolist():
             tid = self._slot_twin[ts]
             if tid is None:

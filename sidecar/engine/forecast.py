@@ -40,6 +40,7 @@ from sidecar.engine.models import F64, I64, Field, Model, Now, Slots, Step, buil
 from sidecar.engine.regime import (
     BACKTESTED,
     COLD,
+    COLD_MIN_SCORED,
     COLD_REACH,
     COLD_TREND_SHARE,
     SHIFT,
@@ -360,7 +361,7 @@ class ForecastBank:
             far = ~gap & np.isfinite(sc) & np.isfinite(dev) & (np.abs(dev) > _GLITCH * sc)
         if not far.any() and not c["held"][i].any():
             return y
-        side = np.sign(dev).astype(np.int8)
+        side = np.sign(np.where(np.isfinite(dev), dev, 0.0)).astype(np.int8)
         state = c["held"][i]
         hold = far & (state != side) & (state != 2 * side)
         # lone far sample: held (state = side); the next far one on that side: a change, accepted (2 * side),
@@ -426,7 +427,7 @@ class ForecastBank:
         if mae1 is not None and cnt1 is not None:
             scored: NDArray[np.bool_] = np.asarray(np.isfinite(score).any(axis=1))   # (k, H)
             if not scored.all():
-                borrow = np.where((cnt1 >= _MIN_SCORED), mae1, np.inf)       # (k, M): one step, then ...
+                borrow = np.where((cnt1 >= COLD_MIN_SCORED), mae1, np.inf)   # (k, M): one step, then ...
                 from_one = np.ones(k, bool)
                 for j in self._order.tolist():                               # ... the longest scored shorter one
                     cold = ~scored[:, j]
@@ -647,24 +648,24 @@ class ForecastBank:
             mean = np.where(one_step, now.y[:, None] + reach * (mean - now.y[:, None]), mean)
         lo, hi = self._interval(c["qlo"][i], c["qhi"][i], c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt)
         cold = ~np.isfinite(c["qlo"][i])
-        if self._forced >= 0:       # a baseline is scored as it is: no regimes, floors or domain
-            c["fmean"][i] = mean
-            c["flo"][i] = mean + np.minimum(lo, 0.0)
-            c["fhi"][i] = mean + np.maximum(hi, 0.0)
-            c["freg"][i] = np.where(cold, COLD, BACKTESTED).astype(np.int8)
-        else:
-            # a trend read off the first minutes is uncertain in proportion to how far it is extrapolated
-            move = np.where(cold, COLD_TREND_SHARE * np.abs(mean - now.y[:, None]), 0.0)
+        held = np.zeros(mean.shape, bool)
+        if self._forced < 0:        # a baseline is scored as it is: no regimes or interval floors
+            # a trend read off the first minutes is uncertain in proportion to how far it is extrapolated: the
+            # interval reaches back to the last value (the trend stopping now) and half as far beyond
+            d = np.where(cold, mean - now.y[:, None], 0.0)
+            back, ahead = COLD_TREND_SHARE * np.abs(d), 0.5 * COLD_TREND_SHARE * np.abs(d)
+            down, up = np.where(d > 0, back, ahead), np.where(d > 0, ahead, back)
             mean, held = self._shift_regime(i, now, mean)
             spread = np.where(held, SHIFT_Z * c["sdev"][i][:, None], 0.0)
-            move = np.fmax(move, np.where(np.isfinite(spread), spread, 0.0))
-            lo, hi = floor_interval(lo - move, hi + move, self._order)
-            dlo, dhi = domain_of(c["dlo"][i], c["dhi"][i], c["ymin"][i])
-            dlo, dhi = dlo[:, None], dhi[:, None]
-            c["fmean"][i] = np.clip(mean, dlo, dhi)
-            c["flo"][i] = np.clip(mean + np.minimum(lo, 0.0), dlo, dhi)
-            c["fhi"][i] = np.clip(mean + np.maximum(hi, 0.0), dlo, dhi)
-            c["freg"][i] = np.where(held, SHIFT, np.where(cold, COLD, BACKTESTED)).astype(np.int8)
+            spread = np.where(np.isfinite(spread), spread, 0.0)
+            lo, hi = floor_interval(lo - np.fmax(down, spread), hi + np.fmax(up, spread), self._order)
+        # every forecast, the baselines' too, stays inside the metric's domain
+        dlo, dhi = domain_of(c["dlo"][i], c["dhi"][i], c["ymin"][i])
+        dlo, dhi = dlo[:, None], dhi[:, None]
+        c["fmean"][i] = np.clip(mean, dlo, dhi)
+        c["flo"][i] = np.clip(mean + np.minimum(lo, 0.0), dlo, dhi)
+        c["fhi"][i] = np.clip(mean + np.maximum(hi, 0.0), dlo, dhi)
+        c["freg"][i] = np.where(held, SHIFT, np.where(cold, COLD, BACKTESTED)).astype(np.int8)
         c["fmodel"][i] = choice
         # the slope of the baseline line, read off its own forecasts (no second fit)
         lin = preds[:, self._lin_idx, :]

@@ -9,8 +9,10 @@ trusting:
   models follow the series, so they forecast every unscored horizon (a steady climb toward a limit
   gets a time to limit within minutes, not after the first scored hour). On one-step evidence alone
   a trend is extrapolated at most `COLD_REACH` times the span of data seen (what follows a series
-  one step ahead may be a fast wave, not a trend), and the interval widens with the move the
-  forecast predicts: a trend read off a few minutes is uncertain in proportion to its reach.
+  one step ahead may be a fast wave, not a trend), only after `COLD_MIN_SCORED` one-step scores (five
+  samples of a rising edge are a blip, not a trend), and the interval reaches back by the whole move
+  the forecast predicts, so the last value — the trend stopping now — stays inside it, and half as
+  far beyond.
 * **Level shift** — a sudden lasting change (a cache flush, a host gone idle, a step in load).
   Models with memory (medians, seasonal profiles) keep forecasting the old level for as long as
   their memory, and their backtest scores are as slow to notice. A run of `SHIFT_RUN` samples
@@ -46,8 +48,10 @@ SHIFT_MAX_S = 86400.0    # a shift regime ends after a day at the latest (the da
 SHIFT_CAUGHT_UP = 0.1    # a horizon leaves the shift regime once the bank is within this share of the jump
 SHIFT_PRIOR = 0.1        # the new level's spread starts at this share of the jump (is it lasting? unknown yet)
 SHIFT_Z = 2.0            # a shift-held interval spans at least this many mean absolute deviations of the new level
-COLD_REACH = 12.0        # a trend known only from one-step errors is extrapolated at most this many times the data span
-COLD_TREND_SHARE = 0.5   # an unscored horizon's interval widens by this share of the move it forecasts
+COLD_MIN_SCORED = 12     # one-step scores a model needs before it forecasts an unscored horizon (a trend, not a blip)
+COLD_REACH = 8.0         # a trend known only from one-step errors is extrapolated at most this many times the data span
+COLD_TREND_SHARE = 1.0   # an unscored horizon's interval reaches back by the move it forecasts ("it stops now" stays
+#                          inside) and beyond by half of it
 SHORTER_SHARE = 0.25     # an interval spans at least this share of every shorter horizon's, each side
 
 
