@@ -583,20 +583,27 @@ def parsed_result_type_problem(expr: Any) -> str | None:
     return f"expected PromQL returning numbers (an instant vector or a scalar), got a {kind}: {hint}"
 
 
-def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool,
-                expected: bool = False, limit: bool = False) -> dict[str, float]:
-    """metric -> number for this twin's metrics; ``expected`` values also by the engine's expected-state
-    rules (a core metric's cannot be negative), ``limit`` values by its limit rules (a core metric's above 0,
-    a share at most its whole), so the file refuses what those rules refuse."""
+def _metric_entries(r: _Reader, name: str, metrics: Mapping[str, str]) -> Iterator[tuple[_Reader, str, yaml.Node]]:
+    """(the mapping's reader, metric, value node) of a per-metric mapping of a twin rule, each key checked to be
+    one of the twin's metrics (none when the key is absent)."""
     m = r.mapping(name)
     if m is None:
-        return {}
-    out: dict[str, float] = {}
+        return
     for metric, (k, v) in m.items.items():
         m.used.add(metric)
         if metric not in metrics:
             raise m.error(k, m.key(metric),
                           f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
+        yield m, metric, v
+
+
+def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: bool,
+                expected: bool = False, limit: bool = False) -> dict[str, float]:
+    """metric -> number for this twin's metrics; ``expected`` values also by the engine's expected-state
+    rules (a core metric's cannot be negative), ``limit`` values by its limit rules (a core metric's above 0,
+    a share at most its whole), so the file refuses what those rules refuse."""
+    out: dict[str, float] = {}
+    for m, metric, v in _metric_entries(r, name, metrics):
         out[metric] = _number(m, v, m.key(metric), positive=positive)
         if expected:
             try:
@@ -613,15 +620,8 @@ def _metric_map(r: _Reader, name: str, metrics: Mapping[str, str], *, positive: 
 
 def _directions(r: _Reader, metrics: Mapping[str, str]) -> dict[str, str]:
     """``direction: {metric: up|down|both}``: which way a divergence of each metric hurts."""
-    m = r.mapping("direction")
-    if m is None:
-        return {}
     out: dict[str, str] = {}
-    for metric, (k, v) in m.items.items():
-        m.used.add(metric)
-        if metric not in metrics:
-            raise m.error(k, m.key(metric),
-                          f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
+    for m, metric, v in _metric_entries(r, "direction", metrics):
         value = _scalar(v)
         if value not in DIRECTIONS:
             raise m.error(v, m.key(metric), f"expected one of {', '.join(DIRECTIONS)}, got {_show(v)}")
@@ -631,18 +631,11 @@ def _directions(r: _Reader, metrics: Mapping[str, str]) -> dict[str, str]:
 
 def _bounds(r: _Reader, metrics: Mapping[str, str]) -> dict[str, tuple[float | None, float | None]]:
     """``bounds: {metric: [low, high]}`` for custom metrics (null: open on that side)."""
-    m = r.mapping("bounds")
-    if m is None:
-        return {}
     out: dict[str, tuple[float | None, float | None]] = {}
-    for metric, (k, v) in m.items.items():
-        m.used.add(metric)
-        if metric not in metrics:
-            raise m.error(k, m.key(metric),
-                          f"not one of this twin's metrics (expected one of: {', '.join(sorted(metrics))})")
+    for m, metric, v in _metric_entries(r, "bounds", metrics):
         if metric in DOMAINS:
             lo, hi = DOMAINS[metric]
-            raise m.error(k, m.key(metric), f"{metric} has a fixed domain ({lo:g} to {hi:g}); bounds are for "
+            raise m.error(v, m.key(metric), f"{metric} has a fixed domain ({lo:g} to {hi:g}); bounds are for "
                                             "custom metrics")
         if not isinstance(v, yaml.SequenceNode) or len(v.value) != 2:
             raise m.error(v, m.key(metric), f"expected [low, high] (null for an open side), got {_show(v)}")

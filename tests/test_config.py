@@ -322,3 +322,34 @@ def test_check_config_refuses_a_string_literal_query_with_file_line_and_key(
     assert main(["check-config", str(p)]) == 2
     err = capsys.readouterr().err
     assert f"{p}:5: twins[0].metrics.custom_s: expected PromQL returning numbers" in err and "string" in err
+
+
+DIRECTED = """\
+twins:
+  - name: a
+    metrics: {cpu_usage: up, queue_fill: q, load1: l}
+    direction: {cpu_usage: both, queue_fill: up}
+    bounds: {queue_fill: [0, 1], load1: [0, null]}
+"""
+
+
+def test_direction_and_bounds_are_read_per_metric() -> None:
+    (rule,) = parse_config(DIRECTED, path="rules.yaml", env={}).twins
+    assert dict(rule.directions) == {"cpu_usage": "both", "queue_fill": "up"}
+    assert dict(rule.bounds) == {"queue_fill": (0.0, 1.0), "load1": (0.0, None)}
+
+
+@pytest.mark.parametrize(("old", "new", "where"), [
+    ("cpu_usage: both", "cpu_usage: sideways",
+     "rules.yaml:4: twins[0].direction.cpu_usage: expected one of up, down, both"),
+    ("queue_fill: up}", "nope: up}", "rules.yaml:4: twins[0].direction.nope: not one of this twin's metrics"),
+    ("queue_fill: [0, 1]", "cpu_usage: [0, 5]",
+     "rules.yaml:5: twins[0].bounds.cpu_usage: cpu_usage has a fixed domain"),
+    ("queue_fill: [0, 1]", "queue_fill: [1, 0]", "rules.yaml:5: twins[0].bounds.queue_fill: expected low < high"),
+    ("queue_fill: [0, 1]", "queue_fill: [0]", "rules.yaml:5: twins[0].bounds.queue_fill: expected [low, high]"),
+    ("queue_fill: [0, 1]", "queue_fill: [0, .inf]", "rules.yaml:5: twins[0].bounds.queue_fill: expected a finite"),
+])
+def test_a_bad_direction_or_bounds_names_file_line_and_key(old: str, new: str, where: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(DIRECTED.replace(old, new), path="rules.yaml", env={})
+    assert str(err.value).startswith(where), str(err.value)
