@@ -46,6 +46,8 @@ from sidecar.engine.regime import (
     SHIFT,
     SHIFT_PRIOR,
     SHIFT_RUN,
+    SHIFT_SCALES,
+    SHIFT_TAILS,
     SHIFT_Z,
     domain_of,
     floor_interval,
@@ -317,8 +319,19 @@ class ForecastBank:
         return exp
 
     def _track_shift(self, i: I64, t: F64, y: F64, exp: Expectation, ok: NDArray[np.bool_]) -> None:
-        """Follow the level shift detector (`regime.py`) with one raw sample per series."""
+        """Follow the level shift detector (`regime.py`) with one raw sample per series.
+
+        Only series in a shift, in a run of far samples, or far from their expectation now can change state:
+        the others (nearly all of them, nearly always) cost three array operations."""
         c = self.core
+        with np.errstate(invalid="ignore"):
+            far = ok & (np.abs(y - exp.expected) > np.fmax(SHIFT_SCALES * exp.scale, SHIFT_TAILS * exp.tail))
+        w = far | np.isfinite(c["st0"][i]) | (c["srun"][i] != 0)
+        if not w.any():
+            return
+        if not w.all():
+            i, t, y, ok = i[w], t[w], y[w], ok[w]
+            exp = Expectation(exp.expected[w], exp.lower[w], exp.upper[w], exp.scale[w], exp.tail[w])
         active = np.isfinite(c["st0"][i])
         slev = c["slev"][i]
         # while a shift is active the samples are judged against the new level, so a second change is seen
@@ -431,11 +444,13 @@ class ForecastBank:
                 from_one = np.ones(k, bool)
                 for j in self._order.tolist():                               # ... the longest scored shorter one
                     cold = ~scored[:, j]
-                    score[:, :, j] = np.where(cold[:, None] & ok[:, :, j], borrow, score[:, :, j])
-                    one_step[:, j] = cold & from_one
-                    borrow = np.where(scored[:, j, None], np.where(np.isfinite(mae[:, :, j]), mae[:, :, j], np.inf),
-                                      borrow)
-                    from_one &= ~scored[:, j]
+                    if cold.any():
+                        score[:, :, j] = np.where(cold[:, None] & ok[:, :, j], borrow, score[:, :, j])
+                        one_step[:, j] = cold & from_one
+                    if scored[:, j].any():
+                        borrow = np.where(scored[:, j, None],
+                                          np.where(np.isfinite(mae[:, :, j]), mae[:, :, j], np.inf), borrow)
+                        from_one &= cold
         top = np.argpartition(score, _TOP - 1, axis=1)[:, :_TOP]  # (k, TOP, H), in no particular order
         rows, cols = np.arange(k)[:, None, None], np.arange(H)[None, None, :]
         s_top, p_top = score[rows, top, cols], pred[rows, top, cols]
@@ -652,19 +667,23 @@ class ForecastBank:
         if self._forced < 0:        # a baseline is scored as it is: no regimes or interval floors
             # a trend read off the first minutes is uncertain in proportion to how far it is extrapolated: the
             # interval reaches back to the last value (the trend stopping now) and half as far beyond
-            d = np.where(cold, mean - now.y[:, None], 0.0)
-            back, ahead = COLD_TREND_SHARE * np.abs(d), 0.5 * COLD_TREND_SHARE * np.abs(d)
-            down, up = np.where(d > 0, back, ahead), np.where(d > 0, ahead, back)
+            if cold.any():
+                d = np.where(cold, mean - now.y[:, None], 0.0)
+                back, ahead = COLD_TREND_SHARE * np.abs(d), 0.5 * COLD_TREND_SHARE * np.abs(d)
+                lo = lo - np.where(d > 0, back, ahead)
+                hi = hi + np.where(d > 0, ahead, back)
             mean, held = self._shift_regime(i, now, mean)
-            spread = np.where(held, SHIFT_Z * c["sdev"][i][:, None], 0.0)
-            spread = np.where(np.isfinite(spread), spread, 0.0)
-            lo, hi = floor_interval(lo - np.fmax(down, spread), hi + np.fmax(up, spread), self._order)
+            if held.any():
+                spread = np.where(held, SHIFT_Z * c["sdev"][i][:, None], 0.0)
+                spread = np.where(np.isfinite(spread), spread, 0.0)
+                lo, hi = lo - spread, hi + spread
+            lo, hi = floor_interval(lo, hi, self._order)
         # every forecast, the baselines' too, stays inside the metric's domain
         dlo, dhi = domain_of(c["dlo"][i], c["dhi"][i], c["ymin"][i])
         dlo, dhi = dlo[:, None], dhi[:, None]
-        c["fmean"][i] = np.clip(mean, dlo, dhi)
-        c["flo"][i] = np.clip(mean + np.minimum(lo, 0.0), dlo, dhi)
-        c["fhi"][i] = np.clip(mean + np.maximum(hi, 0.0), dlo, dhi)
+        c["fmean"][i] = np.minimum(np.maximum(mean, dlo), dhi)
+        c["flo"][i] = np.minimum(np.maximum(mean + np.minimum(lo, 0.0), dlo), dhi)
+        c["fhi"][i] = np.minimum(np.maximum(mean + np.maximum(hi, 0.0), dlo), dhi)
         c["freg"][i] = np.where(held, SHIFT, np.where(cold, COLD, BACKTESTED)).astype(np.int8)
         c["fmodel"][i] = choice
         # the slope of the baseline line, read off its own forecasts (no second fit)
