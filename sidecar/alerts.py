@@ -37,9 +37,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .config import SidecarConfig, format_duration, load_config
+from .config import SidecarConfig, load_config
 from .engine.health import CRITICAL_BELOW, WARNING_BELOW
 from .errors import ConfigError, InputError
+from .units import format_duration
 
 __all__ = [
     "ALERT_NAMES",
@@ -121,10 +122,6 @@ def runbook_anchor(alert: str) -> str:
     return f"runbook-{alert.lower()}"
 
 
-def _dur(seconds: float) -> str:
-    return format_duration(seconds) if seconds > 0 else "0s"
-
-
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -141,7 +138,7 @@ class _Builder:
              description: str) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": alert, "expr": expr}
         if for_s > 0:
-            rule["for"] = _dur(for_s)
+            rule["for"] = format_duration(for_s)
         rule["labels"] = {"severity": severity, **self.settings.extra_labels}
         rule["annotations"] = {
             "summary": summary,
@@ -212,11 +209,12 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
     selector_labels = _check_selector(s.selector)
     b = _Builder(s)
     stale_s = s.stale_after_s(config.interval_s)
+    durations = {"div_for": s.divergence_for_s, "health_for": s.health_for_s, "eta": s.breach_eta_under_s,
+                 "interval": config.interval_s, "stale": stale_s, "absent_for": s.absent_for_s,
+                 "source_for": s.source_down_for_s, "store_for": s.store_down_for_s}
     v = {
-        "ratio": _RATIO, "div_for": _dur(s.divergence_for_s), "health_for": _dur(s.health_for_s),
-        "warn": _num(s.health_warning), "crit": _num(s.health_critical), "eta": _dur(s.breach_eta_under_s),
-        "interval": _dur(config.interval_s), "stale": _dur(stale_s), "absent_for": _dur(s.absent_for_s),
-        "source_for": _dur(s.source_down_for_s), "store_for": _dur(s.store_down_for_s),
+        "ratio": _RATIO, "warn": _num(s.health_warning), "crit": _num(s.health_critical),
+        **{key: format_duration(seconds) for key, seconds in durations.items()},
         "p": f"{s.simulation_failure_probability:.0%}",
     }
     severity, health, eta = b.sel("twin_divergence_severity"), b.sel("twin_health_score"), \

@@ -44,6 +44,7 @@ from prometheus_client.samples import Sample
 
 from .engine.view import EngineView
 from .status import ServiceStatus
+from .units import horizon_label
 
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
@@ -54,7 +55,6 @@ __all__ = [
     "ArrayGaugeFamily",
     "MetricSpec",
     "TwinCollector",
-    "horizon_label",
     "install_exporter",
     "is_own_series",
     "render",
@@ -157,14 +157,6 @@ def is_own_series(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------- labels
-
-def horizon_label(seconds: float) -> str:
-    """``300`` -> ``5m``, ``3600`` -> ``60m``, ``90`` -> ``90s``: minutes when whole, else seconds."""
-    s = float(seconds)
-    if s > 0 and s % 60 == 0:
-        return f"{int(s // 60)}m"
-    return f"{int(s)}s" if s.is_integer() else f"{s!r}s"
-
 
 def _number_label(value: float) -> str:
     """A label value for a number: ``95`` not ``95.0``, exact otherwise."""

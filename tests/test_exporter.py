@@ -20,7 +20,6 @@ from sidecar.exporter import (
     EXPORTED_SERIES_NAMES,
     ArrayGaugeFamily,
     TwinCollector,
-    horizon_label,
     install_exporter,
     is_own_series,
     render,
@@ -28,6 +27,7 @@ from sidecar.exporter import (
     wants_openmetrics,
 )
 from sidecar.status import ServiceStatus
+from sidecar.units import horizon_label
 
 HORIZONS = np.array([300.0, 900.0, 1800.0, 3600.0])
 
