@@ -1,11 +1,14 @@
 """Prometheus alerting rules for the sidecar's exported metrics, written from the YAML rules.
 
-The alerts live next to the metrics contract (``sidecar/exporter.py``) rather than in a hand-kept YAML
-file because some depend on the rules: how stale a twin or a metric may get before it counts as "not
-syncing" follows the sync ``interval``, a twin named in the rules (not discovered) must exist, so it
-gets an ``absent()`` check of its own, and a sidecar instance whose scrape fails is found by its scrape
-target's labels (``prometheus.self_labels``, else ``job="twin-sidecar"``). Everything else is generic over
-the ``twin``/``metric`` labels, so discovered twins are covered without listing them.
+The alerts are generated rather than kept in a hand-written YAML file because some depend on the rules: how
+stale a twin or a metric may get before it counts as "not syncing" follows the sync ``interval``, a twin named
+in the rules (not discovered) must exist, so it gets an ``absent()`` check of its own, and a sidecar instance
+whose scrape fails is found by its scrape target's labels (``prometheus.self_labels``, else
+``job="twin-sidecar"``). Everything else is generic over the ``twin``/``metric`` labels, so discovered twins
+are covered without listing them.
+
+Every selector names a family of the /metrics contract (``sidecar/contract.py``) or Prometheus' own ``up``; a
+rule naming anything else fails while it is written, not silently in Prometheus.
 
 The health alerts use the engine's bands (``sidecar.engine.health``): TwinHealthLow below 70, TwinHealthCritical
 below 50, so a score of exactly 50 raises the warning alone and one of exactly 70 neither.
@@ -38,6 +41,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .config import SidecarConfig, load_config
+from .contract import METRICS_BY_NAME
 from .engine.health import CRITICAL_BELOW, WARNING_BELOW
 from .errors import ConfigError, InputError
 from .units import format_duration
@@ -45,6 +49,7 @@ from .units import format_duration
 __all__ = [
     "ALERT_NAMES",
     "DEFAULT_RUNBOOK_URL",
+    "PROMETHEUS_METRICS",
     "AlertSettings",
     "check_runbook_base_url",
     "dump_rules",
@@ -64,6 +69,9 @@ ALERT_NAMES: tuple[str, ...] = (
     "TwinSyncStale", "TwinMetricStale", "TwinMetricNoData", "TwinMissing", "TwinSidecarAbsent", "TwinSidecarDown",
     "TwinPrometheusUnreachable", "TwinStoreDown", "TwinSimulationFailureLikely",
 )
+
+#: Series of Prometheus' own that the rules read beside the sidecar's families: ``up`` of its scrape targets.
+PROMETHEUS_METRICS: frozenset[str] = frozenset({"up"})
 
 #: The scrape job TwinSidecarDown looks for in ``up`` when nothing else names the sidecar's scrape target (the
 #: demo's and the README's scrape config use it).
@@ -131,6 +139,8 @@ class _Builder:
     settings: AlertSettings
 
     def sel(self, metric: str, *matchers: str) -> str:
+        if metric not in METRICS_BY_NAME and metric not in PROMETHEUS_METRICS:
+            raise ValueError(f"{metric} is not in the /metrics contract (sidecar/contract.py)")
         parts = [m for m in (self.settings.selector.strip(), *matchers) if m]
         return f"{metric}{{{','.join(parts)}}}" if parts else metric
 
