@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sidecar.engine.forecast import _MIN_SCORED, ForecastBank
+from sidecar.engine.forecast import _MIN_SCORED, ForecastBank, model_names
 from sidecar.errors import InputError
 from sidecar.replay import parse_duration, parse_time
 from sidecar.units import format_duration
@@ -66,7 +66,7 @@ def check_model(model: str) -> None:
     """``auto`` or one of the bank's models; an ``InputError`` naming ``--model`` and the choices otherwise."""
     if model == "auto":
         return
-    names = ForecastBank((300.0,)).model_names
+    names = model_names()
     if model not in names:
         raise InputError(f"--model {model!r}: choose auto or one of {', '.join(names)}")
 
