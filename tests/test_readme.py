@@ -34,3 +34,42 @@ def test_the_library_example_runs_as_a_script(tmp_path: Path) -> None:
 def test_the_example_imports_the_public_face() -> None:
     (block,) = re.findall(r"```python\n(.*?)```", _section("Using the engine as a library"), re.S)
     assert "from sidecar.engine import SystemMetrics, SystemType, TwinEngine" in block
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub derives from a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+DOCS = ("README.md", "ARCHITECTURE.md", "benchmarks/README.md")
+
+
+def test_every_link_between_the_documents_resolves() -> None:
+    """The README links its sections, ARCHITECTURE.md and benchmarks/README.md; none of those links may dangle."""
+    anchors = {doc: {_slug(h) for h in re.findall(r"(?m)^#+ (.+)$", (ROOT / doc).read_text(encoding="utf-8"))}
+               for doc in DOCS}
+    dangling = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (ROOT / doc).parent / path if path else ROOT / doc
+            name = str(resolved.resolve().relative_to(ROOT))
+            if not resolved.exists() or (anchor and anchor not in anchors.get(name, set())):
+                dangling.append(f"{doc}: {target}")
+    assert dangling == []
+
+
+def test_the_user_manual_keeps_its_sections_and_the_two_commands() -> None:
+    headings = re.findall(r"(?m)^## (.+)$", README)
+    for section in ("The two commands", "Install and run", "Rules (YAML)", "Exported metrics", "JSON API",
+                    "What the engine computes", "Storage", "Simulation", "Offline tools",
+                    "Using the engine as a library", "Kubernetes, Grafana, Alertmanager", "Operations and runbook",
+                    "Benchmarks"):
+        assert section in headings, section
+    two = _section("The two commands")
+    assert "```sh\nscripts/demo\n```" in two and "```sh\nscripts/test\n```" in two
+    # the user's manual links the history instead of carrying it
+    assert "benchmarks/README.md" in _section("Benchmarks") and "ARCHITECTURE.md" in README
