@@ -5,54 +5,27 @@ are importable from here or from ``sidecar.engine``::
 
     from sidecar import SystemMetrics, SystemType, TwinEngine
 
-The names load on first use: importing a module of the package (the rules, the contract) never loads the
-engine's models. ARCHITECTURE.md says where each concern lives and which module may import which.
+The names are the engine package's own (``sidecar.engine.__all__``) and load on first use: importing a module
+of the package (the rules, the contract) never loads the engine's models. ARCHITECTURE.md says where each
+concern lives and which module may import which.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .engine import (
-        CorrectionRecord,
-        DigitalTwin,
-        DivergenceAlert,
-        Engine,
-        EngineSettings,
-        Severity,
-        Source,
-        StateHistoryEntry,
-        StatePrediction,
-        SystemMetrics,
-        SystemType,
-        TwinEngine,
-    )
+from . import engine as _engine
+from .engine import __all__
 
-__all__ = [
-    "CorrectionRecord",
-    "DigitalTwin",
-    "DivergenceAlert",
-    "Engine",
-    "EngineSettings",
-    "Severity",
-    "Source",
-    "StateHistoryEntry",
-    "StatePrediction",
-    "SystemMetrics",
-    "SystemType",
-    "TwinEngine",
-]
+if TYPE_CHECKING:
+    from .engine import *  # noqa: F403  (the names, for type checkers; at run time __getattr__ serves them)
 
 
 def __getattr__(name: str) -> Any:
-    """The engine's public names, imported from ``sidecar.engine`` the first time one is asked for (PEP 562)."""
+    """An engine name, from ``sidecar.engine`` (which imports it from its module the first time, PEP 562)."""
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".engine", __name__), name)
-    globals()[name] = value
-    return value
+    return getattr(_engine, name)
 
 
 def __dir__() -> list[str]:
