@@ -1,11 +1,14 @@
 """Prometheus alerting rules for the sidecar's exported metrics, written from the YAML rules.
 
-The alerts live next to the metrics contract (``sidecar/exporter.py``) rather than in a hand-kept YAML
-file because some depend on the rules: how stale a twin or a metric may get before it counts as "not
-syncing" follows the sync ``interval``, a twin named in the rules (not discovered) must exist, so it
-gets an ``absent()`` check of its own, and a sidecar instance whose scrape fails is found by its scrape
-target's labels (``prometheus.self_labels``, else ``job="twin-sidecar"``). Everything else is generic over
-the ``twin``/``metric`` labels, so discovered twins are covered without listing them.
+The alerts are generated rather than kept in a hand-written YAML file because some depend on the rules: how
+stale a twin or a metric may get before it counts as "not syncing" follows the sync ``interval``, a twin named
+in the rules (not discovered) must exist, so it gets an ``absent()`` check of its own, and a sidecar instance
+whose scrape fails is found by its scrape target's labels (``prometheus.self_labels``, else
+``job="twin-sidecar"``). Everything else is generic over the ``twin``/``metric`` labels, so discovered twins
+are covered without listing them.
+
+Every selector names a family of the /metrics contract (``sidecar/contract.py``) or Prometheus' own ``up``; a
+rule naming anything else fails while it is written, not silently in Prometheus.
 
 The health alerts use the engine's bands (``sidecar.engine.health``): TwinHealthLow below 70, TwinHealthCritical
 below 50, so a score of exactly 50 raises the warning alone and one of exactly 70 neither.
@@ -37,13 +40,16 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .config import SidecarConfig, format_duration, load_config
+from .config import SidecarConfig, load_config
+from .contract import METRICS_BY_NAME
 from .engine.health import CRITICAL_BELOW, WARNING_BELOW
 from .errors import ConfigError, InputError
+from .units import format_duration
 
 __all__ = [
     "ALERT_NAMES",
     "DEFAULT_RUNBOOK_URL",
+    "PROMETHEUS_METRICS",
     "AlertSettings",
     "check_runbook_base_url",
     "dump_rules",
@@ -63,6 +69,9 @@ ALERT_NAMES: tuple[str, ...] = (
     "TwinSyncStale", "TwinMetricStale", "TwinMetricNoData", "TwinMissing", "TwinSidecarAbsent", "TwinSidecarDown",
     "TwinPrometheusUnreachable", "TwinStoreDown", "TwinSimulationFailureLikely",
 )
+
+#: Series of Prometheus' own that the rules read beside the sidecar's families: ``up`` of its scrape targets.
+PROMETHEUS_METRICS: frozenset[str] = frozenset({"up"})
 
 #: The scrape job TwinSidecarDown looks for in ``up`` when nothing else names the sidecar's scrape target (the
 #: demo's and the README's scrape config use it).
@@ -121,10 +130,6 @@ def runbook_anchor(alert: str) -> str:
     return f"runbook-{alert.lower()}"
 
 
-def _dur(seconds: float) -> str:
-    return format_duration(seconds) if seconds > 0 else "0s"
-
-
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -134,6 +139,8 @@ class _Builder:
     settings: AlertSettings
 
     def sel(self, metric: str, *matchers: str) -> str:
+        if metric not in METRICS_BY_NAME and metric not in PROMETHEUS_METRICS:
+            raise ValueError(f"{metric} is not in the /metrics contract (sidecar/contract.py)")
         parts = [m for m in (self.settings.selector.strip(), *matchers) if m]
         return f"{metric}{{{','.join(parts)}}}" if parts else metric
 
@@ -141,7 +148,7 @@ class _Builder:
              description: str) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": alert, "expr": expr}
         if for_s > 0:
-            rule["for"] = _dur(for_s)
+            rule["for"] = format_duration(for_s)
         rule["labels"] = {"severity": severity, **self.settings.extra_labels}
         rule["annotations"] = {
             "summary": summary,
@@ -212,11 +219,12 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
     selector_labels = _check_selector(s.selector)
     b = _Builder(s)
     stale_s = s.stale_after_s(config.interval_s)
+    durations = {"div_for": s.divergence_for_s, "health_for": s.health_for_s, "eta": s.breach_eta_under_s,
+                 "interval": config.interval_s, "stale": stale_s, "absent_for": s.absent_for_s,
+                 "source_for": s.source_down_for_s, "store_for": s.store_down_for_s}
     v = {
-        "ratio": _RATIO, "div_for": _dur(s.divergence_for_s), "health_for": _dur(s.health_for_s),
-        "warn": _num(s.health_warning), "crit": _num(s.health_critical), "eta": _dur(s.breach_eta_under_s),
-        "interval": _dur(config.interval_s), "stale": _dur(stale_s), "absent_for": _dur(s.absent_for_s),
-        "source_for": _dur(s.source_down_for_s), "store_for": _dur(s.store_down_for_s),
+        "ratio": _RATIO, "warn": _num(s.health_warning), "crit": _num(s.health_critical),
+        **{key: format_duration(seconds) for key, seconds in durations.items()},
         "p": f"{s.simulation_failure_probability:.0%}",
     }
     severity, health, eta = b.sel("twin_divergence_severity"), b.sel("twin_health_score"), \

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sidecar.engine.forecast import _MIN_SCORED, ForecastBank
+from sidecar.engine.forecast import _MIN_SCORED, ForecastBank, model_names
 from sidecar.errors import InputError
 from sidecar.replay import parse_duration, parse_time
+from sidecar.units import format_duration
 
 #: Scores a model needs at a horizon before the bank may choose it (the bank's own rule, read from it).
 MIN_SCORED = _MIN_SCORED
@@ -65,7 +66,7 @@ def check_model(model: str) -> None:
     """``auto`` or one of the bank's models; an ``InputError`` naming ``--model`` and the choices otherwise."""
     if model == "auto":
         return
-    names = ForecastBank((300.0,)).model_names
+    names = model_names()
     if model not in names:
         raise InputError(f"--model {model!r}: choose auto or one of {', '.join(names)}")
 
@@ -212,11 +213,12 @@ def format_report(rep: BacktestReport) -> str:
         out.append(f"{'horizon':>8} {'scored':>7} {'MAE':>11} {'MASE/last':>9} {'MASE/linear':>11} "
                    f"{'coverage':>8} {'width':>11} {'confidence':>10}")
     for h in scored:
-        out.append(f"{_dur(h.horizon_s):>8} {h.scored:>7} {_num(h.mae, 11, '.4g')} {_num(h.mase_last, 9, '.3f')} "
+        out.append(f"{format_duration(h.horizon_s):>8} {h.scored:>7} {_num(h.mae, 11, '.4g')} "
+                   f"{_num(h.mase_last, 9, '.3f')} "
                    f"{_num(h.mase_linear, 11, '.3f')} {_num(h.coverage, 8, '.3f')} {_num(h.mean_width, 11, '.4g')} "
                    f"{_num(h.mean_confidence, 10, '.3f')}")
     if unscored:
-        out.append("not scored: too little data for " + ", ".join(_dur(h.horizon_s) for h in unscored)
+        out.append("not scored: too little data for " + ", ".join(format_duration(h.horizon_s) for h in unscored)
                    + " (no forecast's target time falls inside the data)")
     if scored:
         out.append(f"models chosen (among models scored at least {MIN_SCORED} times at that horizon):")
@@ -224,7 +226,7 @@ def format_report(rep: BacktestReport) -> str:
         parts = [", ".join(f"{k} {_pct(v)}" for k, v in list(h.chosen.items())[:5])]
         if h.fallback > 0:
             parts.append(f"the last value as the fallback {_pct(h.fallback)} (no model had {MIN_SCORED} scores yet)")
-        out.append(f"{_dur(h.horizon_s):>8}  {'; '.join(p for p in parts if p)}")
+        out.append(f"{format_duration(h.horizon_s):>8}  {'; '.join(p for p in parts if p)}")
     return "\n".join(out)
 
 
@@ -235,11 +237,3 @@ def _num(v: float, width: int, spec: str) -> str:
 def _pct(share: float) -> str:
     """A share as a percentage; a small one never reads as 0 %."""
     return "<1%" if 0.0 < share < 0.005 else f"{share:.0%}"
-
-
-def _dur(s: float) -> str:
-    if s % 3600 == 0:
-        return f"{int(s // 3600)}h"
-    if s % 60 == 0:
-        return f"{int(s // 60)}m"
-    return f"{s:g}s"

@@ -280,26 +280,42 @@ class _Progress:
 
 
 # --------------------------------------------------------------------- parser
+#: What ``--horizons`` takes, for every command that has it.
+_HORIZONS_HELP = "comma-separated durations, e.g. 5m,15m,1h or plain seconds (default %(default)s)"
+
+
+def _model_help() -> str:
+    """``--model``'s help: the choices, read from the forecast bank (no bank is built, nothing is forecast)."""
+    from .engine.forecast import model_names
+
+    return ("'auto' (the bank chooses per series and horizon) or one model forced for every forecast: "
+            + ", ".join(model_names()) + " (default %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twin-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    model_help = _model_help()
 
     r = sub.add_parser("run", help="run the sidecar service (query rounds, /metrics, JSON API)")
     r.add_argument("--config", required=True, help="YAML rules file")
-    r.add_argument("--log-format", choices=("json", "text"), default="json")
+    r.add_argument("--log-format", choices=("json", "text"), default="json",
+                   help="json: one JSON object per line, for log pipelines; text: one readable line "
+                        "(default %(default)s)")
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("check-config", help="validate a rules file without running")
-    c.add_argument("config")
+    c.add_argument("config", help="YAML rules file; errors name file:line: key, exit 2")
     c.set_defaults(func=_cmd_check_config)
 
     dm = sub.add_parser("demo", help="real Prometheus + a demo service + the sidecar, until Ctrl-C")
     dm.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    dm.add_argument("--log-format", choices=("json", "text"), default="text")
+    dm.add_argument("--log-format", choices=("json", "text"), default="text",
+                    help="format of the sidecar's log lines (default %(default)s)")
     dm.set_defaults(func=_cmd_demo)
 
     ru = sub.add_parser("rules", help="write Prometheus alerting rules generated from the rules file")
-    ru.add_argument("--config", required=True)
+    ru.add_argument("--config", required=True, help="YAML rules file the alerts are generated for")
     ru.add_argument("--output", default="-", help="file to write (default stdout)")
     ru.add_argument("--runbook-base-url", metavar="URL",
                     help="http(s) URL of your copy of the README; each alert's runbook_url becomes "
@@ -307,11 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     ru.set_defaults(func=_cmd_rules)
 
     si = sub.add_parser("simulate", help="run a what-if scenario on a twin, from Prometheus history")
-    si.add_argument("--config", required=True)
-    si.add_argument("--twin", required=True)
+    si.add_argument("--config", required=True, help="YAML rules file: the twin's queries and the Prometheus URL")
+    si.add_argument("--twin", required=True, help="name of a twin in the rules (its history is read from "
+                                                   "Prometheus)")
     si.add_argument("--scenario", required=True, help='JSON, e.g. \'{"type": "traffic_spike", '
                                                       '"traffic_multiplier": 5, "duration_minutes": 30}\'')
-    si.add_argument("--seed", type=int, default=0)
+    si.add_argument("--seed", type=int, default=0,
+                    help="seed of the Monte Carlo draws: the same seed gives the same answer (default %(default)s)")
     si.set_defaults(func=_cmd_simulate)
 
     f = sub.add_parser("forecast", help="replay a timestamp,value CSV and write forecasts with 90%% intervals")
@@ -319,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV with columns timestamp,value; repeat, or give a directory, to replay many at once")
     f.add_argument("--output", required=True,
                    help="CSV to write (timestamp,horizon_seconds,predicted,lower,upper); a directory for many")
-    f.add_argument("--horizons", default="5m,15m,30m,60m", help="comma-separated durations (default %(default)s)")
-    f.add_argument("--model", default="auto", help="'auto' (choose per series and horizon) or one model name")
+    f.add_argument("--horizons", default="5m,15m,30m,60m", help=_HORIZONS_HELP)
+    f.add_argument("--model", default="auto", help=model_help)
     f.add_argument("--prefix", default="", help="with many inputs: prefix of each output file name")
     f.set_defaults(func=_cmd_forecast)
 
@@ -340,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--end", help="now, now-5m, RFC 3339 or unix seconds")
     b.add_argument("--step", default="15s", help="range-query step (default %(default)s; long ranges are fetched in "
                    "parts of 10,000 steps)")
-    b.add_argument("--horizons", default="5m,15m,30m,60m")
-    b.add_argument("--model", default="auto")
+    b.add_argument("--horizons", default="5m,15m,30m,60m", help=_HORIZONS_HELP)
+    b.add_argument("--model", default="auto", help=model_help)
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.add_argument("--score-from", help="score only forecasts made at or after this time (RFC 3339 or unix "
                    "seconds); every sample is still replayed")

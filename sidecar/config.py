@@ -35,37 +35,14 @@ from .engine.expected import check_expected_value, check_limit_value
 from .engine.records import SystemType
 from .engine.settings import DIRECTIONS, DOMAINS
 from .errors import ConfigError, ExpectedStateError, LimitError, ScenarioError
+from .units import format_duration, parse_duration
 
 #: Scenario types the engine knows; the simulation validates their parameters.
 SCENARIO_TYPES: tuple[str, ...] = ("traffic_spike", "failure_injection", "load_test")
 DEFAULT_HORIZONS_S: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)
-_DURATION_UNITS: Mapping[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
-                                        "w": 604800.0}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TWIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")   # no "@": discovered twins are "<rule>@<labels>"
-
-
-def parse_duration(text: str) -> float:
-    """``15s``, ``5m``, ``1h30m``, ``500ms`` -> seconds; ``ValueError`` otherwise."""
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos == 0 or pos != len(text):
-        raise ValueError(f"not a duration: {text!r}")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds -> the shortest exact ``1h``/``15m``/``30s`` form (horizon labels use it)."""
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and float(seconds) % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
 
 
 class SecretFile:

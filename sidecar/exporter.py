@@ -11,6 +11,9 @@ prometheus-client ``Metric`` objects: their ``samples`` materialise on demand,
 so any stock consumer of the registry (``generate_latest``, a push gateway)
 sees the same data, only slower.
 
+What each family is called, its type, help and labels is the contract in
+``sidecar/contract.py``; this module only renders it.
+
 Example::
 
     >>> import numpy as np
@@ -42,21 +45,18 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.openmetrics import exposition as _om_exposition
 from prometheus_client.samples import Sample
 
+from .contract import EXPORTED_METRICS, METRICS_BY_NAME, SERIES_HORIZON_LABELS, SERIES_LABELS
 from .engine.view import EngineView
 from .status import ServiceStatus
+from .units import horizon_label
 
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
     "CONTENT_TYPE_TEXT",
-    "EXPORTED_METRICS",
-    "EXPORTED_SERIES_NAMES",
     "SYNC_DURATION_BUCKETS",
     "ArrayGaugeFamily",
-    "MetricSpec",
     "TwinCollector",
-    "horizon_label",
     "install_exporter",
-    "is_own_series",
     "render",
     "sync_duration_histogram",
     "wants_openmetrics",
@@ -68,103 +68,7 @@ CONTENT_TYPE_TEXT = _text_exposition.CONTENT_TYPE_PLAIN_0_0_4
 CONTENT_TYPE_OPENMETRICS = _om_exposition.CONTENT_TYPE_LATEST
 
 
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """One exported metric family: the Grafana/Alertmanager contract."""
-
-    name: str                    # as it appears on /metrics in the text format (counters end in _total)
-    type: str                    # gauge | counter | histogram
-    help: str
-    labels: tuple[str, ...]
-
-    @property
-    def family(self) -> str:
-        """The name prometheus-client families use (counters without ``_total``)."""
-        return self.name.removesuffix("_total") if self.type == "counter" else self.name
-
-    @property
-    def series_names(self) -> tuple[str, ...]:
-        """Every sample name this family can put on /metrics."""
-        if self.type == "histogram":
-            return tuple(self.name + s for s in ("_bucket", "_sum", "_count", "_created"))
-        if self.type == "counter":
-            return (self.name, self.family + "_created")
-        return (self.name,)
-
-
-_TML = ("twin", "metric")
-_TMH = ("twin", "metric", "horizon")
-
-#: Every metric the sidecar exports, in exposition order. The dashboards, the alert rules and the loop guard
-#: (which drops any queried series carrying one of these names) all read this list.
-EXPORTED_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("twin_forecast", "gauge", "Forecast value of the metric at the horizon ahead.", _TMH),
-    MetricSpec("twin_forecast_lower", "gauge", "Lower bound of the forecast interval at the horizon.", _TMH),
-    MetricSpec("twin_forecast_upper", "gauge", "Upper bound of the forecast interval at the horizon.", _TMH),
-    MetricSpec("twin_confidence", "gauge", "Confidence (0-1) of the forecast at the horizon.", _TMH),
-    MetricSpec("twin_actual", "gauge", "Latest observed value of the metric (what the twin last synced).", _TML),
-    MetricSpec("twin_expected", "gauge", "Expected value of the metric (hand-set or learned).", _TML),
-    MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / max(|expected|, the series' own floor).", _TML),
-    MetricSpec("twin_divergence_severity", "gauge",
-               "Divergence severity: 0 none, 1 low, 2 medium, 3 high, 4 critical.", _TML),
-    MetricSpec("twin_anomaly_score", "gauge", "Anomaly score (0-1) of the metric's latest sample.", _TML),
-    MetricSpec("twin_breach_eta_seconds", "gauge",
-               "Forecast seconds until the metric crosses its limit; absent when no crossing is forecast "
-               "within the longest horizon.", ("twin", "metric", "limit")),
-    MetricSpec("twin_health_score", "gauge", "Health of the twin, 0 (failing) to 100 (healthy).", ("twin",)),
-    MetricSpec("twin_drift", "gauge", "1 while the twin drifts from its expected state, else 0.", ("twin",)),
-    MetricSpec("twin_last_sync_timestamp_seconds", "gauge",
-               "Unix time of the twin's last accepted sync.", ("twin",)),
-    MetricSpec("twin_metric_last_sample_timestamp_seconds", "gauge",
-               "Unix time of the metric's last accepted sample: a query that returns nothing or only NaN/Inf "
-               "(a ratio at zero traffic) leaves it behind while the twin's other metrics sync.", _TML),
-    MetricSpec("twin_metric_has_data", "gauge",
-               "1 once the metric has accepted a sample, 0 while its query has returned none (no series, or only "
-               "NaN/Inf): such a metric exports no actual, expected, forecast or divergence.", _TML),
-    MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
-    MetricSpec("twin_source_up", "gauge",
-               "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
-    MetricSpec("twin_query_errors_total", "counter", "Failed metric queries, per twin and metric.", _TML),
-    MetricSpec("twin_dropped_own_series_total", "counter",
-               "Queried series dropped because they carry the sidecar's own metric names.", ()),
-    MetricSpec("twin_store_up", "gauge", "1 if the history store accepts writes, else 0.", ()),
-    MetricSpec("twin_store_backlog", "gauge", "Items waiting to be written to the history store.", ()),
-    MetricSpec("twin_store_dropped_samples_total", "counter",
-               "Metric samples dropped because the store's write buffer was full.", ()),
-    MetricSpec("twin_store_corrupt_snapshots_total", "counter",
-               "Stored snapshots that failed their checksum when read back.", ()),
-    MetricSpec("twin_simulation_failure_probability", "gauge",
-               "Probability (0-1) that the twin fails under the scenario, from the last simulation.",
-               ("twin", "scenario")),
-    MetricSpec("twin_simulation_fit_trustworthy", "gauge",
-               "1 if the capacity fit behind the scenario's last simulation was trustworthy, else 0 (its failure "
-               "probability is then a guess and TwinSimulationFailureLikely does not fire).", ("twin", "scenario")),
-    MetricSpec("twin_simulation_breaking_multiplier", "gauge",
-               "Load multiplier at which the twin breaks under the scenario, from the last simulation.",
-               ("twin", "scenario")),
-    MetricSpec("twin_sync_duration_seconds", "histogram", "Seconds one sync round of all twins took.", ()),
-)
-
-_SPECS: dict[str, MetricSpec] = {m.name: m for m in EXPORTED_METRICS}
-
-#: Every sample name that can appear on the sidecar's /metrics (histogram and counter suffixes included).
-EXPORTED_SERIES_NAMES: frozenset[str] = frozenset(n for m in EXPORTED_METRICS for n in m.series_names)
-
-
-def is_own_series(name: str) -> bool:
-    """True for a series name the sidecar itself exports (the loop guard's test)."""
-    return name in EXPORTED_SERIES_NAMES
-
-
 # --------------------------------------------------------------------------- labels
-
-def horizon_label(seconds: float) -> str:
-    """``300`` -> ``5m``, ``3600`` -> ``60m``, ``90`` -> ``90s``: minutes when whole, else seconds."""
-    s = float(seconds)
-    if s > 0 and s % 60 == 0:
-        return f"{int(s // 60)}m"
-    return f"{int(s)}s" if s.is_integer() else f"{s!r}s"
-
 
 def _number_label(value: float) -> str:
     """A label value for a number: ``95`` not ``95.0``, exact otherwise."""
@@ -269,7 +173,7 @@ _ESTIMATE_FORMAT = "{:.9g}".format
 
 def _array_gauge(name: str, rows: LabelRows, values: np.ndarray) -> ArrayGaugeFamily:
     """The family over the finite values only: an unknown value is an absent series, never NaN."""
-    spec = _SPECS[name]
+    spec = METRICS_BY_NAME[name]
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if len(v) != len(rows):
         # a view whose arrays disagree with its names is an engine bug; losing one family beats failing
@@ -299,14 +203,14 @@ def _only_where(known: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _gauge(name: str, value: float | None = None) -> GaugeMetricFamily:
-    spec = _SPECS[name]
+    spec = METRICS_BY_NAME[name]
     if value is not None and math.isfinite(value):
         return GaugeMetricFamily(spec.name, spec.help, value=value)
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
 def _counter(name: str, value: float | None = None) -> CounterMetricFamily:
-    spec = _SPECS[name]
+    spec = METRICS_BY_NAME[name]
     if value is not None:
         return CounterMetricFamily(spec.family, spec.help, value=value)
     return CounterMetricFamily(spec.family, spec.help, labels=spec.labels)
@@ -339,8 +243,8 @@ class _Layout:
         rep_t = [t for t in st for _ in range(h)]
         rep_m = [m for m in sm for _ in range(h)]
         return cls(series_twin=st, series_metric=sm, horizons=horizons, twin_names=view.twin_names,
-                   series=LabelRows.build(_TML, [st, sm]),
-                   series_horizon=LabelRows.build(_TMH, [rep_t, rep_m, list(horizons) * len(st)]),
+                   series=LabelRows.build(SERIES_LABELS, [st, sm]),
+                   series_horizon=LabelRows.build(SERIES_HORIZON_LABELS, [rep_t, rep_m, list(horizons) * len(st)]),
                    twins=LabelRows.build(("twin",), [view.twin_names]))
 
 
@@ -471,7 +375,7 @@ def sync_duration_histogram(registry: CollectorRegistry) -> Histogram:
     with _histograms_lock:
         hist = _histograms.get(registry)
         if hist is None:
-            spec = _SPECS["twin_sync_duration_seconds"]
+            spec = METRICS_BY_NAME["twin_sync_duration_seconds"]
             hist = Histogram(spec.name, spec.help, registry=registry, buckets=SYNC_DURATION_BUCKETS)
             _histograms[registry] = hist
         return hist

@@ -5,9 +5,9 @@ whose PromQL selects the sidecar's own ``twin_*`` series would feed a twin its
 own forecasts: it would converge on itself and say everything is fine. The
 sidecar's series are recognised by their names (:data:`OWN_METRIC_PREFIX`) and
 by their label signature: ``twin`` together with one of :data:`COMPANION_LABELS`
-(``metric``, ``horizon``, ``limit``, ``scenario``, read from the exporter's
-list), which survives a recording rule or ``metric_relabel_configs`` that
-renames the series. Two defences:
+(``metric``, ``horizon``, ``limit``, ``scenario``, read from the /metrics
+contract in ``sidecar/contract.py``), which survives a recording rule or
+``metric_relabel_configs`` that renames the series. Two defences:
 
 * at config load, :func:`check_query` parses the PromQL (``promql-parser``) and
   refuses every selector that *can* match a ``twin_*`` name: an explicit name,
@@ -55,13 +55,13 @@ from typing import Any, TypeVar
 
 import promql_parser
 
-from .exporter import EXPORTED_METRICS
+from .contract import EXPORTED_METRICS
 
 #: Every series the sidecar exports starts with this; nothing it ingests may.
 OWN_METRIC_PREFIX = "twin_"
 #: The label every per-twin series of the sidecar carries.
 TWIN_LABEL = "twin"
-#: The labels the sidecar puts beside ``twin`` (from the exporter's list, so a new family cannot be missed):
+#: The labels the sidecar puts beside ``twin`` (from the contract's list, so a new family cannot be missed):
 #: ``twin`` with any of them is the sidecar's signature, whatever the series is called.
 COMPANION_LABELS: frozenset[str] = frozenset(
     label for spec in EXPORTED_METRICS if TWIN_LABEL in spec.labels for label in spec.labels) - {TWIN_LABEL}

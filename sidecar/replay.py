@@ -207,7 +207,7 @@ def parse_horizons(text: str) -> tuple[float, ...]:
 
 def parse_duration(text: str) -> float:
     """A rules-file duration (``15s``, ``5m``, ``1h30m``) or plain seconds -> seconds (> 0)."""
-    from .config import parse_duration as rules_duration
+    from .units import parse_duration as rules_duration
 
     s = str(text).strip()
     try:

@@ -15,9 +15,9 @@ import yaml
 
 from sidecar.alerts import ALERT_NAMES, AlertSettings, dump_rules, render_rules, rules_main, runbook_anchor
 from sidecar.config import SidecarConfig, parse_config
+from sidecar.contract import EXPORTED_METRICS
 from sidecar.engine.health import CRITICAL_BELOW, WARNING_BELOW, health_band
 from sidecar.errors import ConfigError
-from sidecar.exporter import EXPORTED_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_TESTS = ROOT / "deploy" / "prometheus" / "rules-tests"

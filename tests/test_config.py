@@ -10,15 +10,14 @@ import pytest
 from sidecar.config import (
     SecretFile,
     check_config,
-    format_duration,
     load_config,
     parse_config,
-    parse_duration,
     placeholders_in,
     result_type_problem,
 )
 from sidecar.engine.records import SystemType
 from sidecar.errors import ConfigError
+from sidecar.units import format_duration, parse_duration
 
 FULL = """\
 prometheus:

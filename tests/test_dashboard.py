@@ -13,9 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.contract import EXPORTED_METRICS, MetricSpec
 from sidecar.engine.core import Engine
 from sidecar.exporter import install_exporter, render
 from sidecar.status import ServiceStatus
+from sidecar.units import horizon_label
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "twin-sidecar.json"
@@ -108,6 +110,32 @@ def test_every_query_parses_and_uses_only_exported_metrics(dashboard: dict[str, 
                     f"used by {unknown['twin_actual']}")
     assert not unknown, f"metrics the sidecar does not export: {unknown}"
     assert len(used) >= 15  # the dashboard really covers the contract, not a token panel
+
+
+def _family(series: str) -> MetricSpec | None:
+    """The contract's family a sample name belongs to (``twin_sync_duration_seconds_bucket`` is the histogram's)."""
+    return next((m for m in EXPORTED_METRICS if series in m.series_names), None)
+
+
+def test_every_selector_names_a_contract_family_and_only_its_labels(dashboard: dict[str, Any]) -> None:
+    """The dashboard against ``sidecar/contract.py`` alone: a renamed family or label fails here, scrape or not."""
+    problems = []
+    for where, expr in queries(dashboard):
+        def visit(node: Any, where: str = where) -> bool:
+            if isinstance(node, promql_parser.VectorSelector):
+                spec = _family(node.name)
+                if spec is None:
+                    problems.append(f"{where}: {node.name} is not in the contract")
+                    return True
+                allowed = set(spec.labels) | ({"le"} if spec.type == "histogram" else set())
+                problems.extend(f"{where}: {node.name} has no label {m.name!r} in the contract"
+                                for m in node.matchers.matchers if m.name not in allowed)
+            return True
+
+        promql_parser.walk(promql_parser.parse(interpolate(expr)), visit)
+    assert not problems, problems
+    # the horizon variable's stand-in is a label value the exporter really writes
+    assert GRAFANA_VARS["horizon"] == horizon_label(300)
 
 
 def test_templated_on_datasource_and_twin(dashboard: dict[str, Any]) -> None:

@@ -14,20 +14,18 @@ from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from sidecar.contract import EXPORTED_METRICS, EXPORTED_SERIES_NAMES, is_own_series
 from sidecar.engine.view import EngineView
 from sidecar.exporter import (
-    EXPORTED_METRICS,
-    EXPORTED_SERIES_NAMES,
     ArrayGaugeFamily,
     TwinCollector,
-    horizon_label,
     install_exporter,
-    is_own_series,
     render,
     sync_duration_histogram,
     wants_openmetrics,
 )
 from sidecar.status import ServiceStatus
+from sidecar.units import horizon_label
 
 HORIZONS = np.array([300.0, 900.0, 1800.0, 3600.0])
 

@@ -1,15 +1,15 @@
 """Every series the exporter lists is refused by the loop guard, at config load and at run time.
 
-The guard recognises the sidecar's series by prefix and by label signature, both derived from the exporter's
-list, so a family added there (``twin_simulation_fit_trustworthy``) is covered without touching the guard;
-these tests prove it for each name rather than trusting the derivation.
+The guard recognises the sidecar's series by prefix and by label signature, both derived from the /metrics
+contract's list (``sidecar/contract.py``), so a family added there (``twin_simulation_fit_trustworthy``) is
+covered without touching the guard; these tests prove it for each name rather than trusting the derivation.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from sidecar.exporter import EXPORTED_METRICS, EXPORTED_SERIES_NAMES
+from sidecar.contract import EXPORTED_METRICS, EXPORTED_SERIES_NAMES
 from sidecar.loopguard import COMPANION_LABELS, LoopError, check_query, drop_own_series
 
 NEW = "twin_simulation_fit_trustworthy"

@@ -17,10 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import loopguard
 from sidecar.config import SidecarConfig, parse_config
+from sidecar.contract import EXPORTED_METRICS
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.errors import ConfigError
-from sidecar.exporter import EXPORTED_METRICS, install_exporter, render
+from sidecar.exporter import install_exporter, render
 from sidecar.prometheus import PrometheusClient
 from sidecar.scheduler import Scheduler
 from sidecar.status import ServiceStatus

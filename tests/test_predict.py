@@ -10,10 +10,10 @@ import pytest
 from sidecar.engine.predict import (
     breach_eta,
     exceed_probability,
-    horizon_words,
     risk_text,
     trend_text,
 )
+from sidecar.units import horizon_words
 
 H = np.array([300.0, 900.0, 1800.0, 3600.0])
 

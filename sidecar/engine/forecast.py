@@ -126,6 +126,12 @@ def _ewm_rate(count: NDArray[np.float64], floor: float) -> NDArray[np.float64]:
     return np.maximum(1.0 / np.maximum(count, 1.0), floor)
 
 
+def model_names() -> tuple[str, ...]:
+    """The models a bank chooses among, in its order (``--model`` accepts each): read from the model families
+    at a capacity of one slot, so listing them costs a fraction of a millisecond and forecasts nothing."""
+    return tuple(n for f in build_models(1) for n in f.names)
+
+
 class ForecastBank:
     """Forecasts for many series at fixed horizons, with intervals and a confidence.
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import ndtr
 
+from ..units import horizon_words
 from .forecast import Expectation, Forecast, ForecastBank
 
 #: Display name, unit and verb per core metric; error_rate is shown in percent.
@@ -42,14 +43,6 @@ def _display(metric: str) -> tuple[str, str, str, float]:
     return _DISPLAY.get(metric, (metric, "", "exceed", 1.0))
 
 
-def horizon_words(seconds: float) -> str:
-    minutes = seconds / 60.0
-    if minutes >= 1 and abs(minutes - round(minutes)) < 1e-9:
-        m = round(minutes)
-        return f"{m} minute" + ("s" if m != 1 else "")
-    return f"{seconds:.0f} seconds"
-
-
 def trend_text(metric: str, slope_per_s: float, level: float) -> str | None:
     """"CPU increasing by 0.75 percentage points per minute", or None when the trend is not worth saying."""
     if not np.isfinite(slope_per_s) or slope_per_s == 0:
@@ -71,8 +64,7 @@ def risk_text(metric: str, limit: float, eta_s: float) -> str:
     if eta_s <= 0:
         return f"{name} is at or above {_fmt(limit * mult)}{unit} now"
     minutes = max(1, int(np.ceil(eta_s / 60.0)))
-    when = f"in {minutes} minute" + ("s" if minutes != 1 else "")
-    return f"{name} may {verb} {_fmt(limit * mult)}{unit} {when}"
+    return f"{name} may {verb} {_fmt(limit * mult)}{unit} in {horizon_words(60.0 * minutes)}"
 
 
 def breach_eta(last: np.ndarray, mean: np.ndarray, horizons_s: np.ndarray, limit: np.ndarray) -> np.ndarray:

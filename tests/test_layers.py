@@ -1,0 +1,117 @@
+"""Which module may import which: the one-way flow ARCHITECTURE.md draws, held by reading every import.
+
+Every module of the package sits in a layer; a module imports only from its own layer or below, never upward,
+and every import counts, the late ones inside functions too. Two rules are stricter than the layers:
+
+* the engine (``sidecar/engine/``) is pure: from the package it imports only itself, ``sidecar.errors`` and
+  ``sidecar.units`` (durations in words, which depend on nothing), and from outside only numpy and scipy;
+* the foundation modules (errors, units, the /metrics contract, …) import nothing of the package, so anything
+  may read them without loading more than it asked for.
+
+A new module fails :func:`test_every_module_has_a_layer` until it is given one here (and a place in
+ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "sidecar"
+
+#: Layer of each module, bottom (0) to top. A package name covers its submodules.
+LAYERS: dict[str, int] = {
+    # 0 foundation: read by anything, import nothing of the package
+    "sidecar.errors": 0, "sidecar.units": 0, "sidecar.contract": 0, "sidecar.status": 0, "sidecar.logs": 0,
+    "sidecar.openapi": 0,
+    # 1 the pure engine, and the package's public face over it
+    "sidecar.engine": 1, "sidecar": 1,
+    # 2 the rules: parsed, validated, guarded against the loop
+    "sidecar.config": 2, "sidecar.loopguard": 2,
+    # 3 the edges: Prometheus in, the store, /metrics, the API and the offline tools out
+    "sidecar.prometheus": 3, "sidecar.scheduler": 3, "sidecar.store": 3, "sidecar.exporter": 3,
+    "sidecar.alerts": 3, "sidecar.api": 3, "sidecar.server": 3, "sidecar.replay": 3, "sidecar.backtest": 3,
+    # 4 assembly: the service, the command line, the demo and the test helpers
+    "sidecar.app": 4, "sidecar.cli": 4, "sidecar.demo": 4, "sidecar.testing": 4,
+}
+FOUNDATION = {name for name, layer in LAYERS.items() if layer == 0}
+#: What the engine, and the public face over it, may import from the rest of the package.
+ENGINE_MAY_IMPORT = ("sidecar.engine", "sidecar.errors", "sidecar.units")
+#: Third-party packages the engine may use: numbers, never I/O.
+ENGINE_THIRD_PARTY = {"numpy", "scipy"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, late imports and ``TYPE_CHECKING`` blocks included, as absolute names."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                parts = package.split(".")
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if node.module is None:   # from . import loopguard
+                found.update(f"{base}.{a.name}" for a in node.names)
+            else:
+                found.add(base)
+    return found
+
+
+def _owner(module: str) -> str | None:
+    """The ``LAYERS`` key a module falls under (the longest matching prefix), or None."""
+    keys = [k for k in LAYERS if module == k or module.startswith(k + ".")]
+    return max(keys, key=len) if keys else None
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+GRAPH = {_module_name(p): _imports(p) for p in MODULES}
+
+
+def _internal(imports: set[str]) -> set[str]:
+    return {m for m in imports if m == "sidecar" or m.startswith("sidecar.")}
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in GRAPH if _owner(m) is None] == []
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_nothing_imports_upward(module: str) -> None:
+    own = LAYERS[_owner(module) or ""]
+    upward = sorted(m for m in _internal(GRAPH[module]) if LAYERS[_owner(m) or ""] > own)
+    assert upward == [], f"{module} (layer {own}) imports from a higher layer: {upward}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in GRAPH if _owner(m) in ("sidecar.engine", "sidecar")))
+def test_the_engine_is_pure(module: str) -> None:
+    imports = GRAPH[module]
+    outside = sorted(m for m in _internal(imports)
+                     if m != "sidecar" and not any(m == a or m.startswith(a + ".") for a in ENGINE_MAY_IMPORT))
+    assert outside == [], f"{module} imports {outside}: the engine may import only {ENGINE_MAY_IMPORT}"
+    third = {m.split(".")[0] for m in imports} - {"sidecar", "__future__"} - set(sys.stdlib_module_names)
+    assert third <= ENGINE_THIRD_PARTY, f"{module} imports {sorted(third - ENGINE_THIRD_PARTY)}"
+
+
+@pytest.mark.parametrize("module", sorted(FOUNDATION))
+def test_the_foundation_imports_nothing_of_the_package(module: str) -> None:
+    assert _internal(GRAPH[module]) == set()
+
+
+def test_the_engine_may_use_the_duration_words() -> None:
+    """The one import from outside the engine besides the errors is explicit, not an accident."""
+    assert "sidecar.units" in GRAPH["sidecar.engine.predict"]
