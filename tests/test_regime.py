@@ -185,3 +185,22 @@ def test_no_time_to_limit_while_value_and_short_forecast_sit_far_below_the_limit
     eta = np.array([46.0, 500.0])
     out = hide_unsupported_eta(eta, np.array([0.7, 20.0]), mean, hs, np.array([90.0, 95.0]))
     assert math.isnan(out[0]) and out[1] == 500.0
+
+
+def test_a_series_whose_shifts_keep_coming_back_needs_longer_runs_to_shift_again() -> None:
+    """A 3x plateau every five minutes is a pattern: after its first shifts come back, a plateau of 4 samples no
+    longer re-anchors the forecasts, while a calm series still shifts after 3."""
+    bank = ForecastBank([300.0, 900.0])
+    idx = bank.add(1)
+    rng = np.random.default_rng(5)
+    starts = []
+    for k in range(1200):
+        t = T0 + 15.0 * k
+        on = k > 300 and k % 20 < 4                           # 4 samples at 3x every 20
+        y = (30.0 if on else 10.0) + rng.normal(0, 0.3)
+        bank.update(idx, np.array([t]), np.array([y]))
+        if bank.core["st0"][0] == t:
+            starts.append(k)
+    early = [k for k in starts if k < 400]
+    late = [k for k in starts if k >= 900]
+    assert early and not late, starts

@@ -44,6 +44,7 @@ from sidecar.engine.regime import (
     COLD_REACH,
     COLD_TREND_SHARE,
     SHIFT,
+    SHIFT_CONSISTENT,
     SHIFT_PRIOR,
     SHIFT_RUN,
     SHIFT_SCALES,
@@ -52,6 +53,7 @@ from sidecar.engine.regime import (
     domain_of,
     floor_interval,
     follow_level,
+    shift_run_needed,
     still_shifted,
     track_shift,
 )
@@ -218,6 +220,8 @@ class ForecastBank:
             "srlo": Field((), np.float64, np.nan, optional=True),
             "srhi": Field((), np.float64, np.nan, optional=True),
             "sdev": Field((), np.float64, np.nan, optional=True),
+            "sfrom": Field((), np.float64, np.nan, optional=True),   # the level the active shift left
+            "srev": Field((), np.float64, 0.0, optional=True),       # recent shifts that came back (decaying)
             "st0": Field((), np.float64, np.nan, optional=True),
             "slev": Field((), np.float64, np.nan, optional=True),
             "sn": Field((), np.float64, 0.0, optional=True),
@@ -346,7 +350,7 @@ class ForecastBank:
             lower = ref + (exp.lower - exp.expected)
             upper = ref + (exp.upper - exp.expected)
         up = track_shift(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i], y, ref, lower,
-                         upper, exp.scale, exp.tail, ok & np.isfinite(ref))
+                         upper, exp.scale, exp.tail, ok & np.isfinite(ref), shift_run_needed(c["srev"][i]))
         c["srun"][i], c["ssum"][i], c["sbase"][i] = up.run, up.run_sum, up.base
         c["srlo"][i], c["srhi"][i] = up.run_lo, up.run_hi
         lev, dev, cnt = follow_level(slev, c["sdev"][i], c["sn"][i], y)
@@ -356,6 +360,12 @@ class ForecastBank:
         if up.started.any():
             s = i[up.started]
             jump = (up.level - ref)[up.started]
+            # a shift back to where the active one started undoes it: the series' changes are brief, and the
+            # next must last longer to count; a shift elsewhere is evidence of lasting changes
+            back = active[up.started] & (np.abs(up.level[up.started] - c["sfrom"][s])
+                                         < SHIFT_CONSISTENT * np.abs(c["sjump"][s]))
+            c["srev"][s] = np.where(back, c["srev"][s] + 1.0, 0.5 * c["srev"][s])
+            c["sfrom"][s] = ref[up.started]
             c["st0"][s] = t[up.started]
             c["sjump"][s] = jump
             c["sdev"][s] = np.fmax(SHIFT_PRIOR * np.abs(jump), exp.scale[up.started])

@@ -39,6 +39,7 @@ B = NDArray[np.bool_]
 BACKTESTED, COLD, SHIFT = 0, 1, 2
 REGIMES = ("backtested", "cold_start", "level_shift")
 
+SHIFT_RUN_MAX = 30       # the longest run a shift may need on a series whose changes keep coming back
 SHIFT_RUN = 3            # consecutive samples beyond the one-step interval, on one side, make a shift ...
 SHIFT_SCALES = 4.0       # ... each at least this many one-step error scales from what was expected
 SHIFT_TAILS = 1.0        # ... and beyond its largest usual move (99th percentile): a bursty series' bursts are no shift
@@ -69,7 +70,7 @@ class ShiftUpdate:
 
 
 def track_shift(run: NDArray[np.int8], run_sum: F64, run_lo: F64, run_hi: F64, base: F64, y: F64, reference: F64,
-                lower: F64, upper: F64, scale: F64, tail: F64, ok: B) -> ShiftUpdate:
+                lower: F64, upper: F64, scale: F64, tail: F64, ok: B, need: F64 | None = None) -> ShiftUpdate:
     """One step of the shift detector, vectorised over the series of a call.
 
     `reference` is what the sample was expected to be (the post-shift level while a shift is active),
@@ -78,7 +79,8 @@ def track_shift(run: NDArray[np.int8], run_sum: F64, run_lo: F64, run_hi: F64, b
     the level at its first sample (`base`), not against each new expectation: a fast one-step model
     that follows the new level after one sample must not hide the change from the slow horizons. The
     run's samples must agree with each other (spread below `SHIFT_CONSISTENT` of the jump): a burst of
-    wild values (1e7, 7e6, 1e8 in a series near 3e5) is an anomaly, not a new level to forecast."""
+    wild values (1e7, 7e6, 1e8 in a series near 3e5) is an anomaly, not a new level to forecast. `need`
+    (per series, default SHIFT_RUN) is how long a run must be (`shift_run_needed`)."""
     with np.errstate(invalid="ignore"):
         margin = np.fmax(SHIFT_SCALES * np.where(np.isfinite(scale) & (scale > 0), scale, np.inf),
                          SHIFT_TAILS * tail)
@@ -103,7 +105,7 @@ def track_shift(run: NDArray[np.int8], run_sum: F64, run_lo: F64, run_hi: F64, b
     new_lo = np.where(same, np.fmin(run_lo, y), np.where(fresh, y, np.nan))
     new_hi = np.where(same, np.fmax(run_hi, y), np.where(fresh, y, np.nan))
     new_base = np.where(same, base, np.where(fresh, reference, np.nan))
-    full = np.abs(new_run) >= SHIFT_RUN
+    full = np.abs(new_run) >= (SHIFT_RUN if need is None else need)
     mean = new_sum / np.maximum(np.abs(new_run), 1)
     with np.errstate(invalid="ignore"):
         started = full & (new_hi - new_lo <= SHIFT_CONSISTENT * np.abs(mean - new_base))
@@ -114,6 +116,13 @@ def track_shift(run: NDArray[np.int8], run_sum: F64, run_lo: F64, run_hi: F64, b
     return ShiftUpdate(run=new_run, run_sum=new_sum, run_lo=np.where(started, np.nan, new_lo),
                        run_hi=np.where(started, np.nan, new_hi), base=np.where(started, np.nan, new_base),
                        started=started, level=np.where(started, mean, np.nan))
+
+
+def shift_run_needed(reverts: F64) -> F64:
+    """Samples a run needs to be a shift: SHIFT_RUN, and SHIFT_RUN more for each recent shift of the series that
+    came back to where it started (a spike every five minutes is a pattern, not a new level each time)."""
+    out: F64 = np.minimum(SHIFT_RUN * (1.0 + np.where(np.isfinite(reverts), reverts, 0.0)), SHIFT_RUN_MAX)
+    return out
 
 
 def follow_level(level: F64, spread: F64, count: F64, y: F64) -> tuple[F64, F64, F64]:
