@@ -181,6 +181,109 @@ def holdout(data_dir: Path, windows: Path, scorer: Path, splits: int, seed: int 
             "mean_B_of_defaults": float(np.mean([c["B_of_defaults"] for c in chosen]))}
 
 
+def replay_corpus(data_dir: Path, windows: Path) -> tuple[list[str], list[list[replay.Row]]]:
+    keys = sorted(k for k in json.loads(windows.read_text()) if (data_dir / k).is_file())
+    return keys, [replay.load(data_dir / k) for k in keys]
+
+
+def subset_score(scorer: Path, data_dir: Path, windows: Path, results: Path, keys: list[str],
+                 tmp: Path) -> dict[str, Any]:
+    """The standard profile on ``keys`` only, with their own threshold (as a held-out set is scored)."""
+    wins = json.loads(windows.read_text())
+    wf = tmp / "subset_windows.json"
+    wf.write_text(json.dumps({k: wins[k] for k in keys}))
+    std: dict[str, Any] = nab_score(scorer, data_dir, wf, results)["profiles"]["standard"]
+    return std
+
+
+def per_kind(std: dict[str, Any], kinds: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Windows detected, windows in all and false-positive rows per injected kind, at the suite's threshold."""
+    out: dict[str, dict[str, int]] = {}
+    for row in std["per_file"]:
+        k = kinds.get(row["file"], "?")
+        c = out.setdefault(k, {"detected": 0, "windows": 0, "fp": 0, "files": 0})
+        c["detected"] += row["windows_detected"]
+        c["windows"] += row["windows_detected"] + row["windows_missed"]
+        c["fp"] += row["fp"]
+        c["files"] += 1
+    return out
+
+
+def protocol(data_dir: Path, windows: Path, scorer: Path, grid: list[dict[str, float]], seed: int = 0,
+             per_category: bool = True) -> dict[str, Any]:
+    """The validation protocol: every setting of ``grid`` (the first is the defaults) replayed through
+    AnomalyBank alone on the shared files and on the synthetic suite.
+
+    Leave one category out: the setting best on one category is scored on the other, next to the
+    defaults there; a setting that helps one category and hurts the other is a warning, not a win. The
+    synthetic suite (``benchmarks/synthetic.py``) is scored with its own threshold, per injected kind."""
+    if str(Path(__file__).parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).parent))
+    import synthetic
+
+    keys, files = replay_corpus(data_dir, windows)
+    cats = sorted({k.split("/")[0] for k in keys})
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="protocol-") as tmpd:
+        tmp = Path(tmpd)
+        kinds = synthetic.write_suite(tmp / "synth", seed)
+        s_data, s_win = tmp / "synth" / "data", tmp / "synth" / "windows.json"
+        s_keys, s_files = replay_corpus(s_data, s_win)
+        for params in grid:
+            res = tmp / "res"
+            write_results(res, keys, files, bank_scores(files, params))
+            row: dict[str, Any] = {"setting": params or "defaults",
+                                   "shared": nab_score(scorer, data_dir, windows, res)["profiles"]["standard"][
+                                       "normalized_score"]}
+            if per_category:
+                for c in cats:
+                    row[c] = subset_score(scorer, data_dir, windows, res, [k for k in keys if k.startswith(c)],
+                                          tmp)["normalized_score"]
+            sres = tmp / "sres"
+            write_results(sres, s_keys, s_files, bank_scores(s_files, params))
+            std = nab_score(scorer, s_data, s_win, sres)["profiles"]["standard"]
+            row["synthetic"] = std["normalized_score"]
+            row["synthetic_kinds"] = per_kind(std, kinds)
+            for c in sorted({k.split("/")[0] for k in s_keys}):
+                row[c] = subset_score(scorer, s_data, s_win, sres, [k for k in s_keys if k.startswith(c)],
+                                      tmp)["normalized_score"]
+            rows.append(row)
+    loco = []
+    if per_category and len(rows) > 1:
+        for fit in cats:
+            for other in (c for c in cats if c != fit):
+                best = int(np.argmax([r[fit] for r in rows]))
+                loco.append({"fit_on": fit, "scored_on": other, "chosen": rows[best]["setting"],
+                             "fit_score": rows[best][fit], "held_out_chosen": rows[best][other],
+                             "held_out_defaults": rows[0][other]})
+    return {"rows": rows, "loco": loco, "categories": cats}
+
+
+def protocol_markdown(p: dict[str, Any]) -> list[str]:
+    cats = p["categories"]
+    syn = sorted(k for k in p["rows"][0] if k.startswith("synth") and k != "synthetic_kinds" and k != "synthetic")
+    lines = ["", "## Validation protocol: leave one category out, and synthetic series", "",
+             "AnomalyBank replayed alone (the engine adds nothing to its score). Each column is scored with its "
+             "own threshold, as a held-out set would be.", "",
+             "| setting | shared | " + " | ".join(cats) + " | synthetic | " + " | ".join(syn) + " |",
+             "|---" * (3 + len(cats) + len(syn)) + "|"]
+    for r in p["rows"]:
+        lines.append(f"| {r['setting']} | {r['shared']:.2f} | " + " | ".join(f"{r[c]:.2f}" for c in cats)
+                     + f" | {r['synthetic']:.2f} | " + " | ".join(f"{r[c]:.2f}" for c in syn) + " |")
+    if p["loco"]:
+        lines += ["", "Leave one category out: the setting best on one category, scored on the other:", "",
+                  "| fit on | chosen | fit score | scored on | held-out (chosen) | held-out (defaults) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c['fit_on']} | {c['chosen']} | {c['fit_score']:.2f} | {c['scored_on']} | "
+                  f"{c['held_out_chosen']:.2f} | {c['held_out_defaults']:.2f} |" for c in p["loco"]]
+    kinds = p["rows"][0]["synthetic_kinds"]
+    lines += ["", "Synthetic suite with the defaults, per injected kind (windows detected / windows, "
+              "false-positive rows, at the suite's threshold):", "",
+              "| kind | files | detected | FP rows |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['files']} | {v['detected']}/{v['windows']} | {v['fp']} |" for k, v in kinds.items()]
+    return lines
+
+
 def update_cost(n_series: int, ticks: int, seed: int = 0) -> dict[str, float]:
     """CPU seconds per tick of AnomalyBank.update over all series, after a warm-up longer than the bank's."""
     bank = AnomalyBank()
@@ -263,6 +366,8 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
                   for c in h["splits"]]
         lines += ["", f"Mean on the held-out halves: {h['mean_B_of_chosen']:.2f} for the setting chosen without "
                   f"them, {h['mean_B_of_defaults']:.2f} for the defaults."]
+    if "protocol" in facts:
+        lines += protocol_markdown(facts["protocol"])
     return "\n".join(lines) + "\n"
 
 
@@ -278,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--holdout", action="store_true", help="also run the half-split parameter check (minutes)")
     ap.add_argument("--splits", type=int, default=6)
+    ap.add_argument("--protocol", action="store_true",
+                    help="also run leave-one-category-out and the synthetic suite over the parameter grid (minutes)")
+    ap.add_argument("--protocol-grid", choices=("defaults", "halve-double"), default="defaults",
+                    help="the defaults alone, or each main parameter halved and doubled")
     ap.add_argument("--forecast-feature", action="store_true",
                     help="also score AnomalyBank(use_forecast=True) inside the engine (about a minute)")
     a = ap.parse_args(argv)
@@ -300,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         facts["forecast_feature"] = {"all": fc, **fc_halves}
     if not a.skip_speed:
         facts["speed"] = update_cost(a.series, a.ticks)
+    if a.protocol:
+        grid = [{}] if a.protocol_grid == "defaults" else variants()
+        facts["protocol"] = protocol(a.data_dir, a.windows, a.scorer, grid)
     if a.holdout:
         facts["holdout"] = holdout(a.data_dir, a.windows, a.scorer, a.splits)
     a.out.mkdir(parents=True, exist_ok=True)
