@@ -417,10 +417,12 @@ class AnomalyBank:
         csig = np.maximum(_MAD_TO_SD * cd, floor)
         r = dx - cm
         rs = f["rs"][idx]
-        rs_new = np.where(ready, rs + self._a_short * (dxs - cm - rs), 0.0)
+        # each residual in its own bin's spread: a window spans hours of different spreads (an hourly
+        # series' short window is half a day), and a busy afternoon's burst must not count at night's scale
+        rs_new = np.where(ready, rs + self._a_short * ((dxs - cm) / csig - rs), 0.0)
         f["rs"][idx] = rs_new
         feats[:, 5] = np.where(ready, np.abs(r) / csig, 0.0)
-        feats[:, 6] = np.where(ready, np.abs(rs_new) / csig * self._level_gain, 0.0)
+        feats[:, 6] = np.where(ready, np.abs(rs_new) * self._level_gain, 0.0)
 
         def learn() -> None:
             go = timed & (cnt >= 1)
