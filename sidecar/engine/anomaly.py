@@ -3,7 +3,7 @@
 The score of a sample is ``1 - p``, where ``p`` estimates how often this series has
 behaved at least this unusually: 0.999 reads "about one sample in a thousand of this
 series looks like this". All work is O(1) per sample (plus a fixed 25-bin histogram per
-feature) and vectorised across series; memory is fixed, about 1.6 kB per series.
+feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
 
 1. **Robust baseline.** A Huber-clipped exponentially weighted mean and mean absolute
    deviation over about ``baseline_samples`` samples (one outlier moves it by at most
