@@ -5,8 +5,8 @@ other shapes. This suite covers what the held-out series showed: daily and weekl
 noise of several laws, counts with irregular recurring bursts (Poisson and negative binomial),
 sampling from 1 minute to 1 hour (hourly: a day is 24 samples), and anomalies of known kinds:
 spikes, dips, level shifts, variance changes, cycle-shape changes (a flat day, a skipped rise, a
-shifted phase), slow drifts and a stopped signal. Each base series gets each kind once, plus one
-clean copy that can only raise false alarms.
+shifted phase), slow drifts and a stopped signal. Each base series gets each kind (in two draws), plus
+a clean copy that can only raise false alarms.
 
 Every file is written as ``timestamp,value`` under ``<category>/<name>.csv`` and the labels as a
 NAB windows JSON (one window per anomaly, 10% of the file's length as NAB does, centred on the
