@@ -347,3 +347,50 @@ def test_an_absurd_glitch_does_not_silence_the_detector_for_days() -> None:
     assert guarded[900] > 0.999 and plain[900] > 0.999          # the glitch itself is an anomaly either way
     assert guarded[1400] > 0.99
     assert plain[1400] < 0.5                                     # what the guard prevents (0 here)
+
+
+def _cycle_days(days: int, step: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Times from a midnight and a working-day cycle (night 50, day 80) with small noise, one column."""
+    t = 1.7e9 - 1.7e9 % 86400.0 + step * np.arange(int(days * 86400.0 / step))
+    h = (t % 86400.0) / 3600.0
+    shape = 1.0 / (1.0 + np.exp(-(h - 8.5) * 2.0)) / (1.0 + np.exp((h - 19.0) * 1.5))
+    return t, (50.0 + 30.0 * shape + np.random.default_rng(seed).normal(0.0, 1.5, t.size))[:, None]
+
+
+def _scores_at(bank: AnomalyBank, t: np.ndarray, values: np.ndarray) -> np.ndarray:
+    idx = bank.add(values.shape[1])
+    nan = np.full(values.shape[1], np.nan)
+    return np.array([bank.update(idx, np.full(values.shape[1], t[i]), values[i], nan, nan, nan, nan)
+                     for i in range(t.size)])
+
+
+@pytest.mark.parametrize("step", [300.0, 3600.0])
+def test_a_day_whose_cycle_stays_flat_is_flagged_by_its_context(step: float) -> None:
+    # every value of the flat day is one the series shows each night: only its place in the day is wrong
+    t, values = _cycle_days(12, step, seed=5)
+    per_day = int(86400.0 / step)
+    day = slice(10 * per_day, 11 * per_day)
+    values[day] = 50.0 + np.random.default_rng(6).normal(0.0, 1.5, (per_day, 1))
+    with_context = _scores_at(AnomalyBank(), t, values)
+    without = _scores_at(AnomalyBank(context_days=0.0), t, values)
+    assert with_context[day].max() >= 0.99
+    assert without[day].max() < with_context[day].max()
+    assert with_context[2 * per_day:10 * per_day].max() < 0.99  # ordinary days are not surprising
+
+
+def test_a_new_level_does_not_keep_the_context_surprised() -> None:
+    t, values = _cycle_days(14, 300.0, seed=7)
+    per_day = 288
+    values[8 * per_day:] += 20.0  # a lasting new level, same cycle
+    scores = _scores_at(AnomalyBank(), t, values)
+    assert scores[8 * per_day:9 * per_day].max() >= 0.99
+    assert scores[11 * per_day:].max() < 0.99
+
+
+def test_state_saved_before_the_context_still_loads() -> None:
+    a = AnomalyBank()
+    a.add(2)
+    state = {k: v for k, v in a.state_dict().items() if k not in ("context", "tlast", "gap", "rs")}
+    b = AnomalyBank()
+    b.load_state_dict(state)
+    assert b.size == 2 and np.all(b.state_dict()["context"] == 0.0)

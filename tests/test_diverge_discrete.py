@@ -150,7 +150,7 @@ def test_surprise_is_the_score_before_one_alert_per_incident() -> None:
     rng = np.random.default_rng(0)
     for i in range(300):
         bank.update(idx, np.array([T0 + 300.0 * i]), np.array([50.0 + rng.normal()]), nan, nan, nan, nan)
-    step = [bank.score_and_learn(idx, np.array([T0 + 300.0 * (300 + i)]), np.array([80.0]), nan, nan, nan, nan)
+    step = [bank.score_and_learn(idx, np.array([T0 + 300.0 * (300 + i)]), np.array([100.0]), nan, nan, nan, nan)
             for i in range(3)]
     assert step[0].score[0] == step[0].surprise[0] > 0.99
     # the incident's later samples are damped in the score, not in the surprise
