@@ -507,7 +507,7 @@ def _retired(r: _Reader | None) -> RetiredConfig:
     return out
 
 
-_EXPORT_FLAGS = ("confidence", "actual", "expected", "divergence_ratio", "has_data", "last_sample")
+_EXPORT_FLAGS = ("confidence", "actual", "expected", "divergence_ratio", "has_data", "last_sample", "query_errors")
 _EXPORT_KEYS = ("all", "horizons", *_EXPORT_FLAGS)
 
 

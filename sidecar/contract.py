@@ -105,7 +105,9 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
     MetricSpec("twin_source_up", "gauge",
                "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
-    MetricSpec("twin_query_errors_total", "counter", "Failed metric queries, per twin and metric.", _TML),
+    MetricSpec("twin_query_errors_total", "counter",
+               "Failed metric queries, per twin and metric: only for metrics whose query has failed, unless "
+               "export.query_errors is true.", _TML),
     MetricSpec("twin_dropped_own_series_total", "counter",
                "Queried series dropped because they carry the sidecar's own metric names.", ()),
     MetricSpec("twin_store_up", "gauge", "1 if the history store accepts writes, else 0.", ()),
@@ -140,6 +142,8 @@ EXPORT_OPTIONS: Mapping[str, str] = MappingProxyType({
     "divergence_ratio": "twin_divergence_ratio",
     "has_data": "twin_metric_has_data",
     "last_sample": "twin_metric_last_sample_timestamp_seconds for every metric, not only one behind its twin",
+    "query_errors": "twin_query_errors_total from 0 for every metric (so rate() sees a first error), not only "
+                    "for metrics whose query has failed",
     "all": "every family and horizon (what the sidecar exported before the export: section existed)",
 })
 
@@ -166,12 +170,13 @@ class ExportOptions:
     divergence_ratio: bool = False
     has_data: bool = False
     last_sample: bool = False
+    query_errors: bool = False
 
     @classmethod
     def everything(cls) -> ExportOptions:
         """Every family at every horizon (``export: {all: true}``)."""
         return cls(all_horizons=True, confidence=True, actual=True, expected=True, divergence_ratio=True,
-                   has_data=True, last_sample=True)
+                   has_data=True, last_sample=True, query_errors=True)
 
     def enabled(self, name: str) -> bool:
         """True if the family ``name`` is on /metrics under these options (default families always are)."""

@@ -344,9 +344,13 @@ class TwinCollector:
         yield _gauge("twin_twins", float(len(view.twin_names)))
         yield _gauge("twin_source_up", 1.0 if st.source_up else 0.0)
         errors = _counter("twin_query_errors_total")
-        # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes
+        # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes. The
+        # scheduler holds a 0 for every metric it queries; by default only failed ones are exported (a series per
+        # metric that never fails is a cost Prometheus pays for nothing), with export.query_errors all of them
+        every = self._export.query_errors
         for (twin, metric), n in sorted(dict(st.query_errors).items()):
-            errors.add_metric([twin, metric], float(n))
+            if n or every:
+                errors.add_metric([twin, metric], float(n))
         yield errors
         yield _counter("twin_dropped_own_series_total", float(st.dropped_own_series_total))
         yield _gauge("twin_store_up", 1.0 if st.store_up else 0.0)

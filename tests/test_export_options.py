@@ -42,7 +42,10 @@ def _engine(*, breach: bool = True) -> Engine:
 def scrape_series(engine: Engine, export: ExportOptions | None = None) -> list[tuple[str, dict[str, str]]]:
     """(name, labels) of every sample of twin checkout-api on a real scrape of the real collector."""
     registry = CollectorRegistry()
-    install_exporter(registry, view=engine.view, status=ServiceStatus(source_up=True), export=export)
+    status = ServiceStatus(source_up=True)
+    for metric in METRICS:                   # as the scheduler holds them: 0 for every metric it queries
+        status.query_errors[("checkout-api", metric)] += 0
+    install_exporter(registry, view=engine.view, status=status, export=export)
     return [(s.name, s.labels) for f in text_string_to_metric_families(render(registry).decode())
             for s in f.samples if s.labels.get("twin") == "checkout-api"]
 
@@ -64,6 +67,7 @@ def test_default_export_is_at_most_25_series_per_twin_of_4_metrics(engine: Engin
     assert per_family["twin_last_sync_timestamp_seconds"] == 1
     assert per_family["twin_breach_eta_seconds"] == 1                     # cpu_usage, forecast to cross 95
     assert per_family["twin_metric_last_sample_timestamp_seconds"] == 0   # every metric syncs with its twin
+    assert per_family["twin_query_errors_total"] == 0                     # no query has failed
     assert not [n for n in per_family if METRICS_BY_NAME[n].option is not None]
 
 
@@ -83,6 +87,17 @@ def test_a_metric_behind_its_twin_or_without_data_adds_its_last_sample_time() ->
     assert rows == ["cpu_usage"] and len(series) == before + 1 == 24
 
 
+def test_a_failed_query_adds_its_error_counter(engine: Engine) -> None:
+    registry = CollectorRegistry()
+    status = ServiceStatus(source_up=True)
+    status.query_errors[("checkout-api", "cpu_usage")] += 2
+    status.query_errors[("checkout-api", "error_rate")] += 0
+    install_exporter(registry, view=engine.view, status=status)
+    errors = [(s.labels["metric"], s.value) for f in text_string_to_metric_families(render(registry).decode())
+              for s in f.samples if s.name == "twin_query_errors_total"]
+    assert errors == [("cpu_usage", 2.0)]
+
+
 # one key, one family: (options, family added, series added for this 4-metric twin)
 OPTIONS = [
     (ExportOptions(confidence=True), "twin_confidence", 4),
@@ -91,6 +106,7 @@ OPTIONS = [
     (ExportOptions(divergence_ratio=True), "twin_divergence_ratio", 4),
     (ExportOptions(has_data=True), "twin_metric_has_data", 4),
     (ExportOptions(last_sample=True), "twin_metric_last_sample_timestamp_seconds", 4),
+    (ExportOptions(query_errors=True), "twin_query_errors_total", 4),
 ]
 
 
@@ -125,7 +141,7 @@ def test_all_is_the_old_export(engine: Engine) -> None:
     series = scrape_series(engine, ExportOptions.everything())
     per_family = Counter(n for n, _ in series)
     assert per_family["twin_forecast"] == per_family["twin_confidence"] == 16
-    assert len(series) == 96               # 4 x (4 x 4 + 7 per metric) + health, drift, last sync + 1 eta
+    assert len(series) == 100              # 4 x (4 x 4 + 8 per metric) + health, drift, last sync + 1 eta
     assert {m.option for m in EXPORTED_METRICS if m.option} <= set(EXPORT_OPTIONS)
 
 
