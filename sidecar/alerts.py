@@ -233,9 +233,13 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
     # one metric left behind while its twin syncs (a query that returns nothing, or only NaN/Inf: an error ratio at
     # zero traffic is 0/0); measured against the twin's own last sync, so a twin that stops syncing altogether
     # raises TwinSyncStale alone, and one threshold (the chart rewrites it per interval). Its result carries every
-    # label of the metric's series (group_right), so `unless` it matches the same series' severity exactly.
+    # label of the metric's series (group_right), so `unless` it matches the same series' severity exactly. The
+    # last-sample series is exported only for a metric behind its twin (by default) and says 0 for one that never
+    # had a sample: TwinMetricNoData's case, left out with `and … != 0` (not `> 0`: the chart rewrites the number
+    # after "last_sample >" to its threshold).
+    last_sample = b.sel("twin_metric_last_sample_timestamp_seconds")
     metric_stale = (f"{b.sel('twin_last_sync_timestamp_seconds')} - ignoring (metric) group_right "
-                    f"{b.sel('twin_metric_last_sample_timestamp_seconds')} > {_num(stale_s)}")
+                    f"{last_sample} > {_num(stale_s)} and {last_sample} != 0")
     # a stale metric's severity is the last one computed, on data no longer observed: TwinMetricStale says so
     # instead, so the divergence alerts stop (and resolve) rather than page on a frozen value
     not_stale = f" unless ({metric_stale})"
@@ -277,11 +281,12 @@ def render_rules(config: SidecarConfig, settings: AlertSettings | None = None) -
                      "nothing or only NaN/Inf (a ratio at zero traffic is 0/0). Its actual, expected and "
                      "forecast values are frozen at the last sample; the sync interval is <<interval>> and the "
                      "alert fires past <<stale>>.", v)),
-        # a metric that never had a sample has no last-sample time to go stale: twin_metric_has_data is 0 for it
-        # from the start. Held as long as TwinMetricStale's threshold (the chart rewrites it per interval); not
-        # while the same sidecar cannot reach Prometheus (TwinPrometheusUnreachable's case: nothing has data then)
+        # a metric that never had a sample has no last-sample time to go stale: its last-sample series says 0
+        # from the start (the default export's has-data signal). Held as long as TwinMetricStale's threshold (the
+        # chart rewrites it per interval); not while the same sidecar cannot reach Prometheus
+        # (TwinPrometheusUnreachable's case: nothing has data then)
         b.rule("TwinMetricNoData",
-               f"{b.sel('twin_metric_has_data')} == 0 unless ignoring (twin, metric) {source_up} == 0",
+               f"{last_sample} == 0 unless ignoring (twin, metric) {source_up} == 0",
                stale_s, "warning",
                "{{ $labels.twin }}: {{ $labels.metric }} has never had a sample",
                _fill("Metric {{ $labels.metric }} of twin {{ $labels.twin }} has not accepted a single sample "

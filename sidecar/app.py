@@ -43,7 +43,7 @@ from .engine.settings import EngineSettings
 from .engine.twin import TwinEngine
 from .engine.view import Outbox
 from .errors import ConfigError, SidecarError, StoreError
-from .exporter import sync_duration_histogram
+from .exporter import install_exporter, sync_duration_histogram
 from .logs import setup_logging
 from .prometheus import PrometheusClient
 from .scheduler import Scheduler
@@ -410,6 +410,8 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
                               key="server.auth_token_file") from exc
     token = token_file.read if token_file is not None else None
     registry = CollectorRegistry()
+    # first, with the rules' export: section; build_app's own install_exporter call then returns this collector
+    install_exporter(registry, view=facade.engine.view, status=status, export=config.export)
     app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
                     max_body_bytes=config.server.max_body_bytes)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from .contract import ExportOptions
 from .engine.expected import check_expected_value, check_limit_value
 from .engine.records import SystemType
 from .engine.settings import DIRECTIONS, DOMAINS
@@ -187,6 +188,7 @@ class SidecarConfig:
     interval_s: float = 15.0
     backfill_s: float = 3600.0
     retired: RetiredConfig = field(default_factory=RetiredConfig)
+    export: ExportOptions = field(default_factory=ExportOptions)   # what /metrics carries beyond the default
 
     @property
     def horizons_s(self) -> tuple[float, ...]:
@@ -505,6 +507,40 @@ def _retired(r: _Reader | None) -> RetiredConfig:
     return out
 
 
+_EXPORT_FLAGS = ("confidence", "actual", "expected", "divergence_ratio", "has_data", "last_sample", "query_errors")
+_EXPORT_KEYS = ("all", "horizons", *_EXPORT_FLAGS)
+
+
+def _export(r: _Reader | None, horizons_s: tuple[float, ...]) -> ExportOptions:
+    """The ``export:`` section: one key turns one opt-in family on (``sidecar/contract.py``'s EXPORT_OPTIONS);
+    ``horizons`` (a duration, a list of them, or ``all``) must name horizons some twin forecasts."""
+    if r is None:
+        return ExportOptions()
+    base = ExportOptions.everything() if r.bool_("all", False) else ExportOptions()
+    flags = {k: r.bool_(k, bool(getattr(base, k))) for k in _EXPORT_FLAGS}
+    chosen: tuple[float, ...] | None = base.horizons_s
+    all_horizons = base.all_horizons
+    node = r.node_of("horizons")
+    if node is not None:
+        all_horizons = isinstance(node, yaml.ScalarNode) and _scalar(node) == "all"
+        if not all_horizons:
+            listed = isinstance(node, yaml.SequenceNode)
+            items = list(node.value) if listed else [node]
+            if not items:
+                raise r.error(node, r.key("horizons"), "expected a duration, a non-empty list of them, or all")
+            picked: list[float] = []
+            for i, n in enumerate(items):
+                key = r.key(f"horizons[{i}]" if listed else "horizons")
+                h = _duration(r, n, key)
+                if h not in horizons_s:
+                    raise r.error(n, key, f"{format_duration(h)} is no twin's horizon (the twins forecast "
+                                          f"{', '.join(map(format_duration, horizons_s))})")
+                picked.append(h)
+            chosen = tuple(sorted(set(picked)))
+    r.finish(_EXPORT_KEYS)
+    return ExportOptions(horizons_s=None if all_horizons else chosen, all_horizons=all_horizons, **flags)
+
+
 def _promql(r: _Reader, name: str, *, required: bool = False) -> str | None:
     """A PromQL string, checked here so the error carries the line: parsed once, by the loop guard (which
     checks the names), and its tree handed on for the result type."""
@@ -759,7 +795,7 @@ def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule
 MAX_BACKFILL_STEPS = 80_640
 
 
-_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios")
+_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios", "export")
 
 
 def placeholders_in(query: str) -> list[str]:
@@ -820,9 +856,11 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
                               path=path, line=sc.line, key=f"scenarios[{i}].name")
         names[sc.name] = sc.line
         scenarios.append(sc)
+    export = _export(r.mapping("export"), tuple(sorted({h for t in twins for h in t.horizons_s})))
     r.finish(_TOP_KEYS)
     return SidecarConfig(path=path, prometheus=prometheus, server=server, storage=storage, twins=tuple(twins),
-                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill, retired=retired)
+                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill, retired=retired,
+                         export=export)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> SidecarConfig:

@@ -30,9 +30,11 @@ from types import MappingProxyType
 __all__ = [
     "EXPORTED_METRICS",
     "EXPORTED_SERIES_NAMES",
+    "EXPORT_OPTIONS",
     "METRICS_BY_NAME",
     "SERIES_HORIZON_LABELS",
     "SERIES_LABELS",
+    "ExportOptions",
     "MetricSpec",
     "is_own_series",
 ]
@@ -46,6 +48,8 @@ class MetricSpec:
     type: str                    # gauge | counter | histogram
     help: str
     labels: tuple[str, ...]
+    #: The ``export:`` key that turns the family on; None: exported by default.
+    option: str | None = None
 
     @property
     def family(self) -> str:
@@ -73,10 +77,13 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_forecast", "gauge", "Forecast value of the metric at the horizon ahead.", _TMH),
     MetricSpec("twin_forecast_lower", "gauge", "Lower bound of the forecast interval at the horizon.", _TMH),
     MetricSpec("twin_forecast_upper", "gauge", "Upper bound of the forecast interval at the horizon.", _TMH),
-    MetricSpec("twin_confidence", "gauge", "Confidence (0-1) of the forecast at the horizon.", _TMH),
-    MetricSpec("twin_actual", "gauge", "Latest observed value of the metric (what the twin last synced).", _TML),
-    MetricSpec("twin_expected", "gauge", "Expected value of the metric (hand-set or learned).", _TML),
-    MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / max(|expected|, the series' own floor).", _TML),
+    MetricSpec("twin_confidence", "gauge", "Confidence (0-1) of the forecast at the horizon.", _TMH,
+               "confidence"),
+    MetricSpec("twin_actual", "gauge", "Latest observed value of the metric (what the twin last synced).", _TML,
+               "actual"),
+    MetricSpec("twin_expected", "gauge", "Expected value of the metric (hand-set or learned).", _TML, "expected"),
+    MetricSpec("twin_divergence_ratio", "gauge", "(actual - expected) / max(|expected|, the series' own floor).", _TML,
+               "divergence_ratio"),
     MetricSpec("twin_divergence_severity", "gauge",
                "Divergence severity: 0 none, 1 low, 2 medium, 3 high, 4 critical.", _TML),
     MetricSpec("twin_anomaly_score", "gauge", "Anomaly score (0-1) of the metric's latest sample.", _TML),
@@ -88,15 +95,19 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("twin_last_sync_timestamp_seconds", "gauge",
                "Unix time of the twin's last accepted sync.", ("twin",)),
     MetricSpec("twin_metric_last_sample_timestamp_seconds", "gauge",
-               "Unix time of the metric's last accepted sample: a query that returns nothing or only NaN/Inf "
-               "(a ratio at zero traffic) leaves it behind while the twin's other metrics sync.", _TML),
+               "Unix time of the metric's last accepted sample, 0 while it has none (its query returns no series, "
+               "or only NaN/Inf: it then exports no forecast, severity or anomaly score). Exported only for a "
+               "metric behind its twin's last sync (or without a sample) unless export.last_sample is true.",
+               _TML),
     MetricSpec("twin_metric_has_data", "gauge",
                "1 once the metric has accepted a sample, 0 while its query has returned none (no series, or only "
-               "NaN/Inf): such a metric exports no actual, expected, forecast or divergence.", _TML),
+               "NaN/Inf): such a metric exports no actual, expected, forecast or divergence.", _TML, "has_data"),
     MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
     MetricSpec("twin_source_up", "gauge",
                "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
-    MetricSpec("twin_query_errors_total", "counter", "Failed metric queries, per twin and metric.", _TML),
+    MetricSpec("twin_query_errors_total", "counter",
+               "Failed metric queries, per twin and metric: only for metrics whose query has failed, unless "
+               "export.query_errors is true.", _TML),
     MetricSpec("twin_dropped_own_series_total", "counter",
                "Queried series dropped because they carry the sidecar's own metric names.", ()),
     MetricSpec("twin_store_up", "gauge", "1 if the history store accepts writes, else 0.", ()),
@@ -119,6 +130,58 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
 
 #: Each family by its name on /metrics.
 METRICS_BY_NAME: Mapping[str, MetricSpec] = MappingProxyType({m.name: m for m in EXPORTED_METRICS})
+
+#: What an ``export:`` key adds to the default set, in the order the README's table lists them. A key naming a
+#: family (``MetricSpec.option``) turns that family on; ``horizons`` and ``last_sample`` widen a default family.
+EXPORT_OPTIONS: Mapping[str, str] = MappingProxyType({
+    "horizons": "twin_forecast, twin_forecast_lower and twin_forecast_upper at these horizons (a list, or all) "
+                "instead of each metric's shortest",
+    "confidence": "twin_confidence, at each exported horizon",
+    "actual": "twin_actual",
+    "expected": "twin_expected",
+    "divergence_ratio": "twin_divergence_ratio",
+    "has_data": "twin_metric_has_data",
+    "last_sample": "twin_metric_last_sample_timestamp_seconds for every metric, not only one behind its twin",
+    "query_errors": "twin_query_errors_total from 0 for every metric (so rate() sees a first error), not only "
+                    "for metrics whose query has failed",
+    "all": "every family and horizon (what the sidecar exported before the export: section existed)",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """The rules file's ``export:`` section: which opt-in families and horizons /metrics carries.
+
+    The default (every flag off, ``horizons_s`` None) is the set an SRE needs on the dashboard and for the shipped
+    alerts, ~23 series per twin of 4 metrics; each flag adds one family (``EXPORT_OPTIONS``).
+    ``horizons_s`` None exports each metric's shortest horizon; ``all_horizons`` every one the engine forecasts.
+
+    >>> ExportOptions().enabled("twin_actual"), ExportOptions(actual=True).enabled("twin_actual")
+    (False, True)
+    >>> ExportOptions.everything().enabled("twin_metric_has_data")
+    True
+    """
+
+    horizons_s: tuple[float, ...] | None = None
+    all_horizons: bool = False
+    confidence: bool = False
+    actual: bool = False
+    expected: bool = False
+    divergence_ratio: bool = False
+    has_data: bool = False
+    last_sample: bool = False
+    query_errors: bool = False
+
+    @classmethod
+    def everything(cls) -> ExportOptions:
+        """Every family at every horizon (``export: {all: true}``)."""
+        return cls(all_horizons=True, confidence=True, actual=True, expected=True, divergence_ratio=True,
+                   has_data=True, last_sample=True, query_errors=True)
+
+    def enabled(self, name: str) -> bool:
+        """True if the family ``name`` is on /metrics under these options (default families always are)."""
+        option = METRICS_BY_NAME[name].option
+        return option is None or bool(getattr(self, option))
 
 #: Every sample name that can appear on the sidecar's /metrics (histogram and counter suffixes included).
 EXPORTED_SERIES_NAMES: frozenset[str] = frozenset(n for m in EXPORTED_METRICS for n in m.series_names)

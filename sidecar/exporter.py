@@ -45,7 +45,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.openmetrics import exposition as _om_exposition
 from prometheus_client.samples import Sample
 
-from .contract import EXPORTED_METRICS, METRICS_BY_NAME, SERIES_HORIZON_LABELS, SERIES_LABELS
+from .contract import EXPORTED_METRICS, METRICS_BY_NAME, SERIES_HORIZON_LABELS, SERIES_LABELS, ExportOptions
 from .engine.view import EngineView
 from .status import ServiceStatus
 from .units import horizon_label
@@ -229,6 +229,7 @@ class _Layout:
     series: LabelRows           # (S,) twin, metric
     series_horizon: LabelRows   # (S*H,) twin, metric, horizon — row-major, matching forecast.reshape(-1)
     twins: LabelRows            # (T,) twin
+    series_twin_index: np.ndarray   # (S,) each series' twin's row in ``twins`` (-1: none)
 
     def fits(self, view: EngineView, horizons: tuple[str, ...]) -> bool:
         return (horizons == self.horizons
@@ -242,10 +243,12 @@ class _Layout:
         st, sm = view.series_twin, view.series_metric
         rep_t = [t for t in st for _ in range(h)]
         rep_m = [m for m in sm for _ in range(h)]
+        row_of = {name: i for i, name in enumerate(view.twin_names)}
+        twin_index = np.fromiter((row_of.get(t, -1) for t in st), dtype=np.int64, count=len(st))
         return cls(series_twin=st, series_metric=sm, horizons=horizons, twin_names=view.twin_names,
                    series=LabelRows.build(SERIES_LABELS, [st, sm]),
                    series_horizon=LabelRows.build(SERIES_HORIZON_LABELS, [rep_t, rep_m, list(horizons) * len(st)]),
-                   twins=LabelRows.build(("twin",), [view.twin_names]))
+                   twins=LabelRows.build(("twin",), [view.twin_names]), series_twin_index=twin_index)
 
 
 class TwinCollector:
@@ -255,11 +258,16 @@ class TwinCollector:
     so calling it is free and needs no engine lock). Families built from one
     view are kept until the view changes, so several scrapes between two ticks
     (an HA pair of Prometheus servers) format the big families only once.
+
+    ``export`` (the rules file's ``export:`` section) says which opt-in families and horizons go out; the
+    default is the small set the dashboard and the shipped alerts read (``sidecar/contract.py``).
     """
 
-    def __init__(self, view: Callable[[], EngineView], status: ServiceStatus) -> None:
+    def __init__(self, view: Callable[[], EngineView], status: ServiceStatus,
+                 export: ExportOptions | None = None) -> None:
         self._view = view
         self._status = status
+        self._export = export or ExportOptions()
         self._layout: _Layout | None = None
         self._cached: tuple[EngineView, tuple[ArrayGaugeFamily, ...]] | None = None
         self._lock = threading.Lock()
@@ -297,7 +305,8 @@ class TwinCollector:
 
     def _build(self, view: EngineView) -> tuple[ArrayGaugeFamily, ...]:
         lay = self._layout_for(view)
-        sh, s, t = lay.series_horizon, lay.series, lay.twins
+        opts = self._export
+        s, t = lay.series, lay.twins
         last_sample = np.asarray(view.series_last_sample, dtype=np.float64).reshape(-1)
         has_data = np.isfinite(last_sample)
         # a view whose arrays disagree loses the has_data family in _array_gauge and masks nothing
@@ -306,32 +315,42 @@ class TwinCollector:
         limit = np.asarray(view.limit, dtype=np.float64)
         has_eta = np.flatnonzero(np.isfinite(eta) & np.isfinite(limit))
         eta_rows = s.take(has_eta).with_label("limit", [_number_label(x) for x in limit[has_eta].tolist()])
-        return (
-            _array_gauge("twin_forecast", sh, per_series(view.forecast_mean)),
-            _array_gauge("twin_forecast_lower", sh, per_series(view.forecast_lower)),
-            _array_gauge("twin_forecast_upper", sh, per_series(view.forecast_upper)),
-            _array_gauge("twin_confidence", sh, per_series(view.confidence)),
-            _array_gauge("twin_actual", s, per_series(view.last_value)),
-            _array_gauge("twin_expected", s, per_series(view.expected)),
-            _array_gauge("twin_divergence_ratio", s, per_series(view.divergence_ratio)),
+        sh, at_horizons = _horizon_columns(view, lay, opts)
+        on = opts.enabled
+        families = [
+            _array_gauge("twin_forecast", sh, at_horizons(per_series(view.forecast_mean))),
+            _array_gauge("twin_forecast_lower", sh, at_horizons(per_series(view.forecast_lower))),
+            _array_gauge("twin_forecast_upper", sh, at_horizons(per_series(view.forecast_upper))),
+            *([_array_gauge("twin_confidence", sh, at_horizons(per_series(view.confidence)))]
+              if on("twin_confidence") else []),
+            *([_array_gauge("twin_actual", s, per_series(view.last_value))] if on("twin_actual") else []),
+            *([_array_gauge("twin_expected", s, per_series(view.expected))] if on("twin_expected") else []),
+            *([_array_gauge("twin_divergence_ratio", s, per_series(view.divergence_ratio))]
+              if on("twin_divergence_ratio") else []),
             _array_gauge("twin_divergence_severity", s, per_series(view.severity)),
             _array_gauge("twin_anomaly_score", s, per_series(view.anomaly)),
             _array_gauge("twin_breach_eta_seconds", eta_rows, eta[has_eta]),
             _array_gauge("twin_health_score", t, view.health),
             _array_gauge("twin_drift", t, np.asarray(view.drift, dtype=np.float64)),
             _array_gauge("twin_last_sync_timestamp_seconds", t, view.last_sync),
-            _array_gauge("twin_metric_last_sample_timestamp_seconds", s, last_sample),
-            _array_gauge("twin_metric_has_data", s, has_data.astype(np.float64)),
-        )
+            _last_sample_family(lay, view, last_sample, has_data, every=opts.last_sample),
+        ]
+        if on("twin_metric_has_data"):
+            families.append(_array_gauge("twin_metric_has_data", s, has_data.astype(np.float64)))
+        return tuple(families)
 
     def _status_families(self, view: EngineView) -> Iterator[Metric]:
         st = self._status
         yield _gauge("twin_twins", float(len(view.twin_names)))
         yield _gauge("twin_source_up", 1.0 if st.source_up else 0.0)
         errors = _counter("twin_query_errors_total")
-        # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes
+        # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes. The
+        # scheduler holds a 0 for every metric it queries; by default only failed ones are exported (a series per
+        # metric that never fails is a cost Prometheus pays for nothing), with export.query_errors all of them
+        every = self._export.query_errors
         for (twin, metric), n in sorted(dict(st.query_errors).items()):
-            errors.add_metric([twin, metric], float(n))
+            if n or every:
+                errors.add_metric([twin, metric], float(n))
         yield errors
         yield _counter("twin_dropped_own_series_total", float(st.dropped_own_series_total))
         yield _gauge("twin_store_up", 1.0 if st.store_up else 0.0)
@@ -343,6 +362,57 @@ class TwinCollector:
         yield _scenario_gauge("twin_simulation_fit_trustworthy",
                               {k: 1.0 if v else 0.0 for k, v in dict(st.simulation_fit_trustworthy).items()})
         yield _scenario_gauge("twin_simulation_breaking_multiplier", st.simulation_breaking_multiplier)
+
+
+def _horizon_columns(view: EngineView, lay: _Layout,
+                     opts: ExportOptions) -> tuple[LabelRows, Callable[[np.ndarray], np.ndarray]]:
+    """The (twin, metric, horizon) rows the forecast families go out on, and how to pick their values out of an
+    (S, H) array: every horizon, the configured ones, or by default each series' shortest horizon with a
+    forecast (its twin's shortest: a horizon the twin does not ask for is NaN in the view)."""
+    n_s, n_h = len(lay.series), len(lay.horizons)
+    if opts.all_horizons or n_h == 0:
+        return lay.series_horizon, lambda a: np.asarray(a, dtype=np.float64).reshape(-1)
+    if opts.horizons_s is not None:
+        cols = np.array([j for j, h in enumerate(np.asarray(view.horizons_s).tolist()) if h in opts.horizons_s],
+                        dtype=np.int64)
+        flat = (np.arange(n_s, dtype=np.int64)[:, None] * n_h + cols[None, :]).reshape(-1)
+    else:
+        mean = np.asarray(view.forecast_mean, dtype=np.float64)
+        if mean.size == n_s * n_h:
+            finite = np.isfinite(mean.reshape(n_s, n_h))
+            first = finite.argmax(axis=1)        # 0 (the shortest) where none is finite: absent anyway
+        else:
+            first = np.zeros(n_s, dtype=np.int64)
+        flat = np.arange(n_s, dtype=np.int64) * n_h + first
+
+    def pick(values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        return v[flat] if v.size == n_s * n_h else v    # a misshapen array: _array_gauge drops the family
+    return lay.series_horizon.take(flat), pick
+
+
+def _last_sample_family(lay: _Layout, view: EngineView, last_sample: np.ndarray, has_data: np.ndarray, *,
+                        every: bool) -> ArrayGaugeFamily:
+    """``twin_metric_last_sample_timestamp_seconds``: 0 for a metric without a sample (the has-data signal in the
+    same series), and by default only for metrics whose last sample is behind their twin's last sync or missing:
+    a metric that syncs with its twin says nothing its ``twin_last_sync_timestamp_seconds`` does not."""
+    name = "twin_metric_last_sample_timestamp_seconds"
+    s = lay.series
+    if len(last_sample) != len(s):
+        return _array_gauge(name, s, last_sample)                  # logged and dropped there
+    values = np.where(has_data, last_sample, 0.0)
+    if every:
+        return _array_gauge(name, s, values)
+    sync = np.asarray(view.last_sync, dtype=np.float64).reshape(-1)
+    idx = lay.series_twin_index
+    if len(sync) == len(lay.twins) and len(idx) == len(s):
+        twin_sync = np.where(idx >= 0, sync[np.clip(idx, 0, None)] if len(sync) else np.nan, np.nan)
+    else:
+        twin_sync = np.full(len(s), np.nan)
+    with np.errstate(invalid="ignore"):
+        behind = ~has_data | (last_sample < twin_sync)
+    keep = np.flatnonzero(behind)
+    return _array_gauge(name, s.take(keep), values[keep])
 
 
 def _scenario_gauge(name: str, values: Mapping[tuple[str, str], float]) -> GaugeMetricFamily:
@@ -382,12 +452,14 @@ def sync_duration_histogram(registry: CollectorRegistry) -> Histogram:
 
 
 def install_exporter(registry: CollectorRegistry, *, view: Callable[[], EngineView],
-                     status: ServiceStatus) -> TwinCollector:
-    """Register the collector and the sync histogram in ``registry`` (once; later calls return the first)."""
+                     status: ServiceStatus, export: ExportOptions | None = None) -> TwinCollector:
+    """Register the collector and the sync histogram in ``registry`` (once; later calls return the first).
+
+    ``export`` is the rules file's ``export:`` section (None: the default set)."""
     with _histograms_lock:
         existing = _collectors.get(registry)
         if existing is None:
-            existing = TwinCollector(view, status)
+            existing = TwinCollector(view, status, export)
             registry.register(existing)
             _collectors[registry] = existing
     sync_duration_histogram(registry)

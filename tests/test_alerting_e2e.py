@@ -65,6 +65,7 @@ twins:
     expected: {{cpu_usage: 50}}
     limits: {{cpu_usage: 95}}
     auto_correction: false
+export: {{divergence_ratio: true}}   # the divergence alerts' text gives the ratio when it is exported
 """
     return parse_config(text, path=str(db.parent / "rules.yaml"))
 

@@ -261,7 +261,7 @@ def test_divergence_alerts_skip_exactly_the_series_metric_stale_covers() -> None
     the very same expression (so the same labels, and the same threshold, which the chart rewrites per interval)."""
     rules = _rules(render_rules(_config()))
     stale = rules["TwinMetricStale"]["expr"]
-    assert stale.endswith("> 120")                              # 4 x 30s
+    assert stale.endswith("> 120 and twin_metric_last_sample_timestamp_seconds != 0")   # 4 x 30s; 0: never sampled
     for name, level in (("TwinDivergenceHigh", 3), ("TwinDivergenceCritical", 4)):
         expr = promql_parser.parse(rules[name]["expr"])
         assert isinstance(expr, promql_parser.BinaryExpr) and str(expr.op) == "unless"
@@ -273,16 +273,19 @@ def test_divergence_alerts_skip_exactly_the_series_metric_stale_covers() -> None
         assert rules[name]["expr"].endswith(f" unless ({stale})")
 
 
-def test_metric_no_data_reads_has_data_and_holds_as_long_as_metric_stale() -> None:
+def test_metric_no_data_reads_a_last_sample_of_0_and_holds_as_long_as_metric_stale() -> None:
+    """The default export has no twin_metric_has_data (export.has_data): a last-sample time of 0 says the same."""
     rules = _rules(render_rules(_config()))                    # interval 30s: 4 intervals = 2m
     rule = rules["TwinMetricNoData"]
-    assert rule["expr"] == "twin_metric_has_data == 0 unless ignoring (twin, metric) twin_source_up == 0"
+    assert rule["expr"] == ("twin_metric_last_sample_timestamp_seconds == 0 "
+                            "unless ignoring (twin, metric) twin_source_up == 0")
     assert rule["for"] == "2m" and rule["labels"]["severity"] == "warning"
     assert "the sync interval is 30s and the alert fires past 2m." in rule["annotations"]["description"]
     fast = _rules(render_rules(_config(CONFIG.replace("30s", "5s"))))["TwinMetricNoData"]
     assert fast["for"] == "1m"                                 # never sooner than a minute
     sel = _rules(render_rules(_config(), AlertSettings(selector='job="x"')))["TwinMetricNoData"]["expr"]
-    assert sel == 'twin_metric_has_data{job="x"} == 0 unless ignoring (twin, metric) twin_source_up{job="x"} == 0'
+    assert sel == ('twin_metric_last_sample_timestamp_seconds{job="x"} == 0 '
+                   'unless ignoring (twin, metric) twin_source_up{job="x"} == 0')
 
 
 def test_every_alert_has_its_runbook_section_in_the_readme() -> None:

@@ -93,4 +93,5 @@ def test_no_data_hold_and_the_divergence_stale_threshold_follow_the_interval(hel
         "description"]
     for alert in ("TwinDivergenceHigh", "TwinDivergenceCritical", "TwinMetricStale", "TwinMetricNoData"):
         assert rules[alert] == cli_rule(alert, interval="1m"), alert
-    assert rules["TwinDivergenceHigh"]["expr"].endswith("twin_metric_last_sample_timestamp_seconds > 240)")
+    assert rules["TwinDivergenceHigh"]["expr"].endswith(
+        "twin_metric_last_sample_timestamp_seconds > 240 and twin_metric_last_sample_timestamp_seconds != 0)")

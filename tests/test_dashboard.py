@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.contract import EXPORTED_METRICS, MetricSpec
+from sidecar.contract import EXPORTED_METRICS, METRICS_BY_NAME, MetricSpec
 from sidecar.engine.core import Engine
 from sidecar.exporter import install_exporter, render
 from sidecar.status import ServiceStatus
@@ -37,7 +37,8 @@ def dashboard() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def scraped_names() -> set[str]:
-    """Metric names on a real scrape: a real engine fed a rising metric, exported by the real collector."""
+    """Metric names on a real scrape of the DEFAULT export: a real engine fed a rising metric, exported by the real
+    collector."""
     engine = Engine()
     t0 = 1.7e9
     engine.create_twin("checkout-api", at=t0, limits={"cpu_usage": 95.0}, expected={"cpu_usage": 40.0})
@@ -94,9 +95,17 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def _option_named(description: str, option: str) -> bool:
+    """True if a panel's description tells the reader the ``export:`` key a family needs."""
+    return f"{option}: true" in description or f"export.{option}" in description
+
+
 def test_every_query_parses_and_uses_only_exported_metrics(dashboard: dict[str, Any],
                                                            scraped_names: set[str]) -> None:
+    """On the DEFAULT export: a family it leaves out may only be read by a panel that names its export: key."""
     used: dict[str, set[str]] = {}
+    descriptions = {f"panel {p['title']!r}": p.get("description", "") for p in _panels(dashboard["panels"])}
+    unknown: dict[str, list[str]] = {}
     for where, expr in queries(dashboard):
         try:
             names = metric_names(expr)
@@ -104,12 +113,23 @@ def test_every_query_parses_and_uses_only_exported_metrics(dashboard: dict[str, 
             pytest.fail(f"{where}: {expr!r} is not PromQL: {exc}")
         for n in names:
             used.setdefault(n, set()).add(where)
-    unknown = {n: sorted(w) for n, w in used.items() if n not in scraped_names}
-    if set(unknown) == {"twin_actual"}:
-        pytest.skip("twin_actual (the raw value for 'actual vs forecast') is not exported yet: "
-                    f"used by {unknown['twin_actual']}")
-    assert not unknown, f"metrics the sidecar does not export: {unknown}"
+            if n in scraped_names:
+                continue
+            spec = METRICS_BY_NAME.get(n)
+            panel = where.rsplit(" ", 1)[0]
+            if spec is None or spec.option is None or not _option_named(descriptions.get(panel, ""), spec.option):
+                unknown.setdefault(n, []).append(where)
+    assert not unknown, f"metrics the default export lacks, read where no export: key is named: {unknown}"
     assert len(used) >= 15  # the dashboard really covers the contract, not a token panel
+
+
+def test_opt_in_families_are_read_only_by_panels_that_say_which_option(dashboard: dict[str, Any]) -> None:
+    """Variables and annotations drive the whole dashboard: they read default families only."""
+    for where, expr in queries(dashboard):
+        for n in metric_names(expr):
+            spec = METRICS_BY_NAME.get(n)
+            if spec is not None and spec.option is not None:
+                assert where.startswith("panel "), f"{where} reads {n}, which needs export.{spec.option}"
 
 
 def _family(series: str) -> MetricSpec | None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import RetiredConfig, SidecarConfig, parse_config
+from sidecar.contract import ExportOptions
 from sidecar.engine.core import Engine
 from sidecar.engine.modelstate import decode
 from sidecar.engine.settings import EngineSettings
@@ -261,7 +262,7 @@ async def test_query_error_counters_exist_for_restored_twins(prom_env: PromEnv, 
             prom_env.target.remove("rv2_cnt_up", inst="y")
         assert engine.get("d@y").twin_id == late.twin_id
         registry = CollectorRegistry()
-        install_exporter(registry, view=engine.view, status=status)
+        install_exporter(registry, view=engine.view, status=status, export=ExportOptions(query_errors=True))
         errors = {(smp.labels["twin"], smp.labels["metric"]): smp.value
                   for fam in text_string_to_metric_families(render(registry).decode())
                   for smp in fam.samples if smp.name == "twin_query_errors_total"}

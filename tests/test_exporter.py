@@ -14,7 +14,7 @@ from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from sidecar.contract import EXPORTED_METRICS, EXPORTED_SERIES_NAMES, is_own_series
+from sidecar.contract import EXPORTED_METRICS, EXPORTED_SERIES_NAMES, ExportOptions, is_own_series
 from sidecar.engine.view import EngineView
 from sidecar.exporter import (
     ArrayGaugeFamily,
@@ -60,9 +60,15 @@ def make_view(n_twins: int = 3, metrics: tuple[str, ...] = ("cpu_usage", "reques
         drift=np.arange(t) % 2 == 0, last_sync=last_sync, series_last_sample=last_sample)
 
 
-def scrape(view: EngineView, status: ServiceStatus | None = None, *, openmetrics: bool = False) -> str:
+#: These tests hold every family of the contract to the view, so they scrape with every option on;
+#: tests/test_export_options.py covers the default set and each option alone.
+EVERYTHING = ExportOptions.everything()
+
+
+def scrape(view: EngineView, status: ServiceStatus | None = None, *, openmetrics: bool = False,
+           export: ExportOptions = EVERYTHING) -> str:
     registry = CollectorRegistry()
-    install_exporter(registry, view=lambda: view, status=status or ServiceStatus())
+    install_exporter(registry, view=lambda: view, status=status or ServiceStatus(), export=export)
     return render(registry, openmetrics=openmetrics).decode()
 
 
@@ -211,7 +217,7 @@ def test_label_values_are_escaped() -> None:
 def test_every_scraped_name_is_in_the_exported_list() -> None:
     """The loop guard and the dashboards rely on EXPORTED_METRICS being complete."""
     registry = CollectorRegistry()
-    install_exporter(registry, view=lambda: make_view(), status=ServiceStatus())
+    install_exporter(registry, view=lambda: make_view(), status=ServiceStatus(), export=EVERYTHING)
     sync_duration_histogram(registry).observe(0.1)
     names = {s.name for f in parse_text(render(registry).decode()) for s in f.samples}
     assert names <= EXPORTED_SERIES_NAMES
@@ -313,18 +319,19 @@ def test_help_texts_need_no_escaping() -> None:
 
 def test_each_metric_exports_when_it_last_got_a_sample() -> None:
     """A metric whose query returns only NaN froze its values while the twin's sync time moved on; its own
-    last-sample time is what TwinMetricStale compares with the twin's."""
+    last-sample time is what TwinMetricStale compares with the twin's. One never sampled says 0 (the has-data
+    signal in the same series: TwinMetricNoData reads it)."""
     got = samples_of(scrape(make_view()))
     key = "twin_metric_last_sample_timestamp_seconds"
     rows = {dict(labels)["twin"] + "/" + dict(labels)["metric"]: v for (n, labels), v in got.items() if n == key}
     assert rows["svc-0/cpu_usage"] == 1.7e9 - 600.0 and rows["svc-0/request_latency_ms"] == 1.7e9
-    assert "svc-2/request_latency_ms" not in rows and len(rows) == 5      # never sampled: absent, not NaN
+    assert rows["svc-2/request_latency_ms"] == 0.0 and len(rows) == 6
 
 
 #: Every family of per-metric values: a metric that has never accepted a sample exports none of them.
 PER_METRIC_VALUES = ("twin_forecast", "twin_forecast_lower", "twin_forecast_upper", "twin_confidence", "twin_actual",
                      "twin_expected", "twin_divergence_ratio", "twin_divergence_severity", "twin_anomaly_score",
-                     "twin_breach_eta_seconds", "twin_metric_last_sample_timestamp_seconds")
+                     "twin_breach_eta_seconds")
 
 
 def test_a_metric_never_sampled_exports_no_values_and_has_data_0() -> None:

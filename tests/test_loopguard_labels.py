@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import loopguard
 from sidecar.config import SidecarConfig, parse_config
-from sidecar.contract import EXPORTED_METRICS
+from sidecar.contract import EXPORTED_METRICS, ExportOptions
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.errors import ConfigError
@@ -40,14 +40,14 @@ HONEST = "# TYPE rv2_honest gauge\nrv2_honest 7\n"
 
 
 def exporter_body() -> str:
-    """What a real sidecar with one twin ``direct`` puts on /metrics (forecasts warm)."""
+    """What a real sidecar with one twin ``direct`` puts on /metrics (forecasts warm), every family exported."""
     engine = Engine()
     engine.create_twin("direct", at=0.0)
     now = time.time()
     for i in range(40):
         engine.sync("direct", {"cpu_usage": 50.0 + i % 3}, at=now - 600 + 15 * i)
     registry = CollectorRegistry()
-    install_exporter(registry, view=engine.view, status=ServiceStatus())
+    install_exporter(registry, view=engine.view, status=ServiceStatus(), export=ExportOptions.everything())
     return render(registry).decode()
 
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import SidecarConfig, parse_config
+from sidecar.contract import ExportOptions
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.exporter import install_exporter, render
@@ -52,7 +53,7 @@ async def client(prom_env: PromEnv) -> AsyncIterator[PrometheusClient]:
 def scraped(engine: Engine) -> dict[tuple[str, str, str], float]:
     """(family, twin, metric) -> value of every per-metric series on a real scrape of the real collector."""
     registry = CollectorRegistry()
-    install_exporter(registry, view=engine.view, status=ServiceStatus())
+    install_exporter(registry, view=engine.view, status=ServiceStatus(), export=ExportOptions.everything())
     return {(s.name, s.labels["twin"], s.labels["metric"]): s.value
             for f in text_string_to_metric_families(render(registry).decode()) for s in f.samples
             if "metric" in s.labels and "horizon" not in s.labels}
@@ -92,8 +93,10 @@ async def test_a_metric_without_data_exports_no_values_has_data_0_and_is_logged_
     assert got[("twin_metric_has_data", "a", "cpu_usage")] == 1.0
     for metric in ("typo", "ratio", "late"):
         assert got[("twin_metric_has_data", "a", metric)] == 0.0
+        assert got[("twin_metric_last_sample_timestamp_seconds", "a", metric)] == 0.0   # the default's has-data
         # nothing measured against a value never seen: no "severity 0", not even the hand-set expected value
-        assert not [k for k in got if k[2] == metric and k[0] != "twin_metric_has_data"], metric
+        assert not [k for k in got if k[2] == metric and k[0] not in (
+            "twin_metric_has_data", "twin_metric_last_sample_timestamp_seconds")], metric
     assert ("twin_divergence_severity", "a", "cpu_usage") in got and ("twin_actual", "a", "cpu_usage") in got
 
     for _ in range(3):

@@ -105,7 +105,7 @@ async def test_metrics_text_format_by_default(service: tuple[Service, TestClient
     assert ("twin_health_score", (("twin", "checkout"),)) in samples
     assert samples[("twin_sync_duration_seconds_count", ())] == 1
     forecasts = [k for k in samples if k[0] == "twin_forecast" and ("twin", "search") in k[1]]
-    assert {dict(k[1])["horizon"] for k in forecasts} == {"5m", "15m", "30m", "60m"}
+    assert {dict(k[1])["horizon"] for k in forecasts} == {"5m"}     # the default export: the shortest horizon
 
 
 async def test_metrics_openmetrics_when_the_scraper_asks(
