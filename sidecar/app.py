@@ -383,6 +383,7 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     engine.drain()      # what the restore produced is already stored
     days = config.storage.retention_days * 86400.0
     retention = RetentionPolicy(snapshot_max_age_s=days, snapshot_max_count=config.storage.retention_snapshots,
+                                snapshot_min_age_s=config.storage.retention_min_age_s,
                                 samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
     writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
     await writer.start()

@@ -170,6 +170,9 @@ class Engine:
         # twin id -> (metric -> direction, metric -> (low, high)): the rules file's, like the horizons
         self._metric_rules: dict[str, tuple[dict[str, str], dict[str, tuple[float, float]]]] = {}
         self._alerts: dict[int, DivergenceAlert] = {}
+        # twin id -> the expected-state keys set or cleared since this engine started (None: the whole state
+        # replaced, by a rollback); what a merge of the stored state after an outage must not overwrite
+        self._expected_touched: dict[str, set[str] | None] = {}
         # per-twin state
         tcap = 16
         self.health = np.full(tcap, 100.0)
@@ -259,6 +262,7 @@ class Engine:
         del self._by_name[t.source_system]
         self._horizon_mask.pop(t.twin_id, None)
         self._metric_rules.pop(t.twin_id, None)
+        self._expected_touched.pop(t.twin_id, None)
         self._names_cache = self._key_arrays = None
         self._outbox.retired.append(t.twin_id)
         self.monitor.emit(t.twin_id, EventType.TWIN_RETIRED, "info", f"twin {t.source_system} retired", at)
@@ -485,6 +489,7 @@ class Engine:
             new = dict(twin.expected_state or {})
             new[alert.metric] = round(decision.new_expected, 6)
             twin.expected_state = new
+            self._touch_expected(twin.twin_id, [alert.metric])
             self._apply_config(twin)
             self._outbox.twins.append(twin)
         self._record_correction(twin, decision.record)
@@ -634,6 +639,7 @@ class Engine:
                       reason: str) -> StateHistoryEntry:
         """Apply entries whose values are checked; names are the caller's affair (the store's own state)."""
         values, clear = canonical_expected(checked)
+        self._touch_expected(t.twin_id, [*values, *clear])
         snap = self._snapshot(t, f"set_expected_state ({reason})", at)
         new = dict(t.expected_state or {})
         new.update(values)
@@ -644,6 +650,15 @@ class Engine:
         self._outbox.twins.append(t)
         self._refresh_view(at)
         return snap
+
+    def _touch_expected(self, twin_id: str, keys: Sequence[str] | None) -> None:
+        """Remember expected-state keys changed since the start (``None``: the whole state replaced)."""
+        if keys is None:
+            self._expected_touched[twin_id] = None
+            return
+        touched = self._expected_touched.setdefault(twin_id, set())
+        if touched is not None:
+            touched.update(keys)
 
     def configure(self, twin: str, *, at: float, thresholds: Mapping[str, float] | None = None,
                   limits: Mapping[str, float] | None = None, auto_correction: bool | None = None) -> None:
@@ -722,6 +737,7 @@ class Engine:
         before = self._snapshot(t, f"rollback to {snapshot.snapshot_id}", at)
         exp = state.get("expected_state")
         t.expected_state = dict(exp) if exp else None
+        self._touch_expected(t.twin_id, None)
         t.thresholds = dict(state.get("thresholds") or {})
         t.limits = dict(state.get("limits") or {})
         t.auto_correction_enabled = bool(state.get("auto_correction_enabled", True))
@@ -1051,8 +1067,10 @@ class Engine:
         """A stored twin read only after this one was started afresh (the store was down at start).
 
         Its older snapshots and corrections join the history, and its stored expected state is taken
-        back unless the state was changed since the start (the newer change wins). Returns whether
-        the expected state was taken back.
+        back key by key: a key set or cleared since the start (through the API or a correction) keeps its
+        newer value or absence, every other key gets its stored value back (a partial change made during
+        the outage adds to the stored state instead of replacing it). After a rollback since the start the
+        whole state is the newer one. Returns whether any stored value was taken back.
         """
         t = self._lookup(str(definition.get("twin_id", "")) or str(definition.get("source_system", "")))
         known = {e.snapshot_id for e in t.state_history}
@@ -1065,17 +1083,24 @@ class Engine:
             except CorruptSnapshotError:
                 log.error("corrupt snapshot skipped on merge", extra={"twin_id": t.twin_id,
                                                                      "snapshot_id": snap.snapshot_id})
-        changed_since_start = any(e.change_reason != "created" for e in t.state_history)
         t.state_history = sorted(older + t.state_history, key=lambda e: e.timestamp)[-self.settings.snapshot_memory:]
         seen = {c.correction_id for c in t.corrections}
         t.corrections = (sorted([c for c in corrections if c.correction_id not in seen], key=lambda c: c.timestamp)
                          + t.corrections)[-self.settings.correction_memory:]
-        stored = definition.get("expected_state")
-        if changed_since_start or not stored or stored == t.expected_state:
+        stored = check_expected_values(dict(definition.get("expected_state") or {}))
+        touched = self._expected_touched.get(t.twin_id, set())
+        if not stored or touched is None:
+            return False
+        current = t.expected_state or {}
+        back = {k: v for k, v in stored.items() if k not in touched}
+        merged = {**back, **{k: v for k, v in current.items() if k in touched}}
+        if not back or merged == current:
             return False
         # the engine's own state coming back, not a request: its metrics may not have series yet this run
-        self._set_expected(t, check_expected_values(dict(stored)), at=at,
-                           reason="restored from the store after an outage")
+        changes: dict[str, float | None] = {**back, **{k: None for k in current if k not in merged}}
+        touched_before = set(touched)
+        self._set_expected(t, changes, at=at, reason="restored from the store after an outage")
+        self._expected_touched[t.twin_id] = touched_before      # taking the stored state back is no change
         return True
 
     def republish(self) -> None:
