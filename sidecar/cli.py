@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -368,13 +369,37 @@ def _stderr_logging() -> Iterator[None]:
         root.removeHandler(handler)
 
 
+#: The exit code of a command whose standard output was closed under it (128 + SIGPIPE, as the shell reports
+#: any program a closed pipe stops).
+EXIT_STDOUT_CLOSED = 141
+
+
+def _stdout_closed() -> int:
+    """Standard output was closed (``twin-sidecar check-config F | head -1``): stop without a traceback.
+
+    What is still buffered for it can never be written; pointing the descriptor at /dev/null keeps the
+    interpreter's last flush at exit from raising a second time."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logs = contextlib.nullcontext() if args.command in _OWN_LOGGING else _stderr_logging()
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:      # --help, or a usage error: what argparse printed must reach its reader
+            sys.stdout.flush()
+            raise
+        logs = contextlib.nullcontext() if args.command in _OWN_LOGGING else _stderr_logging()
         with logs:
             rc: int = args.func(args)
+        sys.stdout.flush()          # a closed pipe shows here rather than in the interpreter's last flush
         return rc
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigError as e:
         print(f"twin-sidecar {args.command}: {e}", file=sys.stderr)
         return 2
