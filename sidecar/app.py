@@ -47,7 +47,7 @@ from .exporter import sync_duration_histogram
 from .logs import setup_logging
 from .prometheus import PrometheusClient
 from .scheduler import Scheduler
-from .server import build_app
+from .server import SidecarRunner, build_app
 from .status import ServiceStatus
 from .store import EventQuery, RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
 from .store.writer import Ticket
@@ -413,7 +413,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     registry = CollectorRegistry()
     app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
                     max_body_bytes=config.server.max_body_bytes)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner: web.AppRunner = SidecarRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     listen_port = config.server.port if port is None else port
     try:
