@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -138,19 +139,20 @@ def _pairs(a: argparse.Namespace) -> list[tuple[Path, Path]]:
 def _run_many(a: argparse.Namespace, what: str) -> int:
     t0 = time.perf_counter()
     pairs = _pairs(a)
-    files = [replay.load(src) for src, _ in pairs]
+    horizons = replay.parse_horizons(a.horizons) if what == "forecast" else ()
+    streams = [replay.CsvStream(src) for src, _ in pairs]
     outs = [_open_out(str(dst)) for _, dst in pairs]
     try:
         if what == "forecast":
-            counts = replay.forecast_many(files, outs, replay.parse_horizons(a.horizons), a.model)
+            counts = replay.forecast_many(streams, outs, horizons, a.model)
         else:
-            counts = replay.detect_many(files, outs)
+            counts = replay.detect_many(streams, outs)
     finally:
         for o in outs:
             if o is not sys.stdout:
                 o.close()
-    rows = sum(len(f) for f in files)
-    print(f"{what}: {len(files)} file(s), {rows} rows -> {sum(counts)} output rows in "
+    rows = sum(s.rows for s in streams)
+    print(f"{what}: {len(streams)} file(s), {rows} rows -> {sum(counts)} output rows in "
           f"{time.perf_counter() - t0:.2f}s", file=sys.stderr)
     return 0
 
@@ -175,11 +177,11 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         if given:
             raise InputError(f"{', '.join(given)} go with --prometheus, not --input (a CSV is replayed whole)")
         try:
-            rows = replay.load(a.input)
+            t, y, stream = replay.read_arrays(a.input)
         except InputError as e:
             raise InputError(f"--input {e}") from None
-        t = np.array([r.t for r in rows])
-        y = np.array([r.value for r in rows])
+        stream.report()
+        skipped = stream.bad_values.rows + stream.backwards.rows
         source = a.input
     else:
         missing = [f"--{k}" for k in ("query", "start", "end") if not getattr(a, k)]
@@ -189,7 +191,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         now = time.time()
         start, end = parse_time_option("--start", a.start, now=now), parse_time_option("--end", a.end, now=now)
         t, y = asyncio.run(_range(a.prometheus, a.query, start, end, a.step))
-        source = f"{a.query} @ {a.prometheus}"
+        source, skipped = f"{a.query} @ {a.prometheus}", 0
     bar = _Progress(enabled=not a.json and sys.stderr.isatty())
     try:
         rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar, score_from=score_from)
@@ -197,6 +199,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         raise InputError(f"{'--input ' + a.input if a.input else '--start/--end'}: {e}") from None
     finally:
         bar.done()
+    rep = dataclasses.replace(rep, dropped=rep.dropped + skipped)     # the rows the CSV reader skipped too
     if a.json:
         print(json.dumps(_json_ready({"source": source, **rep.to_dict()}), indent=2, allow_nan=False))
     else:
