@@ -60,6 +60,8 @@ EXAMPLE_CONFIG = ROOT / "config" / "example.yaml"
 EXAMPLE_RULES = ROOT / "deploy" / "prometheus" / "alerts.example.yaml"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")   # the chart's kubeVersion floor, and the newest schemas shipped
 SECRET_DIR = "/var/run/secrets/twin-sidecar/"
+#: Where the chart puts the SQLite database (its volume).
+DATA_DIR = "/var/lib/twin-sidecar"
 
 #: The chart's default PrometheusRule: generic over twins (a discovered family has no names to check for).
 GENERIC_CONFIG = """\
@@ -253,6 +255,10 @@ def check_rules_configmap(doc: dict[str, Any], tmp: Path) -> list[str]:
             fake = tmp / secret.removeprefix(SECRET_DIR).replace("/", "_")
             fake.write_text("placeholder-secret\n")
             text = text.replace(secret, str(fake))
+    # the database's directory is the pod's volume: here a temporary one (the loader checks it exists)
+    data = tmp / "var-lib-twin-sidecar"
+    data.mkdir(exist_ok=True)
+    text = text.replace(f"{DATA_DIR}/", f"{data}/")
     path = tmp / f"{doc['metadata']['name']}.yaml"
     path.write_text(text)
     try:

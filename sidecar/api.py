@@ -145,8 +145,10 @@ def json_response(data: Any, *, status: int = 200) -> web.Response:
 
 def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
+    if raw == "":
+        raise ApiError(400, f"query parameter {name!r}: empty; give an integer from {lo} to {hi}, or leave it out")
     try:
         value = int(raw)
     except ValueError:
@@ -157,10 +159,15 @@ def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 
 def _query_time(request: web.Request, name: str) -> float | None:
-    """Unix seconds or an RFC 3339 timestamp (``2026-11-25T14:00:00Z``; no zone means UTC)."""
+    """Unix seconds or an RFC 3339 timestamp (``2026-11-25T14:00:00Z``; no zone means UTC). An empty value
+    (``?since=``) is refused: it is a client's bug (a variable that was never set), and read as "no bound"
+    it would silently serve every event."""
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
+    if raw == "":
+        raise ApiError(400, f"query parameter {name!r}: empty; give unix seconds or an RFC 3339 time, or leave "
+                            "it out")
     try:
         value = float(raw)
     except ValueError:
@@ -204,7 +211,20 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type (``application/merge-patch+json``), parameters aside."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def _json_body(request: web.Request) -> Any:
+    # A cross-site HTML form can send a body as text/plain, form-encoded or multipart, never as JSON without
+    # the browser asking the server first (CORS preflight, which this server never grants): refusing every
+    # other type keeps a page the operator visits from changing a twin while writes are open (no token).
+    content_type = request.headers.get("Content-Type", "")
+    if not is_json_media_type(content_type):
+        got = content_type.split(";", 1)[0].strip()[:100] or "none"
+        raise ApiError(415, f"request body: Content-Type must be application/json, got {got}")
     try:
         raw = await request.read()   # refused with 413 beyond the app's client_max_size
     except web.HTTPRequestEntityTooLarge:
@@ -262,29 +282,27 @@ def expected_state_refused(exc: ExpectedStateError) -> ApiError:
 
 # --------------------------------------------------------------------------- refused authentications
 
-#: The entry shared by clients beyond ``RefusalLog.max_clients`` (not an address: it has no port or dots).
+#: The entry shared by clients beyond ``ClientThrottle.max_clients`` (not an address: it has no port or dots).
 _OTHER_CLIENTS = "<other clients>"
 
 
 @dataclass(slots=True)
 class _Client:
     logged_at: float          # when this client's last line was written (monotonic seconds)
-    unlogged: int = 0         # refusals since then that wrote no line
+    unlogged: int = 0         # events since then that wrote no line
 
 
-class RefusalLog:
-    """One warning line per refused authentication, at most one per client per ``every_s``.
+class ClientThrottle:
+    """At most one log line per client per ``every_s``, each saying how many events it stands for.
 
-    A refusal is worth a line (someone is trying writes without the token, or a client still has an old
-    one), but a client retrying in a loop must not fill the log: its first refusal is logged at once, the
-    ones within ``every_s`` after a line are only counted, and the next line after that says how many it
-    stands for (``refused``). The line names the client's address, the method, the path and why; never
-    the token that was sent nor any part of it. At most ``max_clients`` addresses are remembered (those
+    A client's first event is logged at once, the ones within ``every_s`` after a line are only counted, and
+    the next line after that stands for them too. At most ``max_clients`` addresses are remembered (those
     idle longer than ``every_s`` are forgotten first); beyond them the other addresses share one entry, so
     neither many addresses nor one can grow memory or the log without bound.
 
-    >>> refusals = RefusalLog(every_s=60.0)
-    >>> refusals.refused("10.0.0.7", "PUT", "/api/v1/twins/svc/expected", "wrong token")   # logs one line
+    >>> throttle = ClientThrottle(every_s=60.0)
+    >>> throttle.admit("10.0.0.7"), throttle.admit("10.0.0.7")
+    (1, None)
     """
 
     def __init__(self, *, every_s: float = 60.0, max_clients: int = 10_000,
@@ -294,18 +312,16 @@ class RefusalLog:
         self._clock = clock
         self._clients: dict[str, _Client] = {}
 
-    def refused(self, client: str, method: str, path: str, reason: str) -> None:
+    def admit(self, client: str) -> int | None:
+        """The number of events a line written now stands for, or ``None``: counted, not to be logged."""
         now = self._clock()
         key = self._key(client, now)
         seen = self._clients.get(key)
         if seen is not None and now - seen.logged_at < self.every_s:
             seen.unlogged += 1
-            return
-        refused = 1 + (seen.unlogged if seen is not None else 0)
+            return None
         self._clients[key] = _Client(logged_at=now)
-        log.warning("api authentication refused", extra={
-            "client": client, "method": method, "path": path, "reason": reason, "refused": refused,
-            "quiet_for_s": self.every_s})
+        return 1 + (seen.unlogged if seen is not None else 0)
 
     def _key(self, client: str, now: float) -> str:
         """The client's own entry, or, with ``max_clients`` remembered and none idle, one shared by the rest."""
@@ -314,6 +330,32 @@ class RefusalLog:
         for key in [k for k, c in self._clients.items() if now - c.logged_at >= self.every_s]:
             del self._clients[key]
         return client if len(self._clients) < self.max_clients else _OTHER_CLIENTS
+
+
+class RefusalLog:
+    """One warning line per refused authentication, at most one per client per ``every_s``.
+
+    A refusal is worth a line (someone is trying writes without the token, or a client still has an old
+    one), but a client retrying in a loop must not fill the log: a :class:`ClientThrottle` decides, and a
+    line says how many refusals it stands for (``refused``). The line names the client's address, the
+    method, the path and why; never the token that was sent nor any part of it.
+
+    >>> refusals = RefusalLog(every_s=60.0)
+    >>> refusals.refused("10.0.0.7", "PUT", "/api/v1/twins/svc/expected", "wrong token")   # logs one line
+    """
+
+    def __init__(self, *, every_s: float = 60.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.throttle = ClientThrottle(every_s=every_s, max_clients=max_clients, clock=clock)
+        self.every_s = every_s
+
+    def refused(self, client: str, method: str, path: str, reason: str) -> None:
+        refused = self.throttle.admit(client)
+        if refused is None:
+            return
+        log.warning("api authentication refused", extra={
+            "client": client, "method": method, "path": path, "reason": reason, "refused": refused,
+            "quiet_for_s": self.every_s})
 
 
 def _refusal_reason(header: str | None, expected: bytes) -> str:
@@ -493,6 +535,9 @@ class TwinApi:
     async def rollback(self, request: web.Request) -> web.Response:
         twin = request.match_info["twin"]
         body = await _json_object(request)
+        unknown = sorted(k for k in body if k != "snapshot_id")
+        if unknown:
+            raise ApiError(400, f"field {unknown[0][:100]!r}: not known (the body is {{\"snapshot_id\": ...}})")
         snapshot_id = body.get("snapshot_id")
         if not isinstance(snapshot_id, str) or not snapshot_id:
             raise ApiError(400, "field 'snapshot_id': required, a non-empty string")
@@ -536,11 +581,21 @@ class TwinApi:
     async def simulate(self, request: web.Request) -> web.Response:
         twin = request.match_info["twin"]
         scenario = await _json_object(request)
+        nulls = sorted(k for k, v in scenario.items() if v is None)
+        if nulls:       # null is no number nor string: a field left out takes its default
+            raise ApiError(400, f"field {nulls[0][:100]!r}: expected a value, got null (leave the field out for "
+                                "its default)")
+        for text in ("name", "description"):
+            if text in scenario and not isinstance(scenario[text], str):
+                raise ApiError(400, f"field {text!r}: expected a string, got {value_kind(scenario[text])}")
         if not isinstance(scenario.get("type"), str):
             raise ApiError(400, "field 'type': required, the scenario type as a string, e.g. traffic_spike")
         seed = scenario.get("seed", 0)
+        if isinstance(seed, float) and seed.is_integer():    # 3179181.0 is the integer JSON Schema says it is
+            seed = int(seed)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ApiError(400, "field 'seed': expected a whole number >= 0")
+        scenario = {**scenario, "seed": seed} if "seed" in scenario else scenario
         facade = self._facade
         async with self._lock:
             # the facade's simulate_scenario runs the Monte Carlo on the event loop; a worker thread keeps
@@ -574,7 +629,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if not request.path.startswith(PREFIX) or exc.status_code < 400:
             raise
         message = exc.reason if exc.status_code != 413 else "request body too large"
-        raise ApiError(exc.status_code, message) from None
+        # a 405 must say which methods the route has (RFC 9110); the JSON error keeps aiohttp's Allow header
+        allow = exc.headers.get("Allow") if exc.status_code == 405 else None
+        raise ApiError(exc.status_code, message, headers={"Allow": allow} if allow is not None else None) from None
     except Exception as exc:
         for kind, status in _STATUS_OF:
             if isinstance(exc, kind):

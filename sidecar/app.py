@@ -47,7 +47,7 @@ from .exporter import install_exporter, sync_duration_histogram
 from .logs import setup_logging
 from .prometheus import PrometheusClient
 from .scheduler import Scheduler
-from .server import build_app
+from .server import SidecarRunner, build_app
 from .status import ServiceStatus
 from .store import EventQuery, RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
 from .store.writer import Ticket
@@ -383,6 +383,7 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     engine.drain()      # what the restore produced is already stored
     days = config.storage.retention_days * 86400.0
     retention = RetentionPolicy(snapshot_max_age_s=days, snapshot_max_count=config.storage.retention_snapshots,
+                                snapshot_min_age_s=config.storage.retention_min_age_s,
                                 samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
     writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
     await writer.start()
@@ -414,7 +415,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     install_exporter(registry, view=facade.engine.view, status=status, export=config.export)
     app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
                     max_body_bytes=config.server.max_body_bytes)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner: web.AppRunner = SidecarRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     listen_port = config.server.port if port is None else port
     try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -137,19 +139,20 @@ def _pairs(a: argparse.Namespace) -> list[tuple[Path, Path]]:
 def _run_many(a: argparse.Namespace, what: str) -> int:
     t0 = time.perf_counter()
     pairs = _pairs(a)
-    files = [replay.load(src) for src, _ in pairs]
+    horizons = replay.parse_horizons(a.horizons) if what == "forecast" else ()
+    streams = [replay.CsvStream(src) for src, _ in pairs]
     outs = [_open_out(str(dst)) for _, dst in pairs]
     try:
         if what == "forecast":
-            counts = replay.forecast_many(files, outs, replay.parse_horizons(a.horizons), a.model)
+            counts = replay.forecast_many(streams, outs, horizons, a.model)
         else:
-            counts = replay.detect_many(files, outs)
+            counts = replay.detect_many(streams, outs)
     finally:
         for o in outs:
             if o is not sys.stdout:
                 o.close()
-    rows = sum(len(f) for f in files)
-    print(f"{what}: {len(files)} file(s), {rows} rows -> {sum(counts)} output rows in "
+    rows = sum(s.rows for s in streams)
+    print(f"{what}: {len(streams)} file(s), {rows} rows -> {sum(counts)} output rows in "
           f"{time.perf_counter() - t0:.2f}s", file=sys.stderr)
     return 0
 
@@ -174,11 +177,11 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         if given:
             raise InputError(f"{', '.join(given)} go with --prometheus, not --input (a CSV is replayed whole)")
         try:
-            rows = replay.load(a.input)
+            t, y, stream = replay.read_arrays(a.input)
         except InputError as e:
             raise InputError(f"--input {e}") from None
-        t = np.array([r.t for r in rows])
-        y = np.array([r.value for r in rows])
+        stream.report()
+        skipped = stream.bad_values.rows + stream.backwards.rows
         source = a.input
     else:
         missing = [f"--{k}" for k in ("query", "start", "end") if not getattr(a, k)]
@@ -188,7 +191,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         now = time.time()
         start, end = parse_time_option("--start", a.start, now=now), parse_time_option("--end", a.end, now=now)
         t, y = asyncio.run(_range(a.prometheus, a.query, start, end, a.step))
-        source = f"{a.query} @ {a.prometheus}"
+        source, skipped = f"{a.query} @ {a.prometheus}", 0
     bar = _Progress(enabled=not a.json and sys.stderr.isatty())
     try:
         rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar, score_from=score_from)
@@ -196,6 +199,7 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         raise InputError(f"{'--input ' + a.input if a.input else '--start/--end'}: {e}") from None
     finally:
         bar.done()
+    rep = dataclasses.replace(rep, dropped=rep.dropped + skipped)     # the rows the CSV reader skipped too
     if a.json:
         print(json.dumps(_json_ready({"source": source, **rep.to_dict()}), indent=2, allow_nan=False))
     else:
@@ -386,13 +390,37 @@ def _stderr_logging() -> Iterator[None]:
         root.removeHandler(handler)
 
 
+#: The exit code of a command whose standard output was closed under it (128 + SIGPIPE, as the shell reports
+#: any program a closed pipe stops).
+EXIT_STDOUT_CLOSED = 141
+
+
+def _stdout_closed() -> int:
+    """Standard output was closed (``twin-sidecar check-config F | head -1``): stop without a traceback.
+
+    What is still buffered for it can never be written; pointing the descriptor at /dev/null keeps the
+    interpreter's last flush at exit from raising a second time."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logs = contextlib.nullcontext() if args.command in _OWN_LOGGING else _stderr_logging()
     try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:      # --help, or a usage error: what argparse printed must reach its reader
+            sys.stdout.flush()
+            raise
+        logs = contextlib.nullcontext() if args.command in _OWN_LOGGING else _stderr_logging()
         with logs:
             rc: int = args.func(args)
+        sys.stdout.flush()          # a closed pipe shows here rather than in the interpreter's last flush
         return rc
+    except BrokenPipeError:
+        return _stdout_closed()
     except ConfigError as e:
         print(f"twin-sidecar {args.command}: {e}", file=sys.stderr)
         return 2

@@ -120,10 +120,33 @@ class StorageConfig:
     buffer_max_items: int = 100_000
     model_state_interval_s: float = 600.0      # how often the models' learnt state is saved (and at shutdown)
     commit_wait_s: float = 3.0                 # how long an API state change waits for its commit before a 202
+    #: retention never drops a snapshot younger than this, whatever ``retention_snapshots`` says: a change the
+    #: API acknowledged stays readable (and a rollback target) at least this long
+    retention_min_age_s: float = 86400.0
 
 
 #: The longest ``storage.commit_wait``: an API call held longer than a minute looks hung to its client.
 MAX_COMMIT_WAIT_S = 60.0
+
+# Upper bounds of the rules' durations and sizes (config/example.yaml names each). Beyond them a value is a
+# slip (a unit or digits too many: ``interval: 15d``, ``max_body_bytes: 1e32``), never a setting that works.
+MAX_INTERVAL_S = 3600.0                       # interval
+MAX_BACKFILL_S = 30 * 86400.0                 # backfill (Prometheus keeps 15 days by default)
+MAX_TIMEOUT_S = 300.0                         # prometheus.timeout
+MAX_HORIZON_S = 7 * 86400.0                   # twins[].horizons
+MAX_EVERY_S = 86400.0                         # scenarios[].every
+MAX_MODEL_STATE_INTERVAL_S = 86400.0          # storage.model_state_interval
+MAX_KEEP_FOR_S = 30 * 86400.0                 # retired.keep_for
+MAX_RETENTION_DAYS = 3650.0                   # storage.retention_days
+MAX_RETENTION_MIN_AGE_S = 365 * 86400.0       # storage.retention_min_age
+MAX_RETENTION_SNAPSHOTS = 1_000_000           # storage.retention_snapshots (per twin)
+MAX_BUFFER_ITEMS = 10_000_000                 # storage.buffer_max_items
+MAX_BODY_BYTES = 64 * 1024 * 1024             # server.max_body_bytes
+MAX_CONCURRENCY = 1024                        # prometheus.max_concurrency
+MAX_KEEP_MAX = 100_000                        # retired.keep_max
+MAX_REPLICAS = 100_000                        # twins[].replicas and twins[].workers (the simulation's bound)
+#: Deepest nesting of mappings and lists in a rules file (the rules need 5; the YAML composer recurses per level)
+MAX_YAML_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,26 +289,30 @@ class _Reader:
             raise self.error(node, self.key(name), f"expected true or false, got {_show(node)}")
         return value
 
-    def int_(self, name: str, default: int | None, *, minimum: int = 1) -> int | None:
+    def int_(self, name: str, default: int | None, *, minimum: int = 1, maximum: int) -> int | None:
         node = self.node_of(name)
         if node is None:
             return default
         value = _scalar(node)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(node, self.key(name), f"expected an integer >= {minimum}, got {_show(node)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise self.error(node, self.key(name), f"expected an integer >= {minimum} (at most {maximum:,}), "
+                                                   f"got {_show(node)}")
         return value
 
-    def number(self, name: str, default: float, *, positive: bool = True) -> float:
+    def number(self, name: str, default: float, *, positive: bool = True, maximum: float = math.inf) -> float:
         node = self.node_of(name)
         if node is None:
             return default
-        return _number(self, node, self.key(name), positive=positive)
+        value = _number(self, node, self.key(name), positive=positive)
+        if value > maximum:
+            raise self.error(node, self.key(name), f"expected at most {maximum:g}, got {_show(node)}")
+        return value
 
-    def duration(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+    def duration(self, name: str, default: float, *, maximum: float, allow_zero: bool = False) -> float:
         node = self.node_of(name)
         if node is None:
             return default
-        return _duration(self, node, self.key(name), allow_zero=allow_zero)
+        return _duration(self, node, self.key(name), maximum=maximum, allow_zero=allow_zero)
 
     def mapping(self, name: str) -> _Reader | None:
         node = self.node_of(name)
@@ -321,7 +348,17 @@ _LOADER = yaml.SafeLoader("")
 def _scalar(node: yaml.Node) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         return node  # callers compare types; a non-scalar is never the expected scalar
-    return _LOADER.construct_object(node, deep=True)
+    try:
+        return _LOADER.construct_object(node, deep=True)
+    except (ValueError, yaml.YAMLError):
+        # an integer of more digits than Python converts (4,300), a malformed timestamp or !!binary: the
+        # text as written, which no typed getter takes, so the error names the key with its value
+        return node.value
+
+
+def _clip(text: str, most: int = 60) -> str:
+    """A value as an error shows it: whole when short, else its start and its length."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text):,} characters)"
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -340,7 +377,7 @@ def _show(node: yaml.Node) -> str:
     if not isinstance(node, yaml.ScalarNode):
         return _kind(node)
     value = _scalar(node)
-    return f"{type(value).__name__} {node.value!r}"
+    return f"{type(value).__name__} {_clip(repr(node.value))}"
 
 
 def _number(r: _Reader, node: yaml.Node, key: str, *, positive: bool) -> float:
@@ -352,7 +389,9 @@ def _number(r: _Reader, node: yaml.Node, key: str, *, positive: bool) -> float:
     return float(value)
 
 
-def _duration(r: _Reader, node: yaml.Node, key: str, *, allow_zero: bool = False) -> float:
+def _duration(r: _Reader, node: yaml.Node, key: str, *, maximum: float, allow_zero: bool = False) -> float:
+    """A duration from ``0`` (``allow_zero``) or above 0 up to ``maximum`` seconds; the error shows the text
+    as written (an absurd value is not worth spelling out in seconds)."""
     value = _scalar(node)
     if allow_zero and (value == 0 or value == "0") and not isinstance(value, bool):
         return 0.0
@@ -361,9 +400,11 @@ def _duration(r: _Reader, node: yaml.Node, key: str, *, allow_zero: bool = False
     try:
         seconds = parse_duration(value.strip())
     except ValueError:
-        raise r.error(node, key, f"expected a duration like 15s, 5m or 1h, got {value!r}") from None
+        raise r.error(node, key, f"expected a duration like 15s, 5m or 1h, got {_clip(repr(value))}") from None
     if seconds <= 0 and not allow_zero:
         raise r.error(node, key, "expected a duration > 0")
+    if seconds > maximum:
+        raise r.error(node, key, f"expected at most {format_duration(maximum)}, got {_clip(value.strip())}")
     return seconds
 
 
@@ -415,9 +456,9 @@ def _prometheus(r: _Reader | None) -> PrometheusConfig:
         if not os.path.isfile(ca):
             raise r.error(r.items["tls_ca_file"][1], r.key("tls_ca_file"), f"no such file: {ca}")
     out = PrometheusConfig(
-        url=url.rstrip("/"), timeout_s=r.duration("timeout", d.timeout_s),
+        url=url.rstrip("/"), timeout_s=r.duration("timeout", d.timeout_s, maximum=MAX_TIMEOUT_S),
         headers=MappingProxyType(headers), bearer_token_file=bearer, basic_auth=basic, tls_ca_file=ca,
-        max_concurrency=r.int_("max_concurrency", d.max_concurrency) or d.max_concurrency,
+        max_concurrency=r.int_("max_concurrency", d.max_concurrency, maximum=MAX_CONCURRENCY) or d.max_concurrency,
         accept_warnings=r.bool_("accept_warnings", False), self_labels=_self_labels(r))
     r.finish()
     return out
@@ -465,8 +506,8 @@ def _server(r: _Reader | None) -> ServerConfig:
             raise r.error(r.items["listen"][1], r.key("listen"), f"expected HOST:PORT, got {listen!r}")
         host, port = m.group(1) or "0.0.0.0", int(m.group(2))
     out = ServerConfig(host=host, port=port, auth_token_file=r.secret_file("auth_token_file"),
-                       max_body_bytes=r.int_("max_body_bytes", d.max_body_bytes, minimum=1024)
-                       or d.max_body_bytes)
+                       max_body_bytes=r.int_("max_body_bytes", d.max_body_bytes, minimum=1024,
+                                             maximum=MAX_BODY_BYTES) or d.max_body_bytes)
     r.finish()
     return out
 
@@ -483,26 +524,52 @@ def _storage(r: _Reader | None, env: Mapping[str, str]) -> StorageConfig:
     out = StorageConfig(
         path=path if path == ":memory:" else _resolve(r.path, path),
         url=env.get("DATABASE_URL") or url,
-        retention_days=r.number("retention_days", d.retention_days),
-        retention_snapshots=r.int_("retention_snapshots", d.retention_snapshots) or d.retention_snapshots,
-        buffer_max_items=r.int_("buffer_max_items", d.buffer_max_items, minimum=100) or d.buffer_max_items,
-        model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s),
-        commit_wait_s=r.duration("commit_wait", d.commit_wait_s, allow_zero=True))
-    if out.commit_wait_s > MAX_COMMIT_WAIT_S:
-        raise r.error(r.items["commit_wait"][1], r.key("commit_wait"),
-                      f"expected at most {format_duration(MAX_COMMIT_WAIT_S)}, "
-                      f"got {format_duration(out.commit_wait_s)}")
+        retention_days=r.number("retention_days", d.retention_days, maximum=MAX_RETENTION_DAYS),
+        retention_snapshots=r.int_("retention_snapshots", d.retention_snapshots, maximum=MAX_RETENTION_SNAPSHOTS)
+        or d.retention_snapshots,
+        buffer_max_items=r.int_("buffer_max_items", d.buffer_max_items, minimum=100, maximum=MAX_BUFFER_ITEMS)
+        or d.buffer_max_items,
+        model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s,
+                                          maximum=MAX_MODEL_STATE_INTERVAL_S),
+        commit_wait_s=r.duration("commit_wait", d.commit_wait_s, maximum=MAX_COMMIT_WAIT_S, allow_zero=True),
+        retention_min_age_s=r.duration("retention_min_age", d.retention_min_age_s, maximum=MAX_RETENTION_MIN_AGE_S,
+                                       allow_zero=True))
+    if out.retention_min_age_s > out.retention_days * 86400.0:
+        node = r.items["retention_min_age"][1] if "retention_min_age" in r.items else r.items["retention_days"][1]
+        key = r.key("retention_min_age" if "retention_min_age" in r.items else "retention_days")
+        raise r.error(node, key, f"retention_min_age ({format_duration(out.retention_min_age_s)}) is longer than "
+                                 f"retention_days ({out.retention_days:g}): lower the one or raise the other")
+    if out.url is None and "path" in r.items and out.path != ":memory:":
+        problem = _sqlite_path_problem(Path(out.path))
+        if problem is not None:
+            raise r.error(r.items["path"][1], r.key("path"), problem)
     r.finish()
     return out
+
+
+def _sqlite_path_problem(path: Path) -> str | None:
+    """Why the SQLite store could not open ``path``, or ``None``: checked at load, since a store that cannot
+    open only shows as a service running with its store down (snapshots kept in memory, then lost)."""
+    if path.is_dir():
+        return f"{path} is a directory; expected the database file's path, e.g. {path / 'twin-sidecar.db'}"
+    if path.exists() and not path.is_file():
+        return f"{path} is not a regular file"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"the directory {parent} does not exist (create it, or put the database in an existing directory)"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"the directory {parent} is not writable (SQLite writes its journal beside the database)"
+    return None
 
 
 def _retired(r: _Reader | None) -> RetiredConfig:
     if r is None:
         return RetiredConfig()
     d = RetiredConfig()
-    keep_max = r.int_("keep_max", d.keep_max, minimum=0)
+    keep_max = r.int_("keep_max", d.keep_max, minimum=0, maximum=MAX_KEEP_MAX)
     assert keep_max is not None
-    out = RetiredConfig(keep_for_s=r.duration("keep_for", d.keep_for_s, allow_zero=True), keep_max=keep_max)
+    out = RetiredConfig(keep_for_s=r.duration("keep_for", d.keep_for_s, maximum=MAX_KEEP_FOR_S, allow_zero=True),
+                        keep_max=keep_max)
     r.finish()
     return out
 
@@ -531,7 +598,7 @@ def _export(r: _Reader | None, horizons_s: tuple[float, ...]) -> ExportOptions:
             picked: list[float] = []
             for i, n in enumerate(items):
                 key = r.key(f"horizons[{i}]" if listed else "horizons")
-                h = _duration(r, n, key)
+                h = _duration(r, n, key, maximum=MAX_HORIZON_S)
                 if h not in horizons_s:
                     raise r.error(n, key, f"{format_duration(h)} is no twin's horizon (the twins forecast "
                                           f"{', '.join(map(format_duration, horizons_s))})")
@@ -710,7 +777,7 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
     all_metrics = {**metrics, **({"request_rate": request_rate} if request_rate else {})}
     horizons: list[float] = []
     for i, n in r.sequence("horizons"):
-        horizons.append(_duration(r, n, r.key(f"horizons[{i}]")))
+        horizons.append(_duration(r, n, r.key(f"horizons[{i}]"), maximum=MAX_HORIZON_S))
     if "horizons" in r.items and not horizons:
         raise r.error(r.items["horizons"][1], r.key("horizons"), "expected a non-empty list of durations")
     rule = TwinRule(
@@ -721,7 +788,7 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
         limits=MappingProxyType(_metric_map(r, "limits", all_metrics, positive=False, limit=True)),
         horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,
         directions=MappingProxyType(_directions(r, all_metrics)), bounds=MappingProxyType(_bounds(r, all_metrics)),
-        replicas=r.int_("replicas", None), workers=r.int_("workers", None),
+        replicas=r.int_("replicas", None, maximum=MAX_REPLICAS), workers=r.int_("workers", None, maximum=MAX_REPLICAS),
         auto_correction=r.bool_("auto_correction", True), line=node.start_mark.line + 1)
     r.finish()
     return rule
@@ -739,7 +806,7 @@ def _scenario(path: str, node: yaml.Node, index: int, twins: Mapping[str, TwinRu
         raise r.error(r.items["twin"][1], r.key("twin"),
                       f"no twin rule named {twin!r} "
                       f"(expected \"all\" or one of: {', '.join(sorted(twin_names))})")
-    every = r.duration("every", 300.0)
+    every = r.duration("every", 300.0, maximum=MAX_EVERY_S)
     sn = r.node_of("scenario")
     if sn is None:
         raise r.error(r.node, r.key("scenario"), "required: a mapping with a `type` and its parameters")
@@ -806,10 +873,30 @@ def placeholders_in(query: str) -> list[str]:
 _PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
+def _check_depth(text: str, path: str) -> None:
+    """Refuse mappings and lists nested deeper than ``MAX_YAML_DEPTH``, at the line where it happens.
+
+    The composer builds the node tree recursively, a level of Python stack per level of nesting, so a
+    few hundred ``[`` end in a ``RecursionError``; the parser's events come from a state machine without
+    recursion, and counting them costs one more pass over a small file.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                raise ConfigError(f"nested more than {MAX_YAML_DEPTH} levels deep (mappings and lists); the rules "
+                                  "need a handful", path=path, line=None if mark is None else mark.line + 1)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | None = None) -> SidecarConfig:
     """Validate rules given as text (``path`` only names them in errors and anchors relative paths)."""
     env = os.environ if env is None else env
     try:
+        _check_depth(text, path)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -821,10 +908,10 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
         raise ConfigError("the file is empty (expected at least a `twins:` list)", path=path, line=1)
     r = _Reader(path, root, "")
     prometheus = _prometheus(r.mapping("prometheus"))
-    interval = r.duration("interval", 15.0)
+    interval = r.duration("interval", 15.0, maximum=MAX_INTERVAL_S)
     if interval < 1.0:
         raise r.error(r.items["interval"][1], "interval", "expected at least 1s")
-    backfill = r.duration("backfill", 3600.0, allow_zero=True)
+    backfill = r.duration("backfill", 3600.0, maximum=MAX_BACKFILL_S, allow_zero=True)
     if backfill / interval > MAX_BACKFILL_STEPS:
         # split into 10,000-step requests a long backfill is fetched, but each step is a tick of every model:
         # 30 days at 1 s was 260 requests and 2.6 million ticks before the first round

@@ -34,6 +34,14 @@ def _body(schema: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
+def _scenario(kind: str, required: list[str], props: dict[str, Any]) -> dict[str, Any]:
+    """One scenario type: its own fields and the common ones (name, description, seed), nothing else."""
+    common = {"type": {"const": kind}, "name": {"type": "string"}, "description": {"type": "string"},
+              "seed": {"type": "integer", "minimum": 0,
+                       "description": "Integral numbers such as 7.0 are integers here too."}}
+    return _obj(["type", *required], {**common, **props}, extra=False)
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
@@ -49,6 +57,8 @@ _WRITE_ERRORS = {
                   "or carries a wrong one."),
     "404": _error("No twin with that id or name."),
     "413": _error("The body exceeds the configured size limit (`server.max_body_bytes`)."),
+    "415": _error("The body is not sent as `Content-Type: application/json` (a cross-site form cannot send "
+                  "that type, so it cannot change a twin even while writes are open)."),
 }
 
 _STORED = {"type": "boolean",
@@ -213,10 +223,12 @@ _SCHEMAS: dict[str, Any] = {
     }),
     "RollbackAccepted": _accepted("RollbackResult"),
     "ExpectedRequest": {
-        "type": "object", "minProperties": 1,
+        "type": "object", "minProperties": 1, "maxProperties": 1000,
+        "propertyNames": {"minLength": 1, "maxLength": 200},
         "additionalProperties": {"type": ["number", "null"]},
         "description": "Metric name -> expected value; null clears that metric (it is learned again). "
-                       "Design-era keys (`cpu`, `latency_ms`, …) are accepted too.",
+                       "Only the twin's own metrics (400 naming the field otherwise); a core metric's value "
+                       "cannot be negative. Design-era keys (`cpu`, `latency_ms`, …) are accepted too.",
         "examples": [{"cpu_usage": 50, "request_latency_ms": 200, "memory_usage": None}],
     },
     "ExpectedResult": _obj(["success", "twin_id", "expected_state", "snapshot_id", "stored"], {
@@ -227,40 +239,50 @@ _SCHEMAS: dict[str, Any] = {
     }),
     "ExpectedAccepted": _accepted("ExpectedResult"),
     "Scenario": {
-        "type": "object", "required": ["type"],
-        "description": "A what-if scenario; unknown fields are refused. `seed` makes the Monte Carlo "
-                       "reproducible (same scenario and seed, same answer).",
-        "properties": {
-            "type": {"enum": ["traffic_spike", "failure_injection", "load_test"]},
-            "name": {"type": "string"}, "description": {"type": "string"},
-            "seed": {"type": "integer", "minimum": 0},
-            "traffic_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
-            "duration_minutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440},
-            "ramp_minutes": {"type": "number", "minimum": 0, "maximum": 1440},
-            "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-            "replicas": {"type": "integer", "minimum": 1},
-            "replicas_lost": {"type": "integer", "minimum": 0},
-            "added_latency_ms": {"type": "number", "minimum": 0},
-            "dependency_latency_ms": {"type": "number", "minimum": 0,
-                                      "description": "Alias of added_latency_ms."},
-            "error_rate": {"type": "number", "minimum": 0, "maximum": 1},
-            "error_burst": {"type": "number", "minimum": 0, "maximum": 1,
-                            "description": "Alias of error_rate."},
-            "component": {"type": "string"},
-            "max_multiplier": {"type": "number", "exclusiveMinimum": 1, "maximum": 1000,
-                               "description": "load_test: the highest multiple of current traffic the ramp "
-                                              "reaches. Default 20."},
-            "required_multiplier": {
-                "type": "number", "minimum": 1, "maximum": 1000,
-                "description": "load_test: the headroom the service must have, as a multiple of current "
-                               "traffic; failure_probability is the chance that the breaking point lies "
-                               "below it. At most max_multiplier. Default 2 (max_multiplier when lower)."},
-        },
-        "additionalProperties": False,
+        "description": "A what-if scenario, one of three types, each with its own fields; unknown fields are "
+                       "refused. `seed` makes the Monte Carlo reproducible (same scenario and seed, same answer). "
+                       "Rules across fields are checked by the simulation (400 naming the field): "
+                       "failure_injection needs a fault (replicas_lost, added_latency_ms or error_rate above 0) and "
+                       "replicas_lost below replicas; a load test's required_multiplier is at most its "
+                       "max_multiplier; an alias and its field are not given together.",
+        "oneOf": [_ref("TrafficSpike"), _ref("FailureInjection"), _ref("LoadTest")],
+        "discriminator": {"propertyName": "type", "mapping": {
+            "traffic_spike": "#/components/schemas/TrafficSpike",
+            "failure_injection": "#/components/schemas/FailureInjection",
+            "load_test": "#/components/schemas/LoadTest"}},
         "examples": [{"type": "traffic_spike", "traffic_multiplier": 5, "duration_minutes": 30},
                      {"type": "failure_injection", "replicas": 3, "replicas_lost": 1},
                      {"type": "load_test", "max_multiplier": 20, "required_multiplier": 2}],
     },
+    "TrafficSpike": _scenario("traffic_spike", ["traffic_multiplier"], {
+        "traffic_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+        "duration_minutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440, "default": 30},
+        "ramp_minutes": {"type": "number", "minimum": 0, "maximum": 1440, "default": 0},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30},
+    }),
+    "FailureInjection": _scenario("failure_injection", [], {
+        "replicas": {"type": "integer", "minimum": 1, "maximum": 100000,
+                     "description": "Default: the twin's `replicas` from the rules, else 1."},
+        "replicas_lost": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 0},
+        "added_latency_ms": {"type": "number", "minimum": 0, "maximum": 3600000, "default": 0},
+        "dependency_latency_ms": {"type": "number", "minimum": 0, "maximum": 3600000,
+                                  "description": "Alias of added_latency_ms."},
+        "error_rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+        "error_burst": {"type": "number", "minimum": 0, "maximum": 1, "description": "Alias of error_rate."},
+        "duration_minutes": {"type": "number", "exclusiveMinimum": 0, "maximum": 1440, "default": 10},
+        "traffic_multiplier": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000, "default": 1},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600, "default": 30},
+        "component": {"type": "string"},
+    }),
+    "LoadTest": _scenario("load_test", [], {
+        "max_multiplier": {"type": "number", "exclusiveMinimum": 1, "maximum": 1000, "default": 20,
+                           "description": "The highest multiple of current traffic the ramp reaches."},
+        "required_multiplier": {
+            "type": "number", "minimum": 1, "maximum": 1000,
+            "description": "The headroom the service must have, as a multiple of current traffic; "
+                           "failure_probability is the chance that the breaking point lies below it. At most "
+                           "max_multiplier. Default 2 (max_multiplier when lower)."},
+    }),
     "SimulationResult": _obj(
         ["scenario", "failure_probability", "will_likely_fail", "projected_metrics", "recommendations"], {
             "twin_id": {"type": "string"}, "scenario": {"type": "object"},

@@ -20,6 +20,7 @@ and this module from outside ``sidecar/engine``, can use it (``tests/test_layers
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -41,7 +42,7 @@ def parse_duration(text: str) -> float:
             break
         total += float(m.group(1)) * DURATION_UNITS[m.group(2)]
         pos = m.end()
-    if pos == 0 or pos != len(text):
+    if pos == 0 or pos != len(text) or not math.isfinite(total):
         raise ValueError(f"not a duration: {text!r}")
     return total
 

@@ -382,7 +382,8 @@ async def test_bad_expected_body_is_400_naming_the_field(api: Api, payload: Any,
 async def test_non_json_and_empty_bodies_are_400(api: Api) -> None:
     c = api.client
     for data in (b"{not json", b"", b"\xff\xfe"):
-        resp = await c.put("/api/v1/twins/checkout/expected", data=data, headers=AUTH)
+        resp = await c.put("/api/v1/twins/checkout/expected", data=data,
+                           headers={**AUTH, "Content-Type": "application/json"})
         assert resp.status == 400, data
         assert "request body" in (await body_of(resp))["error"]
 

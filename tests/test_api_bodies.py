@@ -99,7 +99,10 @@ async def test_nesting_below_the_recursion_limit_is_refused_too_and_flat_bodies_
     middling = '{"type":"load_test","description":' + "[" * 200 + "]" * 200 + "}"
     resp = await client.post("/api/v1/twins/checkout/simulate", data=middling, headers=AUTH)
     assert resp.status == 400 and "nested" in await error_of(resp)
-    ok = await client.post("/api/v1/twins/checkout/simulate", data='{"type":"load_test","description":[[1]]}',
+    shallow = await client.post("/api/v1/twins/checkout/simulate", data='{"type":"load_test","description":[[1]]}',
+                                headers=AUTH)
+    assert shallow.status == 400 and "'description': expected a string" in await error_of(shallow)
+    ok = await client.post("/api/v1/twins/checkout/simulate", data='{"type":"load_test","description":"flat"}',
                            headers=AUTH)
     assert ok.status == 200
 

@@ -77,6 +77,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def secrets(tmp_path: Path) -> Path:
     (tmp_path / "token.txt").write_text("s3cret-token\n")
     (tmp_path / "api-token.txt").write_text("api-token")
+    (tmp_path / "data").mkdir()                  # storage.path's directory must exist
     return tmp_path
 
 

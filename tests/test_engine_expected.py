@@ -147,3 +147,43 @@ def test_the_engine_refuses_a_limit_every_sample_would_breach() -> None:
     with pytest.raises(LimitError, match="'error_rate' = 0"):
         eng.configure("a", at=1.0, limits={"error_rate": 0})
     assert eng.status("a")["limits"] == {"cpu_usage": 90.0, "temperature": -10.0}
+
+
+def test_merge_stored_is_per_key_after_a_partial_change_during_the_outage() -> None:
+    """PUT {"cpu_usage": 77.5} while the store was down replaced the stored {cpu_usage, load1} at the merge:
+    load1 was lost. A key changed since the start keeps its newer value, every other key comes back."""
+    eng = synced_engine()
+    tw = eng.get("svc")
+    stored = {**tw.definition(), "expected_state": {"cpu_usage": 60.0, "request_latency_ms": 150.0}}
+    eng.set_expected_state("svc", {"cpu_usage": 77.5}, at=T0 + 2)
+    assert eng.merge_stored(stored, at=T0 + 3)
+    assert eng.get("svc").expected_state == {"cpu_usage": 77.5, "request_latency_ms": 150.0}
+    # the merge itself is no change of the caller's: a second merge (a retried read) gives the same
+    assert not eng.merge_stored(stored, at=T0 + 4)
+    assert eng.get("svc").expected_state == {"cpu_usage": 77.5, "request_latency_ms": 150.0}
+
+
+def test_merge_stored_keeps_a_key_cleared_during_the_outage_cleared() -> None:
+    eng = synced_engine()
+    stored = {**eng.get("svc").definition(), "expected_state": {"cpu_usage": 60.0, "request_latency_ms": 150.0}}
+    eng.set_expected_state("svc", {"cpu_usage": 55.0}, at=T0 + 2)
+    eng.set_expected_state("svc", {"cpu_usage": None}, at=T0 + 3)
+    assert eng.merge_stored(stored, at=T0 + 4)
+    assert eng.get("svc").expected_state == {"request_latency_ms": 150.0}
+
+
+def test_merge_stored_after_a_rollback_keeps_the_rolled_back_state_whole() -> None:
+    eng = synced_engine()
+    stored = {**eng.get("svc").definition(), "expected_state": {"cpu_usage": 60.0, "request_latency_ms": 150.0}}
+    snap = eng.set_expected_state("svc", {"queue_depth": 4.0}, at=T0 + 2)
+    eng.rollback("svc", snap, at=T0 + 3)
+    assert not eng.merge_stored(stored, at=T0 + 4)
+    assert eng.get("svc").expected_state is None
+
+
+def test_merge_stored_with_nothing_changed_takes_the_stored_state_whole() -> None:
+    eng = Engine()
+    tw = eng.create_twin("svc", at=T0, expected={"cpu_usage": 50.0})
+    stored = {**tw.definition(), "expected_state": {"cpu_usage": 65.0, "memory_usage": 70.0}}
+    assert eng.merge_stored(stored, at=T0 + 1)
+    assert eng.get("svc").expected_state == {"cpu_usage": 65.0, "memory_usage": 70.0}

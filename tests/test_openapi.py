@@ -49,7 +49,10 @@ def test_event_types_match_the_engine() -> None:
 
 def test_scenario_fields_match_what_the_simulator_accepts() -> None:
     simulate = pytest.importorskip("sidecar.engine.simulate")
-    known = set().union(*simulate._KEYS.values()) | simulate._COMMON_KEYS
-    schema = OPENAPI["components"]["schemas"]["Scenario"]
-    assert set(schema["properties"]) == known
-    assert schema["properties"]["type"]["enum"] == list(simulate.SCENARIO_TYPES)
+    schemas = OPENAPI["components"]["schemas"]
+    mapping = schemas["Scenario"]["discriminator"]["mapping"]
+    assert list(mapping) == list(simulate.SCENARIO_TYPES)
+    for kind, ref in mapping.items():     # each type: exactly the fields the simulator knows for it
+        schema = schemas[ref.rsplit("/", 1)[1]]
+        assert set(schema["properties"]) == simulate._KEYS[kind] | simulate._COMMON_KEYS, kind
+        assert schema["properties"]["type"] == {"const": kind} and schema["additionalProperties"] is False

@@ -132,7 +132,7 @@ def test_the_rules_file_points_at_a_bad_required_multiplier() -> None:
 
 def test_openapi_describes_required_multiplier() -> None:
     doc = OPENAPI
-    prop = doc["components"]["schemas"]["Scenario"]["properties"]["required_multiplier"]
+    prop = doc["components"]["schemas"]["LoadTest"]["properties"]["required_multiplier"]
     assert prop["type"] == "number" and prop["minimum"] == 1 and prop["maximum"] == 1000
     assert "failure" in prop["description"] and "2" in prop["description"]
     bp = doc["components"]["schemas"]["SimulationResult"]["properties"]["breaking_point"]["description"]

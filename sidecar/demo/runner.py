@@ -47,18 +47,38 @@ RULES = Path(__file__).with_name("rules.yaml")
 MAIN_TWIN = "demo-api"
 
 
+class _Out:
+    """The demo's output. Once its reader has gone (``twin-sidecar demo | head``: a closed pipe) lines are
+    dropped and ``gone`` is set, so the demo stops and still stops everything it started."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.gone = asyncio.Event()
+
+    def say(self, text: str) -> None:
+        if self.gone.is_set():
+            return
+        try:
+            print(text, file=self.stream, flush=True)
+        except (BrokenPipeError, ValueError):     # ValueError: the stream was closed
+            self.gone.set()
+
+
 def run_demo(*, duration_s: float | None = None, table_every_s: float = 15.0, out: TextIO | None = None,
              log_format: str = "text") -> int:
     """Run the demo until Ctrl-C (or for ``duration_s``); 0 when it ran and cleaned up, 1 if it could not."""
-    stream = out or sys.stdout
+    said = _Out(out or sys.stdout)
     if not prometheus_available():
-        print(f"The demo needs a real Prometheus and none was found at /usr/bin/prometheus.\n"
-              f"Install it with:\n\n    {INSTALL_HINT}\n", file=stream)
+        said.say(f"The demo needs a real Prometheus and none was found at /usr/bin/prometheus.\n"
+                 f"Install it with:\n\n    {INSTALL_HINT}\n")
         return 1
-    return asyncio.run(_demo(duration_s, table_every_s, stream, log_format))
+    rc = asyncio.run(_demo(duration_s, table_every_s, said, log_format))
+    if said.gone.is_set():      # everything is stopped: the CLI's way out for a closed stdout
+        raise BrokenPipeError("the demo's output was closed")
+    return rc
 
 
-async def _demo(duration_s: float | None, table_every_s: float, out: TextIO, log_format: str) -> int:
+async def _demo(duration_s: float | None, table_every_s: float, out: _Out, log_format: str) -> int:
     setup_logging(log_format, level="WARNING")
     workdir = Path(tempfile.mkdtemp(prefix="twin-demo-"))
     demo_port, sidecar_port = free_port(), free_port()
@@ -69,6 +89,8 @@ async def _demo(duration_s: float | None, table_every_s: float, out: TextIO, log
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reader_gone = asyncio.create_task(out.gone.wait())
+    reader_gone.add_done_callback(lambda _: stop.set())
     try:
         with open(workdir / "demo-service.log", "wb") as log:
             demo_proc = subprocess.Popen([sys.executable, "-m", "sidecar.demo.service", "--port", str(demo_port)],
@@ -90,10 +112,11 @@ async def _demo(duration_s: float | None, table_every_s: float, out: TextIO, log
         await _show(service, prom.url, out, stop, duration_s, table_every_s)
         return 0
     except (RuntimeError, OSError, TimeoutError) as exc:
-        print(f"demo failed: {exc}", file=out)
+        out.say(f"demo failed: {exc}")
         return 1
     finally:
-        print("\nstopping the demo ...", file=out, flush=True)
+        reader_gone.cancel()
+        out.say("\nstopping the demo ...")
         if service is not None:
             await service.shutdown()
         if prom is not None:
@@ -107,7 +130,7 @@ async def _demo(duration_s: float | None, table_every_s: float, out: TextIO, log
         shutil.rmtree(workdir, ignore_errors=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        print("stopped; temporary files removed.", file=out, flush=True)
+        out.say("stopped; temporary files removed.")
 
 
 async def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -130,7 +153,7 @@ def _graph(prom_url: str, *exprs: str) -> str:
     return f"{prom_url}/graph?{urllib.parse.urlencode(params)}"
 
 
-def _banner(out: TextIO, prom_url: str, sidecar_url: str, demo_port: int, workdir: Path) -> None:
+def _banner(out: _Out, prom_url: str, sidecar_url: str, demo_port: int, workdir: Path) -> None:
     cpu = _graph(prom_url, 'twin_forecast{twin="demo-api",metric="cpu_usage"}',
                  '100 * rate(process_cpu_seconds_total{job="demo"}[30s])')
     lines = [
@@ -154,10 +177,10 @@ def _banner(out: TextIO, prom_url: str, sidecar_url: str, demo_port: int, workdi
         f"(files: {workdir})",
         "",
     ]
-    print("\n".join(lines), file=out, flush=True)
+    out.say("\n".join(lines))
 
 
-async def _show(service: Service, prom_url: str, out: TextIO, stop: asyncio.Event, duration_s: float | None,
+async def _show(service: Service, prom_url: str, out: _Out, stop: asyncio.Event, duration_s: float | None,
                 every_s: float) -> None:
     started = time.monotonic()
     scenarios = [(sc.name, dict(sc.scenario)) for sc in service.config.scenarios if sc.twin in (MAIN_TWIN, "all")]
@@ -174,9 +197,9 @@ async def _show(service: Service, prom_url: str, out: TextIO, stop: asyncio.Even
             if stop.is_set():
                 return
             try:
-                print(await _table(api, scenarios), file=out, flush=True)
+                out.say(await _table(api, scenarios))
             except (httpx.HTTPError, KeyError, ValueError) as exc:
-                print(f"(could not read the sidecar: {exc})", file=out, flush=True)
+                out.say(f"(could not read the sidecar: {exc})")
 
 
 #: Widest a table line may be.

@@ -91,8 +91,10 @@ class Restore:
         """A stored twin read only after this one was started afresh (the store was down at start).
 
         Its older snapshots and corrections join the history, and its stored expected state is taken
-        back unless the state was changed since the start (the newer change wins). Returns whether
-        the expected state was taken back.
+        back key by key: a key set or cleared since the start (through the API or a correction) keeps its
+        newer value or absence, every other key gets its stored value back (a partial change made during
+        the outage adds to the stored state instead of replacing it). After a rollback since the start the
+        whole state is the newer one. Returns whether any stored value was taken back.
         """
         t = self.registry.lookup(str(definition.get("twin_id", "")) or str(definition.get("source_system", "")))
         known = {e.snapshot_id for e in t.state_history}
@@ -105,17 +107,24 @@ class Restore:
             except CorruptSnapshotError:
                 log.error("corrupt snapshot skipped on merge", extra={"twin_id": t.twin_id,
                                                                      "snapshot_id": snap.snapshot_id})
-        changed_since_start = any(e.change_reason != "created" for e in t.state_history)
         t.state_history = sorted(older + t.state_history, key=lambda e: e.timestamp)[-self.st.settings.snapshot_memory:]
         seen = {c.correction_id for c in t.corrections}
         t.corrections = (sorted([c for c in corrections if c.correction_id not in seen], key=lambda c: c.timestamp)
                          + t.corrections)[-self.st.settings.correction_memory:]
-        stored = definition.get("expected_state")
-        if changed_since_start or not stored or stored == t.expected_state:
+        stored = check_expected_values(dict(definition.get("expected_state") or {}))
+        touched = self.st.expected_touched.get(t.twin_id, set())
+        if not stored or touched is None:
+            return False
+        current = t.expected_state or {}
+        back = {k: v for k, v in stored.items() if k not in touched}
+        merged = {**back, **{k: v for k, v in current.items() if k in touched}}
+        if not back or merged == current:
             return False
         # the engine's own state coming back, not a request: its metrics may not have series yet this run
-        self.rules.set_expected(t, check_expected_values(dict(stored)), at=at,
-                           reason="restored from the store after an outage")
+        changes: dict[str, float | None] = {**back, **{k: None for k in current if k not in merged}}
+        touched_before = set(touched)
+        self.rules.set_expected(t, changes, at=at, reason="restored from the store after an outage")
+        self.st.expected_touched[t.twin_id] = touched_before      # taking the stored state back is no change
         return True
 
     def republish(self) -> None:

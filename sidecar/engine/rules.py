@@ -49,6 +49,7 @@ class Rules:
                      reason: str) -> StateHistoryEntry:
         """Apply entries whose values are checked; names are the caller's affair (the store's own state)."""
         values, clear = canonical_expected(checked)
+        self.st.touch_expected(t.twin_id, [*values, *clear])
         snap = self.registry.snapshot(t, f"set_expected_state ({reason})", at)
         new = dict(t.expected_state or {})
         new.update(values)
@@ -139,6 +140,7 @@ class Rules:
         before = self.registry.snapshot(t, f"rollback to {snapshot.snapshot_id}", at)
         exp = state.get("expected_state")
         t.expected_state = dict(exp) if exp else None
+        self.st.touch_expected(t.twin_id, None)
         t.thresholds = dict(state.get("thresholds") or {})
         t.limits = dict(state.get("limits") or {})
         t.auto_correction_enabled = bool(state.get("auto_correction_enabled", True))

@@ -12,6 +12,7 @@ store (``state.rows.eta``) and never keep one across a growth.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -151,6 +152,9 @@ class EngineState:
     horizon_mask: dict[str, np.ndarray] = field(default_factory=dict)  # twin id -> (H,) bool; absent: every horizon
     # twin id -> (metric -> direction, metric -> (low, high)): the rules file's, like the horizons
     metric_rules: dict[str, tuple[dict[str, str], dict[str, tuple[float, float]]]] = field(default_factory=dict)
+    # twin id -> the expected-state keys set or cleared since this engine started (None: the whole state
+    # replaced, by a rollback); what a merge of the stored state after an outage must not overwrite
+    expected_touched: dict[str, set[str] | None] = field(default_factory=dict)
     used_slots: set[int] = field(default_factory=set)   # slots that have held a series (reuse must reset them)
     names_cache: tuple[tuple[str, ...], tuple[str, ...], np.ndarray] | None = None
     key_arrays: tuple[np.ndarray, np.ndarray] | None = None   # slot -> twin id / metric
@@ -176,6 +180,15 @@ class EngineState:
         """Something changed outside a tick: rebuild the view when it is next read."""
         self.advance(at)
         self.dirty = True
+
+    def touch_expected(self, twin_id: str, keys: Sequence[str] | None) -> None:
+        """Remember expected-state keys changed since the start (``None``: the whole state replaced)."""
+        if keys is None:
+            self.expected_touched[twin_id] = None
+            return
+        touched = self.expected_touched.setdefault(twin_id, set())
+        if touched is not None:
+            touched.update(keys)
 
     def forget_names(self) -> None:
         """The series' names changed: the view's and the outbox's name arrays are rebuilt when next needed."""

@@ -178,6 +178,7 @@ class Tick:
             new = dict(twin.expected_state or {})
             new[alert.metric] = round(decision.new_expected, 6)
             twin.expected_state = new
+            st.touch_expected(twin.twin_id, [alert.metric])
             self.registry.apply_config(twin)
             st.outbox.twins.append(twin)
         self.record_correction(twin, decision.record)

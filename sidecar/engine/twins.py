@@ -129,6 +129,7 @@ class TwinRegistry:
         del st.by_name[t.source_system]
         st.horizon_mask.pop(t.twin_id, None)
         st.metric_rules.pop(t.twin_id, None)
+        st.expected_touched.pop(t.twin_id, None)
         st.forget_names()
         st.outbox.retired.append(t.twin_id)
         st.monitor.emit(t.twin_id, EventType.TWIN_RETIRED, "info", f"twin {t.source_system} retired", at)

@@ -137,11 +137,15 @@ class RetentionPolicy:
 
     Snapshots go by age or by count per twin, whichever drops more, but the
     newest snapshot of every twin is always kept so each twin can still be
-    rolled back to its last known state.
+    rolled back to its last known state, and none younger than
+    ``snapshot_min_age_s`` is dropped at all: a change the API acknowledged
+    stays in the history (and a rollback target) at least that long,
+    however fast snapshots come.
     """
 
     snapshot_max_age_s: float | None = None
     snapshot_max_count: int | None = None
+    snapshot_min_age_s: float | None = None
     samples_max_age_s: float | None = None
     predictions_max_age_s: float | None = None
     events_max_age_s: float | None = None
@@ -528,13 +532,17 @@ class Store(abc.ABC):
 
 
 def retention_bounds(policy: RetentionPolicy, now: float) -> dict[str, float | int]:
-    """Cut-off times (-inf: keep all) and the per-twin snapshot count (never below 1)."""
+    """Cut-off times (-inf: keep all), the per-twin snapshot count (never below 1) and the time from which
+    snapshots are young enough to be kept whatever the count."""
     def cutoff(age: float | None) -> float:
         return -math.inf if age is None else now - float(age)
 
     count = policy.snapshot_max_count
+    young = policy.snapshot_min_age_s
     return {
         "snapshot_cutoff": cutoff(policy.snapshot_max_age_s),
+        # snapshots at or after this time are never dropped (+inf: no minimum age)
+        "snapshot_young": math.inf if young is None else now - float(young),
         "snapshot_keep": 2**62 if count is None else max(1, int(count)),
         "samples_cutoff": cutoff(policy.samples_max_age_s),
         "predictions_cutoff": cutoff(policy.predictions_max_age_s),

@@ -423,9 +423,9 @@ class PostgresStore(Store):
                     "WITH ranked AS (SELECT id, timestamp, ROW_NUMBER() OVER (PARTITION BY twin_id "
                     "ORDER BY timestamp DESC, id DESC) AS rn FROM twin_state_history), "
                     "gone AS (DELETE FROM twin_state_history h USING ranked r WHERE h.id = r.id AND r.rn > 1 "
-                    "AND (r.rn > $1 OR r.timestamp < $2) RETURNING h.twin_id) "
+                    "AND r.timestamp < $3 AND (r.rn > $1 OR r.timestamp < $2) RETURNING h.twin_id) "
                     "SELECT count(*), count(DISTINCT twin_id) FROM gone",
-                    int(b["snapshot_keep"]), float(b["snapshot_cutoff"]))
+                    int(b["snapshot_keep"]), float(b["snapshot_cutoff"]), float(b["snapshot_young"]))
                 samples = await conn.execute("DELETE FROM twin_metrics_history WHERE timestamp < $1",
                                              float(b["samples_cutoff"]))
                 preds = await conn.execute("DELETE FROM twin_failure_predictions WHERE made_at < $1",

@@ -503,8 +503,8 @@ def _retain(conn: sqlite3.Connection, b: dict[str, float | int]) -> RetentionRep
     conn.execute("BEGIN IMMEDIATE")
     try:
         victims = conn.execute(f"SELECT id, twin_id FROM ({_RANKED}) "
-                               "WHERE rn > 1 AND (rn > ? OR timestamp < ?)",
-                               (b["snapshot_keep"], b["snapshot_cutoff"])).fetchall()
+                               "WHERE rn > 1 AND timestamp < ? AND (rn > ? OR timestamp < ?)",
+                               (b["snapshot_young"], b["snapshot_keep"], b["snapshot_cutoff"])).fetchall()
         conn.executemany("DELETE FROM twin_state_history WHERE id = ?", [(v[0],) for v in victims])
         samples = conn.execute("DELETE FROM twin_metrics_history WHERE timestamp < ?",
                                (b["samples_cutoff"],)).rowcount
