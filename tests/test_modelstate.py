@@ -185,3 +185,24 @@ def test_every_core_field_with_a_horizon_axis_is_listed_for_the_remap() -> None:
             assert h not in shape, name
         else:
             assert shape[axis - 1] == h, name
+
+
+def test_anomaly_rows_saved_with_fewer_features_load_and_keep_what_they_learnt() -> None:
+    """The detector's contextual features are appended to its histograms: rows saved with the five older
+    features load (no relearning after an upgrade), keep those five as learnt, and start the new ones fresh."""
+    old, _ = _fed(1.0, names=("a",))
+    blobs = old.export_model_states()
+    tid = old.get("a").twin_id
+    st = decode(blobs[tid])
+    saved = dict(st.anomaly)
+    assert saved["hist"].shape[1] == 7
+    saved["hist"], saved["tot"] = saved["hist"][:, :5], saved["tot"][:, :5]          # as saved before the context
+    saved.pop("context", None)
+    blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, st.forecast_config, st.forecast, saved))
+    new = _fresh_like(old, ("a",))
+    fresh_tot = new.anomaly.state_dict()["tot"][new.series_for("a", ["cpu_usage"])].copy()
+    assert new.load_model_states(blobs)
+    so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
+    loaded = new.anomaly.state_dict()
+    np.testing.assert_array_equal(loaded["hist"][sn][:, :5], old.anomaly.state_dict()["hist"][so][:, :5])
+    np.testing.assert_array_equal(loaded["tot"][sn][:, 5:], fresh_tot[:, 5:])

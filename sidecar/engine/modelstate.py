@@ -62,6 +62,24 @@ def check_rows(state: Mapping[str, np.ndarray], rows: np.ndarray, part: Mapping[
                              f"{(rows.size, *state[k].shape[1:])}")
 
 
+def widen_rows(state: Mapping[str, np.ndarray], rows: np.ndarray,
+               part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Saved rows whose second axis is shorter than the bank's (features appended by a newer version, e.g. the
+    anomaly detector's contextual ones) keep their saved leading entries; the appended ones take the bank's
+    present values for those rows, as a fresh series has them. Other arrays pass as saved."""
+    out = dict(part)
+    for k, v in part.items():
+        if k not in state:
+            continue
+        src, cur = np.asarray(v), state[k]
+        if (src.ndim >= 2 and src.shape[0] == rows.size and cur.ndim == src.ndim and src.shape[2:] == cur.shape[2:]
+                and src.shape[1] < cur.shape[1]):
+            wide = cur[rows].copy()
+            wide[:, : src.shape[1]] = src
+            out[k] = wide
+    return out
+
+
 def put_rows(state: dict[str, np.ndarray], rows: np.ndarray, part: Mapping[str, np.ndarray]) -> None:
     """Write rows that passed `check_rows` into a bank's state, in place (keys the bank lacks are skipped)."""
     for k, v in part.items():

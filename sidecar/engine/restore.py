@@ -29,6 +29,7 @@ from .modelstate import (
     same_but_horizons,
     same_forecast_config,
     take_rows,
+    widen_rows,
 )
 from .modelstate import decode as decode_model_state
 from .modelstate import encode as encode_model_state
@@ -223,13 +224,14 @@ class Restore:
                     part = remap_horizons(part, take_rows(fs, rows, FORECAST_CONFIG),
                                           st.forecast_config["horizons_s"], config["horizons_s"], HORIZON_AXIS)
                 check_rows(fs, rows, part, FORECAST_CONFIG)
-                check_rows(an, rows, st.anomaly)
+                anomaly_part = widen_rows(an, rows, st.anomaly)     # features added since it was saved
+                check_rows(an, rows, anomaly_part)
             except InputError as exc:
                 log.warning("stored model state does not fit: relearning", extra={
                     "twin_id": st.twin_id, "error": str(exc)})
                 continue
             put_rows(fs, rows, part)
-            put_rows(an, rows, st.anomaly)
+            put_rows(an, rows, anomaly_part)
             self.st.series.last_t[rows] = np.fmax(self.st.series.last_t[rows], st.learnt_until)
             learnt.update({(st.twin_id, m): float(t) for m, t in zip(st.metrics, st.learnt_until, strict=True)})
         if learnt:
