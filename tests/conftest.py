@@ -8,15 +8,18 @@ need their own targets or a Prometheus they can kill start their own with
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import asyncpg
@@ -163,3 +166,16 @@ async def pg_url(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     conn = await asyncpg.connect(_PG_URL)
     await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     await conn.close()
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module (they are scripts, not a package), registered under its name so its
+    dataclasses and pickling find it."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+

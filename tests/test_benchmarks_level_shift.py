@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("level_shift", ROOT / "benchmarks" / "level_shift.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["level_shift"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ls = _load()
+ls = load_benchmark("level_shift")
 
 
 def test_samples_to_follow_needs_the_first_sample_within_and_the_next_ten() -> None:

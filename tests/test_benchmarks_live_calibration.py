@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("live_calibration", ROOT / "benchmarks" / "live_calibration.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["live_calibration"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lc = _load()
+lc = load_benchmark("live_calibration")
 
 
 @pytest.mark.parametrize("minutes", [2, 100])

@@ -3,28 +3,14 @@ windows around the injected onsets, and per-kind counts add up."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-synthetic = _load("synthetic")
-detection = _load("detection")
+synthetic = load_benchmark("synthetic")
+detection = load_benchmark("detection")
 
 
 def test_generation_is_deterministic_and_labels_the_onset() -> None:

@@ -7,12 +7,12 @@ read (≤ 25 series per twin of 4 metrics) and everything else is one ``export:`
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
 import promql_parser
 import pytest
+from conftest import load_benchmark
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -214,11 +214,7 @@ def test_every_shipped_alert_reads_default_families_only() -> None:
 
 def test_the_cardinality_benchmark_runs_and_reports_the_default_within_budget(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("export_cardinality", root / "benchmarks" / "export_cardinality.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("export_cardinality")
     out = tmp_path / "export_cardinality.md"
     monkeypatch.setattr("sys.argv", ["export_cardinality.py", "--twins", "20", "--warmup", "5", "--repeat", "1",
                                      "--out", str(out)])

@@ -8,27 +8,13 @@ times per database and writes ``benchmarks/results/crash_store.md``.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("crash_store", ROOT / "benchmarks" / "crash_store.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["crash_store"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-crash = _harness()
+crash = load_benchmark("crash_store")
 
 
 def _hit_every_phase(result: object) -> bool:

@@ -112,6 +112,13 @@ HARMLESS: dict[str, str] = {
 DIRECTION_CODE = {"up": 1, "down": -1, "both": 0}
 
 
+def harmful_side(actual: np.ndarray, expected: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Whether each value lies on the side of its expectation that its metric's direction code says hurts."""
+    with np.errstate(invalid="ignore"):
+        out: np.ndarray = (direction == 0) | (np.sign(actual - expected) == direction)
+    return out
+
+
 def advice(metric: str, harmful: bool, above: bool) -> str:
     """What to do about a divergence of this metric, in the direction it went."""
     comp = component_of(metric)
@@ -131,7 +138,6 @@ class Divergence:
     ratio: np.ndarray       # (actual - expected) / expected
     diverging: np.ndarray   # bool: above threshold (and outside the interval when learned), the harmful way
     severity: np.ndarray    # int8 0..4; at most 1 (low) the harmless way
-    harmful: np.ndarray     # bool: the sample lies on the side its metric's direction says hurts
 
 
 class DivergenceDetector:
@@ -167,15 +173,12 @@ class DivergenceDetector:
             allowed = np.where(manual, 4, learned_band(actual, expected, tail, surprise))
             diverging &= allowed > 0
             sev = np.minimum(sev, allowed).astype(np.int8)
-        if direction is None:
-            harmful = np.ones(np.shape(actual), bool)
-        else:
-            with np.errstate(invalid="ignore"):
-                harmful = (direction == 0) | (np.sign(actual - expected) == direction)
-            sev = np.where(harmful, sev, np.minimum(sev, 1)).astype(np.int8)
         severity = np.where(diverging, sev, 0).astype(np.int8)
-        return Divergence(percent=percent, ratio=ratio, diverging=diverging & harmful, severity=severity,
-                          harmful=harmful)
+        if direction is not None:           # the harmless way: shown (low at most), never an alert or a drift
+            harmful = harmful_side(actual, expected, direction)
+            severity = np.where(harmful, severity, np.minimum(severity, 1)).astype(np.int8)
+            diverging = diverging & harmful
+        return Divergence(percent=percent, ratio=ratio, diverging=diverging, severity=severity)
 
     @staticmethod
     def severity_of(percent: float) -> Severity:

@@ -433,9 +433,11 @@ class ForecastBank:
         return best
 
     def _combine(self, mae: F64, cnt: NDArray[np.float32], pred: F64, mae1: F64 | None = None,
-                 cnt1: NDArray[np.float32] | None = None) -> tuple[F64, NDArray[np.int64], NDArray[np.bool_]]:
-        """(k, H) forecast, the model with the most weight, and where the choice rests on one-step scores
-        alone, from every model's (k, M, H) predictions.
+                 cnt1: NDArray[np.float32] | None = None
+                 ) -> tuple[F64, NDArray[np.int64], NDArray[np.bool_], NDArray[np.bool_]]:
+        """(k, H) forecast, the model with the most weight, where the choice was borrowed (the horizon has no
+        scores of its own) and where it rests on one-step scores alone, from every model's (k, M, H)
+        predictions.
 
         Choosing the single model with the smallest recent error throws away the runners-up, whose
         errors are often as small and partly independent; averaging the best _TOP with weights
@@ -448,13 +450,15 @@ class ForecastBank:
         """
         k, H = pred.shape[0], pred.shape[2]
         one_step = np.zeros((k, H), bool)
+        borrowed = np.zeros((k, H), bool)
         if self._forced >= 0:
             forced = self._choose(mae, cnt, pred)
-            return pred[np.arange(k)[:, None], forced, np.arange(H)[None, :]], forced, one_step
+            return pred[np.arange(k)[:, None], forced, np.arange(H)[None, :]], forced, borrowed, one_step
         ok: NDArray[np.bool_] = np.asarray(pred == pred)
         score = np.where((cnt >= _MIN_SCORED) & ok, mae, np.inf)
         if mae1 is not None and cnt1 is not None:
             scored: NDArray[np.bool_] = np.asarray(np.isfinite(score).any(axis=1))   # (k, H)
+            borrowed = ~scored
             if not scored.all():
                 borrow = np.where((cnt1 >= COLD_MIN_SCORED), mae1, np.inf)   # (k, M): one step, then ...
                 from_one = np.ones(k, bool)
@@ -478,7 +482,7 @@ class ForecastBank:
         mean = np.where(wsum > 0, (w * np.where(w > 0, p_top, 0.0)).sum(axis=1) / np.where(wsum > 0, wsum, 1.0),
                         pred[:, self._last])
         choice: NDArray[np.int64] = np.where(wsum > 0, top[rows[:, 0], np.argmax(w, axis=1), cols[:, 0]], self._last)
-        return mean, choice, one_step
+        return mean, choice, borrowed, one_step
 
     def _expect(self, i: I64, y: F64, seen: NDArray[np.bool_], y_prev: F64, gap_dt: F64, dt_prev: F64,
                 gap: NDArray[np.bool_]) -> Expectation:
@@ -669,7 +673,7 @@ class ForecastBank:
         preds = self._predict_all(now, hs)  # (k, M, H+1)
         c["pred1"][i] = preds[:, :, 0]
         ph = preds[:, :, 1:]
-        mean, choice, one_step = self._combine(c["mae"][i], c["cnt"][i], ph, c["mae1"][i], c["cnt1"][i])
+        mean, choice, borrowed, one_step = self._combine(c["mae"][i], c["cnt"][i], ph, c["mae1"][i], c["cnt1"][i])
         mean = np.where(np.isfinite(mean), mean, now.y[:, None])
         if one_step.any() and self._forced < 0:
             # a trend read off one-step errors alone reaches at most COLD_REACH times the data seen so far
@@ -678,7 +682,7 @@ class ForecastBank:
                 reach = np.clip(COLD_REACH * seen_s[:, None] / hs[:, 1:], 0.0, 1.0)
             mean = np.where(one_step, now.y[:, None] + reach * (mean - now.y[:, None]), mean)
         lo, hi = self._interval(c["qlo"][i], c["qhi"][i], c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt)
-        cold = ~np.isfinite(c["qlo"][i])
+        cold = borrowed | ~np.isfinite(c["qlo"][i])     # models or interval not from this horizon's own scores
         held = np.zeros(mean.shape, bool)
         if self._forced < 0:        # a baseline is scored as it is: no regimes or interval floors
             # a trend read off the first minutes is uncertain in proportion to how far it is extrapolated: the

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScenarioError
-from .diverge import advice
+from .diverge import advice, harmful_side
 from .predict import risk_text, trend_text
 from .records import DigitalTwin, MetricForecast, Source, StatePrediction, SystemMetrics, TwinEvent, iso
 from .regime import REGIMES
@@ -131,7 +131,7 @@ class Reports:
             assert key is not None
             sev = int(r.severity[slot])
             value, expected = float(series.last_v[slot]), float(r.expected[slot])
-            harmful = bool(r.harmful[slot])
+            harmful = bool(harmful_side(np.array(value), np.array(expected), r.direction[slot]))
             direction = {1: "up", -1: "down", 0: "both"}[int(r.direction[slot])]
             metrics[key[1]] = {
                 "value": _num(value),

@@ -40,7 +40,6 @@ class SeriesTable:
         self.count = np.zeros(self._cap, np.int64)
         self.last_t = np.full(self._cap, -np.inf)
         self.last_v = np.full(self._cap, np.nan)
-        self.min_v = np.full(self._cap, np.inf)                # smallest value ever seen (forecast floor)
 
     @property
     def capacity(self) -> int:
@@ -62,7 +61,6 @@ class SeriesTable:
         self.count = _grow(self.count, cap, 0)
         self.last_t = _grow(self.last_t, cap, -np.inf)
         self.last_v = _grow(self.last_v, cap, np.nan)
-        self.min_v = _grow(self.min_v, cap, np.inf)
         self._cap = cap
 
     def add(self, twin_id: str, metric: str, twin_slot: int) -> tuple[int, bool]:
@@ -93,7 +91,6 @@ class SeriesTable:
         self.count[idx] = 0
         self.last_t[idx] = -np.inf
         self.last_v[idx] = np.nan
-        self.min_v[idx] = np.inf
 
     def remove(self, slots: list[int]) -> None:
         for slot in slots:
@@ -125,7 +122,6 @@ class SeriesTable:
         self.count[idx] = np.minimum(self.count[idx] + 1, self.history_size)
         self.last_t[idx] = t
         self.last_v[idx] = y
-        self.min_v[idx] = np.minimum(self.min_v[idx], y)
 
     def history(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """(times, values) of one series, oldest first (copies)."""

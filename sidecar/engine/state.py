@@ -93,7 +93,6 @@ class SeriesArrays(ArrayStore):
     div_ratio: np.ndarray = column(np.nan)
     div_pct: np.ndarray = column(np.nan)
     severity: np.ndarray = column(0, np.int8)
-    harmful: np.ndarray = column(True, bool)        # the last sample lies on the side that hurts
     run_len: np.ndarray = column(0, np.int64)
     anomaly_score: np.ndarray = column(np.nan)
     fc_mean: np.ndarray = column(np.nan, np.float64, "horizons")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from .diverge import divergence_floor
+from .diverge import divergence_floor, harmful_side
 from .health import drift_flags, format_score, health_band, health_scores, series_penalty
 from .predict import breach_eta, exceed_probability, hide_unsupported_eta, risk_text
 from .records import CorrectionRecord, DigitalTwin, DivergenceAlert, EventType, Source, iso
@@ -97,7 +97,6 @@ class Tick:
         r.div_ratio[idx] = div.ratio
         r.div_pct[idx] = div.percent
         r.severity[idx] = div.severity
-        r.harmful[idx] = div.harmful
         r.run_len[idx] = np.where(div.diverging, r.run_len[idx] + 1, 0)
         fc = st.predictor.forecast(idx)          # inside each metric's domain (the bank clips to it)
         r.fc_mean[idx], r.fc_lower[idx], r.fc_upper[idx] = fc.mean, fc.lower, fc.upper
@@ -203,7 +202,7 @@ class Tick:
         last = st.series.last_v[:m]
         lim = r.limit[:m]
         # a divergence the harmless way is shown (low) but costs no health
-        sev = np.where(r.harmful[:m], r.severity[:m], 0)
+        sev = np.where(harmful_side(last, r.expected[:m], r.direction[:m]), r.severity[:m], 0)
         pen = series_penalty(last, lim, sev)
         health = health_scores(pen, tslot, n)
         band = health_band(health)
