@@ -115,3 +115,23 @@ def test_the_foundation_imports_nothing_of_the_package(module: str) -> None:
 def test_the_engine_may_use_the_duration_words() -> None:
     """The one import from outside the engine besides the errors is explicit, not an accident."""
     assert "sidecar.units" in GRAPH["sidecar.engine.predict"]
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import cycle anywhere in the package, late imports included: a cycle is two rooms that are one."""
+    graph = {m: {d for d in _internal(GRAPH[m]) if d in GRAPH and d != m} for m in GRAPH}
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        for dep in sorted(graph[module]):
+            if dep in path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                walk(dep, [*path, dep])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            walk(module, [module])
+    assert cycles == [], f"import cycles: {cycles}"
