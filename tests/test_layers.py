@@ -126,7 +126,7 @@ def test_no_module_imports_itself_back() -> None:
     def walk(module: str, path: list[str]) -> None:
         for dep in sorted(graph[module]):
             if dep in path:
-                cycles.append(path[path.index(dep):] + [dep])
+                cycles.append([*path[path.index(dep):], dep])
             elif dep not in done:
                 walk(dep, [*path, dep])
         done.add(module)
