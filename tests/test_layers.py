@@ -136,3 +136,26 @@ def test_no_module_imports_itself_back() -> None:
         if module not in done:
             walk(module, [module])
     assert cycles == [], f"import cycles: {cycles}"
+
+
+#: The query loop's parts, in the order they lean (ARCHITECTURE.md): each imports only parts before it.
+COLLECT_ORDER = ("context", "naming", "targets", "streaks", "ownguard", "fanout", "restore", "roster", "deal",
+                 "backfill", "scenarios", "round", "scheduler")
+
+
+@pytest.mark.parametrize("part", COLLECT_ORDER)
+def test_the_query_loop_parts_lean_one_way(part: str) -> None:
+    before = {f"sidecar.collect.{p}" for p in COLLECT_ORDER[:COLLECT_ORDER.index(part)]}
+    inside = {m for m in GRAPH[f"sidecar.collect.{part}"] if m.startswith("sidecar.collect.")}
+    assert inside <= before, f"collect.{part} imports a part after it: {sorted(inside - before)}"
+
+
+def test_every_query_loop_part_has_its_place() -> None:
+    parts = {m.rsplit(".", 1)[1] for m in GRAPH if m.startswith("sidecar.collect.")}
+    assert parts == set(COLLECT_ORDER)
+
+
+def test_the_api_talks_to_the_service_interface_only() -> None:
+    """The API reaches the engine, the store and the writer through ``service.TwinService`` alone."""
+    assert _internal(GRAPH["sidecar.api"]) & {"sidecar.engine.twin", "sidecar.engine.core", "sidecar.app"} == set()
+    assert "sidecar.service" in GRAPH["sidecar.api"]
