@@ -65,7 +65,7 @@ def main() -> int:
         "cpu_s_per_tick_median": float(np.median(cpu)), "cpu_s_per_tick_p95": float(np.percentile(cpu, 95)),
         "cpu_us_per_series_per_tick": float(np.median(cpu) / n * 1e6),
         "setup_cpu_s": setup_s, "peak_rss_mib": peak_mib,
-        "models": list(eng.predictor.bank.model_names), "horizons_s": eng.horizons_s.tolist(),
+        "models": list(eng.bank.model_names), "horizons_s": eng.horizons_s.tolist(),
         "machine": f"{platform.machine()} {platform.processor() or ''} {_cpu_model()}, "
                    f"{_ncpu()} cores, Python {platform.python_version()}, numpy {np.__version__}",
         "date": time.strftime("%Y-%m-%d"),

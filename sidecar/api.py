@@ -36,14 +36,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from aiohttp import web
 
 from .engine.expected import check_expected_value, value_kind
 from .engine.records import EventType, TwinEvent
-from .engine.twin import TwinEngine
 from .errors import (
     CorruptSnapshotError,
     EngineError,
@@ -55,6 +54,7 @@ from .errors import (
     UnknownTwinError,
 )
 from .openapi import OPENAPI
+from .service import CommitWait, TwinService
 from .store.base import EventQuery, event_key
 
 log = logging.getLogger(__name__)
@@ -82,23 +82,6 @@ EVENTS_FROM_MEMORY_MESSAGE = ("the history store did not answer: these are only 
 #: What a 202 says: the change holds and will be written, the caller need not retry.
 NOT_STORED_MESSAGE = ("applied in memory but not yet stored: the history database is unavailable or slow; "
                       "the change is kept in the write buffer and written, in order, when the database answers")
-
-
-@runtime_checkable
-class DurableWrites(Protocol):
-    """A facade store that writes in the background (the service's buffered writer) and can say when the
-    last write is committed."""
-
-    def last_write(self) -> Callable[[], Awaitable[bool]]:
-        """Taken under the engine lock right after the change; awaited after releasing it (bounded)."""
-
-
-@runtime_checkable
-class EventHistory(Protocol):
-    """A facade store that can list stored events (the service's store; a library's may not)."""
-
-    async def list_events(self, query: EventQuery) -> list[TwinEvent]:
-        """Stored events matching ``query``, newest first; ``StoreError`` when the database does not answer."""
 
 
 class ApiError(web.HTTPException):
@@ -379,11 +362,11 @@ TokenSource = str | Callable[[], str] | None
 
 
 class TwinApi:
-    """Handlers over one ``TwinEngine``; ``routes()`` lists them for ``app.add_routes``."""
+    """Handlers over one ``TwinService``; ``routes()`` lists them for ``app.add_routes``."""
 
-    def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource,
+    def __init__(self, service: TwinService, *, engine_lock: asyncio.Lock, auth_token: TokenSource,
                  refusals: RefusalLog | None = None) -> None:
-        self._facade = facade
+        self._service = service
         self._lock = engine_lock
         self._token_source = auth_token
         self._token_failed = False
@@ -444,13 +427,13 @@ class TwinApi:
 
     async def list_twins(self, request: web.Request) -> web.Response:
         async with self._lock:
-            twins = await asyncio.to_thread(self._facade.list_twins)
+            twins = await asyncio.to_thread(self._service.list_twins)
         return json_response({"twins": twins, "count": len(twins)})
 
     async def twin_status(self, request: web.Request) -> web.Response:
         twin = request.match_info["twin"]
         async with self._lock:
-            status = self._facade.get_twin_status(twin)
+            status = self._service.twin_status(twin)
         return json_response(status)
 
     async def history(self, request: web.Request) -> web.Response:
@@ -458,9 +441,9 @@ class TwinApi:
         limit = _query_int(request, "limit", 100, 1, HISTORY_LIMIT_MAX)
         before = _query_time(request, "before")
         async with self._lock:
-            twin_id = self._facade.engine.get(twin).twin_id
+            twin_id = self._service.twin_id(twin)
             # one more than asked for: whether another page follows is then known, not guessed
-            entries = await self._facade.history(twin, limit=limit + 1, before=before)
+            entries = await self._service.history(twin, limit=limit + 1, before=before)
         more = len(entries) > limit
         entries = entries[:limit]
         return json_response({
@@ -486,10 +469,9 @@ class TwinApi:
         if before_id is not None and len(before_id) > EVENT_ID_MAX:
             raise ApiError(400, f"query parameter 'before_id': at most {EVENT_ID_MAX} characters")
         limit = _query_int(request, "limit", 1000, 1, EVENTS_LIMIT_MAX)
-        engine = self._facade.engine
         async with self._lock:
-            twin_id = engine.get(twin).twin_id if twin is not None else None
-            held = engine.events(twin=twin_id, type=type_, since=since, limit=max(1, engine.settings.event_buffer))
+            twin_id = self._service.twin_id(twin) if twin is not None else None
+            held = self._service.held_events(twin_id=twin_id, type=type_, since=since)
         # one more than asked for: whether another page follows is then known, not guessed
         query = EventQuery(twin_id=twin_id, type=type_, since=since, before=before, before_id=before_id,
                            limit=limit + 1)
@@ -507,18 +489,17 @@ class TwinApi:
             "next_before_id": page[-1].event_id if more else None,
             "source": source,
         }
-        if source == "memory" and isinstance(self._facade.store, EventHistory):
+        if source == "memory" and self._service.stores_events:
             body["message"] = EVENTS_FROM_MEMORY_MESSAGE
         return json_response(body)
 
     async def _stored_events(self, query: EventQuery) -> tuple[list[TwinEvent], str]:
         """The store's events and ``"store"``; none and ``"memory"`` without a store that lists events, or when
         it fails or takes longer than ``EVENTS_STORE_WAIT_S`` (logged once per outage)."""
-        store = self._facade.store
-        if not isinstance(store, EventHistory):
+        if not self._service.stores_events:
             return [], "memory"
         try:
-            stored = await asyncio.wait_for(store.list_events(query), EVENTS_STORE_WAIT_S)
+            stored = await asyncio.wait_for(self._service.stored_events(query), EVENTS_STORE_WAIT_S)
         except (StoreError, TimeoutError) as exc:
             if not self._events_store_failed:
                 log.warning("events served from memory only: the history store did not answer",
@@ -542,7 +523,7 @@ class TwinApi:
         if not isinstance(snapshot_id, str) or not snapshot_id:
             raise ApiError(400, "field 'snapshot_id': required, a non-empty string")
         async with self._lock:
-            result = await self._facade.rollback_to_snapshot(twin, snapshot_id)
+            result = await self._service.rollback(twin, snapshot_id)
             written = self._last_write()
         log.info("rollback twin=%s snapshot=%s", twin, snapshot_id)
         return await self._stored_response(result, written)
@@ -552,26 +533,24 @@ class TwinApi:
         expected = parse_expected(await _json_object(request))
         async with self._lock:
             try:   # the engine refuses a metric the twin has no series for (and changes nothing then)
-                result = await self._facade.set_expected_state(twin, expected)
+                result = await self._service.set_expected(twin, expected)
             except ExpectedStateError as exc:
                 raise expected_state_refused(exc) from None
             written = self._last_write()
         log.info("expected state set twin=%s metrics=%s", twin, ",".join(sorted(expected)))
         return await self._stored_response(result, written)
 
-    def _last_write(self) -> Callable[[], Awaitable[bool]] | None:
-        """(Under the engine lock, right after the change.) The wait for its commit; None when the facade
+    def _last_write(self) -> CommitWait | None:
+        """(Under the engine lock, right after the change.) The wait for its commit; None when the service
         wrote it itself before returning (a store without a writer) or has no store."""
-        store = self._facade.store
-        return store.last_write() if isinstance(store, DurableWrites) else None
+        return self._service.commit_wait()
 
     async def _stored_response(self, result: Mapping[str, Any],
-                               written: Callable[[], Awaitable[bool]] | None) -> web.Response:
+                               written: CommitWait | None) -> web.Response:
         """200 once the change is committed; 202 if it is only applied (store down or slow). Awaited
         outside the engine lock: the writer never takes it, and a slow database holds up no round."""
         if written is None:
-            # the facade awaited its store's write (an outage would have raised: 503); no store, nothing stored
-            return json_response({**result, "stored": self._facade.store is not None and self._facade.sink is None})
+            return json_response({**result, "stored": self._service.stored_on_return})
         if await written():
             return json_response({**result, "stored": True})
         log.warning("api change applied, not yet stored twin=%s snapshot=%s", result.get("twin_id"),
@@ -596,12 +575,10 @@ class TwinApi:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ApiError(400, "field 'seed': expected a whole number >= 0")
         scenario = {**scenario, "seed": seed} if "seed" in scenario else scenario
-        facade = self._facade
         async with self._lock:
-            # the facade's simulate_scenario runs the Monte Carlo on the event loop; a worker thread keeps
-            # /metrics and the probes answering while it runs (the lock keeps the engine still meanwhile)
-            result = await asyncio.to_thread(facade.engine.simulate, twin, scenario, at=facade.clock(),
-                                             seed=seed)
+            # a worker thread keeps /metrics and the probes answering while the Monte Carlo runs (the lock
+            # keeps the engine still meanwhile)
+            result = await asyncio.to_thread(self._service.simulate, twin, scenario, seed=seed)
         return json_response(result)
 
 

@@ -26,13 +26,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .collect.restore import keep_retired, late_restore, load_model_states, load_stored, restore_stored
+from .collect.scheduler import Scheduler
 from .config import SidecarConfig, StorageConfig, check_config, load_config
 from .engine.core import Engine
 from .engine.history import HistoryStore
@@ -46,7 +47,6 @@ from .errors import ConfigError, SidecarError, StoreError
 from .exporter import install_exporter, sync_duration_histogram
 from .logs import setup_logging
 from .prometheus import PrometheusClient
-from .scheduler import Scheduler
 from .server import SidecarRunner, build_app
 from .status import ServiceStatus
 from .store import EventQuery, RestoredTwin, RetentionPolicy, Store, StoreWriter, open_store
@@ -131,37 +131,6 @@ class _RestoreGate:
         self.last_ticket = None if held else self.writer.last_ticket
 
 
-def _restore(engine: Engine, restored: Sequence[RestoredTwin], states: Mapping[str, bytes]) -> None:
-    """Definitions and history first, then the models' saved rows, then only the stored samples those
-    rows had not yet learnt (the rest rejoin the series' history without passing the models twice)."""
-    samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    back: dict[str, bytes] = {}
-    for rt in restored:
-        try:
-            engine.restore_twin(rt.definition, snapshots=rt.snapshots, corrections=rt.corrections)
-        except SidecarError as exc:
-            log.error("could not restore a stored twin", extra={"twin": rt.name, "error": str(exc)})
-            continue
-        samples.update({(rt.twin_id, m): v for m, v in rt.samples.items()})
-        if rt.twin_id in states:
-            back[rt.twin_id] = states[rt.twin_id]
-    learnt = engine.load_model_states(back)
-    try:
-        engine.restore_history(samples, learnt)
-    except SidecarError as exc:
-        log.error("stored samples could not be replayed", extra={"error": str(exc)})
-    if back:
-        log.info("model state restored", extra={"twins": len({k[0] for k in learnt}), "saved": len(back)})
-
-
-async def _load_model_states(store: Store) -> dict[str, bytes]:
-    try:
-        return await store.load_model_states()
-    except StoreError as exc:
-        log.error("saved model state unreadable: the models relearn", extra={"error": str(exc)})
-        return {}
-
-
 async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
                             scheduler: Scheduler | None = None) -> int:
     """Save every twin's learnt model rows; a store that is down only costs this save (logged).
@@ -176,12 +145,12 @@ async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
         async with lock:
             blobs = await asyncio.to_thread(engine.export_model_states)
             if scheduler is not None:
-                parked, forget = scheduler.unsaved_parked_models(), scheduler.take_forgotten()
+                parked, forget = scheduler.retired.unsaved_models(), scheduler.retired.take_forgotten()
         kept = await asyncio.to_thread(lambda: {st.twin_id: encode_model_state(st) for st in parked})
     except Exception:       # a bug here must not stop the schedule or the shutdown's flush of the store
         log.exception("model state could not be exported")
         if scheduler is not None:
-            scheduler.forget_later(forget)
+            scheduler.retired.forget_later(forget)
         return 0
     states = {**kept, **blobs}
     try:
@@ -189,12 +158,12 @@ async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
     except StoreError as exc:
         log.warning("model state not saved", extra={"twins": len(states), "error": str(exc)})
         if scheduler is not None:
-            scheduler.forget_later(forget)
+            scheduler.retired.forget_later(forget)
         return 0
     log.info("model state saved", extra={"twins": written, "retired_kept": len(kept),
                                          "bytes": sum(map(len, states.values()))})
     if scheduler is not None:
-        scheduler.parked_models_saved(parked)
+        scheduler.retired.models_saved(parked)
         await _forget_model_states(store, scheduler, [t for t in forget if t not in states])
     return written
 
@@ -206,24 +175,9 @@ async def _forget_model_states(store: Store, scheduler: Scheduler, twin_ids: lis
     try:
         await store.forget_model_states(twin_ids)
     except StoreError as exc:
-        scheduler.forget_later(twin_ids)
+        scheduler.retired.forget_later(twin_ids)
         log.warning("model state of twins no longer kept not deleted; tried again at the next save", extra={
             "twins": len(twin_ids), "error": str(exc)})
-
-
-async def _keep_retired(scheduler: Scheduler, store: Store, retired: Sequence[RestoredTwin],
-                        states: Mapping[str, bytes], *, now: float) -> None:
-    """Hand the scheduler the stored twins retired less than ``retired.keep_for`` ago (with their saved models),
-    then delete the saved models of every other retired twin: nothing can bring those back. A store that fails
-    here only leaves those rows for the next start."""
-    async with scheduler.lock:
-        kept = scheduler.park_stored(retired, states, now=now)
-        live = [t.twin_id for t in scheduler.engine.twins()]
-    try:
-        await store.purge_retired_model_states(keep=[*kept, *live])
-    except StoreError as exc:
-        log.warning("model state of retired twins no longer kept not purged; tried again at the next start",
-                    extra={"error": str(exc)})
 
 
 async def _model_state_loop(engine: Engine, store: Store, lock: asyncio.Lock, gate: _RestoreGate,
@@ -236,59 +190,6 @@ async def _model_state_loop(engine: Engine, store: Store, lock: asyncio.Lock, ga
         if gate.pending:        # stored twins not merged yet: their saved state must not be overwritten
             continue
         await save_model_states(engine, store, lock, scheduler)
-
-
-async def _load_stored(store: Store, config: SidecarConfig, now: float) -> tuple[list[RestoredTwin],
-                                                                                 list[RestoredTwin]]:
-    """This replica's live twins, and its twins retired recently enough to be kept (``retired``); raises
-    ``StoreError``."""
-    keep = config.retired
-    if keep.keep_for_s <= 0 or keep.keep_max <= 0:
-        return await store.load_twins(), []
-    twins = await store.load_twins(include_retired=True, retired_since=now - keep.keep_for_s,
-                                   retired_max=keep.keep_max)
-    return [t for t in twins if t.retired_at is None], [t for t in twins if t.retired_at is not None]
-
-
-async def _late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: _RestoreGate,
-                        stop: asyncio.Event, clock: Callable[[], float] = time.time, *,
-                        scheduler: Scheduler | None = None, config: SidecarConfig | None = None) -> None:
-    """Read the stored twins once the database answers, merge them, then let definitions through.
-
-    With the scheduler, the stored twins retired recently enough are kept by it as at a start with the
-    store up (but for a name running since the start: that twin wins)."""
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            if scheduler is not None and config is not None:
-                restored, retired = await _load_stored(store, config, clock())
-            else:
-                restored, retired = await store.load_twins(), []
-        except StoreError:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 60.0)
-            continue
-        states = await _load_model_states(store)
-        async with lock:
-            merged = 0
-            running = {t.twin_id for t in engine.twins()}
-            for rt in restored:
-                if rt.twin_id not in running:
-                    continue
-                try:        # a twin running since the start keeps its models: they learnt the outage
-                    merged += engine.merge_stored(rt.definition, snapshots=rt.snapshots,
-                                                  corrections=rt.corrections, at=clock())
-                except SidecarError as exc:
-                    log.error("could not merge a stored twin", extra={"twin": rt.name, "error": str(exc)})
-            _restore(engine, [rt for rt in restored if rt.twin_id not in running], states)
-            engine.republish()
-            gate.pending = False
-        log.info("stored twins merged after the store came back", extra={
-            "twins": len(restored), "expected_states_restored": merged})
-        if scheduler is not None:
-            await _keep_retired(scheduler, store, retired, states, now=clock())
-        return
 
 
 @dataclass
@@ -364,20 +265,20 @@ class OpenedHistory:
 
 async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceStatus) -> OpenedHistory:
     """Open the store and bring this replica's twins back; a database that is down is not fatal.
-    The retired twins it read go to the scheduler once there is one (``_keep_retired``)."""
+    The retired twins it read go to the scheduler once there is one (``collect.restore.keep_retired``)."""
     replica = os.environ.get(REPLICA_ENV, "default")
     store = open_store(path=config.storage.path, url=config.storage.url, replica=replica, status=status)
     try:
         await store.open()
-        restored, retired = await _load_stored(store, config, time.time())
+        restored, retired = await load_stored(store, config, time.time())
         loaded = True
     except StoreError as exc:
         status.store_up = False
         log.error("history store unavailable at start; stored twins will be merged when it returns", extra={
             "backend": store.backend, "error": str(exc)})
         restored, retired, loaded = [], [], False
-    states = await _load_model_states(store) if restored or retired else {}
-    _restore(engine, restored, states)
+    states = await load_model_states(store) if restored or retired else {}
+    restore_stored(engine, restored, states)
     if restored:
         log.info("twins restored from the store", extra={"twins": len(restored), "backend": store.backend})
     engine.drain()      # what the restore produced is already stored
@@ -436,11 +337,11 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     service = Service(config, engine, facade, status, scheduler, client, store, writer, runner, bound, stop)
     service.sink = gate
     if loaded:
-        await _keep_retired(scheduler, store, opened.retired, opened.states, now=time.time())
+        await keep_retired(scheduler.retired, lock, store, opened.retired, opened.states, now=time.time())
     service.task = asyncio.create_task(scheduler.run(stop), name="scheduler")
     if gate.pending:
         service.restore_task = asyncio.create_task(
-            _late_restore(store, engine, lock, gate, stop, scheduler=scheduler, config=config), name="late-restore")
+            late_restore(store, engine, lock, gate, stop, retired=scheduler.retired), name="late-restore")
     service.state_task = asyncio.create_task(
         _model_state_loop(engine, store, lock, gate, stop, config.storage.model_state_interval_s, scheduler),
         name="model-state")

@@ -90,11 +90,11 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed: int) -> dict[str, Any]:
     """Load the twin's history from Prometheus (the rules' backfill window), then run the scenario."""
+    from .collect.scheduler import Scheduler
     from .config import load_config
     from .engine.core import Engine
     from .engine.settings import EngineSettings
     from .prometheus import PrometheusClient
-    from .scheduler import Scheduler
     from .status import ServiceStatus
 
     config = load_config(config_path)
@@ -108,9 +108,9 @@ async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed:
             raise InputError(f"cannot reach Prometheus at {config.prometheus.url}")
     finally:
         await client.aclose()
-    target = sched.targets.get(twin)
+    target = sched.roster.targets.get(twin)
     if target is None:
-        known = ", ".join(sorted(sched.targets)) or "none"
+        known = ", ".join(sorted(sched.roster.targets)) or "none"
         raise InputError(f"no twin {twin!r} in {config_path}; twins: {known}")
     return engine.simulate(twin, scenario, at=time.time(), seed=seed, replicas=target.rule.replicas,
                            workers=target.rule.workers)

@@ -9,8 +9,8 @@ call in the first place.
 Example::
 
     setup_logging("json")
-    logging.getLogger("sidecar.scheduler").info("round done", extra={"accepted": 12})
-    # {"ts": "2026-11-25T15:00:00.000Z", "level": "info", "logger": "sidecar.scheduler",
+    logging.getLogger("sidecar.collect.round").info("round done", extra={"accepted": 12})
+    # {"ts": "2026-11-25T15:00:00.000Z", "level": "info", "logger": "sidecar.collect.round",
     #  "msg": "round done", "accepted": 12}
 """
 
@@ -69,7 +69,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``15:00:00.000 INFO  sidecar.scheduler: round done accepted=12``."""
+    """``15:00:00.000 INFO  sidecar.collect.round: round done accepted=12``."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = dt.datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from .api import ClientThrottle, TokenSource, TwinApi, error_middleware, json_response
 from .engine.twin import TwinEngine
 from .exporter import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, install_exporter, render, wants_openmetrics
+from .service import FacadeService
 from .status import ServiceStatus
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.add_routes(TwinApi(facade, engine_lock=engine_lock, auth_token=auth_token).routes())
+    app.add_routes(TwinApi(FacadeService(facade), engine_lock=engine_lock, auth_token=auth_token).routes())
     return app
 
 

@@ -99,7 +99,7 @@ async def test_the_service_saves_model_state_on_schedule_and_at_shutdown(tmp_pat
         slot = again.engine.series_for("svc", ["cpu_usage"])[0]
         assert again.engine.series.last_t[slot] >= st.learnt_until[0]
         n_saved = int(st.forecast["core.n"][0])
-        assert int(again.engine.predictor.bank.state_dict()["core.n"][slot]) >= n_saved
+        assert int(again.engine.bank.state_dict()["core.n"][slot]) >= n_saved
     finally:
         await again.shutdown()
         await store.close()

@@ -13,11 +13,11 @@ import pytest
 import respx
 from conftest import PromEnv
 
+from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.prometheus import MAX_RANGE_POINTS, PrometheusClient, QueryFailed
-from sidecar.scheduler import Scheduler
 from sidecar.status import ServiceStatus
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ async def test_a_refused_backfill_query_is_logged_at_warning_with_the_reason(
     async with PrometheusClient(cfg.prometheus) as c:
         sched = Scheduler(cfg, Engine(EngineSettings(horizons_s=cfg.horizons_s)), c,
                           ServiceStatus(config_loaded=True))
-        with caplog.at_level(logging.DEBUG, logger="sidecar.scheduler"):
+        with caplog.at_level(logging.DEBUG, logger="sidecar.collect"):
             assert await sched.backfill(now=time.time()) == 0
     failed = [r for r in caplog.records if r.getMessage() == "backfill query failed"]
     assert len(failed) == 1 and failed[0].levelno == logging.WARNING

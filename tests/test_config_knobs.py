@@ -15,12 +15,15 @@ import yaml
 from conftest import PromEnv, by_kind, render
 
 from sidecar.app import STORE_WAIT_S, Service, _BufferedHistory, start_service
+from sidecar.collect.naming import naming_key
+from sidecar.collect.restore import Parked
+from sidecar.collect.scheduler import Scheduler
+from sidecar.collect.targets import Target
 from sidecar.config import RetiredConfig, SidecarConfig, load_config, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.errors import ConfigError
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import Scheduler, Target, _Parked, naming_key
 from sidecar.status import ServiceStatus
 
 TWIN = "twins:\n  - name: a\n    metrics: {c: up}\n"
@@ -96,25 +99,25 @@ def scheduler_with(retired: str, client: PrometheusClient) -> tuple[Scheduler, S
     return Scheduler(cfg, engine, client, ServiceStatus(config_loaded=True)), cfg
 
 
-def parked(pod: str, at: float) -> _Parked:
-    return _Parked(rule="fam", key=(("pod", pod),), at=at, definition={}, snapshots=[], corrections=[],
+def parked(pod: str, at: float) -> Parked:
+    return Parked(rule="fam", key=(("pod", pod),), at=at, definition={}, snapshots=[], corrections=[],
                    samples={}, models=None)
 
 
 async def test_retired_twins_are_forgotten_after_keep_for_and_beyond_keep_max(
         unused_client: PrometheusClient) -> None:
     sched, _ = scheduler_with("{keep_for: 10s, keep_max: 2}", unused_client)
-    assert (sched.keep_for_s, sched.keep_max) == (10.0, 2)
+    assert (sched.retired.keep_for_s, sched.retired.keep_max) == (10.0, 2)
     for i, pod in enumerate("abc"):
-        sched._parked[f"fam@{pod}"] = parked(pod, at=100.0 + i)
-    sched._expire_parked(105.0)
-    assert list(sched._parked) == ["fam@b", "fam@c"]            # the oldest beyond keep_max goes first
-    sched._expire_parked(111.0)
-    assert list(sched._parked) == ["fam@b", "fam@c"]            # b retired 10 s ago: still within keep_for
-    sched._expire_parked(111.5)
-    assert list(sched._parked) == ["fam@c"]
-    sched._expire_parked(112.5)
-    assert sched._parked == {}
+        sched.retired.parked[f"fam@{pod}"] = parked(pod, at=100.0 + i)
+    sched.retired.expire(105.0)
+    assert list(sched.retired.parked) == ["fam@b", "fam@c"]            # the oldest beyond keep_max goes first
+    sched.retired.expire(111.0)
+    assert list(sched.retired.parked) == ["fam@b", "fam@c"]            # b retired 10 s ago: still within keep_for
+    sched.retired.expire(111.5)
+    assert list(sched.retired.parked) == ["fam@c"]
+    sched.retired.expire(112.5)
+    assert sched.retired.parked == {}
 
 
 @pytest.mark.parametrize(("retired", "kept"), [
@@ -125,14 +128,14 @@ async def test_retiring_keeps_the_twin_only_when_keeping_is_enabled(
     rule, at = cfg.twins[0], time.time()
     labels = {"pod": "p1", "job": "x"}
     target = Target("fam@p1", rule, {"c": 'up{pod="p1"}'}, labels, key=naming_key(rule, labels))
-    assert sched._ensure_twin(target.name, target, at)
+    assert sched.roster.ensure_twin(target.name, target, at)
     sched.engine.sync(target.name, {"c": 2.0}, at=at)           # expected values are for metrics the twin has
     sched.engine.set_expected_state(target.name, {"c": 1.0}, at=at)
-    sched.targets[target.name] = target
-    sched._park([target.name], at)
-    assert (target.name in sched._parked) is kept
+    sched.roster.targets[target.name] = target
+    sched.retired.park(sched.roster.targets, [target.name], at)
+    assert (target.name in sched.retired.parked) is kept
     if kept:
-        assert sched._parked[target.name].definition["expected_state"] == {"c": 1.0}   # what comes back
+        assert sched.retired.parked[target.name].definition["expected_state"] == {"c": 1.0}   # what comes back
 
 
 # --------------------------------------------------------------------------- through start_service
@@ -193,7 +196,7 @@ async def test_self_labels_drop_a_real_series_carrying_that_job(tmp_path: Path, 
                            f"twins:\n  - name: svc\n    metrics: {metrics}\n", env={})
         svc = await start_service(cfg, port=0)
         started.append(svc)
-        assert svc.scheduler.own_identities == tuple(dict(i) for i in cfg.prometheus.self_labels)
+        assert svc.scheduler.guard.identities == tuple(dict(i) for i in cfg.prometheus.self_labels)
         await wait_for(lambda s=svc: s.status.first_round_done)
         history = svc.engine.history("svc")
         own = history.get("own")

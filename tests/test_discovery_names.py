@@ -15,6 +15,9 @@ from conftest import PromEnv
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.collect.naming import HASH_MARK, discovered_name
+from sidecar.collect.roster import RETIRE_AFTER_ROUNDS
+from sidecar.collect.scheduler import Scheduler
 from sidecar.config import RetiredConfig, SidecarConfig, parse_config
 from sidecar.contract import ExportOptions
 from sidecar.engine.core import Engine
@@ -22,7 +25,6 @@ from sidecar.engine.modelstate import decode
 from sidecar.engine.settings import EngineSettings
 from sidecar.exporter import install_exporter, render
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import HASH_MARK, RETIRE_AFTER_ROUNDS, Scheduler, discovered_name
 from sidecar.status import ServiceStatus
 from sidecar.store import StoreWriter, open_store
 
@@ -104,7 +106,7 @@ async def test_a_name_collision_is_resolved_with_a_hash_and_logged_once(
 """)
     engine = engine_for(cfg)
     sched = Scheduler(cfg, engine, client, ServiceStatus(config_loaded=True))
-    caplog.set_level(logging.WARNING, logger="sidecar.scheduler")
+    caplog.set_level(logging.WARNING, logger="sidecar.collect")
     for _ in range(3):
         await sched.run_round()
     by_a = {t.labels["a"]: t.name for t in engine.twins()}
@@ -131,7 +133,7 @@ async def test_a_twin_named_by_an_older_version_keeps_its_name(prom_env: PromEnv
     engine = engine_for(cfg)
     old = engine.create_twin("r@q_x", at=time.time() - 60, labels={"pod": 'q"x'}, expected={"v": 5.0})
     sched = Scheduler(cfg, engine, client, ServiceStatus(config_loaded=True))
-    caplog.set_level(logging.WARNING, logger="sidecar.scheduler")
+    caplog.set_level(logging.WARNING, logger="sidecar.collect")
     await sched.run_round()
     await sched.run_round()
     by_pod = {t.labels["pod"]: t for t in engine.twins()}

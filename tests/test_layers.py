@@ -33,8 +33,9 @@ LAYERS: dict[str, int] = {
     # 2 the rules: parsed, validated, guarded against the loop
     "sidecar.config": 2, "sidecar.loopguard": 2,
     # 3 the edges: Prometheus in, the store, /metrics, the API and the offline tools out
-    "sidecar.prometheus": 3, "sidecar.scheduler": 3, "sidecar.store": 3, "sidecar.exporter": 3,
-    "sidecar.alerts": 3, "sidecar.api": 3, "sidecar.server": 3, "sidecar.replay": 3, "sidecar.backtest": 3,
+    "sidecar.prometheus": 3, "sidecar.collect": 3, "sidecar.store": 3, "sidecar.exporter": 3,
+    "sidecar.alerts": 3, "sidecar.service": 3, "sidecar.api": 3, "sidecar.server": 3, "sidecar.replay": 3,
+    "sidecar.backtest": 3,
     # 4 assembly: the service, the command line, the demo and the test helpers
     "sidecar.app": 4, "sidecar.cli": 4, "sidecar.demo": 4, "sidecar.testing": 4,
 }
@@ -115,3 +116,46 @@ def test_the_foundation_imports_nothing_of_the_package(module: str) -> None:
 def test_the_engine_may_use_the_duration_words() -> None:
     """The one import from outside the engine besides the errors is explicit, not an accident."""
     assert "sidecar.units" in GRAPH["sidecar.engine.predict"]
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No import cycle anywhere in the package, late imports included: a cycle is two rooms that are one."""
+    graph = {m: {d for d in _internal(GRAPH[m]) if d in GRAPH and d != m} for m in GRAPH}
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(module: str, path: list[str]) -> None:
+        for dep in sorted(graph[module]):
+            if dep in path:
+                cycles.append([*path[path.index(dep):], dep])
+            elif dep not in done:
+                walk(dep, [*path, dep])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            walk(module, [module])
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+#: The query loop's parts, in the order they lean (ARCHITECTURE.md): each imports only parts before it.
+COLLECT_ORDER = ("context", "naming", "targets", "streaks", "ownguard", "fanout", "restore", "roster", "deal",
+                 "backfill", "scenarios", "round", "scheduler")
+
+
+@pytest.mark.parametrize("part", COLLECT_ORDER)
+def test_the_query_loop_parts_lean_one_way(part: str) -> None:
+    before = {f"sidecar.collect.{p}" for p in COLLECT_ORDER[:COLLECT_ORDER.index(part)]}
+    inside = {m for m in GRAPH[f"sidecar.collect.{part}"] if m.startswith("sidecar.collect.")}
+    assert inside <= before, f"collect.{part} imports a part after it: {sorted(inside - before)}"
+
+
+def test_every_query_loop_part_has_its_place() -> None:
+    parts = {m.rsplit(".", 1)[1] for m in GRAPH if m.startswith("sidecar.collect.")}
+    assert parts == set(COLLECT_ORDER)
+
+
+def test_the_api_talks_to_the_service_interface_only() -> None:
+    """The API reaches the engine, the store and the writer through ``service.TwinService`` alone."""
+    assert _internal(GRAPH["sidecar.api"]) & {"sidecar.engine.twin", "sidecar.engine.core", "sidecar.app"} == set()
+    assert "sidecar.service" in GRAPH["sidecar.api"]

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar import loopguard
+from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.contract import EXPORTED_METRICS, ExportOptions
 from sidecar.engine.core import Engine
@@ -23,7 +24,6 @@ from sidecar.engine.settings import EngineSettings
 from sidecar.errors import ConfigError
 from sidecar.exporter import install_exporter, render
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import Scheduler
 from sidecar.status import ServiceStatus
 from sidecar.testing import MetricsTarget, PrometheusServer, prometheus_available
 
@@ -130,7 +130,7 @@ async def test_returned_own_series_are_dropped_counted_and_logged_once_per_episo
     engine = Engine(EngineSettings(horizons_s=cfg.horizons_s))
     status = ServiceStatus(config_loaded=True)
     sched = Scheduler(cfg, engine, client, status)
-    caplog.set_level(logging.WARNING, logger="sidecar.scheduler")
+    caplog.set_level(logging.WARNING, logger="sidecar.collect")
     # ... and what they return carries the sidecar's signature: the backfill and every round drop it
     env.wait("job:forecast:max offset 5s")          # the backfill's range holds some of both
     env.wait("sc_actual offset 5s")

@@ -101,8 +101,8 @@ def test_samples_already_learnt_are_not_learnt_twice() -> None:
     slot = new.series_for("a", ["cpu_usage"])
     again = new.ingest(slot, _daily(hour[-1:], 0.0), at=float(hour[-1]), quiet=True)
     assert again.dropped_stale == 1
-    np.testing.assert_array_equal(new.predictor.bank.state_dict()["core.n"][slot],
-                                  old.predictor.bank.state_dict()["core.n"][old.series_for("a", ["cpu_usage"])])
+    np.testing.assert_array_equal(new.bank.state_dict()["core.n"][slot],
+                                  old.bank.state_dict()["core.n"][old.series_for("a", ["cpu_usage"])])
 
 
 def test_a_garbled_blob_is_skipped_and_the_others_load(caplog: pytest.LogCaptureFixture) -> None:
@@ -128,7 +128,7 @@ def test_state_from_other_horizons_keeps_the_shared_horizons_and_every_model(cap
     assert not any("does not fit" in r.message for r in caplog.records)
     assert learnt[(old.get("a").twin_id, "cpu_usage")] == times[-1]
     so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
-    fo, fn = old.predictor.bank.state_dict(), new.predictor.bank.state_dict()
+    fo, fn = old.bank.state_dict(), new.bank.state_dict()
     # every model's own state and the per-horizon memories of 5 and 15 minutes came across as they were
     for k in fo:
         if k.startswith("m"):
@@ -154,8 +154,8 @@ def test_state_saved_before_a_field_was_added_still_loads() -> None:
     new = _fresh_like(old, ("a",))
     assert new.load_model_states(blobs)
     so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
-    np.testing.assert_array_equal(old.predictor.bank.state_dict()["core.mae"][so],
-                                  new.predictor.bank.state_dict()["core.mae"][sn])
+    np.testing.assert_array_equal(old.bank.state_dict()["core.mae"][so],
+                                  new.bank.state_dict()["core.mae"][sn])
 
 
 def test_decode_names_what_is_wrong() -> None:

@@ -18,13 +18,14 @@ from conftest import PromEnv
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.collect.scheduler import Scheduler
+from sidecar.collect.streaks import NO_DATA_ROUNDS
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.contract import ExportOptions
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.exporter import install_exporter, render
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import NO_DATA_ROUNDS, Scheduler
 from sidecar.status import ServiceStatus
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ async def test_a_metric_without_data_exports_no_values_has_data_0_and_is_logged_
     expected: {{typo: 10}}
 """)
     sched, engine = make(cfg, client)
-    caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+    caplog.set_level(logging.INFO, logger="sidecar.collect")
     for _ in range(NO_DATA_ROUNDS - 1):
         await sched.run_round()
     assert not told(caplog, NO_DATA)                      # a fresh rate() may be empty for a round or two
@@ -131,7 +132,7 @@ async def test_a_family_query_without_data_is_told_once_for_the_rule_and_per_twi
       gone: 'sum by (inst) (nodata_fam_nothing)'
 """)
     sched, engine = make(cfg, client)
-    caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+    caplog.set_level(logging.INFO, logger="sidecar.collect")
     for _ in range(NO_DATA_ROUNDS + 2):
         await sched.run_round()
     lines = sorted((r.__dict__["twin"], r.__dict__["metric"]) for r in told(caplog, NO_DATA))
@@ -149,7 +150,7 @@ async def test_a_backfill_query_returning_several_series_names_twin_metric_and_w
     """It used to end in `backfill done queries=1 failed=1` alone."""
     cfg = rules(prom_env.url, "  - name: many\n    metrics: {hist: 'test_history'}\n", interval="15s", backfill="6h")
     sched, _ = make(cfg, client)
-    caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+    caplog.set_level(logging.INFO, logger="sidecar.collect")
     assert await sched.backfill(now=time.time()) == 0
     (line,) = told(caplog, "backfill query failed")
     rec = line.__dict__
@@ -173,7 +174,7 @@ async def test_a_family_member_with_several_series_in_a_shared_backfill_query_is
     metrics: {{hist: '{shared}'}}
 """, interval="15s", backfill="6h")
     sched, _ = make(cfg, client)
-    caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+    caplog.set_level(logging.INFO, logger="sidecar.collect")
     await sched.backfill(now=time.time())
     (line,) = told(caplog, "backfill query failed")
     rec = line.__dict__

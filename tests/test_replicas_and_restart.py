@@ -90,7 +90,7 @@ async def test_a_changed_expected_in_the_rules_is_not_applied_to_a_restored_twin
     await svc.shutdown()
     doc["twins"][0]["expected"] = {"cpu_usage": 60}
     path.write_text(yaml.safe_dump(doc))
-    caplog.set_level(logging.WARNING, logger="sidecar.scheduler")
+    caplog.set_level(logging.WARNING, logger="sidecar.collect")
     svc = await _start("default", path, monkeypatch)
     try:
         assert svc.engine.get("svc").expected_state == {"cpu_usage": 50.0}

@@ -22,12 +22,14 @@ import yaml
 from conftest import PromEnv
 
 from sidecar.app import REPLICA_ENV, Service, start_service
+from sidecar.collect.naming import naming_key
+from sidecar.collect.scheduler import Scheduler
+from sidecar.collect.targets import Target
 from sidecar.config import SidecarConfig, load_config, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.modelstate import TwinModelState, decode, encode
 from sidecar.engine.settings import EngineSettings
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import Scheduler, Target, naming_key
 from sidecar.status import ServiceStatus
 from sidecar.store import RestoredTwin, Store, open_store
 
@@ -103,7 +105,7 @@ def live(svc: Service) -> set[str]:
 
 async def retire(svc: Service, prom_env: PromEnv, tag: str, pod: str) -> None:
     hide(prom_env, tag, pod)
-    await until(lambda: f"k@{pod}" in svc.scheduler._parked, f"k@{pod} retired")
+    await until(lambda: f"k@{pod}" in svc.scheduler.retired.parked, f"k@{pod} retired")
 
 
 def assert_same_models(got: TwinModelState, want: TwinModelState) -> None:
@@ -139,7 +141,7 @@ async def test_a_twin_retired_before_a_restart_returns_as_it_was(tmp_path: Path,
         await set_expected(first, name, 7.0)
         await retire(first, prom_env, tag, "p")
         async with first.scheduler.lock:
-            parked = first.scheduler._parked[name]
+            parked = first.scheduler.retired.parked[name]
         assert parked.models is not None and parked.definition["expected_state"] == {METRIC: 7.0}
         tid, before = parked.twin_id, parked.models
         snapshot_ids = [e.snapshot_id for e in parked.snapshots]
@@ -158,7 +160,7 @@ async def test_a_twin_retired_before_a_restart_returns_as_it_was(tmp_path: Path,
         prom_env.prom.wait_for_series(f'{tag}_up{{pod="p"}}')
         second = await start_service(cfg)
         try:
-            kept = second.scheduler._parked.get(name)    # handed over at start, before the first round
+            kept = second.scheduler.retired.parked.get(name)    # handed over at start, before the first round
             assert kept is not None and kept.models is not None and kept.twin_id == tid
             assert_same_models(kept.models, before)
             await until(lambda: name in live(second), "the twin's return")
@@ -172,7 +174,7 @@ async def test_a_twin_retired_before_a_restart_returns_as_it_was(tmp_path: Path,
                 np.testing.assert_array_equal(t_hist, samples[0])
                 np.testing.assert_array_equal(y_hist, samples[1])
                 assert_same_models(second.engine.model_states([tid])[tid], before)
-            assert name not in second.scheduler._parked
+            assert name not in second.scheduler.retired.parked
             await until(lambda: _live_in_store(store, tid), "un-retired in the store")
 
             show(prom_env, tag, "p")                      # new samples: the models go on from where they were
@@ -205,8 +207,8 @@ async def test_a_restart_after_keep_for_purges_the_models_and_the_series_gets_a_
         await until(lambda: times_of(first, name).size >= 3, "samples")
         await set_expected(first, name, 7.0)
         await retire(first, prom_env, tag, "p")
-        tid = first.scheduler._parked[name].twin_id
-        old_snapshots = {e.snapshot_id for e in first.scheduler._parked[name].snapshots}
+        tid = first.scheduler.retired.parked[name].twin_id
+        old_snapshots = {e.snapshot_id for e in first.scheduler.retired.parked[name].snapshots}
     finally:
         await first.shutdown()
     store = store_of(tmp_path)
@@ -218,7 +220,7 @@ async def test_a_restart_after_keep_for_purges_the_models_and_the_series_gets_a_
         await asyncio.sleep(max(0.0, stored.retired_at + 3.5 - time.time()))      # retired longer than keep_for
         second = await start_service(cfg)
         try:
-            assert second.scheduler._parked == {}
+            assert second.scheduler.retired.parked == {}
             assert tid not in await store.load_model_states()           # purged at start
             assert {t.twin_id for t in await store.load_twins(include_retired=True)} == {tid}   # history stays
             show(prom_env, tag, "p")
@@ -252,8 +254,8 @@ async def test_keep_max_holds_across_a_restart(tmp_path: Path, prom_env: PromEnv
             await set_expected(first, f"k@{pod}", 7.0)
         await retire(first, prom_env, tag, "a")
         await retire(first, prom_env, tag, "b")          # retired after a
-        ids = {pod: first.scheduler._parked[f"k@{pod}"].twin_id for pod in "ab"}
-        assert list(first.scheduler._parked) == ["k@a", "k@b"]
+        ids = {pod: first.scheduler.retired.parked[f"k@{pod}"].twin_id for pod in "ab"}
+        assert list(first.scheduler.retired.parked) == ["k@a", "k@b"]
     finally:
         await first.shutdown()
     store = store_of(tmp_path)
@@ -264,7 +266,7 @@ async def test_keep_max_holds_across_a_restart(tmp_path: Path, prom_env: PromEnv
         prom_env.prom.wait_for_series(f"{tag}_load", count=2)
         second = await start_service(rules(tmp_path, prom_env.url, tag, keep_for="1h", keep_max=1))
         try:
-            assert list(second.scheduler._parked) == ["k@b"]
+            assert list(second.scheduler.retired.parked) == ["k@b"]
             saved = await store.load_model_states()
             assert ids["b"] in saved and ids["a"] not in saved
             await until(lambda: {"k@a", "k@b"} <= live(second), "both twins")
@@ -299,7 +301,7 @@ async def test_the_models_of_a_twin_kept_no_longer_are_deleted_while_running(tmp
         await until(saved, "its models saved")
         await retire(svc, prom_env, tag, "p")
         assert await saved()                             # retired, still kept: its models stay
-        await until(lambda: name not in svc.scheduler._parked, "keep_for to run out")
+        await until(lambda: name not in svc.scheduler.retired.parked, "keep_for to run out")
         await until(lambda: _not(saved()), "its models deleted")
     finally:
         await svc.shutdown()
@@ -326,7 +328,7 @@ async def test_a_store_down_at_start_hands_the_retired_twins_over_once_it_return
         await until(lambda: times_of(first, name).size >= 3, "samples")
         await set_expected(first, name, 7.0)
         await retire(first, prom_env, tag, "p")
-        tid = first.scheduler._parked[name].twin_id
+        tid = first.scheduler.retired.parked[name].twin_id
     finally:
         await first.shutdown()
     away = tmp_path / "db.away"
@@ -335,11 +337,11 @@ async def test_a_store_down_at_start_hands_the_retired_twins_over_once_it_return
     second = await start_service(cfg)
     try:
         await until(lambda: second.status.first_round_done, "a round")
-        assert second.sink is not None and second.sink.pending and second.scheduler._parked == {}
+        assert second.sink is not None and second.sink.pending and second.scheduler.retired.parked == {}
         dbdir.unlink()
         away.rename(dbdir)                               # the database returns
-        await until(lambda: name in second.scheduler._parked, "the retired twin kept")
-        kept = second.scheduler._parked[name]
+        await until(lambda: name in second.scheduler.retired.parked, "the retired twin kept")
+        kept = second.scheduler.retired.parked[name]
         assert kept.twin_id == tid and kept.models is not None
         show(prom_env, tag, "p")
         await until(lambda: name in live(second), "the twin's return")
@@ -408,21 +410,21 @@ async def test_park_stored_keeps_only_what_a_series_could_still_claim(unused_cli
              stored("fam@e", now - 1, learnt=False)]
     twins = [rt for rt, _ in items]
     states = {rt.twin_id: blob for rt, blob in items if blob is not None}
-    kept = sched.park_stored(twins, states, now=now)
+    kept = sched.retired.park_stored(twins, states, now=now)
     # the keep_max (3) retired last, oldest first; a twin without saved models is kept without them
-    assert list(sched._parked) == ["fam@b", "fam@c", "fam@e"]
-    assert kept == [sched._parked[n].twin_id for n in ("fam@b", "fam@c", "fam@e")]
-    b = sched._parked["fam@b"]
+    assert list(sched.retired.parked) == ["fam@b", "fam@c", "fam@e"]
+    assert kept == [sched.retired.parked[n].twin_id for n in ("fam@b", "fam@c", "fam@e")]
+    b = sched.retired.parked["fam@b"]
     assert b.at == now - 20 and b.key == (("pod", "b"),) and b.rule == "fam" and b.saved
-    assert b.models is not None and b.models.twin_id == b.twin_id and sched._parked["fam@e"].models is None
+    assert b.models is not None and b.models.twin_id == b.twin_id and sched.retired.parked["fam@e"].models is None
     assert b.definition["expected_state"] == {"c": 1.0} and b.samples["c"][1].tolist() == [6.0]
-    assert sched.unsaved_parked_models() == []           # read from the store: nothing to save again
-    assert sched.take_forgotten() == []                  # never kept here: the start-up purge deals with those
+    assert sched.retired.unsaved_models() == []           # read from the store: nothing to save again
+    assert sched.retired.take_forgotten() == []                  # never kept here: the start-up purge deals with those
     # a name kept already (retired by this process since) or running is left alone
-    c = sched._parked["fam@c"]
+    c = sched.retired.parked["fam@c"]
     sched.engine.create_twin("fam@z", at=now, labels={"pod": "z"})
-    assert sched.park_stored([stored("fam@c", now - 2)[0], stored("fam@z", now - 2)[0]], {}, now=now) == []
-    assert sched._parked["fam@c"] is c and "fam@z" not in sched._parked
+    assert sched.retired.park_stored([stored("fam@c", now - 2)[0], stored("fam@z", now - 2)[0]], {}, now=now) == []
+    assert sched.retired.parked["fam@c"] is c and "fam@z" not in sched.retired.parked
 
 
 async def test_models_of_a_stored_twin_that_do_not_decode_are_left_out(unused_client: PrometheusClient) -> None:
@@ -430,23 +432,23 @@ async def test_models_of_a_stored_twin_that_do_not_decode_are_left_out(unused_cl
     rt, blob = stored("fam@a", 100.0)
     other, other_blob = stored("fam@b", 100.0)
     assert blob is not None and other_blob is not None
-    sched.park_stored([rt, other], {rt.twin_id: b"not a model state", other.twin_id: blob}, now=200.0)
-    assert sched._parked["fam@a"].models is None          # unreadable: it relearns
-    assert sched._parked["fam@b"].models is None          # another twin's: refused
+    sched.retired.park_stored([rt, other], {rt.twin_id: b"not a model state", other.twin_id: blob}, now=200.0)
+    assert sched.retired.parked["fam@a"].models is None          # unreadable: it relearns
+    assert sched.retired.parked["fam@b"].models is None          # another twin's: refused
 
 
 async def test_twins_no_longer_kept_are_listed_once_for_their_models_to_go(unused_client: PrometheusClient) -> None:
     sched = scheduler(unused_client, "{keep_for: 10s, keep_max: 2}")
     items = [stored(f"fam@{p}", 100.0 + i) for i, p in enumerate("abc")]
     ids = {rt.name: rt.twin_id for rt, _ in items}
-    sched.park_stored([rt for rt, _ in items], {}, now=105.0)       # three for two places: a is not kept
-    assert list(sched._parked) == ["fam@b", "fam@c"]
-    assert sched.take_forgotten() == []                  # a was never kept here: the start-up purge takes it
-    sched._expire_parked(111.5)                          # b retired 11.5 s ago
-    assert sched.take_forgotten() == [ids["fam@b"]]
-    sched.forget_later([ids["fam@b"]])                   # the store was down: again at the next save
-    sched._expire_parked(200.0)
-    assert sched.take_forgotten() == [ids["fam@b"], ids["fam@c"]]
+    sched.retired.park_stored([rt for rt, _ in items], {}, now=105.0)       # three for two places: a is not kept
+    assert list(sched.retired.parked) == ["fam@b", "fam@c"]
+    assert sched.retired.take_forgotten() == []                  # a was never kept here: the start-up purge takes it
+    sched.retired.expire(111.5)                          # b retired 11.5 s ago
+    assert sched.retired.take_forgotten() == [ids["fam@b"]]
+    sched.retired.forget_later([ids["fam@b"]])                   # the store was down: again at the next save
+    sched.retired.expire(200.0)
+    assert sched.retired.take_forgotten() == [ids["fam@b"], ids["fam@c"]]
 
 
 async def test_a_twin_kept_again_with_models_keeps_its_row(unused_client: PrometheusClient) -> None:
@@ -455,11 +457,11 @@ async def test_a_twin_kept_again_with_models_keeps_its_row(unused_client: Promet
     sched = scheduler(unused_client, "{keep_for: 10s, keep_max: 5}")
     (a, blob), (b, _) = stored("fam@a", 100.0), stored("fam@b", 100.0, learnt=False)
     assert blob is not None
-    sched.park_stored([a, b], {a.twin_id: blob}, now=101.0)
-    sched._expire_parked(200.0)
-    sched.park_stored([dataclasses.replace(t, retired_at=195.0) for t in (a, b)], {a.twin_id: blob}, now=200.0)
-    assert set(sched._parked) == {"fam@a", "fam@b"}
-    assert sched.take_forgotten() == [b.twin_id]
+    sched.retired.park_stored([a, b], {a.twin_id: blob}, now=101.0)
+    sched.retired.expire(200.0)
+    sched.retired.park_stored([dataclasses.replace(t, retired_at=195.0) for t in (a, b)], {a.twin_id: blob}, now=200.0)
+    assert set(sched.retired.parked) == {"fam@a", "fam@b"}
+    assert sched.retired.take_forgotten() == [b.twin_id]
 
 
 @pytest.mark.parametrize("retired", ["{keep_for: 1h, keep_max: 5}", "{keep_for: 0s}"])
@@ -470,17 +472,17 @@ async def test_retiring_saves_the_kept_models_once_or_forgets_them(unused_client
     rule, at = sched.config.twins[0], 1_000.0
     labels = {"pod": "p1", "job": "x"}
     target = Target("fam@p1", rule, {"c": 'up{pod="p1"}'}, labels, key=naming_key(rule, labels))
-    sched._apply_targets({target.name: target}, [], at, False)
-    sched.targets = {target.name: target}
+    sched.roster.apply({target.name: target}, [], at, False)
+    sched.roster.targets = {target.name: target}
     slot = sched.engine.series_for(target.name, ["c"])
     sched.engine.ingest(slot, np.array([3.0]), at=at + 1)
     tid = sched.engine.get(target.name).twin_id
-    sched._apply_targets({}, [target.name], at + 2, False)
+    sched.roster.apply({}, [target.name], at + 2, False)
     if retired.startswith("{keep_for: 0s"):
-        assert sched._parked == {} and sched.take_forgotten() == [tid]
+        assert sched.retired.parked == {} and sched.retired.take_forgotten() == [tid]
         return
-    assert sched.take_forgotten() == []
-    unsaved = sched.unsaved_parked_models()
+    assert sched.retired.take_forgotten() == []
+    unsaved = sched.retired.unsaved_models()
     assert [st.twin_id for st in unsaved] == [tid]
-    sched.parked_models_saved(unsaved)
-    assert sched.unsaved_parked_models() == []
+    sched.retired.models_saved(unsaved)
+    assert sched.retired.unsaved_models() == []

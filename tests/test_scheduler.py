@@ -17,12 +17,14 @@ import pytest
 from aiohttp import web
 from conftest import PromEnv
 
+from sidecar.collect.naming import discovered_name, substitute
+from sidecar.collect.roster import RETIRE_AFTER_ROUNDS
+from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.engine.view import Outbox
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import RETIRE_AFTER_ROUNDS, Scheduler, discovered_name, substitute
 from sidecar.status import ServiceStatus
 from sidecar.testing import free_port
 
@@ -361,7 +363,7 @@ async def test_source_failure_keeps_state_logs_once_and_recovers(
             await proxy.stop()
         else:
             proxy.mode = mode
-        caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+        caplog.set_level(logging.INFO, logger="sidecar.collect")
         caplog.clear()
         sent_before = proxy.requests
         for _ in range(3):
@@ -462,7 +464,7 @@ async def test_standing_scenarios_export_whether_the_fit_behind_them_is_trustwor
                 interval="15s", backfill="6h")
     sched, engine, status, _ = make(cfg, client)
     assert await sched.backfill() > 0
-    caplog.set_level(logging.INFO, logger="sidecar.scheduler")
+    caplog.set_level(logging.INFO, logger="sidecar.collect")
     now = time.time()
     assert await sched.run_scenarios(now) == 2
     # the engine's own verdict on the same history, for the same scenario: what the gauge must say

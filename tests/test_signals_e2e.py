@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from conftest import require_prometheus
 
+from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.prometheus import PrometheusClient
-from sidecar.scheduler import Scheduler
 from sidecar.status import ServiceStatus
 from sidecar.testing import MetricsTarget, PrometheusServer, openmetrics_history
 

@@ -90,6 +90,6 @@ def test_cli_warning_names_the_twin_metric_and_error(tmp_path: Path, idle_prom: 
     captured = capsys.readouterr()
     json.loads(captured.out)                                       # stdout stays the JSON result alone
     line = next(x for x in captured.err.splitlines() if "query failing" in x)
-    assert "WARNING sidecar.scheduler: query failing" in line
+    assert "WARNING sidecar.collect.streaks: query failing" in line
     assert "twin=idle" in line and "metric=memory_usage" in line
     assert re.search(r"error=.*(duplicate|many-to-many|match)", line), line

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..app import Service, start_service
 from ..config import load_config
 from ..logs import setup_logging
+from ..units import horizon_label
 from .prometheus import INSTALL_HINT, LocalPrometheus, free_port, prometheus_available, prometheus_config
 
 RULES = Path(__file__).with_name("rules.yaml")
@@ -255,7 +256,7 @@ async def _table(api: httpx.AsyncClient, scenarios: Sequence[tuple[str, Mapping[
                 if sample.labels.get("twin") == MAIN_TWIN:
                     sims.setdefault(sample.labels.get("scenario", ""), {})[fam.name] = sample.value
     preds = status.get("state_predictions") or []
-    hz = [f"{int(h // 60)}m" if h >= 60 else f"{int(h)}s" for h in (p["horizon_seconds"] for p in preds)]
+    hz = [horizon_label(p["horizon_seconds"]) for p in preds]
     now = time.strftime("%H:%M:%S")
     n_twins = len(twins) if isinstance(twins, list) else len(twins.get("twins", []))
     lines = [f"{now}  {MAIN_TWIN}: health {health_text(status['health_score'])} ({status['health_status']}), "

@@ -59,7 +59,7 @@ class Engine:
         self.state = st = EngineState.new(settings)
         self.settings = st.settings
         self.series = st.series
-        self.predictor = st.predictor
+        self.bank = st.bank
         self.horizons_s = st.horizons_s
         self.detector = st.detector
         self.corrector = st.corrector

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from sidecar.engine.models import F64, I64, Field, Model, Now, Step
+from sidecar.engine.models_base import F64, I64, Field, Model, Now, Step
 
 _DAY = 86400.0
 _WEEK = 7 * _DAY

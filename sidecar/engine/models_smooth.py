@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidecar.engine.models import F64, Field, Model, Now, Step, steps_ahead
+from sidecar.engine.models_base import F64, Field, Model, Now, Step, steps_ahead
 
 
 class DampedTrend(Model):

@@ -1,7 +1,8 @@
 """State prediction: forecasts per metric and horizon, said in words.
 
 The numbers come from :class:`~sidecar.engine.forecast.ForecastBank`
-(vectorised models, automatic choice, calibrated intervals). This module adds
+(vectorised models, automatic choice, calibrated intervals; ``forecast_bank`` builds it from the
+settings). This module adds
 what an SRE reads: the time until a limit is crossed, contributing trends
 ("CPU increasing by 0.75 percentage points per minute") and risk factors ("CPU may reach 95%
 in 30 minutes").
@@ -15,7 +16,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..units import horizon_words
-from .forecast import Expectation, Forecast, ForecastBank
+from .forecast import ForecastBank
 
 #: Display name, unit and verb per core metric; error_rate is shown in percent.
 _DISPLAY: dict[str, tuple[str, str, str, float]] = {
@@ -133,24 +134,10 @@ def exceed_probability(mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, l
     return np.where(np.isfinite(limit) & np.isfinite(mean), np.nan_to_num(p, nan=0.0), np.nan)
 
 
-class StatePredictor:
-    """Forecasts for every series, with the bank behind it replaceable by model name."""
-
-    def __init__(self, horizons_s: Sequence[float], *, level: float = 0.9, model: str = "auto") -> None:
-        self.horizons_s = np.asarray(sorted(float(h) for h in horizons_s))
-        if self.horizons_s.size == 0 or (self.horizons_s <= 0).any():
-            raise ValueError("horizons must be positive seconds")
-        self.level = level
-        self.bank = ForecastBank(self.horizons_s.tolist(), level=level, model=model)
-
-    def add(self, n: int) -> np.ndarray:
-        return self.bank.add(n)
-
-    def reset(self, idx: np.ndarray) -> None:
-        self.bank.reset(idx)
-
-    def update(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray) -> Expectation:
-        return self.bank.update(idx, t, y)
-
-    def forecast(self, idx: np.ndarray | None = None) -> Forecast:
-        return self.bank.forecast(idx)
+def forecast_bank(horizons_s: Sequence[float], *, level: float = 0.9, model: str = "auto") -> ForecastBank:
+    """The bank behind every series' forecasts, its horizons in ascending order (the arrays' column order);
+    ``ValueError`` for no horizon or one that is not positive."""
+    horizons = sorted(float(h) for h in horizons_s)
+    if not horizons or horizons[0] <= 0:
+        raise ValueError("horizons must be positive seconds")
+    return ForecastBank(horizons, level=level, model=model)

@@ -81,7 +81,7 @@ class Reports:
             txt = trend_text(key[1], float(r.slope[s]), float(series.last_v[s]))
             if txt:
                 trends.append(txt)
-        names = st.predictor.bank.model_names
+        names = st.bank.model_names
         preds: list[StatePrediction] = []
         shown = st.horizon_mask.get(t.twin_id)
         for j, h in enumerate(st.horizons_s.tolist()):

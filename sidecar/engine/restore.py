@@ -171,7 +171,7 @@ class Restore:
     def model_states(self, twin_ids: Sequence[str]) -> dict[str, TwinModelState]:
         """These twins' learnt model rows, decoded (what `export_model_states` encodes; the scheduler keeps a
         retired twin's in memory). Twins without a series that saw a sample are left out."""
-        fs = self.st.predictor.bank.state_dict()
+        fs = self.st.bank.state_dict()
         an = self.st.anomaly.state_dict()
         config = {k: np.array(fs[k]) for k in FORECAST_CONFIG}
         out: dict[str, TwinModelState] = {}
@@ -210,7 +210,7 @@ class Restore:
         if not states:
             return {}
         placed = [(st, self.registry.series_for(st.twin_id, list(st.metrics))) for st in states]   # may grow the banks
-        fs = self.st.predictor.bank.state_dict()
+        fs = self.st.bank.state_dict()
         an = self.st.anomaly.state_dict()
         config = {k: fs[k] for k in FORECAST_CONFIG}
         learnt: dict[tuple[str, str], float] = {}
@@ -235,7 +235,7 @@ class Restore:
             self.st.series.last_t[rows] = np.fmax(self.st.series.last_t[rows], st.learnt_until)
             learnt.update({(st.twin_id, m): float(t) for m, t in zip(st.metrics, st.learnt_until, strict=True)})
         if learnt:
-            self.st.predictor.bank.load_state_dict(fs)
+            self.st.bank.load_state_dict(fs)
             self.st.anomaly.load_state_dict(an)
         return learnt
 

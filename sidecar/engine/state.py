@@ -21,8 +21,9 @@ import numpy as np
 from .anomaly import AnomalyBank
 from .correct import AutoCorrector
 from .diverge import DivergenceDetector
+from .forecast import ForecastBank
 from .monitor import Monitor
-from .predict import StatePredictor
+from .predict import forecast_bank
 from .records import DigitalTwin, DivergenceAlert, Source
 from .series import SeriesTable, _grow
 from .settings import EngineSettings
@@ -132,7 +133,7 @@ class EngineState:
 
     settings: EngineSettings
     series: SeriesTable
-    predictor: StatePredictor
+    bank: ForecastBank
     anomaly: AnomalyBank
     horizons_s: np.ndarray
     rows: SeriesArrays
@@ -164,12 +165,12 @@ class EngineState:
     def new(cls, settings: EngineSettings | None = None) -> EngineState:
         s = settings or EngineSettings()
         series = SeriesTable(s.history_size)
-        predictor = StatePredictor(s.horizons_s, level=s.level, model=s.model)
-        h = len(predictor.horizons_s)
-        return cls(settings=s, series=series, predictor=predictor, anomaly=AnomalyBank(),
-                   horizons_s=predictor.horizons_s, rows=SeriesArrays(series.capacity, h),
+        bank = forecast_bank(s.horizons_s, level=s.level, model=s.model)
+        h = len(bank.horizons_s)
+        return cls(settings=s, series=series, bank=bank, anomaly=AnomalyBank(),
+                   horizons_s=bank.horizons_s, rows=SeriesArrays(series.capacity, h),
                    twin_rows=TwinArrays(16, h), monitor=Monitor(s.event_buffer),
-                   view=EngineView.empty(predictor.horizons_s))
+                   view=EngineView.empty(bank.horizons_s))
 
     def advance(self, at: float) -> None:
         """The engine's latest time moves to ``at`` (never back)."""

@@ -83,7 +83,7 @@ class Tick:
     def absorb(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray, at: float, src: Source, quiet: bool) -> None:
         st, r = self.st, self.st.rows
         st.series.append(idx, t, y)
-        exp = st.predictor.update(idx, t, y)
+        exp = st.bank.update(idx, t, y)
         scores = st.anomaly.score_and_learn(idx, t, y, exp.expected, exp.lower, exp.upper, exp.scale,
                                             exp.learned)
         r.anomaly_score[idx] = scores.score
@@ -98,7 +98,7 @@ class Tick:
         r.div_pct[idx] = div.percent
         r.severity[idx] = div.severity
         r.run_len[idx] = np.where(div.diverging, r.run_len[idx] + 1, 0)
-        fc = st.predictor.forecast(idx)          # inside each metric's domain (the bank clips to it)
+        fc = st.bank.forecast(idx)          # inside each metric's domain (the bank clips to it)
         r.fc_mean[idx], r.fc_lower[idx], r.fc_upper[idx] = fc.mean, fc.lower, fc.upper
         r.fc_conf[idx], r.fc_model[idx], r.slope[idx] = fc.confidence, fc.model, fc.slope_per_s
         if fc.regime is not None:

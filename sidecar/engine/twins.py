@@ -189,13 +189,13 @@ class TwinRegistry:
         st = self.st
         cap = st.series.capacity
         st.rows.grow(cap)
-        if st.predictor.bank.size < cap:                 # keep the banks' slots aligned
-            st.predictor.add(cap - st.predictor.bank.size)
+        if st.bank.size < cap:                 # keep the banks' slots aligned
+            st.bank.add(cap - st.bank.size)
         if st.anomaly.size < cap:
             st.anomaly.add(cap - st.anomaly.size)
         if slot in st.used_slots:                        # a reused slot: forget its past
             idx = np.array([slot])
-            st.predictor.reset(idx)
+            st.bank.reset(idx)
             st.anomaly.reset(idx)
             st.rows.reset(slot)
             st.alerts.pop(slot, None)
@@ -215,7 +215,7 @@ class TwinRegistry:
         rows.direction[slot] = DIRECTION_CODE[directions.get(metric, DEFAULT_DIRECTIONS.get(metric,
                                                                                              DEFAULT_CUSTOM_DIRECTION))]
         low, high = bounds.get(metric, DOMAINS.get(metric, (-math.inf, math.inf)))
-        st.predictor.bank.set_domain([slot], [low], [high])
+        st.bank.set_domain([slot], [low], [high])
 
     def apply_config(self, twin: DigitalTwin) -> None:
         for slot in self.st.series.slots_of(twin.twin_id):

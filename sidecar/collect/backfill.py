@@ -1,0 +1,152 @@
+"""Backfill: the last ``backfill`` of history loaded with range queries, so forecasts exist from the start.
+
+Each twin's own queries run as range queries from after what the store already holds; a family's shared
+queries run once for the rule and their series are dealt out by naming labels, indexed once (O(twins +
+series)). The client splits a long range into requests Prometheus accepts. A refused query is said at
+warning for the first few, then at debug (a source down mid-backfill fails every query the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import EngineError, SourceError
+from ..prometheus import QueryFailed, RangeMatrix, SourceUnavailable
+from .context import Context
+from .deal import several_series
+from .naming import shared_queries
+from .ownguard import OwnSeriesGuard
+from .roster import Roster
+from .targets import rows_by_twin
+
+log = logging.getLogger(__name__)
+
+#: Failed backfill queries logged at warning (with twin, metric and Prometheus' error); the rest at debug.
+BACKFILL_WARNINGS = 20
+
+Samples = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+
+
+class Backfill:
+    """Loads history once before the first round; ``done`` once it ran (or when there is none to load)."""
+
+    def __init__(self, ctx: Context, roster: Roster, guard: OwnSeriesGuard) -> None:
+        self.ctx = ctx
+        self.roster = roster
+        self.guard = guard
+        self.done = ctx.config.backfill_s <= 0
+        self._warned = 0
+
+    async def run(self, now: float | None = None) -> int:
+        """Load the last ``backfill`` of history; returns the samples accepted.
+
+        While the source is unreachable nothing is loaded and the next round tries again. Series that
+        already have samples (restored from the store) are only filled in after their newest.
+        """
+        ctx = self.ctx
+        now = ctx.clock() if now is None else now
+        step = ctx.config.interval_s
+        try:
+            await ctx.client.query("vector(1)", at=now)
+        except SourceUnavailable:
+            return 0
+        except QueryFailed:
+            pass
+        await self.roster.refresh(now)
+        async with ctx.lock:
+            jobs = await asyncio.to_thread(self._jobs, now)
+        self._warned = 0
+
+        async def one(name: str, metric: str, query: str, start: float,
+                      rule: str | None = None) -> tuple[str, str, RangeMatrix | None]:
+            # the client splits a long range into requests Prometheus accepts (at most 10,000 steps each)
+            try:
+                return name, metric, await ctx.client.query_range(query, start, now - step, step)
+            except SourceError as exc:
+                self._refused({"rule": rule} if rule is not None else {"twin": name}, metric, query, str(exc))
+                return name, metric, None
+
+        start = math.ceil((now - ctx.config.backfill_s) / step) * step
+        shared = [(r.name, metric, query) for r in ctx.config.twins for metric, query in shared_queries(r).items()]
+        results, shared_results = await asyncio.gather(
+            asyncio.gather(*(one(*j) for j in jobs)),
+            asyncio.gather(*(one(rule, metric, query, start, rule) for rule, metric, query in shared)))
+        samples: Samples = {}
+        failed = 0
+        queries = {(name, metric): query for name, metric, query, _ in jobs}
+        queries.update({(rule, metric): query for rule, metric, query in shared})
+        for name, metric, m in results:
+            if m is None:
+                failed += 1
+                continue
+            query = queries.get((name, metric), "")
+            keep, _ = self.guard.keep(m.labels, (name, metric), query)
+            failed += self._take(samples, name, metric, m, keep, query)
+        for rule, metric, m in shared_results:
+            if m is None:
+                failed += 1
+                continue
+            query = queries.get((rule, metric), "")
+            keep, _ = self.guard.keep(m.labels, (rule, metric), query, who="rule")
+            family = self.roster.family(rule)
+            rows = rows_by_twin(family, m.labels, keep)
+            for t in family:
+                failed += self._take(samples, t.name, metric, m, rows.get(t.name, []), query, rule)
+        accepted = 0
+        if samples:
+            async with ctx.lock:
+                report = await asyncio.to_thread(ctx.engine.backfill, samples)
+            accepted = report.accepted
+        self.done = True
+        await ctx.flush()
+        log.info("backfill done", extra={"queries": len(jobs) + len(shared), "failed": failed, "series": len(samples),
+                                         "samples": accepted, "window_s": ctx.config.backfill_s})
+        return accepted
+
+    def _refused(self, fields: Mapping[str, str], metric: str, query: str, error: str) -> None:
+        # a refused backfill is otherwise invisible until forecasts stay empty: say why, at warning, for the
+        # first few (a source down mid-backfill would fail every query the same way)
+        self._warned += 1
+        level = logging.WARNING if self._warned <= BACKFILL_WARNINGS else logging.DEBUG
+        log.log(level, "backfill query failed", extra={**fields, "metric": metric, "error": error, "query": query})
+
+    def _take(self, samples: Samples, name: str, metric: str, m: RangeMatrix, rows: Sequence[int], query: str,
+              rule: str | None = None) -> int:
+        """One twin metric's rows of a range answer into ``samples``; returns 1 if refused (several series)."""
+        if len(rows) > 1:
+            # the same refusal as a round's ("query failing"), told here: the rounds only say it once they run
+            fields = {"twin": name, **({"rule": rule} if rule is not None else {})}
+            self._refused(fields, metric, query, several_series(len(rows)))
+            return 1
+        if not rows:
+            return 0
+        row = m.values[rows[0]]
+        ok = np.isfinite(row)
+        if ok.any():
+            samples[(name, metric)] = (m.times[ok], row[ok])
+        return 0
+
+    def _jobs(self, now: float) -> list[tuple[str, str, str, float]]:
+        """(Worker thread, under the lock.) Per-twin range queries, each starting after what is stored."""
+        ctx = self.ctx
+        step = ctx.config.interval_s
+        jobs: list[tuple[str, str, str, float]] = []
+        for name, t in self.roster.targets.items():
+            try:
+                history = ctx.engine.history(name)
+            except EngineError:
+                continue
+            for metric, query in t.queries.items():
+                start = now - ctx.config.backfill_s
+                times = history.get(metric, (np.zeros(0), np.zeros(0)))[0]
+                if times.size:
+                    start = max(start, float(times[-1]) + step)
+                start = math.ceil(start / step) * step      # on the grid, so restarts line up
+                if start <= now - step:
+                    jobs.append((name, metric, query, start))
+        return jobs

@@ -1,0 +1,150 @@
+"""What every forecasting model of the `ForecastBank` is made of: per-series arrays, a step, a contract.
+
+Every model keeps its state in numpy arrays whose first axis is the series slot, so
+one call updates or predicts thousands of series without a Python loop per series,
+and the bank can grow, reset and persist all models the same way (`Slots`).
+
+A model sees the samples through a `Step` (one new sample for each listed series,
+plus what the bank knows about the series' sampling) and answers `predict` for the
+horizons in seconds counted from the series' last sample.  Horizons are converted
+to steps with the series' own sampling-interval estimate, so irregular sampling
+and gaps do not change what "15 minutes ahead" means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """Shape (after the slot axis), dtype and empty value of one state array."""
+
+    tail: tuple[int, ...]
+    dtype: type
+    fill: float
+    optional: bool = False  # a saved state without it (from before the field existed) loads with `fill`
+
+
+class Slots:
+    """Named arrays sharing one slot axis; grown by doubling, reset to their empty value."""
+
+    def __init__(self, fields: dict[str, Field], capacity: int) -> None:
+        self.fields = dict(fields)
+        self.arrays: dict[str, np.ndarray] = {
+            name: np.full((capacity, *f.tail), f.fill, dtype=f.dtype) for name, f in self.fields.items()
+        }
+        self.capacity = capacity
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        for name, f in self.fields.items():
+            new: np.ndarray = np.full((capacity, *f.tail), f.fill, dtype=f.dtype)
+            new[: self.capacity] = self.arrays[name]
+            self.arrays[name] = new
+        self.capacity = capacity
+
+    def reset(self, idx: I64) -> None:
+        for name, f in self.fields.items():
+            self.arrays[name][idx] = f.fill
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        return iter(self.arrays.items())
+
+    def load(self, prefix: str, state: dict[str, np.ndarray], size: int) -> None:
+        """Restore from a state dict (keys `prefix + name`) holding the first `size` slots."""
+        cap = max(self.capacity, size)
+        for name, f in self.fields.items():
+            key = prefix + name
+            if key not in state:
+                if f.optional:
+                    self.arrays[name] = np.full((cap, *f.tail), f.fill, dtype=f.dtype)
+                    continue
+                raise KeyError(key)
+            src = np.asarray(state[key])
+            if src.shape != (size, *f.tail):
+                raise ValueError(f"{key}: shape {src.shape}, expected {(size, *f.tail)}")
+            arr: np.ndarray = np.full((cap, *f.tail), f.fill, dtype=f.dtype)
+            arr[:size] = src
+            self.arrays[name] = arr
+        self.capacity = cap
+
+    def dump(self, prefix: str, size: int) -> dict[str, np.ndarray]:
+        return {prefix + name: arr[:size].copy() for name, arr in self.arrays.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One new sample per listed series, with what the bank knows of each series' sampling.
+
+    `n_prev` is the number of samples absorbed before this one, `t_prev`/`y_prev` the
+    previous sample (undefined when `n_prev == 0`), `dt` the sampling-interval estimate
+    including this sample (NaN while unknown) and `gap` marks samples that follow a gap
+    much longer than the usual interval, after which trends and short memories are stale.
+    """
+
+    idx: I64
+    t: F64
+    y: F64
+    t_prev: F64
+    y_prev: F64
+    n_prev: I64
+    dt: F64
+    gap: NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """The last absorbed sample of each listed series: forecasts are made from here."""
+
+    idx: I64
+    t: F64
+    y: F64
+    n: I64
+    dt: F64
+
+
+class Model:
+    """Base: a family of one or more model variants sharing per-slot state in `self.slots`.
+
+    Variants of a family (e.g. medians over several windows) are computed together, so
+    the cost of a call grows with the number of families, not of variants.
+    """
+
+    names: tuple[str, ...] = ()
+    # True when every forecast only combines observed values (it cannot blow up, so the bank skips
+    # its blow-up check); extrapolating models leave it False
+    bounded: bool = False
+
+    def __init__(self, capacity: int) -> None:
+        self.slots = Slots(self.fields(), capacity)
+
+    def fields(self) -> dict[str, Field]:
+        return {}
+
+    def update(self, s: Step) -> None:
+        """Absorb one sample for each series of the step."""
+
+    def predict(self, now: Now, h_s: F64) -> F64:
+        """Point forecasts (k, V, H) of the V variants for horizons `h_s` (k, H) in seconds after `now.t`.
+
+        NaN where a variant has no forecast yet (e.g. a daily season before a day of history).
+        """
+        raise NotImplementedError
+
+
+def steps_ahead(h_s: F64, dt: F64) -> F64:
+    """Horizon in samples of the series' own sampling interval (at least 1 step)."""
+    d = np.where(np.isfinite(dt) & (dt > 0), dt, np.inf)[:, None]
+    return np.maximum(h_s / d, 1.0)
