@@ -390,11 +390,18 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     return OpenedHistory(store, writer, loaded, retired, states)
 
 
+def engine_settings(config: SidecarConfig, *, id_namespace: str = "") -> EngineSettings:
+    """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series."""
+    return EngineSettings(horizons_s=config.horizons_s, id_namespace=id_namespace,
+                          forecast_store_every_s=config.storage.forecast_interval_s,
+                          max_twins=config.limits.max_twins, max_series=config.limits.max_series)
+
+
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
     """Build and start everything except signal handling; the scheduler runs as a task."""
     status = ServiceStatus(config_loaded=True)
     replica = os.environ.get(REPLICA_ENV, "default")
-    engine = Engine(EngineSettings(horizons_s=config.horizons_s, id_namespace="" if replica == "default" else replica))
+    engine = Engine(engine_settings(config, id_namespace="" if replica == "default" else replica))
     lock = asyncio.Lock()
     opened = await _open_history(config, engine, status)
     store, writer, loaded = opened.store, opened.writer, opened.loaded
@@ -428,7 +435,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
                           path=config.path, key="server.listen") from exc
     addresses = runner.addresses                 # the real port when 0 was asked for
     bound = int(addresses[0][1]) if addresses else listen_port
-    client = PrometheusClient(config.prometheus)
+    client = PrometheusClient(config.prometheus, max_response_bytes=config.limits.max_response_bytes)
     scheduler = Scheduler(config, engine, client, status, lock=lock, writer=gate,
                           sync_histogram=sync_duration_histogram(registry),
                           own_identities=config.prometheus.self_labels)
