@@ -58,8 +58,8 @@ __all__ = ["Service", "check_config", "run_service", "start_service"]
 
 #: Seconds the store may take to flush at shutdown (the round in progress gets its own short grace).
 FLUSH_TIMEOUT_S = 3.0
-#: Twins whose model rows are copied under the engine lock at once by a model-state save (~10 ms for 500).
-SAVE_CHUNK_TWINS = 500
+#: Twins whose model rows are copied under the engine lock at once by a model-state save (~0.1 s for 200).
+SAVE_CHUNK_TWINS = 200
 #: How long the shutdown's model-state save may take: with the scheduler's last round and the store's flush it
 #: stays inside the chart's terminationGracePeriodSeconds (30 s); what it did not save is logged.
 SHUTDOWN_SAVE_S = 15.0
