@@ -185,7 +185,7 @@ async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
     written = size = 0
     try:
         async with lock:
-            twin_ids = [t.twin_id for t in engine.twins()]
+            twin_ids = engine.twin_ids()
             if scheduler is not None:
                 parked, forget = scheduler.unsaved_parked_models(), scheduler.take_forgotten()
         kept = await asyncio.to_thread(_encode_all, parked)
