@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -58,6 +58,11 @@ __all__ = ["Service", "check_config", "run_service", "start_service"]
 
 #: Seconds the store may take to flush at shutdown (the round in progress gets its own short grace).
 FLUSH_TIMEOUT_S = 3.0
+#: Twins whose model rows are copied under the engine lock at once by a model-state save (~0.1 s for 200).
+SAVE_CHUNK_TWINS = 200
+#: How long the shutdown's model-state save may take: with the scheduler's last round and the store's flush it
+#: stays inside the chart's terminationGracePeriodSeconds (30 s); what it did not save is logged.
+SHUTDOWN_SAVE_S = 15.0
 #: Seconds an API state change waits for its commit before it answers 202 (applied, not yet stored), unless the
 #: rules say otherwise (``storage.commit_wait``).
 STORE_WAIT_S = StorageConfig().commit_wait_s
@@ -132,8 +137,13 @@ class _RestoreGate:
 
 
 async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
-                            scheduler: Scheduler | None = None) -> int:
+                            scheduler: Scheduler | None = None, *, deadline: float | None = None) -> int:
     """Save every twin's learnt model rows; a store that is down only costs this save (logged).
+
+    Incremental: ``SAVE_CHUNK_TWINS`` twins at a time, the engine lock held only while their rows are copied, so
+    rounds and the API go on between chunks and memory grows by one chunk, not a copy of every model. With a
+    ``deadline`` (``time.monotonic()``; the shutdown's) the save stops at the first chunk past it and says how
+    many twins it did not save (they come back as last saved).
 
     With the scheduler, also the models of retired twins it keeps that are not saved yet (so a restart gives
     them back), and, once saved, the rows of retired twins it no longer keeps are deleted (given back to the
@@ -141,31 +151,49 @@ async def save_model_states(engine: Engine, store: Store, lock: asyncio.Lock,
     """
     parked: list[TwinModelState] = []
     forget: list[str] = []
+    written = size = 0
     try:
         async with lock:
-            blobs = await asyncio.to_thread(engine.export_model_states)
+            twin_ids = engine.twin_ids()
             if scheduler is not None:
                 parked, forget = scheduler.retired.unsaved_models(), scheduler.retired.take_forgotten()
-        kept = await asyncio.to_thread(lambda: {st.twin_id: encode_model_state(st) for st in parked})
+        kept = await asyncio.to_thread(_encode_all, parked)
+        size += sum(map(len, kept.values()))
+        if kept:
+            written += await store.save_model_states(kept, at=time.time())
+        saved: set[str] = set(kept)
+        for first in range(0, len(twin_ids), SAVE_CHUNK_TWINS):
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("model state save incomplete: the deadline passed", extra={
+                    "saved": first, "unsaved": len(twin_ids) - first,
+                    "hint": "the unsaved twins come back with the models of their last save"})
+                break
+            chunk = twin_ids[first:first + SAVE_CHUNK_TWINS]
+            async with lock:
+                states = await asyncio.to_thread(engine.model_states, chunk)
+            blobs = await asyncio.to_thread(_encode_all, states.values())
+            written += await store.save_model_states(blobs, at=time.time())
+            size += sum(map(len, blobs.values()))
+            saved.update(blobs)
+    except StoreError as exc:
+        log.warning("model state not saved", extra={"twins": written, "error": str(exc)})
+        if scheduler is not None:
+            scheduler.retired.forget_later(forget)
+        return written
     except Exception:       # a bug here must not stop the schedule or the shutdown's flush of the store
         log.exception("model state could not be exported")
         if scheduler is not None:
             scheduler.retired.forget_later(forget)
-        return 0
-    states = {**kept, **blobs}
-    try:
-        written = await store.save_model_states(states, at=time.time())
-    except StoreError as exc:
-        log.warning("model state not saved", extra={"twins": len(states), "error": str(exc)})
-        if scheduler is not None:
-            scheduler.retired.forget_later(forget)
-        return 0
-    log.info("model state saved", extra={"twins": written, "retired_kept": len(kept),
-                                         "bytes": sum(map(len, states.values()))})
+        return written
+    log.info("model state saved", extra={"twins": written, "retired_kept": len(kept), "bytes": size})
     if scheduler is not None:
         scheduler.retired.models_saved(parked)
-        await _forget_model_states(store, scheduler, [t for t in forget if t not in states])
+        await _forget_model_states(store, scheduler, [t for t in forget if t not in saved])
     return written
+
+
+def _encode_all(states: Iterable[TwinModelState]) -> dict[str, bytes]:
+    return {st.twin_id: encode_model_state(st) for st in states}
 
 
 async def _forget_model_states(store: Store, scheduler: Scheduler, twin_ids: list[str]) -> None:
@@ -242,9 +270,9 @@ class Service:
         if self.state_task is not None:
             await self.state_task           # returns once stop is set
         if self.sink is None or not self.sink.pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(save_model_states(self.engine, self.store, self.scheduler.lock,
-                                                         self.scheduler), FLUSH_TIMEOUT_S)
+            # not wait_for: a cancelled save would leave its thread running and the process alive past the grace
+            await save_model_states(self.engine, self.store, self.scheduler.lock, self.scheduler,
+                                    deadline=time.monotonic() + SHUTDOWN_SAVE_S)
         await self.writer.close(FLUSH_TIMEOUT_S)
         await self.runner.cleanup()
         await self.client.aclose()
@@ -291,11 +319,18 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     return OpenedHistory(store, writer, loaded, retired, states)
 
 
+def engine_settings(config: SidecarConfig, *, id_namespace: str = "") -> EngineSettings:
+    """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series."""
+    return EngineSettings(horizons_s=config.horizons_s, id_namespace=id_namespace,
+                          forecast_store_every_s=config.storage.forecast_interval_s,
+                          max_twins=config.limits.max_twins, max_series=config.limits.max_series)
+
+
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
     """Build and start everything except signal handling; the scheduler runs as a task."""
     status = ServiceStatus(config_loaded=True)
     replica = os.environ.get(REPLICA_ENV, "default")
-    engine = Engine(EngineSettings(horizons_s=config.horizons_s, id_namespace="" if replica == "default" else replica))
+    engine = Engine(engine_settings(config, id_namespace="" if replica == "default" else replica))
     lock = asyncio.Lock()
     opened = await _open_history(config, engine, status)
     store, writer, loaded = opened.store, opened.writer, opened.loaded
@@ -329,7 +364,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
                           path=config.path, key="server.listen") from exc
     addresses = runner.addresses                 # the real port when 0 was asked for
     bound = int(addresses[0][1]) if addresses else listen_port
-    client = PrometheusClient(config.prometheus)
+    client = PrometheusClient(config.prometheus, max_response_bytes=config.limits.max_response_bytes)
     scheduler = Scheduler(config, engine, client, status, lock=lock, writer=gate,
                           sync_histogram=sync_duration_histogram(registry),
                           own_identities=config.prometheus.self_labels)

@@ -90,16 +90,16 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed: int) -> dict[str, Any]:
     """Load the twin's history from Prometheus (the rules' backfill window), then run the scenario."""
+    from .app import engine_settings
     from .collect.scheduler import Scheduler
     from .config import load_config
     from .engine.core import Engine
-    from .engine.settings import EngineSettings
     from .prometheus import PrometheusClient
     from .status import ServiceStatus
 
     config = load_config(config_path)
-    engine = Engine(EngineSettings(horizons_s=config.horizons_s))
-    client = PrometheusClient(config.prometheus)
+    engine = Engine(engine_settings(config))
+    client = PrometheusClient(config.prometheus, max_response_bytes=config.limits.max_response_bytes)
     try:
         sched = Scheduler(config, engine, client, ServiceStatus(config_loaded=True))
         await sched.backfill()

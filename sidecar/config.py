@@ -118,11 +118,23 @@ class StorageConfig:
     retention_days: float = 30.0
     retention_snapshots: int = 1000
     buffer_max_items: int = 100_000
+    forecast_interval_s: float = 300.0         # forecast rows stored at most this often per series (spread out)
     model_state_interval_s: float = 600.0      # how often the models' learnt state is saved (and at shutdown)
     commit_wait_s: float = 3.0                 # how long an API state change waits for its commit before a 202
     #: retention never drops a snapshot younger than this, whatever ``retention_snapshots`` says: a change the
     #: API acknowledged stays readable (and a rollback target) at least this long
     retention_min_age_s: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What the sidecar takes on at most (``limits:``): past ``max_twins`` or ``max_series`` new twins are refused
+    (counted, logged, an event), and an answer larger than ``max_response_bytes`` is refused as a query error,
+    so a ``discover`` over a high-cardinality metric cannot grow the process until it is killed."""
+
+    max_twins: int = 10_000
+    max_series: int = 40_000
+    max_response_bytes: int = 128 * 2**20
 
 
 #: The longest ``storage.commit_wait``: an API call held longer than a minute looks hung to its client.
@@ -141,6 +153,10 @@ MAX_RETENTION_DAYS = 3650.0                   # storage.retention_days
 MAX_RETENTION_MIN_AGE_S = 365 * 86400.0       # storage.retention_min_age
 MAX_RETENTION_SNAPSHOTS = 1_000_000           # storage.retention_snapshots (per twin)
 MAX_BUFFER_ITEMS = 10_000_000                 # storage.buffer_max_items
+MAX_FORECAST_INTERVAL_S = 86400.0             # storage.forecast_interval
+MAX_LIMIT_TWINS = 10_000_000                  # limits.max_twins
+MAX_LIMIT_SERIES = 100_000_000                # limits.max_series
+MAX_RESPONSE_BYTES = 16 * 2**30               # limits.max_response_bytes
 MAX_BODY_BYTES = 64 * 1024 * 1024             # server.max_body_bytes
 MAX_CONCURRENCY = 1024                        # prometheus.max_concurrency
 MAX_KEEP_MAX = 100_000                        # retired.keep_max
@@ -212,6 +228,7 @@ class SidecarConfig:
     backfill_s: float = 3600.0
     retired: RetiredConfig = field(default_factory=RetiredConfig)
     export: ExportOptions = field(default_factory=ExportOptions)   # what /metrics carries beyond the default
+    limits: LimitsConfig = field(default_factory=LimitsConfig)      # the most twins, series and answer bytes
 
     @property
     def horizons_s(self) -> tuple[float, ...]:
@@ -531,6 +548,7 @@ def _storage(r: _Reader | None, env: Mapping[str, str]) -> StorageConfig:
         or d.buffer_max_items,
         model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s,
                                           maximum=MAX_MODEL_STATE_INTERVAL_S),
+        forecast_interval_s=r.duration("forecast_interval", d.forecast_interval_s, maximum=MAX_FORECAST_INTERVAL_S),
         commit_wait_s=r.duration("commit_wait", d.commit_wait_s, maximum=MAX_COMMIT_WAIT_S, allow_zero=True),
         retention_min_age_s=r.duration("retention_min_age", d.retention_min_age_s, maximum=MAX_RETENTION_MIN_AGE_S,
                                        allow_zero=True))
@@ -560,6 +578,19 @@ def _sqlite_path_problem(path: Path) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"the directory {parent} is not writable (SQLite writes its journal beside the database)"
     return None
+
+
+def _limits(r: _Reader | None) -> LimitsConfig:
+    d = LimitsConfig()
+    if r is None:
+        return d
+    out = LimitsConfig(
+        max_twins=r.int_("max_twins", d.max_twins, maximum=MAX_LIMIT_TWINS) or d.max_twins,
+        max_series=r.int_("max_series", d.max_series, maximum=MAX_LIMIT_SERIES) or d.max_series,
+        max_response_bytes=r.int_("max_response_bytes", d.max_response_bytes, minimum=1024,
+                                  maximum=MAX_RESPONSE_BYTES) or d.max_response_bytes)
+    r.finish()
+    return out
 
 
 def _retired(r: _Reader | None) -> RetiredConfig:
@@ -862,7 +893,8 @@ def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule
 MAX_BACKFILL_STEPS = 80_640
 
 
-_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios", "export")
+_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios", "export",
+             "limits")
 
 
 def placeholders_in(query: str) -> list[str]:
@@ -921,6 +953,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     server = _server(r.mapping("server"))
     storage = _storage(r.mapping("storage"), env)
     retired = _retired(r.mapping("retired"))
+    limits = _limits(r.mapping("limits"))
     if "twins" not in r.items or _is_null(r.items["twins"][1]):
         raise r.error(root, "twins", "required: a list of twin rules")
     twins: list[TwinRule] = []
@@ -947,7 +980,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     r.finish(_TOP_KEYS)
     return SidecarConfig(path=path, prometheus=prometheus, server=server, storage=storage, twins=tuple(twins),
                          scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill, retired=retired,
-                         export=export)
+                         export=export, limits=limits)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> SidecarConfig:

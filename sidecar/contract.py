@@ -103,6 +103,8 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
                "1 once the metric has accepted a sample, 0 while its query has returned none (no series, or only "
                "NaN/Inf): such a metric exports no actual, expected, forecast or divergence.", _TML, "has_data"),
     MetricSpec("twin_twins", "gauge", "Number of twins the sidecar keeps.", ()),
+    MetricSpec("twin_twins_refused_total", "counter",
+               "New twins refused because limits.max_twins or limits.max_series was reached.", ("limit",)),
     MetricSpec("twin_source_up", "gauge",
                "1 if the last query round reached the metrics source (Prometheus), else 0.", ()),
     MetricSpec("twin_query_errors_total", "counter",

@@ -67,6 +67,15 @@ class ExpectedStateError(InputError):
         self.detail = detail
 
 
+class CapacityError(InputError):
+    """A new twin refused because the sidecar holds as many twins or series as the rules' ``limits:`` allow
+    (``max_twins``, ``max_series``): memory stays bounded instead of growing until the pod is killed."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class LimitError(InputError):
     """A limit the engine refuses: a core metric's at or below 0, a percentage's above 100, one not finite.
 

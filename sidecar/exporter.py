@@ -342,6 +342,10 @@ class TwinCollector:
     def _status_families(self, view: EngineView) -> Iterator[Metric]:
         st = self._status
         yield _gauge("twin_twins", float(len(view.twin_names)))
+        refused = _counter("twin_twins_refused_total")
+        for limit in ("max_twins", "max_series"):
+            refused.add_metric([limit], float(view.twins_refused.get(limit, 0)))
+        yield refused
         yield _gauge("twin_source_up", 1.0 if st.source_up else 0.0)
         errors = _counter("twin_query_errors_total")
         # dict() of a dict is one C call under the GIL: a consistent copy even while the scheduler writes. The

@@ -325,7 +325,7 @@ _SCHEMAS: dict[str, Any] = {
         "event_id": {"type": "string"}, "twin_id": {"type": "string"},
         "type": {"enum": ["health_warning", "health_critical", "health_recovered", "drift_detected",
                           "drift_cleared", "risk_warning", "divergence", "correction", "rollback",
-                          "twin_created", "twin_retired"]},
+                          "twin_created", "twin_retired", "twin_refused"]},
         "severity": {"enum": ["info", "warning", "critical"]}, "message": {"type": "string"},
         "timestamp": _TIME, "timestamp_unix": {"type": "number"}, "data": {"type": "object"},
     }, extra=False),

@@ -112,10 +112,10 @@ async def test_an_export_that_fails_is_logged_and_costs_only_the_save(tmp_path: 
     engine = Engine()
     engine.create_twin("svc", at=0.0)
 
-    def broken() -> dict[str, bytes]:
+    def broken(twin_ids: object) -> dict[str, bytes]:
         raise RuntimeError("export bug")
 
-    engine.export_model_states = broken            # type: ignore[method-assign]
+    engine.model_states = broken                   # type: ignore[method-assign,assignment]
     store = open_store(path=str(db))
     await store.open()
     try:
@@ -124,3 +124,40 @@ async def test_an_export_that_fails_is_logged_and_costs_only_the_save(tmp_path: 
     finally:
         await store.close()
     assert any("could not be exported" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_save_goes_a_chunk_at_a_time_and_a_passed_deadline_says_what_it_left(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine lock is free between chunks (a round can run), and a shutdown past its deadline logs the
+    twins it did not save instead of leaving a thread that keeps the process alive."""
+    import time
+
+    import sidecar.app as app
+
+    monkeypatch.setattr(app, "SAVE_CHUNK_TWINS", 2)
+    engine = Engine()
+    for i in range(5):
+        engine.create_twin(f"svc{i}", at=0.0)
+        slot = engine.series_for(f"svc{i}", ["cpu_usage"])
+        for k in range(3):
+            engine.ingest(slot, np.array([10.0 + k]), at=15.0 * (k + 1), quiet=True)
+    lock = asyncio.Lock()
+    held: list[bool] = []
+    real = engine.model_states
+
+    def watched(twin_ids: object) -> object:
+        held.append(lock.locked())
+        return real(twin_ids)  # type: ignore[arg-type]
+
+    engine.model_states = watched                  # type: ignore[method-assign,assignment]
+    store = open_store(path=str(tmp_path / "twins.db"))
+    await store.open()
+    try:
+        assert await save_model_states(engine, store, lock) == 5
+        assert held == [True, True, True] and not lock.locked()        # 3 chunks of at most 2, each under the lock
+        assert len(await store.load_model_states()) == 5
+        assert await save_model_states(engine, store, lock, deadline=time.monotonic() - 1) == 0
+    finally:
+        await store.close()
+    incomplete = [r for r in caplog.records if r.getMessage() == "model state save incomplete: the deadline passed"]
+    assert len(incomplete) == 1 and (incomplete[0].saved, incomplete[0].unsaved) == (0, 5)  # type: ignore[attr-defined]

@@ -206,3 +206,21 @@ def test_anomaly_rows_saved_with_fewer_features_load_and_keep_what_they_learnt()
     loaded = new.anomaly.state_dict()
     np.testing.assert_array_equal(loaded["hist"][sn][:, :5], old.anomaly.state_dict()["hist"][so][:, :5])
     np.testing.assert_array_equal(loaded["tot"][sn][:, 5:], fresh_tot[:, 5:])
+
+
+def test_a_blob_saved_as_npz_by_an_earlier_version_is_still_read() -> None:
+    import io
+
+    old, _ = _fed(0.2, names=("a",))
+    st = decode(next(iter(old.export_model_states().values())))
+    arrays = {"format": np.array(1, np.int64), "twin_id": np.array(st.twin_id),
+              "metrics": np.array(st.metrics, dtype=str), "learnt_until": st.learnt_until,
+              **{"fc." + k: v for k, v in st.forecast_config.items()},
+              **{"f." + k: v for k, v in st.forecast.items()}, **{"a." + k: v for k, v in st.anomaly.items()}}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
+    back = decode(buf.getvalue())
+    assert back.twin_id == st.twin_id and back.metrics == st.metrics
+    for k, v in st.forecast.items():
+        np.testing.assert_array_equal(back.forecast[k], v)
+    assert len(encode(st)) < len(buf.getvalue())           # the packed blob is the smaller one too

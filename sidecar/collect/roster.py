@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .. import loopguard
 from ..config import TwinRule
-from ..errors import EngineError, InputError, SourceError
+from ..errors import CapacityError, EngineError, InputError, SourceError
 from ..prometheus import InstantVector, QueryFailed, SourceUnavailable, select
 from .context import Context
 from .naming import HASH_MARK, discovered_name, key_hash, named_by, naming_key, rule_of, shared_queries, substitute
@@ -283,6 +283,8 @@ class Roster:
                 expected=dict(rule.expected) or None, thresholds=dict(rule.thresholds),
                 limits=dict(rule.limits), auto_correction=rule.auto_correction, labels=t.labels,
                 initial_state=sizing)
+        except CapacityError:
+            return False        # counted, logged once per episode and recorded as an event by the registry
         except InputError as exc:
             log.error("cannot create twin", extra={"twin": name, "error": str(exc)})
             return False

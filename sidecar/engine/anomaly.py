@@ -472,16 +472,17 @@ class AnomalyBank:
         f["quiet"][idx] = np.where(start, float(self._quiet), np.maximum(quiet - 1.0, 0.0))
         return np.clip(out, 0.0, 1.0)
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self, *, copy: bool = True) -> dict[str, np.ndarray]:
+        """Every per-series array, copied, or as views with ``copy=False`` (a caller taking a few rows)."""
         n = self._n
-        out: dict[str, np.ndarray] = {k: v[:n].copy() for k, v in self._f.items()}
-        out["count"] = self._i["count"][:n].copy()
-        out["hist"] = self._hist[:n].copy()
-        out["tot"] = self._tot[:n].copy()
-        out["today"] = self._today[:n].copy()
-        out["daily"] = self._daily[:n].copy()
-        out["context"] = self._cstate[:n].copy()
-        return out
+        out: dict[str, np.ndarray] = {k: v[:n] for k, v in self._f.items()}
+        out["count"] = self._i["count"][:n]
+        out["hist"] = self._hist[:n]
+        out["tot"] = self._tot[:n]
+        out["today"] = self._today[:n]
+        out["daily"] = self._daily[:n]
+        out["context"] = self._cstate[:n]
+        return {k: v.copy() for k, v in out.items()} if copy else out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         n = len(state["count"])

@@ -109,6 +109,10 @@ class Engine:
     def twins(self) -> list[DigitalTwin]:
         return self.reports.twins()
 
+    def twin_ids(self) -> list[str]:
+        """Every twin's id, without bringing records up to date (``twins`` costs ~0.4 ms a twin)."""
+        return list(self.state.twins)
+
     def series_for(self, twin: str, metrics: Sequence[str]) -> np.ndarray:
         return self.registry.series_for(twin, metrics)
 

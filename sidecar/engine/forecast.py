@@ -792,8 +792,9 @@ class ForecastBank:
         return self._predict_all(now, hs)
 
     # ------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Every array needed to restore the bank (plus its configuration, checked on load)."""
+    def state_dict(self, *, copy: bool = True) -> dict[str, np.ndarray]:
+        """Every array needed to restore the bank (plus its configuration, checked on load); views of the
+        per-series arrays with ``copy=False``."""
         out: dict[str, np.ndarray] = {
             "size": np.array(self._size, dtype=np.int64),
             "horizons_s": self.horizons_s.copy(),
@@ -801,9 +802,9 @@ class ForecastBank:
             "queue": np.array(self.queue, dtype=np.int64),
             "model_names": np.array(self.model_names),
         }
-        out.update(self.core.dump("core.", self._size))
+        out.update(self.core.dump("core.", self._size, copy=copy))
         for j, f in enumerate(self.families):
-            out.update(f.slots.dump(f"m{j}.", self._size))
+            out.update(f.slots.dump(f"m{j}.", self._size, copy=copy))
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:

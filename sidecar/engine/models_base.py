@@ -80,8 +80,10 @@ class Slots:
             self.arrays[name] = arr
         self.capacity = cap
 
-    def dump(self, prefix: str, size: int) -> dict[str, np.ndarray]:
-        return {prefix + name: arr[:size].copy() for name, arr in self.arrays.items()}
+    def dump(self, prefix: str, size: int, *, copy: bool = True) -> dict[str, np.ndarray]:
+        """The first ``size`` rows of every array: copies, or views (``copy=False``) for a caller that takes a
+        few rows out at once, under the engine lock (a twin's model state), instead of copying every row."""
+        return {prefix + name: arr[:size].copy() if copy else arr[:size] for name, arr in self.arrays.items()}
 
 
 @dataclass(frozen=True, slots=True)

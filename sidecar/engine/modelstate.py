@@ -6,15 +6,20 @@ state a nightly job alerts again for days after every redeploy. The banks keep o
 series; a twin's rows are cut out of the banks' ``state_dict`` and put back into whatever rows
 its series get in the next process (slots are not stable across restarts).
 
-The encoding is a compressed ``.npz`` (numpy's own container: no pickle, so a stored blob can not
-run code when it is read). A blob from other models or horizons is refused as a whole and the
+The encoding is the arrays' raw bytes behind a JSON header naming each one's key, dtype and shape, compressed
+once with zlib (``MAGIC`` first): no pickle, and only numeric, boolean and text dtypes are read, so a stored blob
+can not run code when it is read. Blobs saved as a compressed ``.npz`` (numpy's container, 20 ms a twin to write
+against 0.5 ms) are still read. A blob from other models or horizons is refused as a whole and the
 twin relearns from its samples: half a state would be worse than none.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +28,10 @@ import numpy as np
 from ..errors import InputError
 
 FORMAT = 1
+#: The first bytes of a packed blob (a ``.npz`` starts with ``PK``).
+MAGIC = b"TWMS\x02"
+#: dtype kinds a packed blob may hold: bool, integers, floats, text (never objects).
+_KINDS = frozenset("biufU")
 #: Keys of the forecast bank's state that describe the bank, not a series (checked, never sliced).
 FORECAST_CONFIG = ("size", "horizons_s", "level", "queue", "model_names")
 
@@ -142,18 +151,52 @@ def encode(state: TwinModelState) -> bytes:
     arrays.update({"fc." + k: v for k, v in state.forecast_config.items()})
     arrays.update({"f." + k: v for k, v in state.forecast.items()})
     arrays.update({"a." + k: v for k, v in state.anomaly.items()})
-    buf = io.BytesIO()
-    np.savez_compressed(buf, allow_pickle=False, **arrays)
-    return buf.getvalue()
+    header: list[tuple[str, str, tuple[int, ...], int]] = []
+    chunks: list[bytes] = []
+    for k, v in arrays.items():
+        a = np.asarray(v, order="C")             # (ascontiguousarray would make a 0-d array 1-d)
+        if a.dtype.kind not in _KINDS:
+            raise InputError(f"model state array {k!r} has dtype {a.dtype}, which is not saved")
+        raw = a.tobytes()
+        header.append((k, a.dtype.str, a.shape, len(raw)))
+        chunks.append(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return MAGIC + zlib.compress(len(head).to_bytes(4, "little") + head + b"".join(chunks), 1)
+
+
+def _unpack(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a packed blob; ``ValueError`` for anything that is not one."""
+    body = zlib.decompress(blob[len(MAGIC):])
+    n = int.from_bytes(body[:4], "little")
+    header = json.loads(body[4:4 + n])
+    if not isinstance(header, list):
+        raise ValueError("the header is not a list")
+    out: dict[str, np.ndarray] = {}
+    pos = 4 + n
+    for entry in header:
+        key, dt, shape, size = entry
+        dtype = np.dtype(str(dt))
+        if dtype.kind not in _KINDS or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError(f"array {key!r}: dtype {dtype} or shape {shape} not allowed")
+        count = math.prod(shape)
+        if count * dtype.itemsize != size or pos + size > len(body):
+            raise ValueError(f"array {key!r} is cut short")
+        out[str(key)] = np.frombuffer(body, dtype, count=count, offset=pos).reshape(tuple(shape)).copy()
+        pos += size
+    return out
 
 
 def decode(blob: bytes) -> TwinModelState:
-    """Parse a blob from `encode`; anything else is an `InputError` naming what is wrong."""
+    """Parse a blob from `encode` (or an older ``.npz`` one); anything else is an `InputError` naming what is
+    wrong."""
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"model state is not a readable .npz: {e}") from e
+        if blob.startswith(MAGIC):
+            arrays = _unpack(blob)
+        else:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputError(f"model state is not readable (packed arrays or .npz): {e}") from e
     try:
         fmt = int(arrays["format"])
         if fmt != FORMAT:

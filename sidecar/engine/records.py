@@ -303,6 +303,7 @@ class EventType(StrEnum):
     ROLLBACK = "rollback"
     TWIN_CREATED = "twin_created"
     TWIN_RETIRED = "twin_retired"
+    TWIN_REFUSED = "twin_refused"          # a new twin past limits.max_twins or limits.max_series
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,8 +171,8 @@ class Restore:
     def model_states(self, twin_ids: Sequence[str]) -> dict[str, TwinModelState]:
         """These twins' learnt model rows, decoded (what `export_model_states` encodes; the scheduler keeps a
         retired twin's in memory). Twins without a series that saw a sample are left out."""
-        fs = self.st.bank.state_dict()
-        an = self.st.anomaly.state_dict()
+        fs = self.st.bank.state_dict(copy=False)     # views: only these twins' rows are copied
+        an = self.st.anomaly.state_dict(copy=False)
         config = {k: np.array(fs[k]) for k in FORECAST_CONFIG}
         out: dict[str, TwinModelState] = {}
         for tid in twin_ids:

@@ -41,6 +41,11 @@ class EngineSettings:
     level: float = 0.9                       # interval coverage of forecast bounds
     model: str = "auto"                      # forecast model: "auto" or a ForecastBank model name
     history_size: int = 1000                 # metric samples kept in memory per series
+    # new twins are refused (CapacityError) past this many twins, or once this many series exist (None: no limit)
+    max_twins: int | None = None
+    max_series: int | None = None
+    # forecast rows for the store at most this often per series, the series spread evenly over the period
+    forecast_store_every_s: float = 300.0
     snapshot_memory: int = 100               # snapshots kept in memory per twin
     correction_memory: int = 100             # correction records kept in memory per twin
     event_buffer: int = 10_000               # monitor events kept in memory

@@ -160,6 +160,8 @@ class EngineState:
     key_arrays: tuple[np.ndarray, np.ndarray] | None = None   # slot -> twin id / metric
     last_at: float = math.nan
     dirty: bool = False                      # quiet ingests left roll-up and view stale
+    twins_refused: dict[str, int] = field(default_factory=dict)   # limit name -> new twins refused, ever
+    refusing: bool = False                   # the last new twin was refused (told once until one is accepted)
 
     @classmethod
     def new(cls, settings: EngineSettings | None = None) -> EngineState:

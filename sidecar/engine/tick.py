@@ -23,9 +23,13 @@ from .state import SOURCE_CODES, EngineState
 from .twins import TwinRegistry
 from .view import EngineView, MetricSamples, PredictionRows
 
-#: Forecast rows for the store at most this often per series (the tick is every 15 s): the
-#: exporter has every tick; the table is an audit trail of what was predicted, not a time series.
+#: Forecast rows for the store at most this often per series by default (``EngineSettings.forecast_store_every_s``;
+#: the tick is every 15 s): the exporter has every tick; the table is an audit trail of what was predicted, not a
+#: time series.
 PREDICTION_EVERY_S = 300.0
+
+#: Spreads the series' first forecast rows over the period (the golden ratio's fraction: evenly, whatever the count).
+_PHASE_STEP = 0.6180339887498949
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +270,14 @@ class Tick:
 
     def emit_predictions(self, idx: np.ndarray, at: float) -> None:
         st, r = self.st, self.st.rows
-        due = idx[(at - r.last_pred_emit[idx]) >= PREDICTION_EVERY_S]
+        every = st.settings.forecast_store_every_s
+        last = r.last_pred_emit[idx]
+        fresh = np.isneginf(last)
+        if fresh.any():             # a new series' first row comes at its own phase: no round carries them all
+            phase = (idx[fresh] * _PHASE_STEP) % 1.0
+            last[fresh] = at - every * (1.0 - phase)
+            r.last_pred_emit[idx[fresh]] = last[fresh]
+        due = idx[(at - last) >= every]
         due = due[np.isfinite(r.fc_mean[due]).any(axis=1)]
         if due.size == 0:
             return
@@ -329,4 +340,4 @@ class Tick:
             twin_names=tuple(st.twins[tid].source_system for tid in st.twins),
             health=tr.health[ts] if ts.size else np.zeros(0),
             drift=tr.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls,
-            series_last_sample=st.series.last_t[act])
+            series_last_sample=st.series.last_t[act], twins_refused=dict(st.twins_refused))

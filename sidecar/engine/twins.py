@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UnknownTwinError
+from ..errors import CapacityError, InputError, UnknownTwinError
 from .diverge import DIRECTION_CODE
 from .expected import canonical_expected, check_expected_values, check_limit_value
 from .records import DigitalTwin, EventType, StateHistoryEntry, SystemType, canonical_metric
@@ -73,6 +73,7 @@ class TwinRegistry:
             raise InputError("twin name must be a non-empty string")
         if name in st.by_name:
             raise InputError(f"a twin named {name!r} already exists ({st.by_name[name]})")
+        self._check_capacity(name, at)
         try:
             stype = SystemType(system_type)
         except ValueError as e:
@@ -94,9 +95,33 @@ class TwinRegistry:
         self.snapshot(twin, "created", at)
         st.outbox.twins.append(twin)
         st.monitor.emit(tid, EventType.TWIN_CREATED, "info", f"twin {name} created", at)
+        st.refusing = False
         st.touch(at)
         log.info("twin created", extra={"twin": name, "twin_id": tid})
         return twin
+
+    def _check_capacity(self, name: str, at: float) -> None:
+        """Refuse a new twin past ``max_twins``, or once ``max_series`` series exist: counted every time, told
+        (a warning and a ``twin_refused`` event) once per episode, i.e. until a new twin is accepted again."""
+        st = self.st
+        s = st.settings
+        series = int(np.count_nonzero(st.series.active[: len(st.series)]))
+        if s.max_twins is not None and len(st.twins) >= s.max_twins:
+            limit, message = "max_twins", f"limits.max_twins ({s.max_twins:,}) reached"
+        elif s.max_series is not None and series >= s.max_series:
+            limit, message = "max_series", f"limits.max_series ({s.max_series:,}) reached ({series:,} series)"
+        else:
+            return
+        st.twins_refused[limit] = st.twins_refused.get(limit, 0) + 1
+        if not st.refusing:
+            st.refusing = True
+            log.warning("new twins refused", extra={"twin": name, "limit": limit, "twins": len(st.twins),
+                                                    "series": series, "reason": message})
+            st.monitor.emit(stable_twin_id(name, s.id_namespace), EventType.TWIN_REFUSED, "warning",
+                            f"twin {name} refused: {message}; further new twins are refused until there is room",
+                            at, {"limit": limit, "twins": len(st.twins), "series": series})
+            st.touch(at)
+        raise CapacityError(f"twin {name!r} refused: {message}", limit=limit)
 
     def register(self, twin: DigitalTwin) -> None:
         st = self.st

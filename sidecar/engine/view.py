@@ -9,7 +9,7 @@ engine itself never does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +41,7 @@ class EngineView:
     drift: np.ndarray                 # (T,) bool
     last_sync: np.ndarray             # (T,) unix s, NaN: never
     series_last_sample: np.ndarray    # (S,) unix s of each series' last accepted sample, NaN: never
+    twins_refused: Mapping[str, int] = field(default_factory=dict)   # limit name -> new twins refused, ever
 
     @classmethod
     def empty(cls, horizons_s: np.ndarray) -> EngineView:
