@@ -330,9 +330,46 @@ def protocol_markdown(p: dict[str, Any]) -> list[str]:
     return lines
 
 
-def update_cost(n_series: int, ticks: int, seed: int = 0) -> dict[str, float]:
+def bank_class_at(rev: str, tmp: Path) -> type[AnomalyBank]:
+    """AnomalyBank as committed at ``rev`` (its module and the engine modules it imports), loaded beside this
+    one, so that one run measures both on the same machine at the same time."""
+    import importlib.util
+    name = "engine_at_" + "".join(c if c.isalnum() else "_" for c in rev)
+    pkg = tmp / name
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    for mod in ("anomaly", "timeofday"):
+        got = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:sidecar/engine/{mod}.py"], capture_output=True,
+                             text=True)
+        if got.returncode == 0:
+            (pkg / f"{mod}.py").write_text(got.stdout)
+        elif mod == "anomaly":
+            raise SystemExit(f"git show {rev}:sidecar/engine/anomaly.py failed: {got.stderr.strip()}")
+    spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py", submodule_search_locations=[str(pkg)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    cls: type[AnomalyBank] = importlib.import_module(f"{name}.anomaly").AnomalyBank
+    return cls
+
+
+def cost_against(rev: str, n_series: int, ticks: int, rounds: int = 3) -> dict[str, Any]:
+    """``update_cost`` of this bank and of the bank at ``rev``, alternating, the fastest of ``rounds`` each."""
+    with tempfile.TemporaryDirectory(prefix="bank-at-") as tmp:
+        other = bank_class_at(rev, Path(tmp))
+        now, then = [], []
+        for _ in range(rounds):
+            now.append(update_cost(n_series, ticks)["cpu_s_per_tick"])
+            then.append(update_cost(n_series, ticks, bank_cls=other)["cpu_s_per_tick"])
+    return {"rev": rev, "series": float(n_series), "ms_now": min(now) * 1e3, "ms_then": min(then) * 1e3,
+            "ratio": min(now) / min(then)}
+
+
+def update_cost(n_series: int, ticks: int, seed: int = 0,
+                bank_cls: type[AnomalyBank] = AnomalyBank) -> dict[str, float]:
     """CPU seconds per tick of AnomalyBank.update over all series, after a warm-up longer than the bank's."""
-    bank = AnomalyBank()
+    bank = bank_cls()
     idx = bank.add(n_series)
     rng = np.random.default_rng(seed)
     nan = np.full(n_series, np.nan)
@@ -384,6 +421,10 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
         sp = facts["speed"]
         lines.append(f"- `AnomalyBank.update` alone, {int(sp['series'])} series per tick: "
                      f"{sp['cpu_s_per_tick'] * 1e3:.1f} ms CPU per tick, {sp['cpu_us_per_series']:.2f} µs per series")
+    if "cost_against" in facts:
+        c = facts["cost_against"]
+        lines.append(f"- the same timing of the bank at `{c['rev']}` in the same run (alternating, fastest of three "
+                     f"each): {c['ms_then']:.1f} ms against {c['ms_now']:.1f} ms now, ratio {c['ratio']:.2f}")
     if "forecast_feature" in facts:
         fc = facts["forecast_feature"]
         lines.append(f"- with the forecaster's one-step error as an extra feature (`AnomalyBank(use_forecast=True)`, "
@@ -443,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", type=int, default=40_000, help="series per tick for the update-cost run")
     ap.add_argument("--ticks", type=int, default=20)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--cost-against", default="main", metavar="REV",
+                    help="also time the bank committed at REV, alternating with this one (default main; '' skips)")
     ap.add_argument("--holdout", action="store_true", help="also run the half-split parameter check (minutes)")
     ap.add_argument("--splits", type=int, default=6)
     ap.add_argument("--protocol", action="store_true",
@@ -471,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         facts["forecast_feature"] = {"all": fc, **fc_halves}
     if not a.skip_speed:
         facts["speed"] = update_cost(a.series, a.ticks)
+        if a.cost_against:
+            facts["cost_against"] = cost_against(a.cost_against, a.series, a.ticks)
     if a.protocol:
         # the defaults, the detector without its contextual expectation (as before it had one), then the grid
         grid = [{}, {"context_days": 0.0}] + ([] if a.protocol_grid == "defaults" else variants()[1:])
