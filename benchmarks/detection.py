@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 # the detector before its contextual expectation (commit 06b57d6), measured once: `detect` on the shared files
 # and AnomalyBank.update's CPU per tick (40000 series, minimum of three runs, on the same loaded machine as
-# the figure after it); its per-category and synthetic scores are measured live as ``context_days=0``
+# the figure after it); its per-category and synthetic scores are measured live as ``contextual=False``
 BEFORE = {"commit": "06b57d6", "shared": 73.75, "update_ms": 21.5}
 # tried on the protocol while building the contextual expectation and not kept (AnomalyBank replay; shared =
 # the 24 files, synthetic = the suite; figures of the variant against the kept detector at that point)
@@ -82,6 +82,8 @@ CHOICE = (
     "(realKnownCause is best without it); on realAWSCloudwatch that choice loses 1.5 points and on the synthetic "
     "suite 28."
 )
+# the detector without its contextual features: the protocol's second row
+OFF: dict[str, Any] = {"contextual": False}
 PUBLISHED = [("ARTime", 67.7), ("Numenta HTM", 66.5), ("CAD OSE", 61.6), ("KNN CAD", 54.7),
              ("Random Cut Forest", 52.0), ("windowed Gaussian", 24.3)]
 
@@ -147,8 +149,7 @@ def nab_score(scorer: Path, data_dir: Path, windows: Path, results: Path) -> dic
 # each main parameter of AnomalyBank, halved and doubled, around its default
 DEFAULTS: dict[str, float] = {"baseline_samples": 288.0, "short_samples": 12.0, "long_samples": 96.0,
                               "memory_samples": 2000.0, "prior_weight": 20.0, "scale_floor": 0.05,
-                              "quiet_samples": 400, "extreme_samples": 20000.0, "daily_days": 7.0,
-                              "daily_scales": 3.0, "context_days": 7.0}
+                              "quiet_samples": 400, "daily_days": 7.0, "daily_scales": 3.0}
 
 
 def variants() -> list[dict[str, float]]:
@@ -246,14 +247,38 @@ def per_kind(std: dict[str, Any], kinds: dict[str, str]) -> dict[str, dict[str, 
     return out
 
 
-def protocol(data_dir: Path, windows: Path, scorer: Path, grid: list[dict[str, float]], seed: int = 0,
-             per_category: bool = True) -> dict[str, Any]:
+def protocol(data_dir: Path, windows: Path, scorer: Path, grid: list[dict[str, Any]], seed: int = 0,
+             per_category: bool = True, jobs: int = 1) -> dict[str, Any]:
     """The validation protocol: every setting of ``grid`` (the first is the defaults) replayed through
-    AnomalyBank alone on the shared files and on the synthetic suite.
+    AnomalyBank alone on the shared files and on the synthetic suite (``jobs`` settings at a time).
 
     Leave one category out: the setting best on one category is scored on the other, next to the
     defaults there; a setting that helps one category and hurts the other is a warning, not a win. The
     synthetic suite (``benchmarks/synthetic.py``) is scored with its own threshold, per injected kind."""
+    cats = sorted({k.split("/")[0] for k in replay_corpus(data_dir, windows)[0]})
+    if jobs > 1 and len(grid) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        parts = [grid[j::jobs] for j in range(jobs)]
+        with ProcessPoolExecutor(jobs) as pool:
+            done = list(pool.map(protocol_rows, *zip(*[(data_dir, windows, scorer, g, seed, per_category)
+                                                       for g in parts], strict=True)))
+        rows = [done[i % jobs][i // jobs] for i in range(len(grid))]
+    else:
+        rows = protocol_rows(data_dir, windows, scorer, grid, seed, per_category)
+    loco = []
+    if per_category and len(rows) > 1:
+        for fit in cats:
+            for other in (c for c in cats if c != fit):
+                best = int(np.argmax([r[fit] for r in rows]))
+                loco.append({"fit_on": fit, "scored_on": other, "chosen": rows[best]["setting"],
+                             "fit_score": rows[best][fit], "held_out_chosen": rows[best][other],
+                             "held_out_defaults": rows[0][other]})
+    return {"rows": rows, "loco": loco, "categories": cats}
+
+
+def protocol_rows(data_dir: Path, windows: Path, scorer: Path, grid: list[dict[str, Any]], seed: int,
+                  per_category: bool) -> list[dict[str, Any]]:
+    """One row of scores per setting: shared files, each category, the synthetic suite and its parts."""
     if str(Path(__file__).parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).parent))
     import synthetic
@@ -285,15 +310,7 @@ def protocol(data_dir: Path, windows: Path, scorer: Path, grid: list[dict[str, f
                 row[c] = subset_score(scorer, s_data, s_win, sres, [k for k in s_keys if k.startswith(c)],
                                       tmp)["normalized_score"]
             rows.append(row)
-    loco = []
-    if per_category and len(rows) > 1:
-        for fit in cats:
-            for other in (c for c in cats if c != fit):
-                best = int(np.argmax([r[fit] for r in rows]))
-                loco.append({"fit_on": fit, "scored_on": other, "chosen": rows[best]["setting"],
-                             "fit_score": rows[best][fit], "held_out_chosen": rows[best][other],
-                             "held_out_defaults": rows[0][other]})
-    return {"rows": rows, "loco": loco, "categories": cats}
+    return rows
 
 
 def protocol_markdown(p: dict[str, Any]) -> list[str]:
@@ -314,10 +331,10 @@ def protocol_markdown(p: dict[str, Any]) -> list[str]:
         lines += [f"| {c['fit_on']} | {c['chosen']} | {c['fit_score']:.2f} | {c['scored_on']} | "
                   f"{c['held_out_chosen']:.2f} | {c['held_out_defaults']:.2f} |" for c in p["loco"]]
     kinds = p["rows"][0]["synthetic_kinds"]
-    off = next((r["synthetic_kinds"] for r in p["rows"] if r["setting"] == {"context_days": 0.0}), None)
+    off = next((r["synthetic_kinds"] for r in p["rows"] if r["setting"] == OFF), None)
     lines += ["", "Synthetic suite per injected kind (windows detected / windows, false-positive rows, each "
               "at its own suite threshold)" + (", with the defaults and without the contextual expectation "
-                                               "(`context_days=0`, the detector before it):" if off else ":"), "",
+                                               "(`contextual=False`, the detector before it):" if off else ":"), "",
               "| kind | files | detected | FP rows |"
               + (" detected (no context) | FP rows (no context) |" if off else ""),
               "|---|---|---|---|" + ("---|---|" if off else "")]
@@ -455,7 +472,7 @@ def markdown(report: dict[str, Any], facts: dict[str, Any]) -> str:
                   f"them, {h['mean_B_of_defaults']:.2f} for the defaults."]
     if "protocol" in facts:
         rows = facts["protocol"]["rows"]
-        off = next((r for r in rows if r["setting"] == {"context_days": 0.0}), None)
+        off = next((r for r in rows if r["setting"] == OFF), None)
         if off is not None:
             now = rows[0]
             lines += ["", "## Before and after the contextual expectation", "",
@@ -492,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run leave-one-category-out and the synthetic suite over the parameter grid (minutes)")
     ap.add_argument("--protocol-grid", choices=("defaults", "halve-double"), default="defaults",
                     help="the defaults alone, or each main parameter halved and doubled")
+    ap.add_argument("--jobs", type=int, default=1, help="protocol settings replayed at a time (processes)")
     ap.add_argument("--forecast-feature", action="store_true",
                     help="also score AnomalyBank(use_forecast=True) inside the engine (about a minute)")
     a = ap.parse_args(argv)
@@ -518,8 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             facts["cost_against"] = cost_against(a.cost_against, a.series, a.ticks)
     if a.protocol:
         # the defaults, the detector without its contextual expectation (as before it had one), then the grid
-        grid = [{}, {"context_days": 0.0}] + ([] if a.protocol_grid == "defaults" else variants()[1:])
-        facts["protocol"] = protocol(a.data_dir, a.windows, a.scorer, grid)
+        grid = [{}, OFF] + ([] if a.protocol_grid == "defaults" else variants()[1:])
+        facts["protocol"] = protocol(a.data_dir, a.windows, a.scorer, grid, jobs=a.jobs)
     if a.holdout:
         facts["holdout"] = holdout(a.data_dir, a.windows, a.scorer, a.splits)
     a.out.mkdir(parents=True, exist_ok=True)

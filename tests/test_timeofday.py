@@ -12,7 +12,7 @@ T0 = 1.7e9 - 1.7e9 % DAY_S  # a midnight
 
 
 def _tod() -> TimeOfDay:
-    return TimeOfDay(capacity=1, bins=24, habit_days=7.0, context_days=7.0, short_samples=12.0, clip=3.0)
+    return TimeOfDay(capacity=1, bins=24, days=7.0, contextual=True, short_samples=12.0, clip=3.0)
 
 
 def _habit_after(days: list[float]) -> float:
@@ -86,6 +86,6 @@ def test_state_round_trips_and_refuses_other_bins() -> None:
     b.load_state_dict(state, 1, 4)
     for k, v in b.state_dict(1).items():
         np.testing.assert_array_equal(v, state[k])
-    other = TimeOfDay(capacity=1, bins=12, habit_days=7.0, context_days=7.0, short_samples=12.0, clip=3.0)
+    other = TimeOfDay(capacity=1, bins=12, days=7.0, contextual=True, short_samples=12.0, clip=3.0)
     with pytest.raises(ValueError, match="daily state"):
         other.load_state_dict(state, 1, 1)

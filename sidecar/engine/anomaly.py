@@ -14,8 +14,8 @@ feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
    itself (spikes, dips), the mean of the last ``short_samples`` samples (a shift in
    level), the log-ratio of their spread to the baseline's (a change in variance), how
    far the value goes beyond the most extreme values seen (a new high or low; the
-   extremes relax toward the baseline over about ``extreme_samples`` samples, so this
-   remembers weeks, not hours), and the mean of the last ``long_samples`` samples (a
+   extremes relax toward the baseline over ten histogram memories, so this remembers
+   weeks, not hours), and the mean of the last ``long_samples`` samples (a
    change too small to stand out in the short mean that lasts for hours, such as a
    quiet morning after a holiday). With ``use_forecast`` the engine's one-step forecast
    error is a sixth feature.
@@ -31,7 +31,7 @@ feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
    over ``daily_days`` days; the value feature is looked up with the scale raised so that the
    recurring deviation counts as ``daily_scales`` scales, i.e. as ordinary (only the lookup changes:
    the histogram still learns the plain feature). It also learns the deviation from the baseline
-   each bin usually shows (the cycle's shape) and its spread over about ``context_days`` days: two
+   each bin usually shows (the cycle's shape) and its spread over about as many days: two
    features score one sample's distance from that expectation and the mean distance over the last
    ``short_samples`` (a flat or late day is a run of small misses), calibrated like the others.
 6. **One alert per incident.** After a score reaches ``alert_level``, for
@@ -67,6 +67,8 @@ _LOG_RATIO = float(np.log(EDGES[-1] / EDGES[_N_LIN]) / (_NB - 1 - _N_LIN))
 _FEATURES = ("value", "level", "spread", "extreme", "long level", "context value", "context level", "forecast")
 _RENORM = 1e150  # lazy-decay growth factor at which a series' histograms are rescaled
 _MAX_SURPRISE = 1e5
+# the remembered highs and lows relax over this many histogram memories: weeks where "how often" looks back days
+_EXTREME_MEMORIES = 10.0
 _P_FLOOR = 1e-12
 
 _SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak")
@@ -100,20 +102,19 @@ class AnomalyBank:
       alert's own evidence takes to settle.
     - ``long_samples``: the longer recent window of the slow level-shift feature.
     - ``memory_samples``: how far back "how often is this series this surprising" looks.
-    - ``prior_weight``, ``prior_tail_power``: weight (in samples) and power of the heavy tail
-      assumed beyond what the series has shown.
+    - ``prior_weight``: weight (in samples) of the heavy tail assumed beyond what the series
+      has shown.
     - ``scale_floor``: changes smaller than this fraction of the series' typical magnitude
       are never surprising.
-    - ``extreme_samples``: how slowly the remembered highs and lows relax.
     - ``alert_level``, ``quiet_samples``: what counts as an alert, and how long an incident
       lasts for the one-alert-per-incident rule.
     - ``use_forecast``: add the forecaster's one-step error as a feature (off by default:
       it adds false alarms on NAB, see the benchmark).
-    - ``daily_bins``, ``daily_days``, ``daily_scales``: the time-of-day memory of recurring
-      deviations (``daily_bins=0`` turns it off): bins per day, the days a new habit takes
-      to be learnt, and how many scales a deviation that recurs daily is worth.
-    - ``context_days``: memory, in days, of the expected shape per time-of-day bin (the same
-      ``daily_bins``); 0 turns the contextual features off.
+    - ``daily_bins``, ``daily_days``, ``daily_scales``: the time-of-day memories
+      (``daily_bins=0`` turns them off): bins per day, the days a new habit or a new shape of
+      the day takes to be learnt, and how many scales a deviation that recurs daily is worth.
+    - ``contextual``: score the distance from each time of day's expected shape (the
+      contextual features); off, the detector is the one before them.
 
     Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
     0.03% score 0.999 or more.
@@ -128,10 +129,9 @@ class AnomalyBank:
 
     def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0, short_samples: float = 12.0,
                  long_samples: float = 96.0, memory_samples: float = 2000.0, prior_weight: float = 20.0,
-                 prior_tail_power: float = 2.0, scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12,
-                 alert_level: float = 0.99, quiet_samples: int = 400, extreme_samples: float = 20000.0,
-                 use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
-                 daily_scales: float = 3.0, glitch_scales: float = 1e4, context_days: float = 7.0) -> None:
+                 scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
+                 quiet_samples: int = 400, use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
+                 daily_scales: float = 3.0, glitch_scales: float = 1e4, contextual: bool = True) -> None:
         self._cap = max(int(capacity), 1)
         self._glitch = glitch_scales
         self._n = 0
@@ -139,16 +139,15 @@ class AnomalyBank:
         self._a_short = 1.0 / short_samples
         self._keep = 1.0 - 1.0 / memory_samples
         self._prior = prior_weight
-        self._beta = prior_tail_power
         self._floor = scale_floor
         self._clip = clip
         self._warmup = warmup
         self._alert = alert_level
         self._quiet = quiet_samples
         self._refractory = short_samples
-        self._a_env = 1.0 / extreme_samples
+        self._a_env = 1.0 / (_EXTREME_MEMORIES * memory_samples)
         self._a_long = 1.0 / long_samples
-        self._tod = TimeOfDay(capacity=self._cap, bins=daily_bins, habit_days=daily_days, context_days=context_days,
+        self._tod = TimeOfDay(capacity=self._cap, bins=daily_bins, days=daily_days, contextual=contextual,
                               short_samples=short_samples, clip=clip)
         self._ctx = self._tod.contextual
         self._nf = 5 + 2 * self._ctx + use_forecast
@@ -308,7 +307,7 @@ class AnomalyBank:
         below = _mass_below(flat, start.reshape(-1), b.reshape(-1)).reshape(b.shape)
         mass = (tot - below - frac * flat[start + b]) / grow[:, None]
         v1 = 1.0 + feats
-        prior = self._prior / (v1 * v1) if self._beta == 2.0 else self._prior * v1 ** -self._beta
+        prior = self._prior / (v1 * v1)
         p = np.maximum((mass + prior) / (tot / grow[:, None] + self._prior), _P_FLOOR)
         p_min = np.minimum(p.min(axis=1) * self._nf, 1.0)
 
@@ -339,7 +338,7 @@ class AnomalyBank:
         f["loc"][idx] = loc + a * ee
         f["dev"][idx] = dev + a * (np.abs(ee) - dev)
         f["absm"][idx] = absm + a * (np.abs(xs) - absm)
-        # the extremes relax toward the baseline over about ``extreme_samples`` samples
+        # the extremes relax toward the baseline over ten histogram memories
         f["env_hi"][idx] = np.maximum(xs, loc + (hi - loc) * (1.0 - self._a_env))
         f["env_lo"][idx] = np.minimum(xs, loc + (lo - loc) * (1.0 - self._a_env))
         f["ms"][idx] = ms_new

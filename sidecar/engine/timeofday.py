@@ -6,11 +6,11 @@ across series:
 - **Daily habits**: the deviation from the baseline that bin has reached on *every* recent day (each day's
   largest deviation within a bin either side: jobs do not start to the minute). When the day changes, the
   remembered value falls at once to that day's if smaller (one quiet day is enough to stop excusing) and
-  rises only slowly, over ``habit_days`` days, if larger (one bad night is not a habit). A deviation that
+  rises only slowly, over ``days`` days, if larger (one bad night is not a habit). A deviation that
   recurs daily (a nightly backup, a morning batch) is then judged against it and counts as ordinary.
 - **Context**: the deviation from the baseline the bin usually shows (the cycle's shape, not its level: a
   new level moves the baseline and leaves the shape alone) and its spread, a Huber-clipped mean and mean
-  absolute deviation over about ``context_days`` days of that bin. A value ordinary in magnitude and wrong
+  absolute deviation over about ``days`` days of that bin. A value ordinary in magnitude and wrong
   for its place in the day (a day whose cycle stays flat, skips its rise or comes hours late) is far from
   it. Brief and lasting are told apart by time: a change that persists at that hour is learnt into the
   bin over days (clipped per sample, so one bad day moves it by a few spreads).
@@ -39,19 +39,19 @@ SCALARS = ("day", "tlast", "gap", "rs")
 class TimeOfDay:
     """Daily habits and contextual expectation per (series, time-of-day bin); rows grow with the bank.
 
-    >>> tod = TimeOfDay(capacity=2, bins=24, habit_days=7.0, context_days=7.0, short_samples=12.0, clip=3.0)
+    >>> tod = TimeOfDay(capacity=2, bins=24, days=7.0, contextual=True, short_samples=12.0, clip=3.0)
     >>> idx = np.arange(2)
     >>> cells = tod.cells(idx, np.array([0.0, 3600.0]), np.array([True, True]))
     >>> cells[:, 1].tolist()   # each sample's own bin, flat: series 0 hour 0, series 1 hour 1
     [0, 25]
     """
 
-    def __init__(self, *, capacity: int, bins: int, habit_days: float, context_days: float,
-                 short_samples: float, clip: float) -> None:
+    def __init__(self, *, capacity: int, bins: int, days: float, contextual: bool, short_samples: float,
+                 clip: float) -> None:
         self.bins = max(int(bins), 0)
-        self.contextual = self.bins > 0 and context_days > 0.0
-        self._ctx_days = context_days
-        self._a_day = 1.0 / habit_days
+        self.contextual = self.bins > 0 and contextual
+        self._days = days
+        self._a_day = 1.0 / days
         self._a_short = 1.0 / short_samples
         self._level_gain = float(np.sqrt(2.0 * short_samples - 1.0) / 2.0)
         self._clip = clip
@@ -91,7 +91,7 @@ class TimeOfDay:
         if new.size:
             s = idx[new]
             seen, daily = self._today[s], self._daily[s]
-            # falls at once (one quiet day ends the excuse), rises over ``habit_days`` days
+            # falls at once (one quiet day ends the excuse), rises over ``days`` days
             rise = daily + np.float32(self._a_day) * (seen - daily)
             self._daily[s] = np.where(seen < 0.0, daily, np.where((daily < 0.0) | (seen < daily), seen, rise))
             self._today[s] = -1.0
@@ -148,7 +148,7 @@ class TimeOfDay:
             e = dxs[go] - cm[go]
             w = cw_d[go]
             e = np.where(w >= per_bin[go], np.clip(e, -self._clip * csig[go], self._clip * csig[go]), e)
-            a = np.maximum(1.0 / (w + 1.0), 1.0 / (per_bin[go] * self._ctx_days))
+            a = np.maximum(1.0 / (w + 1.0), 1.0 / (per_bin[go] * self._days))
             flat[c] = cm[go] + a * e
             flat[c + nb] = cd[go] + a * (np.abs(e) - cd[go])
             flat[c + 2 * nb] = w + 1.0
