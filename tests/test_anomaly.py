@@ -372,7 +372,7 @@ def test_a_day_whose_cycle_stays_flat_is_flagged_by_its_context(step: float) -> 
     day = slice(10 * per_day, 11 * per_day)
     values[day] = 50.0 + np.random.default_rng(6).normal(0.0, 1.5, (per_day, 1))
     with_context = _scores_at(AnomalyBank(), t, values)
-    without = _scores_at(AnomalyBank(context_days=0.0), t, values)
+    without = _scores_at(AnomalyBank(contextual=False), t, values)
     assert with_context[day].max() >= 0.99
     assert without[day].max() < with_context[day].max()
     assert with_context[2 * per_day:10 * per_day].max() < 0.99  # ordinary days are not surprising

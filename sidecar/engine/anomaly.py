@@ -14,8 +14,8 @@ feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
    itself (spikes, dips), the mean of the last ``short_samples`` samples (a shift in
    level), the log-ratio of their spread to the baseline's (a change in variance), how
    far the value goes beyond the most extreme values seen (a new high or low; the
-   extremes relax toward the baseline over about ``extreme_samples`` samples, so this
-   remembers weeks, not hours), and the mean of the last ``long_samples`` samples (a
+   extremes relax toward the baseline over ten histogram memories, so this remembers
+   weeks, not hours), and the mean of the last ``long_samples`` samples (a
    change too small to stand out in the short mean that lasts for hours, such as a
    quiet morning after a holiday). With ``use_forecast`` the engine's one-step forecast
    error is a sixth feature.
@@ -25,27 +25,15 @@ feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
    has shown, a heavy (power-law) tail with the weight of ``prior_weight`` samples takes
    over, so a value far outside anything seen still scores near 1. The smallest ``p`` of
    the features, times their number (Bonferroni), is the sample's ``p``.
-4. **What recurs daily is normal.** A deviation that comes back at the same time every
-   day (a nightly backup, a morning batch) is part of the series, not an incident. Per
-   time-of-day bin (``daily_bins``, an hour by default) the bank keeps the deviation
-   that bin has reached on *every* recent day: each day's largest deviation within a bin
-   either side (jobs do not start to the minute). When the day changes, the remembered
-   value falls at once to that day's if smaller (one quiet day is enough to stop
-   excusing) and rises only slowly, over ``daily_days`` days, if larger (one bad night is
-   not a habit). The value feature is looked up with the scale raised so that the
-   recurring deviation counts as ``daily_scales`` scales, i.e. as ordinary. Only the
-   lookup changes: the histogram still learns the plain feature, so the calibration, and
-   every hour without such a habit, stay as they were.
-5. **Context: what this time of day should look like.** A value can be ordinary in
-   magnitude and wrong for its place in the day: a day whose cycle stays flat, skips its
-   morning rise or comes hours late. Per time-of-day bin the bank learns the deviation from
-   the baseline that bin usually shows (the cycle's shape) and its spread, over about
-   ``context_days`` days of that bin, Huber-clipped so one odd day barely moves it. Two
-   features follow: one sample's distance from that expectation, and the mean distance over
-   the last ``short_samples`` (a flat or late day is a run of small misses). Both are
-   calibrated like the others. A lasting change of the cycle is learnt into the bins within
-   days; a new level moves the baseline, not the shape, so it does not keep the context
-   surprised. O(1) per sample: three float32 numbers per bin and series.
+4. **What recurs daily is normal** and 5. **context: what this time of day should look like**
+   (``timeofday.py``). Per time-of-day bin (``daily_bins``, an hour by default) the bank keeps the
+   deviation that bin has reached on every recent day (a nightly backup, a morning batch), learnt
+   over ``daily_days`` days; the value feature is looked up with the scale raised so that the
+   recurring deviation counts as ``daily_scales`` scales, i.e. as ordinary (only the lookup changes:
+   the histogram still learns the plain feature). It also learns the deviation from the baseline
+   each bin usually shows (the cycle's shape) and its spread over about as many days: two
+   features score one sample's distance from that expectation and the mean distance over the last
+   ``short_samples`` (a flat or late day is a run of small misses), calibrated like the others.
 6. **One alert per incident.** After a score reaches ``alert_level``, for
    ``quiet_samples`` samples only a sample more surprising than the incident's peak keeps
    its score, and not within the first ``short_samples`` (the smoothed features are still
@@ -55,12 +43,14 @@ feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+from .timeofday import MAD_TO_SD as _MAD_TO_SD
+from .timeofday import TimeOfDay
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -77,12 +67,11 @@ _LOG_RATIO = float(np.log(EDGES[-1] / EDGES[_N_LIN]) / (_NB - 1 - _N_LIN))
 _FEATURES = ("value", "level", "spread", "extreme", "long level", "context value", "context level", "forecast")
 _RENORM = 1e150  # lazy-decay growth factor at which a series' histograms are rescaled
 _MAX_SURPRISE = 1e5
+# the remembered highs and lows relax over this many histogram memories: weeks where "how often" looks back days
+_EXTREME_MEMORIES = 10.0
 _P_FLOOR = 1e-12
-_MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
 
-_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "day", "tlast",
-            "gap", "rs")
-_DAY_S = 86400.0
+_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak")
 # series per block of an update: the temporaries of a block stay in cache and are reused by the allocator
 # instead of being mapped afresh every tick
 _CHUNK = 4096
@@ -113,20 +102,19 @@ class AnomalyBank:
       alert's own evidence takes to settle.
     - ``long_samples``: the longer recent window of the slow level-shift feature.
     - ``memory_samples``: how far back "how often is this series this surprising" looks.
-    - ``prior_weight``, ``prior_tail_power``: weight (in samples) and power of the heavy tail
-      assumed beyond what the series has shown.
+    - ``prior_weight``: weight (in samples) of the heavy tail assumed beyond what the series
+      has shown.
     - ``scale_floor``: changes smaller than this fraction of the series' typical magnitude
       are never surprising.
-    - ``extreme_samples``: how slowly the remembered highs and lows relax.
     - ``alert_level``, ``quiet_samples``: what counts as an alert, and how long an incident
       lasts for the one-alert-per-incident rule.
     - ``use_forecast``: add the forecaster's one-step error as a feature (off by default:
       it adds false alarms on NAB, see the benchmark).
-    - ``daily_bins``, ``daily_days``, ``daily_scales``: the time-of-day memory of recurring
-      deviations (``daily_bins=0`` turns it off): bins per day, the days a new habit takes
-      to be learnt, and how many scales a deviation that recurs daily is worth.
-    - ``context_days``: memory, in days, of the expected shape per time-of-day bin (the same
-      ``daily_bins``); 0 turns the contextual features off.
+    - ``daily_bins``, ``daily_days``, ``daily_scales``: the time-of-day memories
+      (``daily_bins=0`` turns them off): bins per day, the days a new habit or a new shape of
+      the day takes to be learnt, and how many scales a deviation that recurs daily is worth.
+    - ``contextual``: score the distance from each time of day's expected shape (the
+      contextual features); off, the detector is the one before them.
 
     Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
     0.03% score 0.999 or more.
@@ -141,10 +129,9 @@ class AnomalyBank:
 
     def __init__(self, *, capacity: int = 16, baseline_samples: float = 288.0, short_samples: float = 12.0,
                  long_samples: float = 96.0, memory_samples: float = 2000.0, prior_weight: float = 20.0,
-                 prior_tail_power: float = 2.0, scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12,
-                 alert_level: float = 0.99, quiet_samples: int = 400, extreme_samples: float = 20000.0,
-                 use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
-                 daily_scales: float = 3.0, glitch_scales: float = 1e4, context_days: float = 7.0) -> None:
+                 scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
+                 quiet_samples: int = 400, use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
+                 daily_scales: float = 3.0, glitch_scales: float = 1e4, contextual: bool = True) -> None:
         self._cap = max(int(capacity), 1)
         self._glitch = glitch_scales
         self._n = 0
@@ -152,21 +139,19 @@ class AnomalyBank:
         self._a_short = 1.0 / short_samples
         self._keep = 1.0 - 1.0 / memory_samples
         self._prior = prior_weight
-        self._beta = prior_tail_power
         self._floor = scale_floor
         self._clip = clip
         self._warmup = warmup
         self._alert = alert_level
         self._quiet = quiet_samples
         self._refractory = short_samples
-        self._a_env = 1.0 / extreme_samples
+        self._a_env = 1.0 / (_EXTREME_MEMORIES * memory_samples)
         self._a_long = 1.0 / long_samples
-        self._nbins = max(int(daily_bins), 0)
-        self._ctx = self._nbins > 0 and context_days > 0.0
-        self._ctx_days = context_days
+        self._tod = TimeOfDay(capacity=self._cap, bins=daily_bins, days=daily_days, contextual=contextual,
+                              short_samples=short_samples, clip=clip)
+        self._ctx = self._tod.contextual
         self._nf = 5 + 2 * self._ctx + use_forecast
         self._fc = use_forecast
-        self._a_day = 1.0 / daily_days
         self._day_scales = daily_scales
         # the level feature's mean of ``short_samples`` has a spread sqrt((2 - a) / a) times smaller
         self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
@@ -176,13 +161,6 @@ class AnomalyBank:
         # each feature's decayed histogram, every entry times the series' lazy-decay factor "grow"
         self._hist = np.zeros((self._cap, self._nf, _NB))
         self._tot = np.zeros((self._cap, self._nf))
-        # per time-of-day bin: today's largest deviation, and the one reached on every recent day
-        # (-1: none yet); float32 is precise enough for an excuse and keeps a series near 1 kB
-        self._today = np.full((self._cap, self._nbins), -1.0, dtype=np.float32)
-        self._daily = np.full((self._cap, self._nbins), -1.0, dtype=np.float32)
-        # per time-of-day bin, then per hour of the week: the expected deviation from the baseline there, its
-        # typical spread and the visits that taught it
-        self._cstate = np.zeros((self._cap, 3, self._nbins if self._ctx else 0), dtype=np.float32)
 
     @property
     def size(self) -> int:
@@ -201,11 +179,7 @@ class AnomalyBank:
             hist[: self._n] = self._hist[: self._n]
             tot = np.zeros((cap, self._nf))
             tot[: self._n] = self._tot[: self._n]
-            self._today = _grown_rows(self._today, self._n, cap)
-            self._daily = _grown_rows(self._daily, self._n, cap)
-            cstate = np.zeros((cap, *self._cstate.shape[1:]), dtype=np.float32)
-            cstate[: self._n] = self._cstate[: self._n]
-            self._cstate = cstate
+            self._tod.grow(self._n, cap)
             self._hist, self._tot, self._cap = hist, tot, cap
         idx = np.arange(self._n, need, dtype=np.int64)
         self._n = need
@@ -221,9 +195,7 @@ class AnomalyBank:
         self._i["count"][idx] = 0
         self._hist[idx] = 0.0
         self._tot[idx] = 0.0
-        self._today[idx] = -1.0
-        self._daily[idx] = -1.0
-        self._cstate[idx] = 0.0
+        self._tod.reset(idx)
 
     def update(self, idx: I64, t: F64, y: F64, expected: F64, lower: F64, upper: F64,
                scale: F64, learn: F64 | None = None) -> F64:
@@ -309,10 +281,10 @@ class AnomalyBank:
             feats[:, self._nf - 1] = np.where(ok, fc, 0.0)
         tt = np.asarray(t, dtype=np.float64)
         timed = np.isfinite(tt)
-        cells = self._daily_cells(idx, np.where(timed, tt, 0.0), timed)
+        cells = self._tod.cells(idx, np.where(timed, tt, 0.0), timed)
         if cells is not None and self._ctx:
-            learn_ctx, ctx_ready, ctx_sig = self._context(idx, tt, timed, cells[:, 1], x - loc, xs - loc, floor, cnt,
-                                                          feats)
+            feats[:, 5], feats[:, 6], ctx_ready, ctx_sig, learn_ctx = self._tod.context(
+                idx, tt, timed, cells[:, 1], x - loc, xs - loc, floor, cnt)
         np.minimum(feats, EDGES[-1], out=feats)
 
         # tail probability of each feature under its own (decayed) history, with a power-law prior
@@ -320,7 +292,7 @@ class AnomalyBank:
         hist, tot, grow = self._hist[rows], self._tot[idx], f["grow"][idx]
         b_learn = _bin(feats)
         if cells is not None:  # look the value up with the daily habit excused, learn it plain
-            habit = np.where(timed, self._daily.reshape(-1)[cells[:, 1]], 0.0) / self._day_scales
+            habit = self._tod.habit(cells, timed) / self._day_scales
             feats[:, 0] = np.minimum(ae / np.maximum(sig, habit), EDGES[-1])
             b = b_learn.copy()
             b[:, 0] = _bin(feats[:, 0])
@@ -335,7 +307,7 @@ class AnomalyBank:
         below = _mass_below(flat, start.reshape(-1), b.reshape(-1)).reshape(b.shape)
         mass = (tot - below - frac * flat[start + b]) / grow[:, None]
         v1 = 1.0 + feats
-        prior = self._prior / (v1 * v1) if self._beta == 2.0 else self._prior * v1 ** -self._beta
+        prior = self._prior / (v1 * v1)
         p = np.maximum((mass + prior) / (tot / grow[:, None] + self._prior), _P_FLOOR)
         p_min = np.minimum(p.min(axis=1) * self._nf, 1.0)
 
@@ -366,7 +338,7 @@ class AnomalyBank:
         f["loc"][idx] = loc + a * ee
         f["dev"][idx] = dev + a * (np.abs(ee) - dev)
         f["absm"][idx] = absm + a * (np.abs(xs) - absm)
-        # the extremes relax toward the baseline over about ``extreme_samples`` samples
+        # the extremes relax toward the baseline over ten histogram memories
         f["env_hi"][idx] = np.maximum(xs, loc + (hi - loc) * (1.0 - self._a_env))
         f["env_lo"][idx] = np.minimum(xs, loc + (lo - loc) * (1.0 - self._a_env))
         f["ms"][idx] = ms_new
@@ -375,88 +347,11 @@ class AnomalyBank:
         self._i["count"][idx] = cnt + 1
         if cells is not None and self._ctx:
             learn_ctx()
-        if cells is not None:  # today's largest deviation, spread a bin either side
-            today = self._today.reshape(-1)
-            today[cells] = np.maximum(today[cells], np.where(timed, np.abs(xs - loc), -1.0)[:, None])
+        if cells is not None:
+            self._tod.remember(cells, timed, np.abs(xs - loc))
 
         score = np.where(warm, 1.0 - p_min, 0.0)
         return Scores(self._one_alert_per_incident(idx, score), np.clip(score, 0.0, 1.0))
-
-    def _context(self, idx: I64, t: F64, timed: NDArray[np.bool_], own: I64, dx: F64, dxs: F64, floor: F64,
-                 cnt: I64, feats: F64) -> tuple[Callable[[], None], NDArray[np.bool_], F64]:
-        """The contextual features, written into ``feats``, the function that then learns the sample, which
-        samples' contexts can speak yet, and the spread of each sample's context.
-
-        The expectation is the deviation from the baseline this time of day usually shows (the cycle's
-        shape, not its level: a level shift moves the baseline and leaves the shape alone, so a new level
-        is told by the level features and does not make every hour surprising for days). Per bin, a
-        Huber-clipped mean and mean absolute deviation over about ``context_days`` visits-days of that
-        bin; the bin's sample rate comes from the series' own sampling interval, so an hourly series
-        (one sample per bin a day) learns in days, like a 1-minute one. A bin speaks after two days, and
-        until then teaches the features' histograms nothing (a histogram of zeros would make its first
-        real values look extreme).
-
-        Brief and lasting are told apart by time: the value feature is one sample's residual, the level
-        feature the mean residual of the last ``short_samples``; a change that persists at that hour is
-        learnt into the bin over days (clipped per sample, so one bad day moves it by a few spreads)."""
-        f = self._f
-        nb = self._nbins
-        tlast, gap = f["tlast"][idx], f["gap"][idx]
-        step = t - tlast
-        ok = timed & (tlast > 0.0) & (step > 0.0)
-        gap = np.where(ok, np.where(gap > 0.0, gap + 0.05 * (np.where(ok, step, gap) - gap), step), gap)
-        f["tlast"][idx] = np.where(timed, t, tlast)
-        f["gap"][idx] = gap
-        per_bin = np.maximum(_DAY_S / nb / np.where(gap > 0.0, gap, _DAY_S), 1.0)
-        width = nb
-        day_cell = idx * (3 * width) + own % nb
-        flat = self._cstate.reshape(-1)
-        cw_d = flat[day_cell + 2 * width].astype(np.float64)
-        cm = flat[day_cell].astype(np.float64)
-        cd = flat[day_cell + width].astype(np.float64)
-
-        ready = timed & (cw_d >= 2.0 * per_bin)
-        csig = np.maximum(_MAD_TO_SD * cd, floor)
-        r = dx - cm
-        rs = f["rs"][idx]
-        # each residual in its own bin's spread: a window spans hours of different spreads (an hourly
-        # series' short window is half a day), and a busy afternoon's burst must not count at night's scale
-        rs_new = np.where(ready, rs + self._a_short * ((dxs - cm) / csig - rs), 0.0)
-        f["rs"][idx] = rs_new
-        feats[:, 5] = np.where(ready, np.abs(r) / csig, 0.0)
-        feats[:, 6] = np.where(ready, np.abs(rs_new) * self._level_gain, 0.0)
-
-        def learn() -> None:
-            go = timed & (cnt >= 1)
-            c = day_cell[go]
-            e = dxs[go] - cm[go]
-            w = cw_d[go]
-            e = np.where(w >= per_bin[go], np.clip(e, -self._clip * csig[go], self._clip * csig[go]), e)
-            a = np.maximum(1.0 / (w + 1.0), 1.0 / (per_bin[go] * self._ctx_days))
-            flat[c] = cm[go] + a * e
-            flat[c + width] = cd[go] + a * (np.abs(e) - cd[go])
-            flat[c + 2 * width] = w + 1.0
-        return learn, ready, csig
-
-    def _daily_cells(self, idx: I64, t: F64, timed: NDArray[np.bool_]) -> I64 | None:
-        """Flat indices of each sample's time-of-day bin and its two neighbours (column 1 is its own),
-        after closing the day of every series whose day has changed; None when the memory is off.
-        Samples without a time (``timed`` false) close no day; the caller ignores their cells."""
-        nb = self._nbins
-        if nb == 0:
-            return None
-        day = np.floor(t / _DAY_S)
-        new = np.flatnonzero((day != self._f["day"][idx]) & timed)
-        if new.size:
-            s = idx[new]
-            seen, daily = self._today[s], self._daily[s]
-            # falls at once (one quiet day ends the excuse), rises over ``daily_days`` days
-            rise = daily + np.float32(self._a_day) * (seen - daily)
-            self._daily[s] = np.where(seen < 0.0, daily, np.where((daily < 0.0) | (seen < daily), seen, rise))
-            self._today[s] = -1.0
-            self._f["day"][s] = day[new]
-        h = np.minimum((t - day * _DAY_S) * (nb / _DAY_S), nb - 1).astype(np.int64)
-        return idx[:, None] * nb + (h[:, None] + np.arange(-1, 2)) % nb
 
     def _one_alert_per_incident(self, idx: I64, score: F64) -> F64:
         f = self._f
@@ -479,9 +374,7 @@ class AnomalyBank:
         out["count"] = self._i["count"][:n]
         out["hist"] = self._hist[:n]
         out["tot"] = self._tot[:n]
-        out["today"] = self._today[:n]
-        out["daily"] = self._daily[:n]
-        out["context"] = self._cstate[:n]
+        out.update(self._tod.state_dict(n, copy=False))
         return {k: v.copy() for k, v in out.items()} if copy else out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -489,27 +382,15 @@ class AnomalyBank:
         hist = np.asarray(state["hist"], dtype=np.float64)
         if hist.shape != (n, self._nf, _NB):
             raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB)}")
-        today = np.asarray(state["today"], dtype=np.float32)
-        if today.shape != (n, self._nbins):
-            raise ValueError(f"daily state has shape {today.shape}, this bank needs {(n, self._nbins)}")
         self._cap = max(n, 1)
         self._n = n
-        # scalars added later (the context's sampling interval) start afresh in a state saved before them
-        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64) if k in state else np.zeros(n), n, self._cap)
-                   for k in _SCALARS}
+        self._tod.load_state_dict(state, n, self._cap)
+        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
         self._hist = np.zeros((self._cap, self._nf, _NB))
         self._hist[:n] = hist
         self._tot = np.zeros((self._cap, self._nf))
         self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
-        self._today = _grown_rows(today, n, self._cap)
-        self._daily = _grown_rows(np.asarray(state["daily"], dtype=np.float32), n, self._cap)
-        shape = (n, *self._cstate.shape[1:])
-        ctx = np.asarray(state["context"], dtype=np.float32) if "context" in state else np.zeros(shape, np.float32)
-        if ctx.shape != shape:
-            raise ValueError(f"context state has shape {ctx.shape}, this bank needs {shape}")
-        self._cstate = np.zeros((self._cap, *shape[1:]), dtype=np.float32)
-        self._cstate[:n] = ctx
 
 
 def _bin(v: F64) -> I64:
@@ -546,12 +427,5 @@ def _rows(idx: I64) -> slice | I64:
 
 def _grown(v: _A, n: int, cap: int) -> _A:
     out = np.zeros(cap, dtype=v.dtype)
-    out[:n] = v[:n]
-    return out
-
-
-def _grown_rows(v: NDArray[np.float32], n: int, cap: int, fill: float = -1.0) -> NDArray[np.float32]:
-    """Daily-bin rows for ``cap`` series, the first ``n`` kept and the rest ``fill`` ("none yet")."""
-    out = np.full((cap, v.shape[1]), fill, dtype=np.float32)
     out[:n] = v[:n]
     return out
