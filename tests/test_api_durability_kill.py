@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -40,7 +39,6 @@ def test_a_200_survives_kill_9_every_time(tmp_path: Path, prom_env: PromEnv) -> 
     }))
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TWIN_SIDECAR_REPLICA")}
-    t_start = time.monotonic()
     acked: tuple[float, str] | None = None           # the last value answered 200, and its snapshot
     for run in range(RUNS):
         proc = subprocess.Popen([sys.executable, "-m", "sidecar.app", "--config", str(rules)], cwd=ROOT,
@@ -70,4 +68,3 @@ def test_a_200_survives_kill_9_every_time(tmp_path: Path, prom_env: PromEnv) -> 
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
             conn.close()
-    assert time.monotonic() - t_start < 60
