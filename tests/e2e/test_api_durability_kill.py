@@ -1,4 +1,4 @@
-"""kill -9 straight after a 200 loses nothing: the reviewer's repro, against a real sidecar process.
+"""kill -9 straight after a 200 loses nothing, against a real sidecar process.
 
 The sidecar runs as its own process (``python -m sidecar.app``) on a SQLite file, fed by the session's
 real Prometheus. Each run checks that the previous run's acknowledged change came back, makes a new one,
@@ -23,7 +23,7 @@ from sidecar.testing import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = 6
 
 
