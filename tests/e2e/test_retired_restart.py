@@ -2,8 +2,8 @@
 Prometheus and both real stores (a SQLite file and PostgreSQL).
 
 A pod restart during an incident must not give every returning series a fresh twin: the store keeps a retired
-twin's learnt models until the twin is no longer kept, the service hands the twins retired within ``keep_for`` (the newest ``keep_max``) to
-the scheduler at start, and purges the saved models of the others.
+twin's learnt models until the twin is no longer kept, the service hands the twins retired within ``keep_for``
+(the newest ``keep_max``) to the scheduler at start, and purges the saved models of the others.
 """
 
 from __future__ import annotations
