@@ -26,7 +26,7 @@ Example::
     yaml.safe_dump(doc)        # what ``twin-sidecar rules --config FILE`` prints
 
 ``promtool check rules`` and the ``promtool test rules`` suites in ``deploy/prometheus/rules-tests``
-prove the output; ``tests/test_alerts.py`` runs both.
+prove the output; ``tests/unit/test_alerts.py`` runs both.
 """
 
 from __future__ import annotations

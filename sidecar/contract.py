@@ -9,7 +9,7 @@ prometheus-client:
   :data:`EXPORTED_SERIES_NAMES`, and derives the label signature (``twin`` with a companion label) from the
   label sets here, so loading the rules never imports the exposition code;
 * the alert generator (``sidecar/alerts.py``) selects only families listed here;
-* the dashboard checks (``tests/test_dashboard.py``) hold every panel query to these names and labels.
+* the dashboard checks (``tests/chart/test_dashboard.py``) hold every panel query to these names and labels.
 
 The ``horizon`` label's values are :func:`sidecar.units.horizon_label` of each horizon (``5m`` … ``60m``).
 

@@ -12,7 +12,7 @@ alert rules, ``check-config``, the backtest report, the ``horizon`` label on /me
 * :func:`horizon_words` says it in a sentence (``5 minutes``, ``90 seconds``).
 
 It imports nothing from the package, so the engine, which must stay pure and may import only ``sidecar.errors``
-and this module from outside ``sidecar/engine``, can use it (``tests/test_layers.py`` holds both to that).
+and this module from outside ``sidecar/engine``, can use it (``tests/unit/test_layers.py`` holds both to that).
 
 >>> parse_duration("1h30m"), format_duration(5400.0), horizon_label(3600.0), horizon_words(300.0)
 (5400.0, '90m', '60m', '5 minutes')

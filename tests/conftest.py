@@ -69,7 +69,7 @@ def prom_env() -> Iterator[PromEnv]:
             yield PromEnv(prom, target, start)
 
 
-# ----------------------------------------------------------------- the Helm chart (tests/test_chart_*.py, test_deploy)
+# ----------------------------------------------------------------- the Helm chart (tests/chart/)
 def _check_deploy() -> Any:
     """scripts/check_deploy.py, the deploy checks the tests reuse (imported on first use: not every run needs helm)."""
     import importlib

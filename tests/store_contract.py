@@ -1,6 +1,6 @@
 """What every store guarantees (issue 4), written once and run against SQLite and PostgreSQL.
 
-Not a test module itself: ``test_store_sqlite.py`` and ``test_store_postgres.py``
+Not a test module itself: ``unit/store/test_store_sqlite.py`` and ``e2e/test_store_postgres.py``
 subclass ``StoreContract`` and provide the fixtures ``store`` (open, with a
 ``ServiceStatus`` attached), ``make_store(replica=...)`` (another store on the
 same database) and ``raw`` (direct SQL with ``?`` placeholders, and ``tamper``

@@ -1,4 +1,4 @@
-"""Review: a load test fails only when the service breaks below the headroom it must have, and a traffic spike's
+"""A load test fails only when the service breaks below the headroom it must have, and a traffic spike's
 recommendation names what drives its failure probability instead of contradicting its own numbers."""
 
 from __future__ import annotations

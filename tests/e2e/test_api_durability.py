@@ -39,7 +39,7 @@ from sidecar.testing import free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
 

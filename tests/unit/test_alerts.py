@@ -19,7 +19,7 @@ from sidecar.contract import EXPORTED_METRICS
 from sidecar.engine.health import CRITICAL_BELOW, WARNING_BELOW, health_band
 from sidecar.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RULES_TESTS = ROOT / "deploy" / "prometheus" / "rules-tests"
 FIXTURE_CONFIG = RULES_TESTS / "fixture" / "config.yaml"
 FIXTURE_RULES = RULES_TESTS / "fixture" / "alerts.yaml"
@@ -290,6 +290,6 @@ def test_metric_no_data_reads_a_last_sample_of_0_and_holds_as_long_as_metric_sta
 
 def test_every_alert_has_its_runbook_section_in_the_readme() -> None:
     """Each rule's runbook_url points at README.md#runbook-<name>: the heading must exist, or the link is dead."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     missing = [name for name in ALERT_NAMES if f"\n### Runbook: {name}\n" not in readme]
     assert missing == []

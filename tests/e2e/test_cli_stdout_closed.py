@@ -15,7 +15,7 @@ from conftest import PromEnv
 
 from sidecar.cli import EXIT_STDOUT_CLOSED
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def closed_stdout(argv: list[str], timeout: float = 120.0) -> tuple[int, str]:

@@ -12,7 +12,7 @@ import sidecar
 import sidecar.engine
 from sidecar.engine import core, records, settings, twin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     "TwinEngine": twin.TwinEngine, "Engine": core.Engine, "EngineSettings": settings.EngineSettings,

@@ -11,7 +11,7 @@ import pytest
 from sidecar import contract, loopguard
 from sidecar.alerts import PROMETHEUS_METRICS, AlertSettings, _Builder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _modules_after(code: str) -> set[str]:

@@ -82,8 +82,8 @@ def test_spike_on_zero_traffic_from_prometheus_does_not_predict_failure(
 
 def test_cli_warning_names_the_twin_metric_and_error(tmp_path: Path, idle_prom: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """One query fails at run time (two series on each side of a one-to-one match): stderr used to read a bare
-    "query failing"; it now carries the fields, key=value."""
+    """One query fails at run time (two series on each side of a one-to-one match): stderr carries the fields,
+    key=value, not a bare "query failing"."""
     failing = "\n      memory_usage: 'idle_pair + on() idle_pair'"
     rules = _rules(tmp_path, idle_prom, failing)
     assert main(["simulate", "--config", str(rules), "--twin", "idle", "--scenario", '{"type": "load_test"}']) == 0

@@ -220,7 +220,7 @@ def rules_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_chart_names_each_instance_by_the_job_its_service_monitor_gives(helm: str) -> None:
-    chart = Path(__file__).resolve().parent.parent / "deploy" / "helm"
+    chart = Path(__file__).resolve().parents[2] / "deploy" / "helm"
     on = ("--set", "serviceMonitor.enabled=true")
     assert all("self_labels" not in r["prometheus"] for r in rules_of(render(helm)).values())  # nothing scrapes it
     docs = render(helm, *on, "-f", str(chart / "examples" / "shards.yaml"))

@@ -1,4 +1,4 @@
-"""Review: bodies that used to answer 500 (non-finite replicas, deep nesting, huge integers) are 400s, and
+"""Bodies a handler cannot use (non-finite replicas, deep nesting, huge integers) are 400s, never 500s, and
 PUT /expected follows the rules file: only the twin's metrics, no negative core metric."""
 
 from __future__ import annotations

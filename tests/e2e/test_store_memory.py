@@ -1,8 +1,8 @@
 """SQLite in memory (``storage.path: ":memory:"``, the chart's ``storage.type: memory``).
 
-SQLite opens a new, empty database on every connection to ``:memory:``; the
-store used to open one for its writer and another for its reader, so the
-reader saw no tables ("no such table: schema_version" at start, 503 on
+SQLite opens a new, empty database on every connection to ``:memory:``; a
+store that opens one for its writer and another for its reader leaves the
+reader with no tables ("no such table: schema_version" at start, 503 on
 ``/history``). These tests hold the store to one database shared by every read
 and write for its whole life: the shared store contract (what needs a second
 store on the same database does not apply), the reported symptoms, and the
@@ -105,7 +105,7 @@ async def test_opens_migrated_and_logs_no_missing_table(caplog: pytest.LogCaptur
     caplog.set_level(logging.INFO, logger="sidecar.store")
     s = open_store(path=":memory:", env={})
     try:
-        await s.open()          # used to fail: the reader's own ":memory:" had no schema_version table
+        await s.open()          # a reader with its own ":memory:" would find no schema_version table
         assert await s.schema_version() == schema.LATEST_VERSION
     finally:
         await s.close()

@@ -1,5 +1,5 @@
 """The chart's storage.type=memory end to end: rendered rules accepted by `twin-sidecar check-config`, and the
-sidecar run on exactly those rules keeps and serves history (it used to start with "no such table")."""
+sidecar run on exactly those rules keeps and serves history (its first read finds the schema, no "no such table")."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import PromEnv
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import check_deploy  # noqa: E402

@@ -28,7 +28,7 @@ from sidecar.testing import free_port
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Cases per operation and phase (10 operations): a few hundred in all, within the time budget.
 MAX_EXAMPLES = 20
 #: The run takes ~20-40 s on two cores; beyond this it is stuck.

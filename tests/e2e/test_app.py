@@ -26,7 +26,7 @@ from sidecar.testing import PrometheusServer, free_port, wait_ready
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_sigterm_flushes_and_exits_zero_and_history_survives_a_restart(
         try:
             wait_ready(url, proc)
             time.sleep(2)                                    # a few rounds
-            if hangup:                                       # "reload" used to kill it without a flush
+            if hangup:                                       # "reload" flushes, it does not kill
                 proc.send_signal(signal.SIGHUP)
                 time.sleep(0.5)
                 assert proc.poll() is None, "SIGHUP stopped the sidecar"

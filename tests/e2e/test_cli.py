@@ -186,16 +186,16 @@ BAD_BACKTEST = [
     (["--start", "now-1h", "--end", "now", "--model", "magic"], "--model"),
     (["--start", "now-1h", "--end", "now", "--query", "sum("], "--query"),
     (["--start", "now-1h"], "--end"),
-    (["--start", "now-10s", "--end", "now", "--step", "10s"], "--start/--end"),
+    (["--start", "{t0}", "--end", "{t1}", "--step", "10s"], "--start/--end"),
 ]
 
 
 @pytest.mark.parametrize(("args", "option"), BAD_BACKTEST)
 def test_backtest_bad_input_is_one_line_naming_the_option_and_exit_2(
         prom_env: PromEnv, capsys: pytest.CaptureFixture[str], args: list[str], option: str) -> None:
-    # a live series: the preloaded history goes stale 5 minutes into a slow session, and "no series" would then
-    # come before the range check this asks for
-    rc = main(["backtest", "--prometheus", prom_env.url, "--query", 'test_gauge{k="a"}', *args])
+    t0 = prom_env.history_start + prom_env.step * 10      # a 10 s window inside the fixture's data, whenever it runs
+    args = [a.format(t0=t0, t1=t0 + 10) for a in args]
+    rc = main(["backtest", "--prometheus", prom_env.url, "--query", 'test_history{series="ramp"}', *args])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("twin-sidecar backtest: ") and option in err and len(err.strip().splitlines()) == 1, err

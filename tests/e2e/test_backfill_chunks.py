@@ -1,4 +1,4 @@
-"""Review: long backfills are split into range queries Prometheus accepts; a refused one says why."""
+"""Long backfills are split into range queries Prometheus accepts; a refused one says why."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ async def test_a_long_range_comes_back_whole_from_consecutive_parts(client: Prom
 
 
 async def test_a_fractional_step_loses_no_column_where_the_parts_meet(client: PrometheusClient) -> None:
-    """Each part used to rebuild its grid from its ms-rounded ends: at a step like 7.7 s it could come out a
-    column short, and the last column of every part stayed NaN. Every step of time() has a value."""
+    """Each part keeps the whole range's grid (not one rebuilt from its ms-rounded ends, a column short at a
+    step like 7.7 s): every step of time() has a value, none NaN where the parts meet."""
     start = 1_700_000_000.3
     m = await client.query_range("time()", start, start + 7.7 * 499 + 0.01, 7.7, max_points=50)
     assert m.times.size == 500

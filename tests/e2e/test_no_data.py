@@ -1,8 +1,8 @@
 """A metric whose query never returns a sample, on a real Prometheus: said in the log and on /metrics, never 0.
 
 Its query returns no series (a typo'd label, a metric that does not exist) or only NaN (0/0): the engine still
-holds a divergence severity of 0 for it, which used to be exported as ``twin_divergence_severity 0`` ("on
-target") with nothing in the log. Now it exports none of its values, ``twin_metric_has_data 0`` (what the
+holds a divergence severity of 0 for it, which must not be exported as ``twin_divergence_severity 0`` ("on
+target") with nothing in the log. It exports none of its values, ``twin_metric_has_data 0`` (what the
 TwinMetricNoData alert reads), and the scheduler logs one warning per streak naming twin, metric and query.
 A backfill query refused because it returns several series names twin, metric and why.
 """
@@ -147,7 +147,7 @@ async def test_a_family_query_without_data_is_told_once_for_the_rule_and_per_twi
 
 async def test_a_backfill_query_returning_several_series_names_twin_metric_and_why(
         prom_env: PromEnv, client: PrometheusClient, caplog: pytest.LogCaptureFixture) -> None:
-    """It used to end in `backfill done queries=1 failed=1` alone."""
+    """The log says why, not `backfill done queries=1 failed=1` alone."""
     cfg = rules(prom_env.url, "  - name: many\n    metrics: {hist: 'test_history'}\n", interval="15s", backfill="6h")
     sched, _ = make(cfg, client)
     caplog.set_level(logging.INFO, logger="sidecar.collect")

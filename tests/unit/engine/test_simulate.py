@@ -341,7 +341,7 @@ def _idle(n: int = 240, cpu: float = 30.0) -> SimulationContext:
 
 
 def test_five_times_zero_traffic_is_still_zero() -> None:
-    """The reviewer's repro: request_rate 0, traffic_spike x5 predicted 93% failure, 100% CPU, +2 replicas."""
+    """An idle service (request_rate 0) under traffic_spike x5 stays idle: no failure, no CPU rise, no replicas."""
     ctx = _idle()
     r = _json(run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 5, "duration_minutes": 30}))
     assert r["failure_probability"] == 0.0 and r["will_likely_fail"] is False
@@ -411,7 +411,8 @@ def test_failure_injection_at_zero_traffic_keeps_its_non_traffic_effects() -> No
 
 
 def test_low_traffic_on_an_idle_cpu_does_not_extrapolate_to_saturation() -> None:
-    """~1 request a minute with CPU flat at 30%: 5x traffic used to project 100% CPU (all CPU load-driven)."""
+    """~1 request a minute with CPU flat at 30%: 5x traffic projects CPU below saturation,
+    not 100% (not all CPU is load-driven)."""
     ctx = make_ctx()
     rng = np.random.default_rng(5)
     rate = rng.poisson(1.2, 240) / 60.0

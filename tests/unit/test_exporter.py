@@ -61,7 +61,7 @@ def make_view(n_twins: int = 3, metrics: tuple[str, ...] = ("cpu_usage", "reques
 
 
 #: These tests hold every family of the contract to the view, so they scrape with every option on;
-#: tests/test_export_options.py covers the default set and each option alone.
+#: tests/unit/test_export_options.py covers the default set and each option alone.
 EVERYTHING = ExportOptions.everything()
 
 

@@ -19,7 +19,7 @@ from sidecar.exporter import install_exporter, render
 from sidecar.status import ServiceStatus
 from sidecar.units import horizon_label
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "twin-sidecar.json"
 CHART_COPY = ROOT / "deploy" / "helm" / "twin-sidecar" / "files" / "twin-sidecar.json"
 

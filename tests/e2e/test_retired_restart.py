@@ -1,10 +1,9 @@
 """A retired discovered twin survives a restart within ``retired.keep_for``: the real service, a real
 Prometheus and both real stores (a SQLite file and PostgreSQL).
 
-Retired twins were kept in memory only, and the store deleted a retired twin's learnt models at once: a pod
-restart during an incident gave every returning series a fresh twin. Now the store keeps the models until the
-twin is no longer kept, the service hands the twins retired within ``keep_for`` (the newest ``keep_max``) to
-the scheduler at start, and purges the saved models of the others.
+A pod restart during an incident must not give every returning series a fresh twin: the store keeps a retired
+twin's learnt models until the twin is no longer kept, the service hands the twins retired within ``keep_for``
+(the newest ``keep_max``) to the scheduler at start, and purges the saved models of the others.
 """
 
 from __future__ import annotations
