@@ -55,6 +55,7 @@ from .errors import (
     UnknownTwinError,
 )
 from .openapi import OPENAPI
+from .status import ReplicaSignal
 from .store.base import EventQuery, event_key
 
 log = logging.getLogger(__name__)
@@ -382,8 +383,10 @@ class TwinApi:
     """Handlers over one ``TwinEngine``; ``routes()`` lists them for ``app.add_routes``."""
 
     def __init__(self, facade: TwinEngine, *, engine_lock: asyncio.Lock, auth_token: TokenSource,
-                 refusals: RefusalLog | None = None) -> None:
+                 refusals: RefusalLog | None = None, replica_signals: Mapping[str, ReplicaSignal] | None = None
+                 ) -> None:
         self._facade = facade
+        self._replicas = replica_signals if replica_signals is not None else {}
         self._lock = engine_lock
         self._token_source = auth_token
         self._token_failed = False
@@ -451,6 +454,9 @@ class TwinApi:
         twin = request.match_info["twin"]
         async with self._lock:
             status = self._facade.get_twin_status(twin)
+        signal = self._replicas.get(str(status.get("name")))
+        if signal is not None:          # a twin with max_replicas: its recommendation, or why there is none
+            status["replicas"] = signal.advice
         return json_response(status)
 
     async def history(self, request: web.Request) -> web.Response:

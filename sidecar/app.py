@@ -33,6 +33,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .autoscale import ReplicaRecommender
 from .config import SidecarConfig, StorageConfig, check_config, load_config
 from .engine.core import Engine
 from .engine.history import HistoryStore
@@ -310,6 +311,7 @@ class Service:
     sink: _RestoreGate | None = None            # the writer as the engine's outbox sees it
     restore_task: asyncio.Task[None] | None = None
     state_task: asyncio.Task[None] | None = None
+    replicas_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -340,6 +342,8 @@ class Service:
                 await self.restore_task
         if self.state_task is not None:
             await self.state_task           # returns once stop is set
+        if self.replicas_task is not None:
+            await self.replicas_task        # returns once stop is set
         if self.sink is None or not self.sink.pending:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(save_model_states(self.engine, self.store, self.scheduler.lock,
@@ -444,6 +448,11 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     service.state_task = asyncio.create_task(
         _model_state_loop(engine, store, lock, gate, stop, config.storage.model_state_interval_s, scheduler),
         name="model-state")
+    if any(t.max_replicas is not None for t in config.twins):
+        recommender = ReplicaRecommender(engine, status, lock,
+                                         lambda: {n: t.rule for n, t in scheduler.targets.items()},
+                                         interval_s=config.interval_s)
+        service.replicas_task = asyncio.create_task(recommender.run(stop), name="replicas")
     log.info("sidecar started", extra={
         "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,
         "twin_rules": len(config.twins), "interval_s": config.interval_s, "store": store.backend,
