@@ -392,7 +392,7 @@ def strict_schema(schema: Any) -> Any:
 
 def check_custom_resource(doc: dict[str, Any], schemas: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """A custom resource against its CRD's schema (jsonschema); none known for its apiVersion/kind is a failure."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     key = (str(doc.get("apiVersion")), str(doc.get("kind")))
     schema = schemas.get(key)
