@@ -692,7 +692,7 @@ async def main_async(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     results = []
     out_json = Path(args.output).with_suffix(".json")
-    for run in range(args.runs):
+    for run in range(args.first_run, args.first_run + args.runs):
         log.info("run %d", run)
         results.append(await run_once(args, run, workdir))
         out_json.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
@@ -713,10 +713,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-s", type=float, default=360.0)
     ap.add_argument("--workdir", default="/tmp/autoscale-bench")
     ap.add_argument("--output", default=str(HERE / "results" / "autoscale.md"))
+    ap.add_argument("--first-run", type=int, default=0, help="index of the first run (its random segments)")
+    ap.add_argument("--report-only", nargs="+", metavar="JSON",
+                    help="write --output from the results of these earlier runs, running nothing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.cmd == "serve":
         serve(args.port, args.deployments.split(","), args.startup_s)
+        return
+    if args.report_only:
+        results = [r for path in args.report_only for r in json.loads(Path(path).read_text())["results"]]
+        args.runs = len(results)
+        Path(args.output).write_text(report(results, args))
+        Path(args.output).with_suffix(".json").write_text(json.dumps({"args": vars(args), "results": results},
+                                                                     indent=1))
         return
     asyncio.run(main_async(args))
 
