@@ -35,12 +35,16 @@ def test_keda_scaled_object_reads_the_twin_recommendation_and_never_an_empty_res
     (trigger,) = so["spec"]["triggers"]
     assert trigger["metadata"]["query"] == 'max(twin_recommended_replicas{twin="checkout-api",horizon="5m"})'
     assert trigger["metadata"]["ignoreNullValues"] == "false"
+    # the twin's scale_down_stabilisation already holds a fall: the HPA KEDA makes adds none of its own
+    hpa_config = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
+    assert hpa_config["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 0
 
 
 def test_hpa_v2_external_metric_and_its_adapter_rule(helm: str) -> None:
     docs = render(helm, "-f", EXAMPLE, "--set", "autoscaling.kind=hpa")
     assert by_kind(docs, "ScaledObject") == []
     (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 0
     (metric,) = hpa["spec"]["metrics"]
     assert metric["external"]["metric"] == {"name": "twin_recommended_replicas",
                                             "selector": {"matchLabels": {"twin": "checkout-api", "horizon": "5m"}}}
