@@ -614,8 +614,7 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
             "p99_ms": round(float(np.quantile(lat[meas], 0.99)), 1) if meas.any() else None,
             "decisions": len([d for d in lane.decisions if d[0] >= warm_s]),
             "twin_metric_absent_share": round(lane.twin_missing / lane.twin_seen, 3) if lane.twin_seen else None,
-            "replicas": [[round(a, 2), int(b), int(c)] for a, b, c in lane.samples[::4]],
-            "rate": [[round(x, 2), round(lane.seg.rate(x), 2)] for x in np.arange(0, warm_s + measure_s, 1.0)],
+            "replicas": [[round(a, 2), int(b), int(c)] for a, b, c in lane.samples[::12]],   # (t, existing, ready)
         })
     return out
 
@@ -699,7 +698,7 @@ async def main_async(args: argparse.Namespace) -> None:
     for run in range(args.first_run, args.first_run + args.runs):
         log.info("run %d", run)
         results.append(await run_once(args, run, workdir))
-        out_json.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        out_json.write_text(json.dumps({"args": vars(args), "results": results}, separators=(",", ":")))
         Path(args.output).write_text(report(results, args))
         print(report(results, args), flush=True)
 
@@ -732,8 +731,6 @@ def main(argv: list[str] | None = None) -> None:
         results = [r for path in args.report_only for r in json.loads(Path(path).read_text())["results"]]
         args.runs = len(results)
         Path(args.output).write_text(report(results, args))
-        Path(args.output).with_suffix(".json").write_text(json.dumps({"args": vars(args), "results": results},
-                                                                     indent=1))
         return
     asyncio.run(main_async(args))
 
