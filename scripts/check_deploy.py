@@ -13,7 +13,10 @@ What is checked:
   helm-render `helm template` with each example (and a few more value sets: memory storage, shards with
               replicas); every manifest validated against the Kubernetes OpenAPI schemas (kubernetes-validate,
               offline, strict, oldest and newest supported Kubernetes); the PrometheusRule's groups through
-              `promtool check rules`; the ServiceMonitor against the Services (every pod scraped exactly once);
+              `promtool check rules`; every custom resource (ServiceMonitor, PrometheusRule, KEDA ScaledObject)
+              against its real CRD schema from ../shared/k8s/crds (jsonschema, unknown fields refused); the
+              prometheus-adapter rule ConfigMap serving an exported metric; the ServiceMonitor against the
+              Services (every pod scraped exactly once);
               each Service reaching the pods of exactly one shard, every pod behind one API Service, and a
               StatefulSet's serviceName a headless Service over its pods; each rendered rules ConfigMap through
               the sidecar's own config loader; the dashboard ConfigMap equal to deploy/grafana/twin-sidecar.json;
@@ -58,6 +61,8 @@ FIXTURE_CONFIG = RULES_TESTS / "fixture" / "config.yaml"
 FIXTURE_RULES = RULES_TESTS / "fixture" / "alerts.yaml"
 EXAMPLE_CONFIG = ROOT / "config" / "example.yaml"
 EXAMPLE_RULES = ROOT / "deploy" / "prometheus" / "alerts.example.yaml"
+#: The real CRD schemas of the custom resources the chart renders (KEDA, Prometheus Operator), beside the project.
+CRDS = ROOT.parent / "shared" / "k8s" / "crds"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")   # the chart's kubeVersion floor, and the newest schemas shipped
 SECRET_DIR = "/var/run/secrets/twin-sidecar/"
 #: Where the chart puts the SQLite database (its volume).
@@ -75,6 +80,7 @@ twins:
 #: Value sets rendered by helm-render besides the defaults and the examples (label, helm arguments).
 EXTRA_VALUE_SETS: tuple[tuple[str, list[str]], ...] = (
     ("storage.type=memory", ["--set", "storage.type=memory"]),
+    ("autoscaling.kind=hpa", ["-f", str(EXAMPLES / "autoscaling.yaml"), "--set", "autoscaling.kind=hpa"]),
     ("shards + replicaCount=2", ["-f", str(EXAMPLES / "shards.yaml"), "--set", "replicaCount=2",
                                  "--set", "storage.type=memory", "--set", "apiAuth.enabled=true",
                                  "--set", "apiAuth.token=t"]),
@@ -354,10 +360,68 @@ def check_service_monitor(doc: dict[str, Any], docs: list[dict[str, Any]]) -> li
     return problems
 
 
+def crd_schemas(directory: Path = CRDS) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the CRD's openAPIV3Schema, made strict, for every CRD file in ``directory``."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                schema = (version.get("schema") or {}).get("openAPIV3Schema")
+                if schema is not None:
+                    out[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = strict_schema(schema)
+    return out
+
+
+def strict_schema(schema: Any) -> Any:
+    """An OpenAPI v3 CRD schema that refuses unknown fields, as ``kubectl apply --validate=strict`` does: the API
+    server would otherwise prune a misspelt key silently. Objects that keep unknown fields on purpose
+    (``x-kubernetes-preserve-unknown-fields``, ``additionalProperties``) stay open."""
+    if isinstance(schema, list):
+        return [strict_schema(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def check_custom_resource(doc: dict[str, Any], schemas: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """A custom resource against its CRD's schema (jsonschema); none known for its apiVersion/kind is a failure."""
+    import jsonschema  # type: ignore[import-untyped]
+
+    key = (str(doc.get("apiVersion")), str(doc.get("kind")))
+    schema = schemas.get(key)
+    if schema is None:
+        return [f"no CRD schema for {key[1]} {key[0]} in {CRDS}"]
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"CRD schema: {e.message} at {'/'.join(map(str, e.absolute_path)) or '(top)'}"
+            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def check_adapter_rules(doc: dict[str, Any]) -> list[str]:
+    """The prometheus-adapter rule ConfigMap: its external rule serves twin_recommended_replicas, an exported name."""
+    from sidecar.contract import METRICS_BY_NAME
+
+    rules = yaml.safe_load(doc["data"]["external-rules.yaml"]).get("externalRules") or []
+    names = {(rule.get("name") or {}).get("as") for rule in rules}
+    problems = [f"adapter rule serves {n!r}, not an exported metric" for n in names if n not in METRICS_BY_NAME]
+    if "twin_recommended_replicas" not in names:
+        problems.append("adapter rules do not serve twin_recommended_replicas")
+    return problems
+
+
 def check_helm_render(r: Result, helm: str) -> None:
     import kubernetes_validate  # type: ignore[import-untyped]
 
     counts: dict[str, int] = {}
+    schemas = crd_schemas() if CRDS.is_dir() else {}
+    if not schemas:
+        r.note(f"no CRD schemas at {CRDS}: custom resources checked without them")
     with tempfile.TemporaryDirectory(prefix="check-deploy-") as tmpdir:
         tmp = Path(tmpdir)
         value_sets: list[tuple[str, list[str]]] = [("defaults", [])]
@@ -375,12 +439,19 @@ def check_helm_render(r: Result, helm: str) -> None:
                 kind = doc.get("kind", "?")
                 counts[kind] = counts.get(kind, 0) + 1
                 name = f"{label}: {kind}/{(doc.get('metadata') or {}).get('name')}"
-                if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
-                    problems = (check_prometheus_rule(doc, tmp) if kind == "PrometheusRule"
-                                else check_service_monitor(doc, docs))
+                group = doc.get("apiVersion", "").split("/")[0]
+                if group in ("monitoring.coreos.com", "keda.sh"):
+                    problems = check_custom_resource(doc, schemas) if schemas else []
+                    if kind == "PrometheusRule":
+                        problems += check_prometheus_rule(doc, tmp)
+                    elif kind == "ServiceMonitor":
+                        problems += check_service_monitor(doc, docs)
                     for p in problems:
                         r.fail(f"{name}: {p}")
                     continue
+                if kind == "ConfigMap" and "external-rules.yaml" in doc.get("data", {}):
+                    for p in check_adapter_rules(doc):
+                        r.fail(f"{name}: {p}")
                 for version in KUBE_VERSIONS:
                     try:
                         kubernetes_validate.validate(doc, version, strict=True)
@@ -458,6 +529,11 @@ REFUSED: tuple[tuple[list[str], str], ...] = (
     (["--set", "replicaCount=2", "--set", "storage.type=memory", "--set", "shards[0].name=a-pods",
       "--set", "shards[0].twins[0].name=x", "--set", "shards[0].twins[0].metrics.cpu=up"], "ends in -pods"),
     (["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.rules=not: [rules"], "prometheusRule.rules"),
+    (["-f", str(EXAMPLES / "autoscaling.yaml"), "--set", "autoscaling.targets[0].name=twins-twin-sidecar",
+      "--set", "autoscaling.targets[0].namespace=default"], "a twin never drives its own sidecar"),
+    (["--set", "autoscaling.enabled=true", "--set", "autoscaling.targets[0].name=api",
+      "--set", "autoscaling.targets[0].twin=example-api"], "must be a twin rule with max_replicas"),
+    (["--set", "autoscaling.enabled=true"], "autoscaling.enabled needs autoscaling.targets"),
 )
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from .autoscale import ReplicaRecommender
 from .collect.restore import keep_retired, late_restore, load_model_states, load_stored, restore_stored
 from .collect.scheduler import Scheduler
 from .config import SidecarConfig, StorageConfig, check_config, load_config
@@ -239,6 +240,7 @@ class Service:
     sink: _RestoreGate | None = None            # the writer as the engine's outbox sees it
     restore_task: asyncio.Task[None] | None = None
     state_task: asyncio.Task[None] | None = None
+    replicas_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -269,6 +271,8 @@ class Service:
                 await self.restore_task
         if self.state_task is not None:
             await self.state_task           # returns once stop is set
+        if self.replicas_task is not None:
+            await self.replicas_task        # returns once stop is set
         if self.sink is None or not self.sink.pending:
             # not wait_for: a cancelled save would leave its thread running and the process alive past the grace
             await save_model_states(self.engine, self.store, self.scheduler.lock, self.scheduler,
@@ -380,6 +384,11 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     service.state_task = asyncio.create_task(
         _model_state_loop(engine, store, lock, gate, stop, config.storage.model_state_interval_s, scheduler),
         name="model-state")
+    if any(t.max_replicas is not None for t in config.twins):
+        recommender = ReplicaRecommender(engine, status, lock,
+                                         lambda: {n: t.rule for n, t in scheduler.roster.targets.items()},
+                                         interval_s=config.interval_s)
+        service.replicas_task = asyncio.create_task(recommender.run(stop), name="replicas")
     log.info("sidecar started", extra={
         "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,
         "twin_rules": len(config.twins), "interval_s": config.interval_s, "store": store.backend,

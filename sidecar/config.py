@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -160,6 +160,8 @@ MAX_RESPONSE_BYTES = 16 * 2**30               # limits.max_response_bytes
 MAX_BODY_BYTES = 64 * 1024 * 1024             # server.max_body_bytes
 MAX_CONCURRENCY = 1024                        # prometheus.max_concurrency
 MAX_KEEP_MAX = 100_000                        # retired.keep_max
+DEFAULT_SCALE_DOWN_STABILISATION_S = 300.0    # twins[].scale_down_stabilisation (the Kubernetes HPA's default)
+MAX_SCALE_DOWN_STABILISATION_S = 86400.0
 MAX_REPLICAS = 100_000                        # twins[].replicas and twins[].workers (the simulation's bound)
 #: Deepest nesting of mappings and lists in a rules file (the rules need 5; the YAML composer recurses per level)
 MAX_YAML_DEPTH = 64
@@ -196,6 +198,10 @@ class TwinRule:
     workers: int | None = None
     auto_correction: bool = True
     line: int = 0                               # where the rule starts in the file
+    # replica recommendations (twin_recommended_replicas): on when max_replicas is set
+    min_replicas: int = 1
+    max_replicas: int | None = None
+    scale_down_stabilisation_s: float = DEFAULT_SCALE_DOWN_STABILISATION_S
 
     def queries(self) -> dict[str, str]:
         """Every metric the scheduler queries for this twin (``request_rate`` included)."""
@@ -820,9 +826,45 @@ def _twin(path: str, node: yaml.Node, index: int) -> TwinRule:
         horizons_s=tuple(sorted(set(horizons))) or DEFAULT_HORIZONS_S,
         directions=MappingProxyType(_directions(r, all_metrics)), bounds=MappingProxyType(_bounds(r, all_metrics)),
         replicas=r.int_("replicas", None, maximum=MAX_REPLICAS), workers=r.int_("workers", None, maximum=MAX_REPLICAS),
-        auto_correction=r.bool_("auto_correction", True), line=node.start_mark.line + 1)
+        auto_correction=r.bool_("auto_correction", True), line=node.start_mark.line + 1,
+        **_scaling(r, workers="workers" in r.items, request_rate="request_rate" in all_metrics))
     r.finish()
     return rule
+
+
+def _scaling(r: _Reader, *, workers: bool, request_rate: bool) -> dict[str, Any]:
+    """``min_replicas``, ``max_replicas`` and ``scale_down_stabilisation`` of a twin rule (replica recommendations)."""
+    top = r.int_("max_replicas", None, maximum=MAX_REPLICAS)
+    if top is None:
+        r.used.update(("min_replicas", "scale_down_stabilisation"))     # known keys, listed on a typo
+        for key in ("min_replicas", "scale_down_stabilisation"):
+            if key in r.items:
+                raise r.error(r.items[key][0], r.key(key), "only meaningful with `max_replicas` (which turns replica "
+                                                           "recommendations on)")
+        return {}
+    for needed, have in (("workers", workers), ("request_rate", request_rate)):
+        if not have:
+            raise r.error(r.items["max_replicas"][0], r.key("max_replicas"),
+                          f"replica recommendations need `{needed}` (the capacity of one replica is fitted from "
+                          "its request rate and its workers)")
+    low = r.int_("min_replicas", 1, maximum=MAX_REPLICAS)
+    assert low is not None
+    if low > top:
+        raise r.error(r.items["min_replicas"][1], r.key("min_replicas"),
+                      f"expected at most max_replicas ({top}), got {low}")
+    window = r.duration("scale_down_stabilisation", DEFAULT_SCALE_DOWN_STABILISATION_S,
+                        maximum=MAX_SCALE_DOWN_STABILISATION_S, allow_zero=True)
+    return {"min_replicas": low, "max_replicas": top, "scale_down_stabilisation_s": window}
+
+
+def _drives_itself(rule: TwinRule, identities: Sequence[Mapping[str, str]]) -> Mapping[str, str] | None:
+    """The sidecar's own scrape identity a scaled twin's queries select, if any: a twin never drives the
+    sidecar that computes its recommendation (scaling it would move the numbers the scaling is based on)."""
+    for ident in identities:
+        if ident and any(all(re.search(rf'\b{re.escape(k)}\s*=~?\s*"{re.escape(v)}"', q) for k, v in ident.items())
+                         for q in rule.queries().values()):
+            return ident
+    return None
 
 
 def _scenario(path: str, node: yaml.Node, index: int, twins: Mapping[str, TwinRule]) -> ScenarioRule:
@@ -964,6 +1006,11 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
             raise ConfigError(f"duplicate twin name {rule.name!r} (first on line {seen[rule.name]})",
                               path=path, line=rule.line, key=f"twins[{i}].name")
         seen[rule.name] = rule.line
+        own = _drives_itself(rule, prometheus.self_labels) if rule.max_replicas is not None else None
+        if own is not None:
+            raise ConfigError(f"twin {rule.name!r} selects the sidecar's own target ({own}) and has max_replicas: a "
+                              "twin never drives its own sidecar", path=path, line=rule.line,
+                              key=f"twins[{i}].max_replicas")
         twins.append(rule)
     if not twins:
         raise r.error(r.items["twins"][1], "twins", "expected at least one twin rule")

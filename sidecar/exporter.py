@@ -366,6 +366,7 @@ class TwinCollector:
         yield _scenario_gauge("twin_simulation_fit_trustworthy",
                               {k: 1.0 if v else 0.0 for k, v in dict(st.simulation_fit_trustworthy).items()})
         yield _scenario_gauge("twin_simulation_breaking_multiplier", st.simulation_breaking_multiplier)
+        yield from _replica_families(st)
 
 
 def _horizon_columns(view: EngineView, lay: _Layout,
@@ -427,6 +428,23 @@ def _scenario_gauge(name: str, values: Mapping[tuple[str, str], float]) -> Gauge
         if v is not None and math.isfinite(v):
             fam.add_metric([twin, scenario], float(v))
     return fam
+
+
+def _replica_families(st: ServiceStatus) -> Iterator[Metric]:
+    """``twin_recommended_replicas``, ``twin_headroom_ratio`` and ``twin_capacity_requests_per_second``: only the
+    trustworthy ones (a ``ReplicaSignal`` leaves out what is not)."""
+    replicas, headroom, capacity = (_gauge("twin_recommended_replicas"), _gauge("twin_headroom_ratio"),
+                                    _gauge("twin_capacity_requests_per_second"))
+    for twin, sig in sorted(dict(st.replica_signals).items()):
+        for horizon, r, h in zip(sig.horizons, sig.replicas, sig.headroom, strict=False):
+            replicas.add_metric([twin, horizon], float(r))
+            if math.isfinite(h):
+                headroom.add_metric([twin, horizon], float(h))
+        if sig.capacity_rps is not None and math.isfinite(sig.capacity_rps):
+            capacity.add_metric([twin], float(sig.capacity_rps))
+    yield replicas
+    yield capacity
+    yield headroom
 
 
 # --------------------------------------------------------------------------- registry wiring

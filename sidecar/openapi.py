@@ -191,7 +191,22 @@ _SCHEMAS: dict[str, Any] = {
                             "description": "The newest correction attempts, applied or not."},
             "snapshots": {"type": "integer", "description": "Snapshots kept in memory."},
             "latest_snapshot_id": _STR_OR_NULL,
+            "replicas": {**_ref("ReplicaAdvice"), "description": "Only for a twin with max_replicas."},
         }),
+    "ReplicaAdvice": _obj(
+        ["trustworthy", "reason", "horizons"], {
+            "trustworthy": {"type": "boolean", "description": "false: twin_recommended_replicas is not exported"},
+            "reason": {"type": "string", "description": "Why the recommendation is withheld, or what it rests on."},
+            "replicas_now": {"type": ["integer", "null"]},
+            "capacity_requests_per_second": _NUM_OR_NULL,
+            "scale_down_stabilisation_s": {"type": "number"},
+            "horizons": {"type": "array", "items": _obj(["horizon_s", "replicas"], {
+                "horizon_s": {"type": "number"}, "replicas": {"type": ["integer", "null"]},
+                "replicas_stabilised": {"type": "integer", "description": "What /metrics exports."},
+                "request_rate_upper": _NUM_OR_NULL, "headroom_ratio": _NUM_OR_NULL,
+                "capped_at_max": {"type": "boolean"}})},
+            "fit": {"type": "object", "description": "The capacity fit of one replica (the what-if's params)."},
+        }, description="A twin's replica recommendation, or why there is none (README, Predictive autoscaling)."),
     "Snapshot": _obj(
         ["snapshot_id", "twin_id", "timestamp", "timestamp_unix", "state_snapshot", "metrics", "health_score",
          "change_reason", "can_rollback_to", "checksum"], {

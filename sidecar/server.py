@@ -80,7 +80,8 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.add_routes(TwinApi(FacadeService(facade), engine_lock=engine_lock, auth_token=auth_token).routes())
+    app.add_routes(TwinApi(FacadeService(facade, replica_signals=status.replica_signals), engine_lock=engine_lock,
+                           auth_token=auth_token).routes())
     return app
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .engine.records import StateHistoryEntry, TwinEvent
 from .engine.twin import TwinEngine
+from .status import ReplicaSignal
 from .store.base import EventQuery
 
 #: A wait (bounded) for the last change to be committed: True once it is.
@@ -75,14 +76,19 @@ class FacadeService:
     """``TwinService`` over a ``TwinEngine``: its engine for reads and simulations, its store for events and
     commits."""
 
-    def __init__(self, facade: TwinEngine) -> None:
+    def __init__(self, facade: TwinEngine, *, replica_signals: Mapping[str, ReplicaSignal] | None = None) -> None:
         self._facade = facade
+        self._replicas = replica_signals if replica_signals is not None else {}
 
     def list_twins(self) -> list[dict[str, Any]]:
         return self._facade.list_twins()
 
     def twin_status(self, twin: str) -> dict[str, Any]:
-        return self._facade.get_twin_status(twin)
+        status = self._facade.get_twin_status(twin)
+        signal = self._replicas.get(str(status.get("name")))
+        if signal is not None:          # a twin with max_replicas: its recommendation, or why there is none
+            status["replicas"] = signal.advice
+        return status
 
     def twin_id(self, twin: str) -> str:
         return self._facade.engine.get(twin).twin_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -25,7 +26,20 @@ class ServiceStatus:
     simulation_breaking_multiplier: dict[tuple[str, str], float] = field(default_factory=dict)
     # was the capacity fit behind that run trustworthy (model_fit.trustworthy): the alert pages only on True
     simulation_fit_trustworthy: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # per twin with max_replicas: what /metrics exports of its replica recommendation, and the API's account of it
+    replica_signals: dict[str, ReplicaSignal] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
         return self.config_loaded and self.first_round_done
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSignal:
+    """One twin's replica recommendation as exported: empty tuples and None when it is not trustworthy."""
+
+    horizons: tuple[str, ...] = ()              # horizon labels (5m, 10m, ...)
+    replicas: tuple[int, ...] = ()              # stabilised recommendation per horizon
+    headroom: tuple[float, ...] = ()            # 1 - forecast upper bound / capacity, per horizon
+    capacity_rps: float | None = None           # what the running replicas carry (fit trustworthy only)
+    advice: dict[str, Any] = field(default_factory=dict)    # the API's account, with the reason

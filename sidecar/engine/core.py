@@ -22,7 +22,7 @@ merge, model state, quiet replay). The arrays are readable on the engine under t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from .state import ARRAY_STORE, SOURCE_CODES, EngineState
 from .tick import PREDICTION_EVERY_S, Tick, TickReport
 from .twins import TwinRegistry, stable_twin_id
 from .view import EngineView, Outbox
+
+if TYPE_CHECKING:
+    from .simulate import SimulationContext
 
 __all__ = ["PREDICTION_EVERY_S", "SOURCE_CODES", "Engine", "TickReport", "stable_twin_id"]
 
@@ -206,6 +209,11 @@ class Engine:
     def simulate(self, twin: str, scenario: Mapping[str, Any], *, at: float, seed: int = 0,
                  replicas: int | None = None, workers: int | None = None) -> dict[str, Any]:
         return self.reports.simulate(twin, scenario, at=at, seed=seed, replicas=replicas, workers=workers)
+
+    def context(self, twin: str, *, at: float, replicas: int | None = None,
+                workers: int | None = None) -> SimulationContext:
+        """The twin's history, forecasts and limits as the capacity model reads them (a copy)."""
+        return self.reports.context(twin, at=at, replicas=replicas, workers=workers)
 
     # ------------------------------------------------------------- outputs
     def view(self) -> EngineView:

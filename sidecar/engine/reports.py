@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .regime import REGIMES
 from .state import SOURCE_CODES, EngineState
 from .tick import Tick
 from .twins import TwinRegistry
+
+if TYPE_CHECKING:
+    from .simulate import SimulationContext
 
 BANDS = {0: "healthy", 1: "warning", 2: "critical"}
 SEVERITIES = ("none", "low", "medium", "high", "critical")
@@ -202,12 +205,23 @@ class Reports:
     # -------------------------------------------------------------- what-if
     def simulate(self, twin: str, scenario: Mapping[str, Any], *, at: float, seed: int = 0,
                  replicas: int | None = None, workers: int | None = None) -> dict[str, Any]:
-        from .simulate import CORE_DOMAINS, SimulationContext, run_scenario
+        from .simulate import run_scenario
+
+        if not isinstance(scenario, Mapping):
+            raise ScenarioError("scenario must be an object with a 'type'")
+        ctx = self.context(twin, at=at, replicas=replicas, workers=workers)
+        result = run_scenario(ctx, scenario, seed=seed).to_dict()
+        result["twin_id"] = ctx.twin_id
+        result["source"] = Source.SIMULATION.value   # never ingested: sync refuses this source
+        return result
+
+    def context(self, twin: str, *, at: float, replicas: int | None = None,
+                workers: int | None = None) -> SimulationContext:
+        """What the capacity model works from: the twin's history, forecasts, limits, domains and sizing."""
+        from .simulate import CORE_DOMAINS, SimulationContext
 
         st, r, series = self.st, self.st.rows, self.st.series
         t = self.registry.lookup(twin)
-        if not isinstance(scenario, Mapping):
-            raise ScenarioError("scenario must be an object with a 'type'")
         times: dict[str, np.ndarray] = {}
         values: dict[str, np.ndarray] = {}
         mean: dict[str, np.ndarray] = {}
@@ -233,10 +247,6 @@ class Reports:
             replicas = int(sizing["replicas"])
         if workers is None and isinstance(sizing.get("workers"), int):
             workers = int(sizing["workers"])
-        ctx = SimulationContext(twin_id=t.twin_id, now=at, limits=limits, times=times, values=values,
-                                horizons_s=st.horizons_s.copy(), forecast_mean=mean, forecast_lower=lower,
-                                forecast_upper=upper, replicas=replicas, workers=workers, domains=domains)
-        result = run_scenario(ctx, scenario, seed=seed).to_dict()
-        result["twin_id"] = t.twin_id
-        result["source"] = Source.SIMULATION.value   # never ingested: sync refuses this source
-        return result
+        return SimulationContext(twin_id=t.twin_id, now=at, limits=limits, times=times, values=values,
+                                 horizons_s=st.horizons_s.copy(), forecast_mean=mean, forecast_lower=lower,
+                                 forecast_upper=upper, replicas=replicas, workers=workers, domains=domains)

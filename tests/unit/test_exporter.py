@@ -223,7 +223,8 @@ def test_every_scraped_name_is_in_the_exported_list() -> None:
     assert names <= EXPORTED_SERIES_NAMES
     assert {m.name for m in EXPORTED_METRICS if m.type != "histogram"} <= names | {
         "twin_breach_eta_seconds", "twin_query_errors_total", "twin_simulation_failure_probability",
-        "twin_simulation_breaking_multiplier", "twin_simulation_fit_trustworthy"}  # empty until something happens
+        "twin_simulation_breaking_multiplier", "twin_simulation_fit_trustworthy", "twin_recommended_replicas",
+        "twin_capacity_requests_per_second", "twin_headroom_ratio"}  # empty until something happens
     assert is_own_series("twin_sync_duration_seconds_bucket") and not is_own_series("up")
 
 

@@ -1,0 +1,230 @@
+"""Replica recommendations: how many replicas keep every limit at the forecast traffic's upper bound.
+
+A forecast says where traffic is heading (with a calibrated upper bound); the capacity model
+(`capacity.py`) says what one replica carries. Joined, they give the replicas a service needs
+*before* the load arrives, per horizon:
+
+1. traffic per replica: the request rate divided by the replica count at each sample (the
+   ``replicas`` metric of the twin when it has one, so history taken at other replica counts
+   still fits; else the configured count). A load balancer splits requests between replicas
+   and a request never moves to another pod's queue, so each replica is its own M/M/c queue
+   with c = its workers; the total capacity is replicas × that of one;
+2. the capacity fit of one replica on that history (``fit_capacity``, servers = workers);
+3. the traffic a horizon must be ready for: the highest forecast upper bound at or before it
+   (and never less than the traffic now), since a replica that is needed at 5 minutes is
+   needed for the 10-minute horizon too;
+4. the fewest replicas r in [min_replicas, max_replicas] for which the what-if's projection
+   (`simulate._steady`: the current level plus the model's difference, the same maths as its
+   "Add N replica(s)" advice) keeps every limit at 1/r of that traffic per replica. All
+   horizons and candidate counts are one (H × R) array: no search loop.
+
+A recommendation exists only when it can be trusted: traffic observed, the capacity fit
+trustworthy, the request rate forecast warm, the workers per replica and the replica count
+known, and a limit on a metric the capacity model projects. Otherwise `ReplicaAdvice.reason`
+says which is missing, and the exporter shows nothing (an autoscaler then keeps its count).
+
+`stabilise` makes the signal safe to act on: a lower recommendation takes effect only once
+every recommendation of the last window was that low (the Kubernetes HPA's scale-down
+stabilisation), a higher one at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .capacity import F64, TRAFFIC_OBSERVED, CapacityFit, _align, fit_capacity
+from .simulate import CORE_DOMAINS, METRICS, Fault, SimulationContext, _steady, draw
+
+#: The twin metric that carries the replica count over time (e.g. kube_deployment_status_replicas_available).
+REPLICAS_METRIC = "replicas"
+#: Samples at the end of a series that define "now" (as in the capacity fit).
+NOW_SAMPLES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPolicy:
+    """A twin's scaling bounds and how long a lower recommendation must hold before it is given."""
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+    scale_down_window_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(f"replica bounds: need 1 <= min_replicas ({self.min_replicas}) <= max_replicas "
+                             f"({self.max_replicas})")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAdvice:
+    """One twin's recommendation per horizon; ``replicas`` is None when it is not trustworthy (``reason``)."""
+
+    reason: str
+    horizons_s: tuple[float, ...] = ()
+    replicas: tuple[int, ...] | None = None          # raw (not yet stabilised), within the policy's bounds
+    rate_upper: tuple[float, ...] = ()               # total req/s each horizon must be ready for
+    headroom: tuple[float, ...] = ()                 # 1 - rate_upper / capacity now (<= 0: over capacity)
+    capacity_rps: float | None = None                # what the replicas running now carry
+    replicas_now: int | None = None
+    capped: tuple[bool, ...] = ()                    # max_replicas is too few for that horizon
+    fit: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def trustworthy(self) -> bool:
+        return self.replicas is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | None:
+            return round(x, 4) if x is not None and math.isfinite(x) else None
+        return {"trustworthy": self.trustworthy, "reason": self.reason, "replicas_now": self.replicas_now,
+                "capacity_requests_per_second": num(self.capacity_rps),
+                "horizons": [{"horizon_s": h, "replicas": self.replicas[i] if self.replicas else None,
+                              "request_rate_upper": num(self.rate_upper[i]) if self.rate_upper else None,
+                              "headroom_ratio": num(self.headroom[i]) if self.headroom else None,
+                              "capped_at_max": bool(self.capped[i]) if self.capped else False}
+                             for i, h in enumerate(self.horizons_s)],
+                "fit": dict(self.fit)}
+
+
+def _now(values: F64) -> float:
+    v = values[np.isfinite(values)]
+    return float(np.median(v[-NOW_SAMPLES:])) if v.size else math.nan
+
+
+def per_replica_history(ctx: SimulationContext) -> tuple[dict[str, F64], dict[str, F64], int | None, str | None]:
+    """The twin's history with the request rate divided by the replica count at each sample.
+
+    Returns (times, values, replicas now, why not) — the last is a reason when the count is unknown.
+    """
+    rm = ctx.request_rate_metric
+    times = {m: np.asarray(t, dtype=np.float64) for m, t in ctx.times.items() if m != REPLICAS_METRIC}
+    values = {m: np.asarray(v, dtype=np.float64) for m, v in ctx.values.items() if m != REPLICAS_METRIC}
+    if rm not in values:
+        return times, values, None, f"no {rm} query: the traffic a replica carries is unknown"
+    rt, rv = times[rm], values[rm]
+    n = min(rt.size, rv.size)
+    rt, rv = rt[:n], rv[:n]
+    if REPLICAS_METRIC in ctx.values:
+        count = _align(rt, np.asarray(ctx.times[REPLICAS_METRIC], dtype=np.float64),
+                       np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
+        now = _now(np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
+    elif ctx.replicas is not None:
+        count, now = np.full(n, float(ctx.replicas)), float(ctx.replicas)
+    else:
+        return times, values, None, f"replica count unknown: set replicas, or give the twin a {REPLICAS_METRIC} metric"
+    if not math.isfinite(now) or now < 1:
+        return times, values, None, f"no replica running now ({REPLICAS_METRIC} = {now:g})"
+    ok = np.isfinite(count) & (count >= 1)
+    times[rm], values[rm] = rt[ok], rv[ok] / count[ok]
+    return times, values, max(1, round(now)), None
+
+
+def fit_replica(ctx: SimulationContext) -> tuple[CapacityFit | None, int | None, str | None]:
+    """The capacity fit of one replica (servers = its workers), the replica count now, and why not if none."""
+    if ctx.workers is None:
+        return None, None, "workers per replica not configured"
+    times, values, now, why = per_replica_history(ctx)
+    if why is not None:
+        return None, None, why
+    fit = fit_capacity(times, values, replicas=1, workers=ctx.workers, rate_metric=ctx.request_rate_metric,
+                       quantile=ctx.latency_quantile)
+    return fit, now, None
+
+
+def rate_upper(ctx: SimulationContext, rate_now: float) -> tuple[F64, F64] | None:
+    """Horizons (sorted) and the traffic each must be ready for: the running maximum of the forecast's upper
+    bound, never below the traffic now; None while the request rate forecast is not warm."""
+    rm = ctx.request_rate_metric
+    h = np.asarray(ctx.horizons_s, dtype=np.float64)
+    up = np.asarray(ctx.forecast_upper.get(rm, np.empty(0)), dtype=np.float64)
+    if h.size == 0 or up.shape != h.shape:
+        return None
+    order = np.argsort(h)
+    h, up = h[order], up[order]
+    warm = np.isfinite(up)
+    if not warm.any():
+        return None
+    h, up = h[warm], up[warm]
+    return h, np.maximum.accumulate(np.maximum(up, rate_now))
+
+
+def recommend(ctx: SimulationContext, policy: ReplicaPolicy, fitted: tuple[CapacityFit | None, int | None,
+              str | None] | None = None) -> ReplicaAdvice:
+    """The replicas each horizon needs (see the module docstring). ``fitted`` reuses a `fit_replica` result:
+    the fit reads the whole history and may be refreshed less often than the forecast moves."""
+    fit, now, why = fit_replica(ctx) if fitted is None else fitted
+    if fit is None or now is None:
+        return ReplicaAdvice(reason=why or "no capacity fit")
+    params = {"per_replica": fit.params(), "trustworthy": fit.trustworthy}
+    if fit.traffic != TRAFFIC_OBSERVED:
+        return ReplicaAdvice(reason=f"traffic {fit.traffic.replace('_', ' ')}: nothing to size replicas on",
+                             replicas_now=now, fit=params)
+    capacity = fit.capacity * now
+    if not fit.trustworthy:
+        return ReplicaAdvice(reason=f"capacity fit not trustworthy: {fit.reason}", replicas_now=now,
+                             capacity_rps=None, fit=params)
+    rm = ctx.request_rate_metric
+    total_now = _now(np.asarray(ctx.values[rm], dtype=np.float64))
+    ready = rate_upper(ctx, max(total_now, 0.0))
+    if ready is None:
+        return ReplicaAdvice(reason=f"the {rm} forecast is not warm yet", replicas_now=now, capacity_rps=capacity,
+                             fit=params)
+    horizons, lam_up = ready
+    metrics = tuple(m for m in METRICS if m in fit.now)
+    limits = {m: float(ctx.limits[m]) for m in metrics if m in ctx.limits and math.isfinite(ctx.limits[m])}
+    if not limits:
+        return ReplicaAdvice(reason="no limit on a metric the capacity model projects (cpu_usage, memory_usage, "
+                                    "request_latency_ms, request_latency_mean_ms, error_rate)",
+                             replicas_now=now, capacity_rps=capacity, fit=params)
+    candidates = np.arange(policy.min_replicas, policy.max_replicas + 1, dtype=np.float64)
+    lam = lam_up[:, None] / candidates[None, :]                      # (H, R) per-replica traffic
+    d = draw(fit, metrics, np.random.default_rng(0), n=0)             # the point estimate only
+    ref = {m: np.array([[fit.now[m]]]) for m in metrics}
+    domains = {m: CORE_DOMAINS[m] for m in metrics}
+    proj = _steady(fit, d, lam, np.array([[fit.rate_now]]), ref, Fault(), domains)
+    ok = np.ones(lam.shape, dtype=bool)
+    for m, lim in limits.items():
+        ok &= np.asarray(proj[m] <= lim)
+    # more replicas never raise a projection, so the first candidate that holds is the fewest
+    capped: np.ndarray = np.asarray(~ok.any(axis=1))
+    need = np.where(capped, policy.max_replicas, candidates[np.argmax(ok, axis=1)].astype(np.int64))
+    headroom = 1.0 - lam_up / capacity
+    reason = "enough history with load variation" if not capped.any() else \
+        "max_replicas is too few for the forecast upper bound at some horizon"
+    return ReplicaAdvice(reason=reason, horizons_s=tuple(float(x) for x in horizons),
+                         replicas=tuple(int(x) for x in need), rate_upper=tuple(float(x) for x in lam_up),
+                         headroom=tuple(float(x) for x in headroom), capacity_rps=capacity, replicas_now=now,
+                         capped=tuple(bool(x) for x in capped), fit=params)
+
+
+@dataclass(frozen=True, slots=True)
+class Stabilised:
+    """Raw recommendations of the last window, per horizon, with their times (oldest first)."""
+
+    times: tuple[float, ...] = ()
+    raw: tuple[tuple[int, ...], ...] = ()
+    horizons_s: tuple[float, ...] = ()
+
+
+def stabilise(state: Stabilised, at: float, advice: ReplicaAdvice, window_s: float
+              ) -> tuple[Stabilised, tuple[int, ...] | None]:
+    """The replicas to export: per horizon the highest raw recommendation of the last ``window_s``.
+
+    A rise shows at once, a fall only once it has held for the whole window, so a forecast that dips for
+    a tick does not take replicas away that the next tick wants back. The window starts afresh when the
+    horizons change or the advice is not trustworthy.
+    """
+    if advice.replicas is None:
+        return Stabilised(), None
+    if state.horizons_s != advice.horizons_s:
+        state = Stabilised(horizons_s=advice.horizons_s)
+    keep = [i for i, t in enumerate(state.times) if at - t < window_s and t <= at]
+    times = (*(state.times[i] for i in keep), at)
+    raw = (*(state.raw[i] for i in keep), advice.replicas)
+    out = tuple(int(x) for x in np.max(np.asarray(raw, dtype=np.int64), axis=0))
+    return Stabilised(times=times, raw=raw, horizons_s=advice.horizons_s), out

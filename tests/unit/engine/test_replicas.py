@@ -1,0 +1,109 @@
+"""Replica recommendations (sidecar/engine/replicas.py): sized from the capacity of one replica and the forecast's
+upper bound, withheld with a reason when either is not trustworthy, and stabilised against flapping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sidecar.engine.capacity import mean_wait_s
+from sidecar.engine.replicas import REPLICAS_METRIC, ReplicaAdvice, ReplicaPolicy, Stabilised, recommend, stabilise
+from sidecar.engine.simulate import SimulationContext
+
+SERVICE_S = 0.1
+WORKERS = 4
+LIMIT_MS = 250.0
+
+
+def _mean_ms(rate_per_replica: np.ndarray) -> np.ndarray:
+    return 1000.0 * (SERVICE_S + mean_wait_s(rate_per_replica, WORKERS / SERVICE_S, WORKERS))
+
+
+def _context(*, forecast_upper: list[float], replicas_series: bool = True, flat: bool = False,
+             workers: int | None = WORKERS, n: int = 240) -> SimulationContext:
+    """A twin whose replicas moved between 2 and 5 while its traffic varied; latency from M/M/4 per replica."""
+    rng = np.random.default_rng(3)
+    t = np.arange(n, dtype=np.float64) * 15.0
+    replicas = np.where((np.arange(n) // 40) % 2 == 0, 2.0, 5.0) if replicas_series else np.full(n, 5.0)
+    per_replica = np.full(n, 20.0) if flat else rng.uniform(8.0, 34.0, n)
+    rate = per_replica * replicas
+    mean = _mean_ms(per_replica) * rng.normal(1.0, 0.01, n)
+    times = {"request_rate": t, "request_latency_mean_ms": t}
+    values = {"request_rate": rate, "request_latency_mean_ms": mean}
+    if replicas_series:
+        times[REPLICAS_METRIC], values[REPLICAS_METRIC] = t, replicas
+    h = np.array([300.0, 600.0])
+    up = np.asarray(forecast_upper, dtype=np.float64)
+    return SimulationContext(twin_id="t", now=float(t[-1]), limits={"request_latency_mean_ms": LIMIT_MS},
+                             times=times, values=values, horizons_s=h, forecast_mean={"request_rate": up * 0.8},
+                             forecast_lower={"request_rate": up * 0.6}, forecast_upper={"request_rate": up},
+                             replicas=None if replicas_series else 5, workers=workers)
+
+
+def _fewest(total_rate: float) -> int:
+    """The fewest replicas whose per-replica M/M/4 mean latency stays under the limit, by brute force."""
+    return next(r for r in range(1, 200) if _mean_ms(np.array(total_rate / r))[()] <= LIMIT_MS)
+
+
+def test_recommends_the_fewest_replicas_that_keep_the_limit_at_the_forecast_upper_bound() -> None:
+    advice = recommend(_context(forecast_upper=[150.0, 400.0]), ReplicaPolicy(1, 40))
+    assert advice.trustworthy, advice.reason
+    assert advice.replicas is not None
+    # the fit is within a few percent of the truth: the answer is the brute-force one, or one off at a boundary
+    for got, rate in zip(advice.replicas, (150.0, 400.0), strict=True):
+        assert abs(got - _fewest(rate)) <= 1
+    assert advice.replicas[1] > advice.replicas[0]
+    assert advice.capacity_rps == pytest.approx(5 * WORKERS / SERVICE_S, rel=0.1)
+    assert advice.headroom[1] == pytest.approx(1 - 400.0 / advice.capacity_rps)
+
+
+def test_a_later_horizon_is_ready_for_the_peak_before_it() -> None:
+    advice = recommend(_context(forecast_upper=[400.0, 150.0]), ReplicaPolicy(1, 40))
+    assert advice.replicas is not None and advice.replicas[1] == advice.replicas[0]
+    assert advice.rate_upper == (400.0, 400.0)
+
+
+def test_bounds_clamp_the_recommendation_and_say_when_the_maximum_is_too_few() -> None:
+    low = recommend(_context(forecast_upper=[10.0, 10.0]), ReplicaPolicy(8, 40))
+    assert low.replicas == (8, 8)
+    high = recommend(_context(forecast_upper=[5000.0, 5000.0]), ReplicaPolicy(1, 6))
+    assert high.replicas == (6, 6) and high.capped == (True, True)
+    assert "max_replicas" in high.reason
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"flat": True}, "not trustworthy"),
+    ({"workers": None}, "workers"),
+    ({"forecast_upper": [math.nan, math.nan]}, "not warm"),
+])
+def test_no_recommendation_without_a_trustworthy_fit_or_forecast(kwargs: dict[str, object], reason: str) -> None:
+    args: dict[str, object] = {"forecast_upper": [150.0, 300.0], **kwargs}
+    advice = recommend(_context(**args), ReplicaPolicy(1, 40))      # type: ignore[arg-type]
+    assert advice.replicas is None and reason in advice.reason
+    assert advice.to_dict()["trustworthy"] is False
+
+
+def test_a_static_replica_count_stands_in_for_the_replicas_metric() -> None:
+    advice = recommend(_context(forecast_upper=[150.0, 300.0], replicas_series=False), ReplicaPolicy(1, 40))
+    assert advice.replicas_now == 5 and advice.replicas is not None
+    assert [abs(got - _fewest(rate)) <= 1 for got, rate in zip(advice.replicas, (150.0, 300.0), strict=True)] \
+        == [True, True]
+
+
+def _advice(*replicas: int) -> ReplicaAdvice:
+    return ReplicaAdvice(reason="ok", horizons_s=(300.0,) * len(replicas), replicas=replicas)
+
+
+def test_stabilisation_scales_up_at_once_and_down_only_after_the_window() -> None:
+    state, out = stabilise(Stabilised(), 0.0, _advice(4), 300.0)
+    assert out == (4,)
+    state, out = stabilise(state, 15.0, _advice(8), 300.0)
+    assert out == (8,)
+    state, out = stabilise(state, 100.0, _advice(3), 300.0)
+    assert out == (8,)                        # the 8 of 85 s ago still holds
+    state, out = stabilise(state, 316.0, _advice(3), 300.0)
+    assert out == (3,)                        # every recommendation of the last 300 s was 3
+    state, out = stabilise(state, 330.0, ReplicaAdvice(reason="fit not trustworthy"), 300.0)
+    assert out is None and state == Stabilised()
