@@ -13,7 +13,7 @@ A horizon longer than the data has nothing scored; the report says so instead of
 printing a row of unknowns.
 
 "Chosen" counts only real choices: the bank picks among models scored at least
-``_MIN_SCORED`` times at that horizon, and until one is, it falls back to the last
+``MIN_SCORED`` times at that horizon, and until one is, it falls back to the last
 value. Those forecasts are counted apart (``fallback``), so a short history reads as
 "mostly the last value, for lack of evidence", not as a vote for some model.
 """
@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sidecar.engine.forecast import _MIN_SCORED, ForecastBank, model_names
+from sidecar.engine.forecast import MIN_SCORED, ForecastBank, model_names
 from sidecar.errors import InputError
 from sidecar.replay import parse_duration, parse_time
 from sidecar.units import format_duration
 
 #: Scores a model needs at a horizon before the bank may choose it (the bank's own rule, read from it).
-MIN_SCORED = _MIN_SCORED
+MIN_SCORED = MIN_SCORED
 
 _RELATIVE = re.compile(r"now\s*(?:([+-])\s*(\S+))?", re.IGNORECASE)
 TIME_FORMS = "now, now-10m, now-2h, an RFC 3339 time (2026-11-25T14:00:00Z) or unix seconds"

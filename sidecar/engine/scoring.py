@@ -1,0 +1,141 @@
+"""The forecast bank's running backtest: every forecast is filed with its target time and scored when the
+sample at that time arrives, out of sample, so model choice and intervals rest on measured errors.
+
+Pending forecasts are kept in a small ring per series and horizon (`queue` entries, issued at most every
+h/queue seconds), which bounds memory whatever the sampling rate. Each one keeps every model's prediction,
+the combined forecast and the interval that was issued, relative to the value at issue (float32 suffices
+for a difference). A score updates, per series and horizon: each model's forgetting mean absolute error
+(which picks the models), the combined forecast's error scale and tracked quantiles (which size the
+interval), the measured hit rate (`confidence`) and the adaptive width (which calibrates the interval on
+that hit rate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sidecar.engine.intervals import HIT_RATE, adapt_width, ewm_rate, track_quantiles
+from sidecar.engine.models_base import F64, I64, Slots
+
+ERR_RATE = 0.007  # forgetting of the running backtest errors (about the last 150 scored forecasts)
+ERR_CAP = 50.0  # an error counts at most this many times the bank's recent error at that horizon (one bad
+#                 sample, say 1e9 in a series near 50, otherwise blew the intervals up for days)
+
+
+def cap_error(ref: NDArray[np.float64], level: NDArray[np.float64]) -> F64:
+    """Largest error an update may count, from a running error scale (none while the scale is unknown).
+
+    Winsorising keeps one absurd sample from owning the error memories that pick models and size intervals; a
+    real change still gets through, growing them by up to (ERR_CAP - 1) x rate a sample. The scale counts as
+    at least a thousandth of the level before the sample (never the sample's own, which may be the absurd
+    one): on a near-exact fit the scale is rounding, and a cap that small would make every model's error
+    equal."""
+    with np.errstate(invalid="ignore"):
+        r = np.maximum(ref, 1e-3 * np.abs(level))
+        out: F64 = np.where(np.isfinite(r) & (r > 0), ERR_CAP * r, np.inf)
+        return out
+
+
+class RunningBacktest:
+    """Files and scores the pending forecasts of a bank's core arrays (`ptgt`, `py`, `ppred`, ...)."""
+
+    def __init__(self, core: Slots, horizons_s: F64, queue: int, n_models: int, level: float,
+                 adaptive: bool) -> None:
+        self.core = core
+        self.horizons_s = horizons_s
+        self.queue = queue
+        self.n_models = n_models
+        self.level = level
+        self.adaptive = adaptive   # a baseline model's intervals stay as tracked: no adaptive width
+
+    def horizons(self, dt: F64) -> F64:
+        """(k, H) horizon used for scoring: at least one sampling interval, else nothing ever matches."""
+        d = np.where(np.isfinite(dt), dt, 0.0)
+        return np.maximum(self.horizons_s[None, :], d[:, None])
+
+    def score_due(self, i: I64, t: F64, y: F64, dt_prev: F64) -> None:
+        """Score the pending forecasts whose target time has come (or drop the ones a gap skipped)."""
+        c = self.core
+        H, Q = self.horizons_s.size, self.queue
+        tol = np.where(np.isfinite(dt_prev), 0.5 * dt_prev, 0.0)[:, None]
+        hh = np.arange(H)[None, :]
+        for _ in range(Q):
+            pc = c["pcnt"][i]
+            if not pc.any():
+                return
+            head = c["phead"][i]
+            tgt = c["ptgt"][i[:, None], hh, head]
+            due = (pc > 0) & (tgt <= t[:, None] + tol)
+            if not due.any():
+                return
+            hit_now = due & (np.abs(t[:, None] - tgt) < np.maximum(tol, 1e-9))
+            if hit_now.any():
+                r, hcol = np.nonzero(hit_now)
+                self._score(i[r], hcol, head[r, hcol], y[r])
+            r, hcol = np.nonzero(due)
+            si = i[r]
+            c["phead"][si, hcol] = (head[r, hcol] + 1) % Q
+            c["pcnt"][si, hcol] = pc[r, hcol] - 1
+
+    def _score(self, si: I64, hcol: I64, q: I64, actual: F64) -> None:
+        c, M = self.core, self.n_models
+        preds = c["py"][si, hcol, q][:, None] + c["ppred"][si, hcol, q].astype(np.float64)  # (n, M+1)
+        err = np.abs(actual[:, None] - preds[:, :M])
+        fin = np.isfinite(err)
+        err = np.minimum(err, cap_error(c["fmae"][si, hcol], c["py"][si, hcol, q])[:, None])
+        cnt = c["cnt"][si, :, hcol] + fin
+        rate = ewm_rate(cnt, ERR_RATE)
+        m0 = c["mae"][si, :, hcol]
+        c["mae"][si, :, hcol] = np.where(fin, np.where(np.isfinite(m0), m0 + rate * (err - m0), err), m0)
+        c["cnt"][si, :, hcol] = cnt
+        e = actual - preds[:, M]
+        if not np.isfinite(e).any():
+            return
+        ok = np.isfinite(e)
+        si, hcol, q, e, actual = si[ok], hcol[ok], q[ok], e[ok], actual[ok]
+        fc = c["fcnt"][si, hcol] + 1.0
+        c["fcnt"][si, hcol] = fc
+        fr = ewm_rate(fc, ERR_RATE)
+        f0 = c["fmae"][si, hcol]
+        ae = np.minimum(np.abs(e), cap_error(f0, c["py"][si, hcol, q]))
+        f1 = np.where(np.isfinite(f0), f0 + fr * (ae - f0), ae)
+        c["fmae"][si, hcol] = f1
+        lo, hi = track_quantiles(c["qlo"][si, hcol], c["qhi"][si, hcol], e, f1, fc, self.level)
+        c["qlo"][si, hcol] = lo
+        c["qhi"][si, hcol] = hi
+        base = c["py"][si, hcol, q]
+        plo = base + c["plo"][si, hcol, q]
+        phi = base + c["phi"][si, hcol, q]
+        known = np.isfinite(plo) & np.isfinite(phi)
+        if known.any():
+            inside = ((actual >= plo) & (actual <= phi)).astype(np.float64)
+            h0 = c["hit"][si, hcol]
+            hr = ewm_rate(fc, HIT_RATE)
+            c["hit"][si, hcol] = np.where(known, np.where(np.isfinite(h0), h0 + hr * (inside - h0), inside), h0)
+            if self.adaptive:
+                w0 = c["wmul"][si, hcol]
+                c["wmul"][si, hcol] = np.where(known, adapt_width(w0, inside, self.level), w0)
+
+    def issue(self, i: I64, t: F64, pred_h: F64) -> None:
+        """File the forecasts just made (every model's `pred_h` (k, M, H) and the bank's combined one)."""
+        c = self.core
+        Q = self.queue
+        dt = c["dt"][i]
+        hs = self.horizons(dt)
+        pc = c["pcnt"][i]
+        due = np.isfinite(dt)[:, None] & (pc < Q) & (t[:, None] - c["plast"][i] >= hs / Q - 1e-9)
+        if not due.any():
+            return
+        r, hcol = np.nonzero(due)
+        si = i[r]
+        slot = (c["phead"][si, hcol] + pc[r, hcol]) % Q
+        base = c["y"][si]
+        c["ptgt"][si, hcol, slot] = t[r] + hs[r, hcol]
+        c["py"][si, hcol, slot] = base
+        c["ppred"][si, hcol, slot, :-1] = pred_h[r, :, hcol] - base[:, None]
+        c["ppred"][si, hcol, slot, -1] = c["fmean"][si, hcol] - base
+        c["plo"][si, hcol, slot] = c["flo"][si, hcol] - base
+        c["phi"][si, hcol, slot] = c["fhi"][si, hcol] - base
+        c["pcnt"][si, hcol] = pc[r, hcol] + 1
+        c["plast"][si, hcol] = t[r]

@@ -1,0 +1,71 @@
+"""The bank's level-shift state, followed sample by sample: the detector's run (`regime.track_shift`), the new
+level and its spread while a shift lasts, and the memory of shifts that came back.
+
+A forecast after a sudden lasting change of level must follow it at every horizon within a few samples,
+not wait for an hour of scores at the new level: while a shift is active, `regime.still_shifted` holds the
+horizons it still governs at the new level (the bank's `SHIFT` regime).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sidecar.engine.models_base import F64, I64, Slots
+from sidecar.engine.onestep import Expectation
+from sidecar.engine.regime import (
+    SHIFT_CONSISTENT,
+    SHIFT_PRIOR,
+    SHIFT_RUN,
+    SHIFT_SCALES,
+    SHIFT_TAILS,
+    follow_level,
+    shift_run_needed,
+    track_shift,
+)
+
+
+def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDArray[np.bool_]) -> None:
+    """Follow the level shift detector (`regime.py`) with one raw sample per series.
+
+    Only series in a shift, in a run of far samples, or far from their expectation now can change state:
+    the others (nearly all of them, nearly always) cost three array operations."""
+    c = core
+    with np.errstate(invalid="ignore"):
+        far = ok & (np.abs(y - exp.expected) > np.fmax(SHIFT_SCALES * exp.scale, SHIFT_TAILS * exp.tail))
+    w = far | np.isfinite(c["st0"][i]) | (c["srun"][i] != 0)
+    if not w.any():
+        return
+    if not w.all():
+        i, t, y, ok = i[w], t[w], y[w], ok[w]
+        exp = Expectation(exp.expected[w], exp.lower[w], exp.upper[w], exp.scale[w], exp.tail[w])
+    active = np.isfinite(c["st0"][i])
+    slev = c["slev"][i]
+    # while a shift is active the samples are judged against the new level, so a second change is seen
+    ref = np.where(active, slev, exp.expected)
+    with np.errstate(invalid="ignore"):
+        lower = ref + (exp.lower - exp.expected)
+        upper = ref + (exp.upper - exp.expected)
+    up = track_shift(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i], y, ref, lower,
+                     upper, exp.scale, exp.tail, ok & np.isfinite(ref), shift_run_needed(c["srev"][i]))
+    c["srun"][i], c["ssum"][i], c["sbase"][i] = up.run, up.run_sum, up.base
+    c["srlo"][i], c["srhi"][i] = up.run_lo, up.run_hi
+    lev, dev, cnt = follow_level(slev, c["sdev"][i], c["sn"][i], y)
+    go_on = active & ~up.started
+    c["slev"][i] = np.where(up.started, up.level, np.where(go_on, lev, np.nan))
+    c["sn"][i] = np.where(up.started, float(SHIFT_RUN), np.where(go_on, cnt, 0.0))
+    if up.started.any():
+        s = i[up.started]
+        jump = (up.level - ref)[up.started]
+        # a shift back to where the active one started undoes it: the series' changes are brief, and the
+        # next must last longer to count; a shift elsewhere is evidence of lasting changes
+        back = active[up.started] & (np.abs(up.level[up.started] - c["sfrom"][s])
+                                     < SHIFT_CONSISTENT * np.abs(c["sjump"][s]))
+        c["srev"][s] = np.where(back, c["srev"][s] + 1.0, 0.5 * c["srev"][s])
+        c["sfrom"][s] = ref[up.started]
+        c["st0"][s] = t[up.started]
+        c["sjump"][s] = jump
+        c["sdev"][s] = np.fmax(SHIFT_PRIOR * np.abs(jump), exp.scale[up.started])
+        c["shold"][s] = True
+    if go_on.any():
+        c["sdev"][i[go_on]] = dev[go_on]
