@@ -17,7 +17,8 @@ child is told to die with its parent).
 while it still runs, and for each query (node CPU %, memory %, load1 and the demo-api queries of
 ``sidecar/demo/rules.yaml``) runs ``twin-sidecar backtest --prometheus URL --query Q --start S --end E
 --step 15s --json --score-from S+30min``: every sample is replayed, only forecasts made after the first
-half hour are scored. Writes ``benchmarks/results/live_calibration.json`` and ``.md``: per query and
+half hour are scored, each inside its metric's domain (``--bounds``, as the twin gives its bank). Writes
+``benchmarks/results/live_calibration.json`` and ``.md``: per query and
 horizon the coverage of the 90 % interval (goal 0.85-0.95), the scored count and MASE against the last value.
 """
 
@@ -80,6 +81,11 @@ def node_queries() -> dict[str, str]:
         "node_memory_percent": "100 * (1 - node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)",
         "node_load1": "node_load1",
     }
+
+
+#: each query's domain, as the twin gives its bank (a percentage 0-100, an error rate 0-1, else not below 0)
+BOUNDS = {"node_cpu_percent": "0,100", "node_memory_percent": "0,100", "node_load1": "0,",
+          "demo_cpu_usage": "0,100", "demo_memory_usage": "0,100", "demo_error_rate": "0,1"}
 
 
 def demo_queries() -> dict[str, str]:
@@ -343,11 +349,11 @@ def prometheus_for(data_dir: Path, record: dict[str, Any], url: str | None) -> I
         stop(proc)
 
 
-def backtest(url: str, query: str, start: float, end: float, score_from: float) -> dict[str, Any]:
+def backtest(url: str, query: str, start: float, end: float, score_from: float, bounds: str) -> dict[str, Any]:
     exe = shutil.which("twin-sidecar")
     cmd = [exe] if exe else [sys.executable, "-m", "sidecar.cli"]
     cmd += ["backtest", "--prometheus", url, "--query", query, "--start", repr(start), "--end", repr(end),
-            "--step", f"{SCRAPE_INTERVAL_S}s", "--json", "--score-from", repr(score_from)]
+            "--step", f"{SCRAPE_INTERVAL_S}s", "--json", "--score-from", repr(score_from), f"--bounds={bounds}"]
     t0 = time.monotonic()
     cpu0 = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
@@ -375,7 +381,8 @@ def score(data_dir: Path, url: str | None, out: Path, warmup_s: float = WARMUP_S
     with prometheus_for(data_dir, record, url) as purl:
         for name, q in queries.items():
             print(f"backtest {name}: {q}", file=sys.stderr, flush=True)
-            results[name] = {"query": q, **backtest(purl, q, start, end, score_from)}
+            bounds = BOUNDS.get(name, "0,")
+            results[name] = {"query": q, "bounds": bounds, **backtest(purl, q, start, end, score_from, bounds)}
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     res = {
         "benchmark": "live_calibration", "measured_at": iso(time.time()), "machine": machine(),
@@ -449,7 +456,7 @@ def render(res: dict[str, Any]) -> str:
     for hz, (n, inside, good, total) in sorted(pooled(res["results"], lo, hi).items()):
         lines.append(f"| {_hz(hz)} | {n} | {_f(inside / n if n else None, '.3f')} | {good} of {total} |")
     lines += ["", "Queries:", ""]
-    lines += [f"* `{name}`: `{r['query']}`" for name, r in res["results"].items()]
+    lines += [f"* `{name}`: `{r['query']}` (bounds {r.get('bounds', 'none')})" for name, r in res["results"].items()]
     lines += ["", "Schedule (stress-ng, at most one CPU worker; offsets from the start):", "",
               "| from | minutes | kind | CPU load of one worker | memory held |", "|---|---|---|---|---|"]
     rows: list[tuple[float, float, str, str, str]] = []

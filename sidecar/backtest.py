@@ -62,6 +62,21 @@ def parse_time_option(option: str, text: str, *, now: float) -> float:
     return value
 
 
+def parse_bounds(text: str) -> tuple[float, float]:
+    """``LO,HI`` (either side may be empty: unbounded) as the (low, high) domain of a backtest."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise InputError(f"--bounds {text!r}: expected LO,HI (e.g. 0,100 or 0, for not below 0)")
+    try:
+        lo = float(parts[0]) if parts[0].strip() else -np.inf
+        hi = float(parts[1]) if parts[1].strip() else np.inf
+    except ValueError:
+        raise InputError(f"--bounds {text!r}: LO and HI must be numbers (or empty)") from None
+    if np.isnan(lo) or np.isnan(hi) or not lo < hi:
+        raise InputError(f"--bounds {text!r}: LO must be below HI")
+    return lo, hi
+
+
 def check_model(model: str) -> None:
     """``auto`` or one of the bank's models; an ``InputError`` naming ``--model`` and the choices otherwise."""
     if model == "auto":
@@ -130,10 +145,12 @@ def target_index(t: np.ndarray, h: float, tol: float) -> np.ndarray:
 def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
                  horizons_s: Sequence[float] = (300.0, 900.0, 1800.0, 3600.0), level: float = 0.9,
                  model: str = "auto", progress: Callable[[int, int], None] | None = None,
-                 progress_every: int = 1000, score_from: float | None = None) -> BacktestReport:
+                 progress_every: int = 1000, score_from: float | None = None,
+                 bounds: tuple[float, float] = (-np.inf, np.inf)) -> BacktestReport:
     """Replay one series (unix seconds `t`, values `y`) and score every forecast against what followed.
 
     `score_from` (unix seconds): every sample is replayed, but only forecasts made at or after it are scored.
+    `bounds`: the metric's domain (a percentage's 0-100), as a twin gives its bank; forecasts and bounds stay in.
 
     `progress(done, total)` is called every `progress_every` samples and at the end (for a progress bar).
     Raises InputError when fewer than 3 usable samples remain.
@@ -145,6 +162,8 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
         raise InputError(f"backtest needs at least 3 usable samples, got {n}")
     bank = ForecastBank(horizons_s, level=level, model=model)
     idx = bank.add(1)
+    if bounds != (-np.inf, np.inf):
+        bank.set_domain(idx, [bounds[0]], [bounds[1]])
     lin = bank.model_names.index("linear")
     H = bank.horizons_s.size
     mean = np.full((n, H), np.nan)

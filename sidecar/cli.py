@@ -166,11 +166,12 @@ def _cmd_detect(a: argparse.Namespace) -> int:
 
 
 def _cmd_backtest(a: argparse.Namespace) -> int:
-    from .backtest import check_model, format_report, parse_time_option, run_backtest
+    from .backtest import check_model, format_report, parse_bounds, parse_time_option, run_backtest
 
     # every option is checked before anything is read or fetched: a mistake costs no download
     horizons = replay.parse_horizons(a.horizons)
     check_model(a.model)
+    bounds = (-math.inf, math.inf) if a.bounds is None else parse_bounds(a.bounds)
     score_from = None if a.score_from is None else parse_time_option("--score-from", a.score_from, now=time.time())
     if a.input:
         given = [f"--{k}" for k in ("query", "start", "end") if getattr(a, k) is not None]
@@ -194,7 +195,8 @@ def _cmd_backtest(a: argparse.Namespace) -> int:
         source, skipped = f"{a.query} @ {a.prometheus}", 0
     bar = _Progress(enabled=not a.json and sys.stderr.isatty())
     try:
-        rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar, score_from=score_from)
+        rep = run_backtest(t, y, horizons_s=horizons, model=a.model, progress=bar, score_from=score_from,
+                           bounds=bounds)
     except InputError as e:     # too few usable samples: the data chosen is what to change
         raise InputError(f"{'--input ' + a.input if a.input else '--start/--end'}: {e}") from None
     finally:
@@ -365,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--horizons", default="5m,15m,30m,60m", help=_HORIZONS_HELP)
     b.add_argument("--model", default="auto", help=model_help)
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--bounds", metavar="LO,HI", help="the metric's domain, as a twin's `bounds:` gives it (0,100 for a "
+                   "percentage, 0, for not below 0): forecasts and intervals stay inside it")
     b.add_argument("--score-from", help="score only forecasts made at or after this time (RFC 3339 or unix "
                    "seconds); every sample is still replayed")
     b.set_defaults(func=_cmd_backtest)

@@ -125,3 +125,28 @@ def test_score_from_scores_only_forecasts_made_from_then_on(tmp_path: Path,
         assert [h["scored"] for h in rep["horizons"]] == [h.scored for h in late.horizons]
     assert main(["backtest", "--input", str(csv), "--score-from", "yesterday"]) == 2
     assert "--score-from" in capsys.readouterr().err
+
+
+def test_bounds_keep_every_interval_inside_the_metrics_domain(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # a CPU % that jumps between idle and saturated: unbounded, its intervals reach far past 0 and 100
+    rng = np.random.default_rng(5)
+    t = 1_700_000_000 + np.arange(800) * 15.0
+    y = np.clip(np.where((np.arange(800) // 60) % 2 == 0, 3.0, 97.0) + rng.normal(size=800), 0.0, 100.0)
+    free = run_backtest(t, y, horizons_s=(300.0, 900.0))
+    bounded = run_backtest(t, y, horizons_s=(300.0, 900.0), bounds=(0.0, 100.0))
+    for f, b in zip(free.horizons, bounded.horizons, strict=True):
+        assert b.mean_width <= 100.0 < f.mean_width
+        assert b.coverage >= f.coverage - 0.02       # what was cut off lay outside the domain
+
+    csv = tmp_path / "cpu.csv"
+    csv.write_text("timestamp,value\n" + "".join(f"{a:.0f},{b}\n" for a, b in zip(t, y, strict=True)))
+    assert main(["backtest", "--input", str(csv), "--json", "--horizons", "5m,15m", "--bounds", "0,100"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [h["mean_width"] for h in rep["horizons"]] == pytest.approx([h.mean_width for h in bounded.horizons])
+    assert main(["backtest", "--input", str(csv), "--json", "--horizons", "5m", "--bounds", "0,"]) == 0
+    capsys.readouterr()
+    for bad in ("100,0", "0", "a,b", "nan,1"):
+        assert main(["backtest", "--input", str(csv), "--bounds", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--bounds" in err and len(err.strip().splitlines()) == 1
