@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sidecar.engine.combine import LAST, MIN_SCORED, choose, combine
-from sidecar.engine.intervals import confidence, interval_offsets
+from sidecar.engine.intervals import blend, confidence, interval_offsets
 from sidecar.engine.models import F64, I64, Field, Model, Now, Slots, Step, build_models
 from sidecar.engine.onestep import Expectation, expect, hold_glitches
 from sidecar.engine.regime import (
@@ -48,7 +48,7 @@ from sidecar.engine.regime import (
     floor_interval,
     still_shifted,
 )
-from sidecar.engine.scoring import RunningBacktest
+from sidecar.engine.scoring import WINDOW, RunningBacktest
 from sidecar.engine.shifts import follow_shift
 from sidecar.errors import InputError
 
@@ -61,8 +61,8 @@ _DT_RATE = 0.05  # forgetting of the sampling-interval estimate
 #: Core fields with a horizon axis, and where it is after the row axis (saved rows are remapped by horizon
 #: when a twin's horizons change, so the other horizons and every model keep what they learnt)
 HORIZON_AXIS = {"fmean": 1, "flo": 1, "fhi": 1, "fmodel": 1, "mae": 2, "cnt": 2, "fcnt": 1, "fmae": 1, "qlo": 1,
-                "qhi": 1, "hit": 1, "wmul": 1, "ptgt": 1, "py": 1, "ppred": 1, "plo": 1, "phi": 1, "phead": 1,
-                "pcnt": 1, "plast": 1, "shold": 1, "freg": 1}
+                "qhi": 1, "hit": 1, "wmul": 1, "ewin": 1, "epos": 1, "qwlo": 1, "qwhi": 1, "ptgt": 1, "py": 1,
+                "ppred": 1, "plo": 1, "phi": 1, "phead": 1, "pcnt": 1, "plast": 1, "shold": 1, "freg": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +153,10 @@ class ForecastBank:
             "qhi": Field((H,), np.float64, np.nan),
             "hit": Field((H,), np.float64, np.nan),
             "wmul": Field((H,), np.float32, 1.0, optional=True),
+            "ewin": Field((H, WINDOW), f32, np.nan, optional=True),   # the last scored errors, a ring
+            "epos": Field((H,), np.int16, 0, optional=True),
+            "qwlo": Field((H,), f32, np.nan, optional=True),         # their conformal bounds
+            "qwhi": Field((H,), f32, np.nan, optional=True),
             # pending forecasts: a ring of Q per horizon, stored relative to the value at issue
             "ptgt": Field((H, Q), np.float64, np.nan),
             "py": Field((H, Q), np.float64, np.nan),
@@ -336,7 +340,8 @@ class ForecastBank:
                 reach = np.clip(COLD_REACH * seen_s[:, None] / hs[:, 1:], 0.0, 1.0)
             mean = np.where(one_step, now.y[:, None] + reach * (mean - now.y[:, None]), mean)
         w = c["wmul"][i].astype(np.float64) if self._forced < 0 else np.ones((k, H))
-        lo, hi = interval_offsets(c["qlo"][i] * w, c["qhi"][i] * w, c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt,
+        qlo, qhi = blend(c["qlo"][i], c["qhi"][i], c["qwlo"][i], c["qwhi"][i])
+        lo, hi = interval_offsets(qlo * w, qhi * w, c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt,
                                   c["fcnt"][i], self.horizons_s)
         cold = borrowed | ~np.isfinite(c["qlo"][i])     # models or interval not from this horizon's own scores
         held = np.zeros(mean.shape, bool)

@@ -19,6 +19,8 @@ from sidecar.engine.intervals import HIT_RATE, adapt_width, ewm_rate, track_quan
 from sidecar.engine.models_base import F64, I64, Slots
 
 ERR_RATE = 0.007  # forgetting of the running backtest errors (about the last 150 scored forecasts)
+WINDOW = 64  # scored errors per series and horizon kept for the interval's recent order statistics
+WINDOW_MIN = 5  # errors the window needs before its order statistics count
 ERR_CAP = 50.0  # an error counts at most this many times the bank's recent error at that horizon (one bad
 #                 sample, say 1e9 in a series near 50, otherwise blew the intervals up for days)
 
@@ -102,6 +104,7 @@ class RunningBacktest:
         f1 = np.where(np.isfinite(f0), f0 + fr * (ae - f0), ae)
         c["fmae"][si, hcol] = f1
         lo, hi = track_quantiles(c["qlo"][si, hcol], c["qhi"][si, hcol], e, f1, fc, self.level)
+        c["qwlo"][si, hcol], c["qwhi"][si, hcol] = self._window(si, hcol, e)
         c["qlo"][si, hcol] = lo
         c["qhi"][si, hcol] = hi
         base = c["py"][si, hcol, q]
@@ -116,6 +119,23 @@ class RunningBacktest:
             if self.adaptive:
                 w0 = c["wmul"][si, hcol]
                 c["wmul"][si, hcol] = np.where(known, adapt_width(w0, inside, self.level), w0)
+
+    def _window(self, si: I64, hcol: I64, e: F64) -> tuple[F64, F64]:
+        """File the error in its ring of the last WINDOW, and return the ring's split-conformal bounds: the
+        order statistics ceil((n + 1)(1 - a)) and floor((n + 1) a), a = (1 - level) / 2 (NaN below WINDOW_MIN)."""
+        c = self.core
+        pos = c["epos"][si, hcol].astype(np.int64)
+        c["ewin"][si, hcol, pos % WINDOW] = e
+        # errors written so far, saturated at WINDOW + (the next place) so it fits an int16 for good
+        n = np.minimum(pos + 1, WINDOW)
+        c["epos"][si, hcol] = np.where(pos + 1 >= WINDOW, WINDOW + (pos + 1) % WINDOW, pos + 1)
+        win = np.sort(c["ewin"][si, hcol].astype(np.float64), axis=1)      # NaN (empty places) sort last
+        a = (1.0 - self.level) / 2.0
+        hi_k = np.minimum(np.ceil((n + 1) * (1.0 - a)).astype(np.int64), n) - 1
+        lo_k = np.maximum(np.floor((n + 1) * a).astype(np.int64), 1) - 1
+        rows = np.arange(si.size)
+        enough = n >= WINDOW_MIN
+        return np.where(enough, win[rows, lo_k], np.nan), np.where(enough, win[rows, hi_k], np.nan)
 
     def issue(self, i: I64, t: F64, pred_h: F64) -> None:
         """File the forecasts just made (every model's `pred_h` (k, M, H) and the bank's combined one)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sidecar.engine.forecast import ForecastBank
-from sidecar.engine.intervals import WIDTH_RANGE, YOUNG_SCORES, adapt_width, confidence, interval_offsets
+from sidecar.engine.intervals import WIDTH_RANGE, YOUNG_SCORES, adapt_width, blend, confidence, interval_offsets
 
 T0 = 1_700_000_000.0
 
@@ -79,3 +79,40 @@ def test_autocorrelated_errors_are_covered_at_the_nominal_rate() -> None:
     a = y[1000 + 12:] + 100.0
     inside = (a >= lo[1000:-12]) & (a <= hi[1000:-12])
     assert 0.86 <= inside.mean() <= 0.94
+
+
+def test_the_error_window_gives_split_conformal_order_statistics_of_the_last_64() -> None:
+    bank = ForecastBank([300.0])
+    bank.add(1)
+    rt, c = bank.backtest, bank.core
+    one, col = np.array([0]), np.array([0])
+    for k in range(4):
+        lo, hi = rt._window(one, col, np.array([float(k)]))
+        assert np.isnan(lo[0]) and np.isnan(hi[0])                  # fewer than WINDOW_MIN errors: no bounds
+    for k in range(4, 200):
+        lo, hi = rt._window(one, col, np.array([float(k)]))
+    # the last 64 errors are 136..199: order statistics floor(65 x 0.05) = 3 and ceil(65 x 0.95) = 62
+    assert lo[0] == 138.0 and hi[0] == 197.0
+    assert int(c["epos"][0, 0]) < np.iinfo(np.int16).max
+
+
+def test_blend_averages_the_tracker_with_the_window_where_the_window_has_bounds() -> None:
+    lo, hi = blend(np.array([[-4.0, -4.0]]), np.array([[4.0, 4.0]]), np.array([[-2.0, np.nan]]),
+                   np.array([[2.0, np.nan]]))
+    assert lo.tolist() == [[-3.0, -4.0]] and hi.tolist() == [[3.0, 4.0]]
+
+
+def test_bounds_narrow_again_soon_after_a_burst() -> None:
+    """One burst of tenfold noise: the tracker alone keeps the bounds wide for hours; with the window they are
+    back near the quiet width within a few windows."""
+    rng = np.random.default_rng(7)
+    y = 50.0 + np.r_[rng.normal(size=800), 10.0 * rng.normal(size=40), rng.normal(size=600)]
+    bank = ForecastBank([300.0])
+    idx = bank.add(1)
+    width = []
+    for k in range(y.size):
+        bank.update(idx, np.array([T0 + 300.0 * k]), y[k:k + 1])
+        fc = bank.forecast(idx)
+        width.append(float(fc.upper[0, 0] - fc.lower[0, 0]))
+    quiet = np.median(width[600:800])
+    assert np.median(width[920:970]) < 1.4 * quiet        # the tracker alone: 1.76 x
