@@ -122,7 +122,7 @@ def per_replica_history(ctx: SimulationContext) -> tuple[dict[str, F64], dict[st
     rt, rv = rt[:n], rv[:n]
     if REPLICAS_METRIC in ctx.values:
         count = align(rt, np.asarray(ctx.times[REPLICAS_METRIC], dtype=np.float64),
-                       np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
+                      np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
         now = _now(np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
     elif ctx.replicas is not None:
         count, now = np.full(n, float(ctx.replicas)), float(ctx.replicas)

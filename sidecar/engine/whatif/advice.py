@@ -99,7 +99,7 @@ def held_level_notes(run: Run) -> list[str]:
 
 
 def load_test_recommendations(fit: CapacityFit, point: float, lo: float, hi: float, bottleneck: str | None,
-                               sc: Scenario, p_fail: float, has_limits: bool = True) -> list[str]:
+                              sc: Scenario, p_fail: float, has_limits: bool = True) -> list[str]:
     """A load test's advice: where it breaks and on what, how likely below the required headroom, what to do."""
     recs: list[str] = []
     need = f"the required {fmt(sc.required_multiplier)}x current traffic{rate_text(fit, sc.required_multiplier)}"
@@ -133,8 +133,8 @@ def load_test_recommendations(fit: CapacityFit, point: float, lo: float, hi: flo
 
 
 def timeline_recommendations(run: Run, proj: Mapping[str, F64], limits: Mapping[str, float], p_fail: float,
-                              p_load: float, lam: F64, lam_ref: F64, ref: Mapping[str, F64],
-                              recovery_s: float) -> list[str]:
+                             p_load: float, lam: F64, lam_ref: F64, ref: Mapping[str, F64],
+                             recovery_s: float) -> list[str]:
     """Advice for a spike or a fault. Replicas are sized on the core metrics only (``ref``): the twin's other
     metrics follow their own forecast, which more replicas are not modelled to change."""
     ctx, sc, fit, d = run.ctx, run.sc, run.fit, run.d
@@ -174,14 +174,14 @@ def timeline_recommendations(run: Run, proj: Mapping[str, F64], limits: Mapping[
     if sc.type == "failure_injection":
         survivors = sc.replicas - sc.replicas_lost
         cap_during = float(fault_capacity(fit, d, Fault(share=sc.replicas / survivors,
-                                                         added_latency_ms=sc.added_latency_ms))[0][0, 0])
+                                                        added_latency_ms=sc.added_latency_ms))[0][0, 0])
         if fit.has_rate and not fit.zero_traffic:
             recs.append(f"Capacity during the fault ≈ {fmt(cap_during)} req/s against "
                         f"{fmt(sc.multiplier * fit.rate_now)} req/s of traffic.")
         if load_risk:
             if sc.replicas_lost and not fit.zero_traffic:
                 need = replicas_needed(fit, d, ctx, lam_t * sc.replicas / survivors, lam_ref_t, ref_t,
-                                        sc.replicas, run.domains)
+                                       sc.replicas, run.domains)
                 if need is not None and need > sc.replicas:
                     recs.append(f"Run {need} replicas (+{need - sc.replicas}) so that losing "
                                 f"{sc.replicas_lost} still keeps every metric under its limit.")

@@ -83,8 +83,8 @@ def fault_capacity(fit: CapacityFit, d: Draws, fault: Fault) -> tuple[F64, float
 
 
 def steady(fit: CapacityFit, d: Draws, lam: F64, lam_ref: F64, ref: Mapping[str, F64], fault: Fault,
-            domains: Mapping[str, tuple[float, float]], backlog_s: F64 | None = None,
-            shed: F64 | None = None) -> dict[str, F64]:
+           domains: Mapping[str, tuple[float, float]], backlog_s: F64 | None = None,
+           shed: F64 | None = None) -> dict[str, F64]:
     """Metrics at arrival rate ``lam`` as the reference values plus the model's difference.
 
     Only the metrics in ``ref`` (the twin's own) are projected, each kept inside its domain: overload shows

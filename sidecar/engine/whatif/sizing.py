@@ -24,7 +24,7 @@ TARGET_P = 0.1
 
 
 def breaches(fit: CapacityFit, d: Draws, limits: Mapping[str, float], lam: F64, lam_ref: F64,
-              ref: Mapping[str, F64], share: float, domains: Mapping[str, tuple[float, float]]
+             ref: Mapping[str, F64], share: float, domains: Mapping[str, tuple[float, float]]
               ) -> dict[str, np.ndarray]:
     """Per metric, which draws breach its limit at some time when each replica carries ``share`` of its load.
 
@@ -36,8 +36,8 @@ def breaches(fit: CapacityFit, d: Draws, limits: Mapping[str, float], lam: F64, 
 
 
 def replicas_needed(fit: CapacityFit, d: Draws, ctx: SimulationContext, lam: F64, lam_ref: F64,
-                     ref: Mapping[str, F64], replicas: int, domains: Mapping[str, tuple[float, float]],
-                     target: float = TARGET_P) -> int | None:
+                    ref: Mapping[str, F64], replicas: int, domains: Mapping[str, tuple[float, float]],
+                    target: float = TARGET_P) -> int | None:
     """Fewest replicas (same workers each) keeping P(breach) ≤ target at the given loads; None if none helps.
 
     ``lam``, ``lam_ref`` and ``ref`` are (draws × times) over the scenario, so a limit that is breached by the

@@ -73,7 +73,7 @@ def timeline(run: Run) -> SimulationResult:
     if in_fault.any():
         cols = np.flatnonzero(in_fault)
         during = steady(fit, d, lam[:, cols], lam_ref[:, cols], {m: v[:, cols] for m, v in ref.items()},
-                         fault, run.domains, backlog_s=wait[:, cols], shed=shed[:, cols])
+                        fault, run.domains, backlog_s=wait[:, cols], shed=shed[:, cols])
         for m, v in during.items():
             proj[m][:, cols] = v
     for m in run.own:       # the twin's other metrics: their own forecast, which the scenario does not move
@@ -125,7 +125,7 @@ def timeline(run: Run) -> SimulationResult:
     load_any: np.ndarray = np.asarray(load_breach_t.any(axis=1))
     p_load = float(np.mean(load_any[1:]))
     recs = with_note(run.model_fit, timeline_recommendations(run, proj, limits, p_fail, p_load, lam, lam_ref, ref,
-                                                               rec_point))
+                                                             rec_point))
     return SimulationResult(
         scenario=sc.describe(), failure_probability=p_fail, will_likely_fail=p_fail >= 0.5,
         projected_metrics=projected, time_to_first_breach_s=ttfb if math.isfinite(ttfb) else None,
