@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .config import TwinRule
-from .engine.capacity import CapacityFit
 from .engine.core import Engine
 from .engine.replicas import ReplicaAdvice, ReplicaPolicy, Stabilised, fit_replica, recommend, stabilise
+from .engine.whatif import CapacityFit
 from .errors import SidecarError
 from .status import ReplicaSignal, ServiceStatus
 from .units import horizon_label

@@ -911,7 +911,7 @@ def _check_scenario(sr: _Reader, params: Mapping[str, Any], rules: list[TwinRule
     Checked once on its own (unknown keys, ranges), then for each twin rule it runs on, with that rule's
     ``replicas``, since whether ``replicas_lost`` leaves a replica standing depends on the twin.
     """
-    from .engine.simulate import parse_scenario  # late: the simulation pulls in numpy and the models
+    from .engine.whatif.scenario import parse_scenario  # late: only when a rules file has a scenario
 
     def fail(exc: ScenarioError, context: str = "") -> ConfigError:
         # the key the error names, from the error itself (a key the file does not have: the whole mapping)

@@ -50,7 +50,7 @@ from .twins import TwinRegistry, stable_twin_id
 from .view import EngineView, Outbox
 
 if TYPE_CHECKING:
-    from .simulate import SimulationContext
+    from .whatif import SimulationContext
 
 __all__ = ["PREDICTION_EVERY_S", "SOURCE_CODES", "Engine", "TickReport", "stable_twin_id"]
 

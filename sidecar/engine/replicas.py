@@ -1,7 +1,7 @@
 """Replica recommendations: how many replicas keep every limit at the forecast traffic's upper bound.
 
 A forecast says where traffic is heading (with a calibrated upper bound); the capacity model
-(`capacity.py`) says what one replica carries. Joined, they give the replicas a service needs
+(`whatif/capacity.py`) says what one replica carries. Joined, they give the replicas a service needs
 *before* the load arrives, per horizon:
 
 1. traffic per replica: the request rate divided by the replica count at each sample (the
@@ -14,7 +14,7 @@ A forecast says where traffic is heading (with a calibrated upper bound); the ca
    (and never less than the traffic now), since a replica that is needed at 5 minutes is
    needed for the 10-minute horizon too;
 4. the fewest replicas r in [min_replicas, max_replicas] for which the what-if's projection
-   (`simulate._steady`: the current level plus the model's difference, the same maths as its
+   (`whatif.steady`: the current level plus the model's difference, the same maths as its
    "Add N replica(s)" advice) keeps every limit at 1/r of that traffic per replica. All
    horizons and candidate counts are one (H × R) array: no search loop.
 
@@ -37,8 +37,19 @@ from typing import Any
 
 import numpy as np
 
-from .capacity import F64, TRAFFIC_OBSERVED, CapacityFit, _align, fit_capacity
-from .simulate import CORE_DOMAINS, METRICS, Fault, SimulationContext, _steady, draw
+from .whatif import (
+    CORE_DOMAINS,
+    F64,
+    METRICS,
+    TRAFFIC_OBSERVED,
+    CapacityFit,
+    Fault,
+    SimulationContext,
+    align,
+    draw,
+    fit_capacity,
+    steady,
+)
 
 #: The twin metric that carries the replica count over time (e.g. kube_deployment_status_replicas_available).
 REPLICAS_METRIC = "replicas"
@@ -110,8 +121,8 @@ def per_replica_history(ctx: SimulationContext) -> tuple[dict[str, F64], dict[st
     n = min(rt.size, rv.size)
     rt, rv = rt[:n], rv[:n]
     if REPLICAS_METRIC in ctx.values:
-        count = _align(rt, np.asarray(ctx.times[REPLICAS_METRIC], dtype=np.float64),
-                       np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
+        count = align(rt, np.asarray(ctx.times[REPLICAS_METRIC], dtype=np.float64),
+                      np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
         now = _now(np.asarray(ctx.values[REPLICAS_METRIC], dtype=np.float64))
     elif ctx.replicas is not None:
         count, now = np.full(n, float(ctx.replicas)), float(ctx.replicas)
@@ -186,7 +197,7 @@ def recommend(ctx: SimulationContext, policy: ReplicaPolicy, fitted: tuple[Capac
     d = draw(fit, metrics, np.random.default_rng(0), n=0)             # the point estimate only
     ref = {m: np.array([[fit.now[m]]]) for m in metrics}
     domains = {m: CORE_DOMAINS[m] for m in metrics}
-    proj = _steady(fit, d, lam, np.array([[fit.rate_now]]), ref, Fault(), domains)
+    proj = steady(fit, d, lam, np.array([[fit.rate_now]]), ref, Fault(), domains)
     ok = np.ones(lam.shape, dtype=bool)
     for m, lim in limits.items():
         ok &= np.asarray(proj[m] <= lim)

@@ -23,7 +23,7 @@ from .tick import Tick
 from .twins import TwinRegistry
 
 if TYPE_CHECKING:
-    from .simulate import SimulationContext
+    from .whatif import SimulationContext
 
 BANDS = {0: "healthy", 1: "warning", 2: "critical"}
 SEVERITIES = ("none", "low", "medium", "high", "critical")
@@ -205,7 +205,7 @@ class Reports:
     # -------------------------------------------------------------- what-if
     def simulate(self, twin: str, scenario: Mapping[str, Any], *, at: float, seed: int = 0,
                  replicas: int | None = None, workers: int | None = None) -> dict[str, Any]:
-        from .simulate import run_scenario
+        from .whatif import run_scenario
 
         if not isinstance(scenario, Mapping):
             raise ScenarioError("scenario must be an object with a 'type'")
@@ -218,7 +218,7 @@ class Reports:
     def context(self, twin: str, *, at: float, replicas: int | None = None,
                 workers: int | None = None) -> SimulationContext:
         """What the capacity model works from: the twin's history, forecasts, limits, domains and sizing."""
-        from .simulate import CORE_DOMAINS, SimulationContext
+        from .whatif import CORE_DOMAINS, SimulationContext
 
         st, r, series = self.st, self.st.rows, self.st.series
         t = self.registry.lookup(twin)

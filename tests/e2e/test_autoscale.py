@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.autoscale import ReplicaRecommender
 from sidecar.config import TwinRule, parse_config
-from sidecar.engine.capacity import mean_wait_s
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
 from sidecar.engine.twin import TwinEngine
+from sidecar.engine.whatif import mean_wait_s
 from sidecar.exporter import install_exporter, render
 from sidecar.server import build_app
 from sidecar.status import ServiceStatus

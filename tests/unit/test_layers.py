@@ -155,6 +155,23 @@ def test_every_query_loop_part_has_its_place() -> None:
     assert parts == set(COLLECT_ORDER)
 
 
+#: The what-if's modules, in the order they lean (ARCHITECTURE.md): each imports only modules before it.
+WHATIF_ORDER = ("metrics", "queueing", "routes", "samples", "fit", "capacity", "scenario", "draws", "context",
+                "result", "project", "sizing", "words", "advice", "loadtest", "timeline", "run")
+
+
+@pytest.mark.parametrize("part", WHATIF_ORDER)
+def test_the_what_if_modules_lean_one_way(part: str) -> None:
+    before = {f"sidecar.engine.whatif.{p}" for p in WHATIF_ORDER[:WHATIF_ORDER.index(part)]}
+    inside = {m for m in GRAPH[f"sidecar.engine.whatif.{part}"] if m.startswith("sidecar.engine.whatif.")}
+    assert inside <= before, f"whatif.{part} imports a module after it: {sorted(inside - before)}"
+
+
+def test_every_what_if_module_has_its_place() -> None:
+    parts = {m.rsplit(".", 1)[1] for m in GRAPH if m.startswith("sidecar.engine.whatif.")}
+    assert parts == set(WHATIF_ORDER)
+
+
 def test_the_api_talks_to_the_service_interface_only() -> None:
     """The API reaches the engine, the store and the writer through ``service.TwinService`` alone."""
     assert _internal(GRAPH["sidecar.api"]) & {"sidecar.engine.twin", "sidecar.engine.core", "sidecar.app"} == set()

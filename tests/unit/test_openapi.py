@@ -48,11 +48,11 @@ def test_event_types_match_the_engine() -> None:
 
 
 def test_scenario_fields_match_what_the_simulator_accepts() -> None:
-    simulate = pytest.importorskip("sidecar.engine.simulate")
+    from sidecar.engine.whatif import scenario
     schemas = OPENAPI["components"]["schemas"]
     mapping = schemas["Scenario"]["discriminator"]["mapping"]
-    assert list(mapping) == list(simulate.SCENARIO_TYPES)
+    assert list(mapping) == list(scenario.SCENARIO_TYPES)
     for kind, ref in mapping.items():     # each type: exactly the fields the simulator knows for it
         schema = schemas[ref.rsplit("/", 1)[1]]
-        assert set(schema["properties"]) == simulate._KEYS[kind] | simulate._COMMON_KEYS, kind
+        assert set(schema["properties"]) == scenario.SCENARIO_KEYS[kind] | scenario.COMMON_KEYS, kind
         assert schema["properties"]["type"] == {"const": kind} and schema["additionalProperties"] is False

@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from sidecar.engine.capacity import mean_wait_s
 from sidecar.engine.replicas import REPLICAS_METRIC, ReplicaAdvice, ReplicaPolicy, Stabilised, recommend, stabilise
-from sidecar.engine.simulate import SimulationContext
+from sidecar.engine.whatif import SimulationContext, mean_wait_s
 
 SERVICE_S = 0.1
 WORKERS = 4

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from test_simulate import make_ctx
 
-from sidecar.engine.capacity import MIN_SAMPLES, wait_quantile_s
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
-from sidecar.engine.simulate import SimulationContext, run_scenario
+from sidecar.engine.whatif import MIN_SAMPLES, SimulationContext, run_scenario, wait_quantile_s
 
 T0 = 1.7e9
 HORIZONS = np.array([300.0, 900.0, 1800.0, 3600.0])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import parse_config
-from sidecar.engine.simulate import parse_scenario
+from sidecar.engine.whatif import parse_scenario
 from sidecar.errors import ConfigError, ScenarioError
 
 REFUSED: list[tuple[dict[str, Any], int | None, str | None]] = [

@@ -9,16 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from sidecar.engine import capacity
-from sidecar.engine.capacity import (
-    erlang_c,
-    fit_capacity,
-    fit_latency_curve,
-    fit_line,
-    fit_mean_latency,
-    wait_quantile_s,
-)
-from sidecar.engine.simulate import draw
+from sidecar.engine.whatif import CPU, draw, erlang_c, fit_capacity, mean_wait_s, queueing, wait_quantile_s
+from sidecar.engine.whatif.routes import fit_latency_curve, fit_line, fit_mean_latency
+from sidecar.engine.whatif.samples import sustained_peak
 
 
 def _erlang_c_textbook(c: int, a: float) -> float:
@@ -34,7 +27,7 @@ def test_erlang_c_matches_the_textbook_formula(c: int, a: float) -> None:
 def test_erlang_c_gamma_path_agrees_with_the_recursion(monkeypatch: pytest.MonkeyPatch) -> None:
     a = np.linspace(1.0, 79.0, 40)
     by_recursion = erlang_c(80.0, a)
-    monkeypatch.setattr(capacity, "RECURSION_SERVERS", 0)
+    monkeypatch.setattr(queueing, "RECURSION_SERVERS", 0)
     by_gamma = erlang_c(80.0, a)
     np.testing.assert_allclose(by_gamma, by_recursion, rtol=1e-8, atol=1e-12)
     # thousands of servers stay finite and in [0, 1]
@@ -316,20 +309,20 @@ def test_the_capacity_is_never_below_the_throughput_the_service_sustained() -> N
     fit = fit_capacity({m: t for m in values}, values, replicas=2, workers=4)
     assert float(np.quantile(lam, 0.9)) < 40.0
     assert 150.0 <= fit.capacity_floor <= float(lam.max())
-    d = draw(fit, (capacity.CPU,), np.random.default_rng(0))
+    d = draw(fit, (CPU,), np.random.default_rng(0))
     assert float(d.capacity.min()) >= fit.capacity_floor
 
 
 def test_sustained_peak_is_the_highest_level_held_for_the_window() -> None:
     x = np.array([1.0, 9.0, 2.0, 5.0, 6.0, 5.5, 7.0, 1.0])
-    assert capacity.sustained_peak(x, 3) == 5.5
-    assert capacity.sustained_peak(x, 1) == 9.0
-    assert capacity.sustained_peak(x[:2], 5) == 1.0 and capacity.sustained_peak(np.empty(0), 5) == 0.0
+    assert sustained_peak(x, 3) == 5.5
+    assert sustained_peak(x, 1) == 9.0
+    assert sustained_peak(x[:2], 5) == 1.0 and sustained_peak(np.empty(0), 5) == 0.0
 
 
 def test_mean_wait_is_the_erlang_c_mean() -> None:
     # M/M/1: E[W] = ρ/(μ − λ)
-    assert float(capacity.mean_wait_s(8.0, 10.0, 1.0)) == pytest.approx(0.8 / 2.0, rel=1e-12)
-    assert float(capacity.mean_wait_s(25.0, 30.0, 3.0)) == pytest.approx(
+    assert float(mean_wait_s(8.0, 10.0, 1.0)) == pytest.approx(0.8 / 2.0, rel=1e-12)
+    assert float(mean_wait_s(25.0, 30.0, 3.0)) == pytest.approx(
         float(erlang_c(3.0, 2.5)) / 5.0, rel=1e-12)
-    assert math.isinf(float(capacity.mean_wait_s(10.0, 10.0, 1.0)))
+    assert math.isinf(float(mean_wait_s(10.0, 10.0, 1.0)))

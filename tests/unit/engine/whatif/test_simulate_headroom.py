@@ -14,7 +14,7 @@ from test_simulate import _with, make_ctx
 from sidecar.config import parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
-from sidecar.engine.simulate import SimulationContext, parse_scenario, run_scenario
+from sidecar.engine.whatif import SimulationContext, parse_scenario, run_scenario
 from sidecar.errors import ConfigError, ScenarioError
 from sidecar.openapi import OPENAPI
 

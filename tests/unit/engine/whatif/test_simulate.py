@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sidecar.engine.capacity import wait_quantile_s
-from sidecar.engine.simulate import SimulationContext, parse_scenario, run_scenario
+from sidecar.engine.whatif import SimulationContext, parse_scenario, run_scenario, wait_quantile_s
 from sidecar.errors import ScenarioError
 
 LIMITS = {"cpu_usage": 95.0, "memory_usage": 90.0, "request_latency_ms": 1000.0, "error_rate": 0.05}
@@ -296,7 +295,7 @@ def test_blocked_worker_pool_breaks_on_latency_well_before_cpu() -> None:
     # 2 workers held 40 ms each (mostly a downstream wait): the pool serves 50 req/s while CPU stays low
     ctx = make_ctx(cpu_bound=False, servers=2, service_s=0.04, load=15.0, swing=8.0)
     lam = ctx.values["request_rate"]
-    from sidecar.engine.capacity import erlang_c
+    from sidecar.engine.whatif import erlang_c
 
     pw = erlang_c(2.0, lam * 0.04)
     values = dict(ctx.values)
