@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sidecar.engine.forecast import ForecastBank
 from sidecar.engine.intervals import WIDTH_RANGE, YOUNG_SCORES, adapt_width, blend, confidence, interval_offsets
@@ -33,13 +34,13 @@ def test_the_adaptive_width_grows_while_intervals_miss_and_stays_in_its_range() 
     assert w[0] == WIDTH_RANGE[0]
 
 
-def test_an_unscored_horizon_borrows_the_longest_scored_shorter_one_grown_with_the_horizon() -> None:
+def test_an_unscored_horizon_borrows_the_longest_scored_shorter_one_grown_with_the_root_of_the_horizon() -> None:
     h = np.array([300.0, 900.0, 3600.0])
     qlo = np.array([[-1.0, -2.0, np.nan]])
     qhi = np.array([[1.0, 2.0, np.nan]])
     lo, hi = interval_offsets(qlo, qhi, np.array([-0.1]), np.array([0.1]), h[None, :], np.array([15.0]),
                               np.array([[50.0, 50.0, 0.0]]), h)
-    assert lo[0, 2] == -2.0 * 4 and hi[0, 2] == 2.0 * 4          # from 15 min, times 60/15
+    assert lo[0, 2] == -2.0 * 2 and hi[0, 2] == 2.0 * 2          # from 15 min, times sqrt(60/15)
     assert lo[0, 1] == -2.0 and hi[0, 1] == 2.0                   # a well scored horizon keeps its own
 
 
@@ -48,7 +49,7 @@ def test_a_young_horizon_is_at_least_as_wide_as_the_borrow() -> None:
     qlo, qhi = np.array([[-1.0, -0.5]]), np.array([[1.0, 0.5]])
     young = np.array([[50.0, YOUNG_SCORES - 1]])
     lo, hi = interval_offsets(qlo, qhi, np.array([-0.1]), np.array([0.1]), h[None, :], np.array([60.0]), young, h)
-    assert lo[0, 1] == -3.0 and hi[0, 1] == 3.0
+    assert lo[0, 1] == pytest.approx(-3.0 ** 0.5) and hi[0, 1] == pytest.approx(3.0 ** 0.5)
     grown = np.array([[50.0, YOUNG_SCORES]])
     lo, hi = interval_offsets(qlo, qhi, np.array([-0.1]), np.array([0.1]), h[None, :], np.array([60.0]), grown, h)
     assert lo[0, 1] == -0.5 and hi[0, 1] == 0.5
