@@ -19,7 +19,17 @@ from ..config import TwinRule
 from ..errors import CapacityError, EngineError, InputError, SourceError
 from ..prometheus import InstantVector, QueryFailed, SourceUnavailable, select
 from .context import Context
-from .naming import HASH_MARK, discovered_name, key_hash, named_by, naming_key, rule_of, shared_queries, substitute
+from .naming import (
+    HASH_MARK,
+    ambiguous,
+    discovered_name,
+    key_hash,
+    named_by,
+    naming_key,
+    rule_of,
+    shared_queries,
+    substitute,
+)
 from .ownguard import OwnSeriesGuard
 from .restore import RetiredTwins
 from .shard import ShardFilter
@@ -179,6 +189,10 @@ class Roster:
                     wanted: Mapping[str, Target]) -> str | None:
         """The name of a twin for a label set seen for the first time: unique, stable, logged if it collided."""
         name = discovered_name(rule, dict(key))
+        if not self.shard.whole and HASH_MARK not in name and ambiguous(key):
+            # another shard may hold the label set whose values join to the same name, and no shard sees the
+            # other's twins: the hash suffix keeps the two apart without either knowing
+            name = f"{name}{HASH_MARK}{key_hash(key)}"
 
         def holder(n: str) -> tuple[tuple[str, str], ...] | None:
             t = wanted.get(n)
