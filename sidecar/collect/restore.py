@@ -114,7 +114,8 @@ async def load_stored(store: Store, config: SidecarConfig, now: float) -> Stored
     keep = config.retired
     if keep.keep_for_s <= 0 or keep.keep_max <= 0:
         return Stored(await store.load_twins(keep=choose), [], choose.elsewhere if choose else [])
-    # each shard keeps up to keep_max: the ones retired last across all shards hold every shard's
+    # each shard keeps up to keep_max: the count × keep_max retired last across all shards hold every shard's
+    # (with retirements spread evenly; a shard retiring far fewer than the others may find fewer of its own)
     twins = await store.load_twins(include_retired=True, retired_since=now - keep.keep_for_s,
                                    retired_max=keep.keep_max * config.shard.count, keep=choose)
     return Stored([t for t in twins if t.retired_at is None], [t for t in twins if t.retired_at is not None],
