@@ -84,6 +84,8 @@ EXTRA_VALUE_SETS: tuple[tuple[str, list[str]], ...] = (
     ("shards + replicaCount=2", ["-f", str(EXAMPLES / "shards.yaml"), "--set", "replicaCount=2",
                                  "--set", "storage.type=memory", "--set", "apiAuth.enabled=true",
                                  "--set", "apiAuth.token=t"]),
+    ("shards=3", ["--set", "shards=3", "--set", "storage.type=postgres",
+                  "--set", "storage.postgres.url=postgresql://twins@db:5432/twins"]),
 )
 
 #: Intervals helm-rules renders the chart's PrometheusRule for (as the schema allows them: units, sums, decimals).
@@ -524,6 +526,10 @@ REFUSED: tuple[tuple[list[str], str], ...] = (
     (["--set", "apiAuth.enabled=true"], "apiAuth.token"),
     (["--set", "mode=sidecar", "--set", "shards[0].name=a", "--set", "shards[0].twins[0].name=x",
       "--set", "shards[0].twins[0].metrics.cpu=up"], "shards are for mode=standalone"),
+    (["--set", "shards=3"], "shards: 3 needs storage.type=postgres"),
+    (["--set", "shards=3", "--set", "storage.type=memory", "--set", "replicaCount=2"], "leave replicaCount at 1"),
+    (["--set", "shards=2", "--set", "mode=sidecar"], "shards are for mode=standalone"),
+    (["--set", "shards=0"], "/shards"),
     (["--set", "prometheus.url=ftp://x"], "/prometheus/url"),
     (["--set", "prometheusRule.runbookBaseUrl=ftp://docs/README.md"], "/prometheusRule/runbookBaseUrl"),
     (["--set", "replicaCount=2", "--set", "storage.type=memory", "--set", "shards[0].name=a-pods",

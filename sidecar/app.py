@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .autoscale import ReplicaRecommender
-from .collect.restore import keep_retired, late_restore, load_model_states, load_stored, restore_stored
+from .collect.restore import Stored, keep_retired, late_restore, load_model_states, load_stored, restore_stored
 from .collect.scheduler import Scheduler
 from .config import SidecarConfig, StorageConfig, check_config, load_config
 from .engine.core import Engine
@@ -293,6 +293,7 @@ class OpenedHistory:
     loaded: bool                        # the stored twins were read (if not, they are merged later)
     retired: list[RestoredTwin] = field(default_factory=list)   # retired recently enough to be kept
     states: dict[str, bytes] = field(default_factory=dict)      # saved model states, by twin id
+    elsewhere: list[str] = field(default_factory=list)          # ids of the twins other shards have
 
 
 async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceStatus) -> OpenedHistory:
@@ -302,14 +303,15 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     store = open_store(path=config.storage.path, url=config.storage.url, replica=replica, status=status)
     try:
         await store.open()
-        restored, retired = await load_stored(store, config, time.time())
+        stored = await load_stored(store, config, time.time())
         loaded = True
     except StoreError as exc:
         status.store_up = False
         log.error("history store unavailable at start; stored twins will be merged when it returns", extra={
             "backend": store.backend, "error": str(exc)})
-        restored, retired, loaded = [], [], False
-    states = await load_model_states(store) if restored or retired else {}
+        stored, loaded = Stored(), False
+    restored, retired = stored.live, stored.retired
+    states = await load_model_states(store, stored.twins) if restored or retired else {}
     restore_stored(engine, restored, states)
     if restored:
         log.info("twins restored from the store", extra={"twins": len(restored), "backend": store.backend})
@@ -320,7 +322,7 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
                                 samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
     writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
     await writer.start()
-    return OpenedHistory(store, writer, loaded, retired, states)
+    return OpenedHistory(store, writer, loaded, retired, states, stored.elsewhere)
 
 
 def engine_settings(config: SidecarConfig, *, id_namespace: str = "") -> EngineSettings:
@@ -332,7 +334,7 @@ def engine_settings(config: SidecarConfig, *, id_namespace: str = "") -> EngineS
 
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
     """Build and start everything except signal handling; the scheduler runs as a task."""
-    status = ServiceStatus(config_loaded=True)
+    status = ServiceStatus(config_loaded=True, shard_index=config.shard.index, shard_count=config.shard.count)
     replica = os.environ.get(REPLICA_ENV, "default")
     engine = Engine(engine_settings(config, id_namespace="" if replica == "default" else replica))
     lock = asyncio.Lock()
@@ -376,7 +378,8 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     service = Service(config, engine, facade, status, scheduler, client, store, writer, runner, bound, stop)
     service.sink = gate
     if loaded:
-        await keep_retired(scheduler.retired, lock, store, opened.retired, opened.states, now=time.time())
+        await keep_retired(scheduler.retired, lock, store, opened.retired, opened.states, now=time.time(),
+                           elsewhere=opened.elsewhere)
     service.task = asyncio.create_task(scheduler.run(stop), name="scheduler")
     if gate.pending:
         service.restore_task = asyncio.create_task(
@@ -392,7 +395,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     log.info("sidecar started", extra={
         "listen": f"{config.server.host}:{bound}", "prometheus": config.prometheus.url,
         "twin_rules": len(config.twins), "interval_s": config.interval_s, "store": store.backend,
-        "auth": token is not None})
+        "auth": token is not None, "shard": f"{config.shard.index}/{config.shard.count}"})
     return service
 
 

@@ -38,9 +38,14 @@ def _open_out(path: str) -> TextIO:
 # ----------------------------------------------------------------- the service
 def _cmd_run(a: argparse.Namespace) -> int:
     from .app import run_service
-    from .config import load_config
+    from .config import load_config, shard_config
 
     config = load_config(a.config)
+    if a.shard_index is not None or a.shard_count is not None:
+        where = " and ".join(f for f, v in (("--shard-index", a.shard_index), ("--shard-count", a.shard_count))
+                             if v is not None)
+        config = dataclasses.replace(config, shard=shard_config(a.shard_index, a.shard_count, where=where,
+                                                                default=config.shard))
     return asyncio.run(run_service(config, log_format=a.log_format))
 
 
@@ -308,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-format", choices=("json", "text"), default="json",
                    help="json: one JSON object per line, for log pipelines; text: one readable line "
                         "(default %(default)s)")
+    r.add_argument("--shard-index", metavar="I",
+                   help="this process's shard, 0 to count-1, or a StatefulSet pod name ending in -<ordinal> "
+                        "(wins over TWIN_SIDECAR_SHARD_INDEX and the rules' shard.index)")
+    r.add_argument("--shard-count", metavar="N",
+                   help="how many processes split the twins by a hash of their naming labels (wins over "
+                        "TWIN_SIDECAR_SHARD_COUNT and the rules' shard.count; default 1)")
     r.set_defaults(func=_cmd_run)
 
     c = sub.add_parser("check-config", help="validate a rules file without running")

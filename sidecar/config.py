@@ -137,6 +137,23 @@ class LimitsConfig:
     max_response_bytes: int = 128 * 2**20
 
 
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    """This process's share of the twins (``shard:``): of ``count`` processes over one PostgreSQL, it twins only
+    the twins whose naming labels hash to ``index`` (``collect/shard.py``), so ``count`` processes twin every
+    twin exactly once. ``count: 1`` (the default) twins everything."""
+
+    index: int = 0
+    count: int = 1
+
+
+#: Environment variables that set ``shard:`` (and win over the rules file, as ``DATABASE_URL`` does). The index
+#: may be a StatefulSet pod name (``twins-2``): its ordinal is the index.
+SHARD_INDEX_ENV = "TWIN_SIDECAR_SHARD_INDEX"
+SHARD_COUNT_ENV = "TWIN_SIDECAR_SHARD_COUNT"
+#: The most shards: each runs every shared (family) query in full, so thousands would only multiply that cost.
+MAX_SHARDS = 1000
+
 #: The longest ``storage.commit_wait``: an API call held longer than a minute looks hung to its client.
 MAX_COMMIT_WAIT_S = 60.0
 
@@ -235,6 +252,7 @@ class SidecarConfig:
     retired: RetiredConfig = field(default_factory=RetiredConfig)
     export: ExportOptions = field(default_factory=ExportOptions)   # what /metrics carries beyond the default
     limits: LimitsConfig = field(default_factory=LimitsConfig)      # the most twins, series and answer bytes
+    shard: ShardConfig = field(default_factory=ShardConfig)         # which twins of a sharded set are this one's
 
     @property
     def horizons_s(self) -> tuple[float, ...]:
@@ -611,6 +629,51 @@ def _retired(r: _Reader | None) -> RetiredConfig:
     return out
 
 
+def shard_config(index: int | str | None, count: int | str | None, *, where: str,
+                 default: ShardConfig = ShardConfig()) -> ShardConfig:
+    """A shard from an index and a count given as text or numbers (``None``: the default's); ``ConfigError``
+    naming ``where`` (the key, variable or flag) unless ``0 <= index < count <= MAX_SHARDS``. The index may be a
+    StatefulSet pod name (``twins-2``), whose ordinal is the index."""
+    def number(value: int | str, what: str) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {what} must be an integer, got {value!r}", key=where)
+        if isinstance(value, int):
+            return value
+        text = value.strip()
+        m = re.fullmatch(r"(?:.*-)?(\d+)", text) if what == "index" else re.fullmatch(r"\d+", text)
+        if m is None:
+            hint = " or a StatefulSet pod name ending in -<ordinal>" if what == "index" else ""
+            raise ConfigError(f"{where}: {what} must be an integer{hint}, got {value!r}", key=where)
+        return int(m.group(1) if what == "index" else m.group(0))
+
+    n = default.count if count is None else number(count, "count")
+    i = default.index if index is None else number(index, "index")
+    if not 1 <= n <= MAX_SHARDS:
+        raise ConfigError(f"{where}: the shard count must be 1 to {MAX_SHARDS}, got {n}", key=where)
+    if not 0 <= i < n:
+        raise ConfigError(f"{where}: the shard index must be 0 to {n - 1} (count {n}), got {i}", key=where)
+    return ShardConfig(index=i, count=n)
+
+
+def _shard(r: _Reader | None, env: Mapping[str, str]) -> ShardConfig:
+    """``shard: {index, count}``, then ``TWIN_SIDECAR_SHARD_INDEX`` / ``_COUNT`` from the environment on top."""
+    rules = ShardConfig()
+    if r is not None:
+        count = r.int_("count", 1, minimum=1, maximum=MAX_SHARDS)
+        index = r.int_("index", 0, minimum=0, maximum=MAX_SHARDS - 1)
+        assert count is not None and index is not None
+        if index >= count:
+            raise r.error(r.items["index"][1], r.key("index"),
+                          f"expected 0 to {count - 1} (count {count}), got {index}")
+        rules = ShardConfig(index=index, count=count)
+        r.finish()
+    env_index, env_count = env.get(SHARD_INDEX_ENV) or None, env.get(SHARD_COUNT_ENV) or None
+    if env_index is None and env_count is None:
+        return rules
+    where = " and ".join(n for n, v in ((SHARD_INDEX_ENV, env_index), (SHARD_COUNT_ENV, env_count)) if v is not None)
+    return shard_config(env_index, env_count, where=where, default=rules)
+
+
 _EXPORT_FLAGS = ("confidence", "actual", "expected", "divergence_ratio", "has_data", "last_sample", "query_errors")
 _EXPORT_KEYS = ("all", "horizons", *_EXPORT_FLAGS)
 
@@ -936,7 +999,7 @@ MAX_BACKFILL_STEPS = 80_640
 
 
 _TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios", "export",
-             "limits")
+             "limits", "shard")
 
 
 def placeholders_in(query: str) -> list[str]:
@@ -996,6 +1059,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     storage = _storage(r.mapping("storage"), env)
     retired = _retired(r.mapping("retired"))
     limits = _limits(r.mapping("limits"))
+    shard = _shard(r.mapping("shard"), env)
     if "twins" not in r.items or _is_null(r.items["twins"][1]):
         raise r.error(root, "twins", "required: a list of twin rules")
     twins: list[TwinRule] = []
@@ -1027,7 +1091,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     r.finish(_TOP_KEYS)
     return SidecarConfig(path=path, prometheus=prometheus, server=server, storage=storage, twins=tuple(twins),
                          scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill, retired=retired,
-                         export=export, limits=limits)
+                         export=export, limits=limits, shard=shard)
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> SidecarConfig:

@@ -362,7 +362,13 @@ _SCHEMAS: dict[str, Any] = {
                                   "there is none."},
         "message": {"type": "string", "description": "Present when the store did not answer: what is missing."},
     }, extra=False),
-    "Health": _obj(["status"], {"status": {"const": "ok"}}),
+    "Health": _obj(["status"], {"status": {"const": "ok"}, "shard": _ref("Shard")}),
+    "Shard": _obj(["index", "count"], {
+        "index": {"type": "integer", "minimum": 0, "description": "This process's shard, 0 to count - 1."},
+        "count": {"type": "integer", "minimum": 1, "description": "How many processes split the twins between "
+                                                                  "them by a hash of their naming labels (1: "
+                                                                  "unsharded, every twin here)."},
+    }),
     "Readiness": _obj(["ready", "reasons", "config_loaded", "first_round_done", "source_up", "store_up"], {
         "ready": {"type": "boolean"},
         "reasons": {"type": "array", "items": {"type": "string"},
@@ -373,6 +379,7 @@ _SCHEMAS: dict[str, Any] = {
                                                        "sidecar unready: it keeps serving the last state."},
         "store_backlog": {"type": "integer"},
         "store": {"type": "string", "description": "Present while the history store is unavailable."},
+        "shard": _ref("Shard"),
     }),
 }
 

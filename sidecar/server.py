@@ -62,7 +62,7 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
         return response
 
     async def healthz(request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "shard": status.shard})
 
     async def readyz(request: web.Request) -> web.Response:
         reasons = []
@@ -72,7 +72,7 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
             reasons.append("first query round not done")
         body = {"ready": status.ready, "reasons": reasons, "config_loaded": status.config_loaded,
                 "first_round_done": status.first_round_done, "source_up": status.source_up,
-                "store_up": status.store_up, "store_backlog": status.store_backlog}
+                "store_up": status.store_up, "store_backlog": status.store_backlog, "shard": status.shard}
         if not status.store_up:
             body["store"] = "unavailable: history is kept in memory until it is back"
         return json_response(body, status=200 if status.ready else 503)

@@ -28,6 +28,14 @@ class ServiceStatus:
     simulation_fit_trustworthy: dict[tuple[str, str], bool] = field(default_factory=dict)
     # per twin with max_replicas: what /metrics exports of its replica recommendation, and the API's account of it
     replica_signals: dict[str, ReplicaSignal] = field(default_factory=dict)
+    # this process's share of the twins (``shard:``): index of count; count 1 unsharded
+    shard_index: int = 0
+    shard_count: int = 1
+
+    @property
+    def shard(self) -> dict[str, int]:
+        """What the probes show: ``{"index": 0, "count": 1}``."""
+        return {"index": self.shard_index, "count": self.shard_count}
 
     @property
     def ready(self) -> bool:

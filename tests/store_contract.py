@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -195,6 +195,24 @@ class StoreContract:
         assert [c.correction_id for c in ra.corrections] == ["c1", "c2"]
         assert ra.corrections[0] == correction("c1", "twin_a")
         assert got["twin_b"].snapshots == [] and got["twin_b"].samples == {}
+
+    async def test_load_twins_reads_the_history_of_the_twins_kept_only(self, store: Store) -> None:
+        """A shard reads only its own twins (``keep`` over the stored definition), and their models only."""
+        times = T0 + 15.0 * np.arange(5)
+        await store.write(Outbox(twins=[twin("a"), twin("b"), twin("c")],
+                                 samples=[samples(f"twin_{n}", "cpu_usage", times, np.arange(5)) for n in "abc"]))
+        await store.save_model_states({"twin_a": b"a", "twin_b": b"b", "twin_c": b"c"}, at=T0)
+        seen: list[str] = []
+
+        def keep(definition: Mapping[str, Any]) -> bool:
+            seen.append(str(definition["source_system"]))
+            return definition["source_system"] != "b"
+
+        got = await store.load_twins(keep=keep)
+        assert sorted(seen) == ["a", "b", "c"]
+        assert sorted(t.name for t in got) == ["a", "c"] and all("cpu_usage" in t.samples for t in got)
+        assert await store.load_model_states(["twin_a", "twin_c", "twin_x"]) == {"twin_a": b"a", "twin_c": b"c"}
+        assert await store.load_model_states([]) == {}
 
     async def test_load_twins_limits_samples_to_recent_window_and_count(self, store: Store) -> None:
         times = T0 + 60.0 * np.arange(200)               # 200 minutes of samples

@@ -51,6 +51,12 @@ def discovered_name(rule: TwinRule, labels: Mapping[str, str]) -> str:
     return name if name == f"{rule.name}@{_values(key)}" else f"{name}{HASH_MARK}{key_hash(key)}"
 
 
+def ambiguous(key: Sequence[tuple[str, str]]) -> bool:
+    """Whether another label set's values could join to the same name: a ``,`` inside one of several values
+    (``a,b`` + ``c`` and ``a`` + ``b,c``)."""
+    return len(key) > 1 and any("," in v for _, v in key)
+
+
 def plain_name(rule: TwinRule, key: Sequence[tuple[str, str]]) -> str:
     """The name before any hash suffix: what every version has called this label set's twin."""
     return f"{rule.name}@{_NAME_UNSAFE.sub('_', _values(key))}"

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +36,7 @@ from ..engine.records import CorrectionRecord, DigitalTwin, StateHistoryEntry
 from ..errors import EngineError, InputError, SidecarError, StoreError
 from ..store.base import RestoredTwin, Store
 from .naming import named_by, naming_key, rule_of
+from .shard import ShardFilter
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -68,37 +69,71 @@ def restore_stored(engine: Engine, restored: Sequence[RestoredTwin], states: Map
         log.info("model state restored", extra={"twins": len({k[0] for k in learnt}), "saved": len(back)})
 
 
-async def load_model_states(store: Store) -> dict[str, bytes]:
-    """The saved model states by twin id; none (logged: the models relearn) when the store cannot read them."""
+async def load_model_states(store: Store, twins: Sequence[RestoredTwin] | None = None) -> dict[str, bytes]:
+    """The saved model states by twin id (of ``twins`` only, if given: a shard reads its own); none (logged: the
+    models relearn) when the store cannot read them."""
     try:
-        return await store.load_model_states()
+        return await store.load_model_states(None if twins is None else [t.twin_id for t in twins])
     except StoreError as exc:
         log.error("saved model state unreadable: the models relearn", extra={"error": str(exc)})
         return {}
 
 
-async def load_stored(store: Store, config: SidecarConfig, now: float) -> tuple[list[RestoredTwin],
-                                                                                list[RestoredTwin]]:
-    """This replica's live twins, and its twins retired recently enough to be kept (``retired``); raises
-    ``StoreError``."""
+@dataclass(slots=True)
+class Stored:
+    """What a start-up reads of the store: this shard's live twins, its twins retired recently enough to be kept,
+    and the ids of the twins other shards have (whose saved models are theirs to keep or purge)."""
+
+    live: list[RestoredTwin] = field(default_factory=list)
+    retired: list[RestoredTwin] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+
+    @property
+    def twins(self) -> list[RestoredTwin]:
+        return [*self.live, *self.retired]
+
+
+class _ShardChoice:
+    """The store's ``keep``: this shard's twins pass, the others' ids are noted."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.shard = ShardFilter(config.shard, config.twins)
+        self.elsewhere: list[str] = []
+
+    def __call__(self, definition: Mapping[str, Any]) -> bool:
+        if self.shard.owns_definition(definition):
+            return True
+        self.elsewhere.append(str(definition.get("twin_id", "")))
+        return False
+
+
+async def load_stored(store: Store, config: SidecarConfig, now: float) -> Stored:
+    """This shard's live twins, and its twins retired recently enough to be kept (``retired``); raises
+    ``StoreError``. Unsharded (``shard.count`` 1) every twin of this replica is this process's."""
+    choose = _ShardChoice(config) if config.shard.count > 1 else None
     keep = config.retired
     if keep.keep_for_s <= 0 or keep.keep_max <= 0:
-        return await store.load_twins(), []
+        return Stored(await store.load_twins(keep=choose), [], choose.elsewhere if choose else [])
+    # each shard keeps up to keep_max: the count × keep_max retired last across all shards hold every shard's
+    # (with retirements spread evenly; a shard retiring far fewer than the others may find fewer of its own)
     twins = await store.load_twins(include_retired=True, retired_since=now - keep.keep_for_s,
-                                   retired_max=keep.keep_max)
-    return [t for t in twins if t.retired_at is None], [t for t in twins if t.retired_at is not None]
+                                   retired_max=keep.keep_max * config.shard.count, keep=choose)
+    return Stored([t for t in twins if t.retired_at is None], [t for t in twins if t.retired_at is not None],
+                  choose.elsewhere if choose else [])
 
 
 async def keep_retired(retired: RetiredTwins, lock: asyncio.Lock, store: Store,
-                       twins: Sequence[RestoredTwin], states: Mapping[str, bytes], *, now: float) -> None:
+                       twins: Sequence[RestoredTwin], states: Mapping[str, bytes], *, now: float,
+                       elsewhere: Sequence[str] = ()) -> None:
     """Keep the stored twins retired less than ``retired.keep_for`` ago (with their saved models), then
-    delete the saved models of every other retired twin: nothing can bring those back. A store that fails
-    here only leaves those rows for the next start."""
+    delete the saved models of every other retired twin: nothing can bring those back (but for the twins
+    ``elsewhere``: other shards', theirs to keep). A store that fails here only leaves those rows for the
+    next start."""
     async with lock:
         kept = retired.park_stored(twins, states, now=now)
         live = [t.twin_id for t in retired.engine.twins()]
     try:
-        await store.purge_retired_model_states(keep=[*kept, *live])
+        await store.purge_retired_model_states(keep=[*kept, *live, *elsewhere])
     except StoreError as exc:
         log.warning("model state of retired twins no longer kept not purged; tried again at the next start",
                     extra={"error": str(exc)})
@@ -121,15 +156,16 @@ async def late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: D
     while not stop.is_set():
         try:
             if retired is not None:
-                restored, gone = await load_stored(store, retired.config, clock())
+                stored = await load_stored(store, retired.config, clock())
             else:
-                restored, gone = await store.load_twins(), []
+                stored = Stored(await store.load_twins())
         except StoreError:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 60.0)
             continue
-        states = await load_model_states(store)
+        restored, gone = stored.live, stored.retired
+        states = await load_model_states(store, stored.twins)
         async with lock:
             merged = 0
             running = {t.twin_id for t in engine.twins()}
@@ -147,7 +183,7 @@ async def late_restore(store: Store, engine: Engine, lock: asyncio.Lock, gate: D
         log.info("stored twins merged after the store came back", extra={
             "twins": len(restored), "expected_states_restored": merged})
         if retired is not None:
-            await keep_retired(retired, lock, store, gone, states, now=clock())
+            await keep_retired(retired, lock, store, gone, states, now=clock(), elsewhere=stored.elsewhere)
         return
 
 

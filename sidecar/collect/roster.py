@@ -1,7 +1,8 @@
 """The roster: which twins the scheduler queries, and the engine's twins kept in step with it.
 
 Discovery rules run first in every round: one twin per returned series, named by its labels, its queries'
-``$label`` placeholders filled from that series; twins appear with their targets and are retired once their
+``$label`` placeholders filled from that series (only the series whose twin is this shard's, ``shard.py``,
+as for the rules file's twins); twins appear with their targets and are retired once their
 series has been absent for ``RETIRE_AFTER_ROUNDS`` successful discovery rounds (never because a query
 failed). A twin of the rules file is created as configured; a twin restored from the store is adopted, the
 rules file winning for what it sets. Retired twins are kept to come back (``restore.RetiredTwins``).
@@ -18,9 +19,20 @@ from ..config import TwinRule
 from ..errors import CapacityError, EngineError, InputError, SourceError
 from ..prometheus import InstantVector, QueryFailed, SourceUnavailable, select
 from .context import Context
-from .naming import HASH_MARK, discovered_name, key_hash, named_by, naming_key, rule_of, shared_queries, substitute
+from .naming import (
+    HASH_MARK,
+    ambiguous,
+    discovered_name,
+    key_hash,
+    named_by,
+    naming_key,
+    rule_of,
+    shared_queries,
+    substitute,
+)
 from .ownguard import OwnSeriesGuard
 from .restore import RetiredTwins
+from .shard import ShardFilter
 from .streaks import QueryStreaks
 from .targets import Target
 
@@ -45,6 +57,8 @@ class Roster:
         self.slots: dict[tuple[str, str], int] = {}
         #: called with each retired twin's name, for what other parts hold of it (standing scenarios' results)
         self.on_retired: list[Callable[[str], None]] = []
+        #: which twins are this process's when several share the work (all of them unsharded)
+        self.shard = ShardFilter(ctx.config.shard, ctx.config.twins)
         self._discovery_done = False
 
     def family(self, rule: str) -> list[Target]:
@@ -141,6 +155,8 @@ class Roster:
         for labels in vec.labels:
             own = {k: v for k, v in labels.items() if k != "__name__"}
             nkey = naming_key(rule, own)
+            if not self.shard.owns_key(nkey):
+                continue                      # another shard's twin: neither created nor counted present
             found = by_key.get(nkey)
             if found is not None and found in wanted:
                 present.add(found)
@@ -173,6 +189,10 @@ class Roster:
                     wanted: Mapping[str, Target]) -> str | None:
         """The name of a twin for a label set seen for the first time: unique, stable, logged if it collided."""
         name = discovered_name(rule, dict(key))
+        if not self.shard.whole and HASH_MARK not in name and ambiguous(key):
+            # another shard may hold the label set whose values join to the same name, and no shard sees the
+            # other's twins: the hash suffix keeps the two apart without either knowing
+            name = f"{name}{HASH_MARK}{key_hash(key)}"
 
         def holder(n: str) -> tuple[tuple[str, str], ...] | None:
             t = wanted.get(n)
@@ -195,7 +215,8 @@ class Roster:
         return alt
 
     def _static_targets(self) -> dict[str, Target]:
-        return {r.name: Target(r.name, r, r.queries()) for r in self.ctx.config.twins if not r.discover}
+        return {r.name: Target(r.name, r, r.queries()) for r in self.ctx.config.twins
+                if not r.discover and self.shard.owns_name(r.name)}
 
     def _restored_targets(self) -> dict[str, Target]:
         """Twins the store brought back that a discovery rule owns: queried at once, from their labels."""

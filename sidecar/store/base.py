@@ -66,6 +66,10 @@ class RestoredTwin:
         return str(self.definition.get("source_system", ""))
 
 
+#: Chooses stored twins by their definition (``DigitalTwin.definition()``) before their history is read.
+KeepDefinition = Callable[[Mapping[str, Any]], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     """Which stored events ``list_events`` returns: newest first, ordered by (timestamp, event_id) descending.
@@ -422,12 +426,15 @@ class Store(abc.ABC):
     # -- service
     @abc.abstractmethod
     async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD, include_retired: bool = False,
-                         retired_since: float | None = None, retired_max: int | None = None) -> list[RestoredTwin]:
+                         retired_since: float | None = None, retired_max: int | None = None,
+                         keep: KeepDefinition | None = None) -> list[RestoredTwin]:
         """This replica's twins with their recent past, so forecasts resume at once after a restart.
 
         ``include_retired`` adds retired twins (``RestoredTwin.retired_at`` set): only those retired at or
         after ``retired_since`` if given, and of those the ``retired_max`` retired last if given, so a
         start-up reads the few a returning series may still claim, not every twin ever retired.
+        ``keep`` (a stored definition -> bool) chooses among them before their history is read: a shard reads
+        only its own twins' history.
         """
 
     @abc.abstractmethod
@@ -452,8 +459,9 @@ class Store(abc.ABC):
         rows were written (a twin owned by another replica is left alone)."""
 
     @abc.abstractmethod
-    async def load_model_states(self) -> dict[str, bytes]:
-        """This replica's saved model states by twin id; a row failing its checksum is logged and left out."""
+    async def load_model_states(self, twin_ids: Collection[str] | None = None) -> dict[str, bytes]:
+        """This replica's saved model states by twin id (of ``twin_ids`` only, if given); a row failing its
+        checksum is logged and left out."""
 
     @abc.abstractmethod
     async def forget_model_states(self, twin_ids: Sequence[str]) -> int:

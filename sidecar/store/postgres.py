@@ -41,6 +41,7 @@ from .base import (
     DEFAULT_LOAD,
     SNAPSHOT_COLUMNS,
     EventQuery,
+    KeepDefinition,
     LoadLimits,
     PreparedBatch,
     RestoredTwin,
@@ -293,21 +294,22 @@ class PostgresStore(Store):
     # ------------------------------------------------------------ start-up and queries
 
     async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD, include_retired: bool = False,
-                         retired_since: float | None = None, retired_max: int | None = None) -> list[RestoredTwin]:
+                         retired_since: float | None = None, retired_max: int | None = None,
+                         keep: KeepDefinition | None = None) -> list[RestoredTwin]:
         # retired ones: at or after `since`, the `most` retired last (NULL: no limit)
         retired = ((-math.inf if retired_since is None else float(retired_since),
                     None if retired_max is None else max(0, int(retired_max))) if include_retired else None)
 
         async def read(pool: asyncpg.Pool) -> list[RestoredTwin]:
             async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                return await self._load(conn, limits, retired)
+                return await self._load(conn, limits, retired, keep)
 
         out = await self._call("load_twins", read)
         log.info("store loaded twins=%d replica=%s", len(out), self.replica)
         return out
 
     async def _load(self, conn: asyncpg.Connection, limits: LoadLimits,
-                    retired: tuple[float, int | None] | None) -> list[RestoredTwin]:
+                    retired: tuple[float, int | None] | None, keep: KeepDefinition | None) -> list[RestoredTwin]:
         if retired is None:
             defs = await conn.fetch("SELECT twin_id, definition, retired_at FROM twin_definitions "
                                     "WHERE owner = $1 AND retired_at IS NULL ORDER BY created_at, twin_id",
@@ -318,9 +320,12 @@ class PostgresStore(Store):
                 "(retired_at IS NULL OR twin_id IN (SELECT twin_id FROM twin_definitions WHERE owner = $1 "
                 "AND retired_at IS NOT NULL AND retired_at >= $2 ORDER BY retired_at DESC, twin_id LIMIT $3)) "
                 "ORDER BY created_at, twin_id", self.replica, retired[0], retired[1])
+        decoded = [(r[0], decode_json(r[1]), r[2]) for r in defs]
+        if keep is not None:
+            decoded = [d for d in decoded if keep(d[1])]
         out: list[RestoredTwin] = []
-        for start in range(0, len(defs), _CHUNK):
-            chunk = defs[start:start + _CHUNK]
+        for start in range(0, len(decoded), _CHUNK):
+            chunk = decoded[start:start + _CHUNK]
             ids = [r[0] for r in chunk]
             snaps = await conn.fetch(
                 f"SELECT s.* FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL ("
@@ -348,7 +353,7 @@ class PostgresStore(Store):
                 got = by_twin[twin_id]
                 rows = got["m"]
                 out.append(RestoredTwin(
-                    definition=decode_json(definition),
+                    definition=definition,
                     snapshots=[e for e in map(self._verified, got["s"]) if e is not None],
                     samples=group_samples((r[1] for r in rows), (r[2] for r in rows), (r[3] for r in rows),
                                           limit=limits.samples) if rows else {},
@@ -387,9 +392,15 @@ class PostgresStore(Store):
 
         return await self._call("save_model_states", tx) if rows else 0
 
-    async def load_model_states(self) -> dict[str, bytes]:
-        rows = await self._call("load_model_states", lambda p: p.fetch(
-            "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = $1", self.replica))
+    async def load_model_states(self, twin_ids: Collection[str] | None = None) -> dict[str, bytes]:
+        if twin_ids is None:
+            rows = await self._call("load_model_states", lambda p: p.fetch(
+                "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = $1", self.replica))
+        else:
+            ids = list(dict.fromkeys(twin_ids))
+            rows = await self._call("load_model_states", lambda p: p.fetch(
+                "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = $1 "
+                "AND twin_id = ANY($2::text[])", self.replica, ids))
         return self._model_state_rows([tuple(r) for r in rows])
 
     async def forget_model_states(self, twin_ids: Sequence[str]) -> int:

@@ -53,6 +53,7 @@ from .base import (
     DEFAULT_LOAD,
     SNAPSHOT_COLUMNS,
     EventQuery,
+    KeepDefinition,
     LoadLimits,
     PreparedBatch,
     RestoredTwin,
@@ -296,10 +297,11 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------ start-up and queries
 
     async def load_twins(self, *, limits: LoadLimits = DEFAULT_LOAD, include_retired: bool = False,
-                         retired_since: float | None = None, retired_max: int | None = None) -> list[RestoredTwin]:
+                         retired_since: float | None = None, retired_max: int | None = None,
+                         keep: KeepDefinition | None = None) -> list[RestoredTwin]:
         retired = _Retired(-math.inf if retired_since is None else float(retired_since),
                            -1 if retired_max is None else max(0, int(retired_max))) if include_retired else None
-        raw = await self._on(self._reader, "load_twins", lambda c: _load(c, self.replica, limits, retired))
+        raw = await self._on(self._reader, "load_twins", lambda c: _load(c, self.replica, limits, retired, keep))
         out = []
         for definition, retired_at, snap_rows, corr_rows, samples in raw:
             snaps = [e for e in map(self._verified, snap_rows) if e is not None]
@@ -346,9 +348,12 @@ class SQLiteStore(Store):
 
         return await self._on(self._writer, "save_model_states", tx) if rows else 0
 
-    async def load_model_states(self) -> dict[str, bytes]:
+    async def load_model_states(self, twin_ids: Collection[str] | None = None) -> dict[str, bytes]:
         rows = await self._on(self._reader, "load_model_states", lambda c: c.execute(
             "SELECT twin_id, state, checksum FROM twin_model_state WHERE owner = ?", (self.replica,)).fetchall())
+        if twin_ids is not None:
+            wanted = set(twin_ids)
+            rows = [r for r in rows if r[0] in wanted]
         return self._model_state_rows(rows)
 
     async def forget_model_states(self, twin_ids: Sequence[str]) -> int:
@@ -460,7 +465,7 @@ _LoadedTwin = tuple[dict[str, Any], float | None, list[Any], list[Any], dict[str
 
 
 def _load(conn: sqlite3.Connection, owner: str, limits: LoadLimits,
-          retired: _Retired | None) -> list[_LoadedTwin]:
+          retired: _Retired | None, keep: KeepDefinition | None) -> list[_LoadedTwin]:
     where = "owner = ? AND retired_at IS NULL"
     args: list[Any] = [owner]
     if retired is not None:
@@ -473,7 +478,10 @@ def _load(conn: sqlite3.Connection, owner: str, limits: LoadLimits,
     try:
         defs = conn.execute(f"SELECT twin_id, definition, retired_at FROM twin_definitions WHERE {where} "
                             "ORDER BY created_at, twin_id", args).fetchall()
-        for twin_id, definition, retired_at in defs:
+        for twin_id, raw, retired_at in defs:
+            definition = decode_json(raw)
+            if keep is not None and not keep(definition):
+                continue
             snaps = conn.execute(f"SELECT {SNAPSHOT_COLUMNS} FROM twin_state_history WHERE twin_id = ? "
                                  "ORDER BY timestamp DESC, id DESC LIMIT ?",
                                  (twin_id, limits.snapshots)).fetchall()
@@ -488,7 +496,7 @@ def _load(conn: sqlite3.Connection, owner: str, limits: LoadLimits,
                                     (twin_id, newest - limits.sample_window_s)).fetchall()
                 samples = group_samples((r[0] for r in rows), (r[1] for r in rows), (r[2] for r in rows),
                                         limit=limits.samples) if rows else {}
-            out.append((decode_json(definition), None if retired_at is None else float(retired_at), snaps, corr,
+            out.append((definition, None if retired_at is None else float(retired_at), snaps, corr,
                         samples))
     finally:
         conn.execute("COMMIT")

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.collect.naming import HASH_MARK, discovered_name
 from sidecar.collect.roster import RETIRE_AFTER_ROUNDS
 from sidecar.collect.scheduler import Scheduler
-from sidecar.config import RetiredConfig, SidecarConfig, parse_config
+from sidecar.config import RetiredConfig, ShardConfig, SidecarConfig, parse_config
 from sidecar.contract import ExportOptions
 from sidecar.engine.core import Engine
 from sidecar.engine.modelstate import decode
@@ -116,6 +116,31 @@ async def test_a_name_collision_is_resolved_with_a_hash_and_logged_once(
     assert last(engine, by_a["x,y"], "v") == 1.0 and last(engine, by_a["x"], "v") == 2.0
     warned = collision_warnings(caplog)
     assert len(warned) == 1 and warned[0].__dict__["collides_with"] == "p@x,y,z"
+
+
+async def test_sharded_two_label_sets_that_join_to_one_name_never_share_it(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    """Each shard sees one of the pair, so neither can see the collision: sharded, such names carry their hash."""
+    prom_env.target.set("rv3_pair", 1.0, a="x,y", b="z")
+    prom_env.target.set("rv3_pair", 2.0, a="x", b="y,z")
+    prom_env.target.set("rv3_pair", 3.0, a="plain", b="q")
+    prom_env.prom.wait_for_series("rv3_pair", count=3)
+    names: dict[str, str] = {}
+    for index in range(3):
+        cfg = dataclasses.replace(rules(prom_env.url, """\
+  - name: p
+    discover: 'rv3_pair'
+    name_labels: [a, b]
+    metrics: {v: 'rv3_pair{a="$a", b="$b"}'}
+"""), shard=ShardConfig(index, 3))
+        engine = engine_for(cfg)
+        await Scheduler(cfg, engine, client, ServiceStatus(config_loaded=True)).run_round()
+        for t in engine.twins():
+            assert t.labels["a"] not in names, "a label set twinned by two shards"
+            names[t.labels["a"]] = t.name
+    assert set(names) == {"x,y", "x", "plain"}
+    assert len(set(names.values())) == 3 and names["plain"] == "p@plain,q"
+    assert all(re.fullmatch(r"p@x,y,z~[0-9a-f]{8}", names[a]) for a in ("x,y", "x"))
 
 
 async def test_a_twin_named_by_an_older_version_keeps_its_name(prom_env: PromEnv, client: PrometheusClient,

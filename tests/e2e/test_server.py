@@ -63,7 +63,7 @@ async def test_healthz_is_always_ok(service: tuple[Service, TestClient[Any, Any]
     _, client = service
     resp = await client.get("/healthz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ok"}
+    assert await resp.json() == {"status": "ok", "shard": {"index": 0, "count": 1}}
 
 
 async def test_readyz_waits_for_config_and_first_round(service: tuple[Service, TestClient[Any, Any]]) -> None:

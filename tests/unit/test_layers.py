@@ -139,7 +139,7 @@ def test_no_module_imports_itself_back() -> None:
 
 
 #: The query loop's parts, in the order they lean (ARCHITECTURE.md): each imports only parts before it.
-COLLECT_ORDER = ("context", "naming", "targets", "streaks", "ownguard", "fanout", "restore", "roster", "deal",
+COLLECT_ORDER = ("context", "naming", "shard", "targets", "streaks", "ownguard", "fanout", "restore", "roster", "deal",
                  "backfill", "scenarios", "round", "scheduler")
 
 

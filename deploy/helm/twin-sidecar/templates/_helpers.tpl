@@ -56,6 +56,17 @@ app.kubernetes.io/part-of: twin-sidecar
 {{- default (printf "%s-postgres" (include "twin-sidecar.fullname" .)) .Values.storage.postgres.existingSecret }}
 {{- end }}
 
+{{/* Shards: `shards: N` splits the discovered twins over N pods by a hash of their naming labels ("hashShards",
+     1 when shards is a list); `shards: [{name, twins}, ...]` splits the rules by hand ("namedShards", empty when
+     shards is a number). ------------------------------------------------------------------------------------ */}}
+{{- define "twin-sidecar.namedShards" -}}
+{{- if kindIs "slice" .Values.shards }}{{ toYaml .Values.shards }}{{ else }}[]{{ end }}
+{{- end }}
+
+{{- define "twin-sidecar.hashShards" -}}
+{{- if kindIs "slice" .Values.shards }}1{{ else }}{{ int (default 1 .Values.shards) }}{{ end }}
+{{- end }}
+
 {{/* Sanity checks that a schema cannot express; included by every workload. */}}
 {{- define "twin-sidecar.validate" -}}
 {{- $v := .Values -}}
@@ -77,21 +88,32 @@ app.kubernetes.io/part-of: twin-sidecar
 {{- if and (eq $v.mode "standalone") (eq $v.storage.type "sqlite") $v.storage.persistence.enabled (gt (int $v.replicaCount) 1) }}
 {{- fail "replicaCount > 1 cannot share one SQLite volume: use storage.type=postgres (or memory), or shards" }}
 {{- end }}
-{{- range $v.shards }}
+{{- $named := include "twin-sidecar.namedShards" . | fromYamlArray }}
+{{- $hashed := int (include "twin-sidecar.hashShards" .) }}
+{{- range $named }}
 {{- if and (gt (int $v.replicaCount) 1) (hasSuffix "-pods" .name) }}
 {{- fail (printf "shard name %q ends in -pods, which the chart gives the per-pod (headless) Services when replicaCount > 1" .name) }}
 {{- end }}
 {{- end }}
-{{- if and (eq $v.mode "sidecar") $v.shards }}
+{{- if and (eq $v.mode "sidecar") (or $named (gt $hashed 1)) }}
 {{- fail "shards are for mode=standalone; in sidecar mode each pod's sidecar watches its own service" }}
+{{- end }}
+{{- if gt $hashed 1 }}
+{{- if gt (int $v.replicaCount) 1 }}
+{{- fail (printf "shards: %d makes %d pods, one per shard: leave replicaCount at 1 (copies of a shard would twin its twins twice)" $hashed $hashed) }}
+{{- end }}
+{{- if eq $v.storage.type "sqlite" }}
+{{- fail (printf "shards: %d needs storage.type=postgres: the shards share one database, so a twin that changes shard when shards changes finds its history and models there" $hashed) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
 {{/* Instances: one per shard, or the single default one. A YAML list for fromYamlArray. ------------------ */}}
 {{- define "twin-sidecar.instances" -}}
 {{- $full := include "twin-sidecar.fullname" . }}
-{{- if .Values.shards }}
-{{- range $i, $s := .Values.shards }}
+{{- $named := include "twin-sidecar.namedShards" . | fromYamlArray }}
+{{- if $named }}
+{{- range $i, $s := $named }}
 - name: {{ printf "%s-%s" $full $s.name | trunc 63 | trimSuffix "-" | quote }}
   shard: {{ $s.name | quote }}
   index: {{ $i }}
@@ -191,7 +213,7 @@ twin-sidecar.io/service
 {{- $v := .root.Values -}}
 {{- $cfg := deepCopy (default dict $v.config) }}
 {{- if ge (int .inst.index) 0 }}
-{{- $shard := index $v.shards (int .inst.index) }}
+{{- $shard := index (include "twin-sidecar.namedShards" .root | fromYamlArray) (int .inst.index) }}
 {{- $_ := set $cfg "twins" $shard.twins }}
 {{- $_ := set $cfg "scenarios" (default list $shard.scenarios) }}
 {{- end }}
@@ -220,9 +242,16 @@ twin-sidecar.io/service
 {{- toYaml $cfg }}
 {{- end }}
 
-{{/* A StatefulSet when several replicas need stable, distinct names (the store's replica identity). */}}
+{{/* A StatefulSet when several replicas need stable, distinct names (the store's replica identity), or when
+     `shards: N` needs each pod's ordinal as its shard index. */}}
 {{- define "twin-sidecar.workloadKind" -}}
-{{- if gt (int .Values.replicaCount) 1 }}StatefulSet{{ else }}Deployment{{ end }}
+{{- if or (gt (int .Values.replicaCount) 1) (gt (int (include "twin-sidecar.hashShards" .)) 1) }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/* Pods per workload: one per shard with `shards: N`, else replicaCount. */}}
+{{- define "twin-sidecar.podCount" -}}
+{{- $hashed := int (include "twin-sidecar.hashShards" .) }}
+{{- if gt $hashed 1 }}{{ $hashed }}{{ else }}{{ int .Values.replicaCount }}{{ end }}
 {{- end }}
 
 {{- define "twin-sidecar.rulesChecksum" -}}
@@ -260,6 +289,16 @@ env:
     {{- else }}
     value: {{ .inst.name | quote }}
     {{- end }}
+  {{- $hashed := int (include "twin-sidecar.hashShards" .root) }}
+  {{- if and (gt $hashed 1) (not .replicaFromPod) }}
+  # shards: N — the pod's ordinal (from its name, <statefulset>-<ordinal>) is its shard of N; every shard writes
+  # as the one replica above, so a twin that changes shard keeps its rows
+  - name: TWIN_SIDECAR_SHARD_COUNT
+    value: {{ $hashed | quote }}
+  - name: TWIN_SIDECAR_SHARD_INDEX
+    valueFrom:
+      fieldRef: {fieldPath: metadata.name}
+  {{- end }}
   {{- if eq $v.storage.type "postgres" }}
   - name: DATABASE_URL
     valueFrom:
