@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -323,11 +324,15 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     return OpenedHistory(store, writer, loaded, retired, states)
 
 
-def engine_settings(config: SidecarConfig, *, id_namespace: str = "") -> EngineSettings:
-    """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series."""
+def engine_settings(config: SidecarConfig, *, id_namespace: str = "", history_s: float | None = None) -> EngineSettings:
+    """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series,
+    and the history kept per series (``history_s``, else ``limits.history``, at the rules' interval, both ends)."""
+    span = config.limits.history_s if history_s is None else history_s
+    history = max(2, math.ceil(span / config.interval_s) + 1)
     return EngineSettings(horizons_s=config.horizons_s, id_namespace=id_namespace,
                           forecast_store_every_s=config.storage.forecast_interval_s,
-                          max_twins=config.limits.max_twins, max_series=config.limits.max_series)
+                          max_twins=config.limits.max_twins, max_series=config.limits.max_series,
+                          history_size=history)
 
 
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
