@@ -357,7 +357,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     token = token_file.read if token_file is not None else None
     registry = CollectorRegistry()
     # first, with the rules' export: section; build_app's own install_exporter call then returns this collector
-    install_exporter(registry, view=facade.engine.view, status=status, export=config.export)
+    install_exporter(registry, view=facade.engine.latest_view, status=status, export=config.export)
     app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
                     max_body_bytes=config.server.max_body_bytes)
     runner: web.AppRunner = SidecarRunner(app, access_log=None, handle_signals=False)
