@@ -131,7 +131,9 @@ class SeriesTable:
         lap = (pos == 0) & np.isfinite(y)
         if lap.any():
             rows, ref = idx[lap], y[lap]
-            self.values[rows] = self.values[rows] + (self.vref[rows] - ref)[:, None]
+            full = self.count[rows] > 0           # a series' first sample has no lap before it
+            if full.any():
+                self.values[rows[full]] += (self.vref[rows[full]] - ref[full])[:, None]
             self.vref[rows] = ref
         self.times[idx, pos] = t
         self.values[idx, pos] = y - self.vref[idx]
