@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -325,11 +326,15 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     return OpenedHistory(store, writer, loaded, retired, states, stored.elsewhere)
 
 
-def engine_settings(config: SidecarConfig, *, id_namespace: str = "") -> EngineSettings:
-    """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series."""
+def engine_settings(config: SidecarConfig, *, id_namespace: str = "", history_s: float | None = None) -> EngineSettings:
+    """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series,
+    and the history kept per series (``history_s``, else ``limits.history``, at the rules' interval, both ends)."""
+    span = config.limits.history_s if history_s is None else history_s
+    history = max(2, math.ceil(span / config.interval_s) + 1)
     return EngineSettings(horizons_s=config.horizons_s, id_namespace=id_namespace,
                           forecast_store_every_s=config.storage.forecast_interval_s,
-                          max_twins=config.limits.max_twins, max_series=config.limits.max_series)
+                          max_twins=config.limits.max_twins, max_series=config.limits.max_series,
+                          history_size=history)
 
 
 async def start_service(config: SidecarConfig, *, port: int | None = None) -> Service:
@@ -354,7 +359,7 @@ async def start_service(config: SidecarConfig, *, port: int | None = None) -> Se
     token = token_file.read if token_file is not None else None
     registry = CollectorRegistry()
     # first, with the rules' export: section; build_app's own install_exporter call then returns this collector
-    install_exporter(registry, view=facade.engine.view, status=status, export=config.export)
+    install_exporter(registry, view=facade.engine.latest_view, status=status, export=config.export)
     app = build_app(facade=facade, status=status, registry=registry, engine_lock=lock, auth_token=token,
                     max_body_bytes=config.server.max_body_bytes)
     runner: web.AppRunner = SidecarRunner(app, access_log=None, handle_signals=False)

@@ -103,7 +103,8 @@ async def _simulate(config_path: str, twin: str, scenario: dict[str, Any], seed:
     from .status import ServiceStatus
 
     config = load_config(config_path)
-    engine = Engine(engine_settings(config))
+    # the whole backfill window is the scenario's history, however short limits.history keeps it in the service
+    engine = Engine(engine_settings(config, history_s=max(config.limits.history_s, config.backfill_s)))
     client = PrometheusClient(config.prometheus, max_response_bytes=config.limits.max_response_bytes)
     try:
         sched = Scheduler(config, engine, client, ServiceStatus(config_loaded=True))

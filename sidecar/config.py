@@ -135,6 +135,9 @@ class LimitsConfig:
     max_twins: int = 10_000
     max_series: int = 40_000
     max_response_bytes: int = 128 * 2**20
+    #: metric history kept in memory per series (the capacity fit, what-if and replica advice read it; no
+    #: forecast model does): ``history / interval + 1`` samples of 12 bytes each
+    history_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,7 @@ MAX_FORECAST_INTERVAL_S = 86400.0             # storage.forecast_interval
 MAX_LIMIT_TWINS = 10_000_000                  # limits.max_twins
 MAX_LIMIT_SERIES = 100_000_000                # limits.max_series
 MAX_RESPONSE_BYTES = 16 * 2**30               # limits.max_response_bytes
+MAX_HISTORY_S = 7 * 86400.0                   # limits.history
 MAX_BODY_BYTES = 64 * 1024 * 1024             # server.max_body_bytes
 MAX_CONCURRENCY = 1024                        # prometheus.max_concurrency
 MAX_KEEP_MAX = 100_000                        # retired.keep_max
@@ -612,7 +616,8 @@ def _limits(r: _Reader | None) -> LimitsConfig:
         max_twins=r.int_("max_twins", d.max_twins, maximum=MAX_LIMIT_TWINS) or d.max_twins,
         max_series=r.int_("max_series", d.max_series, maximum=MAX_LIMIT_SERIES) or d.max_series,
         max_response_bytes=r.int_("max_response_bytes", d.max_response_bytes, minimum=1024,
-                                  maximum=MAX_RESPONSE_BYTES) or d.max_response_bytes)
+                                  maximum=MAX_RESPONSE_BYTES) or d.max_response_bytes,
+        history_s=r.duration("history", d.history_s, maximum=MAX_HISTORY_S))
     r.finish()
     return out
 

@@ -46,10 +46,16 @@ def build_app(*, facade: TwinEngine, status: ServiceStatus, registry: CollectorR
     """The whole HTTP surface. ``engine_lock`` is the lock the scheduler holds while it feeds the engine."""
     if max_body_bytes <= 0:
         raise ValueError("max_body_bytes must be positive")
-    install_exporter(registry, view=facade.engine.view, status=status)
+    engine = facade.engine
+    install_exporter(registry, view=engine.latest_view, status=status)
     app = web.Application(client_max_size=max_body_bytes, middlewares=[error_middleware])
 
     async def metrics(request: web.Request) -> web.Response:
+        # the scrape renders the view last built; a stale one is rebuilt first under the engine lock when the lock
+        # is free (a round or an API call holding it ends by leaving a view, or the next scrape rebuilds it)
+        if engine.view_stale and not engine_lock.locked():
+            async with engine_lock:
+                await asyncio.to_thread(engine.view)
         openmetrics = wants_openmetrics(request.headers.get("Accept"))
         compress = "gzip" in request.headers.get("Accept-Encoding", "")
         body = await asyncio.to_thread(_scrape, registry, openmetrics, compress)

@@ -19,8 +19,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..prometheus import QueryFailed, SourceUnavailable
 from .context import Context, Observer
 from .deal import Dealer
@@ -77,9 +75,8 @@ class Round:
         reachable = answered > 0 or discovery_answered > 0
         dealt = self.dealer.deal(raw, aborted, reachable)
         accepted = 0
-        if dealt.slots:
-            series = np.asarray(dealt.slots, np.int64)
-            values = np.asarray(dealt.values, np.float64)
+        if len(dealt):
+            series, values = dealt.slots, dealt.values
             async with ctx.lock:
                 tick = await asyncio.to_thread(ctx.engine.ingest, series, values, at=at)
             accepted = tick.accepted

@@ -8,10 +8,13 @@ line, not a hundred. Failures are also counted per (twin, metric) on the status 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..status import ServiceStatus
 
@@ -65,6 +68,12 @@ class Streaks:
         if s is not None and s.told:
             log.info(self.recovered, extra={"twin": key[0], "metric": key[1], self.rounds_field: s.rounds})
 
+    def good_among(self, metric: str, twins: AbstractSet[str], but: AbstractSet[str] = frozenset()) -> None:
+        """``good`` for every (twin, ``metric``) of ``twins`` not in ``but``, in one pass over the streaks under way
+        (a family's shared answer: the few streaks, not the thousands of twins, are walked)."""
+        for key in [k for k in self._streaks if k[1] == metric and k[0] in twins and k[0] not in but]:
+            self.good(key)
+
     def forget(self, twin: str) -> None:
         """A retired twin's streaks end untold (it is gone, not recovered)."""
         for key in [k for k in self._streaks if k[0] == twin]:
@@ -108,6 +117,19 @@ class QueryStreaks:
         else:
             self._no_data.bad(key, quiet=quiet, query=query,
                               answer="no series" if v.size == 0 else "only NaN/Inf values")
+
+    def family_answered(self, metric: str, query: str, twins: Sequence[str], values: NDArray[np.float64],
+                        has_row: NDArray[np.bool_], *, quiet: bool = False) -> None:
+        """A family's shared answer, every twin at once: ``ok`` and ``answered`` for each of ``twins`` (its value,
+        NaN where ``has_row`` is False: the answer had no series for it). Only the twins without a finite value
+        are visited one by one."""
+        names = frozenset(twins)
+        self._failing.good_among(metric, names)
+        bad = np.flatnonzero(~np.isfinite(values)).tolist()
+        for i in bad:
+            self._no_data.bad((twins[i], metric), quiet=quiet, query=query,
+                              answer="only NaN/Inf values" if has_row[i] else "no series")
+        self._no_data.good_among(metric, names, frozenset(twins[i] for i in bad))
 
     def forget(self, twin: str) -> None:
         """A retired twin: its streaks end untold and its error counters go."""

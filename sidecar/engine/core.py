@@ -217,7 +217,21 @@ class Engine:
 
     # ------------------------------------------------------------- outputs
     def view(self) -> EngineView:
+        """The latest view, brought up to date first when something changed since it was built (call it where
+        the engine is not being changed meanwhile: under the service's engine lock)."""
         return self.tick.view()
+
+    def latest_view(self) -> EngineView:
+        """The view last built, never rebuilt here: what a reader without the engine lock takes (the exporter's
+        scrape thread) while a round or the API changes the engine in another thread. Rebuilding from that
+        thread would read the twins while they are being created (arrays of different lengths, families
+        skipped, arrays growing under it)."""
+        return self.state.view
+
+    @property
+    def view_stale(self) -> bool:
+        """Something changed since the view was built (``view`` rebuilds it)."""
+        return self.state.dirty
 
     def drain(self) -> Outbox:
         st = self.state

@@ -4,6 +4,13 @@ A series is one metric of one twin. Every per-series number the engine keeps
 lives in a column of a preallocated array indexed by the series slot, so a
 tick over thousands of twins is a handful of numpy calls, not a Python loop.
 Slots of retired twins are reused.
+
+The history ring is what the capacity fit, the what-if simulation, the replica advice and a retired twin's
+return read (no forecast model does: each keeps its own state). Its length is ``history_size`` samples (the
+rules' ``limits.history``, one hour by default). Its values are float32 offsets from a float64 reference per
+series (the first value of each lap of the ring), so a metric far from zero (a timestamp, a counter) keeps the
+precision of its changes, not seven digits of its size; the times stay float64 (exact: samples are matched
+against ``learnt_until``). The latest value of each series (``last_v``) stays float64.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ class SeriesTable:
         self.twin_slot = np.full(self._cap, -1, np.int64)      # slot -> twin ordinal
         self.nonneg = np.zeros(self._cap, bool)                # core metrics cannot be negative
         self.times = np.full((self._cap, history_size), np.nan)
-        self.values = np.full((self._cap, history_size), np.nan)
+        self.values = np.full((self._cap, history_size), np.nan, np.float32)   # minus vref
+        self.vref = np.zeros(self._cap)
         self.head = np.zeros(self._cap, np.int64)
         self.count = np.zeros(self._cap, np.int64)
         self.last_t = np.full(self._cap, -np.inf)
@@ -57,6 +65,7 @@ class SeriesTable:
         self.nonneg = _grow(self.nonneg, cap, False)
         self.times = _grow(self.times, cap, np.nan)
         self.values = _grow(self.values, cap, np.nan)
+        self.vref = _grow(self.vref, cap, 0.0)
         self.head = _grow(self.head, cap, 0)
         self.count = _grow(self.count, cap, 0)
         self.last_t = _grow(self.last_t, cap, -np.inf)
@@ -87,6 +96,7 @@ class SeriesTable:
     def _clear(self, idx: np.ndarray) -> None:
         self.times[idx] = np.nan
         self.values[idx] = np.nan
+        self.vref[idx] = 0.0
         self.head[idx] = 0
         self.count[idx] = 0
         self.last_t[idx] = -np.inf
@@ -116,15 +126,24 @@ class SeriesTable:
     def append(self, idx: np.ndarray, t: np.ndarray, y: np.ndarray) -> None:
         """Add one sample per listed slot (idx unique; caller has validated t and y)."""
         pos = self.head[idx]
+        y = np.asarray(y, np.float64)
+        # a new lap (or the first sample): the reference moves to this value and the lap before is re-based
+        lap = (pos == 0) & np.isfinite(y)
+        if lap.any():
+            rows, ref = idx[lap], y[lap]
+            full = self.count[rows] > 0           # a series' first sample has no lap before it
+            if full.any():
+                self.values[rows[full]] += (self.vref[rows[full]] - ref[full])[:, None]
+            self.vref[rows] = ref
         self.times[idx, pos] = t
-        self.values[idx, pos] = y
+        self.values[idx, pos] = y - self.vref[idx]
         self.head[idx] = (pos + 1) % self.history_size
         self.count[idx] = np.minimum(self.count[idx] + 1, self.history_size)
         self.last_t[idx] = t
         self.last_v[idx] = y
 
     def history(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
-        """(times, values) of one series, oldest first (copies)."""
+        """(times, values) of one series, oldest first (float64 copies)."""
         n = int(self.count[slot])
         order = (int(self.head[slot]) - n + np.arange(n)) % self.history_size
-        return self.times[slot, order].copy(), self.values[slot, order].copy()
+        return self.times[slot, order], self.values[slot, order] + self.vref[slot]

@@ -40,7 +40,8 @@ class EngineSettings:
     id_namespace: str = ""
     level: float = 0.9                       # interval coverage of forecast bounds
     model: str = "auto"                      # forecast model: "auto" or a ForecastBank model name
-    history_size: int = 1000                 # metric samples kept in memory per series
+    # metric samples kept in memory per series: 1 h at 15 s, both ends (the service sizes it from limits.history)
+    history_size: int = 241
     # new twins are refused (CapacityError) past this many twins, or once this many series exist (None: no limit)
     max_twins: int | None = None
     max_series: int | None = None

@@ -321,8 +321,8 @@ class Tick:
     def refresh_view(self, at: float) -> None:
         st, r, tr = self.st, self.st.rows, self.st.twin_rows
         twins_n, metrics_n, act = self._names()
-        tslots = [st.twin_slot[tid] for tid in st.twins]
-        ts = np.asarray(tslots, np.int64)
+        tids = list(st.twins)                    # names and per-twin arrays from one list of twins
+        ts = np.asarray([st.twin_slot[tid] for tid in tids], np.int64)
         ls = tr.last_sync[ts] if ts.size else np.zeros(0)
         st.advance(at)
         st.dirty = False
@@ -337,7 +337,7 @@ class Tick:
             confidence=fc[3], expected=r.expected[act], divergence_ratio=r.div_ratio[act],
             severity=r.severity[act], anomaly=r.anomaly_score[act], limit=r.limit[act],
             breach_eta_s=r.eta[act],
-            twin_names=tuple(st.twins[tid].source_system for tid in st.twins),
+            twin_names=tuple(st.twins[tid].source_system for tid in tids),
             health=tr.health[ts] if ts.size else np.zeros(0),
             drift=tr.drift[ts] if ts.size else np.zeros(0, bool), last_sync=ls,
             series_last_sample=st.series.last_t[act], twins_refused=dict(st.twins_refused))

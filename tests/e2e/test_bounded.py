@@ -34,11 +34,26 @@ def test_limits_have_safe_defaults_and_reach_the_engine_and_the_client() -> None
     assert (settings.max_twins, settings.max_series, settings.forecast_store_every_s) == (5, 12, 60.0)
 
 
+def test_history_kept_per_series_is_the_limit_at_the_rules_interval_both_ends() -> None:
+    assert engine_settings(parse_config(RULES)).history_size == 241 == EngineSettings().history_size  # 1 h at 15 s
+    cfg = parse_config("interval: 30s\nlimits: {history: 2h}\n" + RULES)
+    assert cfg.limits.history_s == 7200.0 and engine_settings(cfg).history_size == 241
+    assert engine_settings(cfg, history_s=4 * 3600.0).history_size == 481      # the CLI: the backfill window
+    eng = Engine(engine_settings(parse_config("limits: {history: 1m}\n" + RULES)))
+    slot = eng.series_for(eng.create_twin("a", at=T0).twin_id, ["cpu_usage"])
+    for k in range(10):
+        eng.ingest(slot, np.array([10.0 + k + 0.1]), at=T0 + 15.0 * k)
+    times, values = eng.history("a")["cpu_usage"]
+    assert times.tolist() == [T0 + 15.0 * k for k in range(5, 10)]              # the newest 5, oldest first
+    assert values.dtype == np.float64 and values == pytest.approx([15.1, 16.1, 17.1, 18.1, 19.1], rel=1e-7)
+
+
 @pytest.mark.parametrize(("text", "key", "why"), [
     ("limits: {max_twins: 0}\n", "limits.max_twins", "expected an integer >= 1"),
     ("limits: {max_series: -3}\n", "limits.max_series", "expected an integer >= 1"),
     ("limits: {max_response_bytes: 10}\n", "limits.max_response_bytes", "expected an integer >= 1024"),
     ("limits: {max_twin: 5}\n", "limits.max_twin", "unknown key"),
+    ("limits: {history: 30d}\n", "limits.history", "at most"),
     ("storage: {path: ':memory:', forecast_interval: 2d}\n", "storage.forecast_interval", "at most"),
 ])
 def test_a_bad_limit_names_file_line_and_key(text: str, key: str, why: str) -> None:

@@ -47,7 +47,8 @@ class Sink:
 
 
 def make(cfg: SidecarConfig, client: PrometheusClient) -> tuple[Scheduler, Engine, ServiceStatus, Sink]:
-    engine = Engine(EngineSettings(horizons_s=cfg.horizons_s))
+    # history for a 2 h backfill read back whole (the default keeps 1 h: limits.history)
+    engine = Engine(EngineSettings(horizons_s=cfg.horizons_s, history_size=1000))
     status = ServiceStatus(config_loaded=True)
     sink = Sink()
     return Scheduler(cfg, engine, client, status, writer=sink), engine, status, sink

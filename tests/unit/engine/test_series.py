@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sidecar.engine.series import SeriesTable
 
@@ -20,3 +21,18 @@ def test_ring_keeps_newest_in_order_and_grows() -> None:
     s.remove([a])
     c, new = s.add("t2", "cpu_usage", 1)
     assert c == a and new and s.history(c)[0].size == 0 and s.last_t[c] == -np.inf
+
+
+def test_values_far_from_zero_keep_the_precision_of_their_changes_across_laps() -> None:
+    s = SeriesTable(history_size=5, capacity=1)
+    a, _ = s.add("t1", "boot_time_seconds", 0)
+    b, _ = s.add("t1", "ratio", 0)
+    assert s.values.dtype == np.float32
+    t0 = 1_796_000_000.0
+    for k in range(13):                                  # two laps and a bit: re-based at each
+        s.append(np.array([a, b]), np.array([t0 + 15 * k] * 2), np.array([t0 + 15 * k + 0.25, 0.1 * k]))
+    t, y = s.history(a)
+    assert t.tolist() == [t0 + 15 * k for k in range(8, 13)]
+    assert y.dtype == np.float64 and y.tolist() == [t0 + 15 * k + 0.25 for k in range(8, 13)]   # exact
+    assert s.history(b)[1] == pytest.approx([0.1 * k for k in range(8, 13)], rel=1e-6)
+    assert s.last_v[b] == 0.1 * 12                                                         # the latest, float64
