@@ -155,6 +155,23 @@ def test_every_query_loop_part_has_its_place() -> None:
     assert parts == set(COLLECT_ORDER)
 
 
+#: The rules' modules, in the order they lean (ARCHITECTURE.md): each imports only modules before it.
+CONFIG_ORDER = ("maxima", "secret", "records", "reader", "promql", "discovery", "prometheus", "server", "limits",
+                "storage", "shard", "export", "per_metric", "scaling", "twins", "scenarios", "load")
+
+
+@pytest.mark.parametrize("part", CONFIG_ORDER)
+def test_the_rules_modules_lean_one_way(part: str) -> None:
+    before = {f"sidecar.config.{p}" for p in CONFIG_ORDER[:CONFIG_ORDER.index(part)]}
+    inside = {m for m in GRAPH[f"sidecar.config.{part}"] if m.startswith("sidecar.config")}
+    assert inside <= before, f"config.{part} imports a module after it (or the package): {sorted(inside - before)}"
+
+
+def test_every_rules_module_has_its_place() -> None:
+    parts = {m.rsplit(".", 1)[1] for m in GRAPH if m.startswith("sidecar.config.")}
+    assert parts == set(CONFIG_ORDER)
+
+
 #: The what-if's modules, in the order they lean (ARCHITECTURE.md): each imports only modules before it.
 WHATIF_ORDER = ("metrics", "queueing", "routes", "samples", "fit", "capacity", "scenario", "draws", "context",
                 "result", "project", "sizing", "words", "advice", "loadtest", "timeline", "run")
