@@ -148,7 +148,7 @@ twin-sidecar.io/shard: {{ .inst.shard | quote }}
 twin-sidecar.io/service
 {{- end }}
 
-{{/* Durations, read and written as sidecar/config.py does (parse_duration, format_duration), so the chart's alert
+{{/* Durations, read and written as sidecar/units.py does (parse_duration, format_duration), so the chart's alert
      rules say what `twin-sidecar rules` says for the same interval. "twin-sidecar.seconds": 2m30s -> 150. ------ */}}
 {{- define "twin-sidecar.seconds" -}}
 {{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 }}
