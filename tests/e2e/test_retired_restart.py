@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.app import REPLICA_ENV, Service, start_service
 from sidecar.collect.naming import naming_key
