@@ -30,8 +30,23 @@ hash -r
 
 venv_install() {
   # $1: what pip installs ("-e .[dev]" or ".")
+  # An editable install follows the source by itself: it is redone only when pyproject.toml (the dependencies)
+  # or what is asked changes, which the stamp records. pip takes a minute even when nothing is missing (the
+  # isolated build environment is fetched again). A plain install copies the code, so it is always redone.
+  local stamp="$venv_root/.installed" want=""
+  case "$1" in
+    -e*) want="$1 $(sha256sum pyproject.toml | cut -d' ' -f1)" ;;
+  esac
+  if [ -n "$want" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python3 -c 'import sidecar' 2>/dev/null; then
+    echo "== .venv already holds $1 for this pyproject.toml"
+    return 0
+  fi
+  rm -f "$stamp"
   echo "== installing the package into .venv"
+  local out pip_rc=0
   # shellcheck disable=SC2086
-  python3 -m pip install -q --disable-pip-version-check $1 2>&1 | grep -v "^WARNING: Location" || true
+  out="$(python3 -m pip install -q --disable-pip-version-check $1 2>&1)" || pip_rc=$?
+  if [ -n "$out" ]; then printf '%s\n' "$out" | grep -v "^WARNING: Location" || true; fi
   python3 -c 'import sidecar' || { echo "the package did not install into .venv" >&2; exit 1; }
+  if [ -n "$want" ] && [ "$pip_rc" = 0 ]; then echo "$want" > "$stamp"; fi
 }

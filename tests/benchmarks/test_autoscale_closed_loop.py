@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 
 from sidecar.config import parse_config
 

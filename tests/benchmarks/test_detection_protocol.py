@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 
 synthetic = load_benchmark("synthetic")
 detection = load_benchmark("detection")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 
 ls = load_benchmark("level_shift")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 
 lc = load_benchmark("live_calibration")
 

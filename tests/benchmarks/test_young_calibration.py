@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 
 yc = load_benchmark("young_calibration")
 

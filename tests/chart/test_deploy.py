@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import check_deploy  # noqa: E402
 from check_deploy import Result  # noqa: E402
-from conftest import by_kind, render  # noqa: E402
+from helpers.chart import by_kind, render  # noqa: E402
 
 
 def test_helm_lint_passes_for_defaults_and_every_example(helm: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -54,7 +54,7 @@ def test_twin_sidecar_check_config_accepts_the_rendered_rules(memory_docs: list[
 
 async def test_the_store_of_the_rendered_rules_keeps_what_it_is_given(memory_docs: list[dict[str, Any]],
                                                                        tmp_path: Path) -> None:
-    from store_contract import T0, snap, twin
+    from helpers.store_contract import T0, snap, twin
 
     from sidecar.config import load_config
     from sidecar.engine.view import Outbox

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import check_deploy  # noqa: E402
-from conftest import by_kind, render  # noqa: E402
+from helpers.chart import by_kind, render  # noqa: E402
 
 SHARDS = ["-f", str(check_deploy.EXAMPLES / "shards.yaml")]
 PRODUCTION = ["-f", str(check_deploy.EXAMPLES / "production.yaml")]

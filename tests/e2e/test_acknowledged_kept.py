@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.app import Service, start_service
 from sidecar.config import load_config

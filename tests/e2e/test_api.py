@@ -20,10 +20,8 @@ import numpy as np
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from jsonschema import Draft202012Validator
+from helpers.service import assert_matches
 from prometheus_client import CollectorRegistry
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 
 from sidecar.api import (
     EVENTS_FROM_MEMORY_MESSAGE,
@@ -50,26 +48,6 @@ from sidecar.testing import free_port
 TOKEN = "tok-9f2c1e7d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 T0 = 1_700_000_000.0
-
-_REFS = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(OPENAPI))
-
-
-def schema_for(path: str, method: str, status: int) -> dict[str, Any]:
-    op = OPENAPI["paths"][path][method]
-    schema: dict[str, Any] = op["responses"][str(status)]["content"]["application/json"]["schema"]
-    return schema
-
-
-def assert_matches(body: Any, path: str, method: str, status: int) -> None:
-    schema = {"$ref": "urn:openapi#" + _pointer(schema_for(path, method, status))}
-    Draft202012Validator(schema, registry=_REFS).validate(body)
-
-
-def _pointer(schema: dict[str, Any]) -> str:
-    ref = schema["$ref"]
-    assert ref.startswith("#")
-    return str(ref[1:])
-
 
 def strict_json(text: str) -> Any:
     """JSON as the standard defines it: NaN/Infinity are errors."""

@@ -26,11 +26,10 @@ import asyncpg
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
-from test_api import assert_matches
-from test_app_restore import rules
-from test_store_writer import PG_URL, ReadOnlyFile, Relay, _pg_target
-from test_store_writer_wait import WriteLockHolder
+from helpers.files import ReadOnlyFile
+from helpers.prom import PromEnv
+from helpers.service import assert_matches, one_twin_rules, wait_for
+from helpers.stores import PG_URL, Relay, WriteLockHolder, pg_target
 
 from sidecar.api import EVENTS_FROM_MEMORY_MESSAGE, NOT_STORED_MESSAGE
 from sidecar.app import Service, _BufferedHistory, start_service
@@ -42,14 +41,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def blocking(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -104,7 +95,7 @@ def history_of(svc: Service) -> _BufferedHistory:
 @pytest.fixture
 async def sqlite_service(tmp_path: Path, prom_env: PromEnv) -> AsyncIterator[tuple[Service, Path]]:
     db = tmp_path / "twins.db"
-    svc = await start_service(load_config(rules(tmp_path, prom_env.url, db)))
+    svc = await start_service(load_config(one_twin_rules(tmp_path, prom_env.url, db)))
     try:
         await wait_for(lambda: svc.status.first_round_done)
         yield svc, db
@@ -239,7 +230,7 @@ async def test_simulate_changes_and_stores_nothing(sqlite_service: tuple[Service
 
 async def test_postgres_a_200_is_committed_when_the_response_arrives(
         tmp_path: Path, prom_env: PromEnv, pg_url: str) -> None:
-    svc = await start_service(load_config(rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
+    svc = await start_service(load_config(one_twin_rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
     try:
         assert svc.store.backend == "postgres"
         await wait_for(lambda: svc.status.first_round_done)
@@ -270,12 +261,12 @@ async def test_postgres_a_200_is_committed_when_the_response_arrives(
 
 async def test_postgres_down_gives_202_then_the_change_is_written_in_order(
         tmp_path: Path, prom_env: PromEnv, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    relay = Relay(_pg_target())
+    relay = Relay(pg_target())
     await relay.start()
     schema = pg_url.rsplit("search_path=", 1)[1]
-    host, port = _pg_target()
+    host, port = pg_target()
     monkeypatch.setenv("DATABASE_URL", pg_url.replace(f"{host}:{port}", f"127.0.0.1:{relay.port}"))
-    svc = await start_service(load_config(rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
+    svc = await start_service(load_config(one_twin_rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
     try:
         await wait_for(lambda: svc.status.first_round_done and svc.status.store_backlog == 0)
         await relay.stop()                                  # the database goes away, cutting live connections
@@ -413,11 +404,11 @@ async def test_postgres_events_outlive_a_restart_of_the_sidecar_process(tmp_path
 
 async def test_events_are_served_from_memory_while_postgres_is_down_and_say_so(
         tmp_path: Path, prom_env: PromEnv, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    relay = Relay(_pg_target())
+    relay = Relay(pg_target())
     await relay.start()
-    host, port = _pg_target()
+    host, port = pg_target()
     monkeypatch.setenv("DATABASE_URL", pg_url.replace(f"{host}:{port}", f"127.0.0.1:{relay.port}"))
-    svc = await start_service(load_config(rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
+    svc = await start_service(load_config(one_twin_rules(tmp_path, prom_env.url, tmp_path / "unused.db")))
     try:
         await wait_for(lambda: svc.status.first_round_done and svc.status.store_backlog == 0)
         async with httpx.AsyncClient(base_url=svc.url, timeout=15) as http:

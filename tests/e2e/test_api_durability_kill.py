@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.testing import free_port, wait_ready
 

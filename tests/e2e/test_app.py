@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import require_prometheus
+from helpers.prom import require_prometheus
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.app import Service, start_service

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.app import _open_history, save_model_states, start_service
 from sidecar.config import load_config

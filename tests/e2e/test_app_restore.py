@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
+from helpers.service import one_twin_rules, wait_for
 
 from sidecar.app import start_service
 from sidecar.config import load_config
@@ -16,28 +16,10 @@ from sidecar.store import open_store
 pytestmark = pytest.mark.integration
 
 
-def rules(tmp_path: Path, prom_url: str, db: Path) -> Path:
-    p = tmp_path / "rules.yaml"
-    p.write_text(yaml.safe_dump({
-        "prometheus": {"url": prom_url}, "interval": "1s", "backfill": "0",
-        "server": {"listen": "127.0.0.1:0"}, "storage": {"path": str(db)},
-        "twins": [{"name": "svc", "metrics": {"cpu_usage": 'test_gauge{k="a"}'}}],
-    }))
-    return p
-
-
-async def wait_for(cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.1)
-
-
 async def test_store_down_at_start_then_back(tmp_path: Path, prom_env: PromEnv) -> None:
     dbdir = tmp_path / "db"
     dbdir.mkdir()
-    cfg = load_config(rules(tmp_path, prom_env.url, dbdir / "twins.db"))
+    cfg = load_config(one_twin_rules(tmp_path, prom_env.url, dbdir / "twins.db"))
 
     first = await start_service(cfg)
     await wait_for(lambda: first.status.first_round_done)

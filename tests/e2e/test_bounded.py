@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PromEnv
+from helpers.prom import PromEnv
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import engine_settings

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.cli import main
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.cli import main
 from sidecar.engine.records import iso

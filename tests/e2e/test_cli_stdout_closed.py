@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.cli import EXIT_STDOUT_CLOSED
 

@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from conftest import PromEnv, by_kind, render
+from helpers.chart import by_kind, render
+from helpers.prom import PromEnv
 
 from sidecar.app import STORE_WAIT_S, Service, _BufferedHistory, start_service
 from sidecar.collect.naming import naming_key

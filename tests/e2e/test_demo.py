@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import require_prometheus
+from helpers.prom import require_prometheus
 from prometheus_client import CollectorRegistry
 
 from sidecar.demo import run_demo

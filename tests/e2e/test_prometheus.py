@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import respx
 from aiohttp import web
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.config import BasicAuth, PrometheusConfig, SecretFile
 from sidecar.errors import SourceError

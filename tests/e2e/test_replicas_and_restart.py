@@ -14,9 +14,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from conftest import PromEnv
-from test_api_durability import wait_for
-from test_app_restore import rules
+from helpers.prom import PromEnv
+from helpers.service import one_twin_rules, wait_for
 
 from sidecar.app import REPLICA_ENV, Service, start_service
 from sidecar.config import load_config
@@ -39,7 +38,7 @@ def test_each_replica_has_its_own_ids_and_a_single_replica_keeps_the_old_ones() 
 
 async def test_two_replicas_keep_their_own_expected_state_history_and_model_state(
         tmp_path: Path, prom_env: PromEnv, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = rules(tmp_path, prom_env.url, tmp_path / "unused.db")
+    path = one_twin_rules(tmp_path, prom_env.url, tmp_path / "unused.db")
     a = await _start("a", path, monkeypatch)
     b = await _start("b", path, monkeypatch)
     try:
@@ -82,7 +81,7 @@ async def test_a_changed_expected_in_the_rules_is_not_applied_to_a_restored_twin
     import yaml
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    path = rules(tmp_path, prom_env.url, tmp_path / "twins.db")
+    path = one_twin_rules(tmp_path, prom_env.url, tmp_path / "twins.db")
     doc = yaml.safe_load(path.read_text())
     doc["twins"][0]["expected"] = {"cpu_usage": 50}
     path.write_text(yaml.safe_dump(doc))
@@ -110,7 +109,7 @@ async def test_a_twin_stored_before_replica_ids_keeps_its_id_and_state(
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
     db = tmp_path / "twins.db"
-    path = rules(tmp_path, prom_env.url, db)
+    path = one_twin_rules(tmp_path, prom_env.url, db)
     old = await _start("default", path, monkeypatch)
     try:
         async with httpx.AsyncClient(timeout=10) as http:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.testing import free_port
 

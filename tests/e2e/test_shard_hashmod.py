@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from conftest import require_prometheus
+from helpers.prom import require_prometheus
 
 from sidecar.collect.shard import shard_of_key
 from sidecar.testing import PrometheusServer

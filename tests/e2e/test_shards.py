@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.collect.shard import shard_of_key, shard_of_name
 from sidecar.config import SHARD_COUNT_ENV, SHARD_INDEX_ENV

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import require_prometheus
+from helpers.prom import require_prometheus
 
 from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config

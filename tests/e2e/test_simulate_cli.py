@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_prometheus
+from helpers.prom import require_prometheus
 
 from sidecar.cli import main
 from sidecar.testing import PrometheusServer, openmetrics_history

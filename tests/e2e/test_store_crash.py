@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 
 crash = load_benchmark("crash_store")
 

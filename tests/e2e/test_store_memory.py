@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import PromEnv
-from store_contract import T0, StoreContract, count, samples, snap, twin
+from helpers.prom import PromEnv
+from helpers.store_contract import T0, StoreContract, count, samples, snap, twin
 
 from sidecar.engine.view import Outbox
 from sidecar.errors import StoreError

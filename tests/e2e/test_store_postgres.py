@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
-from store_contract import T0, MakeStore, StoreContract, count, event, samples, snap, twin
+from helpers.store_contract import T0, MakeStore, StoreContract, count, event, samples, snap, twin
 
 from sidecar.engine.view import Outbox
 from sidecar.errors import StoreError

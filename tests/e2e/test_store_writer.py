@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import sqlite3
 import subprocess
 import uuid
@@ -21,22 +20,14 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 import pytest
-from conftest import ReadOnlyFile
-from store_contract import T0, samples, snap, twin
+from helpers.files import ReadOnlyFile
+from helpers.store_contract import T0, samples, snap, twin
+from helpers.stores import PG_URL, Relay, migrated_file, pg_target, round_outbox
 
 from sidecar.engine.view import MetricSamples, Outbox
 from sidecar.status import ServiceStatus
 from sidecar.store import RetentionPolicy, Store, StoreWriter, open_store
 from sidecar.store.writer import count_items
-
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def round_outbox(i: int, n_samples: int = 10) -> Outbox:
-    """One scheduler round: a snapshot and ``n_samples`` samples at times that name the round."""
-    times = T0 + 1000.0 * i + np.arange(n_samples, dtype=float)
-    return Outbox(snapshots=[snap("twin_a", f"s{i:03d}", T0 + 1000.0 * i)],
-                  samples=[samples("twin_a", "cpu_usage", times, np.full(n_samples, float(i)))])
 
 
 async def stored_sample_rounds(store: Store) -> list[int]:
@@ -46,13 +37,6 @@ async def stored_sample_rounds(store: Store) -> list[int]:
 
 # ------------------------------------------------------------------ ways to make SQLite unwritable
 
-
-
-async def migrated_file(path: Path) -> None:
-    s = open_store(path=path, env={})
-    await s.open()
-    await s.close()
-    assert not Path(f"{path}-wal").exists()       # a clean close leaves only the database file
 
 
 # ------------------------------------------------------------------ the normal path
@@ -207,55 +191,6 @@ async def test_disk_full_buffers_then_writes_the_backlog(tiny_fs: Path) -> None:
 # ------------------------------------------------------------------ PostgreSQL away and back
 
 
-class Relay:
-    """A TCP relay to the real PostgreSQL: stopping it is "nothing listening" and cuts live connections."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for w in list(self._conns):
-            w.close()
-        self._conns.clear()
-
-    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        try:
-            sr, sw = await asyncio.open_connection(*self.target)
-        except OSError:
-            cw.close()
-            return
-        self._conns |= {cw, sw}
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.close()
-
-        await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
-        self._conns -= {cw, sw}
-
-
-def _pg_target() -> tuple[str, int]:
-    from urllib.parse import urlsplit
-
-    u = urlsplit(PG_URL)
-    return u.hostname or "127.0.0.1", u.port or 5432
-
-
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[str]:
     try:
@@ -272,7 +207,7 @@ async def pg_schema() -> AsyncIterator[str]:
 
 @pytest.mark.integration
 async def test_postgres_with_nothing_listening_buffers_then_catches_up(pg_schema: str) -> None:
-    relay = Relay(_pg_target())
+    relay = Relay(pg_target())
     url = f"postgresql://postgres@127.0.0.1:{relay.port}/test"
     status = ServiceStatus()
     store = open_store(url=url, schema=pg_schema, env={})

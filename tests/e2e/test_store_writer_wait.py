@@ -8,46 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from conftest import ReadOnlyFile
-from store_contract import T0, snap, twin
-from test_store_writer import migrated_file, round_outbox
+from helpers.files import ReadOnlyFile
+from helpers.store_contract import T0, snap, twin
+from helpers.stores import WriteLockHolder, migrated_file, round_outbox
 
 from sidecar.app import _BufferedHistory, _RestoreGate
 from sidecar.engine.view import MetricSamples, Outbox
 from sidecar.status import ServiceStatus
 from sidecar.store import StoreWriter, open_store
-
-
-class WriteLockHolder:
-    """Another connection holding SQLite's write lock (BEGIN IMMEDIATE) for ``seconds``: a slow database."""
-
-    def __init__(self, path: Path, seconds: float) -> None:
-        self.path, self.seconds = path, seconds
-        self.held = threading.Event()
-        self.thread = threading.Thread(target=self._hold, daemon=True)
-
-    def _hold(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            self.held.set()
-            time.sleep(self.seconds)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-
-    def __enter__(self) -> WriteLockHolder:
-        self.thread.start()
-        assert self.held.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.thread.join(30)
 
 
 def on_disk(path: Path, snapshot_id: str) -> bool:

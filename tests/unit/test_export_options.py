@@ -12,7 +12,7 @@ from pathlib import Path
 
 import promql_parser
 import pytest
-from conftest import load_benchmark
+from helpers.bench import load_benchmark
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from store_contract import T0, MakeStore, StoreContract, count, samples, snap, twin
+from helpers.store_contract import T0, MakeStore, StoreContract, count, samples, snap, twin
 
 from sidecar.engine.view import Outbox
 from sidecar.errors import ConfigError, CorruptSnapshotError

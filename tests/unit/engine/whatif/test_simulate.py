@@ -5,45 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers.simulation import make_ctx, with_series
 
-from sidecar.engine.whatif import SimulationContext, parse_scenario, run_scenario, wait_quantile_s
+from sidecar.engine.whatif import SimulationContext, parse_scenario, run_scenario
 from sidecar.errors import ScenarioError
-
-LIMITS = {"cpu_usage": 95.0, "memory_usage": 90.0, "request_latency_ms": 1000.0, "error_rate": 0.05}
-HORIZONS = np.array([300.0, 900.0, 1800.0, 3600.0])
-
-
-def make_ctx(*, n: int = 240, servers: int = 2, service_s: float = 0.01, idle: float = 5.0,
-             load: float = 20.0, swing: float = 10.0, cpu_bound: bool = True, with_rate: bool = True,
-             replicas: int | None = 2, workers: int | None = 1, memory: float = 40.0,
-             forecast: Mapping[str, tuple[float, float, float]] | None = None,
-             seed: int = 0) -> SimulationContext:
-    """A twin whose history comes from a known M/M/c service (capacity = servers / service_s)."""
-    rng = np.random.default_rng(seed)
-    t = 1.7e9 + 15.0 * np.arange(n)
-    lam = np.maximum(load + swing * np.sin(np.arange(n) / 15) + rng.normal(0, 0.05 * load, n), 0.1)
-    lam[-5:] = load                                   # "now" is exactly `load`
-    k = servers / service_s
-    cpu = idle + (100 - idle) * lam / k if cpu_bound else idle + 0.02 * lam
-    lat = 1000 * (service_s + wait_quantile_s(lam, k, float(servers), 0.99))
-    values = {"cpu_usage": cpu + rng.normal(0, 0.3, n), "request_latency_ms": lat * rng.lognormal(0, 0.02, n),
-              "error_rate": np.full(n, 0.001), "memory_usage": memory + rng.normal(0, 0.2, n)}
-    if with_rate:
-        values["request_rate"] = lam
-    mean = {m: np.full(4, np.nan) for m in values}
-    lower = dict(mean)
-    upper = dict(mean)
-    for m, (mu, lo, hi) in (forecast or {}).items():
-        mean[m], lower[m], upper[m] = np.full(4, mu), np.full(4, lo), np.full(4, hi)
-    return SimulationContext(twin_id="twin_test", now=float(t[-1]), limits=LIMITS,
-                             times={m: t for m in values}, values=values, horizons_s=HORIZONS,
-                             forecast_mean=mean, forecast_lower=lower, forecast_upper=upper,
-                             replicas=replicas, workers=workers)
 
 
 def _json(result: Any) -> dict[str, Any]:
@@ -325,18 +294,11 @@ def test_an_integer_too_large_for_a_float_is_out_of_range_not_a_crash() -> None:
 # ------------------------------------------------------------------------------------------ traffic observed as 0
 
 
-def _with(ctx: SimulationContext, **series: np.ndarray) -> SimulationContext:
-    values = {**ctx.values, **series}
-    times = {m: ctx.times.get(m, ctx.times["cpu_usage"]) for m in values}
-    return SimulationContext(ctx.twin_id, ctx.now, ctx.limits, times, values, ctx.horizons_s, ctx.forecast_mean,
-                             ctx.forecast_lower, ctx.forecast_upper, replicas=ctx.replicas, workers=ctx.workers)
-
-
 def _idle(n: int = 240, cpu: float = 30.0) -> SimulationContext:
     """A twin whose request rate is observed as 0 (a constant counter's rate), CPU idling at ``cpu``%."""
     ctx = make_ctx(n=n)
     rng = np.random.default_rng(4)
-    return _with(ctx, request_rate=np.zeros(n), cpu_usage=cpu + rng.normal(0, 0.3, n))
+    return with_series(ctx, request_rate=np.zeros(n), cpu_usage=cpu + rng.normal(0, 0.3, n))
 
 
 def test_five_times_zero_traffic_is_still_zero() -> None:
@@ -370,7 +332,7 @@ def test_at_zero_traffic_any_multiplier_gives_the_same_answer() -> None:
 def test_at_zero_traffic_the_current_state_alone_decides_failure() -> None:
     """Memory over its limit with no traffic fails whatever the multiplier, and no replica count helps."""
     ctx = _idle()
-    ctx = _with(ctx, memory_usage=np.full(240, 93.0))
+    ctx = with_series(ctx, memory_usage=np.full(240, 93.0))
     r = run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 5})
     assert r.will_likely_fail and r.breach_probability["memory"] == 1.0 and r.breach_probability["cpu"] == 0.0
     assert any("Memory is over the limit with no traffic" in x for x in r.recommendations)
@@ -384,7 +346,7 @@ def test_load_test_at_zero_traffic_breaks_nothing_and_says_why() -> None:
     assert r["failure_probability"] == 0.0 and not r["will_likely_fail"]
     assert any("20.0x of 0 req/s is still 0 req/s" in x for x in r["recommendations"])
     # already over a limit at zero traffic: broken at any multiple, and not load-driven
-    hot = _json(run_scenario(_with(_idle(), memory_usage=np.full(240, 93.0)), {"type": "load_test"}))
+    hot = _json(run_scenario(with_series(_idle(), memory_usage=np.full(240, 93.0)), {"type": "load_test"}))
     assert hot["breaking_point"]["bottleneck"] == "memory" and hot["breaking_point"]["traffic_multiplier"] == 0.0
     assert hot["failure_probability"] == 1.0
     assert any("already over its limit with no traffic" in x for x in hot["recommendations"])
@@ -396,7 +358,7 @@ def test_traffic_that_stopped_still_reports_the_capacity_from_history() -> None:
     rate[-10:] = 0.0
     cpu = ctx.values["cpu_usage"].copy()
     cpu[-10:] = 5.0
-    r = run_scenario(_with(ctx, request_rate=rate, cpu_usage=cpu), {"type": "load_test"})
+    r = run_scenario(with_series(ctx, request_rate=rate, cpu_usage=cpu), {"type": "load_test"})
     assert r.failure_probability == 0.0 and r.model_fit["traffic"] == "zero"
     assert any(re.search(r"fitted capacity is ≈ (19\d|20\d) req/s", x) for x in r.recommendations)
 
@@ -416,7 +378,7 @@ def test_low_traffic_on_an_idle_cpu_does_not_extrapolate_to_saturation() -> None
     rng = np.random.default_rng(5)
     rate = rng.poisson(1.2, 240) / 60.0
     rate[-5:] = 0.02
-    r = run_scenario(_with(ctx, request_rate=rate, cpu_usage=30.0 + rng.normal(0, 1.0, 240)),
+    r = run_scenario(with_series(ctx, request_rate=rate, cpu_usage=30.0 + rng.normal(0, 1.0, 240)),
                      {"type": "traffic_spike", "traffic_multiplier": 5})
     assert r.model_fit["traffic"] == "observed" and r.model_fit["traffic_note"] is None
     assert r.failure_probability < 0.05 and not r.will_likely_fail
@@ -432,7 +394,7 @@ def test_without_a_rate_the_first_model_is_explained_in_the_result(rate: np.ndar
                                                                     why: str) -> None:
     ctx = make_ctx(with_rate=False)
     if rate is not None:
-        ctx = _with(ctx, request_rate=rate)
+        ctx = with_series(ctx, request_rate=rate)
     r = _json(run_scenario(ctx, {"type": "traffic_spike", "traffic_multiplier": 2}))
     assert r["model_fit"]["traffic"] == traffic and r["model_fit"]["params"]["traffic"] == traffic
     note = r["model_fit"]["traffic_note"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_simulate import _with, make_ctx
+from helpers.simulation import make_ctx, with_series
 
 from sidecar.config import parse_config
 from sidecar.engine.core import Engine
@@ -74,7 +74,8 @@ def test_the_failure_probability_does_not_flap_with_the_current_traffic() -> Non
         rate[-5:] = now
         cpu = ctx.values["cpu_usage"].copy()
         cpu[-5:] = 5 + 95 * now / 200
-        r = run_scenario(_with(ctx, request_rate=rate, cpu_usage=cpu), {"type": "load_test", "max_multiplier": 10})
+        r = run_scenario(with_series(ctx, request_rate=rate, cpu_usage=cpu),
+                         {"type": "load_test", "max_multiplier": 10})
         bp = r.breaking_point
         assert bp is not None
         shares.append(sum(bp["bottleneck_probability"].values()))   # P(breaks below max_multiplier): the old answer
@@ -210,11 +211,11 @@ def test_memory_that_fell_as_traffic_rose_is_not_extrapolated() -> None:
     ctx = make_ctx()
     lam = ctx.values["request_rate"]
     noise = np.random.default_rng(9).normal(0, 0.3, lam.size)
-    falling = run_scenario(_with(ctx, memory_usage=70.0 - 0.8 * lam + noise),
+    falling = run_scenario(with_series(ctx, memory_usage=70.0 - 0.8 * lam + noise),
                            {"type": "traffic_spike", "traffic_multiplier": 3})
     assert falling.model_fit["params"]["memory_pct_per_unit_rate"] == 0.0
     assert falling.projected_metrics["peak"]["memory_usage"]["value"] == pytest.approx(70.0 - 0.8 * 20, abs=1.0)
-    rising = run_scenario(_with(ctx, memory_usage=30.0 + 0.8 * lam + noise),
+    rising = run_scenario(with_series(ctx, memory_usage=30.0 + 0.8 * lam + noise),
                           {"type": "traffic_spike", "traffic_multiplier": 3})
     assert rising.model_fit["params"]["memory_pct_per_unit_rate"] == pytest.approx(0.8, rel=0.05)
     assert rising.projected_metrics["peak"]["memory_usage"]["value"] == pytest.approx(30.0 + 0.8 * 60, abs=1.5)

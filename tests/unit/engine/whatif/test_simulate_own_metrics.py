@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_simulate import make_ctx
+from helpers.simulation import make_ctx
 
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import PromEnv
+from helpers.prom import PromEnv
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from aiohttp import web
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.collect.naming import discovered_name, substitute
 from sidecar.collect.roster import RETIRE_AFTER_ROUNDS

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import respx
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config

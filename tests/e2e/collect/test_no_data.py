@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import PromEnv
+from helpers.prom import PromEnv
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PromEnv
+from helpers.prom import PromEnv
 
 from sidecar.app import REPLICA_ENV, Service, start_service
 from sidecar.collect.naming import naming_key
@@ -215,8 +215,8 @@ async def test_a_restart_after_keep_for_purges_the_models_and_the_series_gets_a_
         assert tid in await store.load_model_states()
         (stored,) = [t for t in await store.load_twins(include_retired=True) if t.twin_id == tid]
         assert stored.retired_at is not None
-        cfg = rules(tmp_path, prom_env.url, tag, keep_for="3s", keep_max=10)
-        await asyncio.sleep(max(0.0, stored.retired_at + 3.5 - time.time()))      # retired longer than keep_for
+        cfg = rules(tmp_path, prom_env.url, tag, keep_for="1s", keep_max=10)
+        await asyncio.sleep(max(0.0, stored.retired_at + 1.5 - time.time()))      # retired longer than keep_for
         second = await start_service(cfg)
         try:
             assert second.scheduler.retired.parked == {}

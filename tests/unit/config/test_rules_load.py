@@ -231,7 +231,7 @@ def test_placeholders() -> None:
     assert placeholders_in('x{a="$instance", b="${pod}"} and y{c="end$"}') == ["instance", "pod"]
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("name", ["example.yaml", "demo.yaml"])
