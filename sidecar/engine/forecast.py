@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from sidecar.engine.combine import LAST, MIN_SCORED, choose, combine
 from sidecar.engine.intervals import blend, confidence, interval_offsets
 from sidecar.engine.models import F64, I64, Field, Model, Now, Slots, Step, build_models
+from sidecar.engine.models_base import grown_capacity
 from sidecar.engine.onestep import Expectation, expect, hold_glitches
 from sidecar.engine.regime import (
     BACKTESTED,
@@ -194,13 +195,13 @@ class ForecastBank:
         return self._size
 
     def add(self, n: int) -> I64:
-        """Allocate n empty series; arrays grow by doubling so adding is amortised O(1)."""
+        """Allocate n empty series; arrays grow by `GROWTH` so adding is amortised O(1)."""
         if n < 0:
             raise InputError(f"cannot add {n} series")
         new = np.arange(self._size, self._size + n, dtype=np.int64)
         need = self._size + n
         if need > self.core.capacity:
-            cap = max(need, 2 * self.core.capacity)
+            cap = grown_capacity(self.core.capacity, need)
             self.core.grow(cap)
             for f in self.families:
                 f.slots.grow(cap)
