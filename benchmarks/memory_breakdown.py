@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export_cardinality import Fleet
 
+from sidecar.engine.models_base import GROWTH
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -83,6 +85,7 @@ def main() -> int:
     r1 = rss_mb()
     series = a.twins * 4
     sizes = arrays_by_owner(fleet.engine.state)
+    cap = fleet.engine.state.bank.core.capacity
     total = sum(sizes.values())
     top = sorted(sizes.items(), key=lambda kv: -kv[1])
     md = [f"# Engine memory per series ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
@@ -91,7 +94,8 @@ def main() -> int:
           f"RSS grew by {r1 - r0:.0f} MB, **{(r1 - r0) * 2**20 / series / 1024:.1f} KB per series**; the engine's "
           f"arrays are {total / 2**20:.0f} MB, {total / series / 1024:.1f} KB per series (the rest: per-twin and "
           "per-series Python objects, names, the view's copies, the allocator). Arrays are allocated for a capacity "
-          "that doubles, so a few per cent of a figure can be unused rows.", "",
+          f"that grows by {GROWTH:g}× when full: {cap:,} slots for these {series:,} series "
+          f"({1 - series / cap:.1%} unused rows in every figure).", "",
           "| where | bytes per series | share of the arrays |", "|---|---|---|"]
     for path, b in top:
         if b / series >= 16:

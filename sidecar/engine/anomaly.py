@@ -49,6 +49,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .models_base import grown_capacity
 from .timeofday import MAD_TO_SD as _MAD_TO_SD
 from .timeofday import TimeOfDay
 
@@ -167,12 +168,12 @@ class AnomalyBank:
         return self._n
 
     def add(self, n: int) -> I64:
-        """Slots for ``n`` new series; capacity doubles so adding one at a time stays cheap."""
+        """Slots for ``n`` new series; capacity grows by `GROWTH` so adding one at a time stays cheap."""
         if n < 0:
             raise ValueError("n must be >= 0")
         need = self._n + n
         if need > self._cap:
-            cap = max(need, 2 * self._cap)
+            cap = grown_capacity(self._cap, need)
             self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
             self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
             hist = np.zeros((cap, self._nf, _NB))

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from sidecar.engine.combine import LAST, MIN_SCORED, choose, combine
 from sidecar.engine.intervals import blend, confidence, interval_offsets
 from sidecar.engine.models import F64, I64, Field, Model, Now, Slots, Step, build_models
+from sidecar.engine.models_base import grown_capacity
 from sidecar.engine.onestep import Expectation, expect, hold_glitches
 from sidecar.engine.regime import (
     BACKTESTED,
@@ -56,6 +57,7 @@ __all__ = ["HORIZON_AXIS", "MIN_SCORED", "Expectation", "Forecast", "ForecastBan
 
 _GAP_FACTOR = 4.0  # an interval this many times the usual one is a gap
 _DT_RATE = 0.05  # forgetting of the sampling-interval estimate
+_MAX_QUEUE = 4096  # pending forecasts per horizon: the ring's head and count are int16
 
 
 #: Core fields with a horizon axis, and where it is after the row axis (saved rows are remapped by horizon
@@ -104,6 +106,8 @@ class ForecastBank:
             raise InputError(f"horizons must be positive seconds, got {list(horizons_s)!r}")
         if not 0.0 < level < 1.0:
             raise InputError(f"level must be in (0, 1), got {level!r}")
+        if not 0 < int(queue) <= _MAX_QUEUE:
+            raise InputError(f"queue must be in 1..{_MAX_QUEUE}, got {queue!r}")
         self.horizons_s = h
         self.level = float(level)
         self.queue = int(queue)
@@ -163,8 +167,8 @@ class ForecastBank:
             "ppred": Field((H, Q, M + 1), f32, np.nan),
             "plo": Field((H, Q), f32, np.nan),
             "phi": Field((H, Q), f32, np.nan),
-            "phead": Field((H,), np.int64, 0),
-            "pcnt": Field((H,), np.int64, 0),
+            "phead": Field((H,), np.int16, 0),   # places in a ring of Q: int16 (head + count < 2 Q)
+            "pcnt": Field((H,), np.int16, 0),
             "plast": Field((H,), np.float64, -np.inf),
             # what a forecast may claim (regime.py): its domain, a level shift under way, its regime
             "dlo": Field((), np.float64, -np.inf, optional=True),
@@ -194,13 +198,13 @@ class ForecastBank:
         return self._size
 
     def add(self, n: int) -> I64:
-        """Allocate n empty series; arrays grow by doubling so adding is amortised O(1)."""
+        """Allocate n empty series; arrays grow by `GROWTH` so adding is amortised O(1)."""
         if n < 0:
             raise InputError(f"cannot add {n} series")
         new = np.arange(self._size, self._size + n, dtype=np.int64)
         need = self._size + n
         if need > self.core.capacity:
-            cap = max(need, 2 * self.core.capacity)
+            cap = grown_capacity(self.core.capacity, need)
             self.core.grow(cap)
             for f in self.families:
                 f.slots.grow(cap)

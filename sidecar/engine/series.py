@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .models_base import grown_capacity
 from .records import CORE_METRICS
 
 
@@ -59,7 +60,7 @@ class SeriesTable:
     def _ensure(self, n: int) -> None:
         if n <= self._cap:
             return
-        cap = max(n, 2 * self._cap)
+        cap = grown_capacity(self._cap, n)
         self.active = _grow(self.active, cap, False)
         self.twin_slot = _grow(self.twin_slot, cap, -1)
         self.nonneg = _grow(self.nonneg, cap, False)

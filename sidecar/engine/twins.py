@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import CapacityError, InputError, UnknownTwinError
 from .diverge import DIRECTION_CODE
 from .expected import canonical_expected, check_expected_values, check_limit_value
+from .models_base import grown_capacity
 from .records import DigitalTwin, EventType, StateHistoryEntry, SystemType, canonical_metric
 from .settings import DEFAULT_CUSTOM_DIRECTION, DEFAULT_DIRECTIONS, DOMAINS
 from .state import EngineState
@@ -132,7 +133,7 @@ class TwinRegistry:
             slot = len(st.slot_twin)
             st.slot_twin.append(twin.twin_id)
             if slot >= st.twin_rows.rows:
-                st.twin_rows.grow(2 * st.twin_rows.rows)
+                st.twin_rows.grow(grown_capacity(st.twin_rows.rows, slot + 1))
         st.twin_rows.reset(slot)
         st.twins[twin.twin_id] = twin
         st.by_name[twin.source_system] = twin.twin_id

@@ -206,6 +206,26 @@ def test_state_dict_round_trip_gives_identical_forecasts() -> None:
         np.testing.assert_array_equal(getattr(fa, name), getattr(fb, name))
 
 
+def test_a_state_saved_with_int64_ring_counters_loads_into_the_int16_ones_unchanged() -> None:
+    """The pending ring's head and count were int64 in saved states; they load and score as before."""
+    rng = np.random.default_rng(3)
+    t = np.arange(120)[:, None] * 60.0 + np.zeros((1, 2))
+    y = rng.normal(size=(120, 2)).cumsum(0)
+    a = ForecastBank(H)
+    idx = a.add(2)
+    feed(a, idx, t[:80], y[:80])
+    old = a.state_dict()
+    old["core.phead"], old["core.pcnt"] = old["core.phead"].astype(np.int64), old["core.pcnt"].astype(np.int64)
+    b = ForecastBank(H)
+    b.load_state_dict(old)
+    assert b.core["phead"].dtype == b.core["pcnt"].dtype == np.int16 and b.core["pcnt"].any()
+    feed(a, idx, t[80:], y[80:])
+    feed(b, idx, t[80:], y[80:])
+    np.testing.assert_array_equal(a.forecast().upper, b.forecast().upper)
+    with pytest.raises(InputError):
+        ForecastBank(H, queue=1 << 15)
+
+
 def test_load_rejects_other_configuration() -> None:
     a = ForecastBank(H)
     a.add(1)
