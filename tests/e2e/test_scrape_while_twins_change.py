@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator
 
 import httpx
@@ -50,8 +51,13 @@ async def test_scrapes_during_twin_creation_are_whole_and_a_stale_view_is_rebuil
         served: Served, caplog: pytest.LogCaptureFixture) -> None:
     engine = served.facade.engine
 
+    half, scraped = threading.Event(), threading.Event()
+
     def create() -> None:                         # as Roster.apply: a worker thread, under the engine lock
         for i in range(TWINS):
+            if i == TWINS // 2:                   # half the twins made: a scrape happens now, whatever the host's load
+                half.set()
+                scraped.wait(timeout=30)
             engine.create_twin(f"t{i}", at=T0 + i)
 
     bodies: list[str] = []
@@ -63,11 +69,13 @@ async def test_scrapes_during_twin_creation_are_whole_and_a_stale_view_is_rebuil
                     r = await client.get(served.url + "/metrics")
                     assert r.status_code == 200
                     bodies.append(r.text)
+                    if half.is_set():
+                        scraped.set()
                 await creating                      # the creation itself never tripped over a scrape
             assert engine.view_stale                # created outside a tick: the view is behind
             after = (await client.get(served.url + "/metrics")).text
     assert not [rec for rec in caplog.records if "label rows" in rec.getMessage()]
-    assert len(bodies) >= 2
+    assert scraped.is_set() and bodies               # at least one scrape in the middle of the creation
     for body in bodies:                             # the view last built: every per-twin family the same rows
         counts = {rows(body, f) for f in ("twin_health_score", "twin_drift", "twin_last_sync_timestamp_seconds")}
         assert len(counts) == 1
