@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the result files (a variant being compared)")
     args = ap.parse_args(argv)
     wins = windows(args.per_file)
+    if not wins:
+        raise SystemExit(f"young_calibration: no NAB file of {ROWS} rows or more under {DATA}")
     t0, c0 = time.perf_counter(), time.process_time()
     res = replay(wins)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
