@@ -134,8 +134,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 128 * 2**20
 #: Answers at least this large are decoded in a worker thread (a 10,000-series answer takes ~20 ms on the loop).
 OFF_LOOP_BYTES = 256 * 2**10
 
-#: A large answer is parsed a part of about this many bytes at a time: orjson holds the GIL for a whole call, so
-#: one call on a 26 MB answer stalled the event loop (and the probes) for 200 ms.
+#: A large answer is parsed a part of about this many bytes at a time: orjson holds the GIL for a whole call, and
+#: one call on a 26 MB answer stalls the event loop (and the probes) for 200 ms.
 PART_BYTES = 1 << 20
 
 #: How every element of a Prometheus result array starts. A bare ``{"`` cannot occur inside a JSON string (the
@@ -404,9 +404,9 @@ def _no_collection() -> Iterator[None]:
     """The cyclic garbage collector paused while an answer is decoded and converted in a worker thread.
 
     Decoding a 200,000-series answer makes millions of dicts, lists and strings; the collections their
-    allocations trigger walk every object in the process while holding the GIL, which tripled the decode's
-    time and held the event loop for 0.7 s of it (2.5-9 s in the full service). JSON makes no reference
-    cycles, so nothing is left for the collector: reference counting frees the answer."""
+    allocations trigger walk every object in the process while holding the GIL, which triples the decode's
+    time and holds the event loop for most of it. JSON makes no reference cycles, so nothing is left for the
+    collector: reference counting frees the answer."""
     global _collection_paused, _collection_was_enabled
     with _collection_lock:
         if _collection_paused == 0:

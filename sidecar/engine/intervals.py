@@ -9,8 +9,8 @@ Three layers, each vectorised over series and horizons and run only when a forec
 * **adaptive width** (`adapt_width`): a multiplier per series and horizon, raised after an issued interval
   missed and lowered after it held, so the *measured* share of actuals inside converges to `level` (adaptive
   conformal inference, Gibbs and Candès 2021, applied to the width). The quantiles alone miss that target
-  when errors are autocorrelated, when floors and domains clip the interval, or after the noise changes:
-  tracked on NAB, widths fell by 5-25 % at unchanged coverage, and the first two hours of a twin came
+  when errors are autocorrelated, when floors and domains clip the interval, or after the noise changes;
+  on NAB it narrows the intervals by 5-25 % at the same coverage, and brings the first two hours of a twin
   closer to the nominal rate (``benchmarks/young_calibration.py``);
 * **thin evidence** (`interval_offsets`): a horizon not scored yet borrows the interval of the longest
   shorter horizon that has been, widened with the square root of the horizon ratio, or, with none, the
@@ -82,8 +82,8 @@ def blend(qlo: F64, qhi: F64, qwlo: NDArray[np.floating], qwhi: NDArray[np.float
     Two estimates of the same bounds with opposite faults: the tracker remembers about the last 150 scores
     and, at the 95th percentile, moves down 19 times slower than up (one burst leaves it wide for hours);
     the last 64 errors follow a change at once but, in runs of correlated errors, see fewer independent
-    ones than they count. Their mean held NAB's coverage (0.914-0.919) while a twin's first two hours came
-    nearer the goal than with either alone (`benchmarks/young_calibration.py`)."""
+    ones than they count. Their mean keeps NAB's coverage at 0.914-0.919 and brings a twin's first two hours
+    nearer the goal than either alone (`benchmarks/young_calibration.py`)."""
     wlo, whi = np.asarray(qwlo, dtype=np.float64), np.asarray(qwhi, dtype=np.float64)
     lo: F64 = np.where(np.isfinite(wlo) & np.isfinite(qlo), 0.5 * (qlo + wlo), qlo)
     hi: F64 = np.where(np.isfinite(whi) & np.isfinite(qhi), 0.5 * (qhi + whi), qhi)
@@ -106,10 +106,10 @@ def interval_offsets(qlo: F64, qhi: F64, q1lo: F64, q1hi: F64, hs: F64, dt: F64,
 
     `qlo`/`qhi` are the tracked quantiles already times their adaptive width. A horizon without scores
     borrows from the longest shorter horizon that has some, grown with the square root of the horizon ratio
-    (as a random walk's errors grow; linear growth, right only for a missed trend, gave a service at 7 req/s
-    a 5-minute bound of 495 after one burst, and covered the young windows of `young_calibration.py` no
-    better: 0.27 against 0.34 of them in the goal at 60 minutes), else widens the one-step interval with the
-    square root of the steps. A young horizon keeps at least the borrow."""
+    (as a random walk's errors grow; linear growth, right only for a missed trend, turns one burst into a
+    5-minute bound of hundreds for a service at 7 req/s, and covers the young windows of
+    `young_calibration.py` no better: 0.27 against 0.34 of them in the goal at 60 minutes), else widens the
+    one-step interval with the square root of the steps. A young horizon keeps at least the borrow."""
     steps = np.sqrt(np.maximum(hs / np.where(np.isfinite(dt) & (dt > 0), dt, np.inf)[:, None], 1.0))
     lo1, hi1 = q1lo[:, None] * steps, q1hi[:, None] * steps
     borrow_lo, borrow_hi = np.full(qlo.shape, np.nan), np.full(qhi.shape, np.nan)
