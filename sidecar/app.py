@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from .autoscale import ReplicaRecommender
 from .collect.restore import Stored, keep_retired, late_restore, load_model_states, load_stored, restore_stored
 from .collect.scheduler import Scheduler
-from .config import SidecarConfig, StorageConfig, check_config, load_config
+from .config import HISTORY_MIN_SAMPLES, SidecarConfig, StorageConfig, check_config, load_config
 from .engine.core import Engine
 from .engine.history import HistoryStore
 from .engine.modelstate import TwinModelState
@@ -330,7 +330,8 @@ def engine_settings(config: SidecarConfig, *, id_namespace: str = "", history_s:
     """The engine's settings from the rules: horizons, the store's forecast cadence, the limits on twins and series,
     and the history kept per series (``history_s``, else ``limits.history``, at the rules' interval, both ends)."""
     span = config.limits.history_s if history_s is None else history_s
-    history = max(2, math.ceil(span / config.interval_s) + 1)
+    # never fewer samples than the capacity fit needs (the default 1h at an interval over 3 minutes would be)
+    history = max(HISTORY_MIN_SAMPLES, math.ceil(span / config.interval_s) + 1)
     return EngineSettings(horizons_s=config.horizons_s, id_namespace=id_namespace,
                           forecast_store_every_s=config.storage.forecast_interval_s,
                           max_twins=config.limits.max_twins, max_series=config.limits.max_series,

@@ -32,6 +32,7 @@ from __future__ import annotations
 from .discovery import placeholders_in
 from .load import check_config, load_config, parse_config
 from .maxima import (
+    HISTORY_MIN_SAMPLES,
     MAX_BACKFILL_S,
     MAX_BACKFILL_STEPS,
     MAX_BODY_BYTES,
@@ -79,6 +80,7 @@ from .shard import MAX_SHARDS, SHARD_COUNT_ENV, SHARD_INDEX_ENV, shard_config
 __all__ = [
     "DEFAULT_HORIZONS_S",
     "DEFAULT_SCALE_DOWN_STABILISATION_S",
+    "HISTORY_MIN_SAMPLES",
     "MAX_BACKFILL_S",
     "MAX_BACKFILL_STEPS",
     "MAX_BODY_BYTES",

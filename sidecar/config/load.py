@@ -83,7 +83,7 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     server = read_server(r.mapping("server"))
     storage = read_storage(r.mapping("storage"), env)
     retired = read_retired(r.mapping("retired"))
-    limits = read_limits(r.mapping("limits"))
+    limits = read_limits(r.mapping("limits"), interval)
     shard = read_shard(r.mapping("shard"), env)
     if "twins" not in r.items or is_null(r.items["twins"][1]):
         raise r.error(root, "twins", "required: a list of twin rules")

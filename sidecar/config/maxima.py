@@ -25,6 +25,9 @@ MAX_LIMIT_TWINS = 10_000_000                  # limits.max_twins
 MAX_LIMIT_SERIES = 100_000_000                # limits.max_series
 MAX_RESPONSE_BYTES = 16 * 2**30               # limits.max_response_bytes
 MAX_HISTORY_S = 7 * 86400.0                   # limits.history
+#: Samples the capacity fit needs (`engine.whatif.capacity.MIN_SAMPLES`, which a test holds equal): a
+#: ``limits.history`` shorter than this many intervals would leave every what-if and replica advice untrusted.
+HISTORY_MIN_SAMPLES = 20
 MAX_BODY_BYTES = 64 * 1024 * 1024             # server.max_body_bytes
 MAX_CONCURRENCY = 1024                        # prometheus.max_concurrency
 MAX_KEEP_MAX = 100_000                        # retired.keep_max

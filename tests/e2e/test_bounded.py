@@ -12,9 +12,10 @@ from helpers.prom import PromEnv
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import engine_settings
-from sidecar.config import LimitsConfig, PrometheusConfig, parse_config
+from sidecar.config import HISTORY_MIN_SAMPLES, LimitsConfig, PrometheusConfig, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
+from sidecar.engine.whatif import MIN_SAMPLES
 from sidecar.errors import CapacityError, ConfigError
 from sidecar.exporter import install_exporter, render
 from sidecar.prometheus import DEFAULT_MAX_RESPONSE_BYTES, PrometheusClient, QueryFailed
@@ -39,7 +40,9 @@ def test_history_kept_per_series_is_the_limit_at_the_rules_interval_both_ends() 
     cfg = parse_config("interval: 30s\nlimits: {history: 2h}\n" + RULES)
     assert cfg.limits.history_s == 7200.0 and engine_settings(cfg).history_size == 241
     assert engine_settings(cfg, history_s=4 * 3600.0).history_size == 481      # the CLI: the backfill window
-    eng = Engine(engine_settings(parse_config("limits: {history: 1m}\n" + RULES)))
+    # never fewer samples than the capacity fit needs: the default 1 h at 5 minutes would be 13
+    assert engine_settings(parse_config("interval: 5m\n" + RULES)).history_size == HISTORY_MIN_SAMPLES == MIN_SAMPLES
+    eng = Engine(EngineSettings(history_size=5))
     slot = eng.series_for(eng.create_twin("a", at=T0).twin_id, ["cpu_usage"])
     for k in range(10):
         eng.ingest(slot, np.array([10.0 + k + 0.1]), at=T0 + 15.0 * k)
@@ -54,6 +57,7 @@ def test_history_kept_per_series_is_the_limit_at_the_rules_interval_both_ends() 
     ("limits: {max_response_bytes: 10}\n", "limits.max_response_bytes", "expected an integer >= 1024"),
     ("limits: {max_twin: 5}\n", "limits.max_twin", "unknown key"),
     ("limits: {history: 30d}\n", "limits.history", "at most"),
+    ("limits: {history: 1m}\n", "limits.history", "keeps 5 samples at interval 15s; the capacity fit"),
     ("storage: {path: ':memory:', forecast_interval: 2d}\n", "storage.forecast_interval", "at most"),
 ])
 def test_a_bad_limit_names_file_line_and_key(text: str, key: str, why: str) -> None:
