@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import logging
 import math
 import ssl
 import threading
@@ -51,6 +52,7 @@ from .config import PrometheusConfig
 from .errors import SourceError
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- raw JSON shapes
 
@@ -86,6 +88,10 @@ class RawResponse(TypedDict):
 
 class SourceUnavailable(SourceError):
     """Prometheus was not reached or did not answer with its API's JSON."""
+
+
+class SourceTimeout(SourceUnavailable):
+    """Prometheus did not answer within the timeout (a smaller question may still be answered in time)."""
 
 
 class QueryFailed(SourceError):
@@ -145,6 +151,8 @@ _ELEMENT = b'{"metric":'
 #: Steps per range request: Prometheus refuses more than 11,000 points per series ("exceeded maximum
 #: resolution"), so longer ranges are split into consecutive requests of at most this many steps.
 MAX_RANGE_POINTS = 10_000
+#: How many times a range part not answered in time is asked again as its halves (parts down to 1/16).
+RANGE_HALVINGS = 4
 
 _SPECIAL: Mapping[str, float] = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf, "Inf": math.inf}
 
@@ -255,19 +263,39 @@ class PrometheusClient:
         query, so a longer grid is fetched as consecutive queries of at most
         ``max_points`` steps each (no overlap, no gap), oldest first, and joined
         back into one matrix; series are matched across the parts by their
-        labels. Each part has its own timeout; any part failing fails the whole.
+        labels. Each part has its own timeout. A part not answered in time is
+        asked again as its two halves (down to single steps): how long an answer
+        takes grows with its points, which a caller can only guess, and a
+        smaller question fits the same timeout. Any other failure fails the whole.
         """
         if step <= 0 or end < start:
             raise ValueError(f"bad range: start={start} end={end} step={step}")
         if max_points < 1:
             raise ValueError(f"max_points must be at least 1, got {max_points}")
         times = start + step * np.arange(math.floor((end - start) / step + 1e-9) + 1)
-        if len(times) <= max_points:
-            return await self._range_part(promql, times, step, timeout_s)
         parts: list[tuple[int, RangeMatrix]] = []
         for first in range(0, len(times), max_points):
-            parts.append((first, await self._range_part(promql, times[first:first + max_points], step, timeout_s)))
+            parts.extend(await self._range_halving(promql, times, first, min(first + max_points, len(times)), step,
+                                                   timeout_s, RANGE_HALVINGS))
+        if len(parts) == 1:
+            return parts[0][1]
         return _join(promql, times, parts)
+
+    async def _range_halving(self, promql: str, times: np.ndarray, first: int, stop: int, step: float,
+                             timeout_s: float | None, halvings: int) -> list[tuple[int, RangeMatrix]]:
+        """The grid columns [first, stop) as one part, or as halves (up to `halvings` deep) when it times out.
+
+        The first half that still times out at the last depth fails the whole, so a source too slow for any
+        question costs at most ``halvings + 1`` timeouts, not one per step."""
+        try:
+            return [(first, await self._range_part(promql, times[first:stop], step, timeout_s))]
+        except SourceTimeout:
+            if stop - first < 2 or halvings <= 0:
+                raise
+        mid = (first + stop) // 2
+        log.debug("range part timed out; asking for its halves", extra={"query": promql, "steps": stop - first})
+        return [*await self._range_halving(promql, times, first, mid, step, timeout_s, halvings - 1),
+                *await self._range_halving(promql, times, mid, stop, step, timeout_s, halvings - 1)]
 
     async def _range_part(self, promql: str, times: np.ndarray, step: float,
                           timeout_s: float | None) -> RangeMatrix:
@@ -340,7 +368,7 @@ class PrometheusClient:
                 async with self._http.stream("POST", path, **kwargs) as resp:
                     return resp.status_code, await self._read_bounded(resp, promql)
         except (TimeoutError, httpx.TimeoutException) as exc:
-            raise SourceUnavailable(f"no answer within {timeout:g}s", query=promql, url=self.base) from exc
+            raise SourceTimeout(f"no answer within {timeout:g}s", query=promql, url=self.base) from exc
         except httpx.HTTPError as exc:
             raise SourceUnavailable(f"cannot reach Prometheus: {type(exc).__name__}: {exc}", query=promql,
                                     url=self.base) from exc

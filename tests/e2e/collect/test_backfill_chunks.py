@@ -1,10 +1,12 @@
-"""Long backfills are split into range queries Prometheus accepts; a refused one says why."""
+"""Long backfills are split into range queries Prometheus accepts and answers in time; a refused one says why."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,11 +15,12 @@ import pytest
 import respx
 from helpers.prom import PromEnv
 
+from sidecar.collect.backfill import PART_POINTS, part_steps
 from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.engine.core import Engine
 from sidecar.engine.settings import EngineSettings
-from sidecar.prometheus import MAX_RANGE_POINTS, PrometheusClient, QueryFailed
+from sidecar.prometheus import MAX_RANGE_POINTS, RANGE_HALVINGS, PrometheusClient, QueryFailed, SourceTimeout
 from sidecar.status import ServiceStatus
 
 pytestmark = pytest.mark.integration
@@ -112,3 +115,54 @@ async def test_a_refused_backfill_query_is_logged_at_warning_with_the_reason(
     assert rec["error"] == f"bad_data: {reason}"
     done = [r for r in caplog.records if r.getMessage() == "backfill done"]
     assert done and done[0].__dict__["failed"] == 1
+
+
+async def test_a_range_part_not_answered_in_time_is_asked_again_as_its_halves(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    """A request for more than 100 steps times out (injected: the real server answers too fast); the client asks
+    for halves until each fits, and the joined answer is the real server's, every step once."""
+    asked: list[int] = []
+
+    def slow_when_wide(request: httpx.Request) -> httpx.Response:
+        form = dict(httpx.QueryParams(request.content.decode()))
+        steps = round((float(form["end"]) - float(form["start"])) / float(form["step"])) + 1
+        asked.append(steps)
+        if steps > 100:
+            raise httpx.ReadTimeout("injected", request=request)
+        # forwarded with urllib (respx intercepts every httpx client): the answer is the real server's
+        body = urllib.parse.urlencode(form).encode()
+        with urllib.request.urlopen(f"{prom_env.url}/api/v1/query_range", data=body, timeout=10) as real:
+            return httpx.Response(real.status, content=real.read(), headers={"content-type": "application/json"})
+
+    end = math.floor(time.time() / 15) * 15
+    start = end - 239 * 15                                     # 240 steps: 240 -> 120 -> 60
+    with respx.mock(assert_all_called=True) as mock:
+        mock.post(f"{prom_env.url}/api/v1/query_range").mock(side_effect=slow_when_wide)
+        m = await client.query_range("time()", start, end, 15)
+    assert asked == [240, 120, 60, 60, 120, 60, 60]
+    assert m.times.size == 240 and np.array_equal(m.values[0], m.times)
+
+
+async def test_a_source_too_slow_for_any_part_fails_after_a_few_timeouts_not_one_per_step(
+        prom_env: PromEnv, client: PrometheusClient) -> None:
+    asked: list[int] = []
+
+    def always_slow(request: httpx.Request) -> httpx.Response:
+        form = dict(httpx.QueryParams(request.content.decode()))
+        asked.append(round((float(form["end"]) - float(form["start"])) / float(form["step"])) + 1)
+        raise httpx.ReadTimeout("injected", request=request)
+
+    end = math.floor(time.time() / 15) * 15
+    with respx.mock(assert_all_called=True) as mock:
+        mock.post(f"{prom_env.url}/api/v1/query_range").mock(side_effect=always_slow)
+        with pytest.raises(SourceTimeout, match="no answer within"):
+            await client.query_range("time()", end - 239 * 15, end, 15)
+    assert asked == [240, 120, 60, 30, 15]                  # RANGE_HALVINGS deep, the first half each time
+    assert len(asked) == RANGE_HALVINGS + 1
+
+
+def test_a_shared_backfill_query_asks_for_parts_sized_by_its_family() -> None:
+    assert part_steps(1) == MAX_RANGE_POINTS                 # one series: only Prometheus' own limit
+    assert part_steps(10_000) * 10_000 <= PART_POINTS < (part_steps(10_000) + 1) * 10_000
+    assert part_steps(10 * PART_POINTS) == 1                 # never less than a step a request
+    assert part_steps(0) == MAX_RANGE_POINTS
