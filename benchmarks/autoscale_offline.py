@@ -420,7 +420,7 @@ def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: flo
              f"{os.cpu_count()} shared cores, {cpu_s:.0f} s CPU)", "",
              f"`python benchmarks/autoscale_offline.py --segments {args.segments} --seed {args.seed}`: "
              f"{len(every)} segments of {args.warmup_s:g} + {args.measure_s:g} benchmark seconds (3 hours real, "
-             f"compressed {closed.COMPRESSION:g}x as the closed loop) over {len(traces)} NAB traces; the real "
+             f"compressed {closed.COMPRESSION:g}x as the closed loop) over {len(withheld)} NAB traces; the real "
              "engine, capacity fit and recommendation; an M/G/4 queue per replica; the closed loop's HPA "
              "functions as actuators. Ratios are against the HPA on the same segments.", "",
              "Left out (no trustworthy capacity fit after the warm-up, so no recommendation to size): "
@@ -440,8 +440,10 @@ def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: flo
              for f in folds)
     hr = sum(r["hpa"]["replica_minutes"] for r in rows)
     cv = (tb / hb if hb else math.inf, tr / hr)
+    final = choose(rows, qs)
     lines += ["", f"Pooled over the held-out folds: breach {tb} / {hb} HPA minutes ({cv[0]:.2f}), replica-minutes "
-                  f"{cv[1]:.2f} x the HPA's: goal {goal(*cv)}.", "",
+                  f"{cv[1]:.2f} x the HPA's: goal {goal(*cv)}. Chosen the same way on every trace: **{final}** "
+                  "(the default of `scale_quantile`).", "",
               "## Every quantile, per trace (breach vs HPA / replica-minutes vs HPA)", "",
               "| quantile | " + " | ".join(traces) + " | all |", "|---:|" + "---:|" * (len(traces) + 1)]
     for q in qs:
@@ -456,7 +458,7 @@ def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: flo
                   f"within the SLO: median {np.median(known) if known else math.nan:.2f} req/s, range "
                   f"{min(known, default=math.nan):.2f}-{max(known, default=math.nan):.2f} (the queueing model's truth "
                   f"{truth_slo_rate():.2f})."]
-    return "\n".join(lines) + "\n", {"folds": folds, "pooled_cv": cv}
+    return "\n".join(lines) + "\n", {"folds": folds, "pooled_cv": cv, "chosen_on_all": final}
 
 
 def truth_slo_rate() -> float:
@@ -477,7 +479,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-s", type=float, default=360.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default=str(HERE / "results" / "autoscale-offline.md"))
+    ap.add_argument("--report-only", metavar="JSON",
+                    help="rewrite --output from an earlier run's JSON, running nothing")
     args = ap.parse_args(argv)
+    if args.report_only:
+        saved = json.loads(Path(args.report_only).read_text())
+        args.segments, args.seed, args.quantiles = (saved["args"][k] for k in ("segments", "seed", "quantiles"))
+        args.warmup_s, args.measure_s = saved["args"]["warmup_s"], saved["args"]["measure_s"]
+        text, _ = report(saved["rows"], args, saved.get("cpu_s", math.nan))
+        Path(args.output).write_text(text)
+        return
     cpu0 = time.process_time()
     rows = []
     for ti, name in enumerate(args.traces):
@@ -485,10 +496,11 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(evaluate(name, seg, args.warmup_s, args.measure_s, args.seed * 1000 + ti * 10 + si,
                                  args.quantiles, args.window_s))
             print(f"{name} {si}: hpa {rows[-1]['hpa']} fit {rows[-1]['fit'].get('slo_rate_per_replica')}", flush=True)
-    text, summary = report(rows, args, time.process_time() - cpu0)
+    cpu_s = time.process_time() - cpu0
+    text, summary = report(rows, args, cpu_s)
     Path(args.output).write_text(text)
     Path(args.output).with_suffix(".json").write_text(json.dumps(
-        {"args": vars(args), "rows": rows, **summary}, separators=(",", ":")))
+        {"args": vars(args), "rows": rows, "cpu_s": cpu_s, **summary}, separators=(",", ":")))
     print(text)
 
 
