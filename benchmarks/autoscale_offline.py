@@ -252,7 +252,7 @@ def observe(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def twin_view(lam: np.ndarray, warm_s: float, hpa_ticks: list[tuple[int, float, float]],
-              rng: np.random.Generator) -> TwinView:
+              rng: np.random.Generator, true_capacity: bool = False) -> TwinView:
     """Feed the engine as the sidecar would be fed (``lam``: the served rate), fit one replica at the end of the
     warm-up, tabulate."""
     rate = observe(lam, rng)
@@ -284,6 +284,8 @@ def twin_view(lam: np.ndarray, warm_s: float, hpa_ticks: list[tuple[int, float, 
                 forecast_lower=ctx.forecast_lower, forecast_upper=ctx.forecast_upper, workers=closed.WORKERS)
             fitted = fit_replica(ctx)
             table, fit_info = tabulate(ctx, fitted)
+            if true_capacity and table is not None:     # the fit's error taken out: what the quantile alone does
+                table = np.clip(np.ceil(RATE_GRID / truth_slo_rate()), closed.MIN_REPLICAS, closed.MAX_REPLICAS)
         fm, fu = eng.fc_mean[int(idx[0])], eng.fc_upper[int(idx[0])]
         mean[k], upper[k] = float(fm[0]), float(fu[0])
         now[k] = float(np.median(rate[max(0, k - 4):k + 1]))
@@ -353,7 +355,7 @@ def segments(name: str, count: int, warm_s: float, measure_s: float, seed: int) 
 
 
 def evaluate(name: str, seg: closed.Segment, warm_s: float, measure_s: float, seed: int,
-             quantiles: Sequence[float], window_s: float) -> dict[str, Any]:
+             quantiles: Sequence[float], window_s: float, true_capacity: bool = False) -> dict[str, Any]:
     """The HPA and every quantile on one segment."""
     rng = np.random.default_rng(seed)
     steps = round((warm_s + measure_s) / DT)
@@ -362,7 +364,7 @@ def evaluate(name: str, seg: closed.Segment, warm_s: float, measure_s: float, se
     served = np.zeros_like(lam)
     hpa = run_lane(lam, warm_s, None, 0.0, ticks, served)
     seen = np.where(np.arange(lam.size) * DT < warm_s, served, lam)     # the twin lane runs the HPA until then
-    view = twin_view(seen, warm_s, ticks, rng)
+    view = twin_view(seen, warm_s, ticks, rng, true_capacity)
     out: dict[str, Any] = {"trace": name, "start_real_s": seg.start_real_s, "fit": view.fit, "hpa": _od(hpa),
                            "twin": {}}
     for q in quantiles:
@@ -418,7 +420,9 @@ def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: flo
                       "test_twin_breach": sum(r["twin"][q]["breach_minutes"] for r in test)})
     lines = [f"# Offline autoscaling evaluator ({datetime.now().strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{os.cpu_count()} shared cores, {cpu_s:.0f} s CPU)", "",
-             f"`python benchmarks/autoscale_offline.py --segments {args.segments} --seed {args.seed}`: "
+             f"`python benchmarks/autoscale_offline.py --segments {args.segments} --seed {args.seed}"
+             + (" --true-capacity` (sized with the queueing model's true capacity, not the fit)"
+                if getattr(args, "true_capacity", False) else "`") + ": "
              f"{len(every)} segments of {args.warmup_s:g} + {args.measure_s:g} benchmark seconds (3 hours real, "
              f"compressed {closed.COMPRESSION:g}x as the closed loop) over {len(withheld)} NAB traces; the real "
              "engine, capacity fit and recommendation; an M/G/4 queue per replica; the closed loop's HPA "
@@ -479,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-s", type=float, default=360.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default=str(HERE / "results" / "autoscale-offline.md"))
+    ap.add_argument("--true-capacity", action="store_true",
+                    help="size with the queueing model's true capacity instead of the fit (where the fit is "
+                         "trustworthy): how much of the cost is the fit's")
     ap.add_argument("--report-only", metavar="JSON",
                     help="rewrite --output from an earlier run's JSON, running nothing")
     args = ap.parse_args(argv)
@@ -486,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         saved = json.loads(Path(args.report_only).read_text())
         args.segments, args.seed, args.quantiles = (saved["args"][k] for k in ("segments", "seed", "quantiles"))
         args.warmup_s, args.measure_s = saved["args"]["warmup_s"], saved["args"]["measure_s"]
+        args.true_capacity = saved["args"].get("true_capacity", False)
         text, _ = report(saved["rows"], args, saved.get("cpu_s", math.nan))
         Path(args.output).write_text(text)
         return
@@ -494,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     for ti, name in enumerate(args.traces):
         for si, seg in enumerate(segments(name, args.segments, args.warmup_s, args.measure_s, args.seed * 100 + ti)):
             rows.append(evaluate(name, seg, args.warmup_s, args.measure_s, args.seed * 1000 + ti * 10 + si,
-                                 args.quantiles, args.window_s))
+                                 args.quantiles, args.window_s, args.true_capacity))
             print(f"{name} {si}: hpa {rows[-1]['hpa']} fit {rows[-1]['fit'].get('slo_rate_per_replica')}", flush=True)
     cpu_s = time.process_time() - cpu0
     text, summary = report(rows, args, cpu_s)
