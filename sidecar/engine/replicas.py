@@ -1,4 +1,4 @@
-"""Replica recommendations: how many replicas keep every limit at the forecast traffic's upper bound.
+"""Replica recommendations: how many replicas keep every limit at a quantile of the forecast traffic.
 
 A forecast says where traffic is heading (with a calibrated upper bound); the capacity model
 (`whatif/capacity.py`) says what one replica carries. Joined, they give the replicas a service needs
@@ -237,7 +237,7 @@ def recommend(ctx: SimulationContext, policy: ReplicaPolicy, fitted: tuple[Capac
     need = np.where(capped, policy.max_replicas, candidates[np.argmax(ok, axis=1)].astype(np.int64))
     headroom = 1.0 - lam_up / capacity
     reason = "enough history with load variation" if not capped.any() else \
-        "max_replicas is too few for the forecast upper bound at some horizon"
+        "max_replicas is too few for the forecast quantile at some horizon"
     return ReplicaAdvice(reason=reason, horizons_s=tuple(float(x) for x in horizons),
                          replicas=tuple(int(x) for x in need), rate_upper=tuple(float(x) for x in lam_up),
                          headroom=tuple(float(x) for x in headroom), capacity_rps=capacity, replicas_now=now,
