@@ -350,8 +350,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def sidecar_rules(prom_url: str, port: int, db: Path, deps: Sequence[str]) -> str:
-    """The rules file: one twin per (b) deployment, everything compressed like the traces."""
+def sidecar_rules(prom_url: str, port: int, db: Path, deps: Sequence[str], scale_quantile: float | None = None) -> str:
+    """The rules file: one twin per (b) deployment, everything compressed like the traces; ``scale_quantile``
+    None leaves the rules' default."""
     twins = []
     for dep in deps:
         sel = f'dep="{dep}"'
@@ -370,6 +371,7 @@ def sidecar_rules(prom_url: str, port: int, db: Path, deps: Sequence[str]) -> st
             "workers": WORKERS, "min_replicas": MIN_REPLICAS, "max_replicas": MAX_REPLICAS,
             "scale_down_stabilisation": f"{SCALE_DOWN_WINDOW_S:g}s",
             "horizons": [HORIZON, "30s"],
+            **({"scale_quantile": scale_quantile} if scale_quantile is not None else {}),
         })
     rules = {"prometheus": {"url": prom_url, "timeout": "2s"}, "interval": "1s", "backfill": "0s",
              "server": {"listen": f"127.0.0.1:{port}"}, "storage": {"path": str(db)}, "twins": twins}
@@ -544,7 +546,7 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
          "static_configs": [{"targets": [f"127.0.0.1:{side_port}"]}]}], scrape_interval="1s").start()
     rules = rundir / "rules.yaml"
     rules.write_text(sidecar_rules(prom.url, side_port, rundir / "sidecar.db",
-                                   [lane.dep for lane in lanes if lane.policy == "twin"]))
+                                   [lane.dep for lane in lanes if lane.policy == "twin"], args.scale_quantile))
     sidecar = spawn([str(Path(sys.executable).parent / "twin-sidecar"), "run", "--config", str(rules)],
                     rundir / "sidecar.log")
     try:
@@ -597,7 +599,8 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
     out: dict[str, Any] = {"run": run, "warmup_s": warm_s, "measure_s": measure_s,
                            "machine_busy_share": round((busy1 - busy0) / max(total1 - total0, 1.0), 3),
                            "benchmark_cpu_share": round((cpu1 - cpu0) / (warm_s + measure_s) / cores, 3),
-                           "twins": twins.get("count"), "lanes": [], "advice_at_end": advice}
+                           "twins": twins.get("count"), "lanes": [], "advice_at_end": advice,
+                           "scale_quantile": quantile_of(args)}
     for lane in lanes:
         sent, lat = np.asarray(lane.sent), np.asarray(lane.latency_ms)
         st = np.asarray([s[0] for s in lane.samples])
@@ -650,6 +653,18 @@ def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def quantile_of(args: argparse.Namespace) -> float:
+    """The forecast quantile the twin's recommendation sized for in these runs (the rules' default unless given)."""
+    from sidecar.engine.replicas import DEFAULT_QUANTILE
+    q = getattr(args, "scale_quantile", None)
+    return float(q) if q is not None else DEFAULT_QUANTILE
+
+
+def sized_for(results: Sequence[dict[str, Any]]) -> str:
+    """The quantile(s) the runs' twins sized for (runs before ``scale_quantile`` sized for the upper bound, 0.95)."""
+    return "/".join(f"{q:g}" for q in sorted({float(r.get("scale_quantile", 0.95)) for r in results}))
+
+
 def goal_met(cell: dict[str, float]) -> bool:
     return cell.get("breach_vs_hpa", math.inf) <= 0.5 and cell.get("replica_minutes_vs_hpa", math.inf) <= 1.1
 
@@ -659,7 +674,9 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"# Closed-loop autoscaling benchmark ({datetime.now().strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{os.cpu_count()} shared cores)", "",
              f"`python benchmarks/autoscale.py --runs {args.runs} --warmup-s {args.warmup_s:g} --measure-s "
-             f"{args.measure_s:g} --twin-hpa-scale-down-s {args.twin_hpa_scale_down_s:g}`; time compressed "
+             f"{args.measure_s:g} --twin-hpa-scale-down-s {args.twin_hpa_scale_down_s:g}"
+             + (f" --scale-quantile {args.scale_quantile:g}" if getattr(args, "scale_quantile", None) else "")
+             + f"`; twin sized for the forecast's {sized_for(results)} quantile; time compressed "
              f"{COMPRESSION:g}x (one benchmark second = {COMPRESSION:g} real "
              f"seconds), {WORKERS} workers per replica, service time {SERVICE_S * 1000:g} ms (log-normal, mostly "
              f"waiting), start-up {STARTUP_S * COMPRESSION:g} s, SLO p99 <= {SLO_MS:g} ms per real minute. "
@@ -719,6 +736,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--twin-hpa-scale-down-s", type=float, default=SCALE_DOWN_WINDOW_S,
                     help="scale-down stabilisation of the HPA KEDA makes for the twin policy (benchmark seconds; "
                          "the chart renders 0: the sidecar's own window already holds a fall)")
+    ap.add_argument("--scale-quantile", type=float, default=None,
+                    help="the twin rule's scale_quantile (default: the rules' default; 0.95 is the upper bound of the "
+                         "forecast's 90 %% interval, what the recommendation sized for before scale_quantile)")
     ap.add_argument("--first-run", type=int, default=0, help="index of the first run (its random segments)")
     ap.add_argument("--report-only", nargs="+", metavar="JSON",
                     help="write --output from the results of these earlier runs, running nothing")

@@ -101,7 +101,8 @@ class ReplicaRecommender:
         if state.fitted is None or now - state.fitted_at >= REFIT_ROUNDS * self.interval_s:
             state.fitted, state.fitted_at = fit_replica(ctx), now
         assert rule.max_replicas is not None
-        policy = ReplicaPolicy(rule.min_replicas, rule.max_replicas, rule.scale_down_stabilisation_s)
+        policy = ReplicaPolicy(rule.min_replicas, rule.max_replicas, rule.scale_down_stabilisation_s,
+                               quantile=rule.scale_quantile, level=self.engine.settings.level)
         return recommend(ctx, policy, state.fitted)
 
     def _signal(self, name: str, rule: TwinRule, state: _TwinState, advice: ReplicaAdvice,
@@ -120,6 +121,7 @@ class ReplicaRecommender:
         for i, entry in enumerate(body["horizons"]):
             entry["replicas_stabilised"] = out[i]
         body["scale_down_stabilisation_s"] = rule.scale_down_stabilisation_s
+        body["scale_quantile"] = rule.scale_quantile
         return ReplicaSignal(horizons=tuple(horizon_label(advice.horizons_s[i]) for i in own),
                              replicas=tuple(out[i] for i in own),
                              headroom=tuple(advice.headroom[i] for i in own),

@@ -128,15 +128,15 @@ EXPORTED_METRICS: tuple[MetricSpec, ...] = (
                "Load multiplier at which the twin breaks under the scenario, from the last simulation.",
                ("twin", "scenario")),
     MetricSpec("twin_recommended_replicas", "gauge",
-               "Replicas needed so that every limit holds at the upper bound of the request rate forecast up to the "
-               "horizon, from the fitted capacity of one replica; a fall shows only after the twin's "
+               "Replicas needed so that every limit holds at the scale_quantile of the request rate forecast up to "
+               "the horizon, from the fitted capacity of one replica; a fall shows only after the twin's "
                "scale_down_stabilisation. Only for twins with max_replicas, and absent while the capacity fit or "
                "the forecast is not trustworthy (the API's twin status says why).", ("twin", "horizon")),
     MetricSpec("twin_capacity_requests_per_second", "gauge",
                "Requests/s the twin's running replicas carry (fitted capacity of one replica x replicas); only for "
                "twins with max_replicas and a trustworthy capacity fit.", ("twin",)),
     MetricSpec("twin_headroom_ratio", "gauge",
-               "1 - (upper bound of the request rate forecast up to the horizon) / capacity: the share of capacity "
+               "1 - (scale_quantile of the request rate forecast up to the horizon) / capacity: the share of capacity "
                "left, <= 0 when the forecast load exceeds it; exported with twin_recommended_replicas.",
                ("twin", "horizon")),
     MetricSpec("twin_sync_duration_seconds", "histogram", "Seconds one sync round of all twins took.", ()),

@@ -200,10 +200,14 @@ _SCHEMAS: dict[str, Any] = {
             "replicas_now": {"type": ["integer", "null"]},
             "capacity_requests_per_second": _NUM_OR_NULL,
             "scale_down_stabilisation_s": {"type": "number"},
+            "scale_quantile": {"type": "number", "description": "The forecast quantile the replicas are sized for."},
             "horizons": {"type": "array", "items": _obj(["horizon_s", "replicas"], {
                 "horizon_s": {"type": "number"}, "replicas": {"type": ["integer", "null"]},
                 "replicas_stabilised": {"type": "integer", "description": "What /metrics exports."},
-                "request_rate_upper": _NUM_OR_NULL, "headroom_ratio": _NUM_OR_NULL,
+                "request_rate_upper": {"type": ["number", "null"],
+                                       "description": "The request rate sized for: the scale_quantile of the "
+                                                      "forecast up to the horizon, at least the rate now."},
+                "headroom_ratio": _NUM_OR_NULL,
                 "capped_at_max": {"type": "boolean"}})},
             "fit": {"type": "object", "description": "The capacity fit of one replica (the what-if's params)."},
         }, description="A twin's replica recommendation, or why there is none (README, Predictive autoscaling)."),

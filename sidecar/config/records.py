@@ -12,6 +12,7 @@ from typing import Any
 
 from ..contract import ExportOptions
 from ..engine.records import SystemType
+from ..engine.replicas import DEFAULT_QUANTILE
 from .secret import SecretFile
 
 DEFAULT_HORIZONS_S: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)
@@ -125,6 +126,7 @@ class TwinRule:
     min_replicas: int = 1
     max_replicas: int | None = None
     scale_down_stabilisation_s: float = DEFAULT_SCALE_DOWN_STABILISATION_S
+    scale_quantile: float = DEFAULT_QUANTILE    # the forecast quantile of the request rate replicas are sized for
 
     def queries(self) -> dict[str, str]:
         """Every metric the scheduler queries for this twin (``request_rate`` included)."""

@@ -1,4 +1,5 @@
-"""A twin rule's replica recommendations: ``min_replicas``, ``max_replicas``, ``scale_down_stabilisation``."""
+"""A twin rule's replica recommendations: ``min_replicas``, ``max_replicas``, ``scale_down_stabilisation``,
+``scale_quantile``."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..engine.replicas import DEFAULT_QUANTILE, QUANTILE_RANGE
 from .maxima import MAX_REPLICAS, MAX_SCALE_DOWN_STABILISATION_S
 from .reader import Reader
 from .records import DEFAULT_SCALE_DOWN_STABILISATION_S, TwinRule
 
 
 def scaling(r: Reader, *, workers: bool, request_rate: bool) -> dict[str, Any]:
-    """``min_replicas``, ``max_replicas`` and ``scale_down_stabilisation`` of a twin rule (replica recommendations)."""
+    """``min_replicas``, ``max_replicas``, ``scale_down_stabilisation`` and ``scale_quantile`` (the forecast
+    quantile of the request rate replicas are sized for) of a twin rule (replica recommendations)."""
+    optional = ("min_replicas", "scale_down_stabilisation", "scale_quantile")
     top = r.int_("max_replicas", None, maximum=MAX_REPLICAS)
     if top is None:
-        r.used.update(("min_replicas", "scale_down_stabilisation"))     # known keys, listed on a typo
-        for key in ("min_replicas", "scale_down_stabilisation"):
+        r.used.update(optional)     # known keys, listed on a typo
+        for key in optional:
             if key in r.items:
                 raise r.error(r.items[key][0], r.key(key), "only meaningful with `max_replicas` (which turns replica "
                                                            "recommendations on)")
@@ -33,7 +37,13 @@ def scaling(r: Reader, *, workers: bool, request_rate: bool) -> dict[str, Any]:
                       f"expected at most max_replicas ({top}), got {low}")
     window = r.duration("scale_down_stabilisation", DEFAULT_SCALE_DOWN_STABILISATION_S,
                         maximum=MAX_SCALE_DOWN_STABILISATION_S, allow_zero=True)
-    return {"min_replicas": low, "max_replicas": top, "scale_down_stabilisation_s": window}
+    quantile = r.number("scale_quantile", DEFAULT_QUANTILE, maximum=QUANTILE_RANGE[1])
+    if quantile < QUANTILE_RANGE[0]:
+        raise r.error(r.items["scale_quantile"][1], r.key("scale_quantile"),
+                      f"expected at least {QUANTILE_RANGE[0]:g} (the point forecast; below it replicas are sized for "
+                      f"less traffic than expected), got {quantile:g}")
+    return {"min_replicas": low, "max_replicas": top, "scale_down_stabilisation_s": window,
+            "scale_quantile": quantile}
 
 
 def drives_itself(rule: TwinRule, identities: Sequence[Mapping[str, str]]) -> Mapping[str, str] | None:

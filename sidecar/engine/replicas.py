@@ -1,4 +1,4 @@
-"""Replica recommendations: how many replicas keep every limit at the forecast traffic's upper bound.
+"""Replica recommendations: how many replicas keep every limit at a quantile of the forecast traffic.
 
 A forecast says where traffic is heading (with a calibrated upper bound); the capacity model
 (`whatif/capacity.py`) says what one replica carries. Joined, they give the replicas a service needs
@@ -10,9 +10,14 @@ A forecast says where traffic is heading (with a calibrated upper bound); the ca
    and a request never moves to another pod's queue, so each replica is its own M/M/c queue
    with c = its workers; the total capacity is replicas × that of one;
 2. the capacity fit of one replica on that history (``fit_capacity``, servers = workers);
-3. the traffic a horizon must be ready for: the highest forecast upper bound at or before it
-   (and never less than the traffic now), since a replica that is needed at 5 minutes is
-   needed for the 10-minute horizon too;
+3. the traffic a horizon must be ready for: the ``quantile`` of the forecast request rate there
+   (the point forecast at 0.5, the interval's upper bound at (1 + level) / 2, in between and
+   beyond on the normal scale of the interval's upper half-width), the highest of it at or
+   before the horizon (and never less than the traffic now), since a replica that is needed at
+   5 minutes is needed for the 10-minute horizon too. The quantile is the price of a pod
+   against the price of a missed SLO: the upper bound itself buys every burst the forecast
+   cannot tell from noise, which on spiky traffic costs far more pods than it saves minutes
+   (``benchmarks/autoscale_offline.py`` chooses the default by cross-validation over traces);
 4. the fewest replicas r in [min_replicas, max_replicas] for which the what-if's projection
    (`whatif.steady`: the current level plus the model's difference, the same maths as its
    "Add N replica(s)" advice) keeps every limit at 1/r of that traffic per replica. All
@@ -33,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -55,20 +61,42 @@ from .whatif import (
 REPLICAS_METRIC = "replicas"
 #: Samples at the end of a series that define "now" (as in the capacity fit).
 NOW_SAMPLES = 5
+#: The forecast quantile replicas are sized for by default (``scale_quantile``): the cheapest quantile that halves
+#: the reactive HPA's SLO-breach minutes over six NAB load shapes in ``benchmarks/autoscale_offline.py`` (its
+#: leave-one-trace-out folds chose 0.7 to 0.8). The upper bound (0.95) cost 1.4-1.9x the HPA's replicas there.
+DEFAULT_QUANTILE = 0.75
+#: The quantiles a policy may ask for: below the median a recommendation sizes for less than the expected traffic.
+QUANTILE_RANGE = (0.5, 0.99)
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaPolicy:
-    """A twin's scaling bounds and how long a lower recommendation must hold before it is given."""
+    """A twin's scaling bounds, how long a lower recommendation must hold before it is given, and the forecast
+    quantile it sizes for (``level`` is the engine's interval coverage, whose upper bound is the (1+level)/2
+    quantile)."""
 
     min_replicas: int = 1
     max_replicas: int = 10
     scale_down_window_s: float = 300.0
+    quantile: float = DEFAULT_QUANTILE
+    level: float = 0.9
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"replica bounds: need 1 <= min_replicas ({self.min_replicas}) <= max_replicas "
                              f"({self.max_replicas})")
+        if not QUANTILE_RANGE[0] <= self.quantile <= QUANTILE_RANGE[1]:
+            raise ValueError(f"quantile: need {QUANTILE_RANGE[0]} <= quantile <= {QUANTILE_RANGE[1]}, "
+                             f"got {self.quantile}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level: need 0 < level < 1, got {self.level}")
+
+    @property
+    def upper_share(self) -> float:
+        """How much of the interval's upper half-width the quantile adds to the point forecast (0 at the
+        median, 1 at the upper bound), on the normal scale."""
+        z = NormalDist().inv_cdf
+        return z(self.quantile) / z((1.0 + self.level) / 2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,21 +175,24 @@ def fit_replica(ctx: SimulationContext) -> tuple[CapacityFit | None, int | None,
     return fit, now, None
 
 
-def rate_upper(ctx: SimulationContext, rate_now: float) -> tuple[F64, F64] | None:
-    """Horizons (sorted) and the traffic each must be ready for: the running maximum of the forecast's upper
-    bound, never below the traffic now; None while the request rate forecast is not warm."""
+def rate_upper(ctx: SimulationContext, rate_now: float, upper_share: float = 1.0) -> tuple[F64, F64] | None:
+    """Horizons (sorted) and the traffic each must be ready for: the running maximum of the forecast quantile
+    (point forecast + ``upper_share`` × the interval's upper half-width; 1 is the upper bound), never below the
+    traffic now; None while the request rate forecast is not warm."""
     rm = ctx.request_rate_metric
     h = np.asarray(ctx.horizons_s, dtype=np.float64)
     up = np.asarray(ctx.forecast_upper.get(rm, np.empty(0)), dtype=np.float64)
-    if h.size == 0 or up.shape != h.shape:
+    mean = np.asarray(ctx.forecast_mean.get(rm, np.full(h.shape, np.nan)), dtype=np.float64)
+    if h.size == 0 or up.shape != h.shape or mean.shape != h.shape:
         return None
     order = np.argsort(h)
-    h, up = h[order], up[order]
-    warm = np.isfinite(up)
+    h, up, mean = h[order], up[order], mean[order]
+    warm = np.isfinite(up) & np.isfinite(mean)
     if not warm.any():
         return None
-    h, up = h[warm], up[warm]
-    return h, np.maximum.accumulate(np.maximum(up, rate_now))
+    h, up, mean = h[warm], up[warm], mean[warm]
+    ready = mean + upper_share * np.maximum(up - mean, 0.0)
+    return h, np.maximum.accumulate(np.maximum(ready, rate_now))
 
 
 def recommend(ctx: SimulationContext, policy: ReplicaPolicy, fitted: tuple[CapacityFit | None, int | None,
@@ -181,7 +212,7 @@ def recommend(ctx: SimulationContext, policy: ReplicaPolicy, fitted: tuple[Capac
                              capacity_rps=None, fit=params)
     rm = ctx.request_rate_metric
     total_now = _now(np.asarray(ctx.values[rm], dtype=np.float64))
-    ready = rate_upper(ctx, max(total_now, 0.0))
+    ready = rate_upper(ctx, max(total_now, 0.0), policy.upper_share)
     if ready is None:
         return ReplicaAdvice(reason=f"the {rm} forecast is not warm yet", replicas_now=now, capacity_rps=capacity,
                              fit=params)
@@ -206,7 +237,7 @@ def recommend(ctx: SimulationContext, policy: ReplicaPolicy, fitted: tuple[Capac
     need = np.where(capped, policy.max_replicas, candidates[np.argmax(ok, axis=1)].astype(np.int64))
     headroom = 1.0 - lam_up / capacity
     reason = "enough history with load variation" if not capped.any() else \
-        "max_replicas is too few for the forecast upper bound at some horizon"
+        "max_replicas is too few for the forecast quantile at some horizon"
     return ReplicaAdvice(reason=reason, horizons_s=tuple(float(x) for x in horizons),
                          replicas=tuple(int(x) for x in need), rate_upper=tuple(float(x) for x in lam_up),
                          headroom=tuple(float(x) for x in headroom), capacity_rps=capacity, replicas_now=now,

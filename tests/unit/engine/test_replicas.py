@@ -1,5 +1,6 @@
-"""Replica recommendations (sidecar/engine/replicas.py): sized from the capacity of one replica and the forecast's
-upper bound, withheld with a reason when either is not trustworthy, and stabilised against flapping."""
+"""Replica recommendations (sidecar/engine/replicas.py): sized from the capacity of one replica and a quantile of
+the forecast (its upper bound at the interval's level), withheld with a reason when either is not trustworthy,
+and stabilised against flapping."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from sidecar.engine.replicas import REPLICAS_METRIC, ReplicaAdvice, ReplicaPolicy, Stabilised, recommend, stabilise
 from sidecar.engine.whatif import SimulationContext, mean_wait_s
 
+UPPER = 0.95      # the quantile of the upper bound of a 90 % interval
 SERVICE_S = 0.1
 WORKERS = 4
 LIMIT_MS = 250.0
@@ -47,7 +49,7 @@ def _fewest(total_rate: float) -> int:
 
 
 def test_recommends_the_fewest_replicas_that_keep_the_limit_at_the_forecast_upper_bound() -> None:
-    advice = recommend(_context(forecast_upper=[150.0, 400.0]), ReplicaPolicy(1, 40))
+    advice = recommend(_context(forecast_upper=[150.0, 400.0]), ReplicaPolicy(1, 40, quantile=UPPER))
     assert advice.trustworthy, advice.reason
     assert advice.replicas is not None
     # the fit is within a few percent of the truth: the answer is the brute-force one, or one off at a boundary
@@ -59,9 +61,37 @@ def test_recommends_the_fewest_replicas_that_keep_the_limit_at_the_forecast_uppe
 
 
 def test_a_later_horizon_is_ready_for_the_peak_before_it() -> None:
-    advice = recommend(_context(forecast_upper=[400.0, 150.0]), ReplicaPolicy(1, 40))
+    advice = recommend(_context(forecast_upper=[400.0, 150.0]), ReplicaPolicy(1, 40, quantile=UPPER))
     assert advice.replicas is not None and advice.replicas[1] == advice.replicas[0]
     assert advice.rate_upper == (400.0, 400.0)
+
+
+def test_the_quantile_sizes_between_the_point_forecast_and_the_upper_bound() -> None:
+    ctx = _context(forecast_upper=[300.0, 400.0])           # point forecast 0.8 x the upper bound
+    at = {q: recommend(ctx, ReplicaPolicy(1, 40, quantile=q)) for q in (0.5, 0.8, UPPER, 0.99)}
+    assert at[0.5].rate_upper == pytest.approx((240.0, 320.0))
+    assert at[UPPER].rate_upper == pytest.approx((300.0, 400.0))
+    # 0.8 on the normal scale: z(0.8) / z(0.95) = 0.512 of the upper half-width above the point forecast
+    assert at[0.8].rate_upper == pytest.approx((240.0 + 0.5117 * 60.0, 320.0 + 0.5117 * 80.0), rel=1e-3)
+    assert at[0.99].rate_upper[1] > 400.0
+    counts = [at[q].replicas for q in (0.5, 0.8, UPPER, 0.99)]
+    assert all(c is not None for c in counts)
+    assert [c[1] for c in counts if c] == sorted(c[1] for c in counts if c)   # a higher quantile never needs fewer
+    for got, rate in zip(at[0.5].replicas or (), (240.0, 320.0), strict=True):
+        assert abs(got - _fewest(rate)) <= 1
+
+
+def test_the_point_forecast_never_sizes_below_the_traffic_now() -> None:
+    ctx = _context(forecast_upper=[1.0, 1.0])                # the forecast says the traffic goes away
+    advice = recommend(ctx, ReplicaPolicy(1, 40, quantile=0.5))
+    now = float(np.median(ctx.values["request_rate"][-5:]))
+    assert advice.rate_upper == pytest.approx((now, now))
+
+
+@pytest.mark.parametrize("quantile", [0.49, 0.995])
+def test_a_quantile_outside_the_point_forecast_to_099_is_refused(quantile: float) -> None:
+    with pytest.raises(ValueError, match="quantile"):
+        ReplicaPolicy(1, 10, quantile=quantile)
 
 
 def test_bounds_clamp_the_recommendation_and_say_when_the_maximum_is_too_few() -> None:
