@@ -249,7 +249,7 @@ def read_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray, CsvStream]:
     return np.concatenate(ts), np.concatenate(ys), stream
 
 
-def _engine(n: int, horizons_s: Sequence[float], model: str) -> tuple[Engine, np.ndarray]:
+def engine_for(n: int, horizons_s: Sequence[float], model: str) -> tuple[Engine, np.ndarray]:
     eng = Engine(EngineSettings(horizons_s=tuple(horizons_s), model=model))
     slots = np.empty(n, np.int64)
     for i in range(n):
@@ -331,12 +331,17 @@ def _streams(sources: Sequence[Source | CsvStream]) -> list[CsvStream]:
 
 
 def forecast_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO], horizons_s: Sequence[float],
-                  model: str = "auto") -> list[int]:
+                  model: str = "auto", *, sequential: bool = False) -> list[int]:
     """Write ``timestamp,horizon_seconds,predicted,lower,upper`` per file: after each row the engine takes, once
     warm, one row per horizon (skipped rows, repeated or backward timestamps add nothing, so they get no row).
-    Files (paths, streamed) or rows in memory; returns the rows written per file."""
+    Files (paths, streamed) or rows in memory; returns the rows written per file. One file alone is replayed
+    in segments side by side (:mod:`.replay_segments`) unless ``sequential``; several files side by side,
+    each as one chain."""
     streams = _streams(sources)
-    eng, slots = _engine(len(streams), horizons_s, model)
+    if len(streams) == 1 and not sequential:
+        from .replay_segments import replay_segmented
+        return [replay_segmented(streams[0], outs[0], "forecast", horizons_s, model)]
+    eng, slots = engine_for(len(streams), horizons_s, model)
     hs = [f"{h:g}" for h in eng.horizons_s.tolist()]
     writers = [csv.writer(o, lineterminator="\n") for o in outs]
     for w in writers:
@@ -355,10 +360,15 @@ def forecast_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO],
     return counts
 
 
-def detect_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO]) -> list[int]:
-    """Write ``timestamp,value,anomaly_score`` for every input row (0 where the row was skipped)."""
+def detect_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO], *,
+                sequential: bool = False) -> list[int]:
+    """Write ``timestamp,value,anomaly_score`` for every input row (0 where the row was skipped); one file
+    alone in segments unless ``sequential`` (as :func:`forecast_many`)."""
     streams = _streams(sources)
-    eng, slots = _engine(len(streams), EngineSettings().horizons_s, "auto")
+    if len(streams) == 1 and not sequential:
+        from .replay_segments import replay_segmented
+        return [replay_segmented(streams[0], outs[0], "detect", EngineSettings().horizons_s)]
+    eng, slots = engine_for(len(streams), EngineSettings().horizons_s, "auto")
     writers = [csv.writer(o, lineterminator="\n") for o in outs]
     for w in writers:
         w.writerow(["timestamp", "value", "anomaly_score"])
@@ -371,12 +381,13 @@ def detect_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO]) -
     return counts
 
 
-def write_forecast(rows: Source, out: TextIO, horizons_s: Sequence[float], model: str = "auto") -> int:
-    return forecast_many([rows], [out], horizons_s, model)[0]
+def write_forecast(rows: Source, out: TextIO, horizons_s: Sequence[float], model: str = "auto", *,
+                   sequential: bool = False) -> int:
+    return forecast_many([rows], [out], horizons_s, model, sequential=sequential)[0]
 
 
-def write_detect(rows: Source, out: TextIO) -> int:
-    return detect_many([rows], [out])[0]
+def write_detect(rows: Source, out: TextIO, *, sequential: bool = False) -> int:
+    return detect_many([rows], [out], sequential=sequential)[0]
 
 
 def parse_horizons(text: str) -> tuple[float, ...]:
