@@ -17,7 +17,7 @@ covers what the models hold: the weekly profile's week and the daily profile's s
 histograms' 2,000-sample memory, ten times over.
 
 Memory: one block (``BLOCK_SEGMENTS`` x ``SEGMENT_ROWS`` rows and the warm-up before it) held as arrays, its
-timestamps joined in pieces of ``_PIECE`` (about 50 bytes a row), whatever the file's length. The first
+timestamps joined in pieces of ``_PIECE`` (about 40 bytes a row), whatever the file's length. The first
 segment of a block writes straight to the output; the others spool to temporary files that are copied out
 in file order once the block is done.
 """
@@ -48,17 +48,16 @@ _PIECE = 1024
 
 @dataclass(slots=True)
 class Block:
-    """Rows ``start - lead .. start + len(stamps) - 1`` of a file: the warm-up (``lead`` rows) and the
-    block's own rows, whose timestamps as written are kept joined in pieces."""
+    """Rows ``start - lead .. start + rows - 1`` of a file: the warm-up (``lead`` rows) and the block's own
+    rows, whose timestamps as written are kept joined in pieces of ``_PIECE``."""
 
     start: int
     lead: int
-    line: np.ndarray
+    rows: int
     t: np.ndarray
     y: np.ndarray
     fed: np.ndarray
     pieces: list[str]
-    rows: int
 
     def stamps(self, piece: int) -> list[str]:
         return self.pieces[piece].split("\n")
@@ -85,28 +84,35 @@ class _Pieces:
 
 
 def blocks(stream: CsvStream, rows: int, warm: int) -> Iterator[Block]:
-    """The stream's rows ``rows`` at a time, each block with up to ``warm`` rows before it (read once;
-    no more than one block, its warm-up and one chunk are held)."""
-    empty = np.empty(0)
-    tail: tuple[np.ndarray, ...] = (np.empty(0, np.int64), empty, empty, np.empty(0, bool))
-    parts: list[tuple[np.ndarray, ...]] = []
+    """The stream's rows ``rows`` at a time, each block with up to ``warm`` rows before it, filled in place
+    (read once; one block, its warm-up and one chunk are held)."""
+    tail = (np.empty(0), np.empty(0), np.empty(0, bool))
     pieces = _Pieces()
     start = n = 0
+    arrays: tuple[np.ndarray, ...] = ()
 
     def cut() -> Block:
-        nonlocal tail, parts, start, n
-        line, t, y, fed = (np.concatenate([tail[k], *(p[k] for p in parts)]) for k in range(4))
-        block = Block(start, tail[0].size, line, t, y, fed, pieces.take(), n)
-        keep = min(warm, line.size)
-        tail = tuple(a[line.size - keep:].copy() for a in (line, t, y, fed))
-        parts, start, n = [], start + n, 0
+        nonlocal tail, start, n, arrays
+        lead = tail[0].size
+        t, y, fed = (a[: lead + n] for a in arrays)
+        block = Block(start, lead, n, t, y, fed, pieces.take())
+        keep = min(warm, t.size)
+        tail = (t[t.size - keep:].copy(), y[y.size - keep:].copy(), fed[fed.size - keep:].copy())
+        start, n, arrays = start + n, 0, ()
         return block
 
     for c in stream.chunks():
         lo, m = 0, c.line.size
         while lo < m:
+            if not arrays:
+                lead = tail[0].size
+                arrays = (np.empty(lead + rows), np.empty(lead + rows), np.empty(lead + rows, bool))
+                for a, old in zip(arrays, tail, strict=True):
+                    a[:lead] = old
             hi = lo + min(rows - n, m - lo)
-            parts.append((c.line[lo:hi], c.t[lo:hi], c.y[lo:hi], c.fed[lo:hi]))
+            at = tail[0].size + n
+            for a, src in zip(arrays, (c.t, c.y, c.fed), strict=True):
+                a[at: at + hi - lo] = src[lo:hi]
             pieces.extend(c.stamp[lo:hi])
             n += hi - lo
             lo = hi
