@@ -152,3 +152,24 @@ def test_the_command_replays_a_long_file_in_segments_unless_sequential(tmp_path:
     assert out.read_text() != sequential(p, "detect")
     assert main(["detect", "--input", str(p), "--output", str(out), "--sequential"]) == 0
     assert out.read_text() == sequential(p, "detect")
+
+
+def test_blocks_hold_one_block_not_the_file(tmp_path: Path) -> None:
+    """Reading in blocks keeps one block and its warm-up (about 40 bytes a row), whatever the file's length."""
+    import tracemalloc
+
+    from sidecar.replay_segments import blocks
+
+    p = write(tmp_path / "long.csv", series(120_000))
+    tracemalloc.start()
+    try:
+        seen, first = 0, []
+        for b in blocks(replay.CsvStream(p, chunk_rows=4096), 8192, 2048):
+            assert b.start == seen and b.lead == min(seen, 2048) and b.t.size == b.lead + b.rows
+            first.append(b.stamps(0)[0])
+            seen += b.rows
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == 120_000 and first[1] == str(T0 + 60 * 8192)
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
