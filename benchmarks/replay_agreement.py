@@ -102,6 +102,8 @@ def main() -> int:
     ap.add_argument("--nab", default=str(ROOT.parent / "shared" / "data" / "nab" / "data"))
     ap.add_argument("--warm", default=str(WARMUP_ROWS), help="warm-up rows of the segmented runs, comma-separated")
     ap.add_argument("--data", default="/tmp/replay-agreement", help="directory for the files and outputs")
+    ap.add_argument("--series", default="synthetic,nab",
+                    help="series replayed in this run (the others' results are read from --data, if there)")
     a = ap.parse_args()
     data = Path(a.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,11 @@ def main() -> int:
                            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "segment_rows": SEGMENT_ROWS,
                            "block_segments": BLOCK_SEGMENTS, "series": {}}
     for name, path in files.items():
+        done = data / f"{name}-result.json"
+        if name not in a.series.split(","):
+            if done.exists():
+                res["series"][name] = json.loads(done.read_text())
+            continue
         if not path.exists():
             continue
         t, y, _ = replay.read_arrays(path)
@@ -143,6 +150,7 @@ def main() -> int:
                     seg["detect"] = detect_compare(seq_text, text, SEGMENT_ROWS)
             print(name, kind, "done", flush=True)
         res["series"][name] = entry
+        done.write_text(json.dumps(entry, indent=2) + "\n")
     dest = ROOT / "benchmarks" / "results" / "replay_agreement"
     dest.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     dest.with_suffix(".md").write_text(markdown(res))

@@ -30,9 +30,9 @@ import numpy as np
 from .engine.core import Engine
 from .engine.settings import EngineSettings
 from .errors import InputError
-
-METRIC = "value"
-TWIN = "replay"
+from .replay_segments import METRIC as METRIC  # the names of a replay's series, read here by the benchmarks
+from .replay_segments import TWIN as TWIN
+from .replay_segments import engine_for, replay_segmented
 
 log = logging.getLogger(__name__)
 
@@ -249,16 +249,6 @@ def read_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray, CsvStream]:
     return np.concatenate(ts), np.concatenate(ys), stream
 
 
-def engine_for(n: int, horizons_s: Sequence[float], model: str) -> tuple[Engine, np.ndarray]:
-    eng = Engine(EngineSettings(horizons_s=tuple(horizons_s), model=model))
-    slots = np.empty(n, np.int64)
-    for i in range(n):
-        name = f"{TWIN}-{i}"
-        eng.create_twin(name, at=0.0)
-        slots[i] = eng.series_for(name, [METRIC])[0]
-    return eng, slots
-
-
 def _fmt(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else "nan"
 
@@ -339,7 +329,6 @@ def forecast_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO],
     each as one chain."""
     streams = _streams(sources)
     if len(streams) == 1 and not sequential:
-        from .replay_segments import replay_segmented
         return [replay_segmented(streams[0], outs[0], "forecast", horizons_s, model)]
     eng, slots = engine_for(len(streams), horizons_s, model)
     hs = [f"{h:g}" for h in eng.horizons_s.tolist()]
@@ -366,7 +355,6 @@ def detect_many(sources: Sequence[Source | CsvStream], outs: Sequence[TextIO], *
     alone in segments unless ``sequential`` (as :func:`forecast_many`)."""
     streams = _streams(sources)
     if len(streams) == 1 and not sequential:
-        from .replay_segments import replay_segmented
         return [replay_segmented(streams[0], outs[0], "detect", EngineSettings().horizons_s)]
     eng, slots = engine_for(len(streams), EngineSettings().horizons_s, "auto")
     writers = [csv.writer(o, lineterminator="\n") for o in outs]

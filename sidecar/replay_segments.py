@@ -29,11 +29,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from .replay import CsvStream, engine_for
+from .engine.core import Engine
+from .engine.settings import EngineSettings
+
+METRIC = "value"
+TWIN = "replay"
 
 #: Rows per segment, counted from the first data row of the file: at least the longest NAB file (22,695
 #: rows), so those replay exactly as the sequential path does.
@@ -44,6 +48,26 @@ WARMUP_ROWS = 16_384
 BLOCK_SEGMENTS = 64
 #: Timestamps kept joined in pieces of this many rows (a Python string per row would cost ~75 bytes).
 _PIECE = 1024
+
+
+class Rows(Protocol):
+    """What a segmented replay reads: ``replay.CsvStream`` (its chunks of checked rows, and the report of the
+    rows it skipped, made once they have all been read)."""
+
+    def chunks(self) -> Iterator[Any]: ...
+
+    def report(self) -> None: ...
+
+
+def engine_for(n: int, horizons_s: Sequence[float], model: str) -> tuple[Engine, np.ndarray]:
+    """An engine of ``n`` one-metric twins, and their series slots (a file, or a segment of one, each)."""
+    eng = Engine(EngineSettings(horizons_s=tuple(horizons_s), model=model))
+    slots = np.empty(n, np.int64)
+    for i in range(n):
+        name = f"{TWIN}-{i}"
+        eng.create_twin(name, at=0.0)
+        slots[i] = eng.series_for(name, [METRIC])[0]
+    return eng, slots
 
 
 @dataclass(slots=True)
@@ -83,7 +107,7 @@ class _Pieces:
         return out
 
 
-def blocks(stream: CsvStream, rows: int, warm: int) -> Iterator[Block]:
+def blocks(stream: Rows, rows: int, warm: int) -> Iterator[Block]:
     """The stream's rows ``rows`` at a time, each block with up to ``warm`` rows before it, filled in place
     (read once; one block, its warm-up and one chunk are held)."""
     tail = (np.empty(0), np.empty(0), np.empty(0, bool))
@@ -213,7 +237,7 @@ def _stamp(block: Block, cache: list[tuple[int, list[str]]], lane: int, row: int
     return cache[lane][1][off]
 
 
-def replay_segmented(stream: CsvStream, out: TextIO, kind: str, horizons_s: Sequence[float] = (),
+def replay_segmented(stream: Rows, out: TextIO, kind: str, horizons_s: Sequence[float] = (),
                      model: str = "auto", *, seg: int | None = None, warm: int | None = None,
                      lanes: int | None = None) -> int:
     """Write a ``forecast`` or ``detect`` replay of one file (its header first); returns the rows written.
