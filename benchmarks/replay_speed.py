@@ -81,8 +81,9 @@ def run(argv: list[str], code: Path, *, limit_s: float | None = None) -> dict[st
     t0 = time.perf_counter()
     # run from / : "python -c" and "-m" put the working directory first on sys.path, ahead of PYTHONPATH, and
     # a checkout as the working directory would be measured instead of ``code``
+    # a job started in the background (nohup ... &) ignores SIGINT, and so would the child: restore it
     proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd="/")
+                            cwd="/", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     peak, interrupted = 0, False
     while proc.poll() is None:
         peak = max(peak, _hwm_kib(proc.pid))
