@@ -102,6 +102,7 @@ def main() -> int:
     ap.add_argument("--nab", default=str(ROOT.parent / "shared" / "data" / "nab" / "data"))
     ap.add_argument("--warm", default=str(WARMUP_ROWS), help="warm-up rows of the segmented runs, comma-separated")
     ap.add_argument("--data", default="/tmp/replay-agreement", help="directory for the files and outputs")
+    ap.add_argument("--kinds", default="forecast,detect", help="which replays to compare")
     ap.add_argument("--series", default="synthetic,nab",
                     help="series replayed in this run (the others' results are read from --data, if there)")
     a = ap.parse_args()
@@ -127,7 +128,7 @@ def main() -> int:
         t, y, _ = replay.read_arrays(path)
         start_t = float(t[SEGMENT_ROWS]) if t.size > SEGMENT_ROWS else float("inf")
         entry: dict[str, Any] = {"rows": int(t.size), "sequential": {}, "segmented": {}}
-        for kind in ("forecast", "detect"):
+        for kind in a.kinds.split(","):
             cached = data / f"{name}-{kind}-sequential.csv"
             if cached.exists():
                 seq_text, seq_cpu = cached.read_text(), float((data / f"{cached.name}.cpu").read_text())
@@ -175,19 +176,23 @@ def markdown(r: dict[str, Any]) -> str:
             for h, m in p["forecast"].items():
                 out.append(f"| {label} | {float(h) / 60:g} min | {m['n']:,.0f} | {m['mase']:.3f} | "
                            f"{m['coverage']:.3f} |")
+        cpu = e["sequential"]
         out += ["", "| path | rows | mean abs score diff | rows diff > 0.01 | alerts seq / seg / both | first segment "
                 "identical | CPU forecast / detect |", "|---|---|---|---|---|---|---|",
-                f"| sequential | | | | | | {e['sequential']['forecast_cpu_s']:.0f} s / "
-                f"{e['sequential']['detect_cpu_s']:.0f} s |"]
+                f"| sequential | | | | | | {_s(cpu.get('forecast_cpu_s'))} / {_s(cpu.get('detect_cpu_s'))} |"]
         for w, s in e["segmented"].items():
-            d = s["detect"]
-            out.append(f"| segmented, warm-up {w} | {d['rows']:,.0f} | {d['mean_abs_diff']:.4f} | "
-                       f"{100 * d['share_over_0.01']:.2f} % | {d['alerts_sequential']:.0f} / "
-                       f"{d['alerts_segmented']:.0f} / {d['alerts_both']:.0f} | {s['identical_first_segment']} | "
-                       f"{s['forecast_cpu_s']:.0f} s / "
-                       f"{s['detect_cpu_s']:.0f} s |")
+            d = s.get("detect")
+            cells = (f"{d['rows']:,.0f} | {d['mean_abs_diff']:.4f} | {100 * d['share_over_0.01']:.2f} % | "
+                     f"{d['alerts_sequential']:.0f} / {d['alerts_segmented']:.0f} / {d['alerts_both']:.0f}"
+                     if d else "not measured | | |")
+            out.append(f"| segmented, warm-up {w} | {cells} | {s['identical_first_segment']} | "
+                       f"{_s(s.get('forecast_cpu_s'))} / {_s(s.get('detect_cpu_s'))} |")
         out.append("")
     return "\n".join(out)
+
+
+def _s(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.0f} s"
 
 
 if __name__ == "__main__":
