@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     # 3 the edges: Prometheus in, the store, /metrics, the API and the offline tools out
     "sidecar.prometheus": 3, "sidecar.collect": 3, "sidecar.store": 3, "sidecar.exporter": 3,
     "sidecar.alerts": 3, "sidecar.service": 3, "sidecar.api": 3, "sidecar.server": 3, "sidecar.replay": 3,
+    "sidecar.replay_segments": 3,
     "sidecar.backtest": 3, "sidecar.autoscale": 3,
     # 4 assembly: the service, the command line, the demo and the test helpers
     "sidecar.app": 4, "sidecar.cli": 4, "sidecar.demo": 4, "sidecar.testing": 4,
