@@ -424,7 +424,7 @@ def bank_class_at(rev: str, tmp: Path) -> type[AnomalyBank]:
     pkg = tmp / name
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
-    for mod in ("anomaly", "timeofday"):
+    for mod in ("anomaly", "timeofday", "models_base"):
         got = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:sidecar/engine/{mod}.py"], capture_output=True,
                              text=True)
         if got.returncode == 0:
