@@ -12,10 +12,7 @@ feature) and vectorised across series; memory is fixed, about 2.2 kB per series.
    would otherwise call every tiny wobble infinitely surprising.
 2. **Features**, each a non-negative surprise measured in baseline scales: the value
    itself (spikes, dips), the mean of the last ``short_samples`` samples (a shift in
-   level), the log-ratio of their spread to the baseline's (a change in variance; for a
-   count series, one that has only shown non-negative integers, the baseline's spread is
-   first moved to the window's level as a Poisson spread moves, with the square root of
-   the level, so a quiet night of few events is not a drop in variance), how
+   level), the log-ratio of their spread to the baseline's (a change in variance), how
    far the value goes beyond the most extreme values seen (a new high or low; the
    extremes relax toward the baseline over ten histogram memories, so this remembers
    weeks, not hours), and the mean of the last ``long_samples`` samples (a
@@ -76,8 +73,7 @@ _MAX_SURPRISE = 1e5
 _EXTREME_MEMORIES = 10.0
 _P_FLOOR = 1e-12
 
-_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "noncount")
-_COUNT_OFFSET = 0.375  # the Anscombe offset: sqrt(level + 3/8) tracks a Poisson spread down to a level near 0
+_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak")
 # series per block of an update: the temporaries of a block stay in cache and are reused by the allocator
 # instead of being mapped afresh every tick
 _CHUNK = 4096
@@ -123,8 +119,6 @@ class AnomalyBank:
       contextual features); off, the detector is the one before them.
     - ``weekdays``: scale each time of day's expected shape by the amplitude its weekday usually
       shows (a quiet Sunday is not a flat day); off, one shape serves every day.
-    - ``count_spread``: judge a count series' spread at its window's level (off: at the
-      baseline's level, as for any series).
 
     Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
     0.03% score 0.999 or more.
@@ -142,8 +136,7 @@ class AnomalyBank:
                  scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
                  quiet_samples: int = 400, use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
                  daily_scales: float = 3.0, glitch_scales: float = 1e4, contextual: bool = True,
-                 weekdays: bool = True, count_spread: bool = True) -> None:
-        self._count_spread = count_spread
+                 weekdays: bool = True) -> None:
         self._cap = max(int(capacity), 1)
         self._glitch = glitch_scales
         self._n = 0
@@ -280,13 +273,7 @@ class AnomalyBank:
         ae = np.abs(err)
         feats[:, 0] = ae / sig
         feats[:, 1] = np.abs(ms_new - loc) / sig * self._level_gain
-        noncount = np.maximum(f["noncount"][idx], ((x < 0.0) | (x != np.floor(x))).astype(np.float64))
-        if self._count_spread:  # a count's spread goes with the square root of its level
-            at_level = np.sqrt((np.maximum(ms_new, 0.0) + _COUNT_OFFSET) / (np.maximum(loc, 0.0) + _COUNT_OFFSET))
-            spread_sig = np.where(noncount > 0.0, sig, sig * at_level)
-        else:
-            spread_sig = sig
-        feats[:, 2] = 2.0 * np.abs(np.log((_MAD_TO_SD * vs_new + floor) / spread_sig))
+        feats[:, 2] = 2.0 * np.abs(np.log((_MAD_TO_SD * vs_new + floor) / sig))
         hi = np.where(first, x, f["env_hi"][idx])
         lo = np.where(first, x, f["env_lo"][idx])
         feats[:, 3] = np.maximum(np.maximum(x - hi, lo - x), 0.0) / sig
@@ -362,7 +349,6 @@ class AnomalyBank:
         f["ms"][idx] = ms_new
         f["ml"][idx] = ml_new
         f["vs"][idx] = vs_new
-        f["noncount"][idx] = noncount
         self._i["count"][idx] = cnt + 1
         if cells is not None and self._ctx:
             learn_ctx()
@@ -404,9 +390,7 @@ class AnomalyBank:
         self._cap = max(n, 1)
         self._n = n
         self._tod.load_state_dict(state, n, self._cap)
-        # a state saved before "noncount" existed learns it again from the next samples
-        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64) if k in state else np.zeros(n), n, self._cap)
-                   for k in _SCALARS}
+        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
         self._hist = np.zeros((self._cap, self._nf, _NB))
         self._hist[:n] = hist

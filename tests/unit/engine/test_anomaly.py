@@ -420,34 +420,10 @@ def test_a_flat_weekday_stands_out_against_what_its_weekday_usually_shows() -> N
     assert max(by_weekday[w * 168:w * 168 + 120].max() for w in range(2, 5)) < 0.99  # ordinary weekdays
 
 
-def _poisson_days(days: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """5-minute event counts from a midnight: about 0.5 an interval at night, 30 by day."""
-    t = 1.7e9 - 1.7e9 % 86400.0 + 300.0 * np.arange(days * 288)
-    h = (t % 86400.0) / 3600.0
-    rate = 0.5 + 30.0 / (1.0 + np.exp(-(h - 8.5) * 2.0)) / (1.0 + np.exp((h - 19.0) * 1.5))
-    return t, np.random.default_rng(seed).poisson(rate).astype(np.float64)[:, None]
-
-
-def test_a_count_series_quiet_nights_are_not_a_drop_in_variance() -> None:
-    t, counts = _poisson_days(12, seed=13)
-    night = ((t % 86400.0) < 5 * 3600.0) & (t >= t[0] + 3 * 86400.0)
-    at_level = _scores_at(AnomalyBank(contextual=False), t, counts)
-    plain = _scores_at(AnomalyBank(contextual=False, count_spread=False), t, counts)
-    assert (at_level[night] >= 0.99).sum() < (plain[night] >= 0.99).sum()
-
-
-def test_a_series_that_shows_a_fraction_is_not_judged_as_counts() -> None:
-    t, counts = _poisson_days(4, seed=14)
-    counts[5] += 0.5
-    at_level = _scores_at(AnomalyBank(), t, counts)
-    plain = _scores_at(AnomalyBank(count_spread=False), t, counts)
-    assert np.array_equal(at_level[6:], plain[6:])
-
-
-def test_state_saved_before_the_weekdays_and_the_count_flag_still_loads() -> None:
+def test_state_saved_before_the_weekdays_still_loads() -> None:
     a = AnomalyBank()
     a.add(2)
-    state = {k: v for k, v in a.state_dict().items() if k not in ("weekday", "noncount", "wxy", "wxx", "wn")}
+    state = {k: v for k, v in a.state_dict().items() if k not in ("weekday", "wxy", "wxx", "wn")}
     b = AnomalyBank()
     b.load_state_dict(state)
-    assert b.size == 2 and np.all(b.state_dict()["weekday"] == 0.0) and np.all(b.state_dict()["noncount"] == 0.0)
+    assert b.size == 2 and np.all(b.state_dict()["weekday"] == 0.0)
