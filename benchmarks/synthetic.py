@@ -41,8 +41,12 @@ class Base:
     days: float
     counts: bool       # Poisson / negative-binomial counts with bursts, else a continuous metric
     weekly: bool       # weekends lower
-    noise: str         # gauss | student | ar1 (continuous), poisson | negbin (counts)
+    noise: str         # gauss | student | ar1 | lognorm | hetero (continuous), poisson | negbin (counts)
     trend: float       # change of level per day, in units of the cycle's amplitude
+    cycle: str = "work"   # work (one rise and fall) | rush (two peaks, as road traffic) | square (steep edges)
+    amp: float = 40.0     # counts: the cycle's amplitude in events per sample, over a floor of amp / 13
+    bursts: str = "short"  # counts: short (2-6x for 1-3 samples) | heavy (Pareto-sized, decaying over an hour)
+    gaps: bool = False    # sampling jittered by up to half a minute, and hours missing now and then
 
 
 BASES = (
@@ -52,12 +56,24 @@ BASES = (
     Base("burst10m", "synthCounts", 600.0, 21.0, True, False, "negbin", 0.0),
     Base("clicks1h", "synthCounts", 3600.0, 63.0, True, True, "poisson", 0.0),
 )
+# kinds the held-out series are said to be of (NAB's realTweets, realAdExchange, realTraffic and its artificial
+# daily cycles), drawn from a second stream so the first suite's files stay as they were
+HELDOUT_LIKE = (
+    Base("tweets5m", "synthHeldoutLike", 300.0, 28.0, True, False, "negbin", 0.0, amp=12.0, bursts="heavy"),
+    Base("cpc1h", "synthHeldoutLike", 3600.0, 66.0, False, True, "lognorm", 0.0),
+    Base("occupancy5m", "synthHeldoutLike", 300.0, 14.0, False, True, "hetero", 0.0, cycle="rush", gaps=True),
+    Base("square5m", "synthHeldoutLike", 300.0, 14.0, False, False, "gauss", 0.0, cycle="square"),
+)
 
 
-def shape(hours: np.ndarray) -> np.ndarray:
-    """A working day's cycle in [0, 1]: low at night, a rise from 7 h to 10 h, a fall from 17 h to 21 h."""
-    rise = 1.0 / (1.0 + np.exp(-(hours - 8.5) * 2.0))
-    fall = 1.0 / (1.0 + np.exp((hours - 19.0) * 1.5))
+def shape(hours: np.ndarray, cycle: str = "work") -> np.ndarray:
+    """A day's cycle in [0, 1]. ``work``: low at night, a rise from 7 h to 10 h, a fall from 17 h to 21 h;
+    ``square``: the same with edges a few samples long; ``rush``: two peaks, at 8 h and 17 h 30."""
+    if cycle == "rush":
+        return np.maximum(np.exp(-0.5 * ((hours - 8.0) / 1.2) ** 2), np.exp(-0.5 * ((hours - 17.5) / 1.5) ** 2))
+    slope = 8.0 if cycle == "square" else 1.0
+    rise = 1.0 / (1.0 + np.exp(-(hours - 8.5) * 2.0 * slope))
+    fall = 1.0 / (1.0 + np.exp((hours - 19.0) * 1.5 * slope))
     return rise * fall
 
 
@@ -74,7 +90,7 @@ def generate(base: Base, kind: str, rng: np.random.Generator) -> tuple[np.ndarra
     while base.weekly and (day + 3) % 7 >= 5:
         day += 1
     d0 = day * per_day
-    cyc = shape(hours) * week
+    cyc = shape(hours, base.cycle) * week
     if kind == "flat_day":
         cyc[d0:d0 + per_day] = 0.0
         onset = d0 + int(7.5 * per_day / 24)
@@ -92,13 +108,17 @@ def generate(base: Base, kind: str, rng: np.random.Generator) -> tuple[np.ndarra
     trend = base.trend * (t - t[0]) / DAY
 
     if base.counts:
-        rate = 3.0 + 40.0 * (cyc + trend)
-        # irregular recurring bursts, a few a day at random times, 2-6x the rate for 1-3 samples: normal
+        rate = 3.0 * base.amp / 40.0 + base.amp * (cyc + trend)
+        # irregular recurring bursts, a few a day at random times: normal
         burst = np.ones(n)
         for b in np.flatnonzero(rng.random(n) < 3.0 / per_day):
-            burst[b:b + int(rng.integers(1, 4))] *= rng.uniform(2.0, 6.0)
+            if base.bursts == "heavy":  # Pareto-sized (most small, a few ten times the rate), fading over an hour
+                size = min(float(rng.pareto(1.5)) * 2.0, 20.0)
+                burst[b:b + 12] += size * np.exp(-np.arange(min(12, n - b)) / 3.0)
+            else:  # 2-6x the rate for 1-3 samples
+                burst[b:b + int(rng.integers(1, 4))] *= rng.uniform(2.0, 6.0)
         lam = rate * burst
-        amp_scale = 40.0
+        amp_scale = base.amp
     else:
         lam = 50.0 + 30.0 * (cyc + trend)
         amp_scale = 30.0
@@ -135,13 +155,20 @@ def generate(base: Base, kind: str, rng: np.random.Generator) -> tuple[np.ndarra
             e = rng.normal(0.0, 1.0, n)
         elif base.noise == "student":
             e = rng.standard_t(3, n) / np.sqrt(3.0)
+        elif base.noise in ("lognorm", "hetero"):
+            e = rng.normal(0.0, 1.0, n)
         else:
             e = np.empty(n)
             z = rng.normal(0.0, np.sqrt(1.0 - 0.8 ** 2), n)
             e[0] = z[0]
             for i in range(1, n):
                 e[i] = 0.8 * e[i - 1] + z[i]
-        y = lam + add + sd * mult * e
+        if base.noise == "lognorm":  # a price or a rate: errors in proportion to the value, skewed upward
+            y = (lam + add) * np.exp(2.5 * sd / amp_scale * mult * e)
+        elif base.noise == "hetero":  # an occupancy: quiet at night, noisy at the peaks, never below 0
+            y = np.maximum(lam + add + sd * mult * (0.5 + 2.0 * cyc) * e, 0.0)
+        else:
+            y = lam + add + sd * mult * e
         if kind == "spike":
             y[onset] = float(np.max(y[:onset])) + 0.6 * amp_scale
         elif kind == "dip":
@@ -149,6 +176,14 @@ def generate(base: Base, kind: str, rng: np.random.Generator) -> tuple[np.ndarra
     if stop is not None:
         y[stop[0]:stop[1]] = 0.0 if base.counts else y[stop[0] - 1]
     onsets = [] if kind == "none" else [onset]
+    if base.gaps:  # a few missing stretches of 1-6 hours a week (none at the onset), the rest jittered
+        keep = np.ones(n, dtype=bool)
+        for g in np.flatnonzero(rng.random(n) < 4.0 / (7 * per_day)):
+            keep[g:g + int(rng.integers(1, 7) * 3600.0 / base.step)] = False
+        keep[max(onset - 2, 0):onset + 3] = True
+        t = t + np.round(rng.uniform(-30.0, 30.0, n))
+        onsets = [int(np.count_nonzero(keep[:o])) for o in onsets]
+        t, y = t[keep], y[keep]
     return t, np.round(y, 4), onsets
 
 
@@ -156,29 +191,35 @@ def stamp(t: float) -> str:
     return str(np.datetime64(int(t), "s")).replace("T", " ")
 
 
-def write_suite(out: Path, seed: int = 0, copies: int = 2) -> dict[str, str]:
+def write_file(path: Path, t: np.ndarray, y: np.ndarray, onsets: list[int]) -> list[list[str]]:
+    """One series as ``timestamp,value``; returns its NAB windows (10% of its rows, centred on each onset)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("timestamp,value\n")
+        f.writelines(f"{stamp(a)},{b!r}\n" for a, b in zip(t.tolist(), y.tolist(), strict=True))
+    width = int(0.1 * len(t) / max(len(onsets), 1))
+    wins = []
+    for o in onsets:
+        lo, hi = max(o - width // 2, 0), min(o + width // 2, len(t) - 1)
+        wins.append([stamp(t[lo]) + ".000000", stamp(t[hi]) + ".000000"])
+    return wins
+
+
+def write_suite(out: Path, seed: int = 0, copies: int = 2, heldout_like: bool = True) -> dict[str, str]:
     """Write ``out/data/<category>/<base>_<kind>_<copy>.csv`` and ``out/windows.json``; returns file -> kind.
 
+    ``heldout_like`` adds the bases shaped like the held-out kinds (``HELDOUT_LIKE``, their own category).
     ``copies`` draws of every (base, kind): one draw of 50 files moves the suite's score by about ten
     points from seed to seed, too much to choose anything by."""
-    rng = np.random.default_rng(seed)
     windows: dict[str, list[list[str]]] = {}
     kinds: dict[str, str] = {}
-    for copy in range(copies):
-        for base, kind in ((b, k) for b in BASES for k in KINDS):
-            t, y, onsets = generate(base, kind, rng)
+    streams = [(BASES, np.random.default_rng(seed))]
+    if heldout_like:
+        streams.append((HELDOUT_LIKE, np.random.default_rng([seed, 1])))
+    for bases, rng in streams:
+        for copy, base, kind in ((c, b, k) for c in range(copies) for b in bases for k in KINDS):
             key = f"{base.category}/{base.name}_{kind}_{copy}.csv"
-            path = out / "data" / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w") as f:
-                f.write("timestamp,value\n")
-                f.writelines(f"{stamp(a)},{b!r}\n" for a, b in zip(t.tolist(), y.tolist(), strict=True))
-            width = int(0.1 * len(t) / max(len(onsets), 1))
-            wins = []
-            for o in onsets:
-                lo, hi = max(o - width // 2, 0), min(o + width // 2, len(t) - 1)
-                wins.append([stamp(t[lo]) + ".000000", stamp(t[hi]) + ".000000"])
-            windows[key] = wins
+            windows[key] = write_file(out / "data" / key, *generate(base, kind, rng))
             kinds[key] = kind
     (out / "windows.json").write_text(json.dumps(windows, indent=1) + "\n")
     (out / "kinds.json").write_text(json.dumps(kinds, indent=1) + "\n")

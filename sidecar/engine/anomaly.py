@@ -3,7 +3,7 @@
 The score of a sample is ``1 - p``, where ``p`` estimates how often this series has
 behaved at least this unusually: 0.999 reads "about one sample in a thousand of this
 series looks like this". All work is O(1) per sample (plus a fixed 25-bin histogram per
-feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
+feature) and vectorised across series; memory is fixed, about 2.2 kB per series.
 
 1. **Robust baseline.** A Huber-clipped exponentially weighted mean and mean absolute
    deviation over about ``baseline_samples`` samples (one outlier moves it by at most
@@ -31,7 +31,8 @@ feature) and vectorised across series; memory is fixed, about 2.1 kB per series.
    over ``daily_days`` days; the value feature is looked up with the scale raised so that the
    recurring deviation counts as ``daily_scales`` scales, i.e. as ordinary (only the lookup changes:
    the histogram still learns the plain feature). It also learns the deviation from the baseline
-   each bin usually shows (the cycle's shape) and its spread over about as many days: two
+   each bin usually shows (the cycle's shape, scaled by the amplitude its weekday usually shows)
+   and its spread over about as many days: two
    features score one sample's distance from that expectation and the mean distance over the last
    ``short_samples`` (a flat or late day is a run of small misses), calibrated like the others.
 6. **One alert per incident.** After a score reaches ``alert_level``, for
@@ -116,6 +117,8 @@ class AnomalyBank:
       the day takes to be learnt, and how many scales a deviation that recurs daily is worth.
     - ``contextual``: score the distance from each time of day's expected shape (the
       contextual features); off, the detector is the one before them.
+    - ``weekdays``: scale each time of day's expected shape by the amplitude its weekday usually
+      shows (a quiet Sunday is not a flat day); off, one shape serves every day.
 
     Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
     0.03% score 0.999 or more.
@@ -132,7 +135,8 @@ class AnomalyBank:
                  long_samples: float = 96.0, memory_samples: float = 2000.0, prior_weight: float = 20.0,
                  scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
                  quiet_samples: int = 400, use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
-                 daily_scales: float = 3.0, glitch_scales: float = 1e4, contextual: bool = True) -> None:
+                 daily_scales: float = 3.0, glitch_scales: float = 1e4, contextual: bool = True,
+                 weekdays: bool = True) -> None:
         self._cap = max(int(capacity), 1)
         self._glitch = glitch_scales
         self._n = 0
@@ -149,7 +153,7 @@ class AnomalyBank:
         self._a_env = 1.0 / (_EXTREME_MEMORIES * memory_samples)
         self._a_long = 1.0 / long_samples
         self._tod = TimeOfDay(capacity=self._cap, bins=daily_bins, days=daily_days, contextual=contextual,
-                              short_samples=short_samples, clip=clip)
+                              short_samples=short_samples, clip=clip, weekdays=weekdays)
         self._ctx = self._tod.contextual
         self._nf = 5 + 2 * self._ctx + use_forecast
         self._fc = use_forecast

@@ -14,6 +14,13 @@ across series:
   for its place in the day (a day whose cycle stays flat, skips its rise or comes hours late) is far from
   it. Brief and lasting are told apart by time: a change that persists at that hour is learnt into the
   bin over days (clipped per sample, so one bad day moves it by a few spreads).
+- **Weekdays**: the amplitude each weekday's days usually show against that shape (a least-squares factor
+  of the shape, from the clipped deviations of that weekday's samples), so a day is judged against what its
+  weekday usually shows, not against a shape averaged with shallower weekends (whose spread would hide a
+  weekday that stays flat). A day is folded into its
+  weekday's memory when it ends (over ``days`` of that weekday), so a day never excuses itself; a weekday
+  speaks once two days of it (each with a context for at least half its samples) have been seen, as a bin
+  speaks after two days; until then its factor is 1.
 
 The bin's sample rate comes from the series' own sampling interval, so an hourly series (one sample per
 bin a day) learns in days, like a 1-minute one. ``t`` only places a sample in its day; a sample without a
@@ -33,7 +40,9 @@ B = NDArray[np.bool_]
 
 DAY_S = 86400.0
 MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
-SCALARS = ("day", "tlast", "gap", "rs")
+# w*: today's sums for its weekday's amplitude, folded in when the day ends
+SCALARS = ("day", "tlast", "gap", "rs", "wxy", "wxx", "wn")
+WEEKDAY_OF_DAY_0 = 3  # 1970-01-01 was a Thursday (Monday is 0)
 
 
 class TimeOfDay:
@@ -47,7 +56,7 @@ class TimeOfDay:
     """
 
     def __init__(self, *, capacity: int, bins: int, days: float, contextual: bool, short_samples: float,
-                 clip: float) -> None:
+                 clip: float, weekdays: bool = True) -> None:
         self.bins = max(int(bins), 0)
         self.contextual = self.bins > 0 and contextual
         self._days = days
@@ -62,6 +71,8 @@ class TimeOfDay:
         self._daily = np.full((capacity, self.bins), -1.0, dtype=np.float32)
         # per bin: the expected deviation from the baseline there, its typical spread and the visits that taught it
         self._cstate = np.zeros((capacity, 3, self.bins if self.contextual else 0), dtype=np.float32)
+        # per weekday: decayed means of (deviation x shape) and (shape x shape), and the samples that taught them
+        self._wstate = np.zeros((capacity, 3, 7 if self.contextual and weekdays else 0), dtype=np.float32)
 
     def grow(self, n: int, cap: int) -> None:
         """Room for ``cap`` series, the first ``n`` kept."""
@@ -71,6 +82,9 @@ class TimeOfDay:
         cstate = np.zeros((cap, *self._cstate.shape[1:]), dtype=np.float32)
         cstate[:n] = self._cstate[:n]
         self._cstate = cstate
+        wstate = np.zeros((cap, *self._wstate.shape[1:]), dtype=np.float32)
+        wstate[:n] = self._wstate[:n]
+        self._wstate = wstate
 
     def reset(self, idx: I64) -> None:
         for v in self._f.values():
@@ -78,6 +92,7 @@ class TimeOfDay:
         self._today[idx] = -1.0
         self._daily[idx] = -1.0
         self._cstate[idx] = 0.0
+        self._wstate[idx] = 0.0
 
     def cells(self, idx: I64, t: F64, timed: B) -> I64 | None:
         """Flat indices of each sample's time-of-day bin and its two neighbours (column 1 is its own),
@@ -90,6 +105,7 @@ class TimeOfDay:
         new = np.flatnonzero((day != self._f["day"][idx]) & timed)
         if new.size:
             s = idx[new]
+            self._fold_weekday(s)
             seen, daily = self._today[s], self._daily[s]
             # falls at once (one quiet day ends the excuse), rises over ``days`` days
             rise = daily + np.float32(self._a_day) * (seen - daily)
@@ -98,6 +114,27 @@ class TimeOfDay:
             self._f["day"][s] = day[new]
         h = np.minimum((t - day * DAY_S) * (nb / DAY_S), nb - 1).astype(np.int64)
         return idx[:, None] * nb + (h[:, None] + np.arange(-1, 2)) % nb
+
+    def _fold_weekday(self, s: I64) -> None:
+        """Fold the day just ended of series ``s`` into its weekday's amplitude (a day with a context for at
+        least half of its samples), and start today's sums afresh."""
+        if self._wstate.shape[2] == 0:
+            return
+        f = self._f
+        n, gap = f["wn"][s], f["gap"][s]
+        full = np.flatnonzero((n > 0.0) & (n >= 0.5 * DAY_S / np.where(gap > 0.0, gap, DAY_S)))
+        if full.size:
+            r = s[full]
+            cell = r * 21 + (f["day"][r].astype(np.int64) + WEEKDAY_OF_DAY_0) % 7
+            flat = self._wstate.reshape(-1)
+            k = flat[cell + 14].astype(np.float64)
+            b = np.maximum(1.0 / (k + 1.0), self._a_day)
+            for j, key in ((0, "wxy"), (7, "wxx")):
+                old = flat[cell + j].astype(np.float64)
+                flat[cell + j] = old + b * (f[key][r] / n[full] - old)
+            flat[cell + 14] = k + 1.0
+        for key in ("wxy", "wxx", "wn"):
+            f[key][s] = 0.0
 
     def habit(self, cells: I64, timed: B) -> F64:
         """The deviation each sample's bin has reached on every recent day (0 when none or untimed)."""
@@ -134,25 +171,53 @@ class TimeOfDay:
 
         ready = timed & (cw_d >= 2.0 * per_bin)
         csig = np.maximum(MAD_TO_SD * cd, floor)
+        amp, learn_amp = self._weekday(idx, t, timed & ready, cm, csig)
+        expect = amp * cm
         rs = f["rs"][idx]
         # each residual in its own bin's spread: a window spans hours of different spreads (an hourly
         # series' short window is half a day), and a busy afternoon's burst must not count at night's scale
-        rs_new = np.where(ready, rs + self._a_short * ((dxs - cm) / csig - rs), 0.0)
+        rs_new = np.where(ready, rs + self._a_short * ((dxs - expect) / csig - rs), 0.0)
         f["rs"][idx] = rs_new
-        value = np.where(ready, np.abs(dx - cm) / csig, 0.0)
+        value = np.where(ready, np.abs(dx - expect) / csig, 0.0)
         level = np.where(ready, np.abs(rs_new) * self._level_gain, 0.0)
 
         def learn() -> None:
+            learn_amp(dxs)
             go = timed & (cnt >= 1)
             c = day_cell[go]
-            e = dxs[go] - cm[go]
             w = cw_d[go]
-            e = np.where(w >= per_bin[go], np.clip(e, -self._clip * csig[go], self._clip * csig[go]), e)
+            clip = np.where(w >= per_bin[go], self._clip * csig[go], np.inf)
+            # the shape learns every day's deviation; the spread, the miss of this weekday's expectation
+            e = np.clip(dxs[go] - cm[go], -clip, clip)
+            miss = np.clip(dxs[go] - expect[go], -clip, clip)
             a = np.maximum(1.0 / (w + 1.0), 1.0 / (per_bin[go] * self._days))
             flat[c] = cm[go] + a * e
-            flat[c + nb] = cd[go] + a * (np.abs(e) - cd[go])
+            flat[c + nb] = cd[go] + a * (np.abs(miss) - cd[go])
             flat[c + 2 * nb] = w + 1.0
         return value, level, ready, csig, learn
+
+    def _weekday(self, idx: I64, t: F64, ready: B, cm: F64, csig: F64) -> tuple[F64, Callable[[F64], None]]:
+        """Each sample's weekday amplitude (1 where off or not yet learnt), and the function that adds the
+        deviations then scored to today's sums (each clipped to a few of its bin's spreads around the
+        expectation, so one odd hour moves the day's amplitude little)."""
+        if self._wstate.shape[2] == 0:
+            return np.ones(idx.size), lambda dxs: None
+        wd = (np.floor(np.where(ready, t, 0.0) / DAY_S).astype(np.int64) + WEEKDAY_OF_DAY_0) % 7
+        cell = idx * 21 + wd
+        flat = self._wstate.reshape(-1)
+        sxy, sxx, k = (flat[cell + j].astype(np.float64) for j in (0, 7, 14))
+        amp = np.where((k >= 2.0) & (sxx > 0.0), sxy / np.where(sxx > 0.0, sxx, 1.0), 1.0)
+
+        def learn(dxs: F64) -> None:
+            go = np.flatnonzero(ready)
+            r = idx[go]
+            expect = amp[go] * cm[go]
+            got = expect + np.clip(dxs[go] - expect, -self._clip * csig[go], self._clip * csig[go])
+            f = self._f
+            f["wxy"][r] += got * cm[go]
+            f["wxx"][r] += cm[go] * cm[go]
+            f["wn"][r] += 1.0
+        return amp, learn
 
     def state_dict(self, n: int, *, copy: bool = True) -> dict[str, np.ndarray]:
         """The first ``n`` series' rows: copies, or views with ``copy=False`` (a caller taking a few rows)."""
@@ -160,10 +225,12 @@ class TimeOfDay:
         out["today"] = self._today[:n]
         out["daily"] = self._daily[:n]
         out["context"] = self._cstate[:n]
+        out["weekday"] = self._wstate[:n]
         return {k: v.copy() for k, v in out.items()} if copy else out
 
     def load_state_dict(self, state: dict[str, np.ndarray], n: int, cap: int) -> None:
-        """Rows of ``n`` series; the time scalars and the context of a state saved before them start afresh."""
+        """Rows of ``n`` series; the time scalars, the context and the weekdays of a state saved before them
+        start afresh."""
         today = np.asarray(state["today"], dtype=np.float32)
         if today.shape != (n, self.bins):
             raise ValueError(f"daily state has shape {today.shape}, this bank needs {(n, self.bins)}")
@@ -177,6 +244,12 @@ class TimeOfDay:
         self._daily = _grown_rows(np.asarray(state["daily"], dtype=np.float32), n, cap)
         self._cstate = np.zeros((cap, *shape[1:]), dtype=np.float32)
         self._cstate[:n] = ctx
+        wshape = (n, *self._wstate.shape[1:])
+        week = np.asarray(state["weekday"], dtype=np.float32) if "weekday" in state else np.zeros(wshape, np.float32)
+        if week.shape != wshape:
+            raise ValueError(f"weekday state has shape {week.shape}, this bank needs {wshape}")
+        self._wstate = np.zeros((cap, *wshape[1:]), dtype=np.float32)
+        self._wstate[:n] = week
 
 
 def _grown(v: F64, n: int, cap: int) -> F64:

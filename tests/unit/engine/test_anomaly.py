@@ -394,3 +394,36 @@ def test_state_saved_before_the_context_still_loads() -> None:
     b = AnomalyBank()
     b.load_state_dict(state)
     assert b.size == 2 and np.all(b.state_dict()["context"] == 0.0)
+
+
+def _weekly_hours(weeks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hourly times from a Monday midnight and a working-day cycle 30 deep on weekdays, 12 at weekends."""
+    t0 = 1.7e9 - 1.7e9 % 86400.0
+    t0 += 86400.0 * ((7 - (int(t0 // 86400) + 3) % 7) % 7)  # 1970-01-01 was a Thursday
+    t = t0 + 3600.0 * np.arange(weeks * 168)
+    h = (t % 86400.0) / 3600.0
+    weekend = ((t // 86400.0).astype(np.int64) + 3) % 7 >= 5
+    shape = 1.0 / (1.0 + np.exp(-(h - 8.5) * 2.0)) / (1.0 + np.exp((h - 19.0) * 1.5))
+    depth = np.where(weekend, 12.0, 30.0)
+    return t, (50.0 + depth * shape + np.random.default_rng(seed).normal(0.0, 1.5, t.size))[:, None]
+
+
+def test_a_flat_weekday_stands_out_against_what_its_weekday_usually_shows() -> None:
+    # hourly, five weeks of deep weekdays and shallow weekends: one cycle for every day is too shallow for a
+    # Monday and too deep for a Sunday, and its spread has to cover both
+    t, values = _weekly_hours(6, seed=11)
+    flat_monday = slice(5 * 168, 5 * 168 + 24)
+    values[flat_monday] = 50.0 + np.random.default_rng(12).normal(0.0, 1.5, (24, 1))
+    by_weekday = _scores_at(AnomalyBank(), t, values)
+    one_shape = _scores_at(AnomalyBank(weekdays=False), t, values)
+    assert by_weekday[flat_monday].max() >= 0.99 > one_shape[flat_monday].max()
+    assert max(by_weekday[w * 168:w * 168 + 120].max() for w in range(2, 5)) < 0.99  # ordinary weekdays
+
+
+def test_state_saved_before_the_weekdays_still_loads() -> None:
+    a = AnomalyBank()
+    a.add(2)
+    state = {k: v for k, v in a.state_dict().items() if k not in ("weekday", "wxy", "wxx", "wn")}
+    b = AnomalyBank()
+    b.load_state_dict(state)
+    assert b.size == 2 and np.all(b.state_dict()["weekday"] == 0.0)
