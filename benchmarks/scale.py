@@ -261,16 +261,21 @@ def run_one(twins: int, windows: int, window_s: float, warmup_s: float) -> dict[
             "sidecar_warnings": warnings,
         }
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
         for srv in servers:
             srv.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, newest first, each given two minutes to exit before SIGKILL."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def _pid(srv: LocalPrometheus) -> int:

@@ -23,7 +23,6 @@ import json
 import math
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scale
-from scale import HORIZONS, METRICS, history_blocks, proc_mem_mb, scalar
+from scale import HORIZONS, METRICS, history_blocks, proc_mem_mb, scalar, stop_all
 
 from sidecar.demo.prometheus import LocalPrometheus, free_port, prometheus_config
 
@@ -166,13 +165,7 @@ def run_one(twins: int, settle_s: float) -> dict[str, Any]:
             "exited": side.poll(),
         }
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
         if prom is not None:
             prom.stop()
         shutil.rmtree(work, ignore_errors=True)

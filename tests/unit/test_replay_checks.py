@@ -14,21 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.csvfiles import T0, series, write
 
 from sidecar import replay
 from sidecar.cli import main
-
-T0 = 1_700_000_000
-
-
-def series(n: int, *, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [f"{T0 + 60 * i},{50 + 10 * np.sin(i / 30) + rng.normal():.4f}" for i in range(n)]
-
-
-def write(path: Path, rows: list[str]) -> Path:
-    path.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -7,28 +7,17 @@ import io
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers.csvfiles import T0, series, write
 
 from sidecar import replay
 from sidecar.cli import main
 from sidecar.engine.settings import EngineSettings
 from sidecar.replay_segments import SEGMENT_ROWS, replay_segmented
 
-T0 = 1_700_000_000
 H = (300.0, 900.0)
 #: small segments so a few hundred rows span several blocks: 4 segments a block, 60 rows each, 25 warm-up
 GEOMETRY = {"seg": 60, "warm": 25, "lanes": 4}
-
-
-def series(n: int, *, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [f"{T0 + 60 * i},{50 + 10 * np.sin(i / 30) + rng.normal():.4f}" for i in range(n)]
-
-
-def write(path: Path, rows: list[str]) -> Path:
-    path.write_text("timestamp,value\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def segmented(path: Path, kind: str, **geometry: int) -> str:

@@ -387,13 +387,17 @@ def test_a_new_level_does_not_keep_the_context_surprised() -> None:
     assert scores[11 * per_day:].max() < 0.99
 
 
-def test_state_saved_before_the_context_still_loads() -> None:
+@pytest.mark.parametrize(("added", "zeroed"), [
+    (("context", "tlast", "gap", "rs"), "context"),
+    (("weekday", "wxy", "wxx", "wn"), "weekday"),
+], ids=["context", "weekdays"])
+def test_state_saved_before_a_later_feature_still_loads(added: tuple[str, ...], zeroed: str) -> None:
     a = AnomalyBank()
     a.add(2)
-    state = {k: v for k, v in a.state_dict().items() if k not in ("context", "tlast", "gap", "rs")}
+    state = {k: v for k, v in a.state_dict().items() if k not in added}
     b = AnomalyBank()
     b.load_state_dict(state)
-    assert b.size == 2 and np.all(b.state_dict()["context"] == 0.0)
+    assert b.size == 2 and np.all(b.state_dict()[zeroed] == 0.0)
 
 
 def _weekly_hours(weeks: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -418,12 +422,3 @@ def test_a_flat_weekday_stands_out_against_what_its_weekday_usually_shows() -> N
     one_shape = _scores_at(AnomalyBank(weekdays=False), t, values)
     assert by_weekday[flat_monday].max() >= 0.99 > one_shape[flat_monday].max()
     assert max(by_weekday[w * 168:w * 168 + 120].max() for w in range(2, 5)) < 0.99  # ordinary weekdays
-
-
-def test_state_saved_before_the_weekdays_still_loads() -> None:
-    a = AnomalyBank()
-    a.add(2)
-    state = {k: v for k, v in a.state_dict().items() if k not in ("weekday", "wxy", "wxx", "wn")}
-    b = AnomalyBank()
-    b.load_state_dict(state)
-    assert b.size == 2 and np.all(b.state_dict()["weekday"] == 0.0)
