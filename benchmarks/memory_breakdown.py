@@ -80,6 +80,7 @@ def main() -> int:
     a = ap.parse_args()
     r0 = rss_mb()
     fleet = Fleet(a.twins)
+    r_made = rss_mb()
     for _ in range(a.ticks):
         fleet.tick()
     r1 = rss_mb()
@@ -95,7 +96,8 @@ def main() -> int:
           f"arrays are {total / 2**20:.0f} MB, {total / series / 1024:.1f} KB per series (the rest: per-twin and "
           "per-series Python objects, names, the view's copies, the allocator). Arrays are allocated for a capacity "
           f"that grows by {GROWTH:g}× when full: {cap:,} slots for these {series:,} series "
-          f"({1 - series / cap:.1%} unused rows in every figure).", "",
+          f"({1 - series / cap:.1%} unused rows in every figure). Right after the twins were created, before the "
+          f"first tick, RSS had grown by {(r_made - r0) * 2**20 / series / 1024:.1f} KB per series.", "",
           "| where | bytes per series | share of the arrays |", "|---|---|---|"]
     for path, b in top:
         if b / series >= 16:
