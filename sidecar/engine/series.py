@@ -9,10 +9,10 @@ The history ring is what the capacity fit, the what-if simulation, the replica a
 return read (no forecast model does: each keeps its own state). Its length is ``history_size`` samples (the
 rules' ``limits.history``, one hour by default). Its values and times are float32 offsets from a float64
 reference per series (the first value and time of each lap of the ring), so a metric far from zero (a
-timestamp, a counter) keeps the precision of its changes, not seven digits of its size, and a time keeps a
-fraction of a millisecond within an hour's lap (whole seconds exactly). The latest sample of each series
-(``last_t``, ``last_v``) stays float64, and the history's newest time is ``last_t`` itself: a retired twin's
-return matches it exactly against ``learnt_until``.
+timestamp, a counter) keeps the precision of its changes, not seven digits of its size, and a time keeps
+2^-24 of the lap's span (0.2 ms in an hour's lap, 0.06 s in a week's; whole seconds exactly). The latest
+sample of each series (``last_t``, ``last_v``) stays float64, and the history's newest time is ``last_t``
+itself: a retired twin's return matches it exactly against ``learnt_until``.
 """
 
 from __future__ import annotations
