@@ -60,8 +60,9 @@ _DT_RATE = 0.05  # forgetting of the sampling-interval estimate
 _MAX_QUEUE = 4096  # pending forecasts per horizon: the ring's head and count are int16
 #: Series updated together: a tick over more is done in blocks of this many, so the update's temporary arrays
 #: (every model's forecasts and pending scores, the bucket closes' season medians: up to 12 KB a series) stay a
-#: fixed size that the C allocator reuses, instead of growing with the fleet (memory_breakdown.py).
-_BLOCK = 2048
+#: fixed size that the C allocator reuses, instead of growing with the fleet (memory_breakdown.py). 4,096: blocks
+#: of 2,048 cost 7-10 % more CPU a tick at 40,000 series, 8,192 no less than 4,096 (engine_tick-blocks.md).
+_BLOCK = 4096
 
 
 #: Core fields with a horizon axis, and where it is after the row axis (saved rows are remapped by horizon
