@@ -266,9 +266,11 @@ def test_series_with_different_times_in_one_call() -> None:
 
 
 def test_a_batch_updated_in_blocks_gives_what_one_call_gives(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tick over more series than a block is cut into blocks (its temporaries stay a fixed size): every
-    expectation, forecast and learnt array is the same as from one call over the whole batch."""
+    """A tick over more series than a block is cut into blocks, and a bucket close's sort too (their temporaries
+    stay a fixed size): every expectation, forecast and learnt array is the same as from one call over the whole
+    batch."""
     import sidecar.engine.forecast as forecast
+    import sidecar.engine.models_bucket as models_bucket
 
     rng = np.random.default_rng(11)
     k, T = 23, 160                      # 5-minute samples: the bucket models close buckets and fill seasons
@@ -279,6 +281,7 @@ def test_a_batch_updated_in_blocks_gives_what_one_call_gives(monkeypatch: pytest
     monkeypatch.setattr(forecast, "_BLOCK", 10 ** 9)
     whole = feed(one, i1, t, y)
     monkeypatch.setattr(forecast, "_BLOCK", 5)
+    monkeypatch.setattr(models_bucket, "_SORT_BLOCK", 2)     # a bucket close's season medians, sorted in blocks
     cut = feed(blocks, i2, t, y)
     for a, b in zip(whole, cut, strict=True):
         for f in ("expected", "lower", "upper", "scale", "tail", "learned"):
