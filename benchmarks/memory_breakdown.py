@@ -3,7 +3,8 @@
 
 A real engine with N twins × 4 metrics (``export_cardinality.Fleet``) ticks ``--ticks`` times; then every
 array reachable from its state is counted once (views of another array are not counted again), grouped by
-where it lives, and divided by the series. RSS is read from /proc before the fleet exists and after the ticks.
+where it lives, and divided by the series. RSS is read from /proc before the fleet exists, after creating it and
+after the ticks; its peak (during a tick) from ``getrusage``.
 Writes ``benchmarks/results/memory_breakdown.md``.
 
     python3 benchmarks/memory_breakdown.py [--twins 2500] [--ticks 300]
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -80,9 +82,11 @@ def main() -> int:
     a = ap.parse_args()
     r0 = rss_mb()
     fleet = Fleet(a.twins)
+    r_made = rss_mb()
     for _ in range(a.ticks):
         fleet.tick()
     r1 = rss_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # the process' high-water mark, MB
     series = a.twins * 4
     sizes = arrays_by_owner(fleet.engine.state)
     cap = fleet.engine.state.bank.core.capacity
@@ -95,7 +99,10 @@ def main() -> int:
           f"arrays are {total / 2**20:.0f} MB, {total / series / 1024:.1f} KB per series (the rest: per-twin and "
           "per-series Python objects, names, the view's copies, the allocator). Arrays are allocated for a capacity "
           f"that grows by {GROWTH:g}× when full: {cap:,} slots for these {series:,} series "
-          f"({1 - series / cap:.1%} unused rows in every figure).", "",
+          f"({1 - series / cap:.1%} unused rows in every figure). Right after the twins were created, before the "
+          f"first tick, RSS had grown by {(r_made - r0) * 2**20 / series / 1024:.1f} KB per series; at its highest "
+          f"(during a tick: its temporaries), by {(peak - r0) * 2**20 / series / 1024:.1f} KB per series "
+          f"({peak - r0:.0f} MB).", "",
           "| where | bytes per series | share of the arrays |", "|---|---|---|"]
     for path, b in top:
         if b / series >= 16:

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from sidecar.engine.models_base import F64, I64, Field, Model, Now, Step
 
 _DAY = 86400.0
+_SORT_BLOCK = 1024  # rows whose seasonal medians are sorted together
 _WEEK = 7 * _DAY
 
 
@@ -207,8 +208,10 @@ class BucketModels(Model):
         med = 0.5 * (srt[:, self._wrow, self._wlo] + srt[:, self._wrow, self._whi])
         # a window reaching into never-filled entries (the ring fills from the right) has no median yet
         a["med"][i] = np.where(np.isnan(ring[:, self._wfirst]), np.nan, med)
-        # seasonal medians only change when a bucket closes: computed here for every target 1..sm_d ahead
-        a["smc"][i] = self._season_medians(ring)
+        # seasonal medians only change when a bucket closes: computed here for every target 1..sm_d ahead, a
+        # block of rows at a time (the sort's temporaries are 14 KB a series, and every series closes at once)
+        for j in range(0, i.size, _SORT_BLOCK):
+            a["smc"][i[j:j + _SORT_BLOCK]] = self._season_medians(ring[j:j + _SORT_BLOCK])
         md, wk, mw = a["md"][i], a["wk"][i], a["mw"][i]
         dk = md > 0
         if dk.any():

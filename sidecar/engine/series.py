@@ -7,10 +7,12 @@ Slots of retired twins are reused.
 
 The history ring is what the capacity fit, the what-if simulation, the replica advice and a retired twin's
 return read (no forecast model does: each keeps its own state). Its length is ``history_size`` samples (the
-rules' ``limits.history``, one hour by default). Its values are float32 offsets from a float64 reference per
-series (the first value of each lap of the ring), so a metric far from zero (a timestamp, a counter) keeps the
-precision of its changes, not seven digits of its size; the times stay float64 (exact: samples are matched
-against ``learnt_until``). The latest value of each series (``last_v``) stays float64.
+rules' ``limits.history``, one hour by default). Its values and times are float32 offsets from a float64
+reference per series (the first value and time of each lap of the ring), so a metric far from zero (a
+timestamp, a counter) keeps the precision of its changes, not seven digits of its size, and a time keeps
+2^-24 of the lap's span (0.2 ms in an hour's lap, 0.06 s in a week's; whole seconds exactly). The latest
+sample of each series (``last_t``, ``last_v``) stays float64, and the history's newest time is ``last_t``
+itself: a retired twin's return matches it exactly against ``learnt_until``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import numpy as np
 
 from .models_base import grown_capacity
 from .records import CORE_METRICS
+
+#: Less apart than this, the newest stored time is the series' last time (float32 offsets round to ~0.2 ms
+#: within an hour; samples are seconds apart).
+_SAME_S = 0.01
 
 
 def _grow(a: np.ndarray, n: int, fill: float | int | bool) -> np.ndarray:
@@ -42,7 +48,8 @@ class SeriesTable:
         self.active = np.zeros(self._cap, bool)
         self.twin_slot = np.full(self._cap, -1, np.int64)      # slot -> twin ordinal
         self.nonneg = np.zeros(self._cap, bool)                # core metrics cannot be negative
-        self.times = np.full((self._cap, history_size), np.nan)
+        self.times = np.full((self._cap, history_size), np.nan, np.float32)    # minus tref
+        self.tref = np.zeros(self._cap)
         self.values = np.full((self._cap, history_size), np.nan, np.float32)   # minus vref
         self.vref = np.zeros(self._cap)
         self.head = np.zeros(self._cap, np.int64)
@@ -65,6 +72,7 @@ class SeriesTable:
         self.twin_slot = _grow(self.twin_slot, cap, -1)
         self.nonneg = _grow(self.nonneg, cap, False)
         self.times = _grow(self.times, cap, np.nan)
+        self.tref = _grow(self.tref, cap, 0.0)
         self.values = _grow(self.values, cap, np.nan)
         self.vref = _grow(self.vref, cap, 0.0)
         self.head = _grow(self.head, cap, 0)
@@ -96,6 +104,7 @@ class SeriesTable:
 
     def _clear(self, idx: np.ndarray) -> None:
         self.times[idx] = np.nan
+        self.tref[idx] = 0.0
         self.values[idx] = np.nan
         self.vref[idx] = 0.0
         self.head[idx] = 0
@@ -128,15 +137,18 @@ class SeriesTable:
         """Add one sample per listed slot (idx unique; caller has validated t and y)."""
         pos = self.head[idx]
         y = np.asarray(y, np.float64)
-        # a new lap (or the first sample): the reference moves to this value and the lap before is re-based
+        t = np.asarray(t, np.float64)
+        # a new lap (or the first sample): the references move to this sample and the lap before is re-based
         lap = (pos == 0) & np.isfinite(y)
         if lap.any():
-            rows, ref = idx[lap], y[lap]
+            rows, ref, tref = idx[lap], y[lap], t[lap]
             full = self.count[rows] > 0           # a series' first sample has no lap before it
             if full.any():
                 self.values[rows[full]] += (self.vref[rows[full]] - ref[full])[:, None]
+                self.times[rows[full]] += (self.tref[rows[full]] - tref[full])[:, None]
             self.vref[rows] = ref
-        self.times[idx, pos] = t
+            self.tref[rows] = tref
+        self.times[idx, pos] = t - self.tref[idx]
         self.values[idx, pos] = y - self.vref[idx]
         self.head[idx] = (pos + 1) % self.history_size
         self.count[idx] = np.minimum(self.count[idx] + 1, self.history_size)
@@ -147,4 +159,8 @@ class SeriesTable:
         """(times, values) of one series, oldest first (float64 copies)."""
         n = int(self.count[slot])
         order = (int(self.head[slot]) - n + np.arange(n)) % self.history_size
-        return self.times[slot, order], self.values[slot, order] + self.vref[slot]
+        times = self.times[slot, order] + self.tref[slot]
+        last = float(self.last_t[slot])
+        if n and abs(times[-1] - last) < _SAME_S:     # the newest sample, exact (not after a restore's cut)
+            times[-1] = last
+        return times, self.values[slot, order] + self.vref[slot]

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CapacityError, InputError, UnknownTwinError
 from .diverge import DIRECTION_CODE
 from .expected import canonical_expected, check_expected_values, check_limit_value
-from .models_base import grown_capacity
+from .models_base import grown_capacity, release_freed
 from .records import DigitalTwin, EventType, StateHistoryEntry, SystemType, canonical_metric
 from .settings import DEFAULT_CUSTOM_DIRECTION, DEFAULT_DIRECTIONS, DOMAINS
 from .state import EngineState
@@ -215,10 +215,14 @@ class TwinRegistry:
         st = self.st
         cap = st.series.capacity
         st.rows.grow(cap)
-        if st.bank.size < cap:                 # keep the banks' slots aligned
+        grew = st.bank.size < cap
+        if grew:                               # keep the banks' slots aligned
             st.bank.add(cap - st.bank.size)
         if st.anomaly.size < cap:
+            grew = True
             st.anomaly.add(cap - st.anomaly.size)
+        if grew:
+            release_freed()                    # the stores just grew: their old arrays' pages go back
         if slot in st.used_slots:                        # a reused slot: forget its past
             idx = np.array([slot])
             st.bank.reset(idx)

@@ -265,6 +265,35 @@ def test_series_with_different_times_in_one_call() -> None:
     np.testing.assert_array_equal(both.forecast(idx[1:]).mean, alone.forecast(j).mean)
 
 
+def test_a_batch_updated_in_blocks_gives_what_one_call_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick over more series than a block is cut into blocks, and a bucket close's sort too (their temporaries
+    stay a fixed size): every expectation, forecast and learnt array is the same as from one call over the whole
+    batch."""
+    import sidecar.engine.forecast as forecast
+    import sidecar.engine.models_bucket as models_bucket
+
+    rng = np.random.default_rng(11)
+    k, T = 23, 160                      # 5-minute samples: the bucket models close buckets and fill seasons
+    t = np.arange(T)[:, None] * 300.0 + rng.uniform(0.0, 30.0, k)[None, :]
+    y = 50.0 + rng.normal(size=(T, k)).cumsum(axis=0) + 5.0 * np.sin(t / 3000.0)
+    one, blocks = ForecastBank(H), ForecastBank(H)
+    i1, i2 = one.add(k), blocks.add(k)
+    monkeypatch.setattr(forecast, "_BLOCK", 10 ** 9)
+    whole = feed(one, i1, t, y)
+    monkeypatch.setattr(forecast, "_BLOCK", 5)
+    monkeypatch.setattr(models_bucket, "_SORT_BLOCK", 2)     # a bucket close's season medians, sorted in blocks
+    cut = feed(blocks, i2, t, y)
+    for a, b in zip(whole, cut, strict=True):
+        for f in ("expected", "lower", "upper", "scale", "tail", "learned"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    sa, sb = one.state_dict(), blocks.state_dict()
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    with pytest.raises(InputError):     # one stale sample refuses the whole batch before any block is learnt
+        blocks.update(i2, np.where(np.arange(k) == 17, t[-1], t[-1] + 300.0), y[-1])
+    np.testing.assert_array_equal(blocks.state_dict()["core.n"], sb["core.n"])
+
+
 def test_bad_input_is_rejected() -> None:
     bank = ForecastBank(H)
     idx = bank.add(1)

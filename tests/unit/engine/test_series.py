@@ -36,3 +36,18 @@ def test_values_far_from_zero_keep_the_precision_of_their_changes_across_laps() 
     assert y.dtype == np.float64 and y.tolist() == [t0 + 15 * k + 0.25 for k in range(8, 13)]   # exact
     assert s.history(b)[1] == pytest.approx([0.1 * k for k in range(8, 13)], rel=1e-6)
     assert s.last_v[b] == 0.1 * 12                                                         # the latest, float64
+
+
+def test_times_are_float32_offsets_with_the_newest_exact_across_laps() -> None:
+    s = SeriesTable(history_size=5, capacity=1)
+    a, _ = s.add("t1", "cpu_usage", 0)
+    b, _ = s.add("t1", "custom", 0)
+    assert s.times.dtype == np.float32
+    t0 = 1_796_000_000.123456                            # a clock's time: not on any grid
+    grid = 1_796_000_010.0
+    for k in range(13):                                  # two laps and a bit: re-based at each
+        s.append(np.array([a, b]), np.array([t0 + 15.001 * k, grid + 15 * k]), np.array([1.0, 2.0]))
+    t, _ = s.history(a)
+    assert t.dtype == np.float64 and t[-1] == s.last_t[a] == t0 + 15.001 * 12          # the newest: exact
+    assert t == pytest.approx([t0 + 15.001 * k for k in range(8, 13)], abs=1e-3, rel=0)
+    assert s.history(b)[0].tolist() == [grid + 15 * k for k in range(8, 13)]            # whole seconds: exact
