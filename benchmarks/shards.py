@@ -34,6 +34,7 @@ from typing import Any
 
 import asyncpg
 import yaml
+from scale import proc_cpu_s, proc_mem_mb
 
 from sidecar.config import SHARD_COUNT_ENV, SHARD_INDEX_ENV
 from sidecar.demo.prometheus import LocalPrometheus, free_port, prometheus_config
@@ -41,7 +42,6 @@ from sidecar.demo.prometheus import LocalPrometheus, free_port, prometheus_confi
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STEP = 15.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -75,22 +75,6 @@ class Toy:
                 pass
 
         return Handler
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / CLK_TCK
-
-
-def proc_mem_mb(pid: int) -> tuple[float, float]:
-    fields: dict[str, float] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, val = line.split(":", 1)
-                fields[key] = int(val.split()[0]) / 1024
-    return fields.get("VmRSS", math.nan), fields.get("VmHWM", math.nan)
 
 
 def get(url: str, timeout: float = 120.0) -> bytes:
