@@ -371,6 +371,7 @@ class ForecastBank:
                 back, ahead = COLD_TREND_SHARE * np.abs(d), 0.5 * COLD_TREND_SHARE * np.abs(d)
                 lo = lo - np.where(d > 0, back, ahead)
                 hi = hi + np.where(d > 0, ahead, back)
+            lo, hi = self._reach_pending_run(i, mean, lo, hi)
             mean, held = self._shift_regime(i, now, mean)
             if held.any():
                 spread = np.where(held, SHIFT_Z * c["sdev"][i][:, None], 0.0)
@@ -392,6 +393,27 @@ class ForecastBank:
             slope = np.where(span > 0, (lin[:, -1] - lin[:, 0]) / np.where(span > 0, span, 1.0), 0.0)
         c["slope"][i] = np.where(np.isfinite(slope), slope, 0.0)
         return ph
+
+    def _reach_pending_run(self, i: I64, mean: F64, lo: F64, hi: F64) -> tuple[F64, F64]:
+        """Interval offsets that reach the samples of a run still pending (`regime.py`): far from what was
+        expected, too few yet to be a shift. Until the run either ends or becomes a shift, nothing says
+        whether it is a glitch or a new level, so the interval spans both; the point forecast stays with
+        the models (a cache flush's first sample must not read `100 [100-100]` beside a value of 5)."""
+        run = self.core["srun"][i]
+        if not run.any():
+            return lo, hi
+        below, above = (run < 0)[:, None], (run > 0)[:, None]
+        with np.errstate(invalid="ignore"):
+            lo = np.where(below, np.fmin(lo, self.core["srlo"][i][:, None] - mean), lo)
+            hi = np.where(above, np.fmax(hi, self.core["srhi"][i][:, None] - mean), hi)
+        return lo, hi
+
+    def pending_run(self, idx: NDArray[np.integer] | Sequence[int] | None = None) -> NDArray[np.int8]:
+        """Signed count of the latest samples far from their expectation that are not (yet) a level shift:
+        negative below, positive above, 0 for none."""
+        i = self._check_idx(idx)
+        out: NDArray[np.int8] = self.core["srun"][i].astype(np.int8)
+        return out
 
     def _shift_regime(self, i: I64, now: Now, mean: F64) -> tuple[F64, NDArray[np.bool_]]:
         """The forecasts with every horizon still in a level shift's regime set to the new level."""

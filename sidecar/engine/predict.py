@@ -103,13 +103,16 @@ FAR_BELOW = 0.5
 
 
 def hide_unsupported_eta(eta: np.ndarray, last: np.ndarray, mean: np.ndarray, horizons_s: np.ndarray,
-                         limit: np.ndarray) -> np.ndarray:
+                         limit: np.ndarray, dropping: np.ndarray | None = None) -> np.ndarray:
     """NaN where a time to limit rests on long horizons alone while the series sits far below its limit.
 
     After a sudden drop (a cache flush: memory 80 % -> 1 %) the slow horizons still carry the old level
     for a moment; a "time to limit 46 s" then is noise an on-call engineer learns to ignore. A real
     climb shows at the short horizon first: the line through the value and the shortest forecast
-    reaches the limit within the longest horizon (3 %/min from 20 % toward 95 % does at once)."""
+    reaches the limit within the longest horizon (3 %/min from 20 % toward 95 % does at once).
+    `dropping` marks series whose latest samples sit far below what the models expected (a pending
+    run, `ForecastBank.pending_run`): for the samples until the models follow, even the shortest
+    forecast still carries the old level, so far below the limit no time to limit is shown."""
     hs = np.asarray(horizons_s, float)
     j = int(np.argmin(hs))
     f1 = mean[:, j]
@@ -118,6 +121,8 @@ def hide_unsupported_eta(eta: np.ndarray, last: np.ndarray, mean: np.ndarray, ho
         rate = (f1 - last) / hs[j]
         short_eta = np.where(rate > 0, (limit - last) / rate, np.inf)
         unsupported = far & ~(short_eta <= hs.max())
+        if dropping is not None:
+            unsupported |= dropping & (last < FAR_BELOW * limit)
     out: np.ndarray = np.where(unsupported, np.nan, eta)
     return out
 

@@ -109,7 +109,7 @@ class Tick:
             r.fc_regime[idx] = fc.regime
         path = np.where(np.isfinite(fc.mean), fc.mean, y[:, None])
         eta = breach_eta(y, path, st.horizons_s, r.limit[idx])
-        eta = hide_unsupported_eta(eta, y, path, st.horizons_s, r.limit[idx])
+        eta = hide_unsupported_eta(eta, y, path, st.horizons_s, r.limit[idx], st.bank.pending_run(idx) < 0)
         if st.horizon_mask:                      # a twin with fewer horizons looks only as far as its longest
             longest = np.where(r.hshow[idx], st.horizons_s[None, :], 0.0).max(axis=1)
             with np.errstate(invalid="ignore"):

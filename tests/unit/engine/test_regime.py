@@ -187,6 +187,40 @@ def test_no_time_to_limit_while_value_and_short_forecast_sit_far_below_the_limit
     assert math.isnan(out[0]) and out[1] == 500.0
 
 
+def test_a_cache_flush_shows_no_time_to_limit_and_its_interval_reaches_the_new_value() -> None:
+    """Memory climbing to 95 % (limit 90 %) and flushed to 5 %: on the flush's first samples, before the shift is
+    declared, the models still forecast the old level; no time to limit is shown and the shortest horizon's
+    interval reaches down to the value, so neither a glitch nor a new level falls outside it."""
+    eng = Engine()
+    eng.create_twin("cache", at=T0)
+    slot = eng.series_for("cache", ["memory_usage"])
+    rng = np.random.default_rng(3)
+    for k in range(32):                                   # 8 minutes climbing 10 -> 95 %
+        eng.ingest(slot, np.array([10.0 + 85.0 * k / 31 + rng.normal(0, 0.3)]), at=T0 + 15.0 * k)
+    before = eng.status("cache")["metrics"]["memory_usage"]
+    assert before["breach_eta_seconds"] is not None      # at 95 % over a 90 % limit: a time to limit (0: now)
+    for k in range(32, 35):                               # flushed: 5 %, 7 %, 9 %
+        eng.ingest(slot, np.array([5.0 + 2.0 * (k - 32)]), at=T0 + 15.0 * k)
+        st = eng.status("cache")
+        m = st["metrics"]["memory_usage"]
+        assert m["breach_eta_seconds"] is None, (k, m)
+        short = st["state_predictions"][0]["metrics"]["memory_usage"]
+        assert short["lower"] <= m["value"] <= short["upper"], (k, m["value"], short)
+
+
+def test_a_drop_far_below_the_limit_hides_the_time_to_limit_while_the_models_catch_up() -> None:
+    from sidecar.engine.predict import hide_unsupported_eta
+
+    hs = np.array([60.0, 300.0])
+    mean = np.array([[100.0, 100.0], [100.0, 100.0], [100.0, 100.0]])
+    last = np.array([5.0, 5.0, 60.0])
+    eta = np.array([54.0, 54.0, 40.0])
+    dropping = np.array([True, False, True])
+    out = hide_unsupported_eta(eta, last, mean, hs, np.full(3, 90.0), dropping)
+    # dropping far below: hidden; not dropping: the short forecast itself is near the limit; near it: kept
+    assert math.isnan(out[0]) and out[1] == 54.0 and out[2] == 40.0
+
+
 def test_a_series_whose_shifts_keep_coming_back_needs_longer_runs_to_shift_again() -> None:
     """A 3x plateau every five minutes is a pattern: after its first shifts come back, a plateau of 4 samples no
     longer re-anchors the forecasts, while a calm series still shifts after 3."""
