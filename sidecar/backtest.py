@@ -12,6 +12,11 @@ nearest sample after t within half the median sampling interval (else it is not 
 A horizon longer than the data has nothing scored; the report says so instead of
 printing a row of unknowns.
 
+Coverage comes with its own 90 % interval (`coverage_interval`): forecasts made a sample apart share
+most of their future, so two hours scored at a 30-minute horizon hold about four independent outcomes, and
+a coverage of 0.72 or 1.00 there may be chance alone. A moving-block bootstrap with blocks one horizon
+long says how far the measured share could be from the long-run one.
+
 "Chosen" counts only real choices: the bank picks among models scored at least
 ``MIN_SCORED`` times at that horizon, and until one is, it falls back to the last
 value. Those forecasts are counted apart (``fallback``), so a short history reads as
@@ -96,6 +101,9 @@ class HorizonReport:
     mase_last: float  # mae / mae_last (< 1: better than repeating the last value)
     mase_linear: float  # mae / mae_linear
     coverage: float  # share of actuals inside [lower, upper]
+    coverage_low: float  # 90 % interval of the coverage (moving-block bootstrap, blocks one horizon long)
+    coverage_high: float
+    independent: float  # scored time over the horizon: about how many outcomes do not overlap
     mean_width: float
     mean_confidence: float  # what the forecaster claimed; compare with coverage
     # model -> share of the scored forecasts it was chosen for, among models with MIN_SCORED scores or more
@@ -140,6 +148,31 @@ def target_index(t: np.ndarray, h: float, tol: float) -> np.ndarray:
     best = np.where(use_before, jb, ja)
     dist = np.where(use_before, d_before, d_after)
     return np.where((dist == 0) | (dist < tol), best, -1)
+
+
+#: Resamples of the coverage bootstrap; fixed seed, so a report is reproducible.
+BOOTSTRAP_REPS = 2000
+_BOOTSTRAP_SEED = 20261207
+
+
+def coverage_interval(inside: np.ndarray, block: int, level: float = 0.9) -> tuple[float, float]:
+    """The `level` interval of a coverage measured on consecutive, overlapping forecasts.
+
+    A moving-block bootstrap (Künsch 1989): the hits are resampled in runs of `block` consecutive
+    forecasts (one horizon's worth), which keeps the dependence of forecasts whose futures overlap."""
+    x = np.asarray(inside, dtype=np.float64)
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    b = int(min(max(block, 1), n))
+    blocks = -(-n // b)
+    sums = np.concatenate([[0.0], np.cumsum(x)])
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    starts = rng.integers(0, n - b + 1, size=(BOOTSTRAP_REPS, blocks))
+    cover = (sums[starts + b] - sums[starts]).sum(axis=1) / (blocks * b)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(cover, [a, 1.0 - a])
+    return float(lo), float(hi)
 
 
 def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
@@ -197,13 +230,16 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
         m = int(ok.sum())
         if m == 0:
             nan = float("nan")
-            rows.append(HorizonReport(h, 0, nan, nan, nan, nan, nan, nan, nan, nan, {}, 0.0))
+            rows.append(HorizonReport(h, 0, nan, nan, nan, nan, nan, coverage=nan, coverage_low=nan,
+                                      coverage_high=nan, independent=0.0, mean_width=nan, mean_confidence=nan,
+                                      chosen={}, fallback=0.0))
             continue
         actual = y_arr[tj[ok]]
         mae = float(np.mean(np.abs(actual - mean[ok, j])))
         mae_last = float(np.mean(np.abs(actual - y_arr[ok])))
         mae_lin = float(np.mean(np.abs(actual - linear[ok, j])))
         inside = (actual >= lo[ok, j]) & (actual <= hi[ok, j])
+        cov_lo, cov_hi = coverage_interval(inside, round(h / med_dt) if med_dt > 0 else 1)
         real = ~fell_back[ok, j]
         counts = np.bincount(chosen[ok, j][real], minlength=len(bank.model_names))
         share = {bank.model_names[k]: float(c) / m for k, c in enumerate(counts) if c}
@@ -211,7 +247,8 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
             horizon_s=h, scored=m, mae=mae, mae_last=mae_last, mae_linear=mae_lin,
             mase_last=mae / mae_last if mae_last > 0 else float("nan"),
             mase_linear=mae / mae_lin if mae_lin > 0 else float("nan"),
-            coverage=float(inside.mean()), mean_width=float(np.mean(hi[ok, j] - lo[ok, j])),
+            coverage=float(inside.mean()), coverage_low=cov_lo, coverage_high=cov_hi,
+            independent=m * med_dt / h, mean_width=float(np.mean(hi[ok, j] - lo[ok, j])),
             mean_confidence=float(np.mean(conf[ok, j])),
             chosen=dict(sorted(share.items(), key=lambda kv: -kv[1])), fallback=float(1.0 - real.mean()),
         ))
@@ -230,12 +267,18 @@ def format_report(rep: BacktestReport) -> str:
            f"{rep.level:.0%} intervals"]
     if scored:
         out.append(f"{'horizon':>8} {'scored':>7} {'MAE':>11} {'MASE/last':>9} {'MASE/linear':>11} "
-                   f"{'coverage':>8} {'width':>11} {'confidence':>10}")
+                   f"{'coverage':>8} {'its 90% interval':>16} {'width':>11} {'confidence':>10}")
     for h in scored:
+        band = f"{h.coverage_low:.2f}-{h.coverage_high:.2f}" if math.isfinite(h.coverage_low) else "—"
         out.append(f"{format_duration(h.horizon_s):>8} {h.scored:>7} {_num(h.mae, 11, '.4g')} "
                    f"{_num(h.mase_last, 9, '.3f')} "
-                   f"{_num(h.mase_linear, 11, '.3f')} {_num(h.coverage, 8, '.3f')} {_num(h.mean_width, 11, '.4g')} "
-                   f"{_num(h.mean_confidence, 10, '.3f')}")
+                   f"{_num(h.mase_linear, 11, '.3f')} {_num(h.coverage, 8, '.3f')} {band:>16} "
+                   f"{_num(h.mean_width, 11, '.4g')} {_num(h.mean_confidence, 10, '.3f')}")
+    few = [h for h in scored if h.independent < 10]
+    if few:
+        out.append("coverage rests on few independent outcomes at " + ", ".join(
+            f"{format_duration(h.horizon_s)} (~{h.independent:.0f})" for h in few)
+            + ": its interval says how far it may be from the long-run share")
     if unscored:
         out.append("not scored: too little data for " + ", ".join(format_duration(h.horizon_s) for h in unscored)
                    + " (no forecast's target time falls inside the data)")

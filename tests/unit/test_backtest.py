@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidecar.backtest import MIN_SCORED, format_report, parse_time_option, run_backtest
+from sidecar.backtest import MIN_SCORED, coverage_interval, format_report, parse_time_option, run_backtest
 from sidecar.cli import main
 from sidecar.errors import InputError
 
@@ -37,6 +37,34 @@ def test_noisy_level_beats_last_value_and_reports_everything() -> None:
     text = format_report(rep)
     assert "MASE/last" in text and "1h" in text
     assert rep.to_dict()["samples"] == n
+
+
+def test_coverage_interval_is_wide_when_hits_come_in_runs_of_a_horizon_and_narrow_when_independent() -> None:
+    """Four runs of misses among 400 forecasts: as independent outcomes the share is known to a few hundredths,
+    in blocks of 100 (a horizon's worth of overlapping forecasts) it could be far from the long-run one."""
+    rng = np.random.default_rng(1)
+    iid = (rng.random(400) < 0.9).astype(float)
+    lo, hi = coverage_interval(iid, 1)
+    assert lo < iid.mean() < hi and hi - lo < 0.08
+    runs = np.ones(400)
+    for start in (50, 250):
+        runs[start:start + 20] = 0.0                       # 10 % missed, in two long runs
+    lo_r, hi_r = coverage_interval(runs, 100)
+    assert lo_r <= 0.85 and hi_r >= 0.95 and lo_r < 0.9 < hi_r
+    assert coverage_interval(runs, 100) == (lo_r, hi_r)    # reproducible
+    assert all(np.isnan(coverage_interval(np.zeros(0), 5)))
+
+
+def test_the_report_says_when_coverage_rests_on_few_independent_outcomes() -> None:
+    rng = np.random.default_rng(2)
+    t = 1.4e9 + np.arange(600) * 15.0                      # 2.5 hours at 15 s
+    y = 50.0 + rng.normal(size=600)
+    rep = run_backtest(t, y, horizons_s=(60.0, 3600.0))
+    h1, h60 = rep.horizons
+    assert h1.independent > 100 and h60.independent < 2
+    assert h60.coverage_low <= h60.coverage <= h60.coverage_high
+    text = format_report(rep)
+    assert "its 90% interval" in text and "few independent outcomes at 1h" in text
 
 
 def test_forced_last_scores_exactly_one() -> None:

@@ -37,7 +37,8 @@ def test_alert_rules_and_the_backtest_report_write_durations_as_the_rules_do() -
     (group,) = render_rules(cfg)["groups"]
     assert {r["for"] for r in group["rules"]} <= {"1m", "2m", "5m", "6m"}
     report = HorizonReport(horizon_s=86400.0, scored=0, mae=0, mae_last=0, mae_linear=0, mase_last=0, mase_linear=0,
-                           coverage=0, mean_width=0, mean_confidence=0)
+                           coverage=0, coverage_low=0, coverage_high=0, independent=0, mean_width=0,
+                           mean_confidence=0)
     text = format_report(BacktestReport(samples=1, dropped=0, median_interval_s=15.0, level=0.9,
                                         horizons=[report]))
     assert "too little data for 1d" in text
