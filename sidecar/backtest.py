@@ -13,9 +13,8 @@ A horizon longer than the data has nothing scored; the report says so instead of
 printing a row of unknowns.
 
 Coverage comes with its own 90 % interval (`coverage_interval`): forecasts made a sample apart share
-most of their future, so two hours scored at a 30-minute horizon hold about four independent outcomes, and
-a coverage of 0.72 or 1.00 there may be chance alone. A moving-block bootstrap with blocks one horizon
-long says how far the measured share could be from the long-run one.
+most of their future, so two hours scored at a 30-minute horizon hold only about eight independent
+outcomes, and a coverage of 0.72 or 1.00 there may be chance alone.
 
 "Chosen" counts only real choices: the bank picks among models scored at least
 ``MIN_SCORED`` times at that horizon, and until one is, it falls back to the last
@@ -31,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.stats import beta
 
 from sidecar.engine.forecast import MIN_SCORED, ForecastBank, model_names
 from sidecar.errors import InputError
@@ -150,29 +150,29 @@ def target_index(t: np.ndarray, h: float, tol: float) -> np.ndarray:
     return np.where((dist == 0) | (dist < tol), best, -1)
 
 
-#: Resamples of the coverage bootstrap; fixed seed, so a report is reproducible.
-BOOTSTRAP_REPS = 2000
-_BOOTSTRAP_SEED = 20261207
+#: Independent outcomes per horizon of scored time: forecasts a horizon apart share no future, and two
+#: within a horizon share part of it (calibrated on series whose true intervals are known, below).
+OUTCOMES_PER_HORIZON = 2.0
 
 
-def coverage_interval(inside: np.ndarray, block: int, level: float = 0.9) -> tuple[float, float]:
-    """The `level` interval of a coverage measured on consecutive, overlapping forecasts.
+def coverage_interval(coverage: float, scored: int, span_s: float, horizon_s: float,
+                      level: float = 0.9) -> tuple[float, float]:
+    """The `level` interval of a coverage measured on `scored` consecutive, overlapping forecasts.
 
-    A moving-block bootstrap (Künsch 1989): the hits are resampled in runs of `block` consecutive
-    forecasts (one horizon's worth), which keeps the dependence of forecasts whose futures overlap."""
-    x = np.asarray(inside, dtype=np.float64)
-    n = x.size
-    if n == 0:
+    Forecasts made a sample apart share most of their future, so the hits count as about
+    `OUTCOMES_PER_HORIZON` x span / horizon independent outcomes (never more than were scored), and the
+    interval is Jeffreys' for a binomial share of that many. On synthetic series with known 90 % intervals
+    (random walk, AR(1), white noise; two-hour windows at 15 s, `benchmarks/young_calibration.py`) it holds
+    the true 0.9 in 90-100 % of the windows at 5-60 minutes; a moving-block bootstrap held it in 1-76 %,
+    since two hours hold too few blocks of an hour to resample."""
+    if scored <= 0 or not math.isfinite(coverage) or horizon_s <= 0:
         return float("nan"), float("nan")
-    b = int(min(max(block, 1), n))
-    blocks = -(-n // b)
-    sums = np.concatenate([[0.0], np.cumsum(x)])
-    rng = np.random.default_rng(_BOOTSTRAP_SEED)
-    starts = rng.integers(0, n - b + 1, size=(BOOTSTRAP_REPS, blocks))
-    cover = (sums[starts + b] - sums[starts]).sum(axis=1) / (blocks * b)
+    n = min(float(scored), max(OUTCOMES_PER_HORIZON * span_s / horizon_s, 1.0))
+    k = coverage * n
     a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(cover, [a, 1.0 - a])
-    return float(lo), float(hi)
+    lo = float(beta.ppf(a, k + 0.5, n - k + 0.5)) if k > 0 else 0.0
+    hi = float(beta.ppf(1.0 - a, k + 0.5, n - k + 0.5)) if k < n else 1.0
+    return lo, hi
 
 
 def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
@@ -239,7 +239,7 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
         mae_last = float(np.mean(np.abs(actual - y_arr[ok])))
         mae_lin = float(np.mean(np.abs(actual - linear[ok, j])))
         inside = (actual >= lo[ok, j]) & (actual <= hi[ok, j])
-        cov_lo, cov_hi = coverage_interval(inside, round(h / med_dt) if med_dt > 0 else 1)
+        cov_lo, cov_hi = coverage_interval(float(inside.mean()), m, m * med_dt, h)
         real = ~fell_back[ok, j]
         counts = np.bincount(chosen[ok, j][real], minlength=len(bank.model_names))
         share = {bank.model_names[k]: float(c) / m for k, c in enumerate(counts) if c}
@@ -248,7 +248,8 @@ def run_backtest(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
             mase_last=mae / mae_last if mae_last > 0 else float("nan"),
             mase_linear=mae / mae_lin if mae_lin > 0 else float("nan"),
             coverage=float(inside.mean()), coverage_low=cov_lo, coverage_high=cov_hi,
-            independent=m * med_dt / h, mean_width=float(np.mean(hi[ok, j] - lo[ok, j])),
+            independent=min(float(m), OUTCOMES_PER_HORIZON * m * med_dt / h),
+            mean_width=float(np.mean(hi[ok, j] - lo[ok, j])),
             mean_confidence=float(np.mean(conf[ok, j])),
             chosen=dict(sorted(share.items(), key=lambda kv: -kv[1])), fallback=float(1.0 - real.mean()),
         ))
