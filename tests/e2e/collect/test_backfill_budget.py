@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers.prom import PromEnv
 
-from sidecar.collect.backfill import budget_steps, grid_steps
+from sidecar.collect.backfill import grid_steps
 from sidecar.collect.scheduler import Scheduler
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.engine.core import Engine
@@ -128,16 +128,3 @@ async def test_a_budget_below_one_step_of_every_series_fetches_nothing(
     assert all(engine.history(t.name) == {} or all(v[0].size == 0 for v in engine.history(t.name).values())
                for t in sched.roster.family("fleet"))
     assert (fields["window_s"], fields["samples"], fields["queries"], fields["series_asked"]) == (0.0, 0, 0, 4)
-
-
-@pytest.mark.parametrize(("job_steps", "shared", "full", "budget", "kept"), [
-    ([], 40_000, 239, 1_000_000, 25),               # 10,000 twins x 4 shared metrics
-    ([], 4_000, 239, 1_000_000, 239),               # 1,000 twins: the whole hour
-    ([239, 239], 2, 239, 401, 100),
-    ([10, 239], 0, 239, 110, 100),                  # a restored twin asks only after its newest sample
-    ([10, 239], 0, 239, 20, 10),
-    ([5], 1, 239, 0, 0),
-])
-def test_the_budget_keeps_the_most_steps_that_fit(job_steps: list[int], shared: int, full: int, budget: int,
-                                                  kept: int) -> None:
-    assert budget_steps(job_steps, shared, full, budget) == kept
