@@ -8,8 +8,8 @@ with a 1 s client timeout (the kubelet's default ``timeoutSeconds``); every answ
 
 Measured: seconds to the first ``/healthz`` 200 and to ``/readyz`` 200, the slowest ``/healthz`` answer and how
 many polls failed or took over 1 s after the first 200, the backfill's own log line (queries, failed, series,
-samples). The chart's startup probe allows 2 s × 30 = 60 s
-on ``/healthz`` (``deploy/helm/twin-sidecar/values.yaml``).
+samples, the window used and, when ``backfill_max_samples`` shrank it, the window asked). The chart's startup
+probe allows 2 s × 30 = 60 s on ``/healthz`` (``deploy/helm/twin-sidecar/values.yaml``).
 
     python3 benchmarks/startup.py --twins 10000 [--runs 2]
 
@@ -144,8 +144,8 @@ def run_one(twins: int, settle_s: float) -> dict[str, Any]:
             except ValueError:
                 continue
             if rec.get("message") == "backfill done" or rec.get("msg") == "backfill done":
-                backfill = {k: rec.get(k) for k in ("queries", "failed", "series", "samples", "window_s", "fetch_s",
-                                                     "replay_s")}
+                backfill = {k: rec.get(k) for k in ("queries", "failed", "series", "samples", "window_s",
+                                                     "window_asked_s", "backfill_max_samples", "fetch_s", "replay_s")}
             if str(rec.get("level", "")).upper() in ("WARNING", "ERROR"):
                 warnings.append(ln[:300])
         h_after = health.after_first_ok()
@@ -178,6 +178,15 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def _window(b: dict[str, Any]) -> str:
+    """The backfill window used, and the one asked when the sample budget shrank it."""
+    used = b.get("window_s")
+    if used is None:
+        return "?"
+    asked = b.get("window_asked_s")
+    return f"{used:g} s" + (f" ({asked:g} s; budget {b.get('backfill_max_samples'):,})" if asked is not None else "")
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     out = [f"# Start-up with backfill at the default settings ({res['measured_at']})", "",
@@ -187,9 +196,9 @@ def render(res: dict[str, Any]) -> str:
            f"`/readyz` polled every {POLL_S} s with a {PROBE_TIMEOUT_S:.0f} s timeout from the spawn. The chart's "
            f"startup probe allows {STARTUP_BUDGET_S} s.", "",
            "| twins | run | /healthz first 200 | /readyz first 200 | /healthz after: polls, failed, ≥ 1 s | "
-           "/healthz max (p99) | backfill: queries, failed, series, samples | fetch, replay | RSS (peak) | "
-           "in budget |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "/healthz max (p99) | backfill: queries, failed, series, samples | window used (asked) | fetch, replay | "
+           "RSS (peak) | in budget |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         b = r["backfill"]
         ok = (r["healthz_first_ok_s"] <= STARTUP_BUDGET_S and r["healthz_failed_after_first_ok"] == 0
@@ -199,7 +208,7 @@ def render(res: dict[str, Any]) -> str:
             f"{r['healthz_polls_after_first_ok']}, {r['healthz_failed_after_first_ok']}, "
             f"{r['healthz_over_1s_after_first_ok']} | {r['healthz_max_latency_ms']} ms "
             f"({r['healthz_p99_latency_ms']} ms) | {b.get('queries')}, {b.get('failed')}, {b.get('series')}, "
-            f"{b.get('samples')} | {b.get('fetch_s')} s, {b.get('replay_s')} s | "
+            f"{b.get('samples')} | {_window(b)} | {b.get('fetch_s')} s, {b.get('replay_s')} s | "
             f"{r['sidecar_rss_mb']} MB ({r['sidecar_peak_rss_mb']}) | "
             f"{'yes' if ok else 'no'} |")
     warn = [w for r in res["runs"] for w in r["warnings"]]

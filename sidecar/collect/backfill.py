@@ -7,6 +7,11 @@ points, which no default timeout covers), so its range is asked in parts of abou
 family's size; the client splits further any part not answered in time, and any range past what Prometheus
 accepts. A refused query is said at warning for the first few, then at debug (a source down mid-backfill fails
 every query the same way).
+
+The whole backfill is bounded by ``backfill_max_samples`` (series × steps): each step is a tick of every model
+before the first round, so a fleet large enough to pass it gets the most recent part of the window that fits
+(contiguous with the first live samples), decided before anything is fetched from the family sizes discovery
+already gave, and the ``backfill done`` line says the window asked, the window used and the budget.
 """
 
 from __future__ import annotations
@@ -41,7 +46,33 @@ def part_steps(series: int) -> int:
     """Steps per range request for a query expected to answer `series` series."""
     return max(1, min(MAX_RANGE_POINTS, PART_POINTS // max(series, 1)))
 
+
+def budget_steps(job_steps: Sequence[int], shared_series: int, full_steps: int, max_samples: int) -> int:
+    """The most steps (at most ``full_steps``) the backfill keeps within ``max_samples``: each per-twin job
+    asks for at most its own ``job_steps`` (a restored twin only after its newest sample), each of the
+    ``shared_series`` a family's shared queries answer asks for every step kept."""
+    def cost(w: int) -> int:
+        return sum(min(n, w) for n in job_steps) + shared_series * w
+
+    lo, hi = 0, max(full_steps, 0)
+    if cost(hi) <= max_samples:
+        return hi
+    while lo < hi:                  # cost is non-decreasing in w: the largest w with cost(w) <= max_samples
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= max_samples:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def grid_steps(start: float, end: float, step: float) -> int:
+    """Points ``start, start + step, ...`` up to ``end`` (a range query's answer), 0 when ``start > end``."""
+    return max(0, math.floor((end - start) / step + 1e-9) + 1)
+
 Samples = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+Job = tuple[str, str, str, float]           # a twin's own range query: twin, metric, query, start
+Shared = tuple[str, str, str]               # a family's shared range query: rule, metric, query
 
 
 class Backfill:
@@ -84,8 +115,9 @@ class Backfill:
                 return name, metric, None
 
         start = math.ceil((now - ctx.config.backfill_s) / step) * step
-        fetch_from = time.monotonic()
         shared = [(r.name, metric, query) for r in ctx.config.twins for metric, query in shared_queries(r).items()]
+        shrunk, jobs, shared, start = self._within_budget(jobs, shared, start, now)
+        fetch_from = time.monotonic()
         results, shared_results = await asyncio.gather(
             asyncio.gather(*(one(*j) for j in jobs)),
             asyncio.gather(*(one(rule, metric, query, start, rule, len(self.roster.family(rule)))
@@ -120,11 +152,32 @@ class Backfill:
             accepted = report.accepted
         self.done = True
         await ctx.flush()
-        log.info("backfill done", extra={"queries": len(jobs) + len(shared), "failed": failed, "series": len(samples),
-                                         "samples": accepted, "window_s": ctx.config.backfill_s,
-                                         "fetch_s": round(fetch_s, 2),
-                                         "replay_s": round(time.monotonic() - replay_from, 2)})
+        log.info("backfill done", extra={"queries": len(jobs) + len(shared), "failed": failed,
+                                         "series": len(samples), "samples": accepted,
+                                         "window_s": ctx.config.backfill_s, "fetch_s": round(fetch_s, 2),
+                                         "replay_s": round(time.monotonic() - replay_from, 2), **shrunk})
         return accepted
+
+    def _within_budget(self, jobs: list[Job], shared: list[Shared], start: float,
+                       now: float) -> tuple[dict[str, object], list[Job], list[Shared], float]:
+        """Jobs and the shared start moved later, on the same grid, so the samples asked stay within
+        ``backfill_max_samples`` (none left when not even a step fits); with the fields the ``backfill done``
+        line adds: none when everything fits, so the line and the fetch are then as without a budget."""
+        ctx = self.ctx
+        step = ctx.config.interval_s
+        budget = ctx.config.backfill_max_samples
+        job_steps = [grid_steps(s, now - step, step) for _, _, _, s in jobs]
+        shared_series = sum(len(self.roster.family(rule)) for rule, _, _ in shared)
+        full = grid_steps(start, now - step, step)
+        asked = sum(job_steps) + shared_series * full
+        if asked <= budget:
+            return {}, jobs, shared, start
+        keep = budget_steps(job_steps, shared_series, full, budget)
+        first = start + (full - keep) * step            # the newest `keep` points of the shared range's grid
+        kept = [(name, metric, query, max(s, first)) for name, metric, query, s in jobs] if keep else []
+        return ({"window_s": keep * step, "window_asked_s": ctx.config.backfill_s, "reason": "backfill_max_samples",
+                 "backfill_max_samples": budget, "samples_asked": asked,
+                 "series_asked": len(jobs) + shared_series}, kept, shared if keep else [], first)
 
     def _refused(self, fields: Mapping[str, str], metric: str, query: str, error: str) -> None:
         # a refused backfill is otherwise invisible until forecasts stay empty: say why, at warning, for the

@@ -20,10 +20,10 @@ from ..units import format_duration
 from .discovery import read_retired
 from .export import read_export
 from .limits import read_limits
-from .maxima import MAX_BACKFILL_S, MAX_BACKFILL_STEPS, MAX_INTERVAL_S, MAX_YAML_DEPTH
+from .maxima import MAX_BACKFILL_S, MAX_BACKFILL_SAMPLES, MAX_BACKFILL_STEPS, MAX_INTERVAL_S, MAX_YAML_DEPTH
 from .prometheus import read_prometheus
 from .reader import Reader, is_null
-from .records import ScenarioRule, SidecarConfig, TwinRule
+from .records import DEFAULT_BACKFILL_MAX_SAMPLES, ScenarioRule, SidecarConfig, TwinRule
 from .scaling import drives_itself
 from .scenarios import read_scenario
 from .server import read_server
@@ -31,8 +31,8 @@ from .shard import read_shard
 from .storage import read_storage
 from .twins import read_twin
 
-_TOP_KEYS = ("prometheus", "interval", "backfill", "server", "storage", "retired", "twins", "scenarios", "export",
-             "limits", "shard")
+_TOP_KEYS = ("prometheus", "interval", "backfill", "backfill_max_samples", "server", "storage", "retired", "twins",
+             "scenarios", "export", "limits", "shard")
 
 
 def _check_depth(text: str, path: str) -> None:
@@ -80,6 +80,8 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
         raise r.error(r.items["backfill"][1], "backfill",
                       f"at most {MAX_BACKFILL_STEPS:,} intervals ({format_duration(MAX_BACKFILL_STEPS * interval)} at "
                       f"{format_duration(interval)}), got {backfill / interval:,.0f}")
+    backfill_max_samples = r.int_("backfill_max_samples", DEFAULT_BACKFILL_MAX_SAMPLES,
+                                  maximum=MAX_BACKFILL_SAMPLES) or DEFAULT_BACKFILL_MAX_SAMPLES
     server = read_server(r.mapping("server"))
     storage = read_storage(r.mapping("storage"), env)
     retired = read_retired(r.mapping("retired"))
@@ -115,7 +117,8 @@ def parse_config(text: str, *, path: str = "<string>", env: Mapping[str, str] | 
     export = read_export(r.mapping("export"), tuple(sorted({h for t in twins for h in t.horizons_s})))
     r.finish(_TOP_KEYS)
     return SidecarConfig(path=path, prometheus=prometheus, server=server, storage=storage, twins=tuple(twins),
-                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill, retired=retired,
+                         scenarios=tuple(scenarios), interval_s=interval, backfill_s=backfill,
+                         backfill_max_samples=backfill_max_samples, retired=retired,
                          export=export, limits=limits, shard=shard)
 
 

@@ -11,6 +11,7 @@ MAX_COMMIT_WAIT_S = 60.0
 
 MAX_INTERVAL_S = 3600.0                       # interval
 MAX_BACKFILL_S = 30 * 86400.0                 # backfill (Prometheus keeps 15 days by default)
+MAX_BACKFILL_SAMPLES = 1_000_000_000         # backfill_max_samples (hours of replay before the first round)
 MAX_TIMEOUT_S = 300.0                         # prometheus.timeout
 MAX_HORIZON_S = 7 * 86400.0                   # twins[].horizons
 MAX_EVERY_S = 86400.0                         # scenarios[].every

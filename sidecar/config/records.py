@@ -17,6 +17,10 @@ from .secret import SecretFile
 
 DEFAULT_HORIZONS_S: tuple[float, ...] = (300.0, 900.0, 1800.0, 3600.0)
 DEFAULT_SCALE_DOWN_STABILISATION_S = 300.0    # twins[].scale_down_stabilisation (the Kubernetes HPA's default)
+#: backfill_max_samples: series × steps the start-up backfill fetches and replays through every model before the
+#: first round, 12-17 µs each on 2 cores (benchmarks/startup.py). 1,000 twins × 4 metrics keep the whole hour at
+#: 15 s (at most 960,000); 10,000 twins keep 25 steps and are ready in 24-28 s, inside the startup probe's 60 s.
+DEFAULT_BACKFILL_MAX_SAMPLES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ class SidecarConfig:
     scenarios: tuple[ScenarioRule, ...] = ()
     interval_s: float = 15.0
     backfill_s: float = 3600.0
+    backfill_max_samples: int = DEFAULT_BACKFILL_MAX_SAMPLES   # series × steps the backfill asks for at most
     retired: RetiredConfig = field(default_factory=RetiredConfig)
     export: ExportOptions = field(default_factory=ExportOptions)   # what /metrics carries beyond the default
     limits: LimitsConfig = field(default_factory=LimitsConfig)      # the most twins, series and answer bytes

@@ -132,7 +132,7 @@ def test_secret_file_is_reread_when_it_changes(tmp_path: Path) -> None:
 def test_minimal_rules_take_documented_defaults() -> None:
     cfg = parse_config("twins:\n  - name: a\n    metrics: {cpu_usage: 'up'}\n", env={})
     assert cfg.prometheus.url == "http://127.0.0.1:9090" and cfg.prometheus.timeout_s == 10.0
-    assert (cfg.interval_s, cfg.backfill_s) == (15.0, 3600.0)
+    assert (cfg.interval_s, cfg.backfill_s, cfg.backfill_max_samples) == (15.0, 3600.0, 1_000_000)
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 9464)
     assert cfg.storage.url is None and cfg.storage.path.endswith("twin-sidecar.db")
     assert cfg.twins[0].auto_correction is True and cfg.scenarios == ()
@@ -171,6 +171,11 @@ def test_minimal_rules_take_documented_defaults() -> None:
     ("prometheus:\n  bearer_token_file: /nonexistent/token\ntwins: []\n", 2, "prometheus.bearer_token_file",
      "cannot read the file"),
     ("twins: []\n", 1, "twins", "at least one twin"),
+    ("backfill_max_samples: 0\ntwins: []\n", 1, "backfill_max_samples", "integer >= 1"),
+    ("backfill_max_samples: 1e6\ntwins: []\n", 1, "backfill_max_samples",
+     "integer >= 1 (at most 1,000,000,000), got"),
+    ("backfill_max_samples: 1M\ntwins: []\n", 1, "backfill_max_samples", "got str '1M'"),
+    ("backfill_max_samples: -5\ntwins: []\n", 1, "backfill_max_samples", "integer >= 1"),
     ("interval: 15s\n", 1, "twins", "required"),
     ("twins:\n  - name: a\n    metrics: {c: up}\nscenarios:\n  - name: s\n    twin: b\n"
      "    scenario: {type: traffic_spike}\n", 6, "scenarios[0].twin", "no twin rule named 'b'"),
@@ -248,8 +253,9 @@ def test_demo_rules_shipped_in_the_package_match_config_demo() -> None:
 def test_example_documents_every_key() -> None:
     text = (ROOT / "config" / "example.yaml").read_text()
     keys = ["url", "timeout", "headers", "bearer_token_file", "basic_auth", "tls_ca_file", "max_concurrency",
-            "accept_warnings", "interval", "backfill", "listen", "auth_token_file", "max_body_bytes", "path",
-            "retention_days", "retention_snapshots", "buffer_max_items", "name", "system_type", "discover",
+            "accept_warnings", "interval", "backfill", "backfill_max_samples", "listen", "auth_token_file",
+            "max_body_bytes", "path", "retention_days", "retention_snapshots", "buffer_max_items", "name",
+            "system_type", "discover",
             "name_labels", "metrics", "request_rate", "expected", "thresholds", "limits", "horizons",
             "replicas", "workers", "auto_correction", "scenarios", "twin", "every", "scenario", "self_labels",
             "model_state_interval", "commit_wait", "retired", "keep_for", "keep_max"]

@@ -49,6 +49,7 @@ def test_nesting_up_to_the_bound_is_only_judged_by_the_keys() -> None:
     ("interval: 2h\n", 1, "interval", "expected at most 1h"),
     ("interval: " + "9" * 400 + "s\n", 1, "interval", "(403 characters)"),
     ("backfill: 31d\n", 1, "backfill", "expected at most 30d"),
+    ("backfill_max_samples: 2000000000\n", 1, "backfill_max_samples", "at most 1,000,000,000"),
     ("prometheus:\n  timeout: 6m\n", 2, "prometheus.timeout", "expected at most 5m"),
     ("prometheus:\n  max_concurrency: 5000\n", 2, "prometheus.max_concurrency", "at most 1,024"),
     ("server:\n  max_body_bytes: 1e32\n", 2, "server.max_body_bytes", "at most 67,108,864"),
@@ -97,9 +98,10 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
                        "server: {max_body_bytes: 67108864}\n"
                        f"storage: {{path: {tmp_path / 'db'}, retention_days: 3650, retention_snapshots: 1000000, "
                        "buffer_max_items: 10000000, model_state_interval: 1d, retention_min_age: 365d}\n"
-                       "retired: {keep_for: 30d, keep_max: 100000}\n" + TWIN + "    horizons: [7d]\n",
-                       path="rules.yaml", env={})
+                       "retired: {keep_for: 30d, keep_max: 100000}\nbackfill_max_samples: 1000000000\n" + TWIN
+                       + "    horizons: [7d]\n", path="rules.yaml", env={})
     assert (cfg.interval_s, cfg.server.max_body_bytes) == (3600.0, 2**26)
+    assert cfg.backfill_max_samples == 10**9
     assert cfg.storage.retention_min_age_s == 365 * 86400.0
 
 
