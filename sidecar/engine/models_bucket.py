@@ -9,8 +9,10 @@ sampling interval when that is longer, fixed from the first interval).  On that 
   cycles): the median of the last 5 buckets in the target's phase (9 for the 12-bucket
   period, an hour at 5 minutes: hourly jobs are common and more periods average out more
   noise), taken from the ring;
-* a **daily** profile (per phase: last value, and a slow mean used as a *delta* — the
-  last value plus the change the profile expects between now and the target) and a
+* a **daily** profile (per phase: last value, and a slow mean — the plain mean of the days seen
+  until there are ten, forgetting a tenth a day after — used as it is, which averages a noisy
+  cycle's noise away, and as a *delta*: the last value plus the change the profile expects between
+  now and the target) and a
   **weekly** one (phases of at least 30 minutes, the delta only: its last value per phase
   was almost never among the best models and costs the most memory).
 
@@ -86,7 +88,7 @@ class BucketModels(Model):
         self._sm_hi = (self.sm_k // 2)[:, None]
         self.names = (
             *(f"median_{w}" for w in self.windows),
-            "daily", "daily_delta", "weekly_delta",
+            "daily", "daily_delta", "daily_mean", "weekly_delta",
             *(f"season_median_{int(p)}b" for p in self.sm_p),
         )
         super().__init__(capacity)
@@ -219,7 +221,10 @@ class BucketModels(Model):
             vv = v[dk]
             a["d1"][r, ph] = vv
             o2 = a["d2"][r, ph].astype(np.float64)
-            a["d2"][r, ph] = np.where(np.isfinite(o2), o2 + self.g_day * (vv - o2), vv)
+            # the plain mean of the days seen until there are 1/gamma of them, forgetting after: a profile started
+            # from its first day's values would carry that one day's noise for weeks
+            rate = np.maximum(1.0 / (cb[dk] // md[dk] + 1), self.g_day)
+            a["d2"][r, ph] = np.where(np.isfinite(o2), o2 + rate * (vv - o2), vv)
         wkk = mw > 0
         if wkk.any():
             r = i[wkk]
@@ -262,7 +267,8 @@ class BucketModels(Model):
         dok = (md > 0)[:, None]
         out[:, j, :] = np.where(dok, np.where(here2[:, :-1], cur[:, None], d1), np.nan)
         out[:, j + 1, :] = np.where(dok, now.y[:, None] + d2[:, :-1] - d2[:, -1:], np.nan)
-        j += 2
+        out[:, j + 2, :] = np.where(dok, d2[:, :-1], np.nan)
+        j += 3
         mwd = np.maximum(mw, 1)[:, None]
         scale = (w / wk)[:, None]
         wt2 = np.floor(np.concatenate([tb, cb[:, None]], axis=1) * scale + 1e-9).astype(np.int64) % mwd

@@ -124,3 +124,31 @@ def test_robust_level_shrugs_off_a_spike_and_follows_a_shift() -> None:
     # a lasting shift is followed: within 60 samples the level is at the new value
     assert abs(lv[-1, 0] - 30.0) < 1.0
     assert np.isfinite(lv).all() and lv.min() >= y.min() and lv.max() <= y.max()
+
+
+def test_the_daily_mean_forecasts_a_noisy_daily_cycle_better_than_any_copy_of_the_last_value() -> None:
+    """Noise around a daily cycle: the last value, yesterday's value and the last value moved by the profile all
+    carry one sample's noise into the forecast; the profile's own slow mean at the target's phase averages it
+    away (about 1/sqrt(2) of the last value's error on white noise)."""
+    from sidecar.engine.forecast import ForecastBank
+
+    rng = np.random.default_rng(4)
+    step_s, days = 300.0, 8
+    t = 1_700_006_400.0 + step_s * np.arange(int(days * 86400 / step_s))
+    cycle = 50.0 + 20.0 * np.sin(2 * np.pi * (t % 86400.0) / 86400.0)
+    y = cycle + rng.normal(0, 5.0, t.size)
+    bank = ForecastBank([300.0])
+    idx = bank.add(1)
+    names = bank.model_names
+    pred = np.full((t.size, len(names)), np.nan)
+    for r in range(t.size):
+        bank.update(idx, t[r:r + 1], y[r:r + 1])
+        pred[r] = bank.predict_models(idx)[0][:, 0]
+    late = slice(t.size // 2, t.size - 1)                 # after four days: every phase seen often
+    actual = y[1:][late.start:late.stop]
+
+    def mae(name: str) -> float:
+        return float(np.mean(np.abs(actual - pred[late, names.index(name)])))
+
+    assert mae("daily_mean") < 0.8 * mae("last")
+    assert mae("daily_mean") < min(mae("daily"), mae("daily_delta"))
