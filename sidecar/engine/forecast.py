@@ -70,6 +70,9 @@ _BLOCK = 4096
 HORIZON_AXIS = {"fmean": 1, "flo": 1, "fhi": 1, "fmodel": 1, "mae": 2, "cnt": 2, "fcnt": 1, "fmae": 1, "qlo": 1,
                 "qhi": 1, "hit": 1, "wmul": 1, "ewin": 1, "epos": 1, "qwlo": 1, "qwhi": 1, "ptgt": 1, "py": 1,
                 "ppred": 1, "plo": 1, "phi": 1, "phead": 1, "pcnt": 1, "plast": 1, "shold": 1, "freg": 1}
+#: Per-series fields with a model axis, and where it is (rows first): a saved state remaps them by model name.
+#: `ppred` has one column more, after the models: the bank's own combined forecast.
+MODEL_AXIS = {"pred1": 1, "mae1": 1, "cnt1": 1, "mae": 1, "cnt": 1, "ppred": 3}
 
 
 @dataclass(frozen=True, slots=True)

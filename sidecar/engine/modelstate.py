@@ -20,7 +20,7 @@ import json
 import math
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,56 @@ def put_rows(state: dict[str, np.ndarray], rows: np.ndarray, part: Mapping[str, 
     for k, v in part.items():
         if k in state:
             state[k][rows] = v
+
+
+def same_level_and_queue(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:
+    """Whether saved forecast rows were made at this bank's interval level and pending-queue length: what no
+    remapping can mend (every interval and pending ring would mean something else)."""
+    try:
+        return float(saved["level"]) == float(current["level"]) and int(saved["queue"]) == int(current["queue"])
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def names_of(config: Mapping[str, np.ndarray]) -> list[str]:
+    return [str(s) for s in np.asarray(config["model_names"]).tolist()]
+
+
+def remap_models(part: Mapping[str, np.ndarray], fresh: Mapping[str, np.ndarray], saved_names: Sequence[str],
+                 current_names: Sequence[str], axes: Mapping[str, int],
+                 prefix: str = "core.") -> dict[str, np.ndarray]:
+    """Saved forecast rows moved onto this bank's models by name, so a version that adds or drops a model
+    keeps what every other model learnt: a model both have keeps its columns (scores, pending forecasts), a
+    new one starts unscored from `fresh`, a dropped one is left out. A field with one column more than there
+    are models (`ppred`) keeps its last column, the bank's own. The chosen models (`fmodel`) follow their
+    names; where the chosen one was dropped, the last value stands in until the next sample re-chooses."""
+    old, new = list(saved_names), list(current_names)
+    src_of = [old.index(n) if n in old else -1 for n in new]
+    out: dict[str, np.ndarray] = {}
+    for k, v in part.items():
+        name = k[len(prefix):] if k.startswith(prefix) else None
+        src = np.asarray(v)
+        if name == "fmodel":
+            lookup = np.array([new.index(n) if n in new else new.index("last") for n in old], np.int64)
+            out[k] = np.where((src >= 0) & (src < len(old)), lookup[np.clip(src, 0, len(old) - 1)], 0).astype(
+                src.dtype)
+            continue
+        ax = axes.get(name) if name is not None else None
+        if ax is None or k not in fresh:
+            out[k] = src
+            continue
+        dst = np.array(fresh[k], copy=True)
+        extra = dst.shape[ax] - len(new)                 # 1 for ppred's combined column, else 0
+        if src.shape[ax] != len(old) + extra:
+            raise InputError(f"saved model rows {k!r} have {src.shape[ax]} models, the save names {len(old)}")
+        pairs = [(j, i) for j, i in enumerate(src_of) if i >= 0] + [(len(new) + e, len(old) + e) for e in range(extra)]
+        for j, i in pairs:
+            sel_d: list[slice | int] = [slice(None)] * dst.ndim
+            sel_s: list[slice | int] = [slice(None)] * src.ndim
+            sel_d[ax], sel_s[ax] = j, i
+            dst[tuple(sel_d)] = src[tuple(sel_s)].astype(dst.dtype)
+        out[k] = dst
+    return out
 
 
 def same_but_horizons(saved: Mapping[str, np.ndarray], current: Mapping[str, np.ndarray]) -> bool:

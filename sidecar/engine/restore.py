@@ -18,16 +18,18 @@ import numpy as np
 
 from ..errors import CorruptSnapshotError, InputError
 from .expected import check_expected_values
-from .forecast import HORIZON_AXIS
+from .forecast import HORIZON_AXIS, MODEL_AXIS
 from .history import verified
 from .modelstate import (
     FORECAST_CONFIG,
     TwinModelState,
     check_rows,
+    names_of,
     put_rows,
     remap_horizons,
-    same_but_horizons,
+    remap_models,
     same_forecast_config,
+    same_level_and_queue,
     take_rows,
     widen_rows,
 )
@@ -217,12 +219,19 @@ class Restore:
         for st, rows in placed:
             try:
                 part = st.forecast
-                if not same_forecast_config(st.forecast_config, config):
-                    if not same_but_horizons(st.forecast_config, config):
-                        raise InputError("saved by other forecast models, level or queue")
-                    # other horizons (one twin's rule changed the set): keep the shared ones and every model
-                    part = remap_horizons(part, take_rows(fs, rows, FORECAST_CONFIG),
-                                          st.forecast_config["horizons_s"], config["horizons_s"], HORIZON_AXIS)
+                saved = st.forecast_config
+                if not same_forecast_config(saved, config):
+                    if not same_level_and_queue(saved, config):
+                        raise InputError("saved at another interval level or queue length")
+                    if names_of(saved) != names_of(config):
+                        # another version's models: each model both have keeps what it learnt
+                        part = remap_models(part, take_rows(fs, rows, FORECAST_CONFIG), names_of(saved),
+                                            names_of(config), MODEL_AXIS)
+                    if not np.array_equal(np.asarray(saved["horizons_s"], np.float64),
+                                          np.asarray(config["horizons_s"], np.float64)):
+                        # other horizons (one twin's rule changed the set): keep the shared ones and every model
+                        part = remap_horizons(part, take_rows(fs, rows, FORECAST_CONFIG), saved["horizons_s"],
+                                              config["horizons_s"], HORIZON_AXIS)
                 check_rows(fs, rows, part, FORECAST_CONFIG)
                 anomaly_part = widen_rows(an, rows, st.anomaly)     # features added since it was saved
                 check_rows(an, rows, anomaly_part)

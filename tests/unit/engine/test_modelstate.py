@@ -176,7 +176,7 @@ def test_every_core_field_with_a_horizon_axis_is_listed_for_the_remap() -> None:
     listed would be copied whole across a horizon change, its columns meaning other horizons."""
     from sidecar.engine.forecast import HORIZON_AXIS, ForecastBank
 
-    h = 5                                         # unlike the models (16), the queue (12) or a scalar
+    h = 5                                         # unlike the models (17), the queue (12) or a scalar
     bank = ForecastBank([60.0 * (i + 1) for i in range(h)])
     for name, arr in bank.core.items():
         shape = arr.shape[1:]
@@ -185,6 +185,57 @@ def test_every_core_field_with_a_horizon_axis_is_listed_for_the_remap() -> None:
             assert h not in shape, name
         else:
             assert shape[axis - 1] == h, name
+
+
+def test_state_saved_by_a_version_without_a_model_keeps_every_other_models_learning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A release that adds a forecast model (`daily_mean`) must not make every twin relearn: the models both
+    versions have keep their scores and pending forecasts, the new one starts unscored."""
+    from sidecar.engine.forecast import MODEL_AXIS
+
+    old, times = _fed(2.0, names=("a",))
+    blobs = old.export_model_states()
+    tid = old.get("a").twin_id
+    st = decode(blobs[tid])
+    names = [str(n) for n in st.forecast_config["model_names"].tolist()]
+    gone = names.index("daily_mean")
+    forecast = dict(st.forecast)
+    for f, ax in MODEL_AXIS.items():                      # the rows as a version without the model saved them
+        forecast["core." + f] = np.delete(forecast["core." + f], gone, axis=ax)
+    chosen = forecast["core.fmodel"]
+    forecast["core.fmodel"] = np.where(chosen > gone, chosen - 1, np.where(chosen == gone, 0, chosen)).astype(
+        chosen.dtype)
+    config = {**st.forecast_config, "model_names": np.array([n for n in names if n != "daily_mean"])}
+    blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, config, forecast, st.anomaly))
+    new = _fresh_like(old, ("a",))
+    with caplog.at_level(logging.WARNING):
+        learnt = new.load_model_states(blobs)
+    assert not any("does not fit" in r.message for r in caplog.records)
+    assert learnt[(tid, "cpu_usage")] == times[-1]
+    so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
+    fo, fn = old.bank.state_dict(), new.bank.state_dict()
+    keep = [j for j in range(len(names)) if j != gone]
+    np.testing.assert_array_equal(fo["core.mae"][so][:, keep], fn["core.mae"][sn][:, keep])
+    np.testing.assert_array_equal(fo["core.ppred"][so][..., keep], fn["core.ppred"][sn][..., keep])
+    np.testing.assert_array_equal(fo["core.ppred"][so][..., -1], fn["core.ppred"][sn][..., -1])   # the bank's own
+    assert np.isnan(fn["core.mae"][sn][:, gone]).all() and (fn["core.cnt"][sn][:, gone] == 0).all()
+    chose_it = fo["core.fmodel"][so] == gone
+    np.testing.assert_array_equal(fn["core.fmodel"][sn], np.where(chose_it, names.index("last"),
+                                                                  fo["core.fmodel"][so]))
+
+
+def test_every_core_field_with_a_model_axis_is_listed_for_the_remap() -> None:
+    from sidecar.engine.forecast import MODEL_AXIS, ForecastBank
+
+    bank = ForecastBank([60.0, 120.0, 180.0, 240.0, 300.0])
+    m = len(bank.model_names)
+    for name, arr in bank.core.items():
+        shape = arr.shape[1:]
+        axis = MODEL_AXIS.get(name)
+        if axis is None:
+            assert m not in shape and m + 1 not in shape, name
+        else:
+            assert shape[axis - 1] in (m, m + 1), name
 
 
 def test_anomaly_rows_saved_with_fewer_features_load_and_keep_what_they_learnt() -> None:
