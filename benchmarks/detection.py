@@ -143,7 +143,9 @@ CHOICE = (
 OFF: dict[str, Any] = {"contextual": False}
 # the detector with one daily shape for every day (before the weekday amplitude)
 WEEKDAYS_OFF: dict[str, Any] = {"weekdays": False}
-ABLATIONS = [OFF, WEEKDAYS_OFF]
+# the detector that excuses only what recurs at the same hour (before a count series' bursts at any hour)
+BURSTS_OFF: dict[str, Any] = {"bursts": False}
+ABLATIONS = [OFF, WEEKDAYS_OFF, BURSTS_OFF]
 PUBLISHED = [("ARTime", 67.7), ("Numenta HTM", 66.5), ("CAD OSE", 61.6), ("KNN CAD", 54.7),
              ("Random Cut Forest", 52.0), ("windowed Gaussian", 24.3)]
 
