@@ -114,6 +114,36 @@ NOT_KEPT = [
     "the weekday amplitude speaking after one day of that weekday instead of two: 74.19 / 71.06 / 79.40 / 60.33",
     "an offset and an amplitude per weekday (a least-squares line, not a factor): 74.45 / 71.06 / 80.05 / 60.36 "
     "(counts 41.65, cycles 76.32, held-out-like 58.25)",
+    # measured 2026-12-07 19:15-19:35 UTC (vm, shared), for bursty count series: the first two against
+    # 74.53 / 71.06 / 80.25 / 61.23 (counts 39.65, held-out-like 61.12; tweets5m 169 false-positive rows), the
+    # others beside the bursts of a count series excused as kept (74.86 / 71.61 / 80.23 / 61.84, counts 41.50,
+    # held-out-like 61.63; seed 1: synthetic 54.60 against 54.11)
+    "a second calibration of the combined p per series (how often the series' own p has reached as far, over "
+    "memory_samples, as a floor under p: the learned tail of its surprise): 72.85 / 68.32 / 80.25 / 61.43 "
+    "(counts 40.41, held-out-like 61.20; tweets5m 168 false-positive rows: p is already calibrated per sample, "
+    "and a burst at the top of a week's memory is a 1-in-2000 sample), ec2_disk_write_bytes_c0d644 losing a window",
+    "the power-law tail beyond what a series has shown stretched by each feature's own largest value (relaxing "
+    "like the extremes) beyond 5 or 10 scales: 66.83 / 60.17 / 79.23 / 60.18 and 67.77 / 60.68 / 80.08 / 61.00, "
+    "tweets5m false positives unchanged",
+    "the excuse of bursts at any hour for every series, not only counts: 71.28 / 68.91 / 75.72 / 60.17 (counts "
+    "41.50, held-out-like 57.81); on the value feature only 74.14 / 71.42 / 78.88 / 61.33, on the distance from "
+    "the context only 73.29 / 68.36 / 81.08 / 59.79; for counts, on the distance from the context only "
+    "74.75 / 71.42 / 80.23 / 61.50 (counts 40.77, held-out-like 61.03)",
+    "a count series' bursts counting as 1.5 scales instead of daily_scales (3): 73.78 / 71.61 / 79.52 / 60.37 "
+    "(counts 39.30; tweets5m 117 false-positive rows but 13/18 windows); as 6 scales: 74.53 / 71.06 / 80.25 / "
+    "60.85 (seed 1: 54.67)",
+    "a typical day's largest miss of the context (a mean over days) instead of the one every recent day "
+    "reached: 73.78 / 71.61 / 79.52 / 59.91 (counts 43.78, held-out-like 58.67): fewer false positives, more "
+    "windows lost (tweets5m 13/18, burst10m 14/18)",
+    "only upward bursts excused (above the baseline and the context's expectation, and the day's largest miss "
+    "upward): 74.87 / 71.61 / 80.25 / 61.77 (counts 41.21, held-out-like 61.63): the same, a rule more",
+    "the distance from the context split by sign into two features, so frequent upward bursts no longer make "
+    "a drop (a stop, a flat day in hourly counts) look ordinary: for counts only 74.88 / 71.61 / 80.28 / 61.24 "
+    "(counts 40.72, held-out-like 60.64); for every series 72.64 / 68.26 / 79.69 / 62.28 (cycles 78.01 -> "
+    "84.04, held-out-like 58.42, square5m 6 -> 28 false-positive rows)",
+    "a count series' spread feature one-sided, rises only (a count's spread falls with its level, and a quiet "
+    "night scored as a drop in variance): 74.86 / 71.61 / 80.23 / 60.63 (seed 1: 53.73); tweets5m 141 -> 132 "
+    "and 129 -> 105 false-positive rows, but a stopped signal 12 -> 11 and 10 -> 8 windows",
 ]
 # how the grid of the protocol is read (the table is measured; this is the rule applied to it)
 CHOICE = (
@@ -137,13 +167,24 @@ CHOICE = (
     "realAWSCloudwatch unchanged, synthetic 58.59 -> 61.23 and on a second draw, seed 1, 49.99 -> 54.11; the "
     "warning: synthCounts 42.65 -> 39.65 and 29.68 -> 25.22, its hourly weekly counts `clicks1h` losing one "
     "and two windows). One "
-    "draw's synthetic score still moves by about nine points from seed to seed (58.6 seed 0, 50.0 seed 1)."
+    "draw's synthetic score still moves by about nine points from seed to seed (58.6 seed 0, 50.0 seed 1). "
+    "For bursty count series one part passed the rule (`bursts`, no new parameter): a count series (one that has "
+    "shown only non-negative integers) excuses, at any hour, a burst as large as the largest miss of the context "
+    "every recent day has reached, as the daily habit excuses what recurs at its hour: shared 74.53 -> 74.86 "
+    "(realAWSCloudwatch 71.06 -> 71.61 through elb_request_count, realKnownCause 80.25 -> 80.23; only the two "
+    "count files of the shared set can move), synthetic 61.23 -> 61.84 and on seed 1 54.11 -> 54.60, synthCounts "
+    "39.65 -> 41.50 (seed 1: 25.22 -> 27.43), held-out-like 61.12 -> 61.63 (seed 1: 52.87 -> 53.20); "
+    "false-positive rows of tweets5m 169 -> 141 (seed 1: 145 -> 129), burst10m 77 -> 72 (102 -> 91), clicks1h "
+    "54 -> 46 (41 -> 35), while tweets5m loses one window on each draw. With it the weekday amplitude no longer "
+    "costs the counts (synthCounts 39.43 without it, 41.50 with it)."
 )
 # the detector without its contextual features: the protocol's second row
 OFF: dict[str, Any] = {"contextual": False}
 # the detector with one daily shape for every day (before the weekday amplitude)
 WEEKDAYS_OFF: dict[str, Any] = {"weekdays": False}
-ABLATIONS = [OFF, WEEKDAYS_OFF]
+# the detector that excuses only what recurs at the same hour (before a count series' bursts at any hour)
+BURSTS_OFF: dict[str, Any] = {"bursts": False}
+ABLATIONS = [OFF, WEEKDAYS_OFF, BURSTS_OFF]
 PUBLISHED = [("ARTime", 67.7), ("Numenta HTM", 66.5), ("CAD OSE", 61.6), ("KNN CAD", 54.7),
              ("Random Cut Forest", 52.0), ("windowed Gaussian", 24.3)]
 

@@ -35,6 +35,11 @@ feature) and vectorised across series; memory is fixed, about 2.2 kB per series.
    and its spread over about as many days: two
    features score one sample's distance from that expectation and the mean distance over the last
    ``short_samples`` (a flat or late day is a run of small misses), calibrated like the others.
+   A **count series** (one that has shown only non-negative integers: events per interval) also has
+   bursts that recur at random hours, a few a day; the largest miss of the context that every recent
+   day has reached excuses the value and its distance from the context the same way, at any hour, so
+   a burst as large as a usual day's counts as ``daily_scales`` scales, while a burst far beyond it,
+   a new extreme, a dip or a stop still scores.
 6. **One alert per incident.** After a score reaches ``alert_level``, for
    ``quiet_samples`` samples only a sample more surprising than the incident's peak keeps
    its score, and not within the first ``short_samples`` (the smoothed features are still
@@ -73,7 +78,7 @@ _MAX_SURPRISE = 1e5
 _EXTREME_MEMORIES = 10.0
 _P_FLOOR = 1e-12
 
-_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak")
+_SCALARS = ("loc", "dev", "absm", "ms", "ml", "vs", "env_hi", "env_lo", "grow", "quiet", "peak", "uncounted")
 # series per block of an update: the temporaries of a block stay in cache and are reused by the allocator
 # instead of being mapped afresh every tick
 _CHUNK = 4096
@@ -119,6 +124,8 @@ class AnomalyBank:
       contextual features); off, the detector is the one before them.
     - ``weekdays``: scale each time of day's expected shape by the amplitude its weekday usually
       shows (a quiet Sunday is not a flat day); off, one shape serves every day.
+    - ``bursts``: excuse a count series' bursts as large as every recent day has shown, at any hour
+      (needs ``contextual``); off, only what recurs at the same hour is excused.
 
     Scores are conservative: on the NAB series 0.12% of samples score 0.99 or more and
     0.03% score 0.999 or more.
@@ -136,7 +143,7 @@ class AnomalyBank:
                  scale_floor: float = 0.05, clip: float = 3.0, warmup: int = 12, alert_level: float = 0.99,
                  quiet_samples: int = 400, use_forecast: bool = False, daily_bins: int = 24, daily_days: float = 7.0,
                  daily_scales: float = 3.0, glitch_scales: float = 1e4, contextual: bool = True,
-                 weekdays: bool = True) -> None:
+                 weekdays: bool = True, bursts: bool = True) -> None:
         self._cap = max(int(capacity), 1)
         self._glitch = glitch_scales
         self._n = 0
@@ -158,6 +165,7 @@ class AnomalyBank:
         self._nf = 5 + 2 * self._ctx + use_forecast
         self._fc = use_forecast
         self._day_scales = daily_scales
+        self._bursts = bursts and self._ctx
         # the level feature's mean of ``short_samples`` has a spread sqrt((2 - a) / a) times smaller
         self._level_gain = float(np.sqrt(2.0 / self._a_short - 1.0) / 2.0)
         self._long_gain = float(np.sqrt(2.0 / self._a_long - 1.0) / 2.0)
@@ -298,6 +306,9 @@ class AnomalyBank:
         b_learn = _bin(feats)
         if cells is not None:  # look the value up with the daily habit excused, learn it plain
             habit = self._tod.habit(cells, timed) / self._day_scales
+            if self._bursts:  # a count series' bursts at any hour, as large as every recent day has shown
+                burst = np.where(f["uncounted"][idx] == 0.0, self._tod.miss_habit(idx), 0.0)
+                habit = np.maximum(habit, burst / self._day_scales)
             feats[:, 0] = np.minimum(ae / np.maximum(sig, habit), EDGES[-1])
             b = b_learn.copy()
             b[:, 0] = _bin(feats[:, 0])
@@ -350,6 +361,8 @@ class AnomalyBank:
         f["ml"][idx] = ml_new
         f["vs"][idx] = vs_new
         self._i["count"][idx] = cnt + 1
+        # a series is a count (events per interval) while it has shown only non-negative integers
+        f["uncounted"][idx] = np.where((x < 0.0) | (x != np.round(x)), 1.0, f["uncounted"][idx])
         if cells is not None and self._ctx:
             learn_ctx()
         if cells is not None:
@@ -390,7 +403,9 @@ class AnomalyBank:
         self._cap = max(n, 1)
         self._n = n
         self._tod.load_state_dict(state, n, self._cap)
-        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64), n, self._cap) for k in _SCALARS}
+        # a state saved before the count flag reads as counts until a series shows a fraction or a sign
+        self._f = {k: _grown(np.asarray(state[k], dtype=np.float64) if k in state else np.zeros(n), n, self._cap)
+                   for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
         self._hist = np.zeros((self._cap, self._nf, _NB))
         self._hist[:n] = hist

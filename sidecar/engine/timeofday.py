@@ -21,6 +21,9 @@ across series:
   weekday's memory when it ends (over ``days`` of that weekday), so a day never excuses itself; a weekday
   speaks once two days of it (each with a context for at least half its samples) have been seen, as a bin
   speaks after two days; until then its factor is 1.
+- **Bursts at any hour**: per series, the largest miss of the context reached on *every* recent day (falls at
+  once, rises over ``days`` days, as the habits do). Bursts that recur a few times a day at random hours (event
+  counts, ad clicks) reach it every day, so the detector can count one as large as that as ordinary.
 
 The bin's sample rate comes from the series' own sampling interval, so an hourly series (one sample per
 bin a day) learns in days, like a 1-minute one. ``t`` only places a sample in its day; a sample without a
@@ -41,7 +44,8 @@ B = NDArray[np.bool_]
 DAY_S = 86400.0
 MAD_TO_SD = 1.2533  # standard deviation / mean absolute deviation for a normal law
 # w*: today's sums for its weekday's amplitude, folded in when the day ends
-SCALARS = ("day", "tlast", "gap", "rs", "wxy", "wxx", "wn")
+# m*: today's largest miss of the context, the one reached on every recent day, and today's samples with a context
+SCALARS = ("day", "tlast", "gap", "rs", "wxy", "wxx", "wn", "mtoday", "mdaily", "mn")
 WEEKDAY_OF_DAY_0 = 3  # 1970-01-01 was a Thursday (Monday is 0)
 
 
@@ -111,9 +115,25 @@ class TimeOfDay:
             rise = daily + np.float32(self._a_day) * (seen - daily)
             self._daily[s] = np.where(seen < 0.0, daily, np.where((daily < 0.0) | (seen < daily), seen, rise))
             self._today[s] = -1.0
+            self._fold_miss(s)
             self._f["day"][s] = day[new]
         h = np.minimum((t - day * DAY_S) * (nb / DAY_S), nb - 1).astype(np.int64)
         return idx[:, None] * nb + (h[:, None] + np.arange(-1, 2)) % nb
+
+    def _fold_miss(self, s: I64) -> None:
+        """The day just ended's largest miss of the context becomes the one reached every day if smaller (or
+        the first), and moves toward it over ``days`` days if larger; a day without a context leaves it."""
+        f = self._f
+        seen, daily = f["mtoday"][s], f["mdaily"][s]
+        rise = daily + self._a_day * (seen - daily)
+        f["mdaily"][s] = np.where(f["mn"][s] > 0.0, np.where((daily <= 0.0) | (seen < daily), seen, rise), daily)
+        f["mtoday"][s] = 0.0
+        f["mn"][s] = 0.0
+
+    def miss_habit(self, idx: I64) -> F64:
+        """The miss of the context each series has reached on every recent day (bursts that recur at random
+        hours, a few a day: 0 until a day with a context has ended)."""
+        return self._f["mdaily"][idx]
 
     def _fold_weekday(self, s: I64) -> None:
         """Fold the day just ended of series ``s`` into its weekday's amplitude (a day with a context for at
@@ -194,6 +214,9 @@ class TimeOfDay:
             flat[c] = cm[go] + a * e
             flat[c + nb] = cd[go] + a * (np.abs(miss) - cd[go])
             flat[c + 2 * nb] = w + 1.0
+            r = idx[ready]
+            f["mtoday"][r] = np.maximum(f["mtoday"][r], np.abs(dxs - expect)[ready])
+            f["mn"][r] += 1.0
         return value, level, ready, csig, learn
 
     def _weekday(self, idx: I64, t: F64, ready: B, cm: F64, csig: F64) -> tuple[F64, Callable[[F64], None]]:

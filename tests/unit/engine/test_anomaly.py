@@ -390,7 +390,8 @@ def test_a_new_level_does_not_keep_the_context_surprised() -> None:
 @pytest.mark.parametrize(("added", "zeroed"), [
     (("context", "tlast", "gap", "rs"), "context"),
     (("weekday", "wxy", "wxx", "wn"), "weekday"),
-], ids=["context", "weekdays"])
+    (("uncounted", "mtoday", "mdaily", "mn"), "mdaily"),
+], ids=["context", "weekdays", "bursts"])
 def test_state_saved_before_a_later_feature_still_loads(added: tuple[str, ...], zeroed: str) -> None:
     a = AnomalyBank()
     a.add(2)
@@ -422,3 +423,55 @@ def test_a_flat_weekday_stands_out_against_what_its_weekday_usually_shows() -> N
     one_shape = _scores_at(AnomalyBank(weekdays=False), t, values)
     assert by_weekday[flat_monday].max() >= 0.99 > one_shape[flat_monday].max()
     assert max(by_weekday[w * 168:w * 168 + 120].max() for w in range(2, 5)) < 0.99  # ordinary weekdays
+
+
+def _bursty_counts(days: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """5-minute event counts near 5 per sample with bursts of 4-8 times that for two samples, about three a
+    day per series at random times; returns times, values (rows = time) and where bursts start."""
+    rng = np.random.default_rng(seed)
+    n = days * 288
+    burst = np.ones((n, k))
+    onset = rng.random((n, k)) < 3.0 / 288
+    for i, j in zip(*np.nonzero(onset), strict=True):
+        burst[i:i + 2, j] *= rng.uniform(4.0, 8.0)
+    t = 1.7e9 - 1.7e9 % 86400.0 + 300.0 * np.arange(n)
+    return t, rng.poisson(5.0 * burst).astype(np.float64), onset
+
+
+def _scores_of(bank: AnomalyBank, t: np.ndarray, values: np.ndarray) -> np.ndarray:
+    idx = bank.add(values.shape[1])
+    nan = np.full(values.shape[1], np.nan)
+    return np.array([bank.update(idx, np.full(values.shape[1], t[i]), values[i], nan, nan, nan, nan)
+                     for i in range(t.size)])
+
+
+def _decades(scores: np.ndarray) -> np.ndarray:
+    return -np.log10(np.maximum(1.0 - scores, 1e-12))
+
+
+def test_a_count_series_learns_bursts_that_recur_at_random_hours() -> None:
+    t, values, onset = _bursty_counts(14, 8, seed=0)
+    late = onset.copy()
+    late[:7 * 288] = False  # a week in: every recent day has shown bursts
+    on = _scores_of(AnomalyBank(), t, values)
+    off = _scores_of(AnomalyBank(bursts=False), t, values)
+    # how surprising the bursts are, in decades of p
+    assert _decades(on[late]).mean() < 0.8 * _decades(off[late]).mean()
+    assert np.count_nonzero(on[late] >= 0.99) < np.count_nonzero(off[late] >= 0.99)
+    assert np.count_nonzero(on[7 * 288:] >= 0.99) <= 0.001 * on[7 * 288:].size
+
+
+def test_a_burst_far_beyond_a_count_series_history_still_scores() -> None:
+    t, values, _ = _bursty_counts(14, 4, seed=1)
+    at = 12 * 288 + 150
+    values[at] = 10.0 * values[:at].max(axis=0)
+    scores = _scores_of(AnomalyBank(), t, values)
+    assert np.all(scores[at] >= 0.99)
+
+
+def test_a_series_with_fractions_is_not_excused_its_bursts() -> None:
+    t, values, _ = _bursty_counts(10, 2, seed=2)
+    values += 0.5  # not events per interval: the burst excuse must not apply
+    on = _scores_of(AnomalyBank(), t, values)
+    off = _scores_of(AnomalyBank(bursts=False), t, values)
+    np.testing.assert_array_equal(on, off)
