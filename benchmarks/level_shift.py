@@ -10,7 +10,8 @@ running backtest many times over (4 h at 15 s sampling, 2 days at 5 min), then a
 level, then enough samples to settle (3 h at 15 s, 1 day at 5 min). Cases: memory 80 % -> 1 % (cache
 flush), memory 95 % -> 5 % (a flush from over the limit),
 CPU 55 % -> 7 % (idle), CPU 10 % -> 60 % (step up), latency 40 -> 120 ms; each at 15 s and 5 min
-sampling; the engine's default limits (cpu 95, memory 90, latency 1000).
+sampling; and, at 15 s only, a sawtooth: memory 90 % -> 5 % then refilling 0.5 %/min (the "new level" is a
+line); the engine's default limits (cpu 95, memory 90, latency 1000).
 
 Measured per case and horizon:
 
@@ -70,6 +71,7 @@ class Case:
     before: float
     after: float
     dt_s: float
+    refill_per_min: float = 0.0     # after the step the level climbs this much a minute (a cache refilling)
 
     @property
     def warmup_s(self) -> float:
@@ -80,7 +82,7 @@ class Case:
         return 3 * 3600.0 if self.dt_s < 300 else DAY
 
 
-CASES = tuple(
+STEPS = tuple(
     Case(name, metric, a, b, step)
     for step in (15.0, 300.0)
     for name, metric, a, b in (
@@ -91,12 +93,13 @@ CASES = tuple(
         ("latency 40 -> 120 ms", "request_latency_ms", 40.0, 120.0),
     )
 )
+CASES = (*STEPS, Case("memory 90 -> 5 % then refilling 0.5 %/min (sawtooth)", "memory_usage", 90.0, 5.0, 15.0, 0.5))
 
 
 def level(case: Case, t: NDArray[np.floating[Any]], wave: float) -> F64:
     """The noise-free signal at times t: the old level before the step, the new one from it, times the wave."""
     step_at = T0 + case.warmup_s
-    base = np.where(t < step_at, case.before, case.after)
+    base = np.where(t < step_at, case.before, case.after + case.refill_per_min * np.maximum(t - step_at, 0.0) / 60.0)
     out: F64 = base * (1.0 + wave * np.sin(2 * np.pi * (t - T0) / DAY))
     return out
 

@@ -47,6 +47,7 @@ from sidecar.engine.regime import (
     SHIFT_Z,
     domain_of,
     floor_interval,
+    shift_trend,
     still_shifted,
 )
 from sidecar.engine.scoring import WINDOW, RunningBacktest
@@ -194,6 +195,13 @@ class ForecastBank:
             "slev": Field((), np.float64, np.nan, optional=True),
             "sn": Field((), np.float64, 0.0, optional=True),
             "sjump": Field((), np.float64, np.nan, optional=True),
+            # least-squares sums of the samples since the shift (x: seconds since it), for its trend
+            "sk": Field((), np.float64, 0.0, optional=True),
+            "sx": Field((), np.float64, 0.0, optional=True),
+            "sxx": Field((), np.float64, 0.0, optional=True),
+            "sy": Field((), np.float64, 0.0, optional=True),
+            "sxy": Field((), np.float64, 0.0, optional=True),
+            "syy": Field((), np.float64, 0.0, optional=True),
             "shold": Field((H,), np.bool_, False, optional=True),
             "freg": Field((H,), np.int8, COLD, optional=True),
         }, cap)
@@ -375,11 +383,15 @@ class ForecastBank:
                 lo = lo - np.where(d > 0, back, ahead)
                 hi = hi + np.where(d > 0, ahead, back)
             lo, hi = self._reach_pending_run(i, mean, lo, hi)
-            mean, held = self._shift_regime(i, now, mean)
+            mean, held, trend_from = self._shift_regime(i, now, mean)
             if held.any():
                 spread = np.where(held, SHIFT_Z * c["sdev"][i][:, None], 0.0)
                 spread = np.where(np.isfinite(spread), spread, 0.0)
                 lo, hi = lo - spread, hi + spread
+                # a trend since the shift may stop now: the interval reaches back to the level now, half beyond
+                d = np.where(held & np.isfinite(trend_from)[:, None], mean - trend_from[:, None], 0.0)
+                lo = lo - np.where(d > 0, d, 0.5 * -d)
+                hi = hi + np.where(d > 0, 0.5 * d, -d)
             lo, hi = floor_interval(lo, hi, self._order)
         # every forecast, the baselines' too, stays inside the metric's domain
         dlo, dhi = domain_of(c["dlo"][i], c["dhi"][i], c["ymin"][i])
@@ -418,22 +430,30 @@ class ForecastBank:
         out: NDArray[np.int8] = self.core["srun"][i].astype(np.int8)
         return out
 
-    def _shift_regime(self, i: I64, now: Now, mean: F64) -> tuple[F64, NDArray[np.bool_]]:
-        """The forecasts with every horizon still in a level shift's regime set to the new level."""
+    def _shift_regime(self, i: I64, now: Now, mean: F64) -> tuple[F64, NDArray[np.bool_], F64]:
+        """The forecasts with every horizon still in a level shift's regime set to the new level (or its
+        trend's line, `regime.shift_trend`); also the level now where a trend is forecast (NaN elsewhere)."""
         c = self.core
         st0 = c["st0"][i]
         active = np.isfinite(st0)
         if not active.any():
-            return mean, np.zeros(mean.shape, bool)
-        held = still_shifted(c["shold"][i] & active[:, None], mean, c["slev"][i], c["sjump"][i], c["scale1"][i],
-                             now.t - st0, self.horizons_s)
+            return mean, np.zeros(mean.shape, bool), np.full(i.size, np.nan)
+        since = now.t - st0
+        level_now, slope = shift_trend(c["sk"][i], c["sx"][i], c["sxx"][i], c["sy"][i], c["sxy"][i], c["syy"][i],
+                                       since)
+        level_now = np.where(active, level_now, np.nan)
+        reach = np.minimum(self.horizons_s[None, :], COLD_REACH * np.maximum(since, 0.0)[:, None])
+        target = np.where(np.isfinite(level_now)[:, None], level_now[:, None] + slope[:, None] * reach,
+                          c["slev"][i][:, None])
+        held = still_shifted(c["shold"][i] & active[:, None], mean, target, c["sjump"][i], c["scale1"][i],
+                             since, self.horizons_s)
         c["shold"][i] = held
         over = active & ~held.any(axis=1)
         if over.any():
             c["st0"][i[over]] = np.nan
             c["slev"][i[over]] = np.nan
-        out: F64 = np.where(held, c["slev"][i][:, None], mean)
-        return out, held
+        out: F64 = np.where(held, target, mean)
+        return out, held, level_now
 
     def _now(self, i: I64) -> Now:
         c = self.core

@@ -18,7 +18,9 @@ trusting:
   their memory, and their backtest scores are as slow to notice. A run of `SHIFT_RUN` samples
   beyond the one-step interval on the same side, each `SHIFT_SCALES` error scales away, is a
   shift: from then on every horizon forecasts the new level (a running mean of the samples since
-  the shift) until the bank's own forecast at that horizon has come back to it, or for a day.
+  the shift, or, once the samples since show a clear trend — a cache refilling after its flush — the
+  line through them, extrapolated at most `COLD_REACH` times the time since the shift) until the bank's
+  own forecast at that horizon has come back to it, or for a day.
 
 Whatever the regime, a forecast stays inside its metric's domain (a percentage in 0-100, a
 fraction in 0-1, a metric that has never been negative not below 0) and its interval is never
@@ -49,6 +51,8 @@ SHIFT_MAX_S = 86400.0    # a shift regime ends after a day at the latest (the da
 SHIFT_CAUGHT_UP = 0.1    # a horizon leaves the shift regime once the bank is within this share of the jump
 SHIFT_PRIOR = 0.1        # the new level's spread starts at this share of the jump (is it lasting? unknown yet)
 SHIFT_Z = 2.0            # a shift-held interval spans at least this many mean absolute deviations of the new level
+SHIFT_TREND_MIN = 4      # samples since a shift before the new level may carry a trend ...
+SHIFT_TREND_T = 5.0      # ... and only a clear one: its least-squares slope this many standard errors from 0
 COLD_MIN_SCORED = 12     # one-step scores a model needs before it forecasts an unscored horizon (a trend, not a blip)
 COLD_REACH = 8.0         # a trend known only from one-step errors is extrapolated at most this many times the data span
 COLD_TREND_SHARE = 1.0   # an unscored horizon's interval reaches back by the move it forecasts ("it stops now" stays
@@ -137,16 +141,36 @@ def follow_level(level: F64, spread: F64, count: F64, y: F64) -> tuple[F64, F64,
     return new_level, new_spread, c
 
 
+def shift_trend(k: F64, sx: F64, sxx: F64, sy: F64, sxy: F64, syy: F64, x_now: F64) -> tuple[F64, F64]:
+    """The new level now and its slope per second, from the least-squares line through the samples since a
+    shift (sums of x = seconds since it, y, x^2, xy, y^2 over k samples). The slope is 0 unless there are
+    `SHIFT_TREND_MIN` samples and it stands `SHIFT_TREND_T` standard errors from 0: a cache refilling after its
+    flush is a climb to forecast, a noisy new plateau is not. NaN level where no clear trend is known."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kk = np.maximum(k, 1.0)
+        sxx_c = sxx - sx * sx / kk
+        b = np.where(sxx_c > 0, (sxy - sx * sy / kk) / np.where(sxx_c > 0, sxx_c, 1.0), 0.0)
+        a = sy / kk - b * sx / kk
+        rss = np.maximum(syy - a * sy - b * sxy, 0.0)
+        se = np.sqrt(rss / np.maximum(k - 2.0, 1.0) / np.where(sxx_c > 0, sxx_c, np.inf))
+        clear = (k >= SHIFT_TREND_MIN) & (np.abs(b) >= SHIFT_TREND_T * se) & np.isfinite(b)
+        slope: F64 = np.where(clear, b, 0.0)
+        level: F64 = np.where(clear, a + b * x_now, np.nan)
+    return level, slope
+
+
 def still_shifted(active: B, bank_mean: F64, level: F64, jump: F64, scale: F64, since_s: F64, horizons_s: F64) -> B:
     """(k, H): which horizons keep forecasting the post-shift level.
 
     A horizon leaves once the bank's own forecast there is back within `SHIFT_CAUGHT_UP` of the jump
     (or `SHIFT_SCALES` error scales) of the new level and the forecasts made since the shift have begun
     to be scored there (a horizon's worth of time): its models have learnt the change. After
-    `SHIFT_MAX_S` every horizon leaves: a day of data has reached every profile."""
+    `SHIFT_MAX_S` every horizon leaves: a day of data has reached every profile. `level` is (k,) or, with a
+    trend since the shift, (k, H): the regime's forecast at each horizon."""
+    lev = level[:, None] if level.ndim == 1 else level
     with np.errstate(invalid="ignore"):
         tol = np.fmax(SHIFT_CAUGHT_UP * np.abs(jump), SHIFT_SCALES * np.where(np.isfinite(scale), scale, 0.0))
-        caught = (np.abs(bank_mean - level[:, None]) <= tol[:, None]) & (since_s[:, None] >= horizons_s[None, :])
+        caught = (np.abs(bank_mean - lev) <= tol[:, None]) & (since_s[:, None] >= horizons_s[None, :])
         young = since_s < SHIFT_MAX_S
     out: B = active & ~caught & young[:, None]
     return out

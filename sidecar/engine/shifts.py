@@ -69,3 +69,12 @@ def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDAr
         c["shold"][s] = True
     if go_on.any():
         c["sdev"][i[go_on]] = dev[go_on]
+    # the least-squares sums of the samples since the shift (its first one, at x = 0, included)
+    fresh = up.started
+    more = go_on & np.isfinite(y)
+    if fresh.any() or more.any():
+        x = np.where(fresh, 0.0, t - c["st0"][i])
+        yy = np.where(np.isfinite(y), y, 0.0)
+        for name, v in (("sk", 1.0), ("sx", x), ("sxx", x * x), ("sy", yy), ("sxy", x * yy), ("syy", yy * yy)):
+            add = np.broadcast_to(np.asarray(v, np.float64), x.shape)
+            c[name][i] = np.where(fresh, add, np.where(more, c[name][i] + add, c[name][i]))

@@ -208,6 +208,34 @@ def test_a_cache_flush_shows_no_time_to_limit_and_its_interval_reaches_the_new_v
         assert short["lower"] <= m["value"] <= short["upper"], (k, m["value"], short)
 
 
+def test_a_cache_refilling_after_its_flush_is_forecast_to_climb_and_gets_a_time_to_limit() -> None:
+    """A sawtooth (cache or heap grows 10 %/min, flushed at 95 %): after the flush the new level is not flat.
+    Once the samples since the shift show a clear climb, every horizon follows the line through them, and a
+    time to limit is shown a few minutes into the refill: late rather than early (the path to it bends where the
+    15-minute forecast stops at the domain's 100 %), within 60 % of the truth."""
+    eng = Engine()
+    eng.create_twin("saw", at=T0)
+    slot = eng.series_for("saw", ["memory_usage"])
+    rng = np.random.default_rng(3)
+    k, etas = 0, []
+    for cycle in range(4):
+        for j in range(36):                                     # 9 minutes from 5 % to 95 %, then flushed
+            v = 5.0 + 90.0 * j / 35 + rng.normal(0, 0.5)
+            eng.ingest(slot, np.array([v]), at=T0 + 15.0 * k)
+            k += 1
+            if cycle == 3 and j == 12:
+                st = eng.status("saw")
+                m = st["metrics"]["memory_usage"]
+                five = next(p for p in st["state_predictions"] if p["horizon_seconds"] == 300.0)
+                f = five["metrics"]["memory_usage"]
+                true_5m = 5.0 + 90.0 * (j + 20) / 35
+                assert f["regime"] == "level_shift" and abs(f["predicted"] - true_5m) < 10.0, (f, true_5m)
+                assert f["lower"] <= v                                  # the climb may stop now
+                etas.append((m["breach_eta_seconds"], (90.0 - v) / (90.0 / 35) * 15.0))
+    (eta, truth), = etas
+    assert eta is not None and truth <= eta <= 1.6 * truth, (eta, truth)
+
+
 def test_a_drop_far_below_the_limit_hides_the_time_to_limit_while_the_models_catch_up() -> None:
     from sidecar.engine.predict import hide_unsupported_eta
 
