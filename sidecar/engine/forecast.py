@@ -183,6 +183,7 @@ class ForecastBank:
             "dlo": Field((), np.float64, -np.inf, optional=True),
             "dhi": Field((), np.float64, np.inf, optional=True),
             "ymin": Field((), np.float64, np.inf, optional=True),
+            "ymax": Field((), np.float64, -np.inf, optional=True),
             "srun": Field((), np.int8, 0, optional=True),
             "ssum": Field((), np.float64, 0.0, optional=True),
             "sbase": Field((), np.float64, np.nan, optional=True),
@@ -290,6 +291,7 @@ class ForecastBank:
         if self._forced < 0:        # a forced model is a baseline (last value, predict_linear): kept pure
             follow_shift(c, i, t, y, exp, seen & ~gap)
         c["ymin"][i] = np.fmin(c["ymin"][i], y)
+        c["ymax"][i] = np.fmax(c["ymax"][i], y)
         self.backtest.score_due(i, t, y, dt_prev)
         if self._forced < 0:        # a forced model is a baseline (last value, predict_linear): kept pure
             y = hold_glitches(c, i, y, exp, gap)
@@ -443,8 +445,9 @@ class ForecastBank:
                                        since)
         level_now = np.where(active, level_now, np.nan)
         reach = np.minimum(self.horizons_s[None, :], COLD_REACH * np.maximum(since, 0.0)[:, None])
-        target = np.where(np.isfinite(level_now)[:, None], level_now[:, None] + slope[:, None] * reach,
-                          c["slev"][i][:, None])
+        # a line no further than the series has ever been: a sawtooth's refill stops where its flushes come
+        line = np.clip(level_now[:, None] + slope[:, None] * reach, c["ymin"][i][:, None], c["ymax"][i][:, None])
+        target = np.where(np.isfinite(level_now)[:, None], line, c["slev"][i][:, None])
         held = still_shifted(c["shold"][i] & active[:, None], mean, target, c["sjump"][i], c["scale1"][i],
                              since, self.horizons_s)
         c["shold"][i] = held

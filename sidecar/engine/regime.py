@@ -19,7 +19,8 @@ trusting:
   beyond the one-step interval on the same side, each `SHIFT_SCALES` error scales away, is a
   shift: from then on every horizon forecasts the new level (a running mean of the samples since
   the shift, or, once the samples since show a clear trend — a cache refilling after its flush — the
-  line through them, extrapolated at most `COLD_REACH` times the time since the shift) until the bank's
+  line through them, extrapolated at most `COLD_REACH` times the time since the shift and never past the
+  highest or lowest value the series has shown) until the bank's
   own forecast at that horizon has come back to it, or for a day.
 
 Whatever the regime, a forecast stays inside its metric's domain (a percentage in 0-100, a

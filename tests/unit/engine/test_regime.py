@@ -211,8 +211,9 @@ def test_a_cache_flush_shows_no_time_to_limit_and_its_interval_reaches_the_new_v
 def test_a_cache_refilling_after_its_flush_is_forecast_to_climb_and_gets_a_time_to_limit() -> None:
     """A sawtooth (cache or heap grows 10 %/min, flushed at 95 %): after the flush the new level is not flat.
     Once the samples since the shift show a clear climb, every horizon follows the line through them, and a
-    time to limit is shown a few minutes into the refill: late rather than early (the path to it bends where the
-    15-minute forecast stops at the domain's 100 %), within 60 % of the truth."""
+    time to limit is shown a few minutes into the refill: late rather than early (the path to it runs straight
+    from the 5-minute forecast to the 15-minute one, which stops at the highest value the series has shown),
+    under twice the truth. Before, no time to limit at all until the models caught up."""
     eng = Engine()
     eng.create_twin("saw", at=T0)
     slot = eng.series_for("saw", ["memory_usage"])
@@ -233,7 +234,7 @@ def test_a_cache_refilling_after_its_flush_is_forecast_to_climb_and_gets_a_time_
                 assert f["lower"] <= v                                  # the climb may stop now
                 etas.append((m["breach_eta_seconds"], (90.0 - v) / (90.0 / 35) * 15.0))
     (eta, truth), = etas
-    assert eta is not None and truth <= eta <= 1.6 * truth, (eta, truth)
+    assert eta is not None and truth <= eta <= 2.0 * truth, (eta, truth)
 
 
 def test_a_drop_far_below_the_limit_hides_the_time_to_limit_while_the_models_catch_up() -> None:

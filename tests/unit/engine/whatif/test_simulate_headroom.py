@@ -167,9 +167,9 @@ def demo_like_engine(n: int = 400, step: float = 5.0, seed: int = 0, cache_pct: 
 
 def test_a_spike_whose_peaks_are_all_under_their_limits_names_what_drives_its_failure_probability() -> None:
     """A 3x spike with every projected peak under its limit and a failure probability over 10% from memory's
-    forecast interval (its cache reaches 95% before a flush): the advice names memory and how often it goes over,
-    and says replicas do not help, without claiming that 64x the capacity might be needed."""
-    eng, now = demo_like_engine(cache_pct=80.0)
+    forecast interval (its cache reaches 85% before a flush, its limit 90%): the advice names memory and how
+    often it goes over, and says replicas do not help, without claiming that 64x the capacity might be needed."""
+    eng, now = demo_like_engine(cache_pct=70.0)
     r = eng.simulate("demo-api", {"type": "traffic_spike", "traffic_multiplier": 3, "duration_minutes": 5}, at=now)
     peak = r["projected_metrics"]["peak"]
     assert all(p["value"] < p["limit"] for p in peak.values())                      # the point projections
