@@ -1,0 +1,113 @@
+"""Observed samples written at a cadence (``storage.sample_interval``): held, then written together, never lost
+on a clean shutdown, never held past half the buffer; everything else still goes out at once. Real SQLite files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from helpers.store_contract import T0, samples
+from helpers.stores import round_outbox
+
+from sidecar.engine.view import Outbox
+from sidecar.status import ServiceStatus
+from sidecar.store import Store, StoreWriter, open_store
+from sidecar.store.base import sample_columns
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def stored_rounds(store: Store) -> list[int]:
+    _, v = await store.metrics_history("twin_a", "cpu_usage", -np.inf, np.inf)
+    return sorted({int(x) for x in v})
+
+
+async def test_samples_are_held_until_their_interval_then_written_together(db_path: Path) -> None:
+    clock, status = Clock(), ServiceStatus()
+    store = open_store(path=db_path, status=None, env={})
+    writer = StoreWriter(store, status, samples_every_s=60.0, clock=clock)
+    await writer.start()
+    for i in range(4):                                  # rounds at 0, 15, 30, 45 s
+        clock.now = T0 + 15.0 * i
+        writer.submit(round_outbox(i))
+    assert await writer.flush(timeout=30)               # flush writes what is held too
+    assert await stored_rounds(store) == [0, 1, 2, 3]
+    for i in range(4, 7):                               # 60, 75, 90 s: held again
+        clock.now = T0 + 15.0 * i
+        writer.submit(round_outbox(i))
+    await _settle(writer)
+    snaps = {e.snapshot_id for e in await store.list_snapshots("twin_a")}
+    assert {"s004", "s005", "s006"} <= snaps            # snapshots are never held
+    assert await stored_rounds(store) == [0, 1, 2, 3]   # the samples are
+    clock.now = T0 + 15.0 * 8                           # 60 s after the oldest held: out with this round
+    writer.submit(round_outbox(8))
+    await _settle(writer)
+    assert await stored_rounds(store) == [0, 1, 2, 3, 4, 5, 6, 8]
+    await writer.close()
+
+
+async def test_a_clean_shutdown_writes_the_held_samples(db_path: Path) -> None:
+    clock = Clock()
+    writer = StoreWriter(open_store(path=db_path, status=None, env={}), ServiceStatus(), samples_every_s=3600.0,
+                         clock=clock)
+    await writer.start()
+    writer.submit(Outbox(samples=[samples("twin_a", "cpu_usage", [T0, T0 + 15], [1.0, 2.0])]))
+    ticket = writer.last_ticket
+    assert ticket.written is None                       # held: not written yet, and its ticket says so
+    await writer.close()
+    assert ticket.written is True
+    reopened = open_store(path=db_path, status=None, env={})
+    try:
+        assert await stored_rounds(reopened) == [1, 2]
+    finally:
+        await reopened.close()
+
+
+async def test_held_samples_go_out_before_they_reach_half_the_buffer(db_path: Path) -> None:
+    clock, status = Clock(), ServiceStatus()
+    store = open_store(path=db_path, status=None, env={})
+    writer = StoreWriter(store, status, max_items=100, samples_every_s=3600.0, clock=clock)
+    await writer.start()
+    for i in range(5):                                  # 10 samples a round; half the buffer is 50
+        writer.submit(round_outbox(i))
+    await _settle(writer)
+    assert await stored_rounds(store) == [0, 1, 2, 3, 4]
+    assert status.store_dropped_samples_total == 0
+    await writer.close()
+
+
+async def test_without_a_cadence_every_round_is_written_at_once(db_path: Path) -> None:
+    store = open_store(path=db_path, status=None, env={})
+    writer = StoreWriter(store, ServiceStatus())
+    await writer.start()
+    writer.submit(round_outbox(0))
+    await _settle(writer)
+    assert await stored_rounds(store) == [0]
+    await writer.close()
+
+
+def test_sample_rows_come_out_in_key_order_with_every_finite_sample() -> None:
+    batches = [samples("twin_b", "mem", [T0 + 15], [1.0]), samples("twin_a", "mem", [T0 + 15], [2.0]),
+               samples("twin_a", "cpu", [T0 + 15, T0], [3.0, 4.0]), samples("twin_c", "cpu", [T0], [np.nan])]
+    twin, ts, metric, val = sample_columns(batches)
+    rows = list(zip(twin, ts, metric, val, strict=True))
+    assert rows == sorted(rows)
+    assert sorted(rows) == sorted([("twin_b", T0 + 15, "mem", 1.0), ("twin_a", T0 + 15, "mem", 2.0),
+                                   ("twin_a", T0 + 15, "cpu", 3.0), ("twin_a", T0, "cpu", 4.0)])
+
+
+async def _settle(writer: StoreWriter) -> None:
+    """Wait for what is queued (not what is held) to be written."""
+    for _ in range(300):
+        if writer.backlog == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the writer did not catch up")
