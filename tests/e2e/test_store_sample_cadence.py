@@ -8,9 +8,13 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import yaml
 from helpers.store_contract import T0, samples
 from helpers.stores import round_outbox
 
+from sidecar.app import _open_history
+from sidecar.config import load_config
+from sidecar.engine.core import Engine
 from sidecar.engine.view import Outbox
 from sidecar.status import ServiceStatus
 from sidecar.store import Store, StoreWriter, open_store
@@ -111,3 +115,33 @@ async def _settle(writer: StoreWriter) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the writer did not catch up")
+
+
+async def test_a_restart_replays_every_sample_the_last_run_held_at_shutdown(tmp_path: Path) -> None:
+    """The service's writer holds samples for the default minute; a clean stop writes them, and the next start
+    puts every one back in the twin's history."""
+    db = tmp_path / "twins.db"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({
+        "prometheus": {"url": "http://127.0.0.1:9"}, "interval": "15s", "backfill": "0",
+        "server": {"listen": "127.0.0.1:0"}, "storage": {"path": str(db)},
+        "twins": [{"name": "svc", "metrics": {"cpu_usage": 'test_gauge{k="a"}'}}]}))
+    cfg = load_config(rules)
+    assert cfg.storage.sample_interval_s == 60.0
+    first = Engine()
+    opened = await _open_history(cfg, first, ServiceStatus())
+    first.create_twin("svc", at=T0, system_type="web_service")
+    slot = first.series_for("svc", ["cpu_usage"])
+    times = T0 + 15.0 * np.arange(1, 9)
+    for t in times:                                     # 8 rounds in a few milliseconds: all held
+        first.ingest(slot, np.array([20.0 + t % 7]), at=float(t))
+        opened.writer.submit(first.drain())
+    assert opened.writer.last_ticket.written is None
+    await opened.writer.close()
+
+    second = Engine()
+    reopened = await _open_history(cfg, second, ServiceStatus())
+    await reopened.writer.close(1.0)
+    t_hist, y_hist = second.history("svc")["cpu_usage"]
+    np.testing.assert_array_equal(t_hist, times)
+    np.testing.assert_array_equal(y_hist, 20.0 + times % 7)
