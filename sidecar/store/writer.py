@@ -9,11 +9,12 @@ corrections and events are never dropped: they are small and they are the
 history a rollback needs. Writes are retried with exponential backoff and
 the backlog goes out, oldest first, when the database returns.
 
-Observed samples may be written at a cadence (``samples_every_s``, the rules' ``storage.sample_interval``):
-they are held in memory and go out together, in their own transaction, once the oldest held is that old, and
-at every ``flush`` and ``close``. A row's cost in the store is mostly the B-tree page it dirties, and a batch
-of rounds dirties each twin's page once instead of once a round. What a crash loses is at most that interval of
-samples (Prometheus holds them, and a backfill at start reads them back); everything else is queued at once.
+The time-series rows (observed samples and forecast rows) may be written at a cadence (``samples_every_s``,
+the rules' ``storage.sample_interval``): they are held in memory and go out together, in their own
+transaction, once the oldest held is that old, when they reach half of ``max_items``, and at every ``flush``
+and ``close``. A row's cost in the store is mostly the B-tree page it dirties, and a batch of rounds dirties
+each twin's page once instead of once a round. What a crash loses is at most that interval of them (Prometheus
+holds the samples, and a backfill at start reads them back); everything else is queued at once.
 
 A caller that must know when its change is durable (the API's state
 changes) takes ``last_ticket`` right after ``submit`` and awaits
@@ -116,7 +117,8 @@ class StoreWriter:
         self.retention_interval_s = retention_interval_s
         self._clock = clock
         self.samples_every_s = float(samples_every_s)
-        self._held: list[MetricSamples] = []  # samples waiting for their cadence (not queued yet)
+        self._held: list[MetricSamples] = []  # time-series rows waiting for their cadence (not queued yet)
+        self._held_predictions: list[PredictionRows] = []
         self._held_items = 0
         self._held_since = 0.0                # when the oldest held batch was submitted
         self._held_ticket = Ticket(written=True)
@@ -143,8 +145,8 @@ class StoreWriter:
 
     @property
     def backlog(self) -> int:
-        """Rows waiting to be written (queued and in flight; samples held for their cadence are not counted: they
-        are at most half of ``max_items`` and never shed)."""
+        """Rows waiting to be written (queued and in flight; rows held for their cadence are not counted: they are
+        fewer than half of ``max_items`` and never shed)."""
         return self._items
 
     # ------------------------------------------------------------ the caller's side
@@ -162,7 +164,7 @@ class StoreWriter:
             self.last_ticket = Ticket(written=True)
             return
         copy = _copy(outbox)
-        if self.samples_every_s > 0 and copy.samples:
+        if self.samples_every_s > 0 and (copy.samples or copy.predictions):
             self._hold(copy)
             # never more held than half the buffer: released into a full queue they would be shed
             if (self._clock() - self._held_since >= self.samples_every_s
@@ -184,21 +186,23 @@ class StoreWriter:
         self._wake.set()
 
     def _hold(self, outbox: Outbox) -> None:
-        """Take the outbox's samples aside until their cadence comes (see the module docstring)."""
-        if not self._held:
+        """Take the outbox's samples and forecast rows aside until their cadence comes (module docstring)."""
+        if not (self._held or self._held_predictions):
             self._held_since = self._clock()
             self._held_ticket = Ticket()
         self._held.extend(outbox.samples)
-        self._held_items += sum(len(s.twin_id) for s in outbox.samples)
-        outbox.samples = []
+        self._held_predictions.extend(outbox.predictions)
+        self._held_items += (sum(len(s.twin_id) for s in outbox.samples)
+                             + sum(len(p.twin_id) for p in outbox.predictions))
+        outbox.samples, outbox.predictions = [], []
 
     def _release(self) -> None:
-        """Queue the held samples as one outbox of their own (one transaction), in submission order."""
-        if not self._held:
+        """Queue the held rows as one outbox of their own (one transaction), in submission order."""
+        if not (self._held or self._held_predictions):
             return
-        held, ticket = self._held, self._held_ticket
-        self._held, self._held_items = [], 0
-        self._enqueue(Outbox(samples=held), ticket)
+        held = Outbox(samples=self._held, predictions=self._held_predictions)
+        self._held, self._held_predictions, self._held_items = [], [], 0
+        self._enqueue(held, self._held_ticket)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written; False if ``timeout`` ran out first."""
@@ -245,7 +249,7 @@ class StoreWriter:
         if self._closed:
             return
         self._closed = True
-        flushed = await self.flush(timeout) if self._items or self._held else True
+        flushed = await self.flush(timeout) if self._items or self._held or self._held_predictions else True
         self._stopping = True
         if self._task is not None:
             self._task.cancel()

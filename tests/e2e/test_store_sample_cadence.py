@@ -5,11 +5,12 @@ on a clean shutdown, never held past half the buffer; everything else still goes
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import yaml
-from helpers.store_contract import T0, samples
+from helpers.store_contract import T0, predictions, samples
 from helpers.stores import round_outbox
 
 from sidecar.app import _open_history
@@ -18,7 +19,7 @@ from sidecar.engine.core import Engine
 from sidecar.engine.view import Outbox
 from sidecar.status import ServiceStatus
 from sidecar.store import Store, StoreWriter, open_store
-from sidecar.store.base import sample_columns
+from sidecar.store.base import prediction_columns, sample_columns
 
 
 class Clock:
@@ -58,14 +59,16 @@ async def test_samples_are_held_until_their_interval_then_written_together(db_pa
     await writer.close()
 
 
-async def test_a_clean_shutdown_writes_the_held_samples(db_path: Path) -> None:
+async def test_a_clean_shutdown_writes_the_held_samples_and_forecast_rows(db_path: Path) -> None:
     clock = Clock()
     writer = StoreWriter(open_store(path=db_path, status=None, env={}), ServiceStatus(), samples_every_s=3600.0,
                          clock=clock)
     await writer.start()
     writer.submit(Outbox(samples=[samples("twin_a", "cpu_usage", [T0, T0 + 15], [1.0, 2.0])]))
+    writer.submit(Outbox(predictions=[predictions("twin_a", "cpu_usage", T0 + 15, [300, 900], [50, 96], [0, .6])]))
     ticket = writer.last_ticket
     assert ticket.written is None                       # held: not written yet, and its ticket says so
+    assert writer.backlog == 0                          # nor counted as the outage buffer's backlog
     await writer.close()
     assert ticket.written is True
     reopened = open_store(path=db_path, status=None, env={})
@@ -73,6 +76,10 @@ async def test_a_clean_shutdown_writes_the_held_samples(db_path: Path) -> None:
         assert await stored_rounds(reopened) == [1, 2]
     finally:
         await reopened.close()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT horizon_seconds, predicted FROM twin_failure_predictions "
+                            "ORDER BY horizon_seconds").fetchall()
+    assert rows == [(300.0, 50.0), (900.0, 96.0)]
 
 
 async def test_held_samples_go_out_before_they_reach_half_the_buffer(db_path: Path) -> None:
@@ -106,6 +113,16 @@ def test_sample_rows_come_out_in_key_order_with_every_finite_sample() -> None:
     assert rows == sorted(rows)
     assert sorted(rows) == sorted([("twin_b", T0 + 15, "mem", 1.0), ("twin_a", T0 + 15, "mem", 2.0),
                                    ("twin_a", T0 + 15, "cpu", 3.0), ("twin_a", T0, "cpu", 4.0)])
+
+
+def test_forecast_rows_come_out_in_key_order_with_every_row() -> None:
+    batches = [predictions("twin_b", "mem", T0, [900, 300], [1, 2], [0, 0]),
+               predictions("twin_a", "mem", T0, [300], [3], [0]), predictions("twin_a", "cpu", T0, [300], [4], [0])]
+    cols = prediction_columns(batches)
+    keys = list(zip(cols[0], cols[1], cols[2], cols[3], strict=True))
+    assert keys == sorted(keys) == [("twin_a", T0, "cpu", 300.0), ("twin_a", T0, "mem", 300.0),
+                                    ("twin_b", T0, "mem", 300.0), ("twin_b", T0, "mem", 900.0)]
+    assert cols[4] == [4.0, 3.0, 2.0, 1.0]              # each row's values travel with its key
 
 
 async def _settle(writer: StoreWriter) -> None:
