@@ -161,9 +161,11 @@ def scalar(url: str, query: str) -> float:
     return float(r[0]["value"][1]) if r else math.nan
 
 
-def sidecar_config(prom_url: str, listen: str, workdir: Path) -> dict[str, Any]:
+def sidecar_config(prom_url: str, listen: str, workdir: Path,
+                   headers: dict[str, str] | None = None) -> dict[str, Any]:
     return {
-        "prometheus": {"url": prom_url, "timeout": "60s", "self_labels": {"job": "twin-sidecar"}},
+        "prometheus": {"url": prom_url, "timeout": "60s", "self_labels": {"job": "twin-sidecar"},
+                       **({"headers": dict(headers)} if headers else {})},
         "interval": "15s",
         "backfill": "0s",
         "server": {"listen": listen},
@@ -177,7 +179,8 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
-def run_one(twins: int, windows: int, window_s: float, warmup_s: float) -> dict[str, Any]:
+def run_one(twins: int, windows: int, window_s: float, warmup_s: float,
+            headers: dict[str, str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="twin-scale-"))
     procs: list[subprocess.Popen[bytes]] = []
     servers: list[LocalPrometheus] = []
@@ -202,7 +205,7 @@ def run_one(twins: int, windows: int, window_s: float, warmup_s: float) -> dict[
             servers.append(srv.start())
         p0, p1, p2 = servers
         cfg_path = work / "sidecar.yaml"
-        cfg_path.write_text(yaml.safe_dump(sidecar_config(p1.url, side_address, work)))
+        cfg_path.write_text(yaml.safe_dump(sidecar_config(p1.url, side_address, work, headers)))
         with open(work / "sidecar.log", "ab") as log:
             side = subprocess.Popen([str(Path(sys.executable).parent / "twin-sidecar"), "run", "--config",
                                      str(cfg_path), "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT,
@@ -339,9 +342,12 @@ def main() -> int:
     ap.add_argument("--window-s", type=float, default=120.0, help="seconds per measured window")
     ap.add_argument("--warmup-s", type=float, default=180.0, help="seconds after every twin is up")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
+    ap.add_argument("--query-header", action="append", default=[], metavar="NAME=VALUE",
+                    help="a header on the sidecar's queries (prometheus.headers), e.g. Accept-Encoding=identity")
     a = ap.parse_args()
+    headers = dict(h.split("=", 1) for h in a.query_header)
     Path(a.out_dir).mkdir(parents=True, exist_ok=True)
-    results = [run_one(n, a.windows, a.window_s, a.warmup_s) for n in a.twins]
+    results = [run_one(n, a.windows, a.window_s, a.warmup_s, headers) for n in a.twins]
     argv = "python3 benchmarks/scale.py " + " ".join(sys.argv[1:])
     print(write_results(results, argv, Path(a.out_dir)))
     return 0

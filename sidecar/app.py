@@ -321,7 +321,8 @@ async def _open_history(config: SidecarConfig, engine: Engine, status: ServiceSt
     retention = RetentionPolicy(snapshot_max_age_s=days, snapshot_max_count=config.storage.retention_snapshots,
                                 snapshot_min_age_s=config.storage.retention_min_age_s,
                                 samples_max_age_s=days, predictions_max_age_s=days, events_max_age_s=days)
-    writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention)
+    writer = StoreWriter(store, status, max_items=config.storage.buffer_max_items, retention=retention,
+                         samples_every_s=config.storage.sample_interval_s)
     await writer.start()
     return OpenedHistory(store, writer, loaded, retired, states, stored.elsewhere)
 

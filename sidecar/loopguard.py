@@ -389,8 +389,32 @@ def is_own_series(lbl: Mapping[str, str], prefix: str = OWN_METRIC_PREFIX,
 
 def own_series_mask(labels: Sequence[Mapping[str, str]], prefix: str = OWN_METRIC_PREFIX,
                     identities: Sequence[Mapping[str, str]] = ()) -> list[bool]:
-    """True for each series that carries the sidecar's own names, label signature or scrape identity."""
-    return [is_own_series(lbl, prefix, identities) for lbl in labels]
+    """True for each series that carries the sidecar's own names, label signature or scrape identity.
+
+    :func:`is_own_series` for every series, written out as plain loops: it runs on every series of every answer
+    of every round, and a generator per check costs more than the checks themselves.
+    """
+    idents = [tuple(ident.items()) for ident in identities if ident]
+    companions = tuple(COMPANION_LABELS)
+    out: list[bool] = []
+    for lbl in labels:
+        get = lbl.get
+        own = get("__name__", "").startswith(prefix)
+        if not own and get(TWIN_LABEL):
+            for c in companions:
+                if get(c):
+                    own = True
+                    break
+        if not own:
+            for ident in idents:
+                for k, v in ident:
+                    if get(k) != v:
+                        break
+                else:
+                    own = True
+                    break
+        out.append(own)
+    return out
 
 
 def drop_own_series(labels: Sequence[L], prefix: str = OWN_METRIC_PREFIX,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import SidecarConfig
@@ -46,13 +46,21 @@ class Outcome:
 
 
 async def query_all(client: PrometheusClient, config: SidecarConfig, jobs: Sequence[Job], at: float, *,
-                    stop: asyncio.Event | None = None) -> tuple[list[tuple[Job, Outcome]], list[Job]]:
+                    stop: asyncio.Event | None = None,
+                    answered: Mapping[str, InstantVector] | None = None) -> tuple[list[tuple[Job, Outcome]], list[Job]]:
     """Run the instant queries; stop early when the source is clearly unreachable or on shutdown.
 
+    ``answered``: answers already in hand for this ``at`` by query text (the round's discovery answers; a rule
+    that discovers with one of its metrics' queries would otherwise ask Prometheus the same thing twice).
     Returns the answered (or failed) jobs with their outcomes, and the jobs cut off unanswered.
     """
+    known = answered or {}
+    outcomes: list[tuple[Job, Outcome]] = [
+        (j, Outcome(j.twin, j.metric, result=known[j.query], query=j.query)) for j in jobs if j.query in known]
+    if outcomes:
+        jobs = [j for j in jobs if j.query not in known]
     if not jobs:
-        return [], []
+        return outcomes, []
     loop = asyncio.get_running_loop()
     timeout = config.prometheus.timeout_s
     deadline = loop.time() + 3 * max(config.interval_s, timeout)
@@ -60,7 +68,6 @@ async def query_all(client: PrometheusClient, config: SidecarConfig, jobs: Seque
     tasks: dict[asyncio.Task[InstantVector], Job] = {
         asyncio.create_task(client.query(j.query, at=at)): j for j in jobs}
     pending: set[asyncio.Task[InstantVector]] = set(tasks)
-    outcomes: list[tuple[Job, Outcome]] = []
     unreachable_run = 0
     stop_deadline: float | None = None
     try:

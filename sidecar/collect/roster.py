@@ -60,6 +60,9 @@ class Roster:
         #: which twins are this process's when several share the work (all of them unsharded)
         self.shard = ShardFilter(ctx.config.shard, ctx.config.twins)
         self._discovery_done = False
+        #: this round's discovery answers by query text, as Prometheus sent them (before the loop guard): a
+        #: metric query that is the same text at the same time is answered from here instead of asked again
+        self.answers: dict[str, InstantVector] = {}
 
     def family(self, rule: str) -> list[Target]:
         """The live twins a discovery rule made."""
@@ -80,6 +83,7 @@ class Roster:
         rules = [r for r in self.ctx.config.twins if r.discover]
         results: dict[str, InstantVector | None] = {}
         answered = 0
+        self.answers = {}
 
         async def one(rule: TwinRule) -> None:
             nonlocal answered
@@ -93,6 +97,7 @@ class Roster:
                 self.streaks.failed(key, str(exc), quiet=isinstance(exc, SourceUnavailable))
                 return
             answered += 1
+            self.answers[rule.discover] = vec
             keep, dropped = self.guard.keep(vec.labels, key, rule.discover, who="rule")
             if dropped:
                 vec = select(vec, keep)

@@ -70,7 +70,7 @@ class Round:
                 for metric, query in t.queries.items()]
         jobs += [Job("", metric, query, rule=r.name) for r in ctx.config.twins
                  for metric, query in shared_queries(r).items()]
-        raw, aborted = await query_all(ctx.client, ctx.config, jobs, at, stop=self.stop)
+        raw, aborted = await query_all(ctx.client, ctx.config, jobs, at, stop=self.stop, answered=roster.answers)
         answered = sum(1 for _, o in raw if o.result is not None or isinstance(o.error, QueryFailed))
         reachable = answered > 0 or discovery_answered > 0
         dealt = self.dealer.deal(raw, aborted, reachable)

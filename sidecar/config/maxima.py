@@ -22,6 +22,7 @@ MAX_RETENTION_MIN_AGE_S = 365 * 86400.0       # storage.retention_min_age
 MAX_RETENTION_SNAPSHOTS = 1_000_000           # storage.retention_snapshots (per twin)
 MAX_BUFFER_ITEMS = 10_000_000                 # storage.buffer_max_items
 MAX_FORECAST_INTERVAL_S = 86400.0             # storage.forecast_interval
+MAX_SAMPLE_INTERVAL_S = 3600.0                # storage.sample_interval (what a crash may lose of the samples)
 MAX_LIMIT_TWINS = 10_000_000                  # limits.max_twins
 MAX_LIMIT_SERIES = 100_000_000                # limits.max_series
 MAX_RESPONSE_BYTES = 16 * 2**30               # limits.max_response_bytes

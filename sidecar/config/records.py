@@ -64,6 +64,7 @@ class StorageConfig:
     retention_snapshots: int = 1000
     buffer_max_items: int = 100_000
     forecast_interval_s: float = 300.0         # forecast rows stored at most this often per series (spread out)
+    sample_interval_s: float = 60.0            # samples and forecast rows written together this often (0: each round)
     model_state_interval_s: float = 600.0      # how often the models' learnt state is saved (and at shutdown)
     commit_wait_s: float = 3.0                 # how long an API state change waits for its commit before a 202
     #: retention never drops a snapshot younger than this, whatever ``retention_snapshots`` says: a change the

@@ -16,6 +16,7 @@ from .maxima import (
     MAX_RETENTION_DAYS,
     MAX_RETENTION_MIN_AGE_S,
     MAX_RETENTION_SNAPSHOTS,
+    MAX_SAMPLE_INTERVAL_S,
 )
 from .reader import Reader, resolve
 from .records import StorageConfig
@@ -41,6 +42,8 @@ def read_storage(r: Reader | None, env: Mapping[str, str]) -> StorageConfig:
         model_state_interval_s=r.duration("model_state_interval", d.model_state_interval_s,
                                           maximum=MAX_MODEL_STATE_INTERVAL_S),
         forecast_interval_s=r.duration("forecast_interval", d.forecast_interval_s, maximum=MAX_FORECAST_INTERVAL_S),
+        sample_interval_s=r.duration("sample_interval", d.sample_interval_s, maximum=MAX_SAMPLE_INTERVAL_S,
+                                     allow_zero=True),
         commit_wait_s=r.duration("commit_wait", d.commit_wait_s, maximum=MAX_COMMIT_WAIT_S, allow_zero=True),
         retention_min_age_s=r.duration("retention_min_age", d.retention_min_age_s, maximum=MAX_RETENTION_MIN_AGE_S,
                                        allow_zero=True))

@@ -9,6 +9,13 @@ corrections and events are never dropped: they are small and they are the
 history a rollback needs. Writes are retried with exponential backoff and
 the backlog goes out, oldest first, when the database returns.
 
+The time-series rows (observed samples and forecast rows) may be written at a cadence (``samples_every_s``,
+the rules' ``storage.sample_interval``): they are held in memory and go out together, in their own
+transaction, once the oldest held is that old, when they reach half of ``max_items``, and at every ``flush``
+and ``close``. A row's cost in the store is mostly the B-tree page it dirties, and a batch of rounds dirties
+each twin's page once instead of once a round. What a crash loses is at most that interval of them (Prometheus
+holds the samples, and a backfill at start reads them back); everything else is queued at once.
+
 A caller that must know when its change is durable (the API's state
 changes) takes ``last_ticket`` right after ``submit`` and awaits
 ``wait_written``: True once that outbox is committed, False at once when a
@@ -96,9 +103,11 @@ class StoreWriter:
     def __init__(self, store: Store, status: ServiceStatus, max_items: int = 1_000_000, *,
                  retry_initial_s: float = 0.5, retry_max_s: float = 30.0,
                  retention: RetentionPolicy | None = None, retention_interval_s: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 samples_every_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
+        if not samples_every_s >= 0:
+            raise ValueError("samples_every_s must be 0 or more")
         self.store = store
         self.status = status
         self.max_items = int(max_items)
@@ -107,6 +116,12 @@ class StoreWriter:
         self.retention = retention
         self.retention_interval_s = retention_interval_s
         self._clock = clock
+        self.samples_every_s = float(samples_every_s)
+        self._held: list[MetricSamples] = []  # time-series rows waiting for their cadence (not queued yet)
+        self._held_predictions: list[PredictionRows] = []
+        self._held_items = 0
+        self._held_since = 0.0                # when the oldest held batch was submitted
+        self._held_ticket = Ticket(written=True)
         if store.status is None:
             store.status = status
         self._queue: deque[_Pending] = deque()
@@ -130,7 +145,8 @@ class StoreWriter:
 
     @property
     def backlog(self) -> int:
-        """Rows waiting to be written (queued and in flight)."""
+        """Rows waiting to be written (queued and in flight; rows held for their cadence are not counted: they are
+        fewer than half of ``max_items`` and never shed)."""
         return self._items
 
     # ------------------------------------------------------------ the caller's side
@@ -148,17 +164,49 @@ class StoreWriter:
             self.last_ticket = Ticket(written=True)
             return
         copy = _copy(outbox)
-        n = count_items(copy)
-        self.last_ticket = Ticket()
-        self._queue.append(_Pending(copy, n, self.last_ticket))
+        if self.samples_every_s > 0 and (copy.samples or copy.predictions):
+            self._hold(copy)
+            # never more held than half the buffer: released into a full queue they would be shed
+            if (self._clock() - self._held_since >= self.samples_every_s
+                    or self._held_items >= self.max_items // 2):
+                self._release()
+            if not copy:
+                self.last_ticket = self._held_ticket
+                return
+        self._enqueue(copy, Ticket())
+        self.last_ticket = self._queue[-1].ticket
+
+    def _enqueue(self, outbox: Outbox, ticket: Ticket) -> None:
+        n = count_items(outbox)
+        self._queue.append(_Pending(outbox, n, ticket))
         self._items += n
         self._idle.clear()
         self._shed()
         self._publish()
         self._wake.set()
 
+    def _hold(self, outbox: Outbox) -> None:
+        """Take the outbox's samples and forecast rows aside until their cadence comes (module docstring)."""
+        if not (self._held or self._held_predictions):
+            self._held_since = self._clock()
+            self._held_ticket = Ticket()
+        self._held.extend(outbox.samples)
+        self._held_predictions.extend(outbox.predictions)
+        self._held_items += (sum(len(s.twin_id) for s in outbox.samples)
+                             + sum(len(p.twin_id) for p in outbox.predictions))
+        outbox.samples, outbox.predictions = [], []
+
+    def _release(self) -> None:
+        """Queue the held rows as one outbox of their own (one transaction), in submission order."""
+        if not (self._held or self._held_predictions):
+            return
+        held = Outbox(samples=self._held, predictions=self._held_predictions)
+        self._held, self._held_predictions, self._held_items = [], [], 0
+        self._enqueue(held, self._held_ticket)
+
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written; False if ``timeout`` ran out first."""
+        self._release()       # held samples are part of "everything submitted"
         if self._task is None and self._items:
             await self.start()
         self._wake.set()      # skip any backoff: try now
@@ -201,7 +249,7 @@ class StoreWriter:
         if self._closed:
             return
         self._closed = True
-        flushed = await self.flush(timeout) if self._items else True
+        flushed = await self.flush(timeout) if self._items or self._held or self._held_predictions else True
         self._stopping = True
         if self._task is not None:
             self._task.cancel()

@@ -18,6 +18,7 @@ from sidecar.contract import EXPORTED_METRICS, EXPORTED_SERIES_NAMES, ExportOpti
 from sidecar.engine.view import EngineView
 from sidecar.exporter import (
     ArrayGaugeFamily,
+    LabelRows,
     TwinCollector,
     install_exporter,
     render,
@@ -206,6 +207,24 @@ def test_fast_render_says_exactly_what_prometheus_client_would() -> None:
     assert om_fast.endswith("# EOF\n") and om_fast.count("# EOF") == 1
     assert samples_of(om_fast, openmetrics=True) == pytest.approx(samples_of(om_stock, openmetrics=True),
                                                                   rel=1e-8)
+
+
+def test_a_family_writes_estimates_to_9_digits_and_every_other_value_exactly() -> None:
+    rng = np.random.default_rng(7)
+    values = np.r_[rng.standard_normal(200) * 10.0 ** rng.integers(-12, 13, 200), -0.0, 1e300, 5e-324,
+                   1765133400.0, 0.1 + 0.2]
+    names = [f'tw"in\\{i}%s' for i in range(values.size)]   # quotes, backslashes and a "%s" in label values
+    rows = LabelRows.build(("twin",), [names])
+    for name in ("twin_forecast", "twin_last_sync_timestamp_seconds"):
+        fmt = "{:.9g}".format if name == "twin_forecast" else repr
+        bodies = rows.bodies.tolist()
+        lines = "".join(f"{name}{{{b}}} {fmt(v)}\n" for b, v in zip(bodies, values.tolist(), strict=True))
+        text = ArrayGaugeFamily(name, "help", rows, values).render_lines().decode()
+        assert text == f"# HELP {name} help\n# TYPE {name} gauge\n" + lines
+        if name != "twin_forecast":     # exact: every value reads back as the same float
+            assert [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()[2:]] == values.tolist()
+    plain = ArrayGaugeFamily("twin_twins", "help", LabelRows.build((), []), np.array([3.0]))
+    assert plain.render_lines().decode().endswith("twin_twins 3.0\n")
 
 
 def test_label_values_are_escaped() -> None:

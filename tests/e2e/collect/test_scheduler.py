@@ -325,6 +325,39 @@ async def test_a_family_query_without_placeholders_runs_once_and_is_dealt_out(
         assert status.query_errors[(f"fam@{inst}", "load")] == 0
 
 
+async def test_a_metric_query_that_is_the_discovery_query_is_answered_once_a_round(
+        prom_env: PromEnv, client: PrometheusClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    for inst, v in (("s1", 11.0), ("s2", 22.0)):
+        prom_env.target.set("sched_same_busy", v, inst=inst)
+        prom_env.target.set("sched_same_load", 2 * v, inst=inst)
+    prom_env.prom.wait_for_series("sched_same_load", count=2)
+    cfg = rules(prom_env.url, """\
+  - name: same
+    discover: 'sched_same_busy'
+    name_labels: [inst]
+    metrics:
+      busy: 'sched_same_busy'
+      load: 'sched_same_load'
+""")
+    sched, engine, status, _ = make(cfg, client)
+    asked: list[str] = []
+    query = client.query
+
+    async def counted(promql: str, **kw: Any) -> Any:
+        asked.append(promql)
+        return await query(promql, **kw)
+
+    monkeypatch.setattr(client, "query", counted)
+    for _ in range(2):
+        report = await sched.run_round()
+        assert report.queries == 2 and report.answered == 2
+    assert sorted(asked) == ["sched_same_busy"] * 2 + ["sched_same_load"] * 2    # the discovery's, once a round
+    for inst, v in (("s1", 11.0), ("s2", 22.0)):
+        assert last_value(engine, f"same@{inst}", "busy") == v
+        assert last_value(engine, f"same@{inst}", "load") == 2 * v
+        assert status.query_errors[(f"same@{inst}", "busy")] == 0
+
+
 async def test_failed_discovery_keeps_the_twins(prom_env: PromEnv, proxy: FlakyProxy) -> None:
     prom_env.target.set("sched_up2", 1.0, inst="z")
     prom_env.prom.wait_for_series("sched_up2")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sidecar.loopguard import (
@@ -9,6 +11,8 @@ from sidecar.loopguard import (
     LoopError,
     check_query,
     drop_own_series,
+    is_own_series,
+    own_series_mask,
     regex_can_match_prefix,
 )
 
@@ -106,3 +110,15 @@ def test_runtime_filter_drops_series_named_with_the_prefix() -> None:
               {"__name__": "twinkle"}]
     keep, dropped = drop_own_series(labels)
     assert keep == [1, 2, 3] and dropped == 1
+
+
+def test_the_per_answer_filter_decides_every_series_as_the_single_series_check_does() -> None:
+    rng = random.Random(3)
+    keys = ["__name__", "twin", "metric", "horizon", "limit", "job", "instance", "svc"]
+    values = ["", "a", "twin_forecast", "twin_", "toy_cpu", "sidecar", "x", "5m"]
+    identities = [{"job": "sidecar"}, {"job": "x", "instance": "a"}, {}]
+    labels = [{k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, len(keys)))} for _ in range(3000)]
+    for ids in ([], identities[:1], identities):
+        mask = own_series_mask(labels, identities=ids)
+        assert mask == [is_own_series(lbl, identities=ids) for lbl in labels]
+        assert 0 < sum(mask) < len(labels)
