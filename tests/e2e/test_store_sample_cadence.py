@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,9 +148,10 @@ async def test_a_restart_replays_every_sample_the_last_run_held_at_shutdown(tmp_
     assert cfg.storage.sample_interval_s == 60.0
     first = Engine()
     opened = await _open_history(cfg, first, ServiceStatus())
-    first.create_twin("svc", at=T0, system_type="web_service")
+    t0 = time.time() - 600.0            # recent: the writer's retention pass deletes samples older than its days
+    first.create_twin("svc", at=t0, system_type="web_service")
     slot = first.series_for("svc", ["cpu_usage"])
-    times = T0 + 15.0 * np.arange(1, 9)
+    times = t0 + 15.0 * np.arange(1, 9)
     for t in times:                                     # 8 rounds in a few milliseconds: all held
         first.ingest(slot, np.array([20.0 + t % 7]), at=float(t))
         opened.writer.submit(first.drain())
