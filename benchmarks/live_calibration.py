@@ -449,9 +449,9 @@ def render(res: dict[str, Any]) -> str:
         f"made from {iso(res['score_from'])} (start + {res.get('warmup_minutes', 30):g} min) are scored. "
         "Goal: coverage 0.85-0.95.",
         "",
-        "Each coverage comes with its 90 % interval from the backtest (a moving-block bootstrap, blocks one horizon "
-        "long: forecasts made 15 s apart share most of their future, so a 60-minute horizon scored for two hours "
-        "holds about two independent outcomes). \"consistent\": that interval reaches 0.85-0.95.",
+        "Each coverage comes with its 90 % interval from the backtest (Jeffreys' for about two independent outcomes "
+        "per horizon of scored time: forecasts made 15 s apart share most of their future, so a 60-minute horizon "
+        "scored for 40 minutes holds about one). \"consistent\": that interval reaches 0.85-0.95.",
         "",
         "| query | horizon | scored | ~independent | coverage | its 90 % interval | in goal | consistent | "
         "MASE/last | mean width |",
