@@ -44,6 +44,7 @@ from sidecar.engine.regime import (
     COLD_REACH,
     COLD_TREND_SHARE,
     SHIFT,
+    SHIFT_TREND_REACH,
     SHIFT_Z,
     domain_of,
     floor_interval,
@@ -196,7 +197,9 @@ class ForecastBank:
             "slev": Field((), np.float64, np.nan, optional=True),
             "sn": Field((), np.float64, 0.0, optional=True),
             "sjump": Field((), np.float64, np.nan, optional=True),
-            # least-squares sums of the samples since the shift (x: seconds since it), for its trend
+            # least-squares sums of the samples since the shift (x: seconds since it, y: from its first sample
+            # `sy0`), for its trend
+            "sy0": Field((), np.float64, 0.0, optional=True),
             "sk": Field((), np.float64, 0.0, optional=True),
             "sx": Field((), np.float64, 0.0, optional=True),
             "sxx": Field((), np.float64, 0.0, optional=True),
@@ -443,8 +446,8 @@ class ForecastBank:
         since = now.t - st0
         level_now, slope = shift_trend(c["sk"][i], c["sx"][i], c["sxx"][i], c["sy"][i], c["sxy"][i], c["syy"][i],
                                        since)
-        level_now = np.where(active, level_now, np.nan)
-        reach = np.minimum(self.horizons_s[None, :], COLD_REACH * np.maximum(since, 0.0)[:, None])
+        level_now = np.where(active, level_now + c["sy0"][i], np.nan)
+        reach = np.minimum(self.horizons_s[None, :], SHIFT_TREND_REACH * np.maximum(since, 0.0)[:, None])
         # a line no further than the series has ever been: a sawtooth's refill stops where its flushes come
         line = np.clip(level_now[:, None] + slope[:, None] * reach, c["ymin"][i][:, None], c["ymax"][i][:, None])
         target = np.where(np.isfinite(level_now)[:, None], line, c["slev"][i][:, None])

@@ -19,7 +19,7 @@ trusting:
   beyond the one-step interval on the same side, each `SHIFT_SCALES` error scales away, is a
   shift: from then on every horizon forecasts the new level (a running mean of the samples since
   the shift, or, once the samples since show a clear trend — a cache refilling after its flush — the
-  line through them, extrapolated at most `COLD_REACH` times the time since the shift and never past the
+  line through them, extrapolated no further ahead than the time since the shift and never past the
   highest or lowest value the series has shown) until the bank's
   own forecast at that horizon has come back to it, or for a day.
 
@@ -53,7 +53,10 @@ SHIFT_CAUGHT_UP = 0.1    # a horizon leaves the shift regime once the bank is wi
 SHIFT_PRIOR = 0.1        # the new level's spread starts at this share of the jump (is it lasting? unknown yet)
 SHIFT_Z = 2.0            # a shift-held interval spans at least this many mean absolute deviations of the new level
 SHIFT_TREND_MIN = 4      # samples since a shift before the new level may carry a trend ...
-SHIFT_TREND_T = 5.0      # ... and only a clear one: its least-squares slope this many standard errors from 0
+SHIFT_TREND_T = 5.0      # ... and only a clear one: its least-squares slope this many standard errors from 0 ...
+SHIFT_TREND_REACH = 1.0  # ... extrapolated no further ahead than the time it has been watched (a refill slows down:
+#                          the demo's cache refills at 48 %/min for 30 s, then 14 %/min; 8x gave a 55 s time to limit
+#                          where 3.5 minutes came)
 COLD_MIN_SCORED = 12     # one-step scores a model needs before it forecasts an unscored horizon (a trend, not a blip)
 COLD_REACH = 8.0         # a trend known only from one-step errors is extrapolated at most this many times the data span
 COLD_TREND_SHARE = 1.0   # an unscored horizon's interval reaches back by the move it forecasts ("it stops now" stays
@@ -144,7 +147,8 @@ def follow_level(level: F64, spread: F64, count: F64, y: F64) -> tuple[F64, F64,
 
 def shift_trend(k: F64, sx: F64, sxx: F64, sy: F64, sxy: F64, syy: F64, x_now: F64) -> tuple[F64, F64]:
     """The new level now and its slope per second, from the least-squares line through the samples since a
-    shift (sums of x = seconds since it, y, x^2, xy, y^2 over k samples). The slope is 0 unless there are
+    shift (sums of x = seconds since it, y, x^2, xy, y^2 over k samples; y best taken from the first sample, so
+    the squares keep the noise's digits, and the level is then on that scale). The slope is 0 unless there are
     `SHIFT_TREND_MIN` samples and it stands `SHIFT_TREND_T` standard errors from 0: a cache refilling after its
     flush is a climb to forecast, a noisy new plateau is not. NaN level where no clear trend is known."""
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -69,12 +69,15 @@ def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDAr
         c["shold"][s] = True
     if go_on.any():
         c["sdev"][i[go_on]] = dev[go_on]
-    # the least-squares sums of the samples since the shift (its first one, at x = 0, included)
+    # the least-squares sums of the samples since the shift (its first one, at x = 0, included), each sample taken
+    # from the first one: raw squares of a series near 1e12 leave no digits for a noise of 1, and half of such
+    # plateaus read as "clear" trends
     fresh = up.started
     more = go_on & np.isfinite(y)
     if fresh.any() or more.any():
+        c["sy0"][i] = np.where(fresh, y, c["sy0"][i])
         x = np.where(fresh, 0.0, t - c["st0"][i])
-        yy = np.where(np.isfinite(y), y, 0.0)
+        yy = np.where(np.isfinite(y), y - c["sy0"][i], 0.0)
         for name, v in (("sk", 1.0), ("sx", x), ("sxx", x * x), ("sy", yy), ("sxy", x * yy), ("syy", yy * yy)):
             add = np.broadcast_to(np.asarray(v, np.float64), x.shape)
             c[name][i] = np.where(fresh, add, np.where(more, c[name][i] + add, c[name][i]))
