@@ -10,8 +10,9 @@ running backtest many times over (4 h at 15 s sampling, 2 days at 5 min), then a
 level, then enough samples to settle (3 h at 15 s, 1 day at 5 min). Cases: memory 80 % -> 1 % (cache
 flush), memory 95 % -> 5 % (a flush from over the limit),
 CPU 55 % -> 7 % (idle), CPU 10 % -> 60 % (step up), latency 40 -> 120 ms; each at 15 s and 5 min
-sampling; and, at 15 s only, a sawtooth: memory 90 % -> 5 % then refilling 0.5 %/min (the "new level" is a
-line); the engine's default limits (cpu 95, memory 90, latency 1000).
+sampling; at 15 s only, a sawtooth: memory 90 % -> 5 % then refilling 0.5 %/min (the "new level" is a
+line); at 15 s and 5 min, CPU 98 % -> 50 % with a noise sd of 10 after the step, seen through a 1-minute
+rate window (a ramp over its first minute); the engine's default limits (cpu 95, memory 90, latency 1000).
 
 Measured per case and horizon:
 
@@ -72,6 +73,8 @@ class Case:
     after: float
     dt_s: float
     refill_per_min: float = 0.0     # after the step the level climbs this much a minute (a cache refilling)
+    noise_after: float = NOISE      # noise sd after the step, a share of the new level
+    ramp_s: float = 0.0             # the step seen through a rate window this long: a ramp from the old level
 
     @property
     def warmup_s(self) -> float:
@@ -93,13 +96,18 @@ STEPS = tuple(
         ("latency 40 -> 120 ms", "request_latency_ms", 40.0, 120.0),
     )
 )
-CASES = (*STEPS, Case("memory 90 -> 5 % then refilling 0.5 %/min (sawtooth)", "memory_usage", 90.0, 5.0, 15.0, 0.5))
+CASES = (*STEPS, Case("memory 90 -> 5 % then refilling 0.5 %/min (sawtooth)", "memory_usage", 90.0, 5.0, 15.0, 0.5),
+         *(Case("CPU 98 -> 50 %, noisy after (sd 10), through a 1-minute rate window", "cpu_usage", 98.0, 50.0,
+                step, noise_after=0.2, ramp_s=60.0) for step in (15.0, 300.0)))
 
 
 def level(case: Case, t: NDArray[np.floating[Any]], wave: float) -> F64:
     """The noise-free signal at times t: the old level before the step, the new one from it, times the wave."""
     step_at = T0 + case.warmup_s
     base = np.where(t < step_at, case.before, case.after + case.refill_per_min * np.maximum(t - step_at, 0.0) / 60.0)
+    if case.ramp_s > 0:
+        share = np.clip((t - step_at) / case.ramp_s, 0.0, 1.0)
+        base = np.where(t < step_at, base, case.before + share * (base - case.before))
     out: F64 = base * (1.0 + wave * np.sin(2 * np.pi * (t - T0) / DAY))
     return out
 
@@ -129,7 +137,8 @@ def run_case(case: Case, wave: float, seed: int) -> dict[str, Any]:
     n_post = round(case.settle_s / case.dt_s)
     t = T0 + case.dt_s * np.arange(n_pre + n_post)
     true = level(case, t, wave)
-    y = np.maximum(true + rng.normal(size=t.size) * NOISE * true, 0.0)
+    share = np.where(t < T0 + case.warmup_s, NOISE, case.noise_after)
+    y = np.maximum(true + rng.normal(size=t.size) * share * true, 0.0)
     eng = Engine()
     name = "case"
     eng.create_twin(name, at=float(t[0]))
@@ -152,7 +161,7 @@ def run_case(case: Case, wave: float, seed: int) -> dict[str, Any]:
         limit = m["limit"] if m["limit"] is not None else float("nan")
         eng.drain()
     step = abs(case.after - case.before)
-    tol = max(0.1 * step, 3 * NOISE * case.before)
+    tol = max(0.1 * step, 3 * NOISE * case.before, case.noise_after * case.after)
     post = slice(n_pre, None)
     rows = []
     for j, h in enumerate(horizons):

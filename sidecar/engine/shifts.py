@@ -16,9 +16,11 @@ from sidecar.engine.onestep import Expectation
 from sidecar.engine.regime import (
     SHIFT_CONSISTENT,
     SHIFT_PRIOR,
+    SHIFT_RAMP_DT,
     SHIFT_RUN,
     SHIFT_SCALES,
     SHIFT_TAILS,
+    RunState,
     follow_level,
     shift_run_needed,
     track_shift,
@@ -46,10 +48,15 @@ def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDAr
     with np.errstate(invalid="ignore"):
         lower = ref + (exp.lower - exp.expected)
         upper = ref + (exp.upper - exp.expected)
-    up = track_shift(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i], y, ref, lower,
-                     upper, exp.scale, exp.tail, ok & np.isfinite(ref), shift_run_needed(c["srev"][i]))
-    c["srun"][i], c["ssum"][i], c["sbase"][i] = up.run, up.run_sum, up.base
-    c["srlo"][i], c["srhi"][i] = up.run_lo, up.run_hi
+    run = RunState(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i], c["srlen"][i],
+                   c["srby"][i].astype(np.float64), c["srlo2"][i].astype(np.float64),
+                   c["srhi2"][i].astype(np.float64))
+    dt = c["dt"][i]
+    up = track_shift(run, y, ref, lower, upper, exp.scale, exp.tail, ok & np.isfinite(ref),
+                     shift_run_needed(c["srev"][i]), ramped=np.isfinite(dt) & (dt <= SHIFT_RAMP_DT))
+    st = up.state
+    c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i] = st.run, st.total, st.lo, st.hi, st.base
+    c["srlen"][i], c["srby"][i], c["srlo2"][i], c["srhi2"][i] = st.length, st.far_by, st.late_lo, st.late_hi
     lev, dev, cnt = follow_level(slev, c["sdev"][i], c["sn"][i], y)
     go_on = active & ~up.started
     c["slev"][i] = np.where(up.started, up.level, np.where(go_on, lev, np.nan))
