@@ -11,7 +11,8 @@ level, then enough samples to settle (3 h at 15 s, 1 day at 5 min). Cases: memor
 flush), memory 95 % -> 5 % (a flush from over the limit),
 CPU 55 % -> 7 % (idle), CPU 10 % -> 60 % (step up), latency 40 -> 120 ms; each at 15 s and 5 min
 sampling; at 15 s only, a sawtooth: memory 90 % -> 5 % then refilling 0.5 %/min (the "new level" is a
-line); at 15 s and 5 min, CPU 98 % -> 50 % with a noise sd of 10 after the step, seen through a 1-minute
+line); at 15 s, memory 85 % -> 3 % then refilling toward 58 % ever slower (3 + 55 (1 - exp(-t / 2 min)): the
+demo's cache); at 15 s and 5 min, CPU 98 % -> 50 % with a noise sd of 10 after the step, seen through a 1-minute
 rate window (a ramp over its first minute); the engine's default limits (cpu 95, memory 90, latency 1000).
 
 Measured per case and horizon:
@@ -63,6 +64,7 @@ T0 = 1_699_920_000.0            # a midnight UTC (2023-11-14), so a daily wave s
 DAY = 86400.0
 STAY = 10                       # the forecast must stay close for this many more samples
 NOISE = 0.03                    # noise sd, a share of the level
+REFILL_TAU_S = 120.0            # a refill that slows: its time constant
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class Case:
     refill_per_min: float = 0.0     # after the step the level climbs this much a minute (a cache refilling)
     noise_after: float = NOISE      # noise sd after the step, a share of the new level
     ramp_s: float = 0.0             # the step seen through a rate window this long: a ramp from the old level
+    refill_to: float = 0.0          # after the step the level climbs toward this, ever slower (time constant 2 min)
 
     @property
     def warmup_s(self) -> float:
@@ -97,6 +100,8 @@ STEPS = tuple(
     )
 )
 CASES = (*STEPS, Case("memory 90 -> 5 % then refilling 0.5 %/min (sawtooth)", "memory_usage", 90.0, 5.0, 15.0, 0.5),
+         Case("memory 85 -> 3 % then refilling toward 58 %, ever slower (time constant 2 min)", "memory_usage", 85.0,
+              3.0, 15.0, refill_to=58.0),
          *(Case("CPU 98 -> 50 %, noisy after (sd 10), through a 1-minute rate window", "cpu_usage", 98.0, 50.0,
                 step, noise_after=0.2, ramp_s=60.0) for step in (15.0, 300.0)))
 
@@ -105,6 +110,9 @@ def level(case: Case, t: NDArray[np.floating[Any]], wave: float) -> F64:
     """The noise-free signal at times t: the old level before the step, the new one from it, times the wave."""
     step_at = T0 + case.warmup_s
     base = np.where(t < step_at, case.before, case.after + case.refill_per_min * np.maximum(t - step_at, 0.0) / 60.0)
+    if case.refill_to:
+        base = np.where(t < step_at, base, base + (case.refill_to - case.after)
+                        * (1.0 - np.exp(-np.maximum(t - step_at, 0.0) / REFILL_TAU_S)))
     if case.ramp_s > 0:
         share = np.clip((t - step_at) / case.ramp_s, 0.0, 1.0)
         base = np.where(t < step_at, base, case.before + share * (base - case.before))
@@ -177,7 +185,9 @@ def run_case(case: Case, wave: float, seed: int) -> dict[str, Any]:
                      "interval_contains_new_level": inside,
                      # share of the forecasts from then on whose interval contains the new level
                      "interval_contains_new_level_after": None if cov_after is None else round(cov_after, 4),
-                     "first_forecast_after_step": _r(mean[n_pre, j]), "worst_error_after_step": _r(np.nanmax(err))})
+                     "first_forecast_after_step": _r(mean[n_pre, j]), "worst_error_after_step": _r(np.nanmax(err)),
+                     # mean absolute error of the point forecasts made in the first 15 minutes after the step
+                     "mean_error_first_15min": _r(float(np.nanmean(err[:max(1, round(900.0 / case.dt_s))])))})
     fc_short = mean[:, 0]
     warm = slice(n_pre // 4, n_pre)     # pre-step reference, after the first quarter of the warm-up
     trace_n = min(n_post, 60)
@@ -297,6 +307,13 @@ def render(res: dict[str, Any]) -> str:
             cells.append("never" if k is None else f"{k} ({_dur(h['seconds_to_follow'])}), {inside}, "
                          f"{h['interval_contains_new_level_after']:.2f}")
         lines.append(f"| {c['name']} | {_samp(c['dt_s'])} | {c['tolerance']:.3g} | " + " | ".join(cells) + " |")
+    lines += ["", "**Mean absolute error** of the point forecasts made in the first 15 minutes after the step "
+              "(against the noise-free level at their target time):", "",
+              "| case | sampling | " + " | ".join(_hz(h) for h in res["horizons_s"]) + " |",
+              "|---|---|" + "---|" * len(res["horizons_s"])]
+    for c in res["cases"]:
+        lines.append(f"| {c['name']} | {_samp(c['dt_s'])} | "
+                     + " | ".join(f"{h['mean_error_first_15min']:.3g}" for h in c["horizons"]) + " |")
     lines += [
         "",
         "**False time to limit**: samples on which `status()` shows `breach_eta_seconds` while the value and the "

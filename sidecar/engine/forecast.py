@@ -204,7 +204,8 @@ class ForecastBank:
             # least-squares sums of the samples since the shift (x: seconds since it, y: from its first sample
             # `sy0`), for its trend
             "sy0": Field((), np.float64, 0.0, optional=True),
-            "sk": Field((), np.float64, 0.0, optional=True),
+            "sk": Field((), np.float64, 0.0, optional=True),           # the sum of the weights
+            "skn": Field((), np.float32, 0.0, optional=True),          # the count of samples
             "sx": Field((), np.float64, 0.0, optional=True),
             "sxx": Field((), np.float64, 0.0, optional=True),
             "sy": Field((), np.float64, 0.0, optional=True),
@@ -449,7 +450,7 @@ class ForecastBank:
             return mean, np.zeros(mean.shape, bool), np.full(i.size, np.nan)
         since = now.t - st0
         level_now, slope = shift_trend(c["sk"][i], c["sx"][i], c["sxx"][i], c["sy"][i], c["sxy"][i], c["syy"][i],
-                                       since)
+                                       since, c["skn"][i].astype(np.float64))
         level_now = np.where(active, level_now + c["sy0"][i], np.nan)
         reach = np.minimum(self.horizons_s[None, :], SHIFT_TREND_REACH * np.maximum(since, 0.0)[:, None])
         # a line no further than the series has ever been: a sawtooth's refill stops where its flushes come

@@ -58,6 +58,8 @@ SHIFT_CAUGHT_UP = 0.1    # a horizon leaves the shift regime once the bank is wi
 SHIFT_PRIOR = 0.1        # the new level's spread starts at this share of the jump (is it lasting? unknown yet)
 SHIFT_Z = 2.0            # a shift-held interval spans at least this many mean absolute deviations of the new level
 SHIFT_TREND_MIN = 4      # samples since a shift before the new level may carry a trend ...
+SHIFT_TREND_RECENT = 2.0 # ... fitted with the k-th sample since weighing k^2: a refill that slows (the demo's: fast
+#                          for 30 s, then slower) is forecast from its recent slope
 SHIFT_TREND_T = 5.0      # ... and only a clear one: its least-squares slope this many standard errors from 0 ...
 SHIFT_TREND_REACH = 1.0  # ... extrapolated no further ahead than the time it has been watched (a refill slows down:
 #                          the demo's cache refills at 48 %/min for 30 s, then 14 %/min; 8x gave a 55 s time to limit
@@ -186,12 +188,15 @@ def follow_level(level: F64, spread: F64, count: F64, y: F64) -> tuple[F64, F64,
     return new_level, new_spread, c
 
 
-def shift_trend(k: F64, sx: F64, sxx: F64, sy: F64, sxy: F64, syy: F64, x_now: F64) -> tuple[F64, F64]:
-    """The new level now and its slope per second, from the least-squares line through the samples since a
-    shift (sums of x = seconds since it, y, x^2, xy, y^2 over k samples; y best taken from the first sample, so
-    the squares keep the noise's digits, and the level is then on that scale). The slope is 0 unless there are
-    `SHIFT_TREND_MIN` samples and it stands `SHIFT_TREND_T` standard errors from 0: a cache refilling after its
-    flush is a climb to forecast, a noisy new plateau is not. NaN level where no clear trend is known."""
+def shift_trend(k: F64, sx: F64, sxx: F64, sy: F64, sxy: F64, syy: F64, x_now: F64,
+                count: F64 | None = None) -> tuple[F64, F64]:
+    """The new level now and its slope per second, from the (weighted) least-squares line through the samples
+    since a shift (sums of x = seconds since it, y, x^2, xy, y^2 and of the weights, `k`; y best taken from the
+    first sample, so the squares keep the noise's digits, and the level is then on that scale). The slope is 0
+    unless there are `SHIFT_TREND_MIN` samples (`count`, default `k`) and it stands `SHIFT_TREND_T` standard
+    errors from 0 (with `k` as the sample count: weights below 1 make it larger, so the test errs to no trend):
+    a cache refilling after its flush is a climb to forecast, a noisy new plateau is not. NaN level where no
+    clear trend is known."""
     with np.errstate(invalid="ignore", divide="ignore"):
         kk = np.maximum(k, 1.0)
         sxx_c = sxx - sx * sx / kk
@@ -199,7 +204,8 @@ def shift_trend(k: F64, sx: F64, sxx: F64, sy: F64, sxy: F64, syy: F64, x_now: F
         a = sy / kk - b * sx / kk
         rss = np.maximum(syy - a * sy - b * sxy, 0.0)
         se = np.sqrt(rss / np.maximum(k - 2.0, 1.0) / np.where(sxx_c > 0, sxx_c, np.inf))
-        clear = (k >= SHIFT_TREND_MIN) & (np.abs(b) >= SHIFT_TREND_T * se) & np.isfinite(b)
+        n = k if count is None else np.where(count > 0, count, k)       # a state saved without the count: k
+        clear = (n >= SHIFT_TREND_MIN) & (np.abs(b) >= SHIFT_TREND_T * se) & np.isfinite(b)
         slope: F64 = np.where(clear, b, 0.0)
         level: F64 = np.where(clear, a + b * x_now, np.nan)
     return level, slope

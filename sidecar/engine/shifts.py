@@ -20,6 +20,7 @@ from sidecar.engine.regime import (
     SHIFT_RUN,
     SHIFT_SCALES,
     SHIFT_TAILS,
+    SHIFT_TREND_RECENT,
     RunState,
     follow_level,
     shift_run_needed,
@@ -78,13 +79,17 @@ def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDAr
         c["sdev"][i[go_on]] = dev[go_on]
     # the least-squares sums of the samples since the shift (its first one, at x = 0, included), each sample taken
     # from the first one: raw squares of a series near 1e12 leave no digits for a noise of 1, and half of such
-    # plateaus read as "clear" trends
+    # plateaus read as "clear" trends. The k-th sample since weighs k^SHIFT_TREND_RECENT (the older sums shrink by
+    # ((k-1)/k)^SHIFT_TREND_RECENT), so the line bends with a refill that slows down
     fresh = up.started
     more = go_on & np.isfinite(y)
     if fresh.any() or more.any():
         c["sy0"][i] = np.where(fresh, y, c["sy0"][i])
         x = np.where(fresh, 0.0, t - c["st0"][i])
         yy = np.where(np.isfinite(y), y - c["sy0"][i], 0.0)
+        k = np.maximum(c["sn"][i] - SHIFT_RUN + 1.0, 1.0)          # samples since the shift, this one included
+        keep = ((k - 1.0) / k) ** SHIFT_TREND_RECENT
+        c["skn"][i] = np.where(fresh, 1.0, np.where(more, k, c["skn"][i]))
         for name, v in (("sk", 1.0), ("sx", x), ("sxx", x * x), ("sy", yy), ("sxy", x * yy), ("syy", yy * yy)):
             add = np.broadcast_to(np.asarray(v, np.float64), x.shape)
-            c[name][i] = np.where(fresh, add, np.where(more, c[name][i] + add, c[name][i]))
+            c[name][i] = np.where(fresh, add, np.where(more, keep * c[name][i] + add, c[name][i]))

@@ -327,3 +327,26 @@ def test_a_ramp_into_a_noisy_level_is_a_shift_only_where_samples_come_faster_tha
     assert any(fast) and fast.index(True) + 1 <= 8, fast
     assert not any(_run_through(drop[:5], ramped=True))        # a run this short must agree with itself
     assert not any(_run_through(drop, ramped=False))           # at 5-minute sampling a step is a step
+
+
+def test_a_refill_that_slows_down_is_forecast_from_its_recent_slope_and_never_reaches_the_limit() -> None:
+    # the demo's cache: flushed from 85 % to 3 %, refilling fast at first and ever slower toward 58 % (limit 90 %)
+    eng = Engine()
+    eng.create_twin("cache", at=T0)
+    t = _feed(eng, "cache", "memory_usage", _noisy(85.0, int(4 * 3600 / 15), 5, 1.0))
+    slot = int(eng.series_for("cache", ["memory_usage"])[0])
+    start = t
+    rng = np.random.default_rng(6)
+
+    def refill(s: float) -> float:
+        return 3.0 + 55.0 * (1.0 - math.exp(-s / 120.0))
+
+    errors, etas = [], []
+    for k in range(1, 61):
+        t = start + 15.0 * k
+        eng.ingest(np.array([slot]), np.array([refill(t - start) + rng.normal(0, 0.5)]), at=t)
+        etas.append(eng.status("cache")["metrics"]["memory_usage"]["breach_eta_seconds"])
+        if k >= 16:                                   # from 4 minutes after the flush on
+            errors.append(abs(float(eng.fc_mean[slot][0]) - refill(t - start + 300.0)))
+    assert all(e is None for e in etas), etas
+    assert float(np.mean(errors)) <= 8.0, errors       # equal weights on every sample since the flush: 23
