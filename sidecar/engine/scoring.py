@@ -4,10 +4,14 @@ sample at that time arrives, out of sample, so model choice and intervals rest o
 Pending forecasts are kept in a small ring per series and horizon (`queue` entries, issued at most every
 h/queue seconds), which bounds memory whatever the sampling rate. Each one keeps every model's prediction,
 the combined forecast and the interval that was issued, relative to the value at issue (float32 suffices
-for a difference). A score updates, per series and horizon: each model's forgetting mean absolute error
-(which picks the models), the combined forecast's error scale and tracked quantiles (which size the
-interval), the measured hit rate (`confidence`) and the adaptive width (which calibrates the interval on
-that hit rate).
+for a difference); the predictions, the engine's largest array, as float16 scaled by a power of two per
+entry (`pack`): every difference within 2^-11 of itself, whatever its size and whatever the entry's
+largest, in half the bytes. (The bounds stay float32: an actual exactly on a bound, a count at its floor
+of 0, is a hit or a miss by their rounding, and float16's coarser rounding moved the hit rates and so the
+adaptive widths by 5-10 %, rounding outward by -6 %.) A score updates, per series and horizon: each model's
+forgetting mean absolute error (which picks the models), the combined forecast's error scale and tracked
+quantiles (which size the interval), the measured hit rate (`confidence`) and the adaptive width (which
+calibrates the interval on that hit rate).
 """
 
 from __future__ import annotations
@@ -23,6 +27,45 @@ WINDOW = 64  # scored errors per series and horizon kept for the interval's rece
 WINDOW_MIN = 5  # errors the window needs before its order statistics count
 ERR_CAP = 50.0  # an error counts at most this many times the bank's recent error at that horizon (one bad
 #                 sample, say 1e9 in a series near 50, otherwise blew the intervals up for days)
+
+
+#: float16 holds up to 65504: an entry is scaled so its largest difference is below 2^PACK_TOP
+PACK_TOP = 15
+
+
+def pack(d: F64) -> tuple[NDArray[np.float16], NDArray[np.int8]]:
+    """Differences (n, k) as float16 times 2^-e with one exponent e per row (int8), so the row's largest
+    magnitude sits in [2^14, 2^15): each value keeps float16's 11 significant bits (rounded within 2^-11 of
+    itself, down to 2^-24 of the row's largest), NaN stays NaN. One wild model (a blown-up extrapolation)
+    makes no other value of its row coarser, as a shared fixed-point scale would."""
+    with np.errstate(invalid="ignore"):
+        big = np.max(np.where(np.isfinite(d), np.abs(d), 0.0), axis=1) if d.shape[1] else np.zeros(d.shape[0])
+    e = np.frexp(big)[1].astype(np.int64) - PACK_TOP                 # big < 2^frexp; 0 -> frexp 0
+    e = np.clip(np.where(big > 0, e, 0), -128, 127)
+    with np.errstate(over="ignore"):
+        vals = np.ldexp(d, -e[:, None]).astype(np.float16)
+    return vals, e.astype(np.int8)
+
+
+def unpack(vals: NDArray[np.float16], e: NDArray[np.int8]) -> F64:
+    """The differences `pack` stored: (n, k) float64 from float16 values and their rows' exponents."""
+    out: F64 = np.ldexp(vals.astype(np.float64), e.astype(np.int64)[..., None])
+    return out
+
+
+def pack_saved(state: dict[str, np.ndarray], prefix: str = "core.") -> dict[str, np.ndarray]:
+    """A saved bank's pending predictions in the packed layout: states saved before `pack` hold `ppred` as
+    float32 differences and no exponents (`pexp`); they are packed as `issue` would have. A state already
+    packed (or without pending forecasts) is returned as it is."""
+    kp, ke = prefix + "ppred", prefix + "pexp"
+    if kp not in state or ke in state:
+        return state
+    pp = np.asarray(state[kp], np.float64)
+    vals, e = pack(pp.reshape(-1, pp.shape[-1]))
+    out = dict(state)
+    out[kp] = vals.reshape(pp.shape)
+    out[ke] = e.reshape(pp.shape[:-1])
+    return out
 
 
 def cap_error(ref: NDArray[np.float64], level: NDArray[np.float64]) -> F64:
@@ -82,7 +125,8 @@ class RunningBacktest:
 
     def _score(self, si: I64, hcol: I64, q: I64, actual: F64) -> None:
         c, M = self.core, self.n_models
-        preds = c["py"][si, hcol, q][:, None] + c["ppred"][si, hcol, q].astype(np.float64)  # (n, M+1)
+        ex = c["pexp"][si, hcol, q]
+        preds = c["py"][si, hcol, q][:, None] + unpack(c["ppred"][si, hcol, q], ex)  # (n, M+1)
         err = np.abs(actual[:, None] - preds[:, :M])
         fin = np.isfinite(err)
         err = np.minimum(err, cap_error(c["fmae"][si, hcol], c["py"][si, hcol, q])[:, None])
@@ -153,8 +197,11 @@ class RunningBacktest:
         base = c["y"][si]
         c["ptgt"][si, hcol, slot] = t[r] + hs[r, hcol]
         c["py"][si, hcol, slot] = base
-        c["ppred"][si, hcol, slot, :-1] = pred_h[r, :, hcol] - base[:, None]
-        c["ppred"][si, hcol, slot, -1] = c["fmean"][si, hcol] - base
+        M = self.n_models
+        d = np.empty((r.size, M + 1))
+        d[:, :M] = pred_h[r, :, hcol] - base[:, None]
+        d[:, M] = c["fmean"][si, hcol] - base
+        c["ppred"][si, hcol, slot], c["pexp"][si, hcol, slot] = pack(d)
         c["plo"][si, hcol, slot] = c["flo"][si, hcol] - base
         c["phi"][si, hcol, slot] = c["fhi"][si, hcol] - base
         c["pcnt"][si, hcol] = pc[r, hcol] + 1

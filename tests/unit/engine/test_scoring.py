@@ -1,0 +1,27 @@
+"""The running backtest's packed pending forecasts: what `pack` keeps of a difference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sidecar.engine.scoring import pack, unpack
+
+
+def test_packed_differences_keep_eleven_significant_bits_whatever_the_rows_largest() -> None:
+    rng = np.random.default_rng(7)
+    d = rng.normal(size=(500, 21)) * 10.0 ** rng.uniform(-8, 12, size=(500, 1))
+    d[:, 3] *= 1e6          # a blown-up model in every row: the others keep their own precision
+    d[::7, 5] = np.nan
+    vals, e = pack(d)
+    assert vals.dtype == np.float16 and e.dtype == np.int8
+    back = unpack(vals, e)
+    assert np.array_equal(np.isnan(back), np.isnan(d))
+    ok = np.isfinite(d) & (np.abs(d) >= np.ldexp(np.nanmax(np.abs(d), axis=1, keepdims=True), -24))
+    assert np.all(np.abs(back[ok] - d[ok]) <= np.ldexp(np.abs(d[ok]), -11))
+
+
+def test_rows_of_zeros_or_nan_pack_to_themselves() -> None:
+    d = np.array([[0.0, 0.0, 0.0], [np.nan, np.nan, np.nan], [0.0, np.nan, -0.0]])
+    back = unpack(*pack(d))
+    assert np.array_equal(back, d, equal_nan=True)
+
