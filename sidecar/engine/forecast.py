@@ -51,7 +51,7 @@ from sidecar.engine.regime import (
     shift_trend,
     still_shifted,
 )
-from sidecar.engine.scoring import WINDOW, RunningBacktest, pack_saved
+from sidecar.engine.scoring import BF16_NAN, WINDOW, RunningBacktest, pack_saved
 from sidecar.engine.shifts import follow_shift
 from sidecar.errors import InputError
 
@@ -167,7 +167,8 @@ class ForecastBank:
             "qhi": Field((H,), np.float64, np.nan),
             "hit": Field((H,), np.float64, np.nan),
             "wmul": Field((H,), np.float32, 1.0, optional=True),
-            "ewin": Field((H, WINDOW), f32, np.nan, optional=True),   # the last scored errors, a ring
+            # the last scored errors, a ring, as bfloat16 codes (`scoring.to_bf16`)
+            "ewin": Field((H, WINDOW), np.uint16, BF16_NAN, optional=True),
             "epos": Field((H,), np.int16, 0, optional=True),
             "qwlo": Field((H,), f32, np.nan, optional=True),         # their conformal bounds
             "qwhi": Field((H,), f32, np.nan, optional=True),
@@ -511,11 +512,16 @@ class ForecastBank:
             out.update(f.slots.dump(f"m{j}.", self._size, copy=copy))
         return out
 
+    def upgrade_saved(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A saved state, or saved rows, in this version's layout: the core's packed pending predictions and
+        error window (`scoring.pack_saved`)."""
+        return pack_saved(state)
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore a bank saved by `state_dict` (same horizons, level, queue and models); a state saved before
         the pending forecasts were packed is packed on the way in."""
         try:
-            state = pack_saved(state)
+            state = self.upgrade_saved(state)
             size = int(state["size"])
             same = (np.array_equal(np.asarray(state["horizons_s"], dtype=np.float64), self.horizons_s)
                     and float(state["level"]) == self.level and int(state["queue"]) == self.queue

@@ -38,7 +38,6 @@ from .modelstate import decode as decode_model_state
 from .modelstate import encode as encode_model_state
 from .records import CorrectionRecord, DigitalTwin, StateHistoryEntry, SystemType
 from .rules import Rules
-from .scoring import pack_saved
 from .state import EngineState
 from .tick import Tick, TickReport
 from .twins import TwinRegistry
@@ -220,7 +219,7 @@ class Restore:
         learnt: dict[tuple[str, str], float] = {}
         for st, rows in placed:
             try:
-                part = pack_saved(st.forecast)     # rows saved before the pending forecasts were packed
+                part = self.st.bank.upgrade_saved(st.forecast)     # rows saved in an earlier layout
                 saved = st.forecast_config
                 if not same_forecast_config(saved, config):
                     if not same_level_and_queue(saved, config):

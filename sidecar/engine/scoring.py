@@ -53,18 +53,39 @@ def unpack(vals: NDArray[np.float16], e: NDArray[np.int8]) -> F64:
     return out
 
 
+#: bfloat16's NaN: the empty places of the error window
+BF16_NAN = 0x7FC0
+
+
+def to_bf16(x: NDArray[np.floating]) -> NDArray[np.uint16]:
+    """Values as bfloat16 codes (uint16: float32's upper half, rounded to nearest even): float32's range
+    with 8 significant bits (within 2^-8 of the value), NaN kept. For the error window, whose order
+    statistics only need to be that close: half its bytes, and no scale to keep beside it."""
+    bits = np.asarray(x, np.float32).astype(np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    out: NDArray[np.uint16] = np.where(np.isnan(x), BF16_NAN, rounded).astype(np.uint16)
+    return out
+
+
+def from_bf16(code: NDArray[np.uint16]) -> NDArray[np.float32]:
+    """The float32 values of bfloat16 codes."""
+    out: NDArray[np.float32] = (code.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return out
+
+
 def pack_saved(state: dict[str, np.ndarray], prefix: str = "core.") -> dict[str, np.ndarray]:
-    """A saved bank's pending predictions in the packed layout: states saved before `pack` hold `ppred` as
-    float32 differences and no exponents (`pexp`); they are packed as `issue` would have. A state already
-    packed (or without pending forecasts) is returned as it is."""
-    kp, ke = prefix + "ppred", prefix + "pexp"
-    if kp not in state or ke in state:
-        return state
-    pp = np.asarray(state[kp], np.float64)
-    vals, e = pack(pp.reshape(-1, pp.shape[-1]))
+    """A saved bank's state in this layout: states saved before `pack` hold `ppred` as float32 differences and
+    no exponents (`pexp`), and the error window `ewin` as float32; they are packed as `issue` and `_window`
+    would have. A state already packed (or without these fields) is returned as it is."""
+    kp, ke, kw = prefix + "ppred", prefix + "pexp", prefix + "ewin"
     out = dict(state)
-    out[kp] = vals.reshape(pp.shape)
-    out[ke] = e.reshape(pp.shape[:-1])
+    if kp in state and ke not in state:
+        pp = np.asarray(state[kp], np.float64)
+        vals, e = pack(pp.reshape(-1, pp.shape[-1]))
+        out[kp] = vals.reshape(pp.shape)
+        out[ke] = e.reshape(pp.shape[:-1])
+    if kw in state and np.asarray(state[kw]).dtype.kind == "f":
+        out[kw] = to_bf16(np.asarray(state[kw]))
     return out
 
 
@@ -169,11 +190,11 @@ class RunningBacktest:
         order statistics ceil((n + 1)(1 - a)) and floor((n + 1) a), a = (1 - level) / 2 (NaN below WINDOW_MIN)."""
         c = self.core
         pos = c["epos"][si, hcol].astype(np.int64)
-        c["ewin"][si, hcol, pos % WINDOW] = e
+        c["ewin"][si, hcol, pos % WINDOW] = to_bf16(e)
         # errors written so far, saturated at WINDOW + (the next place) so it fits an int16 for good
         n = np.minimum(pos + 1, WINDOW)
         c["epos"][si, hcol] = np.where(pos + 1 >= WINDOW, WINDOW + (pos + 1) % WINDOW, pos + 1)
-        win = np.sort(c["ewin"][si, hcol].astype(np.float64), axis=1)      # NaN (empty places) sort last
+        win = np.sort(from_bf16(c["ewin"][si, hcol]).astype(np.float64), axis=1)   # NaN (empty places) sort last
         a = (1.0 - self.level) / 2.0
         hi_k = np.minimum(np.ceil((n + 1) * (1.0 - a)).astype(np.int64), n) - 1
         lo_k = np.maximum(np.floor((n + 1) * a).astype(np.int64), 1) - 1

@@ -277,11 +277,12 @@ def test_a_blob_saved_as_npz_by_an_earlier_version_is_still_read() -> None:
     assert len(encode(st)) < len(buf.getvalue())           # the packed blob is the smaller one too
 
 
-def test_pending_forecasts_saved_unpacked_load_packed_and_score_the_same() -> None:
-    """States saved before the pending predictions were packed (float32 differences `ppred`, no `pexp`) load
-    packed as the bank would have filed them: the rows equal the saving engine's, and the next sample scores
-    them into the same error memories."""
-    from sidecar.engine.scoring import unpack
+def test_state_saved_before_the_packing_loads_packed_and_scores_the_same() -> None:
+    """States saved before the pending predictions and the error window were packed (float32 differences
+    `ppred` and no `pexp`, float32 `ewin`) load packed as the bank would have kept them: the rows equal the
+    saving engine's, and the next sample scores them into the same error memories and interval bounds and
+    forecasts the same."""
+    from sidecar.engine.scoring import from_bf16, unpack
 
     old, times = _fed(0.5, names=("a",))
     blobs = old.export_model_states()
@@ -291,14 +292,17 @@ def test_pending_forecasts_saved_unpacked_load_packed_and_score_the_same() -> No
     e = f.pop("core.pexp")
     assert f["core.ppred"].dtype == np.float16 and np.isfinite(f["core.ppred"]).any()
     f["core.ppred"] = unpack(f["core.ppred"], e).astype(np.float32)
+    f["core.ewin"] = from_bf16(f["core.ewin"])
+    assert np.isfinite(f["core.ewin"]).any()
     blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, st.forecast_config, f, st.anomaly))
     new = _fresh_like(old, ("a",))
     assert new.load_model_states(blobs)
     so, sn = old.series_for("a", ["cpu_usage", "memory_usage"]), new.series_for("a", ["cpu_usage", "memory_usage"])
-    for k in ("core.ppred", "core.pexp"):
+    for k in ("core.ppred", "core.pexp", "core.ewin"):
         np.testing.assert_array_equal(old.bank.state_dict()[k][so], new.bank.state_dict()[k][sn])
     t_next = float(times[-1] + STEP)
     for eng in (old, new):
         eng.ingest(eng.series_for("a", ["cpu_usage", "memory_usage"]), np.array([_daily(np.array([t_next]), 0.0)[0],
                                                                                    40.0]), at=t_next, quiet=True)
-    np.testing.assert_array_equal(old.bank.state_dict()["core.mae"][so], new.bank.state_dict()["core.mae"][sn])
+    for k in ("core.mae", "core.qwlo", "core.qwhi", "core.ewin", "core.fmean"):
+        np.testing.assert_array_equal(old.bank.state_dict()[k][so], new.bank.state_dict()[k][sn])

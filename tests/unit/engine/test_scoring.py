@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidecar.engine.scoring import pack, unpack
+from sidecar.engine.scoring import BF16_NAN, from_bf16, pack, to_bf16, unpack
 
 
 def test_packed_differences_keep_eleven_significant_bits_whatever_the_rows_largest() -> None:
@@ -25,3 +25,13 @@ def test_rows_of_zeros_or_nan_pack_to_themselves() -> None:
     back = unpack(*pack(d))
     assert np.array_equal(back, d, equal_nan=True)
 
+
+
+def test_bfloat16_codes_keep_eight_significant_bits_and_float32s_range() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=2000) * 10.0 ** rng.uniform(-30, 30, size=2000)
+    back = from_bf16(to_bf16(x)).astype(np.float64)
+    assert np.all(np.abs(back - x) <= np.ldexp(np.abs(x), -8))
+    special = np.array([np.nan, np.inf, -np.inf, 0.0])
+    assert np.array_equal(from_bf16(to_bf16(special)), special.astype(np.float32), equal_nan=True)
+    assert to_bf16(np.array([np.nan]))[0] == BF16_NAN
