@@ -152,7 +152,7 @@ class ForecastBank:
             "slope": Field((), np.float64, 0.0),
             # one-step backtest: every sample scores the forecasts made one interval before
             "mae1": Field((M,), np.float64, np.nan),
-            "cnt1": Field((M,), f32, 0.0),
+            "cnt1": Field((M,), np.uint16, 0),       # scored counts, saturating (`scoring.count_up`)
             "c1": Field((), np.float64, 0.0),
             "scale1": Field((), np.float64, np.nan),
             "q1lo": Field((), np.float64, np.nan),
@@ -160,7 +160,7 @@ class ForecastBank:
             "q1tail": Field((), np.float64, np.nan),
             # per-horizon backtest
             "mae": Field((M, H), np.float64, np.nan),
-            "cnt": Field((M, H), f32, 0.0),
+            "cnt": Field((M, H), np.uint16, 0),
             "fcnt": Field((H,), np.float64, 0.0),
             "fmae": Field((H,), np.float64, np.nan),
             "qlo": Field((H,), np.float64, np.nan),
@@ -341,7 +341,7 @@ class ForecastBank:
             j += v
         return out
 
-    def _choose(self, mae: F64, cnt: NDArray[np.float32], pred: F64) -> NDArray[np.int64]:
+    def _choose(self, mae: F64, cnt: NDArray[np.uint16], pred: F64) -> NDArray[np.int64]:
         """The forced model where it has a forecast, else "last"; unforced, `combine.choose`."""
         if self._forced >= 0:
             forced: NDArray[np.int64] = np.where(np.isfinite(pred[:, self._forced]), self._forced, self._last)
@@ -514,7 +514,7 @@ class ForecastBank:
 
     def upgrade_saved(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A saved state, or saved rows, in this version's layout: the core's packed pending predictions and
-        error window (`scoring.pack_saved`)."""
+        error window and the scored counts (`scoring.pack_saved`)."""
         return pack_saved(state)
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:

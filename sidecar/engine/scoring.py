@@ -53,6 +53,17 @@ def unpack(vals: NDArray[np.float16], e: NDArray[np.int8]) -> F64:
     return out
 
 
+#: where the scored counts stop: past 1 / ERR_RATE a count no longer changes any rate (`ewm_rate`)
+COUNT_MAX = 65535
+
+
+def count_up(cnt: NDArray[np.uint16], scored: NDArray[np.bool_]) -> NDArray[np.uint16]:
+    """Scored counts (uint16) plus one where a forecast was scored, saturating at COUNT_MAX: counts only
+    matter up to MIN_SCORED and 1 / ERR_RATE, and uint16 holds them in half float32's bytes."""
+    out: NDArray[np.uint16] = np.minimum(cnt.astype(np.int32) + scored, COUNT_MAX).astype(np.uint16)
+    return out
+
+
 #: bfloat16's NaN: the empty places of the error window
 BF16_NAN = 0x7FC0
 
@@ -75,8 +86,9 @@ def from_bf16(code: NDArray[np.uint16]) -> NDArray[np.float32]:
 
 def pack_saved(state: dict[str, np.ndarray], prefix: str = "core.") -> dict[str, np.ndarray]:
     """A saved bank's state in this layout: states saved before `pack` hold `ppred` as float32 differences and
-    no exponents (`pexp`), and the error window `ewin` as float32; they are packed as `issue` and `_window`
-    would have. A state already packed (or without these fields) is returned as it is."""
+    no exponents (`pexp`), the error window `ewin` and the scored counts `cnt`/`cnt1` as float32; they are
+    packed as `issue`, `_window` and `count_up` would have. A state already packed (or without these fields)
+    is returned as it is."""
     kp, ke, kw = prefix + "ppred", prefix + "pexp", prefix + "ewin"
     out = dict(state)
     if kp in state and ke not in state:
@@ -86,6 +98,9 @@ def pack_saved(state: dict[str, np.ndarray], prefix: str = "core.") -> dict[str,
         out[ke] = e.reshape(pp.shape[:-1])
     if kw in state and np.asarray(state[kw]).dtype.kind == "f":
         out[kw] = to_bf16(np.asarray(state[kw]))
+    for kc in (prefix + "cnt", prefix + "cnt1"):        # float32 counts before
+        if kc in state and np.asarray(state[kc]).dtype.kind == "f":
+            out[kc] = np.clip(np.nan_to_num(np.asarray(state[kc], np.float64)), 0, COUNT_MAX).astype(np.uint16)
     return out
 
 
@@ -151,7 +166,7 @@ class RunningBacktest:
         err = np.abs(actual[:, None] - preds[:, :M])
         fin = np.isfinite(err)
         err = np.minimum(err, cap_error(c["fmae"][si, hcol], c["py"][si, hcol, q])[:, None])
-        cnt = c["cnt"][si, :, hcol] + fin
+        cnt = count_up(c["cnt"][si, :, hcol], fin)
         rate = ewm_rate(cnt, ERR_RATE)
         m0 = c["mae"][si, :, hcol]
         c["mae"][si, :, hcol] = np.where(fin, np.where(np.isfinite(m0), m0 + rate * (err - m0), err), m0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sidecar.engine.scoring import BF16_NAN, from_bf16, pack, to_bf16, unpack
+from sidecar.engine.scoring import BF16_NAN, COUNT_MAX, count_up, from_bf16, pack, to_bf16, unpack
 
 
 def test_packed_differences_keep_eleven_significant_bits_whatever_the_rows_largest() -> None:
@@ -35,3 +35,10 @@ def test_bfloat16_codes_keep_eight_significant_bits_and_float32s_range() -> None
     special = np.array([np.nan, np.inf, -np.inf, 0.0])
     assert np.array_equal(from_bf16(to_bf16(special)), special.astype(np.float32), equal_nan=True)
     assert to_bf16(np.array([np.nan]))[0] == BF16_NAN
+
+
+def test_scored_counts_saturate_instead_of_wrapping() -> None:
+    cnt = np.array([0, 5, COUNT_MAX - 1, COUNT_MAX], np.uint16)
+    up = count_up(cnt, np.array([True, False, True, True]))
+    assert up.dtype == np.uint16
+    assert up.tolist() == [1, 5, COUNT_MAX, COUNT_MAX]
