@@ -108,6 +108,16 @@ def main() -> int:
         if b / series >= 16:
             md.append(f"| `{path}` | {b / series:,.0f} | {b / total:.1%} |")
     md.append(f"| everything else | {sum(b for _, b in top if b / series < 16) / series:,.0f} | |")
+    bank = fleet.engine.state.bank
+    fields = [(f"core.{n}", arr) for n, arr in bank.core.items()]
+    fields += [(f"{type(f).__name__}.{n}", arr) for f in bank.families for n, arr in f.slots.items()]
+    fields.sort(key=lambda kv: -kv[1].nbytes)
+    md += ["", "The forecast bank's arrays by field (bytes per series slot, dtype, shape after the slot axis):", "",
+           "| field | bytes per slot | dtype | shape |", "|---|---|---|---|"]
+    md += [f"| `{name}` | {arr.nbytes / cap:,.0f} | {arr.dtype} | {arr.shape[1:]} |" for name, arr in fields
+           if arr.nbytes / cap >= 64]
+    md.append(f"| the other {sum(1 for _, arr in fields if arr.nbytes / cap < 64)} fields | "
+              f"{sum(arr.nbytes for _, arr in fields if arr.nbytes / cap < 64) / cap:,.0f} | | |")
     text = "\n".join(md) + "\n"
     Path(a.out).write_text(text)
     print(text)

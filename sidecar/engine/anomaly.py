@@ -49,6 +49,7 @@ feature) and vectorised across series; memory is fixed, about 2.2 kB per series.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -72,7 +73,9 @@ _WIDTH = np.append(np.diff(EDGES), np.inf)
 _LIN_STEP = float(EDGES[1] - EDGES[0])
 _LOG_RATIO = float(np.log(EDGES[-1] / EDGES[_N_LIN]) / (_NB - 1 - _N_LIN))
 _FEATURES = ("value", "level", "spread", "extreme", "long level", "context value", "context level", "forecast")
-_RENORM = 1e150  # lazy-decay growth factor at which a series' histograms are rescaled
+#: lazy-decay growth factor at which a series' histograms are rescaled: the histograms are float32 (half the
+#: detector's bytes), whose largest value is 3.4e38; a cell holds at most about memory_samples times this
+_RENORM = 1e30
 _MAX_SURPRISE = 1e5
 # the remembered highs and lows relax over this many histogram memories: weeks where "how often" looks back days
 _EXTREME_MEMORIES = 10.0
@@ -172,7 +175,7 @@ class AnomalyBank:
         self._f: dict[str, F64] = {k: np.zeros(self._cap) for k in _SCALARS}
         self._i: dict[str, I64] = {"count": np.zeros(self._cap, dtype=np.int64)}
         # each feature's decayed histogram, every entry times the series' lazy-decay factor "grow"
-        self._hist = np.zeros((self._cap, self._nf, _NB))
+        self._hist = np.zeros((self._cap, self._nf, _NB), np.float32)
         self._tot = np.zeros((self._cap, self._nf))
 
     @property
@@ -188,7 +191,7 @@ class AnomalyBank:
             cap = grown_capacity(self._cap, need)
             self._f = {k: _grown(v, self._n, cap) for k, v in self._f.items()}
             self._i = {k: _grown(v, self._n, cap) for k, v in self._i.items()}
-            hist = np.zeros((cap, self._nf, _NB))
+            hist = np.zeros((cap, self._nf, _NB), np.float32)
             hist[: self._n] = self._hist[: self._n]
             tot = np.zeros((cap, self._nf))
             tot[: self._n] = self._tot[: self._n]
@@ -396,8 +399,9 @@ class AnomalyBank:
         return {k: v.copy() for k, v in out.items()} if copy else out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        state = renormed(state)
         n = len(state["count"])
-        hist = np.asarray(state["hist"], dtype=np.float64)
+        hist = np.asarray(state["hist"], dtype=np.float32)
         if hist.shape != (n, self._nf, _NB):
             raise ValueError(f"histogram state has shape {hist.shape}, this bank needs {(n, self._nf, _NB)}")
         self._cap = max(n, 1)
@@ -407,10 +411,29 @@ class AnomalyBank:
         self._f = {k: _grown(np.asarray(state[k], dtype=np.float64) if k in state else np.zeros(n), n, self._cap)
                    for k in _SCALARS}
         self._i = {"count": _grown(np.asarray(state["count"], dtype=np.int64), n, self._cap)}
-        self._hist = np.zeros((self._cap, self._nf, _NB))
+        self._hist = np.zeros((self._cap, self._nf, _NB), np.float32)
         self._hist[:n] = hist
         self._tot = np.zeros((self._cap, self._nf))
         self._tot[:n] = np.asarray(state["tot"], dtype=np.float64)
+
+
+def renormed(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Saved detector rows with every histogram rescaled whose lazy-decay factor is past `_RENORM`: rows saved
+    while the histograms were float64 (rescaled only at 1e150) would overflow float32. The rescale is the one
+    an update does (a factor common to a row's cells, its totals and ``grow``): the probabilities stay."""
+    out = dict(state)
+    if not {"hist", "tot", "grow"} <= set(state):
+        return out
+    grow = np.asarray(state["grow"], np.float64)
+    big = grow > _RENORM
+    if not big.any():
+        return out
+    hist = np.array(state["hist"], np.float64)
+    tot = np.array(state["tot"], np.float64)
+    hist[big] /= grow[big, None, None]
+    tot[big] /= grow[big, None]
+    out["hist"], out["tot"], out["grow"] = hist, tot, np.where(big, 1.0, grow)
+    return out
 
 
 def _bin(v: F64) -> I64:
@@ -421,12 +444,12 @@ def _bin(v: F64) -> I64:
     return np.clip(b, 0, _NB - 1)
 
 
-def _mass_below(flat: F64, start: I64, b: I64) -> F64:
+def _mass_below(flat: NDArray[np.float32], start: I64, b: I64) -> F64:
     """Mass of each histogram (bins ``flat[start:start + NB]``) in the bins below ``b``: one pass per bin,
     each over only the histograms whose ``b`` is still above it, so the usual small surprises cost little.
     A few histograms are summed whole at once instead (the same sums, in the same order, fewer calls)."""
     if b.size <= _FEW:
-        cum = np.cumsum(flat[start[:, None] + np.arange(_NB)], axis=1)
+        cum = np.cumsum(flat[start[:, None] + np.arange(_NB)], axis=1, dtype=np.float64)   # as the passes add
         return np.where(b > 0, cum[np.arange(b.size), np.maximum(b - 1, 0)], 0.0)
     acc = np.zeros(b.size)
     live = np.flatnonzero(b > 0)

@@ -19,7 +19,7 @@ TEMP = 0.05  # how fast a model's weight falls with its recent error relative to
 LAST = 0  # the index of "last", the fallback
 
 
-def choose(mae: F64, cnt: NDArray[np.float32], pred: F64) -> NDArray[np.int64]:
+def choose(mae: F64, cnt: NDArray[np.uint16], pred: F64) -> NDArray[np.int64]:
     """Per (series, horizon): the model with the smallest recent error among those with a forecast.
 
     `mae`, `cnt`, `pred` are (k, M, ...); models scored fewer than MIN_SCORED times are not trusted yet."""
@@ -29,7 +29,7 @@ def choose(mae: F64, cnt: NDArray[np.float32], pred: F64) -> NDArray[np.int64]:
     return best
 
 
-def combine(mae: F64, cnt: NDArray[np.float32], pred: F64, mae1: F64, cnt1: NDArray[np.float32],
+def combine(mae: F64, cnt: NDArray[np.uint16], pred: F64, mae1: F64, cnt1: NDArray[np.uint16],
             order: NDArray[np.intp]) -> tuple[F64, NDArray[np.int64], NDArray[np.bool_], NDArray[np.bool_]]:
     """(k, H) forecast, the model with the most weight, where the choice was borrowed (the horizon has no
     scores of its own) and where it rests on one-step scores alone, from every model's (k, M, H)

@@ -51,7 +51,7 @@ from sidecar.engine.regime import (
     shift_trend,
     still_shifted,
 )
-from sidecar.engine.scoring import WINDOW, RunningBacktest
+from sidecar.engine.scoring import BF16_NAN, WINDOW, RunningBacktest, pack_saved
 from sidecar.engine.shifts import follow_shift
 from sidecar.errors import InputError
 
@@ -71,7 +71,7 @@ _BLOCK = 4096
 #: when a twin's horizons change, so the other horizons and every model keep what they learnt)
 HORIZON_AXIS = {"fmean": 1, "flo": 1, "fhi": 1, "fmodel": 1, "mae": 2, "cnt": 2, "fcnt": 1, "fmae": 1, "qlo": 1,
                 "qhi": 1, "hit": 1, "wmul": 1, "ewin": 1, "epos": 1, "qwlo": 1, "qwhi": 1, "ptgt": 1, "py": 1,
-                "ppred": 1, "plo": 1, "phi": 1, "phead": 1, "pcnt": 1, "plast": 1, "shold": 1, "freg": 1}
+                "ppred": 1, "plo": 1, "phi": 1, "pexp": 1, "phead": 1, "pcnt": 1, "plast": 1, "shold": 1, "freg": 1}
 #: Per-series fields with a model axis, and where it is (rows first): a saved state remaps them by model name.
 #: `ppred` has one column more, after the models: the bank's own combined forecast.
 MODEL_AXIS = {"pred1": 1, "mae1": 1, "cnt1": 1, "mae": 1, "cnt": 1, "ppred": 3}
@@ -152,7 +152,7 @@ class ForecastBank:
             "slope": Field((), np.float64, 0.0),
             # one-step backtest: every sample scores the forecasts made one interval before
             "mae1": Field((M,), np.float64, np.nan),
-            "cnt1": Field((M,), f32, 0.0),
+            "cnt1": Field((M,), np.uint16, 0),       # scored counts, saturating (`scoring.count_up`)
             "c1": Field((), np.float64, 0.0),
             "scale1": Field((), np.float64, np.nan),
             "q1lo": Field((), np.float64, np.nan),
@@ -160,23 +160,26 @@ class ForecastBank:
             "q1tail": Field((), np.float64, np.nan),
             # per-horizon backtest
             "mae": Field((M, H), np.float64, np.nan),
-            "cnt": Field((M, H), f32, 0.0),
+            "cnt": Field((M, H), np.uint16, 0),
             "fcnt": Field((H,), np.float64, 0.0),
             "fmae": Field((H,), np.float64, np.nan),
             "qlo": Field((H,), np.float64, np.nan),
             "qhi": Field((H,), np.float64, np.nan),
             "hit": Field((H,), np.float64, np.nan),
             "wmul": Field((H,), np.float32, 1.0, optional=True),
-            "ewin": Field((H, WINDOW), f32, np.nan, optional=True),   # the last scored errors, a ring
+            # the last scored errors, a ring, as bfloat16 codes (`scoring.to_bf16`)
+            "ewin": Field((H, WINDOW), np.uint16, BF16_NAN, optional=True),
             "epos": Field((H,), np.int16, 0, optional=True),
             "qwlo": Field((H,), f32, np.nan, optional=True),         # their conformal bounds
             "qwhi": Field((H,), f32, np.nan, optional=True),
-            # pending forecasts: a ring of Q per horizon, stored relative to the value at issue
+            # pending forecasts: a ring of Q per horizon, stored relative to the value at issue; the predictions
+            # packed (`scoring.pack`: float16 times 2^pexp, one exponent per entry)
             "ptgt": Field((H, Q), np.float64, np.nan),
             "py": Field((H, Q), np.float64, np.nan),
-            "ppred": Field((H, Q, M + 1), f32, np.nan),
+            "ppred": Field((H, Q, M + 1), np.float16, np.nan),
             "plo": Field((H, Q), f32, np.nan),
             "phi": Field((H, Q), f32, np.nan),
+            "pexp": Field((H, Q), np.int8, 0, optional=True),
             "phead": Field((H,), np.int16, 0),   # places in a ring of Q: int16 (head + count < 2 Q)
             "pcnt": Field((H,), np.int16, 0),
             "plast": Field((H,), np.float64, -np.inf),
@@ -343,7 +346,7 @@ class ForecastBank:
             j += v
         return out
 
-    def _choose(self, mae: F64, cnt: NDArray[np.float32], pred: F64) -> NDArray[np.int64]:
+    def _choose(self, mae: F64, cnt: NDArray[np.uint16], pred: F64) -> NDArray[np.int64]:
         """The forced model where it has a forecast, else "last"; unforced, `combine.choose`."""
         if self._forced >= 0:
             forced: NDArray[np.int64] = np.where(np.isfinite(pred[:, self._forced]), self._forced, self._last)
@@ -514,9 +517,16 @@ class ForecastBank:
             out.update(f.slots.dump(f"m{j}.", self._size, copy=copy))
         return out
 
+    def upgrade_saved(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A saved state, or saved rows, in this version's layout: the core's packed pending predictions and
+        error window and the scored counts (`scoring.pack_saved`)."""
+        return pack_saved(state)
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Restore a bank saved by `state_dict` (same horizons, level, queue and models)."""
+        """Restore a bank saved by `state_dict` (same horizons, level, queue and models); a state saved before
+        the pending forecasts were packed is packed on the way in."""
         try:
+            state = self.upgrade_saved(state)
             size = int(state["size"])
             same = (np.array_equal(np.asarray(state["horizons_s"], dtype=np.float64), self.horizons_s)
                     and float(state["level"]) == self.level and int(state["queue"]) == self.queue

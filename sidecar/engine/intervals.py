@@ -39,7 +39,7 @@ CONF_PRIOR = 2.0  # pseudo-counts of the uninformed prior (one hit, one miss) of
 CONF_PRIOR_RATE = 0.5  # what `confidence` is before any forecast at a horizon was scored: no evidence either way
 
 
-def ewm_rate(count: NDArray[np.floating], floor: float) -> F64:
+def ewm_rate(count: NDArray[np.floating] | NDArray[np.unsignedinteger], floor: float) -> F64:
     """Running mean for the first 1/floor observations, exponential forgetting after."""
     out: F64 = np.maximum(1.0 / np.maximum(count, 1.0), floor)
     return out

@@ -50,9 +50,10 @@ class LinearRegression(Model):
     def fields(self) -> dict[str, Field]:
         b = (self.nb,)
         return {
-            "bid": Field(b, np.int64, -1),  # absolute bucket number held by each ring entry
+            # absolute bucket number held by each ring entry: int32 reaches 2^31 buckets (20,000 years of 5 min)
+            "bid": Field(b, np.int32, -1),
             "y0": Field(b, np.float64, 0.0),  # first value seen in the bucket (y origin)
-            "n": Field(b, np.float64, 0.0),
+            "n": Field(b, np.float32, 0.0),   # a count: exact in float32 to 2^24 samples a bucket
             "st": Field(b, np.float64, 0.0),
             "sy": Field(b, np.float64, 0.0),
             "stt": Field(b, np.float64, 0.0),

@@ -17,13 +17,13 @@ from numpy.typing import NDArray
 
 from sidecar.engine.intervals import ewm_rate, track_quantiles, track_tail
 from sidecar.engine.models_base import F64, I64, Slots
-from sidecar.engine.scoring import ERR_RATE, cap_error
+from sidecar.engine.scoring import ERR_RATE, cap_error, count_up
 
 SCALE_RATE = 0.05  # forgetting of the one-step error scale
 GLITCH = 50.0  # one-step error scales beyond which a lone sample is a glitch the models do not learn as is
 
 #: picks, per series, the model with the smallest recent one-step error among those with a forecast
-Choose = Callable[[F64, NDArray[np.float32], F64], NDArray[np.int64]]
+Choose = Callable[[F64, NDArray[np.uint16], F64], NDArray[np.int64]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ def expect(core: Slots, i: I64, y: F64, seen: NDArray[np.bool_], y_prev: F64, ga
         err_m = np.abs(yo[:, None] - pred1[o])
         fin = np.isfinite(err_m)
         err_m = np.minimum(err_m, cap_error(sc[o], y_prev[o])[:, None])
-        cn = cnt1[o] + fin
+        cn = count_up(cnt1[o], fin)
         r = ewm_rate(cn, ERR_RATE)
         m0 = mae1[o]
         c["mae1"][oi] = np.where(fin, np.where(np.isfinite(m0), m0 + r * (err_m - m0), err_m), m0)

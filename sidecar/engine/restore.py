@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptSnapshotError, InputError
+from .anomaly import renormed
 from .expected import check_expected_values
 from .forecast import HORIZON_AXIS, MODEL_AXIS
 from .history import verified
@@ -218,7 +219,7 @@ class Restore:
         learnt: dict[tuple[str, str], float] = {}
         for st, rows in placed:
             try:
-                part = st.forecast
+                part = self.st.bank.upgrade_saved(st.forecast)     # rows saved in an earlier layout
                 saved = st.forecast_config
                 if not same_forecast_config(saved, config):
                     if not same_level_and_queue(saved, config):
@@ -233,7 +234,8 @@ class Restore:
                         part = remap_horizons(part, take_rows(fs, rows, FORECAST_CONFIG), saved["horizons_s"],
                                               config["horizons_s"], HORIZON_AXIS)
                 check_rows(fs, rows, part, FORECAST_CONFIG)
-                anomaly_part = widen_rows(an, rows, st.anomaly)     # features added since it was saved
+                # features added since it was saved; histograms saved as float64 brought into float32's range
+                anomaly_part = widen_rows(an, rows, renormed(st.anomaly))
                 check_rows(an, rows, anomaly_part)
             except InputError as exc:
                 log.warning("stored model state does not fit: relearning", extra={

@@ -475,3 +475,26 @@ def test_a_series_with_fractions_is_not_excused_its_bursts() -> None:
     on = _scores_of(AnomalyBank(), t, values)
     off = _scores_of(AnomalyBank(bursts=False), t, values)
     np.testing.assert_array_equal(on, off)
+
+
+def test_histograms_saved_as_float64_past_float32s_range_load_and_score_the_same() -> None:
+    """States saved while the histograms were float64 (rescaled only at a decay factor of 1e150) load into the
+    float32 histograms rescaled, as an update rescales them: the next scores are the same."""
+    values = _noise(400, 3, seed=21)
+    a = AnomalyBank()
+    ia = a.add(3)
+    nan = np.full(3, np.nan)
+    for i in range(399):
+        a.update(ia, np.full(3, 1.7e9 + 60.0 * i), values[i], nan, nan, nan, nan)
+    old = {k: np.array(v, np.float64) if k in ("hist", "tot", "grow") else v for k, v in a.state_dict().items()}
+    factor = np.array([1e100, 1.0, 1e140])                  # a common factor per row, as lazy decay leaves
+    old["hist"] *= factor[:, None, None]
+    old["tot"] *= factor[:, None]
+    old["grow"] *= factor
+    assert old["hist"].max() > np.finfo(np.float32).max
+    b = AnomalyBank()
+    b.load_state_dict(old)
+    assert np.isfinite(b.state_dict()["hist"]).all()
+    t = np.full(3, 1.7e9 + 60.0 * 399)
+    np.testing.assert_allclose(b.update(ia, t, values[399] + 5.0, nan, nan, nan, nan),
+                               a.update(ia, t, values[399] + 5.0, nan, nan, nan, nan), rtol=1e-6)

@@ -275,3 +275,35 @@ def test_a_blob_saved_as_npz_by_an_earlier_version_is_still_read() -> None:
     for k, v in st.forecast.items():
         np.testing.assert_array_equal(back.forecast[k], v)
     assert len(encode(st)) < len(buf.getvalue())           # the packed blob is the smaller one too
+
+
+def test_state_saved_before_the_packing_loads_packed_and_scores_the_same() -> None:
+    """States saved before the pending predictions, the error window and the scored counts were packed
+    (float32 differences `ppred` and no `pexp`, float32 `ewin`, `cnt` and `cnt1`) load packed as the bank
+    would have kept them: the rows equal the saving engine's, and the next sample scores them into the same
+    error memories and interval bounds and forecasts the same."""
+    from sidecar.engine.scoring import from_bf16, unpack
+
+    old, times = _fed(0.5, names=("a",))
+    blobs = old.export_model_states()
+    tid = old.get("a").twin_id
+    st = decode(blobs[tid])
+    f = dict(st.forecast)
+    e = f.pop("core.pexp")
+    assert f["core.ppred"].dtype == np.float16 and np.isfinite(f["core.ppred"]).any()
+    f["core.ppred"] = unpack(f["core.ppred"], e).astype(np.float32)
+    f["core.ewin"] = from_bf16(f["core.ewin"])
+    f["core.cnt"], f["core.cnt1"] = f["core.cnt"].astype(np.float32), f["core.cnt1"].astype(np.float32)
+    assert np.isfinite(f["core.ewin"]).any()
+    blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, st.forecast_config, f, st.anomaly))
+    new = _fresh_like(old, ("a",))
+    assert new.load_model_states(blobs)
+    so, sn = old.series_for("a", ["cpu_usage", "memory_usage"]), new.series_for("a", ["cpu_usage", "memory_usage"])
+    for k in ("core.ppred", "core.pexp", "core.ewin", "core.cnt", "core.cnt1"):
+        np.testing.assert_array_equal(old.bank.state_dict()[k][so], new.bank.state_dict()[k][sn])
+    t_next = float(times[-1] + STEP)
+    for eng in (old, new):
+        eng.ingest(eng.series_for("a", ["cpu_usage", "memory_usage"]), np.array([_daily(np.array([t_next]), 0.0)[0],
+                                                                                   40.0]), at=t_next, quiet=True)
+    for k in ("core.mae", "core.qwlo", "core.qwhi", "core.ewin", "core.fmean", "core.cnt"):
+        np.testing.assert_array_equal(old.bank.state_dict()[k][so], new.bank.state_dict()[k][sn])
