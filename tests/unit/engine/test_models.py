@@ -152,3 +152,69 @@ def test_the_daily_mean_forecasts_a_noisy_daily_cycle_better_than_any_copy_of_th
 
     assert mae("daily_mean") < 0.8 * mae("last")
     assert mae("daily_mean") < min(mae("daily"), mae("daily_delta"))
+
+
+def _replay_one_step(t: np.ndarray, y: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """Every model's forecast one sample (5 minutes) ahead, after each sample of one series."""
+    from sidecar.engine.forecast import ForecastBank
+
+    bank = ForecastBank([300.0])
+    idx = bank.add(1)
+    pred = np.full((t.size, len(bank.model_names)), np.nan)
+    for r in range(t.size):
+        bank.update(idx, t[r:r + 1], y[r:r + 1])
+        pred[r] = bank.predict_models(idx)[0][:, 0]
+    return bank.model_names, pred
+
+
+def test_the_smoothed_daily_mean_averages_away_the_noise_a_few_days_leave_in_the_profile() -> None:
+    """Three days of a smooth noisy cycle leave each phase's slow mean with a third of a sample's noise; the
+    neighbouring phases hold independent noise around nearly the same value, so averaging them forecasts
+    better, the wider kernel more."""
+    rng = np.random.default_rng(5)
+    step_s, days = 300.0, 4
+    t = 1_700_006_400.0 + step_s * np.arange(int(days * 86400 / step_s))
+    cycle = 50.0 + 20.0 * np.sin(2 * np.pi * (t % 86400.0) / 86400.0)
+    names, pred = _replay_one_step(t, cycle + rng.normal(0, 5.0, t.size))
+    late = slice(3 * 288, t.size - 1)                    # the fourth day, forecast from three
+
+    def miss(name: str) -> float:
+        """Mean distance of the forecasts from the cycle itself (what the noise hides)."""
+        return float(np.mean(np.abs(cycle[late.start + 1:late.stop + 1] - pred[late, names.index(name)])))
+
+    assert miss("daily_mean_s1") < 0.7 * miss("daily_mean")
+    assert miss("daily_mean_s3") < miss("daily_mean_s1")
+
+
+def test_the_smallest_smoothing_keeps_a_steep_daily_edge_that_a_wide_one_blurs() -> None:
+    """A square daily cycle without noise: the one-bucket kernel's error at the edges stays a fraction of the
+    widest one's, which is why the bank keeps several widths and lets the backtest choose."""
+    step_s, days = 300.0, 3
+    t = 1_700_006_400.0 + step_s * np.arange(int(days * 86400 / step_s))
+    hours = (t % 86400.0) / 3600.0
+    y = np.where((hours >= 8.0) & (hours < 18.0), 80.0, 20.0)
+    names, pred = _replay_one_step(t, y)
+    late = slice(2 * 288, t.size - 1)
+
+    def mae(name: str) -> float:
+        return float(np.mean(np.abs(y[late.start + 1:late.stop + 1] - pred[late, names.index(name)])))
+
+    assert mae("daily_mean_s1") < 0.6 * mae("daily_mean_s3")
+
+
+def test_the_daily_level_follows_a_day_that_runs_above_the_profile() -> None:
+    """After a level shift the profile's slow mean still forecasts the old days for a week; the profile moved
+    by the recent residual is back within the noise after a few buckets, and keeps the cycle's shape."""
+    rng = np.random.default_rng(6)
+    step_s, days = 300.0, 5
+    t = 1_700_006_400.0 + step_s * np.arange(int(days * 86400 / step_s))
+    y = 50.0 + 20.0 * np.sin(2 * np.pi * (t % 86400.0) / 86400.0) + rng.normal(0, 2.0, t.size)
+    y[4 * 288:] += 30.0
+    names, pred = _replay_one_step(t, y)
+    after = slice(4 * 288 + 12, t.size - 1)               # an hour after the shift, to the end
+
+    def mae(name: str) -> float:
+        return float(np.mean(np.abs(y[after.start + 1:after.stop + 1] - pred[after, names.index(name)])))
+
+    assert mae("daily_level") < 0.2 * mae("daily_mean_s1")
+    assert mae("daily_level") < mae("median_3")

@@ -307,3 +307,40 @@ def test_state_saved_before_the_packing_loads_packed_and_scores_the_same() -> No
                                                                                    40.0]), at=t_next, quiet=True)
     for k in ("core.mae", "core.qwlo", "core.qwhi", "core.ewin", "core.fmean", "core.cnt"):
         np.testing.assert_array_equal(old.bank.state_dict()[k][so], new.bank.state_dict()[k][sn])
+
+
+def test_state_saved_before_the_smoothed_profiles_loads_with_every_older_model_kept(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The release that adds the smoothed daily means and the level-moved profile (three models and the bucket
+    family's `rs` field) reads a twin saved by the one before: the older models keep what they learnt, the
+    new ones start unscored and the residual starts unknown."""
+    from sidecar.engine.forecast import MODEL_AXIS
+
+    added = ("daily_mean_s1", "daily_mean_s3", "daily_level")
+    old, times = _fed(2.0, names=("a",))
+    blobs = old.export_model_states()
+    tid = old.get("a").twin_id
+    st = decode(blobs[tid])
+    names = [str(n) for n in st.forecast_config["model_names"].tolist()]
+    gone = [names.index(n) for n in added]
+    keep = [j for j in range(len(names)) if j not in gone]
+    forecast = {k: v for k, v in st.forecast.items() if not k.endswith(".rs")}
+    for f, ax in MODEL_AXIS.items():
+        forecast["core." + f] = np.delete(forecast["core." + f], gone, axis=ax)
+    old_index = {j: keep.index(j) if j in keep else 0 for j in range(len(names))}
+    forecast["core.fmodel"] = np.vectorize(old_index.__getitem__)(forecast["core.fmodel"]).astype(
+        st.forecast["core.fmodel"].dtype)
+    config = {**st.forecast_config, "model_names": np.array([names[j] for j in keep])}
+    blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, config, forecast, st.anomaly))
+    new = _fresh_like(old, ("a",))
+    with caplog.at_level(logging.WARNING):
+        learnt = new.load_model_states(blobs)
+    assert not any("does not fit" in r.message for r in caplog.records)
+    assert learnt[(tid, "cpu_usage")] == times[-1]
+    so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
+    fo, fn = old.bank.state_dict(), new.bank.state_dict()
+    np.testing.assert_array_equal(fo["core.mae"][so][:, keep], fn["core.mae"][sn][:, keep])
+    np.testing.assert_array_equal(fo["core.ppred"][so][..., keep], fn["core.ppred"][sn][..., keep])
+    assert np.isnan(fn["core.mae"][sn][:, gone]).all() and (fn["core.cnt"][sn][:, gone] == 0).all()
+    rs = next(k for k in fn if k.endswith(".rs"))
+    assert np.isfinite(fo[rs][so]).all() and np.isnan(fn[rs][sn]).all()
