@@ -356,14 +356,24 @@ class BucketModels(Model):
         if centre is not None:       # an index array's read is a copy already
             vals[..., kmax] = centre
         wts = np.maximum(np.asarray(halves)[None, :] + 1 - np.abs(off)[:, None], 0).astype(np.float32)  # (2K+1, V)
-        flat = vals.reshape(k * h, 2 * kmax + 1)      # one matrix product, not one per target
+        flat = vals.reshape(k * h, 2 * kmax + 1)
         miss = np.isnan(flat)
-        if not miss.any():                            # every phase seen: the common case after the first day
-            out: F64 = (flat @ (wts / wts.sum(axis=0))).astype(np.float64).reshape(k, h, len(halves))
-            return out
-        num = np.where(miss, np.float32(0.0), flat) @ wts
-        den = (~miss).astype(np.float32) @ wts
-        out = np.where(miss[:, kmax, None], np.nan, num / np.where(den > 0, den, 1.0)).astype(np.float64)
+        gaps = bool(miss.any())                 # after the first day, never: the sums need no masks
+        seen = np.where(miss, np.float32(0.0), flat) if gaps else flat
+        # weighted sums offset by offset, elementwise (a matrix product's blocking depends on how many rows share
+        # the call, and its last bits with it): a series forecasts the same alone as beside others; the weights
+        # are small integers, so a row's sum of them is exact whichever way it is taken
+        out = np.empty((k * h, len(halves)))
+        for v in range(len(halves)):
+            taps = np.nonzero(wts[:, v])[0].tolist()
+            num = wts[taps[0], v] * seen[:, taps[0]]
+            for j in taps[1:]:
+                num += wts[j, v] * seen[:, j]
+            if gaps:
+                den = (~miss[:, taps]) @ wts[taps, v]
+                out[:, v] = np.where(miss[:, kmax], np.nan, num / np.where(den > 0, den, 1.0))
+            else:
+                out[:, v] = num / wts[taps, v].sum()
         return out.reshape(k, h, len(halves))
 
     @staticmethod

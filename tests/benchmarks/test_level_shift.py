@@ -35,4 +35,4 @@ def test_level_steps_once_at_the_end_of_the_warm_up(wave: float) -> None:
     y = ls.level(case, t, wave)
     assert y[0] == pytest.approx(55.0)
     assert y[1] == pytest.approx(55.0, rel=wave + 1e-12) and y[2:] == pytest.approx([7.0, 7.0], rel=wave + 1e-12)
-    assert {c.dt_s for c in ls.CASES} == {15.0, 300.0} and len(ls.CASES) == 11
+    assert {c.dt_s for c in ls.CASES} == {15.0, 300.0} and len(ls.CASES) == 14
