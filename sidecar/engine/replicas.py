@@ -9,19 +9,22 @@ A forecast says where traffic is heading (with a calibrated upper bound); the ca
    still fits; else the configured count). A load balancer splits requests between replicas
    and a request never moves to another pod's queue, so each replica is its own M/M/c queue
    with c = its workers; the total capacity is replicas × that of one;
-2. the capacity fit of one replica on that history (``fit_capacity``, servers = workers);
+2. the capacity fit of one replica on that history (``fit_capacity``, servers = workers, the
+   service-time variability within ``FIT_K_BOUNDS``);
 3. the traffic a horizon must be ready for: the ``quantile`` of the forecast request rate there
    (the point forecast at 0.5, the interval's upper bound at (1 + level) / 2, in between and
-   beyond on the normal scale of the interval's upper half-width), the highest of it at or
+   beyond on the normal scale of the interval's upper half-width, taken at its narrowest over the
+   last ``WIDTH_ROUNDS`` rounds by the caller: `settle_widths`), the highest of it at or
    before the horizon (and never less than the traffic now), since a replica that is needed at
    5 minutes is needed for the 10-minute horizon too. The quantile is the price of a pod
    against the price of a missed SLO: the upper bound itself buys every burst the forecast
    cannot tell from noise, which on spiky traffic costs far more pods than it saves minutes
    (``benchmarks/autoscale_offline.py`` chooses the default by cross-validation over traces);
 4. the fewest replicas r in [min_replicas, max_replicas] for which the what-if's projection
-   (`whatif.steady`: the current level plus the model's difference, the same maths as its
-   "Add N replica(s)" advice) keeps every limit at 1/r of that traffic per replica. All
-   horizons and candidate counts are one (H × R) array: no search loop.
+   (`whatif.steady`: a level plus the model's difference, the same maths as its "Add N
+   replica(s)" advice) keeps every limit at 1/r of that traffic per replica. A latency's level is
+   its steady one (`latency_anchors`), not the last samples', which after a burst hold the queue
+   it left. All horizons and candidate counts are one (H × R) array: no search loop.
 
 A recommendation exists only when it can be trusted: traffic observed, the capacity fit
 trustworthy, the request rate forecast warm, the workers per replica and the replica count
