@@ -392,6 +392,7 @@ class Lane:
     history: list[tuple[float, int]] = field(default_factory=list)
     samples: list[tuple[float, int, int]] = field(default_factory=list)     # (t, replicas, ready)
     decisions: list[tuple[float, int]] = field(default_factory=list)
+    advice: list[list[Any]] = field(default_factory=list)       # twin lanes: what the sidecar advised at each poll
     twin_missing: int = 0
     twin_seen: int = 0
 
@@ -417,7 +418,7 @@ def controller_queries(lane: Lane) -> dict[str, str]:
 
 
 async def control(lane: Lane, session: Any, prom: str, svc: str, policy: Callable[[], str], t0: float,
-                  end: float, twin_hpa_window_s: float = SCALE_DOWN_WINDOW_S) -> None:
+                  end: float, twin_hpa_window_s: float = SCALE_DOWN_WINDOW_S, sidecar: str | None = None) -> None:
     """The lane's controller until ``end``: the HPA on utilisation, or KEDA's on its metric (``policy()`` says
     which is in force: the warm-up runs every lane under the HPA)."""
     q = controller_queries(lane)
@@ -436,6 +437,8 @@ async def control(lane: Lane, session: Any, prom: str, svc: str, policy: Callabl
                 lane.twin_seen += 1
                 lane.twin_missing += not math.isfinite(metric)
                 raw = average_value_raw(lane.spec, metric, 1.0)
+                if sidecar is not None:
+                    lane.advice.append([round(now, 2), *await advice_row(session, sidecar, lane.dep)])
             else:
                 raw = average_value_raw(lane.spec, max(await prom_value(session, prom, q["linear"]), 0.0),
                                         per_replica_target)
@@ -450,6 +453,22 @@ async def control(lane: Lane, session: Any, prom: str, svc: str, policy: Callabl
             lane.spec = desired
             lane.decisions.append((now, desired))
         await asyncio.sleep(HPA_SYNC_S if mode == "hpa" else KEDA_POLL_S)
+
+
+async def advice_row(session: Any, sidecar: str, dep: str) -> list[Any]:
+    """(raw, stabilised replicas, request rate sized for) at the lane's horizon, one replica's capacity, service
+    time (ms) and variability from the twin's advice: why the twin asked for what it asked."""
+    import aiohttp
+
+    try:
+        async with session.get(f"{sidecar}/api/v1/twins/{dep}") as resp:
+            body = (await resp.json()).get("replicas") or {}
+    except (aiohttp.ClientError, OSError, ValueError):
+        body = {}
+    h = next((x for x in body.get("horizons", []) if x.get("horizon_s") == float(HORIZON.rstrip("s"))), {})
+    per = (body.get("fit") or {}).get("per_replica") or {}
+    return [h.get("replicas"), h.get("replicas_stabilised"), h.get("request_rate_upper"), per.get("capacity"),
+            per.get("service_time_ms"), per.get("variability")]
 
 
 async def load(lane: Lane, session: Any, svc: str, t0: float, end: float, seed: int) -> None:
@@ -574,7 +593,9 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
 
             def policy_of(lane: Lane) -> Callable[[], str]:
                 return lambda: "hpa" if time.monotonic() < measure_from else lane.policy
-            jobs = [control(lane, session, prom.url, svc_url, policy_of(lane), t0, end, args.twin_hpa_scale_down_s)
+            side_url = f"http://127.0.0.1:{side_port}"
+            jobs = [control(lane, session, prom.url, svc_url, policy_of(lane), t0, end, args.twin_hpa_scale_down_s,
+                            side_url if lane.policy == "twin" else None)
                     for lane in lanes]
             jobs += [load(lane, session, svc_url, t0, end, seed=run * 100 + i) for i, lane in enumerate(lanes)]
             jobs.append(sample(lanes, session, svc_url, t0, end))
@@ -618,6 +639,8 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
             "decisions": len([d for d in lane.decisions if d[0] >= warm_s]),
             "twin_metric_absent_share": round(lane.twin_missing / lane.twin_seen, 3) if lane.twin_seen else None,
             "replicas": [[round(a, 2), int(b), int(c)] for a, b, c in lane.samples[::12]],   # (t, existing, ready)
+            # (t, raw, stabilised, rate sized for, capacity of one replica, service time ms, variability)
+            "advice": lane.advice,
         })
     return out
 

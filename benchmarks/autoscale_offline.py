@@ -22,6 +22,11 @@ it matters and a queueing model where the closed loop has a real service:
 Scored as the closed loop: real minutes whose p99 latency exceeds 2000 ms (the share of requests over it
 above 1 %), and replica-minutes, against the HPA on the same segment.
 
+Beside the plain quantiles (the sidecar's own policy at its defaults) ``--variants`` scores other policies on the
+same segments: the interval's upper half-width as it is (``hwnow``), at its minimum or median over N ticks
+(``hwminN``, ``hwmedianN``), another scale-down window of the sidecar (``downN``) or of KEDA's HPA (``kedaN``),
+sizing on the 30 s horizon too (``h30``); ``--fit-k-bounds`` another range of the replica fit's variability.
+
 The quantile is chosen by leave-one-trace-out: for each trace, on the other traces pooled, the cheapest
 quantile whose breach minutes are at most ``BREACH_TARGET`` x the HPA's (the lowest breach if none is); scored
 on the held-out trace. Every fold is reported. A segment on which the twin never recommends (no trustworthy
@@ -54,13 +59,16 @@ sys.path.insert(0, str(HERE.parent))
 
 import autoscale as closed  # noqa: E402  (the closed loop's constants, segments and actuators)
 
+from sidecar.engine import replicas as replicas_module  # noqa: E402
 from sidecar.engine.core import Engine  # noqa: E402
 from sidecar.engine.replicas import (  # noqa: E402
     ReplicaAdvice,
     ReplicaPolicy,
     Stabilised,
+    Widths,
     fit_replica,
     recommend,
+    settle_widths,
     stabilise,
 )
 from sidecar.engine.settings import EngineSettings  # noqa: E402
@@ -162,11 +170,14 @@ class Outcome:
 
 def run_lane(lam: np.ndarray, warm_s: float, twin_rec: np.ndarray | None, twin_window_s: float,
              trace_ticks: list[tuple[int, float, float]] | None = None,
-             served: np.ndarray | None = None) -> Outcome:
+             served: np.ndarray | None = None, sampled: int | None = None) -> Outcome:
     """One deployment through the segment: the HPA throughout (``twin_rec`` None) or from the end of the warm-up
     KEDA on ``twin_rec`` (stabilised replicas per tick, NaN when withheld). ``trace_ticks`` collects, per tick of
     the warm-up, (ready replicas, per-replica rate, backlog delay) for the twin's latency history, and
-    ``served`` the rate of completed requests per step (what the service's request counter shows)."""
+    ``served`` the rate of completed requests per step (what the service's request counter shows). ``sampled``
+    (a seed) scores a minute as the closed loop does, by the p99 of the requests it had (a Poisson count, each
+    over the SLO with the minute's share), not by the expected share: with 80-200 requests a minute, a lane run
+    where p99 is the SLO breaches about half its minutes."""
     n = lam.size
     r0 = max(closed.MIN_REPLICAS, math.ceil(lam[0] / (closed.TARGET_UTILISATION * closed.WORKERS / closed.SERVICE_S)))
     lane = Lane([-closed.STARTUP_S] * r0, r0, history=[])
@@ -222,6 +233,11 @@ def run_lane(lam: np.ndarray, warm_s: float, twin_rec: np.ndarray | None, twin_w
     seen = w.sum(axis=1) > 0
     share = (w * o).sum(axis=1)[seen] / w.sum(axis=1)[seen]
     rm = float(spec[measured].sum() * DT * closed.COMPRESSION / 60.0)
+    if sampled is not None:
+        draws = np.random.default_rng(sampled)
+        count = draws.poisson(w.sum(axis=1)[seen])
+        over = draws.binomial(count, np.clip(share, 0.0, 1.0))
+        return Outcome(int((over > 0.01 * count).sum()), int(seen.sum()), rm)
     return Outcome(int((share > 0.01).sum()), int(seen.sum()), rm)
 
 
@@ -238,6 +254,8 @@ class TwinView:
     upper: np.ndarray
     table: np.ndarray | None          # replicas per RATE_GRID entry; None: the fit was not trustworthy
     fit: dict[str, Any]
+    mean_30: np.ndarray | None = None     # the same at the 30 s horizon
+    upper_30: np.ndarray | None = None
 
 
 def observe(lam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -262,6 +280,8 @@ def twin_view(lam: np.ndarray, warm_s: float, hpa_ticks: list[tuple[int, float, 
     warm_ticks = len(hpa_ticks)
     mean = np.full(rate.size, np.nan)
     upper = np.full(rate.size, np.nan)
+    mean_30 = np.full(rate.size, np.nan)
+    upper_30 = np.full(rate.size, np.nan)
     now = np.zeros(rate.size)
     table = None
     fit_info: dict[str, Any] = {}
@@ -288,17 +308,22 @@ def twin_view(lam: np.ndarray, warm_s: float, hpa_ticks: list[tuple[int, float, 
                 table = np.clip(np.ceil(RATE_GRID / truth_slo_rate()), closed.MIN_REPLICAS, closed.MAX_REPLICAS)
         fm, fu = eng.fc_mean[int(idx[0])], eng.fc_upper[int(idx[0])]
         mean[k], upper[k] = float(fm[0]), float(fu[0])
+        mean_30[k], upper_30[k] = float(fm[1]), float(fu[1])
         now[k] = float(np.median(rate[max(0, k - 4):k + 1]))
-    return TwinView(now, mean, upper, table, fit_info)
+    return TwinView(now, mean, upper, table, fit_info, mean_30, upper_30)
 
 
 def tabulate(ctx: SimulationContext, fitted: Any) -> tuple[np.ndarray | None, dict[str, Any]]:
     """The real recommendation at every rate of RATE_GRID, in one call (the grid as horizons)."""
     grid = {"request_rate": RATE_GRID.copy()}
+    # the history as it was (the recommendation reads its latency levels from it) with 5 samples of no traffic
+    # after it, so that "the traffic now" floors no entry of the grid
     values = dict(ctx.values)
-    values["request_rate"] = np.zeros(5)
     times = dict(ctx.times)
-    times["request_rate"] = np.arange(5.0)
+    t_rate = np.asarray(times["request_rate"], dtype=np.float64)
+    last = float(t_rate[-1]) if t_rate.size else 0.0
+    values["request_rate"] = np.concatenate([np.asarray(values["request_rate"], dtype=np.float64), np.zeros(5)])
+    times["request_rate"] = np.concatenate([t_rate, last + 1000.0 + np.arange(5.0)])
     flat = SimulationContext(twin_id=ctx.twin_id, now=ctx.now, limits=ctx.limits, times=times, values=values,
                              horizons_s=RATE_GRID + 1.0, forecast_mean=grid, forecast_lower=grid,
                              forecast_upper=grid, workers=ctx.workers)
@@ -314,13 +339,92 @@ def tabulate(ctx: SimulationContext, fitted: Any) -> tuple[np.ndarray | None, di
     return table, info
 
 
-def twin_recommendations(view: TwinView, quantile: float, window_s: float) -> np.ndarray:
-    """Stabilised replicas per tick for a quantile (NaN before the forecast is warm or without a fit)."""
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A policy tried beside the sidecar's own: ``hw_window`` ticks over which the interval's upper half-width is
+    taken at its ``hw_stat`` ("min" or "median", never above the half-width now; "now": the half-width as it is;
+    none: the sidecar's ``WIDTH_ROUNDS``); the sidecar's scale-down window; sizing on the 30 s horizon as well;
+    KEDA's HPA's own scale-down window."""
+
+    quantile: float
+    hw_stat: str = ""
+    hw_window: int = 0
+    window_s: float | None = None
+    lead: bool = False
+    keda_window_s: float | None = None
+
+    @property
+    def key(self) -> str:
+        parts = [f"{self.quantile:g}"]
+        if self.hw_stat == "now":
+            parts.append("hwnow")
+        elif self.hw_stat:
+            parts.append(f"hw{self.hw_stat}{self.hw_window}")
+        if self.window_s is not None:
+            parts.append(f"down{self.window_s:g}")
+        if self.lead:
+            parts.append("h30")
+        if self.keda_window_s is not None:
+            parts.append(f"keda{self.keda_window_s:g}")
+        return " ".join(parts)
+
+    @staticmethod
+    def parse(key: str) -> Variant:
+        q, *rest = key.split()
+        kw: dict[str, Any] = {}
+        for tok in rest:
+            if tok == "hwnow":
+                kw["hw_stat"] = "now"
+            elif tok.startswith("hwmin") or tok.startswith("hwmedian"):
+                stat = "min" if tok.startswith("hwmin") else "median"
+                kw["hw_stat"], kw["hw_window"] = stat, int(tok[len("hw" + stat):])
+            elif tok.startswith("down"):
+                kw["window_s"] = float(tok[4:])
+            elif tok == "h30":
+                kw["lead"] = True
+            elif tok.startswith("keda"):
+                kw["keda_window_s"] = float(tok[4:])
+            else:
+                raise ValueError(f"unknown variant token {tok!r}")
+        return Variant(float(q), **kw)
+
+
+def settled_half_width(hw: np.ndarray, stat: str, window: int) -> np.ndarray:
+    """The half-width per tick as the ``stat`` of the last ``window`` ticks, never above the one now ("min" is
+    the sidecar's own `settle_widths`; no ``stat``: the sidecar's own over its ``WIDTH_ROUNDS``)."""
+    if not stat:
+        stat, window = "min", replicas_module.WIDTH_ROUNDS
+    if stat == "now" or window <= 1:
+        return hw
+    out = hw.copy()
+    if stat == "min":
+        state = Widths()
+        for k in range(hw.size):
+            if math.isfinite(hw[k]):
+                state, settled = settle_widths(state, (k + 1) * TICK, {15.0: float(hw[k])}, window * TICK)
+                out[k] = settled[15.0]
+        return out
+    for k in range(hw.size):
+        w = hw[max(0, k - window + 1):k + 1]
+        w = w[np.isfinite(w)]
+        if w.size:
+            out[k] = min(hw[k], float(np.min(w) if stat == "min" else np.median(w)))
+    return out
+
+
+def twin_recommendations(view: TwinView, quantile: float | Variant, window_s: float) -> np.ndarray:
+    """Stabilised replicas per tick for a quantile or variant (NaN before the forecast is warm or without a fit)."""
     out = np.full(view.mean.size, np.nan)
     if view.table is None:
         return out
-    share = ReplicaPolicy(quantile=quantile).upper_share
-    ready = np.maximum(view.mean + share * np.maximum(view.upper - view.mean, 0.0), view.rate_now)
+    v = quantile if isinstance(quantile, Variant) else Variant(quantile)
+    window_s = v.window_s if v.window_s is not None else window_s
+    share = ReplicaPolicy(quantile=v.quantile).upper_share
+    hw = settled_half_width(np.maximum(view.upper - view.mean, 0.0), v.hw_stat, v.hw_window)
+    ready = np.maximum(view.mean + share * hw, view.rate_now)
+    if v.lead and view.mean_30 is not None and view.upper_30 is not None:
+        hw30 = settled_half_width(np.maximum(view.upper_30 - view.mean_30, 0.0), v.hw_stat, v.hw_window)
+        ready = np.maximum(ready, view.mean_30 + share * hw30)
     state = Stabilised()
     for k in range(ready.size):
         if not math.isfinite(ready[k]):
@@ -355,22 +459,29 @@ def segments(name: str, count: int, warm_s: float, measure_s: float, seed: int) 
 
 
 def evaluate(name: str, seg: closed.Segment, warm_s: float, measure_s: float, seed: int,
-             quantiles: Sequence[float], window_s: float, true_capacity: bool = False) -> dict[str, Any]:
+             quantiles: Sequence[float], window_s: float, true_capacity: bool = False,
+             variants: Sequence[str] = (), sampled: bool = False) -> dict[str, Any]:
     """The HPA and every quantile on one segment."""
     rng = np.random.default_rng(seed)
     steps = round((warm_s + measure_s) / DT)
     lam = np.interp(np.arange(steps) * DT, seg.times, seg.rates)
     ticks: list[tuple[int, float, float]] = []
     served = np.zeros_like(lam)
-    hpa = run_lane(lam, warm_s, None, 0.0, ticks, served)
+    score = seed if sampled else None         # every lane of a segment draws its minutes alike
+    hpa = run_lane(lam, warm_s, None, 0.0, ticks, served, score)
     seen = np.where(np.arange(lam.size) * DT < warm_s, served, lam)     # the twin lane runs the HPA until then
     view = twin_view(seen, warm_s, ticks, rng, true_capacity)
     out: dict[str, Any] = {"trace": name, "start_real_s": seg.start_real_s, "fit": view.fit, "hpa": _od(hpa),
                            "twin": {}}
     for q in quantiles:
         rec = twin_recommendations(view, q, window_s)
-        res = run_lane(lam, warm_s, rec, closed.SCALE_DOWN_WINDOW_S)
+        res = run_lane(lam, warm_s, rec, closed.SCALE_DOWN_WINDOW_S, sampled=score)
         out["twin"][f"{q:g}"] = _od(res)
+    for key in variants:
+        v = Variant.parse(key)
+        rec = twin_recommendations(view, v, window_s)
+        keda = v.keda_window_s if v.keda_window_s is not None else closed.SCALE_DOWN_WINDOW_S
+        out["twin"][v.key] = _od(run_lane(lam, warm_s, rec, keda, sampled=score))
     return out
 
 
@@ -396,7 +507,7 @@ def choose(rows: Sequence[dict[str, Any]], qs: Sequence[str]) -> str:
     scored = {q: pooled(rows, q) for q in qs}
     ok = [q for q in qs if scored[q][0] <= BREACH_TARGET]
     if ok:
-        return min(ok, key=lambda q: (scored[q][1], -float(q)))
+        return min(ok, key=lambda q: (scored[q][1], -float(q.split()[0])))
     return min(qs, key=lambda q: (scored[q][0], scored[q][1]))
 
 
@@ -405,7 +516,9 @@ def goal(b: float, r: float) -> str:
 
 
 def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: float) -> tuple[str, dict[str, Any]]:
-    qs = [f"{q:g}" for q in args.quantiles]
+    plain = [f"{q:g}" for q in args.quantiles]
+    qs = plain + [Variant.parse(k).key for k in getattr(args, "variants", [])]
+    among = qs if getattr(args, "choose_among_variants", False) else plain
     rows = [r for r in every if r["fit"].get("slo_rate_per_replica") is not None]
     withheld = {t: sum(1 for r in every if r["trace"] == t and r not in rows) for t in dict.fromkeys(
         r["trace"] for r in every)}
@@ -414,24 +527,33 @@ def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: flo
     for held in traces:
         train = [r for r in rows if r["trace"] != held]
         test = [r for r in rows if r["trace"] == held]
-        q = choose(train, qs)
+        q = choose(train, among)
         folds.append({"held_out": held, "chosen": q, "train": pooled(train, q), "test": pooled(test, q),
                       "test_hpa_breach": sum(r["hpa"]["breach_minutes"] for r in test),
                       "test_twin_breach": sum(r["twin"][q]["breach_minutes"] for r in test)})
     lines = [f"# Offline autoscaling evaluator ({datetime.now().strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{os.cpu_count()} shared cores, {cpu_s:.0f} s CPU)", "",
              f"`python benchmarks/autoscale_offline.py --segments {args.segments} --seed {args.seed}"
+             + (f" --fit-k-bounds {args.fit_k_bounds[0]:g} {args.fit_k_bounds[1]:g}"
+                if getattr(args, "fit_k_bounds", None) else "")
+             + (" --variants " + " ".join(f"'{k}'" for k in args.variants) if getattr(args, "variants", None) else "")
+             + (" --sampled-minutes" if getattr(args, "sampled_minutes", False) else "")
              + (" --true-capacity` (sized with the queueing model's true capacity, not the fit)"
                 if getattr(args, "true_capacity", False) else "`") + ": "
              f"{len(every)} segments of {args.warmup_s:g} + {args.measure_s:g} benchmark seconds (3 hours real, "
              f"compressed {closed.COMPRESSION:g}x as the closed loop) over {len(withheld)} NAB traces; the real "
              "engine, capacity fit and recommendation; an M/G/4 queue per replica; the closed loop's HPA "
-             "functions as actuators. Ratios are against the HPA on the same segments.", "",
+             "functions as actuators. Ratios are against the HPA on the same segments. A policy is a "
+             "quantile with the sidecar's defaults (the upper half-width settled over "
+             f"{args.width_rounds} rounds, a replica's variability within "
+             f"{args.k_bounds[0]:g}-{args.k_bounds[1]:g}), or a variant: `hwnow` the half-width as it is, "
+             "`hwminN` / `hwmedianN` its minimum / median over N ticks, `downN` the sidecar's scale-down window "
+             "(s), `h30` sized on the 30 s horizon too, `kedaN` KEDA's HPA's window (s).", "",
              "Left out (no trustworthy capacity fit after the warm-up, so no recommendation to size): "
              + ", ".join(f"{t} {n}" for t, n in withheld.items()) + f" of {args.segments} segments each; "
              f"{len(rows)} segments scored.", "",
              "## Leave-one-trace-out", "",
-             "| held-out trace | quantile chosen on the others | train breach vs HPA | train replica-min vs HPA | "
+             "| held-out trace | policy chosen on the others | train breach vs HPA | train replica-min vs HPA | "
              "held-out breach (twin / HPA) | held-out breach vs HPA | held-out replica-min vs HPA | goal |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for f in folds:
@@ -444,12 +566,12 @@ def report(every: Sequence[dict[str, Any]], args: argparse.Namespace, cpu_s: flo
              for f in folds)
     hr = sum(r["hpa"]["replica_minutes"] for r in rows)
     cv = (tb / hb if hb else math.inf, tr / hr)
-    final = choose(rows, qs)
+    final = choose(rows, among)
     lines += ["", f"Pooled over the held-out folds: breach {tb} / {hb} HPA minutes ({cv[0]:.2f}), replica-minutes "
                   f"{cv[1]:.2f} x the HPA's: goal {goal(*cv)}. Chosen the same way on every trace: **{final}** "
-                  "(the default of `scale_quantile`).", "",
-              "## Every quantile, per trace (breach vs HPA / replica-minutes vs HPA)", "",
-              "| quantile | " + " | ".join(traces) + " | all |", "|---:|" + "---:|" * (len(traces) + 1)]
+                  "(the sidecar's default is the plain quantile of `scale_quantile`).", "",
+              "## Every policy, per trace (breach vs HPA / replica-minutes vs HPA)", "",
+              "| policy | " + " | ".join(traces) + " | all |", "|---:|" + "---:|" * (len(traces) + 1)]
     for q in qs:
         cells = [pooled([r for r in rows if r["trace"] == tr_], q) for tr_ in traces] + [pooled(rows, q)]
         lines.append(f"| {q} | " + " | ".join(f"{b:.2f} / {r:.2f}" for b, r in cells) + " |")
@@ -486,6 +608,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--true-capacity", action="store_true",
                     help="size with the queueing model's true capacity instead of the fit (where the fit is "
                          "trustworthy): how much of the cost is the fit's")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="policies beside the plain quantiles, e.g. '0.75 hwmin30' (the upper half-width at its "
+                         "minimum over 30 ticks), '0.75 hwmedian60', '0.75 down8' (the sidecar's scale-down window, "
+                         "s), '0.75 h30' (sized on the 30 s horizon too), '0.75 keda0' (KEDA's HPA window, s)")
+    ap.add_argument("--fit-k-bounds", type=float, nargs=2, default=None,
+                    help="the replica fit's FIT_K_BOUNDS (service-time variabilities it may choose)")
+    ap.add_argument("--sampled-minutes", action="store_true",
+                    help="score a minute by the p99 of the requests it had (as the closed loop), not the expected "
+                         "share over the SLO")
+    ap.add_argument("--choose-among-variants", action="store_true",
+                    help="leave-one-trace-out chooses among the variants too (default: among the plain quantiles, "
+                         "the sidecar's own policy; the variants are reported beside them)")
     ap.add_argument("--report-only", metavar="JSON",
                     help="rewrite --output from an earlier run's JSON, running nothing")
     args = ap.parse_args(argv)
@@ -494,15 +628,25 @@ def main(argv: list[str] | None = None) -> None:
         args.segments, args.seed, args.quantiles = (saved["args"][k] for k in ("segments", "seed", "quantiles"))
         args.warmup_s, args.measure_s = saved["args"]["warmup_s"], saved["args"]["measure_s"]
         args.true_capacity = saved["args"].get("true_capacity", False)
+        args.variants = saved["args"].get("variants", [])
+        args.choose_among_variants = saved["args"].get("choose_among_variants", False)
+        args.sampled_minutes = saved["args"].get("sampled_minutes", False)
+        args.fit_k_bounds = saved["args"].get("fit_k_bounds")
+        args.width_rounds = saved["args"].get("width_rounds", 0)
+        args.k_bounds = saved["args"].get("k_bounds", (0.25, 2.5))
         text, _ = report(saved["rows"], args, saved.get("cpu_s", math.nan))
         Path(args.output).write_text(text)
         return
+    if args.fit_k_bounds is not None:
+        replicas_module.FIT_K_BOUNDS = (args.fit_k_bounds[0], args.fit_k_bounds[1])
+    args.width_rounds, args.k_bounds = replicas_module.WIDTH_ROUNDS, replicas_module.FIT_K_BOUNDS
     cpu0 = time.process_time()
     rows = []
     for ti, name in enumerate(args.traces):
         for si, seg in enumerate(segments(name, args.segments, args.warmup_s, args.measure_s, args.seed * 100 + ti)):
             rows.append(evaluate(name, seg, args.warmup_s, args.measure_s, args.seed * 1000 + ti * 10 + si,
-                                 args.quantiles, args.window_s, args.true_capacity))
+                                 args.quantiles, args.window_s, args.true_capacity, args.variants,
+                                 args.sampled_minutes))
             print(f"{name} {si}: hpa {rows[-1]['hpa']} fit {rows[-1]['fit'].get('slo_rate_per_replica')}", flush=True)
     cpu_s = time.process_time() - cpu0
     text, summary = report(rows, args, cpu_s)

@@ -23,11 +23,22 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import TwinRule
 from .engine.core import Engine
-from .engine.replicas import ReplicaAdvice, ReplicaPolicy, Stabilised, fit_replica, recommend, stabilise
+from .engine.replicas import (
+    WIDTH_ROUNDS,
+    ReplicaAdvice,
+    ReplicaPolicy,
+    Stabilised,
+    Widths,
+    fit_replica,
+    half_widths,
+    recommend,
+    settle_widths,
+    stabilise,
+)
 from .engine.whatif import CapacityFit
 from .errors import SidecarError
 from .status import ReplicaSignal, ServiceStatus
@@ -44,6 +55,7 @@ _Fitted = tuple[CapacityFit | None, int | None, str | None]
 @dataclass(slots=True)
 class _TwinState:
     window: Stabilised
+    widths: Widths = field(default_factory=Widths)
     fitted: _Fitted | None = None
     fitted_at: float = -math.inf
     reason: str | None = None           # the last reason logged, so a reason is logged once per change
@@ -103,7 +115,10 @@ class ReplicaRecommender:
         assert rule.max_replicas is not None
         policy = ReplicaPolicy(rule.min_replicas, rule.max_replicas, rule.scale_down_stabilisation_s,
                                quantile=rule.scale_quantile, level=self.engine.settings.level)
-        return recommend(ctx, policy, state.fitted)
+        widths = None
+        if WIDTH_ROUNDS > 0:
+            state.widths, widths = settle_widths(state.widths, now, half_widths(ctx), WIDTH_ROUNDS * self.interval_s)
+        return recommend(ctx, policy, state.fitted, widths)
 
     def _signal(self, name: str, rule: TwinRule, state: _TwinState, advice: ReplicaAdvice,
                 now: float) -> ReplicaSignal:

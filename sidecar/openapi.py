@@ -206,7 +206,9 @@ _SCHEMAS: dict[str, Any] = {
                 "replicas_stabilised": {"type": "integer", "description": "What /metrics exports."},
                 "request_rate_upper": {"type": ["number", "null"],
                                        "description": "The request rate sized for: the scale_quantile of the "
-                                                      "forecast up to the horizon, at least the rate now."},
+                                                      "forecast up to the horizon (its interval's upper "
+                                                      "half-width at the narrowest of the last 120 rounds), at "
+                                                      "least the rate now."},
                 "headroom_ratio": _NUM_OR_NULL,
                 "capped_at_max": {"type": "boolean"}})},
             "fit": {"type": "object", "description": "The capacity fit of one replica (the what-if's params)."},

@@ -51,3 +51,29 @@ def test_the_choice_is_the_cheapest_quantile_within_the_breach_target_else_the_f
     assert offline.choose(rows, ["0.5", "0.75", "0.95"]) == "0.75"
     rows = [_row("a", 10, {"0.5": (9, 90.0), "0.95": (7, 150.0)})]
     assert offline.choose(rows, ["0.5", "0.95"]) == "0.95"
+
+
+def test_a_variant_key_reads_back_as_the_same_policy() -> None:
+    for key in ("0.8", "0.75 hwnow", "0.8 hwmin120 h30", "0.7 hwmedian60 down8 keda0"):
+        assert offline.Variant.parse(key).key == key
+    with pytest.raises(ValueError, match="unknown"):
+        offline.Variant.parse("0.8 wider")
+
+
+def test_the_settled_half_width_is_the_sidecars_minimum_over_the_window() -> None:
+    hw = np.array([10.0, 40.0, 30.0, 35.0, 5.0, 50.0])
+    assert offline.settled_half_width(hw, "min", 3).tolist() == [10.0, 10.0, 10.0, 30.0, 5.0, 5.0]
+    assert offline.settled_half_width(hw, "now", 3).tolist() == hw.tolist()
+    assert offline.settled_half_width(hw, "median", 3).tolist() == [10.0, 25.0, 30.0, 35.0, 5.0, 35.0]
+
+
+def test_sampled_minutes_breach_at_the_slos_edge_where_the_expected_share_does_not() -> None:
+    # a steady load whose share over the SLO is just under 1 %: never a breach by the expected share, often by the
+    # p99 of the few requests a minute has
+    per_replica = offline.truth_slo_rate()
+    lam = np.full(round(150 / offline.DT), 3 * per_replica)
+    rec = np.full(150, 3.0)
+    expected = offline.run_lane(lam, 30.0, rec, 0.0)
+    sampled = offline.run_lane(lam, 30.0, rec, 0.0, sampled=1)
+    assert expected.breach_minutes == 0
+    assert sampled.breach_minutes > 0 and sampled.minutes == expected.minutes

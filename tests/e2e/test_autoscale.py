@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.autoscale import ReplicaRecommender
 from sidecar.config import TwinRule, parse_config
 from sidecar.engine.core import Engine
+from sidecar.engine.replicas import ReplicaPolicy, fit_replica, half_widths, recommend
 from sidecar.engine.settings import EngineSettings
 from sidecar.engine.twin import TwinEngine
 from sidecar.engine.whatif import mean_wait_s
@@ -102,3 +103,27 @@ async def test_a_twin_that_leaves_takes_its_recommendation_with_it() -> None:
     rules.clear()
     await rec.round(now + 15.0)
     assert status.replica_signals == {}
+
+
+async def test_the_recommender_sizes_on_the_narrowest_interval_of_its_recent_rounds() -> None:
+    engine = Engine(EngineSettings(horizons_s=(300.0, 600.0)))
+    now = _feed(engine, "api", flat=False)
+    status = ServiceStatus()
+    rules = {"api": _rule("api")}
+    rec = ReplicaRecommender(engine, status, asyncio.Lock(), lambda: rules, interval_s=15.0)
+    await rec.round(now)
+    # a burst of one sample: the interval widens after the miss, the traffic now (a median) does not follow it
+    for i, rate in enumerate((400.0, 100.0, 100.0), start=1):
+        engine.sync("api", {"request_rate": rate, "request_latency_mean_ms": 120.0, "replicas": 5.0},
+                    at=now + 15.0 * i)
+    later = now + 45.0
+    await rec.round(later)
+    settled = status.replica_signals["api"].advice["horizons"][0]["request_rate_upper"]
+    rule = rules["api"]
+    ctx = engine.context("api", at=later, replicas=rule.replicas, workers=rule.workers)
+    assert rule.max_replicas is not None
+    policy = ReplicaPolicy(rule.min_replicas, rule.max_replicas, rule.scale_down_stabilisation_s,
+                           quantile=rule.scale_quantile, level=engine.settings.level)
+    plain = recommend(ctx, policy, fit_replica(ctx))
+    assert rec._twins["api"].widths.widths[0][300.0] < half_widths(ctx)[300.0]     # the burst widened it
+    assert settled < plain.rate_upper[0]

@@ -79,8 +79,9 @@ VARIABILITY_PRIOR = (0.5, 1.5)
 
 def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replicas: int | None,
                  workers: int | None, rate_metric: str = "request_rate",
-                 quantile: float = 0.99) -> CapacityFit:
-    """Fit the capacity model from a twin's history (see the module docstring)."""
+                 quantile: float = 0.99, k_bounds: tuple[float, float] = (0.25, 2.5)) -> CapacityFit:
+    """Fit the capacity model from a twin's history (see the module docstring); ``k_bounds`` limits the
+    service-time variability the mean latency route may choose (`routes.fit_mean_latency`)."""
     servers = max(1, int(replicas or 1) * int(workers or 1))
     reasons: list[str] = []
     if replicas is None or workers is None:
@@ -173,7 +174,8 @@ def fit_capacity(times: Mapping[str, F64], values: Mapping[str, F64], *, replica
         y = cols[MEAN_LATENCY]
         ok = np.isfinite(y) & (lam > 0)
         route_samples["mean_latency"] = observed(MEAN_LATENCY, ok)
-        mf = fit_mean_latency(lam[ok], y[ok], servers) if ok.sum() >= 5 and cv >= MIN_LOAD_CV / 2 else None
+        enough = ok.sum() >= 5 and cv >= MIN_LOAD_CV / 2
+        mf = fit_mean_latency(lam[ok], y[ok], servers, k_bounds) if enough else None
         if mf is not None:
             candidates["mean_latency"] = (servers / mf.service_s, mf.capacity_log_sd)
             if mf.capacity_log_sd > 0.3:

@@ -110,23 +110,32 @@ class MeanLatencyFit:
         return math.hypot(estimate, self.spread)
 
 
-def fit_mean_latency(rate: F64, mean_ms: F64, servers: int) -> MeanLatencyFit | None:
+#: The service-time variabilities k the mean-latency fit chooses from: (Ca² + Cs²)/2 over a grid of 0.125.
+K_GRID = np.linspace(0.25, 2.5, 19)
+
+
+def fit_mean_latency(rate: F64, mean_ms: F64, servers: int,
+                     k_bounds: tuple[float, float] = (0.25, 2.5)) -> MeanLatencyFit | None:
     """Least squares over a grid of service times S and variabilities k, with profile intervals.
 
     The mean latency is the route to the service rate that does not depend on the shape of
     the service-time distribution: at low load it *is* the (wall-clock) service time, and
     how fast it rises with load measures k — 0.5 for constant service times (M/D/c), 1 for
-    exponential ones (M/M/c) — which then scales the waiting-time percentiles.
+    exponential ones (M/M/c) — which then scales the waiting-time percentiles. ``k_bounds``
+    limits k to part of the grid (0.25-2.5; below 0.5 arrivals would be smoother than Poisson).
     """
-    n = int(rate.size)
     ok = np.isfinite(rate) & np.isfinite(mean_ms) & (rate > 0) & (mean_ms > 0)
-    lam, t = rate[ok], mean_ms[ok] / 1000.0
+    k_grid = K_GRID[np.abs(np.clip(K_GRID, *k_bounds) - K_GRID) < 1e-9]
+    return _mean_latency_grid(rate[ok], mean_ms[ok] / 1000.0, servers, k_grid)
+
+
+def _mean_latency_grid(lam: F64, t: F64, servers: int, k_grid: F64) -> MeanLatencyFit | None:
+    """`fit_mean_latency` on clean samples (rates > 0, latencies in s)."""
     n = int(lam.size)
     if n < 5:
         return None
     base = float(np.quantile(t, 0.1))
     s_grid = base * np.geomspace(0.2, 1.2, 160)
-    k_grid = np.linspace(0.25, 2.5, 19)      # (Ca² + Cs²)/2: below 0.25 needs smoother than Poisson arrivals
     cap = servers / s_grid                                            # (S,)
     stable = cap > float(np.max(lam)) * 1.001
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -9,8 +9,20 @@ import math
 import numpy as np
 import pytest
 
-from sidecar.engine.replicas import REPLICAS_METRIC, ReplicaAdvice, ReplicaPolicy, Stabilised, recommend, stabilise
-from sidecar.engine.whatif import SimulationContext, mean_wait_s
+from sidecar.engine.replicas import (
+    FIT_K_BOUNDS,
+    REPLICAS_METRIC,
+    ReplicaAdvice,
+    ReplicaPolicy,
+    Stabilised,
+    Widths,
+    fit_replica,
+    half_widths,
+    recommend,
+    settle_widths,
+    stabilise,
+)
+from sidecar.engine.whatif import SimulationContext, fit_capacity, mean_wait_s
 
 UPPER = 0.95      # the quantile of the upper bound of a 90 % interval
 SERVICE_S = 0.1
@@ -121,6 +133,29 @@ def test_a_static_replica_count_stands_in_for_the_replicas_metric() -> None:
         == [True, True]
 
 
+def _with_backlog(ctx: SimulationContext, latency_ms: float) -> SimulationContext:
+    """The same twin whose last samples carry the queue a burst left: latency far over the limit at the usual rate."""
+    values = dict(ctx.values)
+    mean = np.array(values["request_latency_mean_ms"], dtype=np.float64)
+    mean[-5:] = latency_ms
+    values["request_latency_mean_ms"] = mean
+    return SimulationContext(twin_id=ctx.twin_id, now=ctx.now, limits=ctx.limits, times=ctx.times, values=values,
+                             horizons_s=ctx.horizons_s, forecast_mean=ctx.forecast_mean,
+                             forecast_lower=ctx.forecast_lower, forecast_upper=ctx.forecast_upper,
+                             replicas=ctx.replicas, workers=ctx.workers)
+
+
+def test_a_backlog_in_the_last_samples_does_not_send_the_recommendation_to_the_maximum() -> None:
+    ctx = _context(forecast_upper=[150.0, 300.0])
+    calm = recommend(ctx, ReplicaPolicy(1, 40, quantile=UPPER))
+    after_burst = recommend(_with_backlog(ctx, 8 * LIMIT_MS), ReplicaPolicy(1, 40, quantile=UPPER))
+    assert calm.replicas is not None and after_burst.replicas is not None
+    # sized for the steady state the history shows, not for the queue that drains by itself once replicas come
+    assert after_burst.capped == (False, False)
+    for got, rate in zip(after_burst.replicas, (150.0, 300.0), strict=True):
+        assert abs(got - _fewest(rate)) <= 1
+
+
 def _advice(*replicas: int) -> ReplicaAdvice:
     return ReplicaAdvice(reason="ok", horizons_s=(300.0,) * len(replicas), replicas=replicas)
 
@@ -136,3 +171,44 @@ def test_stabilisation_scales_up_at_once_and_down_only_after_the_window() -> Non
     assert out == (3,)                        # every recommendation of the last 300 s was 3
     state, out = stabilise(state, 330.0, ReplicaAdvice(reason="fit not trustworthy"), 300.0)
     assert out is None and state == Stabilised()
+
+
+def test_the_width_a_burst_adds_counts_only_once_it_has_lasted_the_window() -> None:
+    state, out = settle_widths(Widths(), 0.0, {300.0: 10.0}, 60.0)
+    assert out == {300.0: 10.0}
+    state, out = settle_widths(state, 15.0, {300.0: 40.0}, 60.0)     # the interval widens after a burst
+    assert out == {300.0: 10.0}
+    state, out = settle_widths(state, 50.0, {300.0: 30.0}, 60.0)
+    assert out == {300.0: 10.0}
+    state, out = settle_widths(state, 62.0, {300.0: 35.0}, 60.0)     # the narrow one is older than the window
+    assert out == {300.0: 30.0}
+    _, out = settle_widths(state, 70.0, {300.0: 5.0}, 60.0)          # a narrower one counts at once
+    assert out == {300.0: 5.0}
+
+
+def test_settled_widths_size_the_quantile_where_they_are_narrower() -> None:
+    ctx = _context(forecast_upper=[300.0, 400.0])           # point forecast 240 / 320, half-widths 60 / 80
+    assert half_widths(ctx) == pytest.approx({300.0: 60.0, 600.0: 80.0})
+    plain = recommend(ctx, ReplicaPolicy(1, 40, quantile=UPPER))
+    settled = recommend(ctx, ReplicaPolicy(1, 40, quantile=UPPER), widths={300.0: 20.0, 600.0: 500.0})
+    assert plain.rate_upper == pytest.approx((300.0, 400.0))
+    # the settled width where it is narrower, the width now where it is not (the running maximum holds)
+    assert settled.rate_upper == pytest.approx((260.0, 400.0))
+    assert settled.replicas is not None and plain.replicas is not None
+    assert settled.replicas[0] <= plain.replicas[0]
+
+
+def test_a_replicas_fit_keeps_the_service_time_variability_within_poisson_arrivals() -> None:
+    ctx = _context(forecast_upper=[150.0, 300.0])
+    rate = ctx.values["request_rate"] / ctx.values[REPLICAS_METRIC]
+    # queues a quarter as long as M/M/4's: the what-if's fit reads k = 0.25, arrivals smoother than Poisson
+    smooth = 1000.0 * (SERVICE_S + 0.25 * mean_wait_s(rate, WORKERS / SERVICE_S, WORKERS))
+    values = {**ctx.values, "request_latency_mean_ms": smooth}
+    ctx = SimulationContext(twin_id="t", now=ctx.now, limits=ctx.limits, times=ctx.times, values=values,
+                            horizons_s=ctx.horizons_s, forecast_mean=ctx.forecast_mean,
+                            forecast_lower=ctx.forecast_lower, forecast_upper=ctx.forecast_upper, workers=WORKERS)
+    per_replica = {**values, "request_rate": rate}
+    free = fit_capacity(ctx.times, per_replica, replicas=1, workers=WORKERS, rate_metric="request_rate")
+    fit, _, _ = fit_replica(ctx)
+    assert free.variability < 0.5
+    assert fit is not None and FIT_K_BOUNDS[0] <= fit.variability <= FIT_K_BOUNDS[1]
