@@ -112,8 +112,9 @@ async def test_the_recommender_sizes_on_the_narrowest_interval_of_its_recent_rou
     rules = {"api": _rule("api")}
     rec = ReplicaRecommender(engine, status, asyncio.Lock(), lambda: rules, interval_s=15.0)
     await rec.round(now)
-    # a burst of one sample: the interval widens after the miss, the traffic now (a median) does not follow it
-    for i, rate in enumerate((400.0, 100.0, 100.0), start=1):
+    # a burst of one sample, six times the traffic: the interval widens after the miss, the traffic now (a median)
+    # does not follow it
+    for i, rate in enumerate((600.0, 100.0, 100.0), start=1):
         engine.sync("api", {"request_rate": rate, "request_latency_mean_ms": 120.0, "replicas": 5.0},
                     at=now + 15.0 * i)
     later = now + 45.0
