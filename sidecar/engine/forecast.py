@@ -191,8 +191,8 @@ class ForecastBank:
             "srun": Field((), np.int8, 0, optional=True),
             "srlen": Field((), np.int16, 0, optional=True),          # samples the run has lasted, slides included
             "srby": Field((), np.float32, np.nan, optional=True),    # how far its first sample had to be
-            "srlo2": Field((), np.float32, np.nan, optional=True),   # its samples' range after the first `need`
-            "srhi2": Field((), np.float32, np.nan, optional=True),
+            "srlo2": Field((), np.float32, np.nan, optional=True),   # its samples' range after the first `need`,
+            "srhi2": Field((), np.float32, np.nan, optional=True),   # less `sbase`
             "ssum": Field((), np.float64, 0.0, optional=True),
             "sbase": Field((), np.float64, np.nan, optional=True),
             "srlo": Field((), np.float64, np.nan, optional=True),

@@ -49,15 +49,18 @@ def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDAr
     with np.errstate(invalid="ignore"):
         lower = ref + (exp.lower - exp.expected)
         upper = ref + (exp.upper - exp.expected)
-    run = RunState(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i], c["srlen"][i],
-                   c["srby"][i].astype(np.float64), c["srlo2"][i].astype(np.float64),
-                   c["srhi2"][i].astype(np.float64))
+    # the settled part's range is kept as float32 offsets from the run's base (a level near 1e12 rounds to 65536
+    # in float32; a distance from it keeps its digits)
+    base = c["sbase"][i]
+    run = RunState(c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], base, c["srlen"][i],
+                   c["srby"][i].astype(np.float64), base + c["srlo2"][i], base + c["srhi2"][i])
     dt = c["dt"][i]
     up = track_shift(run, y, ref, lower, upper, exp.scale, exp.tail, ok & np.isfinite(ref),
                      shift_run_needed(c["srev"][i]), ramped=np.isfinite(dt) & (dt <= SHIFT_RAMP_DT))
     st = up.state
     c["srun"][i], c["ssum"][i], c["srlo"][i], c["srhi"][i], c["sbase"][i] = st.run, st.total, st.lo, st.hi, st.base
-    c["srlen"][i], c["srby"][i], c["srlo2"][i], c["srhi2"][i] = st.length, st.far_by, st.late_lo, st.late_hi
+    c["srlen"][i], c["srby"][i] = st.length, st.far_by
+    c["srlo2"][i], c["srhi2"][i] = st.late_lo - st.base, st.late_hi - st.base
     lev, dev, cnt = follow_level(slev, c["sdev"][i], c["sn"][i], y)
     go_on = active & ~up.started
     c["slev"][i] = np.where(up.started, up.level, np.where(go_on, lev, np.nan))
@@ -87,7 +90,9 @@ def follow_shift(core: Slots, i: I64, t: F64, y: F64, exp: Expectation, ok: NDAr
         c["sy0"][i] = np.where(fresh, y, c["sy0"][i])
         x = np.where(fresh, 0.0, t - c["st0"][i])
         yy = np.where(np.isfinite(y), y - c["sy0"][i], 0.0)
-        k = np.maximum(c["sn"][i] - SHIFT_RUN + 1.0, 1.0)          # samples since the shift, this one included
+        # samples in the sums, this one included (a state saved before the count: its unweighted sums' `sk`)
+        seen = c["skn"][i].astype(np.float64)
+        k = np.where(seen > 0, seen, c["sk"][i]) + 1.0
         keep = ((k - 1.0) / k) ** SHIFT_TREND_RECENT
         c["skn"][i] = np.where(fresh, 1.0, np.where(more, k, c["skn"][i]))
         for name, v in (("sk", 1.0), ("sx", x), ("sxx", x * x), ("sy", yy), ("sxy", x * yy), ("syy", yy * yy)):
