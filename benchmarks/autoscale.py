@@ -758,7 +758,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--output", default=str(HERE / "results" / "autoscale.md"))
     ap.add_argument("--twin-hpa-scale-down-s", type=float, default=SCALE_DOWN_WINDOW_S,
                     help="scale-down stabilisation of the HPA KEDA makes for the twin policy (benchmark seconds; "
-                         "the chart renders 0: the sidecar's own window already holds a fall)")
+                         "default 15 = 300 s real, the HPA's own default and what the chart renders: the "
+                         "configuration that met the goal; 0 leaves it to the sidecar's own window, which did not)")
     ap.add_argument("--scale-quantile", type=float, default=None,
                     help="the twin rule's scale_quantile (default: the rules' default; 0.95 is the upper bound of the "
                          "forecast's 90 %% interval, what the recommendation sized for before scale_quantile)")

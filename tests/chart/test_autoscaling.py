@@ -35,16 +35,19 @@ def test_keda_scaled_object_reads_the_twin_recommendation_and_never_an_empty_res
     (trigger,) = so["spec"]["triggers"]
     assert trigger["metadata"]["query"] == 'max(twin_recommended_replicas{twin="checkout-api",horizon="5m"})'
     assert trigger["metadata"]["ignoreNullValues"] == "false"
-    # the twin's scale_down_stabilisation already holds a fall: the HPA KEDA makes adds none of its own
+    # the HPA KEDA makes keeps the HPA's default 300 s window on top of the twin's: the benchmarked configuration
     hpa_config = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
-    assert hpa_config["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 0
+    assert hpa_config["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
 
 
 def test_hpa_v2_external_metric_and_its_adapter_rule(helm: str) -> None:
     docs = render(helm, "-f", EXAMPLE, "--set", "autoscaling.kind=hpa")
     assert by_kind(docs, "ScaledObject") == []
     (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 0
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    (hpa0,) = by_kind(render(helm, "-f", EXAMPLE, "--set", "autoscaling.kind=hpa",
+                             "--set", "autoscaling.scaleDownStabilizationSeconds=0"), "HorizontalPodAutoscaler")
+    assert hpa0["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 0   # the twin's window alone
     (metric,) = hpa["spec"]["metrics"]
     assert metric["external"]["metric"] == {"name": "twin_recommended_replicas",
                                             "selector": {"matchLabels": {"twin": "checkout-api", "horizon": "5m"}}}
