@@ -696,7 +696,9 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     table = summarise(results)
     lines = [f"# Closed-loop autoscaling benchmark ({datetime.now().strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{os.cpu_count()} shared cores)", "",
-             f"`python benchmarks/autoscale.py --runs {args.runs} --warmup-s {args.warmup_s:g} --measure-s "
+             f"`python benchmarks/autoscale.py --runs {args.runs}"
+             + (f" --first-run {args.first_run}" if getattr(args, "first_run", 0) else "")
+             + f" --warmup-s {args.warmup_s:g} --measure-s "
              f"{args.measure_s:g} --twin-hpa-scale-down-s {args.twin_hpa_scale_down_s:g}"
              + (f" --scale-quantile {args.scale_quantile:g}" if getattr(args, "scale_quantile", None) else "")
              + f"`; twin sized for the forecast's {sized_for(results)} quantile; time compressed "
