@@ -382,7 +382,7 @@ class ForecastBank:
                 reach = np.clip(COLD_REACH * seen_s[:, None] / hs[:, 1:], 0.0, 1.0)
             mean = np.where(one_step, now.y[:, None] + reach * (mean - now.y[:, None]), mean)
         w = c["wmul"][i].astype(np.float64) if self._forced < 0 else np.ones((k, H))
-        qlo, qhi = blend(c["qlo"][i], c["qhi"][i], c["qwlo"][i], c["qwhi"][i])
+        qlo, qhi = blend(c["qlo"][i], c["qhi"][i], c["qwlo"][i], c["qwhi"][i], c["fcnt"][i])
         lo, hi = interval_offsets(qlo * w, qhi * w, c["q1lo"][i], c["q1hi"][i], hs[:, 1:], dt,
                                   c["fcnt"][i], self.horizons_s)
         cold = borrowed | ~np.isfinite(c["qlo"][i])     # models or interval not from this horizon's own scores

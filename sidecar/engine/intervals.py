@@ -34,6 +34,7 @@ TAIL_STEP = 0.5  # ... in log steps: x1.64 when an error exceeds it, x0.995 (hal
 HIT_RATE = 0.02  # forgetting of the interval hit rate
 WIDTH_STEP = 0.1  # log step of the adaptive width: x1.09 after a miss, x0.99 after a hit (at level 0.9)
 WIDTH_RANGE = (0.25, 4.0)  # how far the adaptive width may move the tracked quantiles
+TRACK_TRUST = 150.0  # scores after which the quantile tracker has its full half of the blend (its memory)
 YOUNG_SCORES = 10.0  # scores below which a horizon's own quantiles are not trusted to be wide enough
 CONF_PRIOR = 2.0  # pseudo-counts of the uninformed prior (one hit, one miss) of `confidence`
 CONF_PRIOR_RATE = 0.5  # what `confidence` is before any forecast at a horizon was scored: no evidence either way
@@ -76,17 +77,25 @@ def track_tail(tail: F64, ae: F64) -> F64:
     return out
 
 
-def blend(qlo: F64, qhi: F64, qwlo: NDArray[np.floating], qwhi: NDArray[np.floating]) -> tuple[F64, F64]:
+def blend(qlo: F64, qhi: F64, qwlo: NDArray[np.floating], qwhi: NDArray[np.floating],
+          fcnt: NDArray[np.floating] | None = None) -> tuple[F64, F64]:
     """The mean of the tracked quantiles and the recent window's conformal bounds, where the window has them.
 
     Two estimates of the same bounds with opposite faults: the tracker remembers about the last 150 scores
     and, at the 95th percentile, moves down 19 times slower than up (one burst leaves it wide for hours);
     the last 64 errors follow a change at once but, in runs of correlated errors, see fewer independent
     ones than they count. Their mean keeps NAB's coverage at 0.914-0.919 and brings a twin's first two hours
-    nearer the goal than either alone (`benchmarks/young_calibration.py`)."""
+    nearer the goal than either alone (`benchmarks/young_calibration.py`).
+
+    With `fcnt` (scores so far) the tracker's share grows from 0 to its half over its first TRACK_TRUST scores:
+    it starts at twice the first error, which at a long horizon is a forecast made in the twin's first minutes,
+    and comes down by 1.5 % of the error scale a score, so for its first hours it is its starting point, not
+    an estimate (a live twin's 15- and 30-minute intervals covered 96-98 % of outcomes). The window's bounds
+    are exact split-conformal quantiles from their first WINDOW_MIN errors."""
     wlo, whi = np.asarray(qwlo, dtype=np.float64), np.asarray(qwhi, dtype=np.float64)
-    lo: F64 = np.where(np.isfinite(wlo) & np.isfinite(qlo), 0.5 * (qlo + wlo), qlo)
-    hi: F64 = np.where(np.isfinite(whi) & np.isfinite(qhi), 0.5 * (qhi + whi), qhi)
+    wt = 0.5 if fcnt is None else 0.5 * np.minimum(np.asarray(fcnt, dtype=np.float64) / TRACK_TRUST, 1.0)
+    lo: F64 = np.where(np.isfinite(wlo) & np.isfinite(qlo), wt * qlo + (1 - wt) * wlo, qlo)
+    hi: F64 = np.where(np.isfinite(whi) & np.isfinite(qhi), wt * qhi + (1 - wt) * whi, qhi)
     return lo, hi
 
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from sidecar.engine.forecast import ForecastBank
-from sidecar.engine.intervals import WIDTH_RANGE, YOUNG_SCORES, adapt_width, blend, confidence, interval_offsets
+from sidecar.engine.intervals import (
+    TRACK_TRUST,
+    WIDTH_RANGE,
+    YOUNG_SCORES,
+    adapt_width,
+    blend,
+    confidence,
+    interval_offsets,
+)
 
 T0 = 1_700_000_000.0
 
@@ -101,6 +109,14 @@ def test_blend_averages_the_tracker_with_the_window_where_the_window_has_bounds(
     lo, hi = blend(np.array([[-4.0, -4.0]]), np.array([[4.0, 4.0]]), np.array([[-2.0, np.nan]]),
                    np.array([[2.0, np.nan]]))
     assert lo.tolist() == [[-3.0, -4.0]] and hi.tolist() == [[3.0, 4.0]]
+
+
+def test_a_young_tracker_leaves_the_blend_to_the_window_until_it_has_its_memory() -> None:
+    """The tracker starts at twice the first error and comes down slowly: with few scores its share is small."""
+    args = (np.array([[-40.0, -40.0, -40.0]]), np.array([[40.0, 40.0, 40.0]]), np.array([[-2.0, -2.0, -2.0]]),
+            np.array([[2.0, 2.0, 2.0]]))
+    lo, hi = blend(*args, np.array([[0.0, 0.5 * TRACK_TRUST, 2.0 * TRACK_TRUST]]))
+    assert hi.tolist() == [[2.0, 0.25 * 40.0 + 0.75 * 2.0, 21.0]] and lo.tolist() == [[-2.0, -11.5, -21.0]]
 
 
 def test_bounds_narrow_again_soon_after_a_burst() -> None:
