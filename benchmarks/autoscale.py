@@ -65,6 +65,10 @@ NAB = ROOT.parent / "shared" / "data" / "nab" / "data"
 TRACES = {"elb": NAB / "realAWSCloudwatch" / "elb_request_count_8c0756.csv",
           "taxi": NAB / "realKnownCause" / "nyc_taxi.csv"}
 POLICIES = ("hpa", "twin", "linear")
+#: Policies on twin_recommended_replicas; "twincpu" is a ScaledObject with the twin's trigger and the HPA's
+#: utilisation trigger side by side, as the README advises (the HPA KEDA makes takes the higher of the two).
+TWIN_POLICIES = ("twin", "twincpu")
+ALL_POLICIES = (*POLICIES, "twincpu")
 
 #: One benchmark second stands for this many real seconds: traces, horizons and controllers alike.
 COMPRESSION = 20.0
@@ -432,11 +436,14 @@ async def control(lane: Lane, session: Any, prom: str, svc: str, policy: Callabl
         try:
             if mode == "hpa":
                 raw = utilisation_raw(lane.spec, ready, await prom_value(session, prom, q["utilisation"]))
-            elif mode == "twin":
+            elif mode in TWIN_POLICIES:
                 metric = await prom_value(session, prom, q["twin"])
                 lane.twin_seen += 1
                 lane.twin_missing += not math.isfinite(metric)
                 raw = average_value_raw(lane.spec, metric, 1.0)
+                if mode == "twincpu":
+                    raw = max(raw, utilisation_raw(lane.spec, ready, await prom_value(session, prom,
+                                                                                       q["utilisation"])))
                 if sidecar is not None:
                     lane.advice.append([round(now, 2), *await advice_row(session, sidecar, lane.dep)])
             else:
@@ -445,7 +452,7 @@ async def control(lane: Lane, session: Any, prom: str, svc: str, policy: Callabl
         except (OSError, ValueError, KeyError) as exc:
             log.warning("controller query failed: %s", exc)
             raw = lane.spec
-        window = twin_hpa_window_s if mode == "twin" else SCALE_DOWN_WINDOW_S
+        window = twin_hpa_window_s if mode in TWIN_POLICIES else SCALE_DOWN_WINDOW_S
         desired = hpa_behaviour(lane.spec, raw, lane.history, now, window)
         if desired != lane.spec:
             async with session.post(f"{svc}/scale/{lane.dep}", params={"replicas": str(desired)}) as resp:
@@ -552,7 +559,7 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
         start = float(rng.uniform(0.0, float(t[-1]) - length_real))
         peak = PEAK_REPLICAS * TARGET_UTILISATION * WORKERS / SERVICE_S
         segs[name] = segment(name, t, v, start, warm_s + measure_s, peak)
-    lanes = [Lane(f"{name}-{p}", p, segs[name]) for name in args.traces for p in POLICIES]
+    lanes = [Lane(f"{name}-{p}", p, segs[name]) for name in args.traces for p in args.policies]
     rundir = workdir / f"run{run}"
     rundir.mkdir(parents=True, exist_ok=True)
     svc_port, side_port = free_port(), free_port()
@@ -565,7 +572,7 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
          "static_configs": [{"targets": [f"127.0.0.1:{side_port}"]}]}], scrape_interval="1s").start()
     rules = rundir / "rules.yaml"
     rules.write_text(sidecar_rules(prom.url, side_port, rundir / "sidecar.db",
-                                   [lane.dep for lane in lanes if lane.policy == "twin"], args.scale_quantile))
+                                   [lane.dep for lane in lanes if lane.policy in TWIN_POLICIES], args.scale_quantile))
     sidecar = spawn([str(Path(sys.executable).parent / "twin-sidecar"), "run", "--config", str(rules)],
                     rundir / "sidecar.log")
     try:
@@ -595,7 +602,7 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
                 return lambda: "hpa" if time.monotonic() < measure_from else lane.policy
             side_url = f"http://127.0.0.1:{side_port}"
             jobs = [control(lane, session, prom.url, svc_url, policy_of(lane), t0, end, args.twin_hpa_scale_down_s,
-                            side_url if lane.policy == "twin" else None)
+                            side_url if lane.policy in TWIN_POLICIES else None)
                     for lane in lanes]
             jobs += [load(lane, session, svc_url, t0, end, seed=run * 100 + i) for i, lane in enumerate(lanes)]
             jobs.append(sample(lanes, session, svc_url, t0, end))
@@ -609,7 +616,7 @@ async def run_once(args: argparse.Namespace, run: int, workdir: Path) -> dict[st
                       for lane in lanes}
             advice = {}
             for lane in lanes:
-                if lane.policy == "twin":
+                if lane.policy in TWIN_POLICIES:
                     async with session.get(f"http://127.0.0.1:{side_port}/api/v1/twins/{lane.dep}") as resp:
                         advice[lane.dep] = (await resp.json()).get("replicas")
     finally:
@@ -694,6 +701,7 @@ def goal_met(cell: dict[str, float]) -> bool:
 
 def report(results: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     table = summarise(results)
+    policies = list(dict.fromkeys(lane["policy"] for r in results for lane in r["lanes"])) or list(POLICIES)
     lines = [f"# Closed-loop autoscaling benchmark ({datetime.now().strftime('%Y-%m-%d %H:%M')} UTC, "
              f"{os.cpu_count()} shared cores)", "",
              f"`python benchmarks/autoscale.py --runs {args.runs}"
@@ -709,7 +717,7 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
              "| trace | policy | SLO-breach minutes | replica-minutes | breach vs HPA | replica-min vs HPA | goal |",
              "|---|---|---:|---:|---:|---:|---|"]
     for trace, per in table.items():
-        for p in POLICIES:
+        for p in policies:
             c = per.get(p)
             if c is None:
                 continue
@@ -718,13 +726,13 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
                          f"{c['replica_minutes']:.0f} | {c.get('breach_vs_hpa', math.nan):.2f} | "
                          f"{c.get('replica_minutes_vs_hpa', math.nan):.2f} | {goal} |")
     lines += ["", "Per run (breach minutes / replica-minutes; machine busy share of all cores during the run):", "",
-              "| run | machine busy | " + " | ".join(f"{t} {p}" for t in args.traces for p in POLICIES) + " |",
-              "|---|---:|" + "---:|" * (len(args.traces) * len(POLICIES))]
+              "| run | machine busy | " + " | ".join(f"{t} {p}" for t in args.traces for p in policies) + " |",
+              "|---|---:|" + "---:|" * (len(args.traces) * len(policies))]
     for r in results:
         cells = {(lane["trace"], lane["policy"]): lane for lane in r["lanes"]}
         lines.append(f"| {r['run']} | {r['machine_busy_share']:.0%} | " + " | ".join(
             f"{cells[(t, p)]['breach_minutes']} / {cells[(t, p)]['replica_minutes']:.0f}"
-            for t in args.traces for p in POLICIES) + " |")
+            for t in args.traces for p in policies) + " |")
     absent = [lane["twin_metric_absent_share"] for r in results for lane in r["lanes"]
               if lane["twin_metric_absent_share"] is not None]
     if absent:
@@ -766,6 +774,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="the twin rule's scale_quantile (default: the rules' default; 0.95 is the upper bound of the "
                          "forecast's 90 %% interval, what the recommendation sized for before scale_quantile)")
     ap.add_argument("--first-run", type=int, default=0, help="index of the first run (its random segments)")
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(ALL_POLICIES),
+                    help="the lanes per trace (hpa is the anchor every ratio is against); twincpu: the twin's and "
+                         "the utilisation trigger in one ScaledObject")
     ap.add_argument("--report-only", nargs="+", metavar="JSON",
                     help="write --output from the results of these earlier runs, running nothing")
     args = ap.parse_args(argv)
