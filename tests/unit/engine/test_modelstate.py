@@ -187,26 +187,37 @@ def test_every_core_field_with_a_horizon_axis_is_listed_for_the_remap() -> None:
             assert shape[axis - 1] == h, name
 
 
-def test_state_saved_by_a_version_without_a_model_keeps_every_other_models_learning(
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A release that adds a forecast model (`daily_mean`) must not make every twin relearn: the models both
-    versions have keep their scores and pending forecasts, the new one starts unscored."""
+def _saved_without_models(old: Engine, dropped: tuple[str, ...], fields: tuple[str, ...] = ()
+                          ) -> tuple[dict[str, bytes], str, list[str], list[int]]:
+    """Twin "a"'s saved states as a version without the `dropped` models (and the bank fields ending in `fields`)
+    wrote them: (blobs, twin id, the models now, the indices of those both versions have)."""
     from sidecar.engine.forecast import MODEL_AXIS
 
-    old, times = _fed(2.0, names=("a",))
     blobs = old.export_model_states()
     tid = old.get("a").twin_id
     st = decode(blobs[tid])
     names = [str(n) for n in st.forecast_config["model_names"].tolist()]
-    gone = names.index("daily_mean")
-    forecast = dict(st.forecast)
-    for f, ax in MODEL_AXIS.items():                      # the rows as a version without the model saved them
+    gone = [names.index(n) for n in dropped]
+    keep = [j for j in range(len(names)) if j not in gone]
+    forecast = {k: v for k, v in st.forecast.items() if not any(k.endswith("." + f) for f in fields)}
+    for f, ax in MODEL_AXIS.items():
         forecast["core." + f] = np.delete(forecast["core." + f], gone, axis=ax)
-    chosen = forecast["core.fmodel"]
-    forecast["core.fmodel"] = np.where(chosen > gone, chosen - 1, np.where(chosen == gone, 0, chosen)).astype(
-        chosen.dtype)
-    config = {**st.forecast_config, "model_names": np.array([n for n in names if n != "daily_mean"])}
+    # a chosen model that version did not have reads as "last" (0)
+    old_index = {j: keep.index(j) if j in keep else 0 for j in range(len(names))}
+    forecast["core.fmodel"] = np.vectorize(old_index.__getitem__)(forecast["core.fmodel"]).astype(
+        st.forecast["core.fmodel"].dtype)
+    config = {**st.forecast_config, "model_names": np.array([names[j] for j in keep])}
     blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, config, forecast, st.anomaly))
+    return blobs, tid, names, keep
+
+
+def test_state_saved_by_a_version_without_a_model_keeps_every_other_models_learning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A release that adds a forecast model (`daily_mean`) must not make every twin relearn: the models both
+    versions have keep their scores and pending forecasts, the new one starts unscored."""
+    old, times = _fed(2.0, names=("a",))
+    blobs, tid, names, keep = _saved_without_models(old, ("daily_mean",))
+    gone = names.index("daily_mean")
     new = _fresh_like(old, ("a",))
     with caplog.at_level(logging.WARNING):
         learnt = new.load_model_states(blobs)
@@ -214,7 +225,6 @@ def test_state_saved_by_a_version_without_a_model_keeps_every_other_models_learn
     assert learnt[(tid, "cpu_usage")] == times[-1]
     so, sn = old.series_for("a", ["cpu_usage"]), new.series_for("a", ["cpu_usage"])
     fo, fn = old.bank.state_dict(), new.bank.state_dict()
-    keep = [j for j in range(len(names)) if j != gone]
     np.testing.assert_array_equal(fo["core.mae"][so][:, keep], fn["core.mae"][sn][:, keep])
     np.testing.assert_array_equal(fo["core.ppred"][so][..., keep], fn["core.ppred"][sn][..., keep])
     np.testing.assert_array_equal(fo["core.ppred"][so][..., -1], fn["core.ppred"][sn][..., -1])   # the bank's own
@@ -314,24 +324,10 @@ def test_state_saved_before_the_smoothed_profiles_loads_with_every_older_model_k
     """The release that adds the smoothed daily means and the level-moved profile (three models and the bucket
     family's `rs` field) reads a twin saved by the one before: the older models keep what they learnt, the
     new ones start unscored and the residual starts unknown."""
-    from sidecar.engine.forecast import MODEL_AXIS
-
     added = ("daily_mean_s1", "daily_mean_s3", "daily_level")
     old, times = _fed(2.0, names=("a",))
-    blobs = old.export_model_states()
-    tid = old.get("a").twin_id
-    st = decode(blobs[tid])
-    names = [str(n) for n in st.forecast_config["model_names"].tolist()]
+    blobs, tid, names, keep = _saved_without_models(old, added, fields=("rs",))
     gone = [names.index(n) for n in added]
-    keep = [j for j in range(len(names)) if j not in gone]
-    forecast = {k: v for k, v in st.forecast.items() if not k.endswith(".rs")}
-    for f, ax in MODEL_AXIS.items():
-        forecast["core." + f] = np.delete(forecast["core." + f], gone, axis=ax)
-    old_index = {j: keep.index(j) if j in keep else 0 for j in range(len(names))}
-    forecast["core.fmodel"] = np.vectorize(old_index.__getitem__)(forecast["core.fmodel"]).astype(
-        st.forecast["core.fmodel"].dtype)
-    config = {**st.forecast_config, "model_names": np.array([names[j] for j in keep])}
-    blobs[tid] = encode(type(st)(st.twin_id, st.metrics, st.learnt_until, config, forecast, st.anomaly))
     new = _fresh_like(old, ("a",))
     with caplog.at_level(logging.WARNING):
         learnt = new.load_model_states(blobs)
